@@ -1,1 +1,14 @@
-pub static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hb"));
+//! hb, the heartbeat collector: userspace side. The binary's `main` only
+//! parses the command line and calls into these modules.
+
+pub mod beat;
+pub mod cli;
+pub mod clock;
+pub mod counters;
+pub mod event_loop;
+pub mod output;
+pub mod program;
+pub mod run;
+pub mod sweeper;
+pub mod table;
+pub mod tracker;

@@ -1,0 +1,162 @@
+//! Command-line interface (clap derive).
+
+use std::{net::IpAddr, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hb_common::{DEFAULT_MAX_HOSTS, DEFAULT_PORT};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hb",
+    version,
+    about = "Heartbeat collector for large server fleets (XDP), and its client"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Attach the XDP collector to an interface and report silent hosts.
+    Run(RunArgs),
+    /// Send heartbeats to a collector, like the classic PyHeartBeat client.
+    Beat(BeatArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Interface that receives the heartbeats.
+    #[arg(long, short = 'i')]
+    pub iface: String,
+    /// UDP port heartbeats are sent to.
+    #[arg(long, default_value_t = DEFAULT_PORT, value_parser = parse_port)]
+    pub port: u16,
+    /// A host is silent when its last heartbeat is older than this (e.g. 500ms, 15s, 2m).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// How often the host table is swept.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub sweep: Duration,
+    /// XDP attach mode: native (driver), skb (generic), or auto (native, else skb).
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    pub xdp_mode: XdpModeArg,
+    /// Let heartbeats continue to sockets after they are recorded.
+    #[arg(long)]
+    pub pass_heartbeats: bool,
+    /// Capacity of the host table; heartbeats from further new hosts are counted as table_full.
+    #[arg(long, default_value_t = DEFAULT_MAX_HOSTS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_hosts: u32,
+    /// Output format of events and summaries on stdout.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BeatArgs {
+    /// Collector address: an IPv4 or IPv6 address or a host name, optionally with :port.
+    #[arg(long, short = 's')]
+    pub server: String,
+    /// Collector UDP port (when --server has none).
+    #[arg(long, default_value_t = DEFAULT_PORT, value_parser = parse_port)]
+    pub port: u16,
+    /// Time between heartbeats.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub period: Duration,
+    /// Local address to send from (default: chosen by the routing table).
+    #[arg(long)]
+    pub bind: Option<IpAddr>,
+    /// Stop after this many heartbeats (default: run until killed).
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpModeArg {
+    Auto,
+    Native,
+    Skb,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Parses `500ms`, `15s`, `2m`, `1h 30m`; zero is refused.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (expected a duration such as 500ms, 15s or 2m)"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+pub fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u32>() {
+        Ok(p @ 1..=65535) => Ok(p as u16),
+        _ => Err(format!("`{s}` is not a UDP port (1-65535)")),
+    }
+}
+
+impl RunArgs {
+    /// Checks that options make sense together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.timeout <= self.sweep {
+            return Err(format!(
+                "--timeout ({}) must be longer than --sweep ({}): otherwise every host looks silent between sweeps",
+                humantime::format_duration(self.timeout),
+                humantime::format_duration(self.sweep)
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("15").unwrap_err().contains("500ms"));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("0s").unwrap_err().contains("zero"));
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!(parse_port("43278"), Ok(43278));
+        assert_eq!(parse_port("1"), Ok(1));
+        assert!(parse_port("0").is_err());
+        assert!(parse_port("65536").is_err());
+        assert!(parse_port("http").is_err());
+    }
+
+    #[test]
+    fn run_defaults_and_validation() {
+        let cli = Cli::try_parse_from(["hb", "run", "--iface", "eth0"]).unwrap();
+        let Command::Run(run) = cli.command else { panic!("not run") };
+        assert_eq!(run.port, 43278);
+        assert_eq!(run.timeout, Duration::from_secs(15));
+        assert_eq!(run.sweep, Duration::from_secs(1));
+        assert_eq!(run.xdp_mode, XdpModeArg::Auto);
+        assert_eq!(run.format, Format::Text);
+        assert!(run.validate().is_ok());
+
+        let cli = Cli::try_parse_from(["hb", "run", "-i", "eth0", "--timeout", "1s", "--sweep", "2s"]).unwrap();
+        let Command::Run(run) = cli.command else { panic!("not run") };
+        assert!(run.validate().unwrap_err().contains("--timeout"));
+
+        assert!(Cli::try_parse_from(["hb", "run", "-i", "eth0", "--port", "0"]).is_err());
+        assert!(Cli::try_parse_from(["hb", "run", "-i", "eth0", "--max-hosts", "0"]).is_err());
+        assert!(Cli::try_parse_from(["hb", "run", "-i", "eth0", "--xdp-mode", "hw"]).is_err());
+    }
+}

@@ -1,0 +1,108 @@
+//! Loads the embedded XDP program with its load-time settings and attaches it.
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{ProgramError, Xdp, XdpMode},
+};
+use hb_common::{COUNTERS_MAP, HOSTS_MAP, PASS_GLOBAL, PORT_GLOBAL, PROGRAM};
+use log::{info, warn};
+
+use crate::{cli::XdpModeArg, counters::Counters, table::HostTable};
+
+/// The object built by build.rs from hb-ebpf.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hb"));
+
+/// Load-time settings of the program.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub port: u16,
+    pub pass_heartbeats: bool,
+    pub max_hosts: u32,
+}
+
+/// The loaded program and its maps. Dropping it detaches the program.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub table: HostTable,
+    pub counters: Counters,
+}
+
+/// Loads and verifies the program; does not attach it.
+pub fn load(settings: Settings) -> Result<Loaded> {
+    let pass = u8::from(settings.pass_heartbeats);
+    let mut ebpf = EbpfLoader::new()
+        .override_global(PORT_GLOBAL, &settings.port, true)
+        .override_global(PASS_GLOBAL, &pass, true)
+        .map_max_entries(HOSTS_MAP, settings.max_hosts)
+        .load(OBJECT)
+        .context("loading the eBPF object (are you root, on a kernel with BPF and BTF?)")?;
+    let program: &mut Xdp = xdp(&mut ebpf)?;
+    program
+        .load()
+        .context("the kernel refused the XDP program")?;
+    let table = HostTable::new(ebpf.take_map(HOSTS_MAP).context("no host table in the object")?)?;
+    let counters =
+        Counters::new(ebpf.take_map(COUNTERS_MAP).context("no counters in the object")?)?;
+    Ok(Loaded {
+        ebpf,
+        table,
+        counters,
+    })
+}
+
+pub fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    Ok(ebpf
+        .program_mut(PROGRAM)
+        .context("no XDP program in the object")?
+        .try_into()?)
+}
+
+/// Attaches to `iface`; returns the mode that was used.
+pub fn attach(loaded: &mut Loaded, iface: &str, mode: XdpModeArg) -> Result<XdpMode> {
+    let program = xdp(&mut loaded.ebpf)?;
+    let try_mode = |program: &mut Xdp, m: XdpMode| {
+        program.attach(iface, m).map(|_| m).map_err(|e| match e {
+            ProgramError::UnknownInterface { .. } => anyhow::anyhow!(
+                "unknown interface `{iface}`: pick one from `ip link` (in this network namespace)"
+            ),
+            e => anyhow::Error::new(e)
+                .context(format!("attaching XDP ({m:?} mode) to {iface}")),
+        })
+    };
+    let mode = match mode {
+        XdpModeArg::Native => try_mode(program, XdpMode::Driver)?,
+        XdpModeArg::Skb => try_mode(program, XdpMode::Skb)?,
+        XdpModeArg::Auto => match try_mode(program, XdpMode::Driver) {
+            Ok(m) => m,
+            Err(e) if e.to_string().starts_with("unknown interface") => return Err(e),
+            Err(e) => {
+                warn!("native XDP unavailable on {iface} ({e:#}); falling back to generic (skb) mode, which costs more per packet");
+                try_mode(program, XdpMode::Skb)?
+            }
+        },
+    };
+    info!("attached to {iface} in {} mode", mode_name(mode));
+    Ok(mode)
+}
+
+pub fn mode_name(mode: XdpMode) -> &'static str {
+    match mode {
+        XdpMode::Driver => "native",
+        XdpMode::Skb => "generic (skb)",
+        XdpMode::Hardware => "hardware",
+        XdpMode::Default => "default",
+    }
+}
+
+/// Fails early with a clear message where hb cannot work at all.
+pub fn check_environment() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("hb run loads an XDP program, which needs root (or CAP_BPF and CAP_NET_ADMIN): run it with sudo");
+    }
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        bail!("this kernel exposes no BTF (/sys/kernel/btf/vmlinux): hb needs a kernel with CONFIG_DEBUG_INFO_BTF and XDP");
+    }
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! `hb run`: attach, sweep on every tick, stop cleanly on SIGINT/SIGTERM.
+
+use std::os::fd::AsRawFd as _;
+
+use anyhow::{Result, anyhow};
+use log::{info, warn};
+
+use crate::{
+    cli::RunArgs,
+    event_loop::{EventLoop, FIRST_USER_TOKEN, Wake},
+    program::{self, Settings},
+    sweeper::Sweeper,
+};
+
+const LOG_TOKEN: u64 = FIRST_USER_TOKEN;
+
+pub fn run(args: RunArgs) -> Result<()> {
+    args.validate().map_err(|e| anyhow!(e))?;
+    program::check_environment()?;
+    // Signals are routed to the loop before anything is attached, so a
+    // Ctrl-C at any point still detaches.
+    let mut events = EventLoop::new(args.sweep)?;
+    let mut loaded = program::load(Settings {
+        port: args.port,
+        pass_heartbeats: args.pass_heartbeats,
+        max_hosts: args.max_hosts,
+    })?;
+    let mut kernel_log = match aya_log::EbpfLogger::init(&mut loaded.ebpf) {
+        Ok(logger) => {
+            events.watch(logger.as_raw_fd(), LOG_TOKEN)?;
+            Some(logger)
+        }
+        Err(e) => {
+            warn!("kernel-side log unavailable: {e}");
+            None
+        }
+    };
+    program::attach(&mut loaded, &args.iface, args.xdp_mode)?;
+    info!(
+        "watching UDP port {} on {}: timeout {}, sweep every {}, up to {} hosts",
+        args.port,
+        args.iface,
+        humantime::format_duration(args.timeout),
+        humantime::format_duration(args.sweep),
+        args.max_hosts
+    );
+
+    let mut sweeper = Sweeper::new(args.timeout.as_nanos() as u64, args.format, std::io::stdout());
+    loop {
+        match events.next()? {
+            Wake::Tick => sweeper.sweep(&loaded.table, &loaded.counters)?,
+            Wake::Readable(LOG_TOKEN) => {
+                if let Some(logger) = kernel_log.as_mut() {
+                    logger.flush();
+                    events.watch(logger.as_raw_fd(), LOG_TOKEN)?;
+                }
+            }
+            Wake::Readable(_) => {}
+            Wake::Stop(signal) => {
+                info!("{signal}: detaching from {}", args.iface);
+                break;
+            }
+        }
+    }
+    drop(kernel_log);
+    // Dropping the program detaches it from the interface.
+    drop(loaded);
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! One sweep: read the table, update host states, write events and a summary.
+
+use std::{
+    io::Write,
+    time::{Instant, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use hb_common::Counter;
+use log::warn;
+
+use crate::{
+    cli::Format,
+    clock::monotonic_ns,
+    counters::Counters,
+    output::{Event, Summary, format_event},
+    table::HostTable,
+    tracker::Tracker,
+};
+
+pub struct Sweeper<W: Write> {
+    pub tracker: Tracker,
+    format: Format,
+    out: W,
+    last_packets: [u64; Counter::COUNT],
+    pub summary: Summary,
+}
+
+impl<W: Write> Sweeper<W> {
+    pub fn new(timeout_ns: u64, format: Format, out: W) -> Self {
+        Self {
+            tracker: Tracker::new(timeout_ns),
+            format,
+            out,
+            last_packets: [0; Counter::COUNT],
+            summary: Summary::default(),
+        }
+    }
+
+    pub fn sweep(&mut self, table: &HostTable, counters: &Counters) -> Result<()> {
+        let started = Instant::now();
+        let now = monotonic_ns();
+        let wall = SystemTime::now();
+        let Self { tracker, format, out, .. } = self;
+        let mut write_err = None;
+        table.for_each(|host, entry| {
+            tracker.observe(host, entry.last_seen_ns, entry.beats, now, |t| {
+                if write_err.is_none() {
+                    let line = format_event(*format, wall, &Event::Host(t));
+                    write_err = writeln!(out, "{line}").err();
+                }
+            });
+        })?;
+        if let Some(e) = write_err {
+            return Err(e).context("writing events to stdout");
+        }
+
+        let packets = counters.read()?;
+        let delta = |c: Counter| packets[c as usize].saturating_sub(self.last_packets[c as usize]);
+        let table_full = delta(Counter::TableFull);
+        if table_full > 0 {
+            warn!(
+                "host table full: {table_full} heartbeats from new hosts were not recorded since the last sweep; raise --max-hosts"
+            );
+        }
+        let census = self.tracker.census();
+        self.summary = Summary {
+            hosts: census.hosts,
+            alive: census.alive,
+            silent: census.silent,
+            heartbeats: delta(Counter::Heartbeat),
+            packets,
+            sweep: started.elapsed(),
+        };
+        self.last_packets = packets;
+        let line = format_event(self.format, wall, &Event::Summary(&self.summary));
+        writeln!(self.out, "{line}").context("writing the summary to stdout")?;
+        self.out.flush().context("flushing stdout")?;
+        Ok(())
+    }
+}
