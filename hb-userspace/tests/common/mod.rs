@@ -1,0 +1,189 @@
+//! Test hosts on this machine: network namespaces joined by veth pairs, with
+//! addresses that exist only inside them. Everything is removed on drop, so
+//! also when a test fails (panics unwind through the guards).
+#![allow(dead_code)]
+
+use std::{
+    fs::File,
+    io::{BufRead as _, BufReader},
+    os::fd::AsRawFd as _,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+/// Runs `ip` and panics with its stderr on failure.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace, deleted (with its interfaces) on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        // Unique per process and tag; a leftover from a killed run of the
+        // same pid is replaced.
+        let name = format!("hbt-{}-{tag}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Self { name }
+    }
+
+    /// A command that runs inside this namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// Runs `f` on a thread that has joined this namespace: sockets it
+    /// creates live in the namespace and can be used from any thread.
+    pub fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        thread::spawn(move || {
+            let ns = File::open(&path).expect("opening the namespace");
+            // SAFETY: setns on a valid namespace fd; affects this thread only.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("thread in namespace panicked")
+    }
+
+    pub fn ip(&self, args: &[&str]) {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        ip(&full);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// Two namespaces joined by a veth pair: `a`'s end is `a_if`, `b`'s is `b_if`.
+pub struct Link {
+    pub a: Netns,
+    pub b: Netns,
+    pub a_if: String,
+    pub b_if: String,
+}
+
+impl Link {
+    pub fn new(tag: &str) -> Self {
+        let a = Netns::new(&format!("{tag}a"));
+        let b = Netns::new(&format!("{tag}b"));
+        // Interface names are limited to 15 bytes; they only need to be
+        // unique inside their namespace.
+        let (a_if, b_if) = ("hbveth0".to_string(), "hbveth1".to_string());
+        ip(&[
+            "link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if, "netns", &b.name,
+        ]);
+        a.ip(&["link", "set", &a_if, "up"]);
+        b.ip(&["link", "set", &b_if, "up"]);
+        Self { a, b, a_if, b_if }
+    }
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Self {
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        Self { child }
+    }
+
+    /// Sends SIGTERM and waits; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for child") {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "child did not exit on SIGTERM");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `hb run` and collects its stdout lines (JSON) on a channel.
+pub struct Collector {
+    pub proc: Proc,
+    pub lines: mpsc::Receiver<(Instant, serde_json::Value)>,
+}
+
+impl Collector {
+    pub fn start(ns: &Netns, args: &[&str]) -> Self {
+        let mut cmd = ns.command(env!("CARGO_BIN_EXE_hb"));
+        cmd.arg("run").args(args).args(["--format", "json"]);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut proc = Proc::spawn(cmd);
+        let stdout = proc.child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let v: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not a JSON line: {line:?}: {e}"));
+                if tx.send((Instant::now(), v)).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { proc, lines }
+    }
+
+    /// Waits up to `within` for an event matching `pred`; returns it, with
+    /// every other line seen on the way.
+    pub fn wait_for(
+        &self,
+        within: Duration,
+        mut pred: impl FnMut(&serde_json::Value) -> bool,
+    ) -> (Option<(Instant, serde_json::Value)>, Vec<serde_json::Value>) {
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok((at, v)) if pred(&v) => return (Some((at, v)), seen),
+                Ok((_, v)) => seen.push(v),
+                Err(_) => break,
+            }
+        }
+        (None, seen)
+    }
+
+    /// Every line that arrives within `window`.
+    pub fn collect(&self, window: Duration) -> Vec<serde_json::Value> {
+        self.wait_for(window, |_| false).1
+    }
+}
+
+pub fn is_event(v: &serde_json::Value, event: &str, host: &str) -> bool {
+    v["event"] == event && v["host"] == host
+}
