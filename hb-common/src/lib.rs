@@ -8,8 +8,22 @@ pub const DEFAULT_PORT: u16 = 43278;
 /// The whole heartbeat payload of a classic client.
 pub const MAGIC: [u8; 4] = *b"PyHB";
 
-/// Name of the hash map from host address to [`HostEntry`].
-pub const HOSTS_MAP: &str = "HB_HOSTS";
+/// Hash map from host address to its slot (`u32`) in the arrays below.
+pub const SLOTS_MAP: &str = "HB_SLOTS";
+/// `BPF_F_MMAPABLE` array of `u64`, by slot: last heartbeat, CLOCK_MONOTONIC ns.
+pub const LAST_SEEN_MAP: &str = "HB_LAST_SEEN";
+/// `BPF_F_MMAPABLE` array of `u64`, by slot: heartbeats recorded.
+pub const BEATS_MAP: &str = "HB_BEATS";
+/// `BPF_F_MMAPABLE` array of [`HostKey`], by slot: the host's address.
+pub const SLOT_KEYS_MAP: &str = "HB_SLOT_KEYS";
+/// `BPF_F_MMAPABLE` array of one `u64`: the next free slot.
+pub const ALLOC_MAP: &str = "HB_ALLOC";
+/// Every map sized by `--max-hosts`.
+pub const HOST_MAPS: [&str; 4] = [SLOTS_MAP, LAST_SEEN_MAP, BEATS_MAP, SLOT_KEYS_MAP];
+/// Map flag: the array can be mmapped into userspace.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+/// Slot value of a host whose first heartbeat is being recorded right now.
+pub const SLOT_PENDING: u32 = u32::MAX;
 /// Name of the per-CPU array of outcome counters, indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "HB_COUNTERS";
 /// Global (`u16`, host byte order): the UDP port heartbeats are sent to.
@@ -18,6 +32,8 @@ pub const PORT_GLOBAL: &str = "HB_PORT";
 pub const PASS_GLOBAL: &str = "HB_PASS_HEARTBEATS";
 /// Name of the XDP program in the object.
 pub const PROGRAM: &str = "hb";
+/// An empty XDP program in the same object: the benchmarks' floor.
+pub const BASELINE_PROGRAM: &str = "hb_baseline";
 
 /// Default capacity of the host table, in hosts.
 pub const DEFAULT_MAX_HOSTS: u32 = 1 << 20;
@@ -45,12 +61,12 @@ impl HostKey {
     }
 }
 
-/// What the XDP program records per host.
+/// What the table holds for one host (a view assembled from the arrays).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostEntry {
     /// `bpf_ktime_get_coarse_ns()` of the last heartbeat: CLOCK_MONOTONIC,
-    /// at most one tick behind a fine-grained reading.
+    /// at most one tick behind a fine-grained reading. 0: slot not ready.
     pub last_seen_ns: u64,
     /// Heartbeats recorded for this host since it entered the table.
     pub beats: u64,
@@ -116,6 +132,4 @@ impl Counter {
 mod pod {
     // SAFETY: plain old data, repr(C), no padding.
     unsafe impl aya::Pod for super::HostKey {}
-    // SAFETY: plain old data, repr(C), no padding.
-    unsafe impl aya::Pod for super::HostEntry {}
 }

@@ -1,14 +1,33 @@
 //! The host table: where a heartbeat's time is stamped. Kept behind this one
 //! module because its layout is what fleet-scale sweeping depends on.
+//!
+//! Layout: a hash map gives each host address a slot; per-slot data lives in
+//! `BPF_F_MMAPABLE` arrays that userspace maps and sweeps as plain memory
+//! (about 1000x faster than walking a hash map entry by entry). Slots are
+//! handed out by an atomic counter, only by the CPU whose insert of the key
+//! succeeded, so two CPUs racing on the same new host never take two slots,
+//! and no slot is ever lost. Hosts are never removed: a full table refuses
+//! new hosts instead of evicting watched ones.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, macros::map, maps::HashMap};
-use hb_common::{DEFAULT_MAX_HOSTS, HostEntry, HostKey};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::bpf_ktime_get_coarse_ns,
+    macros::map,
+    maps::{Array, HashMap},
+};
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use hb_common::{BPF_F_MMAPABLE, DEFAULT_MAX_HOSTS, HostKey, SLOT_PENDING};
 
-/// Sized at load time by userspace (`--max-hosts`). A plain hash map, not an
-/// LRU: a host that is being watched is never evicted; a full table refuses
-/// new hosts instead, and that is counted.
-#[map(name = "HB_HOSTS")]
-static HOSTS: HashMap<HostKey, HostEntry> = HashMap::with_max_entries(DEFAULT_MAX_HOSTS, 0);
+#[map(name = "HB_SLOTS")]
+static SLOTS: HashMap<HostKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_HOSTS, 0);
+#[map(name = "HB_LAST_SEEN")]
+static LAST_SEEN: Array<u64> = Array::with_max_entries(DEFAULT_MAX_HOSTS, BPF_F_MMAPABLE);
+#[map(name = "HB_BEATS")]
+static BEATS: Array<u64> = Array::with_max_entries(DEFAULT_MAX_HOSTS, BPF_F_MMAPABLE);
+#[map(name = "HB_SLOT_KEYS")]
+static SLOT_KEYS: Array<HostKey> = Array::with_max_entries(DEFAULT_MAX_HOSTS, BPF_F_MMAPABLE);
+#[map(name = "HB_ALLOC")]
+static ALLOC: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 const EEXIST: i32 = 17;
 
@@ -25,36 +44,83 @@ pub fn stamp(key: &HostKey) -> Stamped {
     // plenty, and it is measurably cheaper than bpf_ktime_get_ns.
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    // Update a known host in place: about 2x cheaper than an insert.
-    if let Some(entry) = HOSTS.get_ptr_mut(key) {
-        touch(entry, now);
+    if let Some(slot) = SLOTS.get_ptr(key) {
+        // SAFETY: pointer from a successful lookup; entries are never deleted.
+        let slot = unsafe { core::ptr::read_volatile(slot) };
+        // SLOT_PENDING: another CPU is recording this host's first heartbeat
+        // at this very moment; it stamps the same time.
+        if slot != SLOT_PENDING {
+            touch(slot, now);
+        }
         return Stamped::Known;
     }
-    let fresh = HostEntry { last_seen_ns: now, beats: 1 };
-    match HOSTS.insert(key, &fresh, BPF_NOEXIST as u64) {
-        Ok(()) => Stamped::New,
-        // Another CPU added it between our lookup and insert.
-        Err(e) if e == -EEXIST => match HOSTS.get_ptr_mut(key) {
-            Some(entry) => {
-                touch(entry, now);
-                Stamped::Known
-            }
-            None => Stamped::TableFull,
-        },
-        Err(_) => Stamped::TableFull,
+    match SLOTS.insert(key, &SLOT_PENDING, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        // Another CPU inserted it between our lookup and insert: it owns the
+        // slot allocation and stamps the same time.
+        Err(e) if e == -EEXIST => return Stamped::Known,
+        Err(_) => return Stamped::TableFull,
     }
+    let Some(next) = ALLOC.get_ptr_mut(0) else {
+        let _ = SLOTS.remove(key);
+        return Stamped::TableFull;
+    };
+    // SAFETY: valid map value pointer.
+    let slot = unsafe { fetch_add(next, 1) } as u32;
+    let (Some(k), Some(b), Some(t)) = (
+        SLOT_KEYS.get_ptr_mut(slot),
+        BEATS.get_ptr_mut(slot),
+        LAST_SEEN.get_ptr_mut(slot),
+    ) else {
+        // Only if the arrays are smaller than the hash map: refuse the host.
+        let _ = SLOTS.remove(key);
+        return Stamped::TableFull;
+    };
+    // SAFETY: pointers from successful array lookups. The order matters:
+    // the sweeper treats a slot as ready once its last-seen time is non-zero,
+    // so the key and count are written first (x86 keeps stores in order).
+    unsafe {
+        core::ptr::write_volatile(k, *key);
+        core::ptr::write_volatile(b, 1);
+        core::ptr::write_volatile(t, now);
+    }
+    if let Some(value) = SLOTS.get_ptr_mut(key) {
+        // SAFETY: pointer from a successful lookup.
+        unsafe { core::ptr::write_volatile(value, slot) };
+    }
+    Stamped::New
 }
 
 #[inline(always)]
-fn touch(entry: *mut HostEntry, now: u64) {
-    // SAFETY: the pointer comes from a successful map lookup; the value stays
-    // valid for the program's run (entries are never deleted by the program).
-    unsafe {
-        core::ptr::write_volatile(&raw mut (*entry).last_seen_ns, now);
-        // Not an atomic add: core offers none on the BPF target, and two of
-        // one host's heartbeats (seconds apart) racing on two CPUs within the
-        // same few nanoseconds costs at most one count, never a stamp.
-        let beats = &raw mut (*entry).beats;
-        core::ptr::write_volatile(beats, core::ptr::read_volatile(beats) + 1);
+fn touch(slot: u32, now: u64) {
+    if let Some(t) = LAST_SEEN.get_ptr_mut(slot) {
+        // SAFETY: pointer from a successful array lookup.
+        unsafe { core::ptr::write_volatile(t, now) };
     }
+    if let Some(b) = BEATS.get_ptr_mut(slot) {
+        // SAFETY: as above; several CPUs may count the same host at once.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(b, 1) };
+    }
+}
+
+/// Atomic fetch-and-add (BPF_ATOMIC | BPF_FETCH, kernel >= 5.12). Written in
+/// assembly because LLVM refuses to use the old value of an atomic add for
+/// the generic BPF CPU that rustc selects, and aya-build gives no way to pick
+/// another one.
+///
+/// # Safety
+/// `p` must point to a valid, 8-byte aligned map value.
+#[inline(always)]
+unsafe fn fetch_add(p: *mut u64, v: u64) -> u64 {
+    let mut v = v;
+    // SAFETY: the caller guarantees `p`.
+    unsafe {
+        core::arch::asm!(
+            "{0} = atomic_fetch_add((u64 *)({1} + 0), {0})",
+            inout(reg) v,
+            in(reg) p,
+            options(nostack),
+        );
+    }
+    v
 }

@@ -35,7 +35,7 @@ pub struct Summary {
 }
 
 pub enum Event<'a> {
-    Host(Transition),
+    Host(Transition<HostKey>),
     Summary(&'a Summary),
 }
 

@@ -5,10 +5,17 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{ProgramError, Xdp, XdpMode},
 };
-use hb_common::{COUNTERS_MAP, HOSTS_MAP, PASS_GLOBAL, PORT_GLOBAL, PROGRAM};
+use hb_common::{
+    ALLOC_MAP, BEATS_MAP, COUNTERS_MAP, HOST_MAPS, LAST_SEEN_MAP, PASS_GLOBAL, PORT_GLOBAL,
+    PROGRAM, SLOT_KEYS_MAP, SLOTS_MAP,
+};
 use log::{info, warn};
 
-use crate::{cli::XdpModeArg, counters::Counters, table::HostTable};
+use crate::{
+    cli::XdpModeArg,
+    counters::Counters,
+    table::{HostTable, TableMaps},
+};
 
 /// The object built by build.rs from hb-ebpf.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hb"));
@@ -31,19 +38,32 @@ pub struct Loaded {
 /// Loads and verifies the program; does not attach it.
 pub fn load(settings: Settings) -> Result<Loaded> {
     let pass = u8::from(settings.pass_heartbeats);
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global(PORT_GLOBAL, &settings.port, true)
-        .override_global(PASS_GLOBAL, &pass, true)
-        .map_max_entries(HOSTS_MAP, settings.max_hosts)
+        .override_global(PASS_GLOBAL, &pass, true);
+    for map in HOST_MAPS {
+        loader.map_max_entries(map, settings.max_hosts);
+    }
+    let mut ebpf = loader
         .load(OBJECT)
         .context("loading the eBPF object (are you root, on a kernel with BPF and BTF?)")?;
     let program: &mut Xdp = xdp(&mut ebpf)?;
     program
         .load()
         .context("the kernel refused the XDP program")?;
-    let table = HostTable::new(ebpf.take_map(HOSTS_MAP).context("no host table in the object")?)?;
-    let counters =
-        Counters::new(ebpf.take_map(COUNTERS_MAP).context("no counters in the object")?)?;
+    let mut take = |name: &str| {
+        ebpf.take_map(name)
+            .with_context(|| format!("no map {name} in the object"))
+    };
+    let table = HostTable::new(TableMaps {
+        slots: take(SLOTS_MAP)?,
+        last_seen: take(LAST_SEEN_MAP)?,
+        beats: take(BEATS_MAP)?,
+        slot_keys: take(SLOT_KEYS_MAP)?,
+        alloc: take(ALLOC_MAP)?,
+    })?;
+    let counters = Counters::new(take(COUNTERS_MAP)?)?;
     Ok(Loaded {
         ebpf,
         table,

@@ -43,14 +43,13 @@ impl<W: Write> Sweeper<W> {
         let wall = SystemTime::now();
         let Self { tracker, format, out, .. } = self;
         let mut write_err = None;
-        table.for_each(|host, entry| {
-            tracker.observe(host, entry.last_seen_ns, entry.beats, now, |t| {
-                if write_err.is_none() {
-                    let line = format_event(*format, wall, &Event::Host(t));
-                    write_err = writeln!(out, "{line}").err();
-                }
-            });
-        })?;
+        tracker.sweep(table.last_seen(), now, |t| {
+            if write_err.is_none() {
+                let t = t.with_host(table.key(*t.host()));
+                let line = format_event(*format, wall, &Event::Host(t));
+                write_err = writeln!(out, "{line}").err();
+            }
+        });
         if let Some(e) = write_err {
             return Err(e).context("writing events to stdout");
         }

@@ -1,34 +1,190 @@
-//! Userspace side of the host table: how a sweep reads what the XDP program
-//! stamped. Kept behind this one module because the layout will change for
-//! fleet-scale sweeps.
+//! Userspace side of the host table (layout: see hb-ebpf's `table.rs`). The
+//! per-slot arrays are mmapped read-only, so a sweep reads last-seen times as
+//! plain memory, with no system call per host.
 
-use anyhow::{Context as _, Result};
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use anyhow::{Context as _, Result, bail};
 use aya::maps::{HashMap, Map, MapData};
-use hb_common::{HostEntry, HostKey};
+use hb_common::{HostEntry, HostKey, SLOT_PENDING};
 
-pub struct HostTable {
-    map: HashMap<MapData, HostKey, HostEntry>,
+/// A read-only shared mapping of a BPF array's values.
+struct Mapped<T> {
+    ptr: NonNull<T>,
+    len: usize,
+    bytes: usize,
 }
 
-impl HostTable {
-    pub fn new(map: Map) -> Result<Self> {
+impl<T> Mapped<T> {
+    fn new(data: &MapData, len: usize, name: &str) -> Result<Self> {
+        let info = data.info().with_context(|| format!("reading {name}'s info"))?;
+        // Array elements are laid out at 8-byte strides.
+        if info.value_size() as usize != size_of::<T>() || (len > 1 && size_of::<T>() % 8 != 0) {
+            bail!("{name} holds {}-byte values, hb expects {}", info.value_size(), size_of::<T>());
+        }
+        let page = page_size();
+        let bytes = (len * size_of::<T>()).div_ceil(page).max(1) * page;
+        // SAFETY: mapping a BPF_F_MMAPABLE array fd read-only and shared;
+        // the kernel checks size and flags.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error()).with_context(|| format!("mmapping {name}"));
+        }
         Ok(Self {
-            map: HashMap::try_from(map).context("host table has an unexpected type")?,
+            ptr: NonNull::new(ptr.cast()).expect("mmap returned null"),
+            len,
+            bytes,
         })
     }
 
-    /// Calls `f` with every host in the table. Entries are only ever added,
-    /// so a host missed by an iteration racing an insert shows up next time.
-    pub fn for_each(&self, mut f: impl FnMut(HostKey, HostEntry)) -> Result<()> {
-        for item in self.map.iter() {
-            let (key, entry) = item.context("reading the host table")?;
-            f(key, entry);
+    fn as_slice(&self) -> &[T] {
+        // SAFETY: the mapping holds `len` elements and lives as long as self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T> Drop for Mapped<T> {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+}
+
+fn array_data(map: Map, name: &str) -> Result<MapData> {
+    match map {
+        Map::Array(data) => Ok(data),
+        _ => bail!("{name} is not an array"),
+    }
+}
+
+/// Raw maps of the table, as taken from the loaded object.
+pub struct TableMaps {
+    pub slots: Map,
+    pub last_seen: Map,
+    pub beats: Map,
+    pub slot_keys: Map,
+    pub alloc: Map,
+}
+
+pub struct HostTable {
+    slots: HashMap<MapData, HostKey, u32>,
+    // The kernel writes these while we read: atomics (relaxed loads are
+    // plain loads on x86) keep the reads well-defined.
+    last_seen: Mapped<AtomicU64>,
+    beats: Mapped<AtomicU64>,
+    keys: Mapped<[AtomicU64; 2]>,
+    alloc: Mapped<AtomicU64>,
+    capacity: usize,
+}
+
+impl HostTable {
+    pub fn new(maps: TableMaps) -> Result<Self> {
+        let capacity = match &maps.slots {
+            Map::HashMap(data) => data.info()?.max_entries() as usize,
+            _ => bail!("the slot map is not a hash map"),
+        };
+        let slots: HashMap<MapData, HostKey, u32> =
+            HashMap::try_from(maps.slots).context("slot map has an unexpected type")?;
+        let last_seen = array_data(maps.last_seen, "last-seen array")?;
+        let beats = array_data(maps.beats, "beats array")?;
+        let keys = array_data(maps.slot_keys, "slot keys array")?;
+        let alloc = array_data(maps.alloc, "slot allocator")?;
+        for (data, name) in [(&last_seen, "last-seen array"), (&beats, "beats array"), (&keys, "slot keys array")] {
+            let n = data.info()?.max_entries() as usize;
+            if n != capacity {
+                bail!("{name} has {n} slots but the host map {capacity}");
+            }
         }
-        Ok(())
+        Ok(Self {
+            last_seen: Mapped::new(&last_seen, capacity, "last-seen array")?,
+            beats: Mapped::new(&beats, capacity, "beats array")?,
+            keys: Mapped::new(&keys, capacity, "slot keys array")?,
+            alloc: Mapped::new(&alloc, 1, "slot allocator")?,
+            slots,
+            capacity,
+        })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Slots handed out so far (some may still be being filled in).
+    pub fn len(&self) -> usize {
+        let next = self.alloc.as_slice()[0].load(Ordering::Acquire) as usize;
+        next.min(self.capacity)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Last-seen times of the slots in use; 0 means "not ready yet".
+    pub fn last_seen(&self) -> &[AtomicU64] {
+        &self.last_seen.as_slice()[..self.len()]
+    }
+
+    pub fn key(&self, slot: u32) -> HostKey {
+        let [a, b] = &self.keys.as_slice()[slot as usize];
+        let (a, b) = (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed));
+        let mut addr = [0u8; 16];
+        addr[..8].copy_from_slice(&a.to_ne_bytes());
+        addr[8..].copy_from_slice(&b.to_ne_bytes());
+        HostKey { addr }
+    }
+
+    pub fn beats(&self, slot: u32) -> u64 {
+        self.beats.as_slice()[slot as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn entry(&self, slot: u32) -> HostEntry {
+        HostEntry {
+            last_seen_ns: self.last_seen.as_slice()[slot as usize].load(Ordering::Acquire),
+            beats: self.beats(slot),
+        }
+    }
+
+    /// One host's slot, if it is in the table and ready.
+    pub fn slot(&self, key: &HostKey) -> Option<u32> {
+        let slot = self.slots.get(key, 0).ok()?;
+        (slot != SLOT_PENDING && (slot as usize) < self.capacity).then_some(slot)
     }
 
     /// One host's entry, if it is in the table.
     pub fn get(&self, key: &HostKey) -> Option<HostEntry> {
-        self.map.get(key, 0).ok()
+        self.slot(key).map(|s| self.entry(s))
+    }
+
+    /// Calls `f` with every ready host.
+    pub fn for_each(&self, mut f: impl FnMut(HostKey, HostEntry)) {
+        for (slot, t) in self.last_seen().iter().enumerate() {
+            if t.load(Ordering::Acquire) != 0 {
+                f(self.key(slot as u32), self.entry(slot as u32));
+            }
+        }
     }
 }
+
+// SAFETY: the mappings are read-only and accessed through atomics.
+unsafe impl<T: Sync> Send for Mapped<T> {}
+// SAFETY: as above.
+unsafe impl<T: Sync> Sync for Mapped<T> {}
