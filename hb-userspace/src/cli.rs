@@ -50,6 +50,12 @@ pub struct RunArgs {
     /// Output format of events and summaries on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Serve GET /metrics (Prometheus) and GET /silent (JSON) on this address, e.g. 127.0.0.1:9743.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Add a per-host series (hb_host_silent_seconds) for up to N silent hosts, longest silent first.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub metrics_silent_hosts: usize,
 }
 
 #[derive(Args, Debug, Clone)]

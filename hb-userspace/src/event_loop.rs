@@ -20,6 +20,9 @@ const TICK: u64 = 1;
 const SIGNAL: u64 = 2;
 /// Tokens below this are the loop's own.
 pub const FIRST_USER_TOKEN: u64 = 16;
+/// Set in the user data of entries passed to `submit` (callers give tokens
+/// below it), so their completions come back as `Done`.
+pub const OP_FLAG: u64 = 1 << 63;
 
 /// Why the loop woke up.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,6 +34,8 @@ pub enum Wake {
     /// A watched descriptor is readable (its token). Watch it again to get
     /// the next one.
     Readable(u64),
+    /// An operation submitted with `submit` completed.
+    Done { token: u64, result: i32 },
 }
 
 pub struct EventLoop {
@@ -68,11 +73,36 @@ impl EventLoop {
 
     /// Wakes with `Readable(token)` once `fd` is readable.
     pub fn watch(&mut self, fd: RawFd, token: u64) -> Result<()> {
-        debug_assert!(token >= FIRST_USER_TOKEN);
+        debug_assert!((FIRST_USER_TOKEN..OP_FLAG).contains(&token));
         let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
             .build()
             .user_data(token);
         self.push(sqe)
+    }
+
+    /// Submits an operation; its completion wakes with `Done { token, .. }`.
+    /// Entries linked with `IO_LINK` are pushed in order by passing them
+    /// together.
+    ///
+    /// # Safety
+    /// Every buffer the entries point to must stay valid and unmoved until
+    /// their completions arrive.
+    pub unsafe fn submit(&mut self, entries: &[squeue::Entry]) -> Result<()> {
+        let room = {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if room < entries.len() {
+            self.ring.submit().context("submitting to io_uring")?;
+        }
+        // SAFETY: the caller guarantees the buffers.
+        unsafe {
+            self.ring
+                .submission()
+                .push_multiple(entries)
+                .map_err(|_| anyhow::anyhow!("io_uring submission queue full"))?;
+        }
+        Ok(())
     }
 
     /// Waits for the next event.
@@ -112,6 +142,10 @@ impl EventLoop {
                         self.pending.push_back(Wake::Stop(name));
                         self.arm_signal()?;
                     }
+                    token if token & OP_FLAG != 0 => self.pending.push_back(Wake::Done {
+                        token: token & !OP_FLAG,
+                        result: res,
+                    }),
                     token => self.pending.push_back(Wake::Readable(token)),
                 }
             }

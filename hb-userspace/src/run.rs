@@ -7,6 +7,8 @@ use log::{info, warn};
 
 use crate::{
     cli::RunArgs,
+    endpoints,
+    http::HttpServer,
     event_loop::{EventLoop, FIRST_USER_TOKEN, Wake},
     program::{self, Settings},
     sweeper::Sweeper,
@@ -45,10 +47,34 @@ pub fn run(args: RunArgs) -> Result<()> {
         args.max_hosts
     );
 
+    let mut http = match args.metrics_listen {
+        Some(addr) => {
+            let mut server = HttpServer::bind(addr)?;
+            server.start(&mut events)?;
+            info!("serving /metrics and /silent on http://{}", server.local_addr()?);
+            Some(server)
+        }
+        None => None,
+    };
+
     let mut sweeper = Sweeper::new(args.timeout.as_nanos() as u64, args.format, std::io::stdout());
     loop {
         match events.next()? {
             Wake::Tick => sweeper.sweep(&loaded.table, &loaded.counters)?,
+            Wake::Done { token, result } if HttpServer::owns(token) => {
+                if let Some(server) = http.as_mut() {
+                    let ctx = endpoints::Context {
+                        summary: &sweeper.summary,
+                        events: &sweeper.events,
+                        tracker: &sweeper.tracker,
+                        table: &loaded.table,
+                        timeout: args.timeout,
+                        silent_series: args.metrics_silent_hosts,
+                    };
+                    server.complete(&mut events, token, result, &mut |req| endpoints::handle(req, &ctx))?;
+                }
+            }
+            Wake::Done { .. } => {}
             Wake::Readable(LOG_TOKEN) => {
                 if let Some(logger) = kernel_log.as_mut() {
                     logger.flush();

@@ -15,10 +15,19 @@ use crate::{
     counters::Counters,
     output::{Event, Summary, format_event},
     table::HostTable,
-    tracker::Tracker,
+    tracker::{Tracker, Transition},
 };
 
+/// Host events reported since the start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EventTotals {
+    pub new: u64,
+    pub silent: u64,
+    pub recovered: u64,
+}
+
 pub struct Sweeper<W: Write> {
+    pub events: EventTotals,
     pub tracker: Tracker,
     format: Format,
     out: W,
@@ -29,6 +38,7 @@ pub struct Sweeper<W: Write> {
 impl<W: Write> Sweeper<W> {
     pub fn new(timeout_ns: u64, format: Format, out: W) -> Self {
         Self {
+            events: EventTotals::default(),
             tracker: Tracker::new(timeout_ns),
             format,
             out,
@@ -41,9 +51,14 @@ impl<W: Write> Sweeper<W> {
         let started = Instant::now();
         let now = monotonic_ns();
         let wall = SystemTime::now();
-        let Self { tracker, format, out, .. } = self;
+        let Self { tracker, format, out, events, .. } = self;
         let mut write_err = None;
         tracker.sweep(table.last_seen(), now, |t| {
+            match t {
+                Transition::New { .. } => events.new += 1,
+                Transition::Silent { .. } => events.silent += 1,
+                Transition::Recovered { .. } => events.recovered += 1,
+            }
             if write_err.is_none() {
                 let t = t.with_host(table.key(*t.host()));
                 let line = format_event(*format, wall, &Event::Host(t));

@@ -1,0 +1,145 @@
+//! What the HTTP endpoint serves: `GET /metrics` (Prometheus text
+//! exposition) and `GET /silent` (silent hosts as JSON, paged). Rendered from
+//! the last sweep's state: a scrape never reads the table itself.
+
+use std::{
+    fmt::Write as _,
+    time::{Duration, SystemTime},
+};
+
+use hb_common::Counter;
+use serde::Serialize;
+
+use crate::{
+    clock::monotonic_ns,
+    http::{Request, Response, query_param},
+    output::{Summary, host_ip, timestamp},
+    sweeper::EventTotals,
+    table::HostTable,
+    tracker::Tracker,
+};
+
+/// Default and largest page of `GET /silent`.
+pub const SILENT_PAGE: usize = 1000;
+pub const SILENT_PAGE_MAX: usize = 10_000;
+
+pub struct Context<'a> {
+    pub summary: &'a Summary,
+    pub events: &'a EventTotals,
+    pub tracker: &'a Tracker,
+    pub table: &'a HostTable,
+    pub timeout: Duration,
+    /// Per-host series for at most this many silent hosts (0: none).
+    pub silent_series: usize,
+}
+
+pub fn handle(req: &Request<'_>, ctx: &Context<'_>) -> Response {
+    match req.path {
+        "/metrics" => Response::new(200, "text/plain; version=0.0.4; charset=utf-8", metrics(ctx)),
+        "/silent" => silent(req, ctx),
+        "/" => Response::new(200, "text/plain; charset=utf-8", "hb: GET /metrics, GET /silent?limit=N&offset=M\n"),
+        _ => Response::error(404, "not found: try /metrics or /silent"),
+    }
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+pub fn metrics(ctx: &Context<'_>) -> String {
+    let s = ctx.summary;
+    let mut out = String::with_capacity(4096);
+    metric(&mut out, "hb_hosts", "gauge", "Hosts heard from since the collector started.");
+    let _ = writeln!(out, "hb_hosts {}", s.hosts);
+    metric(&mut out, "hb_hosts_alive", "gauge", "Hosts whose last heartbeat is within the timeout.");
+    let _ = writeln!(out, "hb_hosts_alive {}", s.alive);
+    metric(&mut out, "hb_hosts_silent", "gauge", "Hosts silent for longer than the timeout.");
+    let _ = writeln!(out, "hb_hosts_silent {}", s.silent);
+    metric(&mut out, "hb_heartbeats_total", "counter", "Heartbeats recorded.");
+    let _ = writeln!(out, "hb_heartbeats_total {}", s.packets[Counter::Heartbeat as usize]);
+    metric(&mut out, "hb_packets_total", "counter", "Packets seen by the XDP program, by outcome.");
+    for c in Counter::ALL {
+        let _ = writeln!(out, "hb_packets_total{{outcome=\"{}\"}} {}", c.name(), s.packets[c as usize]);
+    }
+    metric(&mut out, "hb_table_capacity", "gauge", "Hosts the table can hold (--max-hosts).");
+    let _ = writeln!(out, "hb_table_capacity {}", ctx.table.capacity());
+    metric(&mut out, "hb_table_used", "gauge", "Slots of the table in use.");
+    let _ = writeln!(out, "hb_table_used {}", ctx.table.len());
+    metric(&mut out, "hb_sweep_duration_seconds", "gauge", "Duration of the last sweep.");
+    let _ = writeln!(out, "hb_sweep_duration_seconds {}", s.sweep.as_secs_f64());
+    metric(&mut out, "hb_events_total", "counter", "Host events reported, by kind.");
+    for (event, n) in [("new", ctx.events.new), ("silent", ctx.events.silent), ("recovered", ctx.events.recovered)] {
+        let _ = writeln!(out, "hb_events_total{{event=\"{event}\"}} {n}");
+    }
+    metric(&mut out, "hb_build_info", "gauge", "Build information.");
+    let _ = writeln!(out, "hb_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    if ctx.silent_series > 0 {
+        metric(
+            &mut out,
+            "hb_host_silent_seconds",
+            "gauge",
+            "Seconds since the last heartbeat, for silent hosts only (capped by --metrics-silent-hosts).",
+        );
+        let now = monotonic_ns();
+        for (host, last_seen) in longest_silent(ctx).into_iter().take(ctx.silent_series) {
+            let secs = now.saturating_sub(last_seen) as f64 / 1e9;
+            let _ = writeln!(out, "hb_host_silent_seconds{{host=\"{}\"}} {secs:.3}", host_ip(&host));
+        }
+    }
+    out
+}
+
+/// Silent hosts, longest silent first (stable order for paging).
+fn longest_silent(ctx: &Context<'_>) -> Vec<(hb_common::HostKey, u64)> {
+    let mut slots: Vec<(u64, u32)> = ctx.tracker.silent_hosts().map(|(slot, seen)| (seen, slot)).collect();
+    slots.sort_unstable();
+    slots.into_iter().map(|(seen, slot)| (ctx.table.key(slot), seen)).collect()
+}
+
+#[derive(Serialize)]
+struct SilentHost {
+    host: String,
+    /// When its last heartbeat became older than the timeout.
+    silent_since: String,
+    last_seen: String,
+    silent_for_ms: u64,
+}
+
+#[derive(Serialize)]
+struct SilentPage {
+    total: usize,
+    offset: usize,
+    limit: usize,
+    hosts: Vec<SilentHost>,
+}
+
+fn silent(req: &Request<'_>, ctx: &Context<'_>) -> Response {
+    let parse = |name: &str, default: usize| match query_param(req.query, name) {
+        None => Ok(default),
+        Some(v) => v.parse::<usize>().map_err(|_| format!("{name} must be a non-negative integer")),
+    };
+    let (offset, limit) = match (parse("offset", 0), parse("limit", SILENT_PAGE)) {
+        (Ok(o), Ok(l)) if l <= SILENT_PAGE_MAX => (o, l),
+        (Ok(_), Ok(_)) => return Response::error(400, &format!("limit must be at most {SILENT_PAGE_MAX}")),
+        (Err(e), _) | (_, Err(e)) => return Response::error(400, &e),
+    };
+    let all = longest_silent(ctx);
+    let now = monotonic_ns();
+    let wall = SystemTime::now();
+    let hosts = all
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|(host, seen)| {
+            let ago = Duration::from_nanos(now.saturating_sub(*seen));
+            SilentHost {
+                host: host_ip(host).to_string(),
+                silent_since: timestamp(wall - ago + ctx.timeout),
+                last_seen: timestamp(wall - ago),
+                silent_for_ms: ago.as_millis() as u64,
+            }
+        })
+        .collect();
+    let page = SilentPage { total: all.len(), offset, limit, hosts };
+    Response::new(200, "application/json", serde_json::to_vec(&page).expect("plain structs serialize"))
+}

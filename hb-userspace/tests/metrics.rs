@@ -1,0 +1,136 @@
+//! The HTTP endpoint scraped over loopback (inside the collector's
+//! namespace) and parsed by a real Prometheus text-format parser.
+
+mod common;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use common::{Collector, Link, Netns, Proc, is_event};
+
+/// One HTTP request; returns (status, body).
+fn get(ns: &Netns, port: u16, request: &str) -> (u16, String) {
+    let request = request.to_owned();
+    ns.within(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the endpoint");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).expect("read the reply");
+        let status = reply.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status line");
+        let body = reply.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (status, body)
+    })
+}
+
+fn scrape(ns: &Netns, port: u16) -> prometheus_parse::Scrape {
+    let (status, body) = get(ns, port, "GET /metrics HTTP/1.1\r\nHost: hb\r\n\r\n");
+    assert_eq!(status, 200);
+    let lines = body.lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text format")
+}
+
+fn value(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .unwrap_or_else(|| panic!("no sample {name} {label:?}"));
+    match sample.value {
+        prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+        ref other => panic!("{name}: unexpected value {other:?}"),
+    }
+}
+
+#[test]
+fn metrics_and_silent_endpoints() {
+    let link = Link::new("met");
+    link.a.ip(&["addr", "add", "198.18.2.1/24", "dev", &link.a_if]);
+    link.b.ip(&["addr", "add", "198.18.2.2/24", "dev", &link.b_if]);
+    link.b.ip(&["addr", "add", "198.18.2.3/24", "dev", &link.b_if]);
+    let port = 9743;
+    let listen = format!("127.0.0.1:{port}");
+    let collector = Collector::start(
+        &link.a,
+        &[
+            "--iface", &link.a_if, "--timeout", "1s", "--sweep", "200ms", "--max-hosts", "4096",
+            "--metrics-listen", &listen, "--metrics-silent-hosts", "10",
+        ],
+    );
+    assert!(collector.wait_for(Duration::from_secs(10), |v| v["event"] == "summary").0.is_some());
+
+    let beat = |from: &str| {
+        let mut cmd = link.b.command(env!("CARGO_BIN_EXE_hb"));
+        cmd.args(["beat", "--server", "198.18.2.1", "--period", "100ms", "--bind", from]);
+        Proc::spawn(cmd)
+    };
+    let _alive = beat("198.18.2.2");
+    let stopped = beat("198.18.2.3");
+    let mut missing = vec!["198.18.2.2", "198.18.2.3"];
+    let (all, _) = collector.wait_for(Duration::from_secs(5), |v| {
+        missing.retain(|h| !is_event(v, "new", h));
+        missing.is_empty()
+    });
+    assert!(all.is_some(), "hosts never appeared: {missing:?}");
+
+    // A client that connects and says nothing must not hold up sweeps.
+    let idle = link.a.within(move || TcpStream::connect(("127.0.0.1", port)).unwrap());
+
+    drop(stopped);
+    let (silent, seen) = collector.wait_for(Duration::from_secs(4), |v| is_event(v, "silent", "198.18.2.3"));
+    assert!(silent.is_some(), "no silent event; saw {seen:?}");
+    // Let the next summary land so the scrape reflects this sweep.
+    assert!(collector.wait_for(Duration::from_secs(2), |v| v["event"] == "summary").0.is_some());
+
+    let m = scrape(&link.a, port);
+    assert_eq!(value(&m, "hb_hosts", None), 2.0);
+    assert_eq!(value(&m, "hb_hosts_alive", None), 1.0);
+    assert_eq!(value(&m, "hb_hosts_silent", None), 1.0);
+    assert!(value(&m, "hb_heartbeats_total", None) >= 2.0);
+    assert_eq!(value(&m, "hb_packets_total", Some(("outcome", "new_host"))), 2.0);
+    assert_eq!(value(&m, "hb_table_capacity", None), 4096.0);
+    assert_eq!(value(&m, "hb_table_used", None), 2.0);
+    assert_eq!(value(&m, "hb_events_total", Some(("event", "silent"))), 1.0);
+    assert_eq!(value(&m, "hb_events_total", Some(("event", "new"))), 2.0);
+    assert!(value(&m, "hb_sweep_duration_seconds", None) > 0.0);
+    assert_eq!(value(&m, "hb_build_info", Some(("version", env!("CARGO_PKG_VERSION")))), 1.0);
+    // Per-host series: the silent host only.
+    let per_host: Vec<_> = m.samples.iter().filter(|s| s.metric == "hb_host_silent_seconds").collect();
+    assert_eq!(per_host.len(), 1, "{per_host:?}");
+    assert_eq!(per_host[0].labels.get("host"), Some("198.18.2.3"));
+
+    let (status, body) = get(&link.a, port, "GET /silent HTTP/1.1\r\n\r\n");
+    assert_eq!(status, 200);
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["total"], 1);
+    assert_eq!(page["hosts"][0]["host"], "198.18.2.3");
+    assert!(page["hosts"][0]["silent_for_ms"].as_u64().unwrap() >= 1000);
+    assert!(page["hosts"][0]["last_seen"].as_str().unwrap().ends_with('Z'));
+    let (status, body) = get(&link.a, port, "GET /silent?offset=1&limit=5 HTTP/1.1\r\n\r\n");
+    assert_eq!(status, 200);
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((page["total"].as_u64(), page["hosts"].as_array().map(Vec::len)), (Some(1), Some(0)));
+
+    // Bad requests get HTTP errors, and the collector carries on.
+    assert_eq!(get(&link.a, port, "GET /silent?limit=lots HTTP/1.1\r\n\r\n").0, 400);
+    assert_eq!(get(&link.a, port, "GET /silent?limit=10001 HTTP/1.1\r\n\r\n").0, 400);
+    assert_eq!(get(&link.a, port, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").0, 405);
+    assert_eq!(get(&link.a, port, "GET /nope HTTP/1.1\r\n\r\n").0, 404);
+    assert_eq!(get(&link.a, port, "\x01\x02 nonsense\r\n\r\n").0, 400);
+    // Exactly the request limit, headers never ending (the server reads it
+    // all, so closing sends no reset that could eat the reply).
+    let mut huge = String::from("GET /metrics HTTP/1.1\r\nX-Pad: ");
+    huge.push_str(&"a".repeat(8192 - huge.len()));
+    assert_eq!(get(&link.a, port, &huge).0, 431);
+    drop(idle);
+    assert!(!scrape(&link.a, port).samples.is_empty());
+
+    // Heartbeats are still recorded after all that.
+    let tx = link.b.within(|| UdpSocket::bind("198.18.2.3:0").unwrap());
+    tx.send_to(b"PyHB", "198.18.2.1:43278").unwrap();
+    let (rec, seen) = collector.wait_for(Duration::from_secs(3), |v| is_event(v, "recovered", "198.18.2.3"));
+    assert!(rec.is_some(), "{seen:?}");
+}
