@@ -1,0 +1,101 @@
+//! Slot allocation under concurrency: many new hosts from several threads at
+//! once (each BPF_PROG_TEST_RUN runs on the calling thread's CPU), and many
+//! threads racing on the *same* new host. No slot may be lost or shared.
+
+use std::{collections::HashSet, sync::Barrier};
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use hb_common::{Counter, HostKey};
+use hb_userspace::program::{self, Settings};
+
+const XDP_DROP: u32 = 1;
+
+fn heartbeat(src: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0u8; 46];
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&32u16.to_be_bytes());
+    f[23] = 17;
+    f[26..30].copy_from_slice(&src);
+    f[30..34].copy_from_slice(&[198, 18, 0, 1]);
+    f[36..38].copy_from_slice(&43278u16.to_be_bytes());
+    f[38..40].copy_from_slice(&12u16.to_be_bytes());
+    f[42..46].copy_from_slice(b"PyHB");
+    f
+}
+
+fn src(i: u32) -> [u8; 4] {
+    let [_, b, c, d] = i.to_be_bytes();
+    [10, b, c, d]
+}
+
+#[test]
+fn concurrent_new_hosts_get_distinct_slots() {
+    const THREADS: u32 = 4;
+    const PER_THREAD: u32 = 20_000;
+    // Room for every host: the point is allocation, not a full table.
+    let mut loaded = program::load(Settings { port: 43278, pass_heartbeats: false, max_hosts: 1 << 17 }).unwrap();
+    let prog = program::xdp(&mut loaded.ebpf).unwrap();
+    let barrier = Barrier::new(THREADS as usize);
+    std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            let (prog, barrier) = (&*prog, &barrier);
+            s.spawn(move || {
+                barrier.wait();
+                // Every thread walks the same new hosts in the same order,
+                // so each is first seen on several CPUs at about once.
+                for i in 0..PER_THREAD {
+                    let frame = heartbeat(src(i));
+                    let r = prog.test_run(TestRunOptions { data_in: Some(&frame), ..TestRunOptions::new() }).unwrap();
+                    assert_eq!(r.return_value, XDP_DROP);
+                }
+            });
+        }
+    });
+    let distinct = PER_THREAD;
+    let table = &loaded.table;
+    assert_eq!(table.len(), distinct as usize, "slots handed out != distinct hosts");
+    let counters = loaded.counters.read().unwrap();
+    assert_eq!(counters[Counter::NewHost as usize], distinct as u64);
+    assert_eq!(counters[Counter::Heartbeat as usize], (PER_THREAD * THREADS) as u64);
+    // Every slot holds a distinct host, and the hash map points back to it.
+    let mut keys = HashSet::new();
+    let mut beats = 0;
+    for slot in 0..distinct {
+        let key = table.key(slot);
+        assert!(keys.insert(key), "slot {slot}: host {key:?} has two slots");
+        assert_eq!(table.slot(&key), Some(slot), "hash map and slot keys disagree");
+        let entry = table.entry(slot);
+        assert_ne!(entry.last_seen_ns, 0, "slot {slot} never stamped");
+        beats += entry.beats;
+    }
+    let expected: HashSet<HostKey> = (0..distinct).map(|i| HostKey::from_ipv4(src(i))).collect();
+    assert_eq!(keys, expected);
+    // A heartbeat that loses the race for a new host's first stamp is
+    // counted as a heartbeat but not in the host's beat count.
+    assert!(beats <= (PER_THREAD * THREADS) as u64);
+    assert!(beats >= distinct as u64, "{beats}");
+}
+
+#[test]
+fn a_full_table_refuses_new_hosts_without_losing_slots() {
+    let mut loaded = program::load(Settings { port: 43278, pass_heartbeats: false, max_hosts: 64 }).unwrap();
+    let prog = program::xdp(&mut loaded.ebpf).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..2u32 {
+            let prog = &*prog;
+            s.spawn(move || {
+                for i in 0..200u32 {
+                    let frame = heartbeat(src(i * 2 + t));
+                    prog.test_run(TestRunOptions { data_in: Some(&frame), ..TestRunOptions::new() }).unwrap();
+                }
+            });
+        }
+    });
+    let counters = loaded.counters.read().unwrap();
+    assert_eq!(loaded.table.len(), 64);
+    assert_eq!(counters[Counter::NewHost as usize], 64);
+    assert_eq!(counters[Counter::TableFull as usize], 400 - 64);
+    let keys: HashSet<HostKey> = (0..64).map(|s| loaded.table.key(s)).collect();
+    assert_eq!(keys.len(), 64);
+}
