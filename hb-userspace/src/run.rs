@@ -12,6 +12,7 @@ use crate::{
     event_loop::{EventLoop, FIRST_USER_TOKEN, Wake},
     program::{self, Settings},
     sweeper::Sweeper,
+    writer::{self, RingWriter},
 };
 
 const LOG_TOKEN: u64 = FIRST_USER_TOKEN;
@@ -57,10 +58,16 @@ pub fn run(args: RunArgs) -> Result<()> {
         None => None,
     };
 
-    let mut sweeper = Sweeper::new(args.timeout.as_nanos() as u64, args.format, std::io::stdout());
+    let mut sweeper = Sweeper::new(args.timeout.as_nanos() as u64, args.format, Vec::new());
+    let mut stdout = RingWriter::stdout();
     loop {
         match events.next()? {
-            Wake::Tick => sweeper.sweep(&loaded.table, &loaded.counters)?,
+            Wake::Tick => {
+                sweeper.sweep(&loaded.table, &loaded.counters)?;
+                stdout.write(&mut events, &sweeper.out)?;
+                sweeper.out.clear();
+            }
+            Wake::Done { token: writer::TOKEN, result } => stdout.complete(&mut events, result)?,
             Wake::Done { token, result } if HttpServer::owns(token) => {
                 if let Some(server) = http.as_mut() {
                     let ctx = endpoints::Context {
@@ -87,6 +94,18 @@ pub fn run(args: RunArgs) -> Result<()> {
                 break;
             }
         }
+    }
+    // Lines already queued are written before exiting.
+    // A second signal gives up on a stdout reader that is stuck.
+    while stdout.busy() {
+        match events.next()? {
+            Wake::Done { token: writer::TOKEN, result } => stdout.complete(&mut events, result)?,
+            Wake::Stop(_) => break,
+            _ => {}
+        }
+    }
+    if !stdout.busy() {
+        stdout.finish()?;
     }
     drop(kernel_log);
     // Dropping the program detaches it from the interface.

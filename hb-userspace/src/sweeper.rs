@@ -30,7 +30,8 @@ pub struct Sweeper<W: Write> {
     pub events: EventTotals,
     pub tracker: Tracker,
     format: Format,
-    out: W,
+    /// Where event lines go (a buffer that the ring writer drains).
+    pub out: W,
     last_packets: [u64; Counter::COUNT],
     pub summary: Summary,
 }

@@ -1,0 +1,141 @@
+//! Event lines reach stdout through the ring: a sweep appends its lines to a
+//! buffer and returns at once; a ring write drains it. A slow reader of
+//! stdout (a pipe to a log shipper, say) delays output, never sweeps, and
+//! no line is dropped: lines wait in memory until written.
+
+use std::{
+    io::{self, Write as _},
+    os::fd::RawFd,
+};
+
+use anyhow::{Context as _, Result, bail};
+use io_uring::{opcode, types};
+
+use crate::event_loop::{EventLoop, OP_FLAG};
+
+/// Token of the writer's operations (below the event loop's `OP_FLAG`).
+pub const TOKEN: u64 = 1 << 41;
+
+pub struct RingWriter {
+    fd: RawFd,
+    /// Lines waiting for the write in flight to finish.
+    pending: Vec<u8>,
+    /// The buffer being written, and how much of it is done.
+    inflight: Vec<u8>,
+    written: usize,
+    busy: bool,
+}
+
+impl RingWriter {
+    pub fn stdout() -> Self {
+        Self::new(libc::STDOUT_FILENO)
+    }
+
+    /// A writer to `fd`, which must stay open as long as the writer.
+    pub fn new(fd: RawFd) -> Self {
+        Self { fd, pending: Vec::new(), inflight: Vec::new(), written: 0, busy: false }
+    }
+
+    /// Queues complete lines and starts writing if idle.
+    pub fn write(&mut self, ev: &mut EventLoop, bytes: &[u8]) -> Result<()> {
+        self.pending.extend_from_slice(bytes);
+        self.start(ev)
+    }
+
+    fn start(&mut self, ev: &mut EventLoop) -> Result<()> {
+        if self.busy || self.pending.is_empty() {
+            return Ok(());
+        }
+        std::mem::swap(&mut self.pending, &mut self.inflight);
+        self.written = 0;
+        self.busy = true;
+        self.submit(ev)
+    }
+
+    fn submit(&mut self, ev: &mut EventLoop) -> Result<()> {
+        let rest = &self.inflight[self.written..];
+        // Offset -1: the file's own position (and what pipes require).
+        let sqe = opcode::Write::new(types::Fd(self.fd), rest.as_ptr(), rest.len() as u32)
+            .offset(u64::MAX)
+            .build()
+            .user_data(OP_FLAG | TOKEN);
+        // SAFETY: `inflight` is neither touched nor freed while busy.
+        unsafe { ev.submit(&[sqe]) }
+    }
+
+    /// Handles the completion of a write.
+    pub fn complete(&mut self, ev: &mut EventLoop, result: i32) -> Result<()> {
+        if result < 0 {
+            let err = io::Error::from_raw_os_error(-result);
+            if err.kind() == io::ErrorKind::Interrupted || err.kind() == io::ErrorKind::WouldBlock {
+                return self.submit(ev);
+            }
+            return Err(err).context("writing events to stdout");
+        }
+        if result == 0 {
+            bail!("writing events to stdout: wrote nothing");
+        }
+        self.written += result as usize;
+        if self.written < self.inflight.len() {
+            return self.submit(ev);
+        }
+        self.busy = false;
+        self.inflight.clear();
+        self.start(ev)
+    }
+
+    pub fn busy(&self) -> bool {
+        self.busy
+    }
+
+    /// Writes what is left, blocking; call once the write in flight is done.
+    pub fn finish(&mut self) -> Result<()> {
+        debug_assert!(!self.busy);
+        // SAFETY: `fd` is open for as long as the writer (see `new`); the
+        // ManuallyDrop keeps the File from closing it.
+        let mut out = std::mem::ManuallyDrop::new(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(self.fd) });
+        out.write_all(&self.pending).context("writing events to stdout")?;
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{io::Read as _, os::fd::FromRawFd as _, time::Duration};
+
+    use super::*;
+    use crate::event_loop::Wake;
+
+    #[test]
+    fn lines_arrive_in_order_through_the_ring() {
+        let mut ev = EventLoop::new(Duration::from_secs(3600)).unwrap();
+        let mut fds = [0; 2];
+        // SAFETY: valid array for two fds.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: the read end is ours.
+        let mut reader = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+        let mut w = RingWriter::new(fds[1]);
+        w.write(&mut ev, b"one\n").unwrap();
+        // Queued behind the write in flight.
+        w.write(&mut ev, b"two\n").unwrap();
+        while w.busy() {
+            if let Wake::Done { token: TOKEN, result } = ev.next().unwrap() {
+                w.complete(&mut ev, result).unwrap();
+            }
+        }
+        w.write(&mut ev, b"three\n").unwrap();
+        while w.busy() {
+            if let Wake::Done { token: TOKEN, result } = ev.next().unwrap() {
+                w.complete(&mut ev, result).unwrap();
+            }
+        }
+        w.pending.extend_from_slice(b"four\n");
+        w.finish().unwrap();
+        // SAFETY: closing our write end so the read sees EOF.
+        unsafe { libc::close(fds[1]) };
+        let mut got = String::new();
+        reader.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "one\ntwo\nthree\nfour\n");
+    }
+}
