@@ -22,6 +22,21 @@ pub enum Command {
     Run(RunArgs),
     /// Send heartbeats to a collector, like the classic PyHeartBeat client.
     Beat(BeatArgs),
+    /// Print the summary and silent hosts of the collector running on an interface.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// Interface the collector watches.
+    #[arg(long, short = 'i')]
+    pub iface: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Show at most this many silent hosts (longest silent first).
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -81,7 +81,7 @@ pub fn metrics(ctx: &Context<'_>) -> String {
             "Seconds since the last heartbeat, for silent hosts only (capped by --metrics-silent-hosts).",
         );
         let now = monotonic_ns();
-        for (host, last_seen) in longest_silent(ctx).into_iter().take(ctx.silent_series) {
+        for (host, last_seen) in longest_silent(ctx.tracker, ctx.table).into_iter().take(ctx.silent_series) {
             let secs = now.saturating_sub(last_seen) as f64 / 1e9;
             let _ = writeln!(out, "hb_host_silent_seconds{{host=\"{}\"}} {secs:.3}", host_ip(&host));
         }
@@ -90,27 +90,49 @@ pub fn metrics(ctx: &Context<'_>) -> String {
 }
 
 /// Silent hosts, longest silent first (stable order for paging).
-fn longest_silent(ctx: &Context<'_>) -> Vec<(hb_common::HostKey, u64)> {
-    let mut slots: Vec<(u64, u32)> = ctx.tracker.silent_hosts().map(|(slot, seen)| (seen, slot)).collect();
+fn longest_silent(tracker: &Tracker, table: &HostTable) -> Vec<(hb_common::HostKey, u64)> {
+    let mut slots: Vec<(u64, u32)> = tracker.silent_hosts().map(|(slot, seen)| (seen, slot)).collect();
     slots.sort_unstable();
-    slots.into_iter().map(|(seen, slot)| (ctx.table.key(slot), seen)).collect()
+    slots.into_iter().map(|(seen, slot)| (table.key(slot), seen)).collect()
 }
 
 #[derive(Serialize)]
-struct SilentHost {
-    host: String,
+pub struct SilentHost {
+    pub host: String,
     /// When its last heartbeat became older than the timeout.
-    silent_since: String,
-    last_seen: String,
-    silent_for_ms: u64,
+    pub silent_since: String,
+    pub last_seen: String,
+    pub silent_for_ms: u64,
 }
 
 #[derive(Serialize)]
-struct SilentPage {
-    total: usize,
-    offset: usize,
-    limit: usize,
-    hosts: Vec<SilentHost>,
+pub struct SilentPage {
+    pub total: usize,
+    pub offset: usize,
+    pub limit: usize,
+    pub hosts: Vec<SilentHost>,
+}
+
+/// A page of the silent hosts, longest silent first.
+pub fn silent_page(tracker: &Tracker, table: &HostTable, timeout: Duration, offset: usize, limit: usize) -> SilentPage {
+    let all = longest_silent(tracker, table);
+    let now = monotonic_ns();
+    let wall = SystemTime::now();
+    let hosts = all
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|(host, seen)| {
+            let ago = Duration::from_nanos(now.saturating_sub(*seen));
+            SilentHost {
+                host: host_ip(host).to_string(),
+                silent_since: timestamp(wall - ago + timeout),
+                last_seen: timestamp(wall - ago),
+                silent_for_ms: ago.as_millis() as u64,
+            }
+        })
+        .collect();
+    SilentPage { total: all.len(), offset, limit, hosts }
 }
 
 fn silent(req: &Request<'_>, ctx: &Context<'_>) -> Response {
@@ -123,23 +145,6 @@ fn silent(req: &Request<'_>, ctx: &Context<'_>) -> Response {
         (Ok(_), Ok(_)) => return Response::error(400, &format!("limit must be at most {SILENT_PAGE_MAX}")),
         (Err(e), _) | (_, Err(e)) => return Response::error(400, &e),
     };
-    let all = longest_silent(ctx);
-    let now = monotonic_ns();
-    let wall = SystemTime::now();
-    let hosts = all
-        .iter()
-        .skip(offset)
-        .take(limit)
-        .map(|(host, seen)| {
-            let ago = Duration::from_nanos(now.saturating_sub(*seen));
-            SilentHost {
-                host: host_ip(host).to_string(),
-                silent_since: timestamp(wall - ago + ctx.timeout),
-                last_seen: timestamp(wall - ago),
-                silent_for_ms: ago.as_millis() as u64,
-            }
-        })
-        .collect();
-    let page = SilentPage { total: all.len(), offset, limit, hosts };
+    let page = silent_page(ctx.tracker, ctx.table, ctx.timeout, offset, limit);
     Response::new(200, "application/json", serde_json::to_vec(&page).expect("plain structs serialize"))
 }

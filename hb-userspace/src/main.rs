@@ -9,6 +9,7 @@ fn main() {
     let result = match cli.command {
         Command::Run(args) => hb_userspace::run::run(args),
         Command::Beat(args) => hb_userspace::beat::beat(args),
+        Command::Status(args) => hb_userspace::status::status(args),
     };
     if let Err(err) = result {
         eprintln!("hb: error: {err:#}");

@@ -37,6 +37,11 @@ pub struct Loaded {
 
 /// Loads and verifies the program; does not attach it.
 pub fn load(settings: Settings) -> Result<Loaded> {
+    load_with_pins(settings, None)
+}
+
+/// As `load`, and pins the maps in `pin_dir` (see `pins`) for `hb status`.
+pub fn load_with_pins(settings: Settings, pin_dir: Option<&std::path::Path>) -> Result<Loaded> {
     let pass = u8::from(settings.pass_heartbeats);
     let mut loader = EbpfLoader::new();
     loader
@@ -56,14 +61,29 @@ pub fn load(settings: Settings) -> Result<Loaded> {
         ebpf.take_map(name)
             .with_context(|| format!("no map {name} in the object"))
     };
-    let table = HostTable::new(TableMaps {
+    let maps = TableMaps {
         slots: take(SLOTS_MAP)?,
         last_seen: take(LAST_SEEN_MAP)?,
         beats: take(BEATS_MAP)?,
         slot_keys: take(SLOT_KEYS_MAP)?,
         alloc: take(ALLOC_MAP)?,
-    })?;
-    let counters = Counters::new(take(COUNTERS_MAP)?)?;
+    };
+    let counters = take(COUNTERS_MAP)?;
+    if let Some(dir) = pin_dir {
+        crate::pins::pin(
+            dir,
+            &[
+                (SLOTS_MAP, &maps.slots),
+                (LAST_SEEN_MAP, &maps.last_seen),
+                (BEATS_MAP, &maps.beats),
+                (SLOT_KEYS_MAP, &maps.slot_keys),
+                (ALLOC_MAP, &maps.alloc),
+                (COUNTERS_MAP, &counters),
+            ],
+        )?;
+    }
+    let table = HostTable::new(maps)?;
+    let counters = Counters::new(counters)?;
     Ok(Loaded {
         ebpf,
         table,

@@ -7,6 +7,7 @@ use log::{info, warn};
 
 use crate::{
     cli::RunArgs,
+    pins,
     endpoints,
     http::HttpServer,
     event_loop::{EventLoop, FIRST_USER_TOKEN, Wake},
@@ -23,11 +24,25 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Signals are routed to the loop before anything is attached, so a
     // Ctrl-C at any point still detaches.
     let mut events = EventLoop::new(args.sweep)?;
-    let mut loaded = program::load(Settings {
-        port: args.port,
-        pass_heartbeats: args.pass_heartbeats,
-        max_hosts: args.max_hosts,
-    })?;
+    if let Some(other) = pins::running(&args.iface) {
+        if other.pid != std::process::id() {
+            anyhow::bail!(
+                "another hb run (pid {}) is already watching {}: stop it first",
+                other.pid,
+                args.iface
+            );
+        }
+    }
+    let mut loaded = program::load_with_pins(
+        Settings {
+            port: args.port,
+            pass_heartbeats: args.pass_heartbeats,
+            max_hosts: args.max_hosts,
+        },
+        Some(&pins::pin_dir(&args.iface)),
+    )?;
+    // Removes the pins however `run` ends from here on.
+    let _pins = PinGuard(&args.iface);
     let mut kernel_log = match aya_log::EbpfLogger::init(&mut loaded.ebpf) {
         Ok(logger) => {
             events.watch(logger.as_raw_fd(), LOG_TOKEN)?;
@@ -39,6 +54,18 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
     };
     program::attach(&mut loaded, &args.iface, args.xdp_mode)?;
+    pins::write_state(
+        &args.iface,
+        &pins::State {
+            pid: std::process::id(),
+            layout: pins::LAYOUT_VERSION,
+            port: args.port,
+            timeout_ms: args.timeout.as_millis() as u64,
+            sweep_ms: args.sweep.as_millis() as u64,
+            max_hosts: args.max_hosts,
+            started: crate::output::timestamp(std::time::SystemTime::now()),
+        },
+    )?;
     info!(
         "watching UDP port {} on {}: timeout {}, sweep every {}, up to {} hosts",
         args.port,
@@ -111,4 +138,12 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Dropping the program detaches it from the interface.
     drop(loaded);
     Ok(())
+}
+
+struct PinGuard<'a>(&'a str);
+
+impl Drop for PinGuard<'_> {
+    fn drop(&mut self) {
+        pins::remove(self.0);
+    }
 }

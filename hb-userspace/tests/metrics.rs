@@ -102,6 +102,22 @@ fn metrics_and_silent_endpoints() {
     assert_eq!(per_host.len(), 1, "{per_host:?}");
     assert_eq!(per_host[0].labels.get("host"), Some("198.18.2.3"));
 
+    // `hb status` reads the same state from the pinned maps.
+    let status = |format: &str| {
+        let out = link.a.command(env!("CARGO_BIN_EXE_hb")).args(["status", "--iface", &link.a_if, "--format", format]).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, out, err) = status("json");
+    assert_eq!(code, Some(0), "{err}");
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((st["hosts"].as_u64(), st["alive"].as_u64(), st["silent"].as_u64()), (Some(2), Some(1), Some(1)), "{st}");
+    assert_eq!(st["silent_hosts"]["hosts"][0]["host"], "198.18.2.3");
+    assert_eq!(st["collector"]["timeout_ms"], 1000);
+    assert!(st["packets"]["heartbeat"].as_u64().unwrap() >= 2);
+    let (code, out, _) = status("text");
+    assert_eq!(code, Some(0));
+    assert!(out.contains("hosts=2 alive=1 silent=1") && out.contains("198.18.2.3"), "{out}");
+
     let (status, body) = get(&link.a, port, "GET /silent HTTP/1.1\r\n\r\n");
     assert_eq!(status, 200);
     let page: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -133,4 +149,11 @@ fn metrics_and_silent_endpoints() {
     tx.send_to(b"PyHB", "198.18.2.1:43278").unwrap();
     let (rec, seen) = collector.wait_for(Duration::from_secs(3), |v| is_event(v, "recovered", "198.18.2.3"));
     assert!(rec.is_some(), "{seen:?}");
+
+    let mut collector = collector;
+    assert_eq!(collector.proc.terminate(), Some(0));
+    assert!(!hb_userspace::pins::pin_dir(&link.a_if).exists(), "pins left behind");
+    let out = link.a.command(env!("CARGO_BIN_EXE_hb")).args(["status", "--iface", &link.a_if]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no hb collector is running"));
 }

@@ -40,10 +40,24 @@ impl Netns {
         Self { name }
     }
 
-    /// A command that runs inside this namespace.
+    /// A command that runs inside this namespace. Only the network
+    /// namespace changes (unlike `ip netns exec`, which also remounts /sys),
+    /// so the program sees the machine's bpffs like a real collector.
     pub fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
+        use std::os::unix::process::CommandExt as _;
+        let ns = File::open(format!("/run/netns/{}", self.name)).expect("opening the namespace");
+        let mut cmd = Command::new(program);
+        // SAFETY: only async-signal-safe calls between fork and exec; the
+        // fd is moved into the closure and stays open until the command is
+        // dropped.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         cmd
     }
 
@@ -87,9 +101,10 @@ impl Link {
     pub fn new(tag: &str) -> Self {
         let a = Netns::new(&format!("{tag}a"));
         let b = Netns::new(&format!("{tag}b"));
-        // Interface names are limited to 15 bytes; they only need to be
-        // unique inside their namespace.
-        let (a_if, b_if) = ("hbveth0".to_string(), "hbveth1".to_string());
+        // Interface names are limited to 15 bytes. They are unique per test
+        // because pins and state files are named after the interface.
+        assert!(tag.len() <= 10, "tag too long for an interface name");
+        let (a_if, b_if) = (format!("hb{tag}0"), format!("hb{tag}1"));
         ip(&[
             "link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if, "netns", &b.name,
         ]);
