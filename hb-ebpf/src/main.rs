@@ -34,7 +34,10 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 
 #[xdp]
 pub fn hb(ctx: XdpContext) -> u32 {
-    let frame = Frame { start: ctx.data(), end: ctx.data_end() };
+    let frame = Frame {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
     // SAFETY: read_volatile keeps the compiler from folding the load-time
     // constant into the code.
     let port = unsafe { core::ptr::read_volatile(&HB_PORT) };
@@ -58,7 +61,12 @@ pub fn hb(ctx: XdpContext) -> u32 {
             // Logged on this CPU's 1st, 2nd, 4th, 8th... refusal: the
             // operator learns of it without a flood.
             if n & (n - 1) == 0 {
-                warn!(&ctx, "host table full: heartbeat from {:i} not recorded ({} so far on this CPU)", key.addr, n);
+                warn!(
+                    &ctx,
+                    "host table full: heartbeat from {:i} not recorded ({} so far on this CPU)",
+                    key.addr,
+                    n
+                );
             }
         }
     }

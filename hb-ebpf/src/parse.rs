@@ -91,7 +91,12 @@ fn ipv4(frame: &Frame, off: usize, port: u16) -> Result<HostKey, Miss> {
         return Err(Counter::NotUdp);
     }
     let src = [b(12), b(13), b(14), b(15)];
-    udp(frame, off + ihl, port, total_len as usize == ihl + HEARTBEAT_UDP_LEN as usize)?;
+    udp(
+        frame,
+        off + ihl,
+        port,
+        total_len as usize == ihl + HEARTBEAT_UDP_LEN as usize,
+    )?;
     Ok(HostKey::from_ipv4(src))
 }
 
@@ -132,7 +137,12 @@ fn ipv6(frame: &Frame, off: usize, port: u16) -> Result<HostKey, Miss> {
         IPPROTO_FRAGMENT => return Err(Counter::Fragment),
         _ => return Err(Counter::NotUdp),
     }
-    udp(frame, l4, port, payload_len == ext_len + HEARTBEAT_UDP_LEN as usize)?;
+    udp(
+        frame,
+        l4,
+        port,
+        payload_len == ext_len + HEARTBEAT_UDP_LEN as usize,
+    )?;
     Ok(HostKey::from_ipv6(addr))
 }
 

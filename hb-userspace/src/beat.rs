@@ -41,7 +41,10 @@ pub fn beat(args: BeatArgs) -> Result<()> {
         (None, SocketAddr::V6(_)) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
     };
     if local.is_ipv4() != server.is_ipv4() {
-        bail!("--bind {} and collector {server} are of different address families", local.ip());
+        bail!(
+            "--bind {} and collector {server} are of different address families",
+            local.ip()
+        );
     }
     let socket = UdpSocket::bind(local).with_context(|| format!("binding to {local}"))?;
     info!(
@@ -76,11 +79,26 @@ mod tests {
 
     #[test]
     fn resolves_every_form() {
-        assert_eq!(resolve("127.0.0.1", 43278).unwrap(), "127.0.0.1:43278".parse().unwrap());
-        assert_eq!(resolve("127.0.0.1:9", 43278).unwrap(), "127.0.0.1:9".parse().unwrap());
-        assert_eq!(resolve("::1", 43278).unwrap(), "[::1]:43278".parse().unwrap());
-        assert_eq!(resolve("[::1]", 43278).unwrap(), "[::1]:43278".parse().unwrap());
-        assert_eq!(resolve("[::1]:7", 43278).unwrap(), "[::1]:7".parse().unwrap());
+        assert_eq!(
+            resolve("127.0.0.1", 43278).unwrap(),
+            "127.0.0.1:43278".parse().unwrap()
+        );
+        assert_eq!(
+            resolve("127.0.0.1:9", 43278).unwrap(),
+            "127.0.0.1:9".parse().unwrap()
+        );
+        assert_eq!(
+            resolve("::1", 43278).unwrap(),
+            "[::1]:43278".parse().unwrap()
+        );
+        assert_eq!(
+            resolve("[::1]", 43278).unwrap(),
+            "[::1]:43278".parse().unwrap()
+        );
+        assert_eq!(
+            resolve("[::1]:7", 43278).unwrap(),
+            "[::1]:7".parse().unwrap()
+        );
         assert_eq!(resolve("localhost", 5).unwrap().port(), 5);
         assert!(resolve("no-such-host.invalid", 5).is_err());
     }

@@ -164,7 +164,9 @@ mod tests {
     #[test]
     fn run_defaults_and_validation() {
         let cli = Cli::try_parse_from(["hb", "run", "--iface", "eth0"]).unwrap();
-        let Command::Run(run) = cli.command else { panic!("not run") };
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(run.port, 43278);
         assert_eq!(run.timeout, Duration::from_secs(15));
         assert_eq!(run.sweep, Duration::from_secs(1));
@@ -172,8 +174,20 @@ mod tests {
         assert_eq!(run.format, Format::Text);
         assert!(run.validate().is_ok());
 
-        let cli = Cli::try_parse_from(["hb", "run", "-i", "eth0", "--timeout", "1s", "--sweep", "2s"]).unwrap();
-        let Command::Run(run) = cli.command else { panic!("not run") };
+        let cli = Cli::try_parse_from([
+            "hb",
+            "run",
+            "-i",
+            "eth0",
+            "--timeout",
+            "1s",
+            "--sweep",
+            "2s",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
         assert!(run.validate().unwrap_err().contains("--timeout"));
 
         assert!(Cli::try_parse_from(["hb", "run", "-i", "eth0", "--port", "0"]).is_err());

@@ -35,9 +35,17 @@ pub struct Context<'a> {
 
 pub fn handle(req: &Request<'_>, ctx: &Context<'_>) -> Response {
     match req.path {
-        "/metrics" => Response::new(200, "text/plain; version=0.0.4; charset=utf-8", metrics(ctx)),
+        "/metrics" => Response::new(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics(ctx),
+        ),
         "/silent" => silent(req, ctx),
-        "/" => Response::new(200, "text/plain; charset=utf-8", "hb: GET /metrics, GET /silent?limit=N&offset=M\n"),
+        "/" => Response::new(
+            200,
+            "text/plain; charset=utf-8",
+            "hb: GET /metrics, GET /silent?limit=N&offset=M\n",
+        ),
         _ => Response::error(404, "not found: try /metrics or /silent"),
     }
 }
@@ -49,30 +57,92 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
 pub fn metrics(ctx: &Context<'_>) -> String {
     let s = ctx.summary;
     let mut out = String::with_capacity(4096);
-    metric(&mut out, "hb_hosts", "gauge", "Hosts heard from since the collector started.");
+    metric(
+        &mut out,
+        "hb_hosts",
+        "gauge",
+        "Hosts heard from since the collector started.",
+    );
     let _ = writeln!(out, "hb_hosts {}", s.hosts);
-    metric(&mut out, "hb_hosts_alive", "gauge", "Hosts whose last heartbeat is within the timeout.");
+    metric(
+        &mut out,
+        "hb_hosts_alive",
+        "gauge",
+        "Hosts whose last heartbeat is within the timeout.",
+    );
     let _ = writeln!(out, "hb_hosts_alive {}", s.alive);
-    metric(&mut out, "hb_hosts_silent", "gauge", "Hosts silent for longer than the timeout.");
+    metric(
+        &mut out,
+        "hb_hosts_silent",
+        "gauge",
+        "Hosts silent for longer than the timeout.",
+    );
     let _ = writeln!(out, "hb_hosts_silent {}", s.silent);
-    metric(&mut out, "hb_heartbeats_total", "counter", "Heartbeats recorded.");
-    let _ = writeln!(out, "hb_heartbeats_total {}", s.packets[Counter::Heartbeat as usize]);
-    metric(&mut out, "hb_packets_total", "counter", "Packets seen by the XDP program, by outcome.");
+    metric(
+        &mut out,
+        "hb_heartbeats_total",
+        "counter",
+        "Heartbeats recorded.",
+    );
+    let _ = writeln!(
+        out,
+        "hb_heartbeats_total {}",
+        s.packets[Counter::Heartbeat as usize]
+    );
+    metric(
+        &mut out,
+        "hb_packets_total",
+        "counter",
+        "Packets seen by the XDP program, by outcome.",
+    );
     for c in Counter::ALL {
-        let _ = writeln!(out, "hb_packets_total{{outcome=\"{}\"}} {}", c.name(), s.packets[c as usize]);
+        let _ = writeln!(
+            out,
+            "hb_packets_total{{outcome=\"{}\"}} {}",
+            c.name(),
+            s.packets[c as usize]
+        );
     }
-    metric(&mut out, "hb_table_capacity", "gauge", "Hosts the table can hold (--max-hosts).");
+    metric(
+        &mut out,
+        "hb_table_capacity",
+        "gauge",
+        "Hosts the table can hold (--max-hosts).",
+    );
     let _ = writeln!(out, "hb_table_capacity {}", ctx.table.capacity());
-    metric(&mut out, "hb_table_used", "gauge", "Slots of the table in use.");
+    metric(
+        &mut out,
+        "hb_table_used",
+        "gauge",
+        "Slots of the table in use.",
+    );
     let _ = writeln!(out, "hb_table_used {}", ctx.table.len());
-    metric(&mut out, "hb_sweep_duration_seconds", "gauge", "Duration of the last sweep.");
+    metric(
+        &mut out,
+        "hb_sweep_duration_seconds",
+        "gauge",
+        "Duration of the last sweep.",
+    );
     let _ = writeln!(out, "hb_sweep_duration_seconds {}", s.sweep.as_secs_f64());
-    metric(&mut out, "hb_events_total", "counter", "Host events reported, by kind.");
-    for (event, n) in [("new", ctx.events.new), ("silent", ctx.events.silent), ("recovered", ctx.events.recovered)] {
+    metric(
+        &mut out,
+        "hb_events_total",
+        "counter",
+        "Host events reported, by kind.",
+    );
+    for (event, n) in [
+        ("new", ctx.events.new),
+        ("silent", ctx.events.silent),
+        ("recovered", ctx.events.recovered),
+    ] {
         let _ = writeln!(out, "hb_events_total{{event=\"{event}\"}} {n}");
     }
     metric(&mut out, "hb_build_info", "gauge", "Build information.");
-    let _ = writeln!(out, "hb_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(
+        out,
+        "hb_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
     if ctx.silent_series > 0 {
         metric(
             &mut out,
@@ -81,9 +151,16 @@ pub fn metrics(ctx: &Context<'_>) -> String {
             "Seconds since the last heartbeat, for silent hosts only (capped by --metrics-silent-hosts).",
         );
         let now = monotonic_ns();
-        for (host, last_seen) in longest_silent(ctx.tracker, ctx.table).into_iter().take(ctx.silent_series) {
+        for (host, last_seen) in longest_silent(ctx.tracker, ctx.table)
+            .into_iter()
+            .take(ctx.silent_series)
+        {
             let secs = now.saturating_sub(last_seen) as f64 / 1e9;
-            let _ = writeln!(out, "hb_host_silent_seconds{{host=\"{}\"}} {secs:.3}", host_ip(&host));
+            let _ = writeln!(
+                out,
+                "hb_host_silent_seconds{{host=\"{}\"}} {secs:.3}",
+                host_ip(&host)
+            );
         }
     }
     out
@@ -91,9 +168,15 @@ pub fn metrics(ctx: &Context<'_>) -> String {
 
 /// Silent hosts, longest silent first (stable order for paging).
 fn longest_silent(tracker: &Tracker, table: &HostTable) -> Vec<(hb_common::HostKey, u64)> {
-    let mut slots: Vec<(u64, u32)> = tracker.silent_hosts().map(|(slot, seen)| (seen, slot)).collect();
+    let mut slots: Vec<(u64, u32)> = tracker
+        .silent_hosts()
+        .map(|(slot, seen)| (seen, slot))
+        .collect();
     slots.sort_unstable();
-    slots.into_iter().map(|(seen, slot)| (table.key(slot), seen)).collect()
+    slots
+        .into_iter()
+        .map(|(seen, slot)| (table.key(slot), seen))
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -114,7 +197,13 @@ pub struct SilentPage {
 }
 
 /// A page of the silent hosts, longest silent first.
-pub fn silent_page(tracker: &Tracker, table: &HostTable, timeout: Duration, offset: usize, limit: usize) -> SilentPage {
+pub fn silent_page(
+    tracker: &Tracker,
+    table: &HostTable,
+    timeout: Duration,
+    offset: usize,
+    limit: usize,
+) -> SilentPage {
     let all = longest_silent(tracker, table);
     let now = monotonic_ns();
     let wall = SystemTime::now();
@@ -132,19 +221,32 @@ pub fn silent_page(tracker: &Tracker, table: &HostTable, timeout: Duration, offs
             }
         })
         .collect();
-    SilentPage { total: all.len(), offset, limit, hosts }
+    SilentPage {
+        total: all.len(),
+        offset,
+        limit,
+        hosts,
+    }
 }
 
 fn silent(req: &Request<'_>, ctx: &Context<'_>) -> Response {
     let parse = |name: &str, default: usize| match query_param(req.query, name) {
         None => Ok(default),
-        Some(v) => v.parse::<usize>().map_err(|_| format!("{name} must be a non-negative integer")),
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| format!("{name} must be a non-negative integer")),
     };
     let (offset, limit) = match (parse("offset", 0), parse("limit", SILENT_PAGE)) {
         (Ok(o), Ok(l)) if l <= SILENT_PAGE_MAX => (o, l),
-        (Ok(_), Ok(_)) => return Response::error(400, &format!("limit must be at most {SILENT_PAGE_MAX}")),
+        (Ok(_), Ok(_)) => {
+            return Response::error(400, &format!("limit must be at most {SILENT_PAGE_MAX}"));
+        }
         (Err(e), _) | (_, Err(e)) => return Response::error(400, &e),
     };
     let page = silent_page(ctx.tracker, ctx.table, ctx.timeout, offset, limit);
-    Response::new(200, "application/json", serde_json::to_vec(&page).expect("plain structs serialize"))
+    Response::new(
+        200,
+        "application/json",
+        serde_json::to_vec(&page).expect("plain structs serialize"),
+    )
 }

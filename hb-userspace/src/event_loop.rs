@@ -55,7 +55,8 @@ impl EventLoop {
     /// signalfd instead) and arms the first tick one `period` from now.
     pub fn new(period: Duration) -> Result<Self> {
         let signals = block_stop_signals()?;
-        let ring = IoUring::new(64).context("creating an io_uring (is io_uring disabled by sysctl?)")?;
+        let ring =
+            IoUring::new(64).context("creating an io_uring (is io_uring disabled by sysctl?)")?;
         let period_ns = period.as_nanos() as u64;
         let mut this = Self {
             ring,
@@ -106,7 +107,7 @@ impl EventLoop {
     }
 
     /// Waits for the next event.
-    pub fn next(&mut self) -> Result<Wake> {
+    pub fn wait(&mut self) -> Result<Wake> {
         loop {
             if let Some(w) = self.pending.pop_front() {
                 return Ok(w);
@@ -134,11 +135,16 @@ impl EventLoop {
                     }
                     SIGNAL => {
                         if res < 0 {
-                            return Err(io::Error::from_raw_os_error(-res)).context("reading signalfd");
+                            return Err(io::Error::from_raw_os_error(-res))
+                                .context("reading signalfd");
                         }
                         // SAFETY: a successful read filled the struct.
                         let signo = unsafe { self.siginfo.assume_init_ref().ssi_signo } as i32;
-                        let name = if signo == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
+                        let name = if signo == libc::SIGINT {
+                            "SIGINT"
+                        } else {
+                            "SIGTERM"
+                        };
                         self.pending.push_back(Wake::Stop(name));
                         self.arm_signal()?;
                     }
@@ -231,7 +237,7 @@ mod tests {
         let mut ev = EventLoop::new(Duration::from_millis(20)).unwrap();
         let start = monotonic_ns();
         for _ in 0..3 {
-            assert_eq!(ev.next().unwrap(), Wake::Tick);
+            assert_eq!(ev.wait().unwrap(), Wake::Tick);
         }
         let elapsed = monotonic_ns() - start;
         // Three ticks of 20 ms cannot come sooner than 60 ms.
@@ -240,7 +246,7 @@ mod tests {
         // SAFETY: sending a signal to our own thread.
         unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGTERM) };
         loop {
-            match ev.next().unwrap() {
+            match ev.wait().unwrap() {
                 Wake::Tick => continue,
                 w => {
                     assert_eq!(w, Wake::Stop("SIGTERM"));
@@ -259,7 +265,7 @@ mod tests {
         ev.watch(fds[0], FIRST_USER_TOKEN).unwrap();
         // SAFETY: writing one byte from a valid buffer to our pipe.
         assert_eq!(unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) }, 1);
-        assert_eq!(ev.next().unwrap(), Wake::Readable(FIRST_USER_TOKEN));
+        assert_eq!(ev.wait().unwrap(), Wake::Readable(FIRST_USER_TOKEN));
         // SAFETY: closing our own fds.
         unsafe {
             libc::close(fds[0]);

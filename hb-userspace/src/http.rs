@@ -45,7 +45,11 @@ pub struct Response {
 
 impl Response {
     pub fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
-        Self { status, content_type, body: body.into() }
+        Self {
+            status,
+            content_type,
+            body: body.into(),
+        }
     }
 
     pub fn error(status: u16, message: &str) -> Self {
@@ -98,7 +102,10 @@ fn token(id: usize, kind: u64) -> u64 {
 impl HttpServer {
     pub fn bind(addr: SocketAddr) -> Result<Self> {
         let listener = TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
-        Ok(Self { listener, conns: (0..MAX_CONNS).map(|_| None).collect() })
+        Ok(Self {
+            listener,
+            conns: (0..MAX_CONNS).map(|_| None).collect(),
+        })
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
@@ -115,10 +122,14 @@ impl HttpServer {
     }
 
     fn arm_accept(&mut self, ev: &mut EventLoop) -> Result<()> {
-        let sqe = opcode::Accept::new(types::Fd(self.listener.as_raw_fd()), std::ptr::null_mut(), std::ptr::null_mut())
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(token(0, KIND_ACCEPT));
+        let sqe = opcode::Accept::new(
+            types::Fd(self.listener.as_raw_fd()),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+        .flags(libc::SOCK_CLOEXEC)
+        .build()
+        .user_data(token(0, KIND_ACCEPT));
         // SAFETY: no buffers.
         unsafe { ev.submit(&[sqe]) }
     }
@@ -154,12 +165,17 @@ impl HttpServer {
                         None => debug!("http: connection limit reached, closing a new connection"),
                     }
                 } else {
-                    debug!("http: accept failed: {}", std::io::Error::from_raw_os_error(-result));
+                    debug!(
+                        "http: accept failed: {}",
+                        std::io::Error::from_raw_os_error(-result)
+                    );
                 }
                 self.arm_accept(ev)
             }
             KIND_RECV => {
-                let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else { return Ok(()) };
+                let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else {
+                    return Ok(());
+                };
                 if result <= 0 {
                     // Closed by the peer, failed, or the deadline fired.
                     self.conns[id] = None;
@@ -187,7 +203,9 @@ impl HttpServer {
                 }
             }
             KIND_SEND => {
-                let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else { return Ok(()) };
+                let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else {
+                    return Ok(());
+                };
                 if result <= 0 {
                     self.conns[id] = None;
                     return Ok(());
@@ -209,27 +227,42 @@ impl HttpServer {
     fn arm_recv(&mut self, ev: &mut EventLoop, id: usize) -> Result<()> {
         let conn = self.conns[id].as_mut().expect("live connection");
         let free = &mut conn.buf[conn.filled..];
-        let op = opcode::Recv::new(types::Fd(conn.fd.as_raw_fd()), free.as_mut_ptr(), free.len() as u32)
-            .build()
-            .flags(squeue::Flags::IO_LINK)
-            .user_data(token(id, KIND_RECV));
+        let op = opcode::Recv::new(
+            types::Fd(conn.fd.as_raw_fd()),
+            free.as_mut_ptr(),
+            free.len() as u32,
+        )
+        .build()
+        .flags(squeue::Flags::IO_LINK)
+        .user_data(token(id, KIND_RECV));
         Self::with_deadline(ev, conn, id, op)
     }
 
     fn arm_send(&mut self, ev: &mut EventLoop, id: usize) -> Result<()> {
         let conn = self.conns[id].as_mut().expect("live connection");
         let rest = &conn.out[conn.sent..];
-        let op = opcode::Send::new(types::Fd(conn.fd.as_raw_fd()), rest.as_ptr(), rest.len() as u32)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .flags(squeue::Flags::IO_LINK)
-            .user_data(token(id, KIND_SEND));
+        let op = opcode::Send::new(
+            types::Fd(conn.fd.as_raw_fd()),
+            rest.as_ptr(),
+            rest.len() as u32,
+        )
+        .flags(libc::MSG_NOSIGNAL)
+        .build()
+        .flags(squeue::Flags::IO_LINK)
+        .user_data(token(id, KIND_SEND));
         Self::with_deadline(ev, conn, id, op)
     }
 
-    fn with_deadline(ev: &mut EventLoop, conn: &mut Conn, id: usize, op: squeue::Entry) -> Result<()> {
+    fn with_deadline(
+        ev: &mut EventLoop,
+        conn: &mut Conn,
+        id: usize,
+        op: squeue::Entry,
+    ) -> Result<()> {
         *conn.deadline = deadline();
-        let timeout = opcode::LinkTimeout::new(&*conn.deadline).build().user_data(token(id, KIND_DEADLINE));
+        let timeout = opcode::LinkTimeout::new(&*conn.deadline)
+            .build()
+            .user_data(token(id, KIND_DEADLINE));
         // SAFETY: the buffers belong to the connection, which is dropped
         // only after this operation's completion.
         unsafe { ev.submit(&[op, timeout]) }
@@ -251,12 +284,18 @@ fn parse(buf: &[u8]) -> Parsed<'_> {
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
         Ok(httparse::Status::Complete(_)) => {
-            let (Some(method), Some(target)) = (req.method, req.path) else { return Parsed::Bad };
+            let (Some(method), Some(target)) = (req.method, req.path) else {
+                return Parsed::Bad;
+            };
             let (path, query) = match target.split_once('?') {
                 Some((p, q)) => (p, Some(q)),
                 None => (target, None),
             };
-            Parsed::Done(Request { method, path, query })
+            Parsed::Done(Request {
+                method,
+                path,
+                query,
+            })
         }
         Ok(httparse::Status::Partial) => Parsed::Partial,
         Err(_) => Parsed::Bad,
@@ -277,12 +316,25 @@ mod tests {
 
     #[test]
     fn parses_requests() {
-        let Parsed::Done(r) = parse(b"GET /silent?limit=5&offset=10 HTTP/1.1\r\nHost: x\r\n\r\n") else { panic!() };
-        assert_eq!(r, Request { method: "GET", path: "/silent", query: Some("limit=5&offset=10") });
+        let Parsed::Done(r) = parse(b"GET /silent?limit=5&offset=10 HTTP/1.1\r\nHost: x\r\n\r\n")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            r,
+            Request {
+                method: "GET",
+                path: "/silent",
+                query: Some("limit=5&offset=10")
+            }
+        );
         assert_eq!(query_param(r.query, "limit"), Some("5"));
         assert_eq!(query_param(r.query, "offset"), Some("10"));
         assert_eq!(query_param(r.query, "other"), None);
-        assert!(matches!(parse(b"GET /metrics HTTP/1.1\r\nHost"), Parsed::Partial));
+        assert!(matches!(
+            parse(b"GET /metrics HTTP/1.1\r\nHost"),
+            Parsed::Partial
+        ));
         assert!(matches!(parse(b"\x00\x01garbage\r\n\r\n"), Parsed::Bad));
     }
 

@@ -85,10 +85,14 @@ fn json(ts: &str, event: &Event<'_>) -> String {
         Event::Host(t) => {
             let (event, host, silent_for, ago) = match t {
                 Transition::New { host, age_ns } => ("new", host, None, Some(ms(age_ns))),
-                Transition::Silent { host, silent_for_ns } => ("silent", host, Some(ms(silent_for_ns)), None),
-                Transition::Recovered { host, silent_for_ns } => {
-                    ("recovered", host, Some(ms(silent_for_ns)), None)
-                }
+                Transition::Silent {
+                    host,
+                    silent_for_ns,
+                } => ("silent", host, Some(ms(silent_for_ns)), None),
+                Transition::Recovered {
+                    host,
+                    silent_for_ns,
+                } => ("recovered", host, Some(ms(silent_for_ns)), None),
             };
             serde_json::to_string(&HostJson {
                 ts,
@@ -122,13 +126,31 @@ fn text(ts: &str, event: &Event<'_>) -> String {
     let secs = |ns: u64| humantime::format_duration(Duration::from_millis(ms(ns)));
     match *event {
         Event::Host(Transition::New { host, age_ns }) => {
-            format!("{ts} new       {} (last heartbeat {} ago)", host_ip(&host), secs(age_ns))
+            format!(
+                "{ts} new       {} (last heartbeat {} ago)",
+                host_ip(&host),
+                secs(age_ns)
+            )
         }
-        Event::Host(Transition::Silent { host, silent_for_ns }) => {
-            format!("{ts} silent    {} (silent for {})", host_ip(&host), secs(silent_for_ns))
+        Event::Host(Transition::Silent {
+            host,
+            silent_for_ns,
+        }) => {
+            format!(
+                "{ts} silent    {} (silent for {})",
+                host_ip(&host),
+                secs(silent_for_ns)
+            )
         }
-        Event::Host(Transition::Recovered { host, silent_for_ns }) => {
-            format!("{ts} recovered {} (was silent for {})", host_ip(&host), secs(silent_for_ns))
+        Event::Host(Transition::Recovered {
+            host,
+            silent_for_ns,
+        }) => {
+            format!(
+                "{ts} recovered {} (was silent for {})",
+                host_ip(&host),
+                secs(silent_for_ns)
+            )
         }
         Event::Summary(s) => {
             let mut line = format!(
@@ -157,40 +179,70 @@ mod tests {
 
     #[test]
     fn host_addresses() {
-        assert_eq!(host_ip(&HostKey::from_ipv4([10, 1, 2, 3])).to_string(), "10.1.2.3");
+        assert_eq!(
+            host_ip(&HostKey::from_ipv4([10, 1, 2, 3])).to_string(),
+            "10.1.2.3"
+        );
         let v6: Ipv6Addr = "2001:db8::7".parse().unwrap();
-        assert_eq!(host_ip(&HostKey::from_ipv6(v6.octets())).to_string(), "2001:db8::7");
+        assert_eq!(
+            host_ip(&HostKey::from_ipv6(v6.octets())).to_string(),
+            "2001:db8::7"
+        );
     }
 
     #[test]
     fn json_host_events() {
         let host = HostKey::from_ipv4([10, 1, 2, 3]);
-        let silent = Event::Host(Transition::Silent { host, silent_for_ns: 15_210_000_000 });
+        let silent = Event::Host(Transition::Silent {
+            host,
+            silent_for_ns: 15_210_000_000,
+        });
         assert_eq!(
             format_event(Format::Json, at(), &silent),
             r#"{"ts":"2026-11-24T10:00:00.123Z","event":"silent","host":"10.1.2.3","silent_for_ms":15210}"#
         );
-        let new = Event::Host(Transition::New { host, age_ns: 2_000_000 });
+        let new = Event::Host(Transition::New {
+            host,
+            age_ns: 2_000_000,
+        });
         assert_eq!(
             format_event(Format::Json, at(), &new),
             r#"{"ts":"2026-11-24T10:00:00.123Z","event":"new","host":"10.1.2.3","last_seen_ago_ms":2}"#
         );
-        let rec = Event::Host(Transition::Recovered { host, silent_for_ns: 20_000_000_000 });
-        let v: serde_json::Value = serde_json::from_str(&format_event(Format::Json, at(), &rec)).unwrap();
+        let rec = Event::Host(Transition::Recovered {
+            host,
+            silent_for_ns: 20_000_000_000,
+        });
+        let v: serde_json::Value =
+            serde_json::from_str(&format_event(Format::Json, at(), &rec)).unwrap();
         assert_eq!(v["event"], "recovered");
         assert_eq!(v["silent_for_ms"], 20000);
     }
 
     #[test]
     fn json_summary() {
-        let mut s = Summary { hosts: 3, alive: 2, silent: 1, heartbeats: 9, sweep: Duration::from_micros(250), ..Default::default() };
+        let mut s = Summary {
+            hosts: 3,
+            alive: 2,
+            silent: 1,
+            heartbeats: 9,
+            sweep: Duration::from_micros(250),
+            ..Default::default()
+        };
         s.packets[Counter::Heartbeat as usize] = 40;
         s.packets[Counter::NotIp as usize] = 5;
         let line = format_event(Format::Json, at(), &Event::Summary(&s));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["ts"], "2026-11-24T10:00:00.123Z");
         assert_eq!(v["event"], "summary");
-        assert_eq!((v["hosts"].as_u64(), v["alive"].as_u64(), v["silent"].as_u64()), (Some(3), Some(2), Some(1)));
+        assert_eq!(
+            (
+                v["hosts"].as_u64(),
+                v["alive"].as_u64(),
+                v["silent"].as_u64()
+            ),
+            (Some(3), Some(2), Some(1))
+        );
         assert_eq!(v["heartbeats"], 9);
         assert_eq!(v["packets"]["heartbeat"], 40);
         assert_eq!(v["packets"]["not_ip"], 5);
@@ -203,10 +255,23 @@ mod tests {
     fn text_lines() {
         let host = HostKey::from_ipv4([10, 1, 2, 3]);
         assert_eq!(
-            format_event(Format::Text, at(), &Event::Host(Transition::Silent { host, silent_for_ns: 15_210_000_000 })),
+            format_event(
+                Format::Text,
+                at(),
+                &Event::Host(Transition::Silent {
+                    host,
+                    silent_for_ns: 15_210_000_000
+                })
+            ),
             "2026-11-24T10:00:00.123Z silent    10.1.2.3 (silent for 15s 210ms)"
         );
-        let s = Summary { hosts: 3, alive: 2, silent: 1, heartbeats: 9, ..Default::default() };
+        let s = Summary {
+            hosts: 3,
+            alive: 2,
+            silent: 1,
+            heartbeats: 9,
+            ..Default::default()
+        };
         let line = format_event(Format::Text, at(), &Event::Summary(&s));
         assert!(line.starts_with("2026-11-24T10:00:00.123Z summary   hosts=3 alive=2 silent=1 heartbeats=9 sweep=0.000ms packets: heartbeat=0"), "{line}");
         assert!(line.ends_with("table_full=0"));

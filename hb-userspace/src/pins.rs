@@ -13,7 +13,10 @@ use aya::maps::{Map, MapData};
 use hb_common::{ALLOC_MAP, BEATS_MAP, COUNTERS_MAP, LAST_SEEN_MAP, SLOT_KEYS_MAP, SLOTS_MAP};
 use serde::{Deserialize, Serialize};
 
-use crate::{counters::Counters, table::{HostTable, TableMaps}};
+use crate::{
+    counters::Counters,
+    table::{HostTable, TableMaps},
+};
 
 const BPFFS: &str = "/sys/fs/bpf";
 const RUN_DIR: &str = "/run/hb";
@@ -43,13 +46,23 @@ pub fn state_file(iface: &str) -> PathBuf {
 /// Mounts bpffs at /sys/fs/bpf if nothing is mounted there.
 pub fn ensure_bpffs() -> Result<()> {
     let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(BPFFS) && l.split_whitespace().nth(2) == Some("bpf")) {
+    if mounts.lines().any(|l| {
+        l.split_whitespace().nth(1) == Some(BPFFS) && l.split_whitespace().nth(2) == Some("bpf")
+    }) {
         return Ok(());
     }
     fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
     let (src, target, fstype) = (c"bpffs", c"/sys/fs/bpf", c"bpf");
     // SAFETY: valid C strings; no data argument.
-    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc != 0 {
         return Err(std::io::Error::last_os_error())
             .context("bpffs is not mounted at /sys/fs/bpf and mounting it failed; mount it with `mount -t bpf bpffs /sys/fs/bpf`");
@@ -69,11 +82,14 @@ fn data(map: &Map) -> Result<&MapData> {
 pub fn pin(dir: &Path, maps: &[(&str, &Map)]) -> Result<()> {
     ensure_bpffs()?;
     if dir.exists() {
-        fs::remove_dir_all(dir).with_context(|| format!("removing stale pins in {}", dir.display()))?;
+        fs::remove_dir_all(dir)
+            .with_context(|| format!("removing stale pins in {}", dir.display()))?;
     }
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for (name, map) in maps {
-        data(map)?.pin(dir.join(name)).with_context(|| format!("pinning {name} in {}", dir.display()))?;
+        data(map)?
+            .pin(dir.join(name))
+            .with_context(|| format!("pinning {name} in {}", dir.display()))?;
     }
     Ok(())
 }
@@ -82,14 +98,17 @@ pub fn write_state(iface: &str, state: &State) -> Result<()> {
     fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
     let path = state_file(iface);
     let tmp = path.with_extension("json.tmp");
-    fs::write(&tmp, serde_json::to_vec(state)?).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::write(&tmp, serde_json::to_vec(state)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The collector on `iface`, if one is running.
 pub fn running(iface: &str) -> Option<State> {
     let state: State = serde_json::from_slice(&fs::read(state_file(iface)).ok()?).ok()?;
-    Path::new(&format!("/proc/{}", state.pid)).exists().then_some(state)
+    Path::new(&format!("/proc/{}", state.pid))
+        .exists()
+        .then_some(state)
 }
 
 /// Removes the pins and state file of the collector on `iface`.
@@ -101,7 +120,10 @@ pub fn remove(iface: &str) {
 /// Opens the pinned table and counters of the collector on `iface`.
 pub fn open(iface: &str) -> Result<(State, HostTable, Counters)> {
     let Some(state) = running(iface) else {
-        bail!("no hb collector is running on {iface} (no live state in {})", state_file(iface).display());
+        bail!(
+            "no hb collector is running on {iface} (no live state in {})",
+            state_file(iface).display()
+        );
     };
     if state.layout != LAYOUT_VERSION {
         bail!(
@@ -112,7 +134,8 @@ pub fn open(iface: &str) -> Result<(State, HostTable, Counters)> {
     }
     let dir = pin_dir(iface);
     let load = |name: &str| {
-        MapData::from_pin(dir.join(name)).with_context(|| format!("opening pinned {name} in {}", dir.display()))
+        MapData::from_pin(dir.join(name))
+            .with_context(|| format!("opening pinned {name} in {}", dir.display()))
     };
     let table = HostTable::new(TableMaps {
         slots: Map::HashMap(load(SLOTS_MAP)?),

@@ -106,8 +106,7 @@ pub fn attach(loaded: &mut Loaded, iface: &str, mode: XdpModeArg) -> Result<XdpM
             ProgramError::UnknownInterface { .. } => anyhow::anyhow!(
                 "unknown interface `{iface}`: pick one from `ip link` (in this network namespace)"
             ),
-            e => anyhow::Error::new(e)
-                .context(format!("attaching XDP ({m:?} mode) to {iface}")),
+            e => anyhow::Error::new(e).context(format!("attaching XDP ({m:?} mode) to {iface}")),
         })
     };
     let mode = match mode {
@@ -117,7 +116,9 @@ pub fn attach(loaded: &mut Loaded, iface: &str, mode: XdpModeArg) -> Result<XdpM
             Ok(m) => m,
             Err(e) if e.to_string().starts_with("unknown interface") => return Err(e),
             Err(e) => {
-                warn!("native XDP unavailable on {iface} ({e:#}); falling back to generic (skb) mode, which costs more per packet");
+                warn!(
+                    "native XDP unavailable on {iface} ({e:#}); falling back to generic (skb) mode, which costs more per packet"
+                );
                 try_mode(program, XdpMode::Skb)?
             }
         },
@@ -139,10 +140,14 @@ pub fn mode_name(mode: XdpMode) -> &'static str {
 pub fn check_environment() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("hb run loads an XDP program, which needs root (or CAP_BPF and CAP_NET_ADMIN): run it with sudo");
+        bail!(
+            "hb run loads an XDP program, which needs root (or CAP_BPF and CAP_NET_ADMIN): run it with sudo"
+        );
     }
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        bail!("this kernel exposes no BTF (/sys/kernel/btf/vmlinux): hb needs a kernel with CONFIG_DEBUG_INFO_BTF and XDP");
+        bail!(
+            "this kernel exposes no BTF (/sys/kernel/btf/vmlinux): hb needs a kernel with CONFIG_DEBUG_INFO_BTF and XDP"
+        );
     }
     Ok(())
 }

@@ -7,10 +7,10 @@ use log::{info, warn};
 
 use crate::{
     cli::RunArgs,
-    pins,
     endpoints,
-    http::HttpServer,
     event_loop::{EventLoop, FIRST_USER_TOKEN, Wake},
+    http::HttpServer,
+    pins,
     program::{self, Settings},
     sweeper::Sweeper,
     writer::{self, RingWriter},
@@ -24,14 +24,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Signals are routed to the loop before anything is attached, so a
     // Ctrl-C at any point still detaches.
     let mut events = EventLoop::new(args.sweep)?;
-    if let Some(other) = pins::running(&args.iface) {
-        if other.pid != std::process::id() {
-            anyhow::bail!(
-                "another hb run (pid {}) is already watching {}: stop it first",
-                other.pid,
-                args.iface
-            );
-        }
+    if let Some(other) = pins::running(&args.iface)
+        && other.pid != std::process::id()
+    {
+        anyhow::bail!(
+            "another hb run (pid {}) is already watching {}: stop it first",
+            other.pid,
+            args.iface
+        );
     }
     let mut loaded = program::load_with_pins(
         Settings {
@@ -79,7 +79,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         Some(addr) => {
             let mut server = HttpServer::bind(addr)?;
             server.start(&mut events)?;
-            info!("serving /metrics and /silent on http://{}", server.local_addr()?);
+            info!(
+                "serving /metrics and /silent on http://{}",
+                server.local_addr()?
+            );
             Some(server)
         }
         None => None,
@@ -88,13 +91,16 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut sweeper = Sweeper::new(args.timeout.as_nanos() as u64, args.format, Vec::new());
     let mut stdout = RingWriter::stdout();
     loop {
-        match events.next()? {
+        match events.wait()? {
             Wake::Tick => {
                 sweeper.sweep(&loaded.table, &loaded.counters)?;
                 stdout.write(&mut events, &sweeper.out)?;
                 sweeper.out.clear();
             }
-            Wake::Done { token: writer::TOKEN, result } => stdout.complete(&mut events, result)?,
+            Wake::Done {
+                token: writer::TOKEN,
+                result,
+            } => stdout.complete(&mut events, result)?,
             Wake::Done { token, result } if HttpServer::owns(token) => {
                 if let Some(server) = http.as_mut() {
                     let ctx = endpoints::Context {
@@ -105,7 +111,9 @@ pub fn run(args: RunArgs) -> Result<()> {
                         timeout: args.timeout,
                         silent_series: args.metrics_silent_hosts,
                     };
-                    server.complete(&mut events, token, result, &mut |req| endpoints::handle(req, &ctx))?;
+                    server.complete(&mut events, token, result, &mut |req| {
+                        endpoints::handle(req, &ctx)
+                    })?;
                 }
             }
             Wake::Done { .. } => {}
@@ -125,8 +133,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Lines already queued are written before exiting.
     // A second signal gives up on a stdout reader that is stuck.
     while stdout.busy() {
-        match events.next()? {
-            Wake::Done { token: writer::TOKEN, result } => stdout.complete(&mut events, result)?,
+        match events.wait()? {
+            Wake::Done {
+                token: writer::TOKEN,
+                result,
+            } => stdout.complete(&mut events, result)?,
             Wake::Stop(_) => break,
             _ => {}
         }

@@ -26,8 +26,10 @@ pub fn status(args: StatusArgs) -> Result<()> {
     let page = silent_page(&tracker, &table, timeout, 0, args.limit);
     let text = match args.format {
         Format::Json => {
-            let packets: serde_json::Map<_, _> =
-                Counter::ALL.iter().map(|c| (c.name().to_owned(), packets[*c as usize].into())).collect();
+            let packets: serde_json::Map<_, _> = Counter::ALL
+                .iter()
+                .map(|c| (c.name().to_owned(), packets[*c as usize].into()))
+                .collect();
             json!({
                 "iface": args.iface,
                 "collector": state,
@@ -61,10 +63,19 @@ pub fn status(args: StatusArgs) -> Result<()> {
                 let _ = write!(out, " {}={}", c.name(), packets[c as usize]);
             }
             if page.total > 0 {
-                let _ = write!(out, "\nsilent hosts ({} of {}, longest silent first):", page.hosts.len(), page.total);
+                let _ = write!(
+                    out,
+                    "\nsilent hosts ({} of {}, longest silent first):",
+                    page.hosts.len(),
+                    page.total
+                );
                 for h in &page.hosts {
                     let ago = humantime::format_duration(Duration::from_millis(h.silent_for_ms));
-                    let _ = write!(out, "\n  {:<39} silent for {ago} (last seen {})", h.host, h.last_seen);
+                    let _ = write!(
+                        out,
+                        "\n  {:<39} silent for {ago} (last seen {})",
+                        h.host, h.last_seen
+                    );
                 }
             }
             out

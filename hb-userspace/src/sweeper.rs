@@ -52,7 +52,13 @@ impl<W: Write> Sweeper<W> {
         let started = Instant::now();
         let now = monotonic_ns();
         let wall = SystemTime::now();
-        let Self { tracker, format, out, events, .. } = self;
+        let Self {
+            tracker,
+            format,
+            out,
+            events,
+            ..
+        } = self;
         let mut write_err = None;
         tracker.sweep(table.last_seen(), now, |t| {
             match t {

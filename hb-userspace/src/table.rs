@@ -22,10 +22,18 @@ struct Mapped<T> {
 
 impl<T> Mapped<T> {
     fn new(data: &MapData, len: usize, name: &str) -> Result<Self> {
-        let info = data.info().with_context(|| format!("reading {name}'s info"))?;
+        let info = data
+            .info()
+            .with_context(|| format!("reading {name}'s info"))?;
         // Array elements are laid out at 8-byte strides.
-        if info.value_size() as usize != size_of::<T>() || (len > 1 && size_of::<T>() % 8 != 0) {
-            bail!("{name} holds {}-byte values, hb expects {}", info.value_size(), size_of::<T>());
+        if info.value_size() as usize != size_of::<T>()
+            || (len > 1 && !size_of::<T>().is_multiple_of(8))
+        {
+            bail!(
+                "{name} holds {}-byte values, hb expects {}",
+                info.value_size(),
+                size_of::<T>()
+            );
         }
         let page = page_size();
         let bytes = (len * size_of::<T>()).div_ceil(page).max(1) * page;
@@ -108,7 +116,11 @@ impl HostTable {
         let beats = array_data(maps.beats, "beats array")?;
         let keys = array_data(maps.slot_keys, "slot keys array")?;
         let alloc = array_data(maps.alloc, "slot allocator")?;
-        for (data, name) in [(&last_seen, "last-seen array"), (&beats, "beats array"), (&keys, "slot keys array")] {
+        for (data, name) in [
+            (&last_seen, "last-seen array"),
+            (&beats, "beats array"),
+            (&keys, "slot keys array"),
+        ] {
             let n = data.info()?.max_entries() as usize;
             if n != capacity {
                 bail!("{name} has {n} slots but the host map {capacity}");

@@ -25,15 +25,23 @@ pub enum Transition<H> {
 impl<H> Transition<H> {
     pub fn host(&self) -> &H {
         match self {
-            Self::New { host, .. } | Self::Silent { host, .. } | Self::Recovered { host, .. } => host,
+            Self::New { host, .. } | Self::Silent { host, .. } | Self::Recovered { host, .. } => {
+                host
+            }
         }
     }
 
     pub fn with_host<K>(self, host: K) -> Transition<K> {
         match self {
             Self::New { age_ns, .. } => Transition::New { host, age_ns },
-            Self::Silent { silent_for_ns, .. } => Transition::Silent { host, silent_for_ns },
-            Self::Recovered { silent_for_ns, .. } => Transition::Recovered { host, silent_for_ns },
+            Self::Silent { silent_for_ns, .. } => Transition::Silent {
+                host,
+                silent_for_ns,
+            },
+            Self::Recovered { silent_for_ns, .. } => Transition::Recovered {
+                host,
+                silent_for_ns,
+            },
         }
     }
 }
@@ -63,11 +71,7 @@ impl Bits {
     #[inline]
     fn set(&mut self, i: usize, v: bool) {
         let (w, b) = (i / 64, 1u64 << (i % 64));
-        if v {
-            self.0[w] |= b
-        } else {
-            self.0[w] &= !b
-        }
+        if v { self.0[w] |= b } else { self.0[w] &= !b }
     }
     fn bytes(&self) -> usize {
         self.0.capacity() * 8
@@ -98,7 +102,12 @@ impl Tracker {
     }
 
     /// One sweep over `last_seen` (indexed by slot; 0 = slot not ready).
-    pub fn sweep(&mut self, last_seen: &[AtomicU64], now_ns: u64, mut emit: impl FnMut(Transition<u32>)) {
+    pub fn sweep(
+        &mut self,
+        last_seen: &[AtomicU64],
+        now_ns: u64,
+        mut emit: impl FnMut(Transition<u32>),
+    ) {
         let n = last_seen.len();
         self.known.grow(n);
         self.silent_bits.grow(n);
@@ -115,7 +124,10 @@ impl Tracker {
             }
             self.known.set(slot, true);
             self.hosts += 1;
-            emit(Transition::New { host: slot as u32, age_ns: now_ns.saturating_sub(seen) });
+            emit(Transition::New {
+                host: slot as u32,
+                age_ns: now_ns.saturating_sub(seen),
+            });
         }
         while self.ready_upto < n && self.known.get(self.ready_upto) {
             self.ready_upto += 1;
@@ -143,17 +155,25 @@ impl Tracker {
         let threshold = now_ns.saturating_sub(timeout);
         for (slot, t) in last_seen.iter().enumerate() {
             let seen = t.load(Ordering::Relaxed);
-            if seen < threshold && seen != 0 && !self.silent_bits.get(slot) && self.known.get(slot) {
+            if seen < threshold && seen != 0 && !self.silent_bits.get(slot) && self.known.get(slot)
+            {
                 self.silent_bits.set(slot, true);
                 self.silent.insert(slot as u32, seen);
-                emit(Transition::Silent { host: slot as u32, silent_for_ns: now_ns - seen });
+                emit(Transition::Silent {
+                    host: slot as u32,
+                    silent_for_ns: now_ns - seen,
+                });
             }
         }
     }
 
     pub fn census(&self) -> Census {
         let silent = self.silent.len() as u64;
-        Census { hosts: self.hosts, alive: self.hosts - silent, silent }
+        Census {
+            hosts: self.hosts,
+            alive: self.hosts - silent,
+            silent,
+        }
     }
 
     /// Silent hosts (slot) with the time they were last seen.
@@ -186,28 +206,61 @@ mod tests {
     #[test]
     fn new_then_silent_then_recovered() {
         let mut t = Tracker::new(15 * S);
-        assert_eq!(sweep(&mut t, &[100 * S], 101 * S), [Transition::New { host: 0, age_ns: S }]);
-        assert_eq!(t.census(), Census { hosts: 1, alive: 1, silent: 0 });
+        assert_eq!(
+            sweep(&mut t, &[100 * S], 101 * S),
+            [Transition::New { host: 0, age_ns: S }]
+        );
+        assert_eq!(
+            t.census(),
+            Census {
+                hosts: 1,
+                alive: 1,
+                silent: 0
+            }
+        );
         // Exactly at the timeout: still alive.
         assert!(sweep(&mut t, &[100 * S], 115 * S).is_empty());
         assert_eq!(
             sweep(&mut t, &[100 * S], 116 * S),
-            [Transition::Silent { host: 0, silent_for_ns: 16 * S }]
+            [Transition::Silent {
+                host: 0,
+                silent_for_ns: 16 * S
+            }]
         );
         // Reported once, not on every sweep.
         assert!(sweep(&mut t, &[100 * S], 130 * S).is_empty());
-        assert_eq!(t.census(), Census { hosts: 1, alive: 0, silent: 1 });
+        assert_eq!(
+            t.census(),
+            Census {
+                hosts: 1,
+                alive: 0,
+                silent: 1
+            }
+        );
         assert_eq!(t.silent_hosts().collect::<Vec<_>>(), [(0, 100 * S)]);
         assert_eq!(
             sweep(&mut t, &[140 * S], 141 * S),
-            [Transition::Recovered { host: 0, silent_for_ns: 40 * S }]
+            [Transition::Recovered {
+                host: 0,
+                silent_for_ns: 40 * S
+            }]
         );
-        assert_eq!(t.census(), Census { hosts: 1, alive: 1, silent: 0 });
+        assert_eq!(
+            t.census(),
+            Census {
+                hosts: 1,
+                alive: 1,
+                silent: 0
+            }
+        );
         assert!(sweep(&mut t, &[145 * S], 146 * S).is_empty());
         // And it can go silent again.
         assert_eq!(
             sweep(&mut t, &[145 * S], 170 * S),
-            [Transition::Silent { host: 0, silent_for_ns: 25 * S }]
+            [Transition::Silent {
+                host: 0,
+                silent_for_ns: 25 * S
+            }]
         );
     }
 
@@ -217,11 +270,24 @@ mod tests {
         assert_eq!(
             sweep(&mut t, &[100 * S], 200 * S),
             [
-                Transition::New { host: 0, age_ns: 100 * S },
-                Transition::Silent { host: 0, silent_for_ns: 100 * S }
+                Transition::New {
+                    host: 0,
+                    age_ns: 100 * S
+                },
+                Transition::Silent {
+                    host: 0,
+                    silent_for_ns: 100 * S
+                }
             ]
         );
-        assert_eq!(t.census(), Census { hosts: 1, alive: 0, silent: 1 });
+        assert_eq!(
+            t.census(),
+            Census {
+                hosts: 1,
+                alive: 0,
+                silent: 1
+            }
+        );
     }
 
     #[test]
@@ -234,8 +300,21 @@ mod tests {
             let now = i * 5 * S;
             events.extend(sweep(&mut t, &[now, 1, now], now + S / 2));
         }
-        assert_eq!(events, [Transition::Silent { host: 1, silent_for_ns: 15 * S + S / 2 - 1 }]);
-        assert_eq!(t.census(), Census { hosts: 3, alive: 2, silent: 1 });
+        assert_eq!(
+            events,
+            [Transition::Silent {
+                host: 1,
+                silent_for_ns: 15 * S + S / 2 - 1
+            }]
+        );
+        assert_eq!(
+            t.census(),
+            Census {
+                hosts: 3,
+                alive: 2,
+                silent: 1
+            }
+        );
     }
 
     #[test]
@@ -244,22 +323,38 @@ mod tests {
         // Slot 1 is handed out but its first stamp is not written yet.
         assert_eq!(
             sweep(&mut t, &[10 * S, 0, 10 * S], 10 * S),
-            [Transition::New { host: 0, age_ns: 0 }, Transition::New { host: 2, age_ns: 0 }]
+            [
+                Transition::New { host: 0, age_ns: 0 },
+                Transition::New { host: 2, age_ns: 0 }
+            ]
         );
         assert_eq!(t.census().hosts, 2);
-        assert_eq!(sweep(&mut t, &[11 * S, 11 * S, 11 * S, 11 * S], 11 * S), [
-            Transition::New { host: 1, age_ns: 0 },
-            Transition::New { host: 3, age_ns: 0 }
-        ]);
+        assert_eq!(
+            sweep(&mut t, &[11 * S, 11 * S, 11 * S, 11 * S], 11 * S),
+            [
+                Transition::New { host: 1, age_ns: 0 },
+                Transition::New { host: 3, age_ns: 0 }
+            ]
+        );
         assert!(sweep(&mut t, &[12 * S; 4], 12 * S).is_empty());
-        assert_eq!(t.census(), Census { hosts: 4, alive: 4, silent: 0 });
+        assert_eq!(
+            t.census(),
+            Census {
+                hosts: 4,
+                alive: 4,
+                silent: 0
+            }
+        );
     }
 
     #[test]
     fn stamp_newer_than_now_is_alive() {
         // A heartbeat stamped between reading the clock and reading the table.
         let mut t = Tracker::new(15 * S);
-        assert_eq!(sweep(&mut t, &[10 * S + 1], 10 * S), [Transition::New { host: 0, age_ns: 0 }]);
+        assert_eq!(
+            sweep(&mut t, &[10 * S + 1], 10 * S),
+            [Transition::New { host: 0, age_ns: 0 }]
+        );
         assert!(sweep(&mut t, &[10 * S + 1], 11 * S).is_empty());
     }
 
@@ -269,20 +364,53 @@ mod tests {
         // delayed in a queue): the host stays silent.
         let mut t = Tracker::new(10);
         sweep(&mut t, &[100], 100);
-        assert_eq!(sweep(&mut t, &[100], 200), [Transition::Silent { host: 0, silent_for_ns: 100 }]);
+        assert_eq!(
+            sweep(&mut t, &[100], 200),
+            [Transition::Silent {
+                host: 0,
+                silent_for_ns: 100
+            }]
+        );
         assert!(sweep(&mut t, &[150], 200).is_empty());
         assert_eq!(t.census().silent, 1);
-        assert_eq!(sweep(&mut t, &[195], 200), [Transition::Recovered { host: 0, silent_for_ns: 95 }]);
+        assert_eq!(
+            sweep(&mut t, &[195], 200),
+            [Transition::Recovered {
+                host: 0,
+                silent_for_ns: 95
+            }]
+        );
     }
 
     #[test]
     fn many_hosts_census() {
         let mut t = Tracker::new(15 * S);
         let now = 100 * S;
-        let seen: Vec<u64> = (0..10_000u64).map(|i| if i % 100 == 0 { now - 20 * S } else { now - S }).collect();
+        let seen: Vec<u64> = (0..10_000u64)
+            .map(|i| if i % 100 == 0 { now - 20 * S } else { now - S })
+            .collect();
         let events = sweep(&mut t, &seen, now);
-        assert_eq!(events.iter().filter(|e| matches!(e, Transition::New { .. })).count(), 10_000);
-        assert_eq!(events.iter().filter(|e| matches!(e, Transition::Silent { .. })).count(), 100);
-        assert_eq!(t.census(), Census { hosts: 10_000, alive: 9_900, silent: 100 });
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e, Transition::New { .. }))
+                .count(),
+            10_000
+        );
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e, Transition::Silent { .. }))
+                .count(),
+            100
+        );
+        assert_eq!(
+            t.census(),
+            Census {
+                hosts: 10_000,
+                alive: 9_900,
+                silent: 100
+            }
+        );
     }
 }

@@ -33,7 +33,13 @@ impl RingWriter {
 
     /// A writer to `fd`, which must stay open as long as the writer.
     pub fn new(fd: RawFd) -> Self {
-        Self { fd, pending: Vec::new(), inflight: Vec::new(), written: 0, busy: false }
+        Self {
+            fd,
+            pending: Vec::new(),
+            inflight: Vec::new(),
+            written: 0,
+            busy: false,
+        }
     }
 
     /// Queues complete lines and starts writing if idle.
@@ -93,8 +99,11 @@ impl RingWriter {
         debug_assert!(!self.busy);
         // SAFETY: `fd` is open for as long as the writer (see `new`); the
         // ManuallyDrop keeps the File from closing it.
-        let mut out = std::mem::ManuallyDrop::new(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(self.fd) });
-        out.write_all(&self.pending).context("writing events to stdout")?;
+        let mut out = std::mem::ManuallyDrop::new(unsafe {
+            <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(self.fd)
+        });
+        out.write_all(&self.pending)
+            .context("writing events to stdout")?;
         self.pending.clear();
         Ok(())
     }
@@ -120,13 +129,21 @@ mod tests {
         // Queued behind the write in flight.
         w.write(&mut ev, b"two\n").unwrap();
         while w.busy() {
-            if let Wake::Done { token: TOKEN, result } = ev.next().unwrap() {
+            if let Wake::Done {
+                token: TOKEN,
+                result,
+            } = ev.wait().unwrap()
+            {
                 w.complete(&mut ev, result).unwrap();
             }
         }
         w.write(&mut ev, b"three\n").unwrap();
         while w.busy() {
-            if let Wake::Done { token: TOKEN, result } = ev.next().unwrap() {
+            if let Wake::Done {
+                token: TOKEN,
+                result,
+            } = ev.wait().unwrap()
+            {
                 w.complete(&mut ev, result).unwrap();
             }
         }

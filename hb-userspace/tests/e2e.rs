@@ -31,13 +31,23 @@ fn silent_and_recovered_hosts_are_reported_once() {
     for a in ["198.18.0.2/24", "198.18.0.3/24"] {
         link.b.ip(&["addr", "add", a, "dev", &link.b_if]);
     }
-    link.b.ip(&["addr", "add", "fd00:4842::2/64", "dev", &link.b_if, "nodad"]);
+    link.b
+        .ip(&["addr", "add", "fd00:4842::2/64", "dev", &link.b_if, "nodad"]);
 
     let timeout = format!("{}ms", TIMEOUT.as_millis());
     let sweep = format!("{}ms", SWEEP.as_millis());
     let mut collector = Collector::start(
         srv,
-        &["--iface", &link.a_if, "--timeout", &timeout, "--sweep", &sweep, "--max-hosts", "1024"],
+        &[
+            "--iface",
+            &link.a_if,
+            "--timeout",
+            &timeout,
+            "--sweep",
+            &sweep,
+            "--max-hosts",
+            "1024",
+        ],
     );
     // The first summary means the program is attached.
     let (first, _) = collector.wait_for(Duration::from_secs(10), |v| v["event"] == "summary");
@@ -52,28 +62,57 @@ fn silent_and_recovered_hosts_are_reported_once() {
         missing.retain(|h| !is_event(v, "new", h));
         missing.is_empty()
     });
-    assert!(all.is_some(), "no `new` event for {missing:?}; saw {seen:?}");
+    assert!(
+        all.is_some(),
+        "no `new` event for {missing:?}; saw {seen:?}"
+    );
 
     // Stop b: exactly one `silent` for it, within timeout + one sweep.
     drop(b);
     let stopped = Instant::now();
-    let (silent, seen) = collector.wait_for(TIMEOUT + SWEEP + SLACK, |v| is_event(v, "silent", "198.18.0.3"));
-    let (at, ev) = silent.unwrap_or_else(|| panic!("no `silent` event for the stopped client; saw {seen:?}"));
-    assert!(at - stopped <= TIMEOUT + SWEEP + SLACK, "reported after {:?}", at - stopped);
+    let (silent, seen) = collector.wait_for(TIMEOUT + SWEEP + SLACK, |v| {
+        is_event(v, "silent", "198.18.0.3")
+    });
+    let (at, ev) =
+        silent.unwrap_or_else(|| panic!("no `silent` event for the stopped client; saw {seen:?}"));
+    assert!(
+        at - stopped <= TIMEOUT + SWEEP + SLACK,
+        "reported after {:?}",
+        at - stopped
+    );
     // By construction the sweep that finds it sees it at most timeout +
     // sweep after its last beat (plus the coarse clock's tick).
     let silent_for = Duration::from_millis(ev["silent_for_ms"].as_u64().expect("silent_for_ms"));
-    assert!(silent_for > TIMEOUT && silent_for <= TIMEOUT + SWEEP + Duration::from_millis(20), "{silent_for:?}");
+    assert!(
+        silent_for > TIMEOUT && silent_for <= TIMEOUT + SWEEP + Duration::from_millis(20),
+        "{silent_for:?}"
+    );
     let mut later = seen;
     later.extend(collector.collect(TIMEOUT + SWEEP));
-    let host_events: Vec<_> = later.iter().filter(|v| v["event"] != "summary" && v["event"] != "new").collect();
+    let host_events: Vec<_> = later
+        .iter()
+        .filter(|v| v["event"] != "summary" && v["event"] != "new")
+        .collect();
     assert!(host_events.is_empty(), "unexpected events: {host_events:?}");
-    let summary = later.iter().rev().find(|v| v["event"] == "summary").expect("summaries go on");
-    assert_eq!((summary["hosts"].as_u64(), summary["alive"].as_u64(), summary["silent"].as_u64()), (Some(3), Some(2), Some(1)));
+    let summary = later
+        .iter()
+        .rev()
+        .find(|v| v["event"] == "summary")
+        .expect("summaries go on");
+    assert_eq!(
+        (
+            summary["hosts"].as_u64(),
+            summary["alive"].as_u64(),
+            summary["silent"].as_u64()
+        ),
+        (Some(3), Some(2), Some(1))
+    );
 
     // Restart it: `recovered`, and the silence it reports covers the gap.
     b = beat(&link, "198.18.0.3", "198.18.0.1");
-    let (rec, seen) = collector.wait_for(Duration::from_secs(3), |v| is_event(v, "recovered", "198.18.0.3"));
+    let (rec, seen) = collector.wait_for(Duration::from_secs(3), |v| {
+        is_event(v, "recovered", "198.18.0.3")
+    });
     let (_, ev) = rec.unwrap_or_else(|| panic!("no `recovered` event; saw {seen:?}"));
     assert!(ev["silent_for_ms"].as_u64().unwrap() >= TIMEOUT.as_millis() as u64);
     assert!(seen.iter().all(|v| v["event"] == "summary"), "{seen:?}");
@@ -81,32 +120,64 @@ fn silent_and_recovered_hosts_are_reported_once() {
     // Other traffic to the heartbeat port still reaches a socket; heartbeats
     // do not (they are dropped in XDP).
     let rx = srv.within(|| UdpSocket::bind("0.0.0.0:43278").expect("bind in collector namespace"));
-    rx.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-    let tx = link.b.within(|| UdpSocket::bind("198.18.0.2:0").expect("bind in client namespace"));
+    rx.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let tx = link
+        .b
+        .within(|| UdpSocket::bind("198.18.0.2:0").expect("bind in client namespace"));
     tx.send_to(b"PyHB", "198.18.0.1:43278").unwrap();
     tx.send_to(b"hello", "198.18.0.1:43278").unwrap();
     let mut buf = [0u8; 64];
-    let n = rx.recv(&mut buf).expect("the non-heartbeat datagram reached the socket");
+    let n = rx
+        .recv(&mut buf)
+        .expect("the non-heartbeat datagram reached the socket");
     assert_eq!(&buf[..n], b"hello", "a heartbeat leaked past XDP");
 
     drop((a, b, c));
-    assert_eq!(collector.proc.terminate(), Some(0), "hb run exits 0 on SIGTERM");
+    assert_eq!(
+        collector.proc.terminate(),
+        Some(0),
+        "hb run exits 0 on SIGTERM"
+    );
     // Detached: no XDP program left on the interface.
-    let out = Command::new("ip").args(["-n", &srv.name, "link", "show", &link.a_if]).output().unwrap();
+    let out = Command::new("ip")
+        .args(["-n", &srv.name, "link", "show", &link.a_if])
+        .output()
+        .unwrap();
     let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && !shown.contains("xdp"), "still attached: {shown}");
+    assert!(
+        out.status.success() && !shown.contains("xdp"),
+        "still attached: {shown}"
+    );
 }
 
 #[test]
 fn pass_heartbeats_lets_them_reach_sockets() {
     let link = Link::new("pass");
-    link.a.ip(&["addr", "add", "198.18.1.1/24", "dev", &link.a_if]);
-    link.b.ip(&["addr", "add", "198.18.1.2/24", "dev", &link.b_if]);
+    link.a
+        .ip(&["addr", "add", "198.18.1.1/24", "dev", &link.a_if]);
+    link.b
+        .ip(&["addr", "add", "198.18.1.2/24", "dev", &link.b_if]);
     let mut collector = Collector::start(
         &link.a,
-        &["--iface", &link.a_if, "--pass-heartbeats", "--port", "5000", "--sweep", "100ms", "--max-hosts", "16"],
+        &[
+            "--iface",
+            &link.a_if,
+            "--pass-heartbeats",
+            "--port",
+            "5000",
+            "--sweep",
+            "100ms",
+            "--max-hosts",
+            "16",
+        ],
     );
-    assert!(collector.wait_for(Duration::from_secs(10), |v| v["event"] == "summary").0.is_some());
+    assert!(
+        collector
+            .wait_for(Duration::from_secs(10), |v| v["event"] == "summary")
+            .0
+            .is_some()
+    );
     let rx = link.a.within(|| UdpSocket::bind("0.0.0.0:5000").unwrap());
     rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let tx = link.b.within(|| UdpSocket::bind("198.18.1.2:0").unwrap());
@@ -114,15 +185,23 @@ fn pass_heartbeats_lets_them_reach_sockets() {
     let mut buf = [0u8; 8];
     let n = rx.recv(&mut buf).expect("heartbeat passed to the socket");
     assert_eq!(&buf[..n], b"PyHB");
-    let (new, seen) = collector.wait_for(Duration::from_secs(3), |v| is_event(v, "new", "198.18.1.2"));
-    assert!(new.is_some(), "passed heartbeat was not recorded; saw {seen:?}");
+    let (new, seen) =
+        collector.wait_for(Duration::from_secs(3), |v| is_event(v, "new", "198.18.1.2"));
+    assert!(
+        new.is_some(),
+        "passed heartbeat was not recorded; saw {seen:?}"
+    );
     assert_eq!(collector.proc.terminate(), Some(0));
 }
 
 #[test]
 fn unknown_interface_is_a_clear_error() {
     let ns = common::Netns::new("noif");
-    let out = ns.command(env!("CARGO_BIN_EXE_hb")).args(["run", "--iface", "nosuch0"]).output().unwrap();
+    let out = ns
+        .command(env!("CARGO_BIN_EXE_hb"))
+        .args(["run", "--iface", "nosuch0"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown interface `nosuch0`"), "{err}");

@@ -20,8 +20,15 @@ fn get(ns: &Netns, port: u16, request: &str) -> (u16, String) {
         s.write_all(request.as_bytes()).unwrap();
         let mut reply = String::new();
         s.read_to_string(&mut reply).expect("read the reply");
-        let status = reply.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status line");
-        let body = reply.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let status = reply
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("status line");
+        let body = reply
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         (status, body)
     })
 }
@@ -40,7 +47,9 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &st
         .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
         .unwrap_or_else(|| panic!("no sample {name} {label:?}"));
     match sample.value {
-        prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+        prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Untyped(v) => v,
         ref other => panic!("{name}: unexpected value {other:?}"),
     }
 }
@@ -48,23 +57,49 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &st
 #[test]
 fn metrics_and_silent_endpoints() {
     let link = Link::new("met");
-    link.a.ip(&["addr", "add", "198.18.2.1/24", "dev", &link.a_if]);
-    link.b.ip(&["addr", "add", "198.18.2.2/24", "dev", &link.b_if]);
-    link.b.ip(&["addr", "add", "198.18.2.3/24", "dev", &link.b_if]);
+    link.a
+        .ip(&["addr", "add", "198.18.2.1/24", "dev", &link.a_if]);
+    link.b
+        .ip(&["addr", "add", "198.18.2.2/24", "dev", &link.b_if]);
+    link.b
+        .ip(&["addr", "add", "198.18.2.3/24", "dev", &link.b_if]);
     let port = 9743;
     let listen = format!("127.0.0.1:{port}");
     let collector = Collector::start(
         &link.a,
         &[
-            "--iface", &link.a_if, "--timeout", "1s", "--sweep", "200ms", "--max-hosts", "4096",
-            "--metrics-listen", &listen, "--metrics-silent-hosts", "10",
+            "--iface",
+            &link.a_if,
+            "--timeout",
+            "1s",
+            "--sweep",
+            "200ms",
+            "--max-hosts",
+            "4096",
+            "--metrics-listen",
+            &listen,
+            "--metrics-silent-hosts",
+            "10",
         ],
     );
-    assert!(collector.wait_for(Duration::from_secs(10), |v| v["event"] == "summary").0.is_some());
+    assert!(
+        collector
+            .wait_for(Duration::from_secs(10), |v| v["event"] == "summary")
+            .0
+            .is_some()
+    );
 
     let beat = |from: &str| {
         let mut cmd = link.b.command(env!("CARGO_BIN_EXE_hb"));
-        cmd.args(["beat", "--server", "198.18.2.1", "--period", "100ms", "--bind", from]);
+        cmd.args([
+            "beat",
+            "--server",
+            "198.18.2.1",
+            "--period",
+            "100ms",
+            "--bind",
+            from,
+        ]);
         Proc::spawn(cmd)
     };
     let _alive = beat("198.18.2.2");
@@ -77,46 +112,89 @@ fn metrics_and_silent_endpoints() {
     assert!(all.is_some(), "hosts never appeared: {missing:?}");
 
     // A client that connects and says nothing must not hold up sweeps.
-    let idle = link.a.within(move || TcpStream::connect(("127.0.0.1", port)).unwrap());
+    let idle = link
+        .a
+        .within(move || TcpStream::connect(("127.0.0.1", port)).unwrap());
 
     drop(stopped);
-    let (silent, seen) = collector.wait_for(Duration::from_secs(4), |v| is_event(v, "silent", "198.18.2.3"));
+    let (silent, seen) = collector.wait_for(Duration::from_secs(4), |v| {
+        is_event(v, "silent", "198.18.2.3")
+    });
     assert!(silent.is_some(), "no silent event; saw {seen:?}");
     // Let the next summary land so the scrape reflects this sweep.
-    assert!(collector.wait_for(Duration::from_secs(2), |v| v["event"] == "summary").0.is_some());
+    assert!(
+        collector
+            .wait_for(Duration::from_secs(2), |v| v["event"] == "summary")
+            .0
+            .is_some()
+    );
 
     let m = scrape(&link.a, port);
     assert_eq!(value(&m, "hb_hosts", None), 2.0);
     assert_eq!(value(&m, "hb_hosts_alive", None), 1.0);
     assert_eq!(value(&m, "hb_hosts_silent", None), 1.0);
     assert!(value(&m, "hb_heartbeats_total", None) >= 2.0);
-    assert_eq!(value(&m, "hb_packets_total", Some(("outcome", "new_host"))), 2.0);
+    assert_eq!(
+        value(&m, "hb_packets_total", Some(("outcome", "new_host"))),
+        2.0
+    );
     assert_eq!(value(&m, "hb_table_capacity", None), 4096.0);
     assert_eq!(value(&m, "hb_table_used", None), 2.0);
     assert_eq!(value(&m, "hb_events_total", Some(("event", "silent"))), 1.0);
     assert_eq!(value(&m, "hb_events_total", Some(("event", "new"))), 2.0);
     assert!(value(&m, "hb_sweep_duration_seconds", None) > 0.0);
-    assert_eq!(value(&m, "hb_build_info", Some(("version", env!("CARGO_PKG_VERSION")))), 1.0);
+    assert_eq!(
+        value(
+            &m,
+            "hb_build_info",
+            Some(("version", env!("CARGO_PKG_VERSION")))
+        ),
+        1.0
+    );
     // Per-host series: the silent host only.
-    let per_host: Vec<_> = m.samples.iter().filter(|s| s.metric == "hb_host_silent_seconds").collect();
+    let per_host: Vec<_> = m
+        .samples
+        .iter()
+        .filter(|s| s.metric == "hb_host_silent_seconds")
+        .collect();
     assert_eq!(per_host.len(), 1, "{per_host:?}");
     assert_eq!(per_host[0].labels.get("host"), Some("198.18.2.3"));
 
     // `hb status` reads the same state from the pinned maps.
     let status = |format: &str| {
-        let out = link.a.command(env!("CARGO_BIN_EXE_hb")).args(["status", "--iface", &link.a_if, "--format", format]).output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = link
+            .a
+            .command(env!("CARGO_BIN_EXE_hb"))
+            .args(["status", "--iface", &link.a_if, "--format", format])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (code, out, err) = status("json");
     assert_eq!(code, Some(0), "{err}");
     let st: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!((st["hosts"].as_u64(), st["alive"].as_u64(), st["silent"].as_u64()), (Some(2), Some(1), Some(1)), "{st}");
+    assert_eq!(
+        (
+            st["hosts"].as_u64(),
+            st["alive"].as_u64(),
+            st["silent"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1)),
+        "{st}"
+    );
     assert_eq!(st["silent_hosts"]["hosts"][0]["host"], "198.18.2.3");
     assert_eq!(st["collector"]["timeout_ms"], 1000);
     assert!(st["packets"]["heartbeat"].as_u64().unwrap() >= 2);
     let (code, out, _) = status("text");
     assert_eq!(code, Some(0));
-    assert!(out.contains("hosts=2 alive=1 silent=1") && out.contains("198.18.2.3"), "{out}");
+    assert!(
+        out.contains("hosts=2 alive=1 silent=1") && out.contains("198.18.2.3"),
+        "{out}"
+    );
 
     let (status, body) = get(&link.a, port, "GET /silent HTTP/1.1\r\n\r\n");
     assert_eq!(status, 200);
@@ -124,16 +202,45 @@ fn metrics_and_silent_endpoints() {
     assert_eq!(page["total"], 1);
     assert_eq!(page["hosts"][0]["host"], "198.18.2.3");
     assert!(page["hosts"][0]["silent_for_ms"].as_u64().unwrap() >= 1000);
-    assert!(page["hosts"][0]["last_seen"].as_str().unwrap().ends_with('Z'));
-    let (status, body) = get(&link.a, port, "GET /silent?offset=1&limit=5 HTTP/1.1\r\n\r\n");
+    assert!(
+        page["hosts"][0]["last_seen"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    let (status, body) = get(
+        &link.a,
+        port,
+        "GET /silent?offset=1&limit=5 HTTP/1.1\r\n\r\n",
+    );
     assert_eq!(status, 200);
     let page: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!((page["total"].as_u64(), page["hosts"].as_array().map(Vec::len)), (Some(1), Some(0)));
+    assert_eq!(
+        (
+            page["total"].as_u64(),
+            page["hosts"].as_array().map(Vec::len)
+        ),
+        (Some(1), Some(0))
+    );
 
     // Bad requests get HTTP errors, and the collector carries on.
-    assert_eq!(get(&link.a, port, "GET /silent?limit=lots HTTP/1.1\r\n\r\n").0, 400);
-    assert_eq!(get(&link.a, port, "GET /silent?limit=10001 HTTP/1.1\r\n\r\n").0, 400);
-    assert_eq!(get(&link.a, port, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").0, 405);
+    assert_eq!(
+        get(&link.a, port, "GET /silent?limit=lots HTTP/1.1\r\n\r\n").0,
+        400
+    );
+    assert_eq!(
+        get(&link.a, port, "GET /silent?limit=10001 HTTP/1.1\r\n\r\n").0,
+        400
+    );
+    assert_eq!(
+        get(
+            &link.a,
+            port,
+            "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
+        )
+        .0,
+        405
+    );
     assert_eq!(get(&link.a, port, "GET /nope HTTP/1.1\r\n\r\n").0, 404);
     assert_eq!(get(&link.a, port, "\x01\x02 nonsense\r\n\r\n").0, 400);
     // Exactly the request limit, headers never ending (the server reads it
@@ -147,13 +254,23 @@ fn metrics_and_silent_endpoints() {
     // Heartbeats are still recorded after all that.
     let tx = link.b.within(|| UdpSocket::bind("198.18.2.3:0").unwrap());
     tx.send_to(b"PyHB", "198.18.2.1:43278").unwrap();
-    let (rec, seen) = collector.wait_for(Duration::from_secs(3), |v| is_event(v, "recovered", "198.18.2.3"));
+    let (rec, seen) = collector.wait_for(Duration::from_secs(3), |v| {
+        is_event(v, "recovered", "198.18.2.3")
+    });
     assert!(rec.is_some(), "{seen:?}");
 
     let mut collector = collector;
     assert_eq!(collector.proc.terminate(), Some(0));
-    assert!(!hb_userspace::pins::pin_dir(&link.a_if).exists(), "pins left behind");
-    let out = link.a.command(env!("CARGO_BIN_EXE_hb")).args(["status", "--iface", &link.a_if]).output().unwrap();
+    assert!(
+        !hb_userspace::pins::pin_dir(&link.a_if).exists(),
+        "pins left behind"
+    );
+    let out = link
+        .a
+        .command(env!("CARGO_BIN_EXE_hb"))
+        .args(["status", "--iface", &link.a_if])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no hb collector is running"));
 }

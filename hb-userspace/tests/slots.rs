@@ -34,7 +34,12 @@ fn concurrent_new_hosts_get_distinct_slots() {
     const THREADS: u32 = 4;
     const PER_THREAD: u32 = 20_000;
     // Room for every host: the point is allocation, not a full table.
-    let mut loaded = program::load(Settings { port: 43278, pass_heartbeats: false, max_hosts: 1 << 17 }).unwrap();
+    let mut loaded = program::load(Settings {
+        port: 43278,
+        pass_heartbeats: false,
+        max_hosts: 1 << 17,
+    })
+    .unwrap();
     let prog = program::xdp(&mut loaded.ebpf).unwrap();
     let barrier = Barrier::new(THREADS as usize);
     std::thread::scope(|s| {
@@ -46,7 +51,12 @@ fn concurrent_new_hosts_get_distinct_slots() {
                 // so each is first seen on several CPUs at about once.
                 for i in 0..PER_THREAD {
                     let frame = heartbeat(src(i));
-                    let r = prog.test_run(TestRunOptions { data_in: Some(&frame), ..TestRunOptions::new() }).unwrap();
+                    let r = prog
+                        .test_run(TestRunOptions {
+                            data_in: Some(&frame),
+                            ..TestRunOptions::new()
+                        })
+                        .unwrap();
                     assert_eq!(r.return_value, XDP_DROP);
                 }
             });
@@ -54,17 +64,28 @@ fn concurrent_new_hosts_get_distinct_slots() {
     });
     let distinct = PER_THREAD;
     let table = &loaded.table;
-    assert_eq!(table.len(), distinct as usize, "slots handed out != distinct hosts");
+    assert_eq!(
+        table.len(),
+        distinct as usize,
+        "slots handed out != distinct hosts"
+    );
     let counters = loaded.counters.read().unwrap();
     assert_eq!(counters[Counter::NewHost as usize], distinct as u64);
-    assert_eq!(counters[Counter::Heartbeat as usize], (PER_THREAD * THREADS) as u64);
+    assert_eq!(
+        counters[Counter::Heartbeat as usize],
+        (PER_THREAD * THREADS) as u64
+    );
     // Every slot holds a distinct host, and the hash map points back to it.
     let mut keys = HashSet::new();
     let mut beats = 0;
     for slot in 0..distinct {
         let key = table.key(slot);
         assert!(keys.insert(key), "slot {slot}: host {key:?} has two slots");
-        assert_eq!(table.slot(&key), Some(slot), "hash map and slot keys disagree");
+        assert_eq!(
+            table.slot(&key),
+            Some(slot),
+            "hash map and slot keys disagree"
+        );
         let entry = table.entry(slot);
         assert_ne!(entry.last_seen_ns, 0, "slot {slot} never stamped");
         beats += entry.beats;
@@ -79,7 +100,12 @@ fn concurrent_new_hosts_get_distinct_slots() {
 
 #[test]
 fn a_full_table_refuses_new_hosts_without_losing_slots() {
-    let mut loaded = program::load(Settings { port: 43278, pass_heartbeats: false, max_hosts: 64 }).unwrap();
+    let mut loaded = program::load(Settings {
+        port: 43278,
+        pass_heartbeats: false,
+        max_hosts: 64,
+    })
+    .unwrap();
     let prog = program::xdp(&mut loaded.ebpf).unwrap();
     std::thread::scope(|s| {
         for t in 0..2u32 {
@@ -87,7 +113,11 @@ fn a_full_table_refuses_new_hosts_without_losing_slots() {
             s.spawn(move || {
                 for i in 0..200u32 {
                     let frame = heartbeat(src(i * 2 + t));
-                    prog.test_run(TestRunOptions { data_in: Some(&frame), ..TestRunOptions::new() }).unwrap();
+                    prog.test_run(TestRunOptions {
+                        data_in: Some(&frame),
+                        ..TestRunOptions::new()
+                    })
+                    .unwrap();
                 }
             });
         }

@@ -85,7 +85,9 @@ fn pick_toolchain() -> Result<(String, bool)> {
     if has("nightly") {
         Ok(("nightly".into(), false))
     } else if has("stable") {
-        eprintln!("xtask: no nightly toolchain installed; building eBPF with stable and RUSTC_BOOTSTRAP=1");
+        eprintln!(
+            "xtask: no nightly toolchain installed; building eBPF with stable and RUSTC_BOOTSTRAP=1"
+        );
         Ok(("stable".into(), true))
     } else {
         bail!(
@@ -119,7 +121,8 @@ pub fn cache_dir() -> Result<PathBuf> {
     if let Some(dir) = env::var_os("XDG_CACHE_HOME") {
         return Ok(PathBuf::from(dir).join("hb"));
     }
-    let home = env::var_os("HOME").context("HOME is not set; set HB_CACHE_DIR to a cache directory")?;
+    let home =
+        env::var_os("HOME").context("HOME is not set; set HB_CACHE_DIR to a cache directory")?;
     Ok(PathBuf::from(home).join(".cache").join("hb"))
 }
 
@@ -179,8 +182,11 @@ fn ensure_bpf_linker(toolchain: &str) -> Result<PathBuf> {
         .arg(&scratch))
     .context("building bpf-linker failed (output above)")?;
     fs::create_dir_all(&bin_dir)?;
-    fs::rename(scratch.join("bin").join("bpf-linker"), bin_dir.join("bpf-linker"))
-        .context("installing bpf-linker into the cache")?;
+    fs::rename(
+        scratch.join("bin").join("bpf-linker"),
+        bin_dir.join("bpf-linker"),
+    )
+    .context("installing bpf-linker into the cache")?;
     let _ = fs::remove_dir_all(&scratch);
     run(Command::new(bin_dir.join("bpf-linker")).arg("--version"))
         .context("the freshly built bpf-linker does not run")?;

@@ -15,7 +15,10 @@ use std::{
 
 /// Runs `ip` and panics with its stderr on failure.
 pub fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip (iproute2)");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running ip (iproute2)");
     assert!(
         out.status.success(),
         "ip {}: {}",
@@ -85,7 +88,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -106,7 +111,8 @@ impl Link {
         assert!(tag.len() <= 10, "tag too long for an interface name");
         let (a_if, b_if) = (format!("hb{tag}0"), format!("hb{tag}1"));
         ip(&[
-            "link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if, "netns", &b.name,
+            "link", "add", &a_if, "netns", &a.name, "type", "veth", "peer", "name", &b_if, "netns",
+            &b.name,
         ]);
         a.ip(&["link", "set", &a_if, "up"]);
         b.ip(&["link", "set", &b_if, "up"]);
@@ -121,7 +127,9 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(mut cmd: Command) -> Self {
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
         Self { child }
     }
 
