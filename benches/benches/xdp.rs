@@ -1,0 +1,360 @@
+//! Per-packet cost of the real XDP program, run by the kernel on test frames
+//! with BPF_PROG_TEST_RUN, each case next to the object's empty program
+//! (`hb_baseline`, which only returns XDP_PASS) measured the same way.
+//!
+//! Times are the kernel's own: BPF_PROG_TEST_RUN reports the average time
+//! of one repeat, measured around its loop in the kernel, so the system call
+//! itself (copying the frame in, building the context) is not counted. The
+//! kernel reports that average in whole nanoseconds (truncated).
+//!
+//! Two kinds of cases:
+//!
+//! - The same frame over and over (`repeat` > 1 in one call): the empty
+//!   program, a heartbeat from one known (hot) host, UDP to another port,
+//!   TCP, ARP. The timer is read twice per call, so its cost is spread over
+//!   the repeats and is negligible.
+//! - A different frame every packet (`repeat` = 1, one call per packet): a
+//!   heartbeat from a new host each time, and heartbeats from 1M known hosts
+//!   visited in turn (cold keys: the hash map, 1M entries, and the slot
+//!   arrays are far larger than the CPU caches). With `repeat` = 1 the
+//!   kernel's reported time includes its own timer overhead (two clock
+//!   reads, migration disable / enable) once per packet. Their baseline is
+//!   therefore the empty program run exactly the same way, one packet per
+//!   call, and it is that baseline's time which they are compared with.
+//!
+//! After criterion's groups, one table measured in one go (all cases
+//! interleaved, so drift affects them alike) is printed to stdout.
+
+use std::time::Duration;
+
+use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use criterion::{BenchmarkGroup, Criterion, measurement::WallTime};
+use hb_benches::{
+    XDP_DROP, XDP_PASS, arp, ipv4_heartbeat, ipv4_tcp, ipv4_udp, set_ipv4_src, src_addr,
+};
+use hb_common::{BASELINE_PROGRAM, Counter, DEFAULT_PORT, PROGRAM};
+use hb_userspace::program::{self, Loaded, Settings};
+
+/// Known hosts visited in turn by the cold-key case: 2^20.
+const COLD_HOSTS: u32 = 1 << 20;
+/// Capacity of the main object: the cold hosts, the hot one, room to spare.
+const MAIN_MAX_HOSTS: u32 = 2 << 20;
+/// Capacity of the object that takes the new hosts; reloaded (outside the
+/// measurement) when it runs out.
+const NEW_MAX_HOSTS: u32 = 1 << 20;
+/// The one hot host (not in the cold range 10.0.0.0/12).
+const HOT_HOST: [u8; 4] = [192, 0, 2, 1];
+/// Same-frame cases in the final table: repeats per call...
+const TABLE_REPEAT: u32 = 1_000_000;
+/// ...and calls per case (median taken).
+const TABLE_ROUNDS: usize = 5;
+/// Single-packet cases in the final table: packets per case (mean taken)...
+const TABLE_SINGLE: u32 = 200_000;
+/// ...measured in interleaved chunks of this many.
+const TABLE_CHUNK: u32 = 10_000;
+
+fn settings(max_hosts: u32) -> Settings {
+    Settings {
+        port: DEFAULT_PORT,
+        pass_heartbeats: false,
+        max_hosts,
+    }
+}
+
+fn xdp<'a>(loaded: &'a Loaded, name: &str) -> &'a Xdp {
+    loaded
+        .ebpf
+        .program(name)
+        .unwrap_or_else(|| panic!("no program {name}"))
+        .try_into()
+        .expect("not an XDP program")
+}
+
+/// One BPF_PROG_TEST_RUN call; returns the kernel's average time per repeat.
+fn run(prog: &Xdp, frame: &[u8], repeat: u32, verdict: u32) -> Duration {
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::new()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    assert_eq!(r.return_value, verdict, "unexpected XDP verdict");
+    r.duration
+}
+
+/// `iters` runs of the same frame, `repeat` = as many as possible per call:
+/// kernel time only, no system call overhead.
+fn repeated(prog: &Xdp, frame: &[u8], verdict: u32, iters: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(100_000_000) as u32;
+        total += run(prog, frame, n, verdict) * n;
+        left -= u64::from(n);
+    }
+    total
+}
+
+/// Walks the cold hosts in a scrambled order: multiplying by an odd number
+/// is a bijection modulo 2^20, and consecutive packets land ~490k slots
+/// apart, so neither hash buckets nor slot arrays are prefetched for them.
+struct ColdCycle {
+    next: u32,
+}
+
+impl ColdCycle {
+    fn next_src(&mut self) -> [u8; 4] {
+        let i = self.next.wrapping_mul(0x9e37_79b1) & (COLD_HOSTS - 1);
+        self.next = self.next.wrapping_add(1);
+        src_addr(i)
+    }
+}
+
+/// `iters` single-packet calls (`repeat` = 1), each from the source
+/// `src()` gives; the sum of the kernel's times, which with `repeat` = 1
+/// include the kernel's timer overhead once per packet.
+fn single(
+    prog: &Xdp,
+    frame: &mut [u8],
+    verdict: u32,
+    iters: u64,
+    mut src: impl FnMut() -> [u8; 4],
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        set_ipv4_src(frame, src());
+        total += run(prog, frame, 1, verdict);
+    }
+    total
+}
+
+/// An object that only ever sees new hosts.
+struct NewHosts {
+    loaded: Loaded,
+    next: u32,
+    reloads: u32,
+}
+
+impl NewHosts {
+    fn new() -> Self {
+        Self {
+            loaded: program::load(settings(NEW_MAX_HOSTS)).expect("loading hb"),
+            next: 0,
+            reloads: 0,
+        }
+    }
+
+    /// `iters` heartbeats, each from a host never seen before; the sum of
+    /// the kernel's times (timer overhead included, as in `single`). Reloads
+    /// the object, untimed, whenever its table is full.
+    fn run(&mut self, frame: &mut [u8], iters: u64) -> Duration {
+        let mut total = Duration::ZERO;
+        let mut left = iters;
+        while left > 0 {
+            let table = &self.loaded.table;
+            let room = (table.capacity() - table.len()) as u64;
+            if room == 0 {
+                self.loaded = program::load(settings(NEW_MAX_HOSTS)).expect("loading hb");
+                self.reloads += 1;
+                continue;
+            }
+            let n = left.min(room);
+            let before = table.len();
+            let prog = xdp(&self.loaded, PROGRAM);
+            let next = &mut self.next;
+            total += single(prog, frame, XDP_DROP, n, || {
+                *next = next.wrapping_add(1);
+                src_addr(*next)
+            });
+            assert_eq!(
+                self.loaded.table.len() as u64,
+                before as u64 + n,
+                "every heartbeat should have added a host"
+            );
+            left -= n;
+        }
+        total
+    }
+}
+
+struct Frames {
+    hot: Vec<u8>,
+    other_port: Vec<u8>,
+    tcp: Vec<u8>,
+    arp: Vec<u8>,
+    /// Rewritten with a new source before every single-packet run.
+    scratch: Vec<u8>,
+}
+
+fn main() {
+    let quiet_list = std::env::args().any(|a| a == "--list");
+    let mut main = program::load(settings(MAIN_MAX_HOSTS)).expect("loading hb (root needed)");
+    let baseline: &mut Xdp = main
+        .ebpf
+        .program_mut(BASELINE_PROGRAM)
+        .expect("no baseline program")
+        .try_into()
+        .expect("baseline is not XDP");
+    baseline.load().expect("loading the baseline program");
+
+    let frames = Frames {
+        hot: ipv4_heartbeat(HOT_HOST, DEFAULT_PORT),
+        other_port: ipv4_udp(HOT_HOST, 53, b"not a heartbeat"),
+        tcp: ipv4_tcp(HOT_HOST, DEFAULT_PORT),
+        arp: arp(),
+        scratch: ipv4_heartbeat(HOT_HOST, DEFAULT_PORT),
+    };
+
+    // The hot host, then every cold one, once each.
+    {
+        let hb = xdp(&main, PROGRAM);
+        run(hb, &frames.hot, 1, XDP_DROP);
+        let mut scratch = frames.scratch.clone();
+        let started = std::time::Instant::now();
+        for i in 0..COLD_HOSTS {
+            set_ipv4_src(&mut scratch, src_addr(i));
+            run(hb, &scratch, 1, XDP_DROP);
+        }
+        let counters = main.counters.read().expect("reading counters");
+        assert_eq!(main.table.len(), COLD_HOSTS as usize + 1);
+        assert_eq!(
+            counters[Counter::NewHost as usize],
+            u64::from(COLD_HOSTS) + 1
+        );
+        eprintln!(
+            "xdp bench: {} cold hosts added in {:.2?}",
+            COLD_HOSTS,
+            started.elapsed()
+        );
+    }
+
+    let mut new_hosts = NewHosts::new();
+    // No plots: with whole-nanosecond kernel times some distributions are
+    // degenerate, which the plotters backend cannot draw.
+    let mut c = Criterion::default().without_plots().configure_from_args();
+    same_frame_group(&mut c, &main, &frames);
+    single_packet_group(&mut c, &main, &frames, &mut new_hosts);
+    c.final_summary();
+
+    if !quiet_list {
+        table(&main, &frames, &mut new_hosts);
+    }
+}
+
+fn same_frame_group(c: &mut Criterion, main: &Loaded, frames: &Frames) {
+    let (hb, empty) = (xdp(main, PROGRAM), xdp(main, BASELINE_PROGRAM));
+    let mut g = c.benchmark_group("xdp_same_frame");
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20);
+    // Kernel-measured time of `iters` runs in as few calls as possible.
+    fn case(g: &mut BenchmarkGroup<WallTime>, name: &str, prog: &Xdp, frame: &[u8], verdict: u32) {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| repeated(prog, frame, verdict, iters))
+        });
+    }
+    case(&mut g, "empty_program", empty, &frames.hot, XDP_PASS);
+    case(&mut g, "heartbeat_hot_host", hb, &frames.hot, XDP_DROP);
+    case(&mut g, "udp_other_port", hb, &frames.other_port, XDP_PASS);
+    case(&mut g, "ipv4_tcp", hb, &frames.tcp, XDP_PASS);
+    case(&mut g, "arp", hb, &frames.arp, XDP_PASS);
+    g.finish();
+}
+
+fn single_packet_group(c: &mut Criterion, main: &Loaded, frames: &Frames, new: &mut NewHosts) {
+    let (hb, empty) = (xdp(main, PROGRAM), xdp(main, BASELINE_PROGRAM));
+    let mut g = c.benchmark_group("xdp_single_packet");
+    // Criterion sizes samples from the wall time of its warm-up, so each
+    // case runs for about the measurement time; the time returned is only
+    // the kernel's part of it (each packet also costs a system call).
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20);
+    let mut scratch = frames.scratch.clone();
+    // The baseline of this group: the empty program, one packet per call,
+    // timer overhead included exactly as for the cases below.
+    let mut cycle = ColdCycle { next: 0 };
+    g.bench_function("empty_program_repeat1", |b| {
+        b.iter_custom(|iters| single(empty, &mut scratch, XDP_PASS, iters, || cycle.next_src()))
+    });
+    g.bench_function("heartbeat_cold_keys_1M", |b| {
+        b.iter_custom(|iters| single(hb, &mut scratch, XDP_DROP, iters, || cycle.next_src()))
+    });
+    g.bench_function("heartbeat_new_host", |b| {
+        b.iter_custom(|iters| new.run(&mut scratch, iters))
+    });
+    g.finish();
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One measurement of every case, in this one run, printed as markdown.
+fn table(main: &Loaded, frames: &Frames, new: &mut NewHosts) {
+    let (hb, empty) = (xdp(main, PROGRAM), xdp(main, BASELINE_PROGRAM));
+
+    // Same-frame cases: TABLE_ROUNDS calls of TABLE_REPEAT repeats each,
+    // round-robin over the cases; median of the kernel's per-repeat times.
+    let same: [(&str, &Xdp, &[u8], u32); 5] = [
+        ("empty program", empty, &frames.hot, XDP_PASS),
+        ("heartbeat, hot host", hb, &frames.hot, XDP_DROP),
+        ("UDP to another port", hb, &frames.other_port, XDP_PASS),
+        ("IPv4 TCP", hb, &frames.tcp, XDP_PASS),
+        ("ARP", hb, &frames.arp, XDP_PASS),
+    ];
+    let mut samples = vec![Vec::new(); same.len()];
+    for _ in 0..TABLE_ROUNDS {
+        for (i, &(_, prog, frame, verdict)) in same.iter().enumerate() {
+            let d = run(prog, frame, TABLE_REPEAT, verdict);
+            samples[i].push(d.as_nanos() as f64);
+        }
+    }
+    let same_ns: Vec<f64> = samples.into_iter().map(median).collect();
+
+    // Single-packet cases: TABLE_SINGLE packets each, in interleaved chunks;
+    // mean of the kernel's per-packet times (timer overhead included).
+    let mut scratch = frames.scratch.clone();
+    let mut cycle = ColdCycle { next: 0 };
+    let mut totals = [Duration::ZERO; 3];
+    for _ in 0..TABLE_SINGLE / TABLE_CHUNK {
+        let n = u64::from(TABLE_CHUNK);
+        totals[0] += single(empty, &mut scratch, XDP_PASS, n, || cycle.next_src());
+        totals[1] += single(hb, &mut scratch, XDP_DROP, n, || cycle.next_src());
+        totals[2] += new.run(&mut scratch, n);
+    }
+    let single_ns = totals.map(|d| d.as_nanos() as f64 / f64::from(TABLE_SINGLE));
+
+    println!();
+    println!(
+        "XDP per-packet cost, kernel-measured (BPF_PROG_TEST_RUN), one run. \
+         Same-frame cases: median of {TABLE_ROUNDS} calls x repeat={TABLE_REPEAT} \
+         (kernel reports whole ns per packet). One-packet-per-call cases: mean of \
+         {TABLE_SINGLE} calls x repeat=1, kernel timer overhead included in them and \
+         in their baseline alike."
+    );
+    println!();
+    println!("| case | ns/packet | ratio to empty program |");
+    println!("| --- | ---: | ---: |");
+    for ((name, ..), ns) in same.iter().zip(&same_ns) {
+        println!(
+            "| {name} (repeat={TABLE_REPEAT}) | {ns:.1} | {:.2} |",
+            ns / same_ns[0]
+        );
+    }
+    let single_names = [
+        "empty program (repeat=1, baseline of the rows below)",
+        "heartbeat, cold keys: 1M known hosts in turn (repeat=1)",
+        "heartbeat, new host every packet (repeat=1)",
+    ];
+    for (name, ns) in single_names.iter().zip(single_ns) {
+        println!("| {name} | {ns:.1} | {:.2} |", ns / single_ns[0]);
+    }
+    println!();
+    println!(
+        "(new-host object of {NEW_MAX_HOSTS} slots reloaded {} time(s) outside the measurement)",
+        new.reloads
+    );
+}
