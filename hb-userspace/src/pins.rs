@@ -1,6 +1,7 @@
 //! A running collector's state, visible to other processes: its maps pinned
 //! in bpffs under `/sys/fs/bpf/hb/<iface>/`, and a small JSON state file
-//! `/run/hb/<iface>.json` (pid and settings). `hb status` reads both without
+//! `/run/hb/<iface>.json` (pid and settings); outside the host's network
+//! namespace, `<iface>` is `<iface>@netns-<inode>`. `hb status` reads both without
 //! disturbing the collector.
 
 use std::{
@@ -36,11 +37,26 @@ pub struct State {
 }
 
 pub fn pin_dir(iface: &str) -> PathBuf {
-    Path::new(BPFFS).join("hb").join(iface)
+    Path::new(BPFFS).join("hb").join(instance(iface))
 }
 
 pub fn state_file(iface: &str) -> PathBuf {
-    Path::new(RUN_DIR).join(format!("{iface}.json"))
+    Path::new(RUN_DIR).join(format!("{}.json", instance(iface)))
+}
+
+/// The name of the collector on `iface`: the interface name, qualified by
+/// the network namespace outside the host's own, because interface names
+/// are only unique within a namespace while bpffs and /run are shared.
+/// `hb status` run in the same namespace finds the same name.
+fn instance(iface: &str) -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    let ino = |p: &str| fs::metadata(p).map(|m| m.ino()).ok();
+    match (ino("/proc/thread-self/ns/net"), ino("/proc/1/ns/net")) {
+        (Some(own), Some(init)) if own == init => iface.to_owned(),
+        // Not the host's namespace, or it cannot be told (pid 1 hidden).
+        (Some(own), _) => format!("{iface}@netns-{own}"),
+        (None, _) => iface.to_owned(),
+    }
 }
 
 /// Mounts bpffs at /sys/fs/bpf if nothing is mounted there.

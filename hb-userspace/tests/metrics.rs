@@ -261,10 +261,17 @@ fn metrics_and_silent_endpoints() {
 
     let mut collector = collector;
     assert_eq!(collector.proc.terminate(), Some(0));
-    assert!(
-        !hb_userspace::pins::pin_dir(&link.a_if).exists(),
-        "pins left behind"
-    );
+    // Pins are named after the collector's namespace: look from inside it.
+    let a_if = link.a_if.clone();
+    let (pins, state) = link.a.within(move || {
+        (
+            hb_userspace::pins::pin_dir(&a_if),
+            hb_userspace::pins::state_file(&a_if),
+        )
+    });
+    assert!(pins.to_string_lossy().contains("@netns-"), "{pins:?}");
+    assert!(!pins.exists(), "pins left behind in {pins:?}");
+    assert!(!state.exists(), "state file left behind: {state:?}");
     let out = link
         .a
         .command(env!("CARGO_BIN_EXE_hb"))
