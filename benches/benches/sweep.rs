@@ -24,7 +24,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use hb_benches::{
     XDP_DROP, fmt_ns, ipv4_heartbeat, map_type_name, maps_in_use, set_ipv4_src, src_addr,
 };
-use hb_common::{ALLOC_MAP, COUNTERS_MAP, Counter, DEFAULT_PORT, HOST_MAPS, PROGRAM};
+use hb_common::{ALLOC_MAP, COUNTERS_MAP, Counter, DEFAULT_PORT, HINTS_MAP, HOST_MAPS, PROGRAM};
 use hb_userspace::{
     clock,
     program::{self, Loaded, Settings},
@@ -234,7 +234,10 @@ fn memory_table(loaded: &Loaded, tracker: &Tracker) {
         .try_into()
         .expect("XDP program");
     let maps = maps_in_use(&[prog]).expect("listing the object's maps");
-    for name in HOST_MAPS.iter().chain(&[ALLOC_MAP, COUNTERS_MAP]) {
+    for name in HOST_MAPS
+        .iter()
+        .chain(&[ALLOC_MAP, COUNTERS_MAP, HINTS_MAP])
+    {
         assert!(
             maps.iter().any(|m| m.name == *name),
             "map {name} missing from the memory figure"

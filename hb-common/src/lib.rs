@@ -16,6 +16,11 @@ pub const LAST_SEEN_MAP: &str = "HB_LAST_SEEN";
 pub const BEATS_MAP: &str = "HB_BEATS";
 /// `BPF_F_MMAPABLE` array of [`HostKey`], by slot: the host's address.
 pub const SLOT_KEYS_MAP: &str = "HB_SLOT_KEYS";
+/// Array of `u32`, a power of two long: slot hints (`slot + 1`) indexed by a
+/// hash of the address, which spare a known host the hash map lookup.
+pub const HINTS_MAP: &str = "HB_HINTS";
+/// Global (`u32`): the hint array's length - 1.
+pub const HINT_MASK_GLOBAL: &str = "HB_HINT_MASK";
 /// `BPF_F_MMAPABLE` array of one `u64`: the next free slot.
 pub const ALLOC_MAP: &str = "HB_ALLOC";
 /// Every map sized by `--max-hosts`.
@@ -26,7 +31,7 @@ pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 pub const SLOT_PENDING: u32 = u32::MAX;
 /// Name of the per-CPU array of outcome counters, indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "HB_COUNTERS";
-/// Global (`u16`, host byte order): the UDP port heartbeats are sent to.
+/// Global (`u16`, network byte order): the UDP port heartbeats are sent to.
 pub const PORT_GLOBAL: &str = "HB_PORT";
 /// Global (`u8`, 0 or 1): let heartbeats continue to sockets after stamping.
 pub const PASS_GLOBAL: &str = "HB_PASS_HEARTBEATS";
@@ -40,13 +45,27 @@ pub const DEFAULT_MAX_HOSTS: u32 = 1 << 20;
 
 /// A host's address: IPv6, or IPv4 mapped into IPv6 (`::ffff:a.b.c.d`), so
 /// one key type serves both families.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HostKey {
     pub addr: [u8; 16],
 }
 
 impl HostKey {
+    /// From the address's 16 bytes read as two native-endian words.
+    #[inline(always)]
+    pub const fn from_words(words: [u64; 2]) -> Self {
+        // SAFETY: [u64; 2] and HostKey have the same size; any bytes are valid.
+        unsafe { core::mem::transmute(words) }
+    }
+
+    /// The address as two native-endian words (cheap to compare and hash).
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 2] {
+        // SAFETY: 16 bytes, 8-byte aligned (align(8)).
+        unsafe { core::ptr::read(self.addr.as_ptr().cast::<[u64; 2]>()) }
+    }
+
     #[inline(always)]
     pub const fn from_ipv4(octets: [u8; 4]) -> Self {
         let [a, b, c, d] = octets;

@@ -21,9 +21,10 @@ use hb_common::{Counter, DEFAULT_PORT};
 
 use crate::{parse::Frame, table::Stamped};
 
-/// Heartbeat UDP port, host byte order; set by userspace at load time.
+/// Heartbeat UDP port, network byte order (as on the wire); set by
+/// userspace at load time.
 #[unsafe(no_mangle)]
-static HB_PORT: u16 = DEFAULT_PORT;
+static HB_PORT: u16 = DEFAULT_PORT.to_be();
 
 /// Non-zero: heartbeats continue to the stack after being stamped.
 #[unsafe(no_mangle)]

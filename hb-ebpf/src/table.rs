@@ -8,6 +8,18 @@
 //! succeeded, so two CPUs racing on the same new host never take two slots,
 //! and no slot is ever lost. Hosts are never removed: a full table refuses
 //! new hosts instead of evicting watched ones.
+//!
+//! A known host's slot is found through a hint first: a u32 array indexed
+//! by a multiplicative hash of the address, checked against the slot's key.
+//! The hash map lookup (jhash over 16 bytes, bucket walk, memcmp) measured
+//! 32 ns of a 70 ns heartbeat; a hint that hits costs two inlined array
+//! lookups. A hint that misses (two hosts sharing it, or none yet) falls
+//! back to the hash map and is rewritten, so hints never need locking.
+//!
+//! Clock: bpf_ktime_get_coarse_ns (CLOCK_MONOTONIC at tick resolution).
+//! bpf_jiffies64 measured 8 ns cheaper per heartbeat, but its unit (the
+//! kernel's HZ) is not visible to userspace; the hint already brings a
+//! known host within the 2.5x target, so hb keeps nanoseconds.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -26,10 +38,19 @@ static LAST_SEEN: Array<u64> = Array::with_max_entries(DEFAULT_MAX_HOSTS, BPF_F_
 static BEATS: Array<u64> = Array::with_max_entries(DEFAULT_MAX_HOSTS, BPF_F_MMAPABLE);
 #[map(name = "HB_SLOT_KEYS")]
 static SLOT_KEYS: Array<HostKey> = Array::with_max_entries(DEFAULT_MAX_HOSTS, BPF_F_MMAPABLE);
+/// Slot hints: `slot + 1` of the host last seen at `hint_index(key)`, 0 if
+/// none. A hint is only trusted once `SLOT_KEYS[slot]` equals the key, so
+/// stale or overwritten hints cost a hash lookup, never a wrong stamp.
+#[map(name = "HB_HINTS")]
+static HINTS: Array<u32> = Array::with_max_entries(DEFAULT_MAX_HOSTS, 0);
 #[map(name = "HB_ALLOC")]
 static ALLOC: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 const EEXIST: i32 = 17;
+
+/// Hint array size - 1 (a power of two - 1); set by userspace at load time.
+#[unsafe(no_mangle)]
+static HB_HINT_MASK: u32 = DEFAULT_MAX_HOSTS - 1;
 
 pub enum Stamped {
     Known,
@@ -44,6 +65,19 @@ pub fn stamp(key: &HostKey) -> Stamped {
     // plenty, and it is measurably cheaper than bpf_ktime_get_ns.
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let hint = HINTS.get_ptr_mut(hint_index(key));
+    if let Some(h) = hint {
+        // SAFETY: pointer from a successful array lookup.
+        let slot = unsafe { core::ptr::read_volatile(h) }.wrapping_sub(1);
+        if let Some(k) = SLOT_KEYS.get_ptr(slot)
+            // SAFETY: pointer from a successful array lookup; a slot's key
+            // never changes once the slot is published.
+            && unsafe { same_key(k, key) }
+        {
+            touch(slot, now);
+            return Stamped::Known;
+        }
+    }
     if let Some(slot) = SLOTS.get_ptr(key) {
         // SAFETY: pointer from a successful lookup; entries are never deleted.
         let slot = unsafe { core::ptr::read_volatile(slot) };
@@ -51,6 +85,10 @@ pub fn stamp(key: &HostKey) -> Stamped {
         // at this very moment; it stamps the same time.
         if slot != SLOT_PENDING {
             touch(slot, now);
+            if let Some(h) = hint {
+                // SAFETY: pointer from a successful array lookup.
+                unsafe { core::ptr::write_volatile(h, slot + 1) };
+            }
         }
         return Stamped::Known;
     }
@@ -88,7 +126,30 @@ pub fn stamp(key: &HostKey) -> Stamped {
         // SAFETY: pointer from a successful lookup.
         unsafe { core::ptr::write_volatile(value, slot) };
     }
+    if let Some(h) = hint {
+        // SAFETY: pointer from a successful array lookup.
+        unsafe { core::ptr::write_volatile(h, slot + 1) };
+    }
     Stamped::New
+}
+
+/// Where a host's hint lives: a multiplicative hash of its address, masked
+/// to the hint array's power-of-two size (set at load time).
+#[inline(always)]
+fn hint_index(key: &HostKey) -> u32 {
+    let [a, b] = key.words();
+    // SAFETY: read_volatile keeps the load-time constant out of the code.
+    let mask = unsafe { core::ptr::read_volatile(&HB_HINT_MASK) };
+    ((a ^ b).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32 & mask
+}
+
+/// # Safety
+/// `stored` must point to a valid, 8-byte aligned map value.
+#[inline(always)]
+unsafe fn same_key(stored: *const HostKey, key: &HostKey) -> bool {
+    // SAFETY: array values are 8-byte aligned; HostKey is align(8).
+    let [a, b] = unsafe { (*stored).words() };
+    [a, b] == key.words()
 }
 
 #[inline(always)]

@@ -6,8 +6,8 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode},
 };
 use hb_common::{
-    ALLOC_MAP, BEATS_MAP, COUNTERS_MAP, HOST_MAPS, LAST_SEEN_MAP, PASS_GLOBAL, PORT_GLOBAL,
-    PROGRAM, SLOT_KEYS_MAP, SLOTS_MAP,
+    ALLOC_MAP, BEATS_MAP, COUNTERS_MAP, HINT_MASK_GLOBAL, HINTS_MAP, HOST_MAPS, LAST_SEEN_MAP,
+    PASS_GLOBAL, PORT_GLOBAL, PROGRAM, SLOT_KEYS_MAP, SLOTS_MAP,
 };
 use log::{info, warn};
 
@@ -43,10 +43,20 @@ pub fn load(settings: Settings) -> Result<Loaded> {
 /// As `load`, and pins the maps in `pin_dir` (see `pins`) for `hb status`.
 pub fn load_with_pins(settings: Settings, pin_dir: Option<&std::path::Path>) -> Result<Loaded> {
     let pass = u8::from(settings.pass_heartbeats);
+    // Hints: a power of two at least as large as the table, so that most
+    // hosts have a hint of their own.
+    let hints = settings
+        .max_hosts
+        .checked_next_power_of_two()
+        .unwrap_or(1 << 31);
+    let hint_mask = hints - 1;
+    let port_net = settings.port.to_be();
     let mut loader = EbpfLoader::new();
     loader
-        .override_global(PORT_GLOBAL, &settings.port, true)
-        .override_global(PASS_GLOBAL, &pass, true);
+        .override_global(PORT_GLOBAL, &port_net, true)
+        .override_global(PASS_GLOBAL, &pass, true)
+        .override_global(HINT_MASK_GLOBAL, &hint_mask, true)
+        .map_max_entries(HINTS_MAP, hints);
     for map in HOST_MAPS {
         loader.map_max_entries(map, settings.max_hosts);
     }

@@ -129,3 +129,49 @@ fn a_full_table_refuses_new_hosts_without_losing_slots() {
     let keys: HashSet<HostKey> = (0..64).map(|s| loaded.table.key(s)).collect();
     assert_eq!(keys.len(), 64);
 }
+
+/// The hint slot the program looks at first for `key` (its hash, as in
+/// hb-ebpf's table.rs), for a hint array of `mask + 1` entries.
+fn hint_index(key: &HostKey, mask: u32) -> u32 {
+    let [a, b] = key.words();
+    ((a ^ b).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32 & mask
+}
+
+#[test]
+fn hosts_sharing_a_hint_are_each_stamped_in_their_own_slot() {
+    // 16 hosts, 16 hints: find hosts whose hints collide, then interleave
+    // their heartbeats so that each finds the other's slot in the hint.
+    let mut loaded = program::load(Settings {
+        port: 43278,
+        pass_heartbeats: false,
+        max_hosts: 16,
+    })
+    .unwrap();
+    let mask = 15;
+    let first = HostKey::from_ipv4(src(1));
+    let sharing: Vec<u32> = (1..10_000)
+        .filter(|&i| hint_index(&HostKey::from_ipv4(src(i)), mask) == hint_index(&first, mask))
+        .take(3)
+        .collect();
+    assert_eq!(sharing.len(), 3, "no colliding hosts found");
+    let prog = program::xdp(&mut loaded.ebpf).unwrap();
+    let rounds = 5u64;
+    for _ in 0..rounds {
+        for &i in &sharing {
+            let r = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(&heartbeat(src(i))),
+                    ..TestRunOptions::new()
+                })
+                .unwrap();
+            assert_eq!(r.return_value, XDP_DROP);
+        }
+    }
+    assert_eq!(loaded.table.len(), sharing.len());
+    for &i in &sharing {
+        let key = HostKey::from_ipv4(src(i));
+        let slot = loaded.table.slot(&key).expect("host in the table");
+        assert_eq!(loaded.table.key(slot), key);
+        assert_eq!(loaded.table.entry(slot).beats, rounds, "host {i}");
+    }
+}
