@@ -21,6 +21,10 @@ pub const SLOT_KEYS_MAP: &str = "HB_SLOT_KEYS";
 pub const HINTS_MAP: &str = "HB_HINTS";
 /// Global (`u32`): the hint array's length - 1.
 pub const HINT_MASK_GLOBAL: &str = "HB_HINT_MASK";
+/// `BPF_F_MMAPABLE` array of `u64` the program never touches: userspace's
+/// per-host state (see hb-userspace's tracker), kept in a map so that it is
+/// pinned with the table and survives a restart of the collector.
+pub const TRACKER_MAP: &str = "HB_TRACKER";
 /// `BPF_F_MMAPABLE` array of one `u64`: the next free slot.
 pub const ALLOC_MAP: &str = "HB_ALLOC";
 /// Every map sized by `--max-hosts`.

@@ -43,6 +43,10 @@ static SLOT_KEYS: Array<HostKey> = Array::with_max_entries(DEFAULT_MAX_HOSTS, BP
 /// stale or overwritten hints cost a hash lookup, never a wrong stamp.
 #[map(name = "HB_HINTS")]
 static HINTS: Array<u32> = Array::with_max_entries(DEFAULT_MAX_HOSTS, 0);
+/// Userspace's sweep state (never touched here): pinned with the table, so
+/// a restarted collector carries on where the last one stopped.
+#[map(name = "HB_TRACKER")]
+static TRACKER: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map(name = "HB_ALLOC")]
 static ALLOC: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 

@@ -24,6 +24,15 @@ pub enum Command {
     Beat(BeatArgs),
     /// Print the summary and silent hosts of the collector running on an interface.
     Status(StatusArgs),
+    /// Detach the program that `hb run` left attached (after SIGUSR2, SIGKILL or a crash) and remove its pinned state.
+    Detach(DetachArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DetachArgs {
+    /// Interface to detach hb from.
+    #[arg(long, short = 'i')]
+    pub iface: String,
 }
 
 #[derive(Args, Debug, Clone)]

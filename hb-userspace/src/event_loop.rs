@@ -29,7 +29,7 @@ pub const OP_FLAG: u64 = 1 << 63;
 pub enum Wake {
     /// A sweep is due.
     Tick,
-    /// SIGINT or SIGTERM: time to stop.
+    /// SIGINT or SIGTERM: time to stop; SIGUSR2: stop for a restart.
     Stop(&'static str),
     /// A watched descriptor is readable (its token). Watch it again to get
     /// the next one.
@@ -140,10 +140,10 @@ impl EventLoop {
                         }
                         // SAFETY: a successful read filled the struct.
                         let signo = unsafe { self.siginfo.assume_init_ref().ssi_signo } as i32;
-                        let name = if signo == libc::SIGINT {
-                            "SIGINT"
-                        } else {
-                            "SIGTERM"
+                        let name = match signo {
+                            libc::SIGINT => "SIGINT",
+                            libc::SIGUSR2 => "SIGUSR2",
+                            _ => "SIGTERM",
                         };
                         self.pending.push_back(Wake::Stop(name));
                         self.arm_signal()?;
@@ -215,10 +215,12 @@ fn block_stop_signals() -> Result<OwnedFd> {
         libc::sigemptyset(set.as_mut_ptr());
         libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
         libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGUSR2);
         let set = set.assume_init();
         let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc)).context("blocking SIGINT/SIGTERM");
+            return Err(io::Error::from_raw_os_error(rc))
+                .context("blocking SIGINT/SIGTERM/SIGUSR2");
         }
         let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
         if fd < 0 {

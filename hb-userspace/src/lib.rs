@@ -5,6 +5,7 @@ pub mod beat;
 pub mod cli;
 pub mod clock;
 pub mod counters;
+pub mod detach;
 pub mod endpoints;
 pub mod event_loop;
 pub mod http;

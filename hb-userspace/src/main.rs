@@ -10,6 +10,7 @@ fn main() {
         Command::Run(args) => hb_userspace::run::run(args),
         Command::Beat(args) => hb_userspace::beat::beat(args),
         Command::Status(args) => hb_userspace::status::status(args),
+        Command::Detach(args) => hb_userspace::detach::detach(args),
     };
     if let Err(err) = result {
         eprintln!("hb: error: {err:#}");

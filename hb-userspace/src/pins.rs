@@ -1,9 +1,15 @@
-//! A running collector's state, visible to other processes: its maps pinned
-//! in bpffs under `/sys/fs/bpf/hb/<iface>/`, and a small JSON state file
-//! `/run/hb/<iface>.json` (pid and settings); outside the host's network
-//! namespace, `<iface>` is `<iface>@netns-<inode>`. `hb status` reads both without
-//! disturbing the collector.
-
+//! A collector's state outside its process, so that it survives the process:
+//!
+//! - `/sys/fs/bpf/hb/<iface>/link`: the XDP link, pinned. The program stays
+//!   attached and keeps stamping heartbeats while no `hb run` is alive (after
+//!   SIGKILL, a crash, or a restart), until `hb run` stops on SIGINT/SIGTERM
+//!   or `hb detach` removes it.
+//! - `/sys/fs/bpf/hb/<iface>/layout-<N>/`: every map, pinned. A new `hb run`
+//!   reuses them: the table, counters and tracker state carry on. `N` is the
+//!   map layout version: pins of another layout are never read as this one.
+//! - `/run/hb/<iface>.json`: pid and settings, for `hb status`.
+//!
+//! Outside the host's network namespace, `<iface>` is `<iface>@netns-<inode>`.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -11,7 +17,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Map, MapData};
-use hb_common::{ALLOC_MAP, BEATS_MAP, COUNTERS_MAP, LAST_SEEN_MAP, SLOT_KEYS_MAP, SLOTS_MAP};
+use hb_common::{
+    ALLOC_MAP, BEATS_MAP, COUNTERS_MAP, HINTS_MAP, LAST_SEEN_MAP, SLOT_KEYS_MAP, SLOTS_MAP,
+    TRACKER_MAP,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -21,8 +30,21 @@ use crate::{
 
 const BPFFS: &str = "/sys/fs/bpf";
 const RUN_DIR: &str = "/run/hb";
-/// Changes whenever the pinned maps' layout changes.
-pub const LAYOUT_VERSION: u32 = 1;
+/// Changes whenever the pinned maps' layout (names, types, sizes, meaning)
+/// changes. 2: slot hints, tracker state.
+pub const LAYOUT_VERSION: u32 = 2;
+
+/// Every map of the object that is pinned (all but aya-log's buffer).
+pub const PINNED_MAPS: [&str; 8] = [
+    SLOTS_MAP,
+    LAST_SEEN_MAP,
+    BEATS_MAP,
+    SLOT_KEYS_MAP,
+    ALLOC_MAP,
+    HINTS_MAP,
+    TRACKER_MAP,
+    COUNTERS_MAP,
+];
 
 /// What `hb status` needs to know about the collector.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -38,6 +60,16 @@ pub struct State {
 
 pub fn pin_dir(iface: &str) -> PathBuf {
     Path::new(BPFFS).join("hb").join(instance(iface))
+}
+
+/// Where this build's maps are pinned.
+pub fn maps_dir(iface: &str) -> PathBuf {
+    pin_dir(iface).join(format!("layout-{LAYOUT_VERSION}"))
+}
+
+/// Where the XDP link is pinned.
+pub fn link_path(iface: &str) -> PathBuf {
+    pin_dir(iface).join("link")
 }
 
 pub fn state_file(iface: &str) -> PathBuf {
@@ -87,27 +119,34 @@ pub fn ensure_bpffs() -> Result<()> {
     Ok(())
 }
 
-fn data(map: &Map) -> Result<&MapData> {
-    match map {
-        Map::HashMap(d) | Map::Array(d) | Map::PerCpuArray(d) => Ok(d),
-        _ => bail!("unexpected map type"),
-    }
-}
-
-/// Pins the maps under `dir`, replacing what a collector that is gone left.
-pub fn pin(dir: &Path, maps: &[(&str, &Map)]) -> Result<()> {
+/// Gets the pin directory ready for this build: creates it, and removes
+/// maps pinned by an hb with another map layout (their contents cannot be
+/// read as this layout's). A pinned link is kept: the new program replaces
+/// the old one on it without a gap. Returns whether this layout's maps are
+/// already there (state to carry on from).
+pub fn prepare(iface: &str) -> Result<bool> {
     ensure_bpffs()?;
-    if dir.exists() {
-        fs::remove_dir_all(dir)
-            .with_context(|| format!("removing stale pins in {}", dir.display()))?;
+    let dir = pin_dir(iface);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ours = maps_dir(iface);
+    for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path == ours || path == link_path(iface) {
+            continue;
+        }
+        log::warn!(
+            "{} was pinned by an hb build with another map layout (this one uses layout {LAYOUT_VERSION}): replacing it; the hosts it knew will be reported as new",
+            path.display()
+        );
+        let removed = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        removed.with_context(|| format!("removing {}", path.display()))?;
     }
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for (name, map) in maps {
-        data(map)?
-            .pin(dir.join(name))
-            .with_context(|| format!("pinning {name} in {}", dir.display()))?;
-    }
-    Ok(())
+    fs::create_dir_all(&ours).with_context(|| format!("creating {}", ours.display()))?;
+    Ok(ours.join(SLOTS_MAP).exists())
 }
 
 pub fn write_state(iface: &str, state: &State) -> Result<()> {
@@ -121,23 +160,28 @@ pub fn write_state(iface: &str, state: &State) -> Result<()> {
 
 /// The collector on `iface`, if one is running.
 pub fn running(iface: &str) -> Option<State> {
-    let state: State = serde_json::from_slice(&fs::read(state_file(iface)).ok()?).ok()?;
-    Path::new(&format!("/proc/{}", state.pid))
-        .exists()
-        .then_some(state)
+    last_state(iface).filter(|state| Path::new(&format!("/proc/{}", state.pid)).exists())
 }
 
-/// Removes the pins and state file of the collector on `iface`.
+/// The state file of the last collector on `iface`, running or not.
+pub fn last_state(iface: &str) -> Option<State> {
+    serde_json::from_slice(&fs::read(state_file(iface)).ok()?).ok()
+}
+
+/// Detaches the program (unpins its link: the last reference, once this
+/// process lets go of it) and removes the pinned maps and the state file.
 pub fn remove(iface: &str) {
+    let _ = fs::remove_file(link_path(iface));
     let _ = fs::remove_dir_all(pin_dir(iface));
     let _ = fs::remove_file(state_file(iface));
 }
 
-/// Opens the pinned table and counters of the collector on `iface`.
+/// Opens the pinned table and counters of the collector on `iface`, whether
+/// its `hb run` is alive or not (the program records without it).
 pub fn open(iface: &str) -> Result<(State, HostTable, Counters)> {
-    let Some(state) = running(iface) else {
+    let Some(state) = last_state(iface) else {
         bail!(
-            "no hb collector is running on {iface} (no live state in {})",
+            "no hb collector is running on {iface} (no state in {})",
             state_file(iface).display()
         );
     };
@@ -148,7 +192,13 @@ pub fn open(iface: &str) -> Result<(State, HostTable, Counters)> {
             state.layout
         );
     }
-    let dir = pin_dir(iface);
+    let dir = maps_dir(iface);
+    if !dir.join(SLOTS_MAP).exists() {
+        bail!(
+            "no hb collector is running on {iface} (nothing pinned in {})",
+            dir.display()
+        );
+    }
     let load = |name: &str| {
         MapData::from_pin(dir.join(name))
             .with_context(|| format!("opening pinned {name} in {}", dir.display()))

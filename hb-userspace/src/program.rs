@@ -1,20 +1,27 @@
 //! Loads the embedded XDP program with its load-time settings and attaches it.
 
 use anyhow::{Context as _, Result, bail};
+use std::path::Path;
+
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{ProgramError, Xdp, XdpMode},
+    maps::Map,
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
 };
 use hb_common::{
     ALLOC_MAP, BEATS_MAP, COUNTERS_MAP, HINT_MASK_GLOBAL, HINTS_MAP, HOST_MAPS, LAST_SEEN_MAP,
-    PASS_GLOBAL, PORT_GLOBAL, PROGRAM, SLOT_KEYS_MAP, SLOTS_MAP,
+    PASS_GLOBAL, PORT_GLOBAL, PROGRAM, SLOT_KEYS_MAP, SLOTS_MAP, TRACKER_MAP,
 };
 use log::{info, warn};
 
 use crate::{
     cli::XdpModeArg,
     counters::Counters,
-    table::{HostTable, TableMaps},
+    table::{HostTable, TableMaps, TrackerWords},
 };
 
 /// The object built by build.rs from hb-ebpf.
@@ -28,11 +35,15 @@ pub struct Settings {
     pub max_hosts: u32,
 }
 
-/// The loaded program and its maps. Dropping it detaches the program.
+/// The loaded program and its maps. Dropping it detaches the program,
+/// unless its link is pinned (see `pins`).
 pub struct Loaded {
     pub ebpf: Ebpf,
     pub table: HostTable,
     pub counters: Counters,
+    /// The tracker's state map (`HB_TRACKER`), `tracker_words` long.
+    pub tracker: Option<Map>,
+    pub tracker_words: usize,
 }
 
 /// Loads and verifies the program; does not attach it.
@@ -40,25 +51,53 @@ pub fn load(settings: Settings) -> Result<Loaded> {
     load_with_pins(settings, None)
 }
 
-/// As `load`, and pins the maps in `pin_dir` (see `pins`) for `hb status`.
-pub fn load_with_pins(settings: Settings, pin_dir: Option<&std::path::Path>) -> Result<Loaded> {
-    let pass = u8::from(settings.pass_heartbeats);
-    // Hints: a power of two at least as large as the table, so that most
-    // hosts have a hint of their own.
-    let hints = settings
-        .max_hosts
-        .checked_next_power_of_two()
-        .unwrap_or(1 << 31);
+/// As `load`, with every map pinned in `maps_dir`, reusing the maps already
+/// pinned there: a new collector carries on with the table, the counters
+/// and the tracker state of the last one. Their sizes win over `settings`.
+pub fn load_with_pins(settings: Settings, maps_dir: Option<&Path>) -> Result<Loaded> {
+    let pinned = match maps_dir {
+        Some(dir) => pinned_sizes(dir)?,
+        None => None,
+    };
+    let (max_hosts, hints) = match pinned {
+        Some((max_hosts, hints)) => {
+            if max_hosts != settings.max_hosts {
+                warn!(
+                    "--max-hosts {} differs from the pinned table's {max_hosts}: keeping {max_hosts} and the hosts in it (`hb detach` first to start over with a new size)",
+                    settings.max_hosts
+                );
+            }
+            (max_hosts, hints)
+        }
+        // Hints: a power of two at least as large as the table, so that
+        // most hosts have a hint of their own.
+        None => (
+            settings.max_hosts,
+            settings
+                .max_hosts
+                .checked_next_power_of_two()
+                .unwrap_or(1 << 31),
+        ),
+    };
     let hint_mask = hints - 1;
+    let tracker_words = crate::tracker::state_words(max_hosts as usize);
+    let tracker_entries = u32::try_from(tracker_words).context("--max-hosts too large")?;
     let port_net = settings.port.to_be();
+    let pass = u8::from(settings.pass_heartbeats);
     let mut loader = EbpfLoader::new();
     loader
         .override_global(PORT_GLOBAL, &port_net, true)
         .override_global(PASS_GLOBAL, &pass, true)
         .override_global(HINT_MASK_GLOBAL, &hint_mask, true)
-        .map_max_entries(HINTS_MAP, hints);
+        .map_max_entries(HINTS_MAP, hints)
+        .map_max_entries(TRACKER_MAP, tracker_entries);
     for map in HOST_MAPS {
-        loader.map_max_entries(map, settings.max_hosts);
+        loader.map_max_entries(map, max_hosts);
+    }
+    if let Some(dir) = maps_dir {
+        for name in crate::pins::PINNED_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
     }
     let mut ebpf = loader
         .load(OBJECT)
@@ -78,27 +117,39 @@ pub fn load_with_pins(settings: Settings, pin_dir: Option<&std::path::Path>) -> 
         slot_keys: take(SLOT_KEYS_MAP)?,
         alloc: take(ALLOC_MAP)?,
     };
-    let counters = take(COUNTERS_MAP)?;
-    if let Some(dir) = pin_dir {
-        crate::pins::pin(
-            dir,
-            &[
-                (SLOTS_MAP, &maps.slots),
-                (LAST_SEEN_MAP, &maps.last_seen),
-                (BEATS_MAP, &maps.beats),
-                (SLOT_KEYS_MAP, &maps.slot_keys),
-                (ALLOC_MAP, &maps.alloc),
-                (COUNTERS_MAP, &counters),
-            ],
-        )?;
-    }
+    let counters = Counters::new(take(COUNTERS_MAP)?)?;
+    let tracker = Some(take(TRACKER_MAP)?);
     let table = HostTable::new(maps)?;
-    let counters = Counters::new(counters)?;
     Ok(Loaded {
         ebpf,
         table,
         counters,
+        tracker,
+        tracker_words,
     })
+}
+
+/// Capacity and hint array size of the table pinned in `dir`, if any.
+fn pinned_sizes(dir: &Path) -> Result<Option<(u32, u32)>> {
+    if !dir.join(SLOTS_MAP).exists() {
+        return Ok(None);
+    }
+    let info = |name: &str| {
+        aya::maps::MapInfo::from_pin(dir.join(name))
+            .with_context(|| format!("reading pinned {name} in {}", dir.display()))
+    };
+    Ok(Some((
+        info(SLOTS_MAP)?.max_entries(),
+        info(HINTS_MAP)?.max_entries(),
+    )))
+}
+
+impl Loaded {
+    /// The tracker's state words, mapped; taken once.
+    pub fn take_tracker_words(&mut self) -> Result<TrackerWords> {
+        let map = self.tracker.take().context("tracker state already taken")?;
+        TrackerWords::new(map, self.tracker_words)
+    }
 }
 
 pub fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
@@ -108,18 +159,50 @@ pub fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
         .try_into()?)
 }
 
-/// Attaches to `iface`; returns the mode that was used.
-pub fn attach(loaded: &mut Loaded, iface: &str, mode: XdpModeArg) -> Result<XdpMode> {
+/// How the program came to be attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    /// Attached anew in this mode.
+    Fresh(XdpMode),
+    /// Replaced the program on a pinned link in one step: the interface was
+    /// never without a heartbeat filter.
+    TookOver,
+}
+
+/// Attaches to `iface`. With `link_pin`, a link pinned there by an earlier
+/// collector gets this program in its place atomically; otherwise the new
+/// link is pinned there, so that the program outlives this process.
+pub fn attach(
+    loaded: &mut Loaded,
+    iface: &str,
+    mode: XdpModeArg,
+    link_pin: Option<&Path>,
+) -> Result<Attached> {
     let program = xdp(&mut loaded.ebpf)?;
+    if let Some(pin) = link_pin.filter(|p| p.exists()) {
+        match take_over(program, pin) {
+            Ok(()) => {
+                info!("took over the program attached to {iface}: no heartbeat missed");
+                return Ok(Attached::TookOver);
+            }
+            Err(e) => {
+                warn!(
+                    "cannot take over the pinned link {} ({e:#}): attaching anew",
+                    pin.display()
+                );
+                let _ = std::fs::remove_file(pin);
+            }
+        }
+    }
     let try_mode = |program: &mut Xdp, m: XdpMode| {
-        program.attach(iface, m).map(|_| m).map_err(|e| match e {
+        program.attach(iface, m).map(|id| (m, id)).map_err(|e| match e {
             ProgramError::UnknownInterface { .. } => anyhow::anyhow!(
                 "unknown interface `{iface}`: pick one from `ip link` (in this network namespace)"
             ),
             e => anyhow::Error::new(e).context(format!("attaching XDP ({m:?} mode) to {iface}")),
         })
     };
-    let mode = match mode {
+    let (mode, id) = match mode {
         XdpModeArg::Native => try_mode(program, XdpMode::Driver)?,
         XdpModeArg::Skb => try_mode(program, XdpMode::Skb)?,
         XdpModeArg::Auto => match try_mode(program, XdpMode::Driver) {
@@ -134,7 +217,30 @@ pub fn attach(loaded: &mut Loaded, iface: &str, mode: XdpModeArg) -> Result<XdpM
         },
     };
     info!("attached to {iface} in {} mode", mode_name(mode));
-    Ok(mode)
+    if let Some(pin) = link_pin {
+        let link = program.take_link(id)?;
+        match FdLink::try_from(link) {
+            Ok(fd_link) => {
+                // Dropping the pinned link only closes this process's fd.
+                fd_link
+                    .pin(pin)
+                    .with_context(|| format!("pinning the XDP link at {}", pin.display()))?;
+            }
+            Err(e) => warn!(
+                "the XDP program is attached through netlink ({e}), which cannot be pinned: it detaches when hb stops, and a restart misses heartbeats"
+            ),
+        }
+    }
+    Ok(Attached::Fresh(mode))
+}
+
+fn take_over(program: &mut Xdp, pin: &Path) -> Result<()> {
+    let link = PinnedLink::from_pin(pin).context("opening the pinned link")?;
+    let link = XdpLink::try_from(FdLink::from(link)).context("not an XDP link")?;
+    program
+        .attach_to_link(link)
+        .context("replacing the program on the link")?;
+    Ok(())
 }
 
 pub fn mode_name(mode: XdpMode) -> &'static str {

@@ -13,6 +13,7 @@ use crate::{
     pins,
     program::{self, Settings},
     sweeper::Sweeper,
+    tracker::{Tracker, Words},
     writer::{self, RingWriter},
 };
 
@@ -33,16 +34,28 @@ pub fn run(args: RunArgs) -> Result<()> {
             args.iface
         );
     }
+    // Unknown interfaces fail here, before anything is pinned for them.
+    if nix_if_index(&args.iface).is_none() {
+        anyhow::bail!(
+            "unknown interface `{}`: pick one from `ip link` (in this network namespace)",
+            args.iface
+        );
+    }
+    let resuming = pins::prepare(&args.iface)?;
+    // Until the loop runs, a failure undoes what this run pinned, but never
+    // what an earlier collector left to carry on from.
+    let mut pins_guard = PinGuard {
+        iface: &args.iface,
+        armed: !resuming,
+    };
     let mut loaded = program::load_with_pins(
         Settings {
             port: args.port,
             pass_heartbeats: args.pass_heartbeats,
             max_hosts: args.max_hosts,
         },
-        Some(&pins::pin_dir(&args.iface)),
+        Some(&pins::maps_dir(&args.iface)),
     )?;
-    // Removes the pins however `run` ends from here on.
-    let _pins = PinGuard(&args.iface);
     let mut kernel_log = match aya_log::EbpfLogger::init(&mut loaded.ebpf) {
         Ok(logger) => {
             events.watch(logger.as_raw_fd(), LOG_TOKEN)?;
@@ -53,7 +66,12 @@ pub fn run(args: RunArgs) -> Result<()> {
             None
         }
     };
-    program::attach(&mut loaded, &args.iface, args.xdp_mode)?;
+    program::attach(
+        &mut loaded,
+        &args.iface,
+        args.xdp_mode,
+        Some(&pins::link_path(&args.iface)),
+    )?;
     pins::write_state(
         &args.iface,
         &pins::State {
@@ -88,7 +106,25 @@ pub fn run(args: RunArgs) -> Result<()> {
         None => None,
     };
 
-    let mut sweeper = Sweeper::new(args.timeout.as_nanos() as u64, args.format, Vec::new());
+    let words = loaded.take_tracker_words()?;
+    let tracker = Tracker::resume(
+        args.timeout.as_nanos() as u64,
+        Words::Shared(Box::new(words)),
+        loaded.table.capacity(),
+        loaded.table.last_seen(),
+    );
+    if tracker.resumed() {
+        let census = tracker.census();
+        info!(
+            "carrying on from the last collector on {}: {} hosts known, {} silent; only changes since its last sweep are reported",
+            args.iface, census.hosts, census.silent
+        );
+    }
+    let mut sweeper = Sweeper::with_tracker(tracker, args.format, Vec::new());
+    // From here on, state is left for the next collector unless the
+    // operator asks to detach.
+    pins_guard.armed = false;
+    let mut detach = true;
     let mut stdout = RingWriter::stdout();
     loop {
         match events.wait()? {
@@ -124,6 +160,14 @@ pub fn run(args: RunArgs) -> Result<()> {
                 }
             }
             Wake::Readable(_) => {}
+            Wake::Stop("SIGUSR2") => {
+                info!(
+                    "SIGUSR2: stopping for a restart; the program stays attached to {} and keeps recording, the next `hb run` carries on",
+                    args.iface
+                );
+                detach = false;
+                break;
+            }
             Wake::Stop(signal) => {
                 info!("{signal}: detaching from {}", args.iface);
                 break;
@@ -146,15 +190,32 @@ pub fn run(args: RunArgs) -> Result<()> {
         stdout.finish()?;
     }
     drop(kernel_log);
-    // Dropping the program detaches it from the interface.
+    if detach {
+        // Unpinning the link leaves this process's references as the last
+        // ones: dropping the program detaches it.
+        pins::remove(&args.iface);
+    }
     drop(loaded);
     Ok(())
 }
 
-struct PinGuard<'a>(&'a str);
+/// Removes the pins when armed and dropped (a failure during start-up).
+struct PinGuard<'a> {
+    iface: &'a str,
+    armed: bool,
+}
 
 impl Drop for PinGuard<'_> {
     fn drop(&mut self) {
-        pins::remove(self.0);
+        if self.armed {
+            pins::remove(self.iface);
+        }
     }
+}
+
+fn nix_if_index(iface: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(iface).ok()?;
+    // SAFETY: a valid C string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
 }

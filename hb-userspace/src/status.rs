@@ -17,6 +17,14 @@ use crate::{
 
 pub fn status(args: StatusArgs) -> Result<()> {
     let (state, table, counters) = pins::open(&args.iface)?;
+    let running = pins::running(&args.iface).is_some();
+    if !running {
+        log::warn!(
+            "hb run on {} (pid {}) is not running: the program is still attached and recording; start `hb run` to carry on reporting, or `hb detach` to remove it",
+            args.iface,
+            state.pid
+        );
+    }
     let timeout = Duration::from_millis(state.timeout_ms);
     // The same judgement the collector makes, on the same data.
     let mut tracker = Tracker::new(timeout.as_nanos() as u64);
@@ -33,6 +41,7 @@ pub fn status(args: StatusArgs) -> Result<()> {
             json!({
                 "iface": args.iface,
                 "collector": state,
+                "collector_running": running,
                 "hosts": census.hosts,
                 "alive": census.alive,
                 "silent": census.silent,

@@ -38,9 +38,13 @@ pub struct Sweeper<W: Write> {
 
 impl<W: Write> Sweeper<W> {
     pub fn new(timeout_ns: u64, format: Format, out: W) -> Self {
+        Self::with_tracker(Tracker::new(timeout_ns), format, out)
+    }
+
+    pub fn with_tracker(tracker: Tracker, format: Format, out: W) -> Self {
         Self {
             events: EventTotals::default(),
-            tracker: Tracker::new(timeout_ns),
+            tracker,
             format,
             out,
             last_packets: [0; Counter::COUNT],

@@ -22,6 +22,10 @@ struct Mapped<T> {
 
 impl<T> Mapped<T> {
     fn new(data: &MapData, len: usize, name: &str) -> Result<Self> {
+        Self::map(data, len, name, libc::PROT_READ)
+    }
+
+    fn map(data: &MapData, len: usize, name: &str, prot: libc::c_int) -> Result<Self> {
         let info = data
             .info()
             .with_context(|| format!("reading {name}'s info"))?;
@@ -37,13 +41,13 @@ impl<T> Mapped<T> {
         }
         let page = page_size();
         let bytes = (len * size_of::<T>()).div_ceil(page).max(1) * page;
-        // SAFETY: mapping a BPF_F_MMAPABLE array fd read-only and shared;
-        // the kernel checks size and flags.
+        // SAFETY: mapping a BPF_F_MMAPABLE array fd shared; the kernel
+        // checks size and flags.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 bytes,
-                libc::PROT_READ,
+                prot,
                 libc::MAP_SHARED,
                 data.fd().as_fd().as_raw_fd(),
                 0,
@@ -81,6 +85,41 @@ fn array_data(map: Map, name: &str) -> Result<MapData> {
     match map {
         Map::Array(data) => Ok(data),
         _ => bail!("{name} is not an array"),
+    }
+}
+
+/// The tracker's state words in the `HB_TRACKER` map, mapped read-write:
+/// only the collector writes them (`hb status` never maps them).
+pub struct TrackerWords(Mapped<u64>);
+
+impl TrackerWords {
+    pub fn new(map: Map, words: usize) -> Result<Self> {
+        let data = array_data(map, "tracker state")?;
+        let n = data.info()?.max_entries() as usize;
+        if n < words {
+            bail!("the tracker state map holds {n} words, {words} are needed");
+        }
+        Ok(Self(Mapped::map(
+            &data,
+            n,
+            "tracker state",
+            libc::PROT_READ | libc::PROT_WRITE,
+        )?))
+    }
+}
+
+impl std::ops::Deref for TrackerWords {
+    type Target = [u64];
+    fn deref(&self) -> &[u64] {
+        self.0.as_slice()
+    }
+}
+
+impl std::ops::DerefMut for TrackerWords {
+    fn deref_mut(&mut self) -> &mut [u64] {
+        // SAFETY: mapped writable; the kernel program never touches this map
+        // and only one collector runs per interface.
+        unsafe { std::slice::from_raw_parts_mut(self.0.ptr.as_ptr(), self.0.len) }
     }
 }
 

@@ -54,50 +54,154 @@ pub struct Census {
     pub silent: u64,
 }
 
-#[derive(Default)]
-struct Bits(Vec<u64>);
+/// Where the tracker's state words live: its own heap, or memory shared
+/// with something that outlives the process (the pinned `HB_TRACKER` map).
+pub enum Words {
+    Heap(Vec<u64>),
+    Shared(Box<dyn std::ops::DerefMut<Target = [u64]> + Send>),
+}
 
-impl Bits {
-    fn grow(&mut self, n: usize) {
-        let words = n.div_ceil(64);
-        if self.0.len() < words {
-            self.0.resize(words, 0);
+impl Words {
+    fn get(&self) -> &[u64] {
+        match self {
+            Self::Heap(v) => v,
+            Self::Shared(m) => m,
         }
     }
-    #[inline]
-    fn get(&self, i: usize) -> bool {
-        self.0[i / 64] & (1 << (i % 64)) != 0
+    fn get_mut(&mut self) -> &mut [u64] {
+        match self {
+            Self::Heap(v) => v,
+            Self::Shared(m) => m,
+        }
     }
-    #[inline]
-    fn set(&mut self, i: usize, v: bool) {
-        let (w, b) = (i / 64, 1u64 << (i % 64));
-        if v { self.0[w] |= b } else { self.0[w] &= !b }
-    }
-    fn bytes(&self) -> usize {
-        self.0.capacity() * 8
-    }
+}
+
+// The state words: a header, then `known` and `silent` bits, each
+// `bitmap_words(slots)` long.
+const LAST_SWEEP: usize = 0;
+const READY_UPTO: usize = 1;
+const HOSTS: usize = 2;
+const HEADER: usize = 4;
+
+/// Words of state a tracker needs for `slots` slots.
+pub fn state_words(slots: usize) -> usize {
+    HEADER + 2 * bitmap_words(slots)
+}
+
+fn bitmap_words(slots: usize) -> usize {
+    slots.div_ceil(64)
 }
 
 pub struct Tracker {
     timeout_ns: u64,
-    known: Bits,
-    silent_bits: Bits,
+    /// Header, known bits, silent bits (see `state_words`).
+    words: Words,
+    /// Length of each bitmap, in words.
+    bitmap: usize,
     /// Silent hosts: slot -> last-seen time when they went silent.
     silent: HashMap<u32, u64>,
-    /// Every slot below this is known.
-    ready_upto: usize,
-    hosts: u64,
 }
 
 impl Tracker {
     pub fn new(timeout_ns: u64) -> Self {
         Self {
             timeout_ns,
-            known: Bits::default(),
-            silent_bits: Bits::default(),
+            words: Words::Heap(vec![0; HEADER]),
+            bitmap: 0,
             silent: HashMap::new(),
-            ready_upto: 0,
-            hosts: 0,
+        }
+    }
+
+    /// A tracker whose state lives in `words` (`state_words(slots)` long),
+    /// carrying on from the state a previous tracker left there, if any:
+    /// hosts it knew are not new, hosts it reported silent are still silent.
+    /// `last_seen` is the table as it is now.
+    ///
+    /// A silent host that beat again while no tracker ran is reported
+    /// recovered by the next sweep; the time it last beat before that is
+    /// gone, so its `silent_for_ns` is a lower bound: it was already silent
+    /// at the previous tracker's last sweep.
+    pub fn resume(
+        timeout_ns: u64,
+        mut words: Words,
+        slots: usize,
+        last_seen: &[AtomicU64],
+    ) -> Self {
+        let bitmap = bitmap_words(slots);
+        let w = words.get_mut();
+        assert!(w.len() >= state_words(slots), "tracker state too small");
+        let last_sweep = w[LAST_SWEEP];
+        let mut silent = HashMap::new();
+        if last_sweep != 0 {
+            let silent_bits = &w[HEADER + bitmap..HEADER + 2 * bitmap];
+            let before_gap = last_sweep.saturating_sub(timeout_ns);
+            for (i, &word) in silent_bits.iter().enumerate() {
+                let mut bits = word;
+                while bits != 0 {
+                    let slot = i * 64 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    let seen = last_seen.get(slot).map_or(0, |t| t.load(Ordering::Relaxed));
+                    // Beat since the last sweep: the stamp it went silent
+                    // with is overwritten; before_gap differs from `seen`,
+                    // so the next sweep reports the recovery.
+                    let went_silent_at = if seen > last_sweep { before_gap } else { seen };
+                    silent.insert(slot as u32, went_silent_at);
+                }
+            }
+        } else {
+            w.fill(0);
+        }
+        Self {
+            timeout_ns,
+            words,
+            bitmap,
+            silent,
+        }
+    }
+
+    /// The state words, for a later `resume`.
+    pub fn into_words(self) -> Words {
+        self.words
+    }
+
+    /// Whether this tracker carries on from an earlier one's state.
+    pub fn resumed(&self) -> bool {
+        self.words.get()[LAST_SWEEP] != 0
+    }
+
+    /// Makes room for `n` slots (heap state only; shared state is sized
+    /// for the whole table up front).
+    fn grow(&mut self, n: usize) {
+        let need = bitmap_words(n);
+        if need <= self.bitmap {
+            return;
+        }
+        let Words::Heap(old) = &self.words else {
+            panic!("{n} slots do not fit the shared tracker state");
+        };
+        let need = need.max(self.bitmap * 2);
+        let mut new = vec![0; HEADER + 2 * need];
+        let b = self.bitmap;
+        new[..HEADER].copy_from_slice(&old[..HEADER]);
+        new[HEADER..HEADER + b].copy_from_slice(&old[HEADER..HEADER + b]);
+        new[HEADER + need..HEADER + need + b].copy_from_slice(&old[HEADER + b..HEADER + 2 * b]);
+        self.words = Words::Heap(new);
+        self.bitmap = need;
+    }
+
+    #[inline]
+    fn bit(&self, map: usize, i: usize) -> bool {
+        self.words.get()[HEADER + map * self.bitmap + i / 64] & (1 << (i % 64)) != 0
+    }
+
+    #[inline]
+    fn set_bit(&mut self, map: usize, i: usize, v: bool) {
+        let b = self.bitmap;
+        let w = &mut self.words.get_mut()[HEADER + map * b + i / 64];
+        if v {
+            *w |= 1 << (i % 64)
+        } else {
+            *w &= !(1 << (i % 64))
         }
     }
 
@@ -108,38 +212,41 @@ impl Tracker {
         now_ns: u64,
         mut emit: impl FnMut(Transition<u32>),
     ) {
+        const KNOWN: usize = 0;
+        const SILENT: usize = 1;
         let n = last_seen.len();
-        self.known.grow(n);
-        self.silent_bits.grow(n);
+        self.grow(n);
         let load = |slot: usize| last_seen[slot].load(Ordering::Relaxed);
 
         // Slots handed out since the last sweep (or not ready then).
-        for slot in self.ready_upto..n {
-            if self.known.get(slot) {
+        let mut ready_upto = self.words.get()[READY_UPTO] as usize;
+        let mut hosts = self.words.get()[HOSTS];
+        for slot in ready_upto..n {
+            if self.bit(KNOWN, slot) {
                 continue;
             }
             let seen = load(slot);
             if seen == 0 {
                 continue;
             }
-            self.known.set(slot, true);
-            self.hosts += 1;
+            self.set_bit(KNOWN, slot, true);
+            hosts += 1;
             emit(Transition::New {
                 host: slot as u32,
                 age_ns: now_ns.saturating_sub(seen),
             });
         }
-        while self.ready_upto < n && self.known.get(self.ready_upto) {
-            self.ready_upto += 1;
+        while ready_upto < n && self.bit(KNOWN, ready_upto) {
+            ready_upto += 1;
         }
 
         // Silent hosts that beat again: few, so checked one by one.
         let timeout = self.timeout_ns;
-        let silent_bits = &mut self.silent_bits;
+        let mut recovered = Vec::new();
         self.silent.retain(|&slot, &mut went_silent_at| {
             let seen = load(slot as usize);
             if seen != went_silent_at && now_ns.saturating_sub(seen) <= timeout {
-                silent_bits.set(slot as usize, false);
+                recovered.push(slot);
                 emit(Transition::Recovered {
                     host: slot,
                     silent_for_ns: seen.saturating_sub(went_silent_at),
@@ -149,15 +256,17 @@ impl Tracker {
                 true
             }
         });
+        for slot in recovered {
+            self.set_bit(SILENT, slot as usize, false);
+        }
 
         // Hosts that just went silent: the one pass over every slot. Age >
         // timeout is `seen < now - timeout`; the rare hit checks the bits.
         let threshold = now_ns.saturating_sub(timeout);
         for (slot, t) in last_seen.iter().enumerate() {
             let seen = t.load(Ordering::Relaxed);
-            if seen < threshold && seen != 0 && !self.silent_bits.get(slot) && self.known.get(slot)
-            {
-                self.silent_bits.set(slot, true);
+            if seen < threshold && seen != 0 && !self.bit(SILENT, slot) && self.bit(KNOWN, slot) {
+                self.set_bit(SILENT, slot, true);
                 self.silent.insert(slot as u32, seen);
                 emit(Transition::Silent {
                     host: slot as u32,
@@ -165,13 +274,19 @@ impl Tracker {
                 });
             }
         }
+        let w = self.words.get_mut();
+        w[READY_UPTO] = ready_upto as u64;
+        w[HOSTS] = hosts;
+        // Last: a tracker resuming from here trusts the bits above it.
+        w[LAST_SWEEP] = now_ns.max(1);
     }
 
     pub fn census(&self) -> Census {
         let silent = self.silent.len() as u64;
+        let hosts = self.words.get()[HOSTS];
         Census {
-            hosts: self.hosts,
-            alive: self.hosts - silent,
+            hosts,
+            alive: hosts - silent,
             silent,
         }
     }
@@ -183,7 +298,11 @@ impl Tracker {
 
     /// Heap bytes of the tracker's state (for the memory figure).
     pub fn heap_bytes(&self) -> usize {
-        self.known.bytes() + self.silent_bits.bytes() + self.silent.allocation_size()
+        let words = match &self.words {
+            Words::Heap(v) => v.capacity() * 8,
+            Words::Shared(_) => 0,
+        };
+        words + self.silent.allocation_size()
     }
 }
 
@@ -380,6 +499,90 @@ mod tests {
                 silent_for_ns: 95
             }]
         );
+    }
+
+    #[test]
+    fn a_resumed_tracker_reports_only_what_happened_in_the_gap() {
+        let slots = 4;
+        let words = Words::Heap(vec![0; state_words(slots)]);
+        let table4 = |v: [u64; 4]| table(&v);
+        let mut a = Tracker::resume(15 * S, words, slots, &table4([0; 4]));
+        assert!(!a.resumed());
+        let mut events = Vec::new();
+        a.sweep(&table(&[10 * S, 10 * S, 10 * S]), 10 * S, |t| {
+            events.push(t)
+        });
+        assert_eq!(events.len(), 3);
+        events.clear();
+        a.sweep(&table(&[30 * S, 10 * S, 28 * S]), 30 * S, |t| {
+            events.push(t)
+        });
+        assert_eq!(
+            events,
+            [Transition::Silent {
+                host: 1,
+                silent_for_ns: 20 * S
+            }]
+        );
+        // The collector stops. While it is gone: host 1 beats again, host 2
+        // falls silent, host 3 appears, host 0 carries on.
+        let words = a.into_words();
+        let now = table4([49 * S, 45 * S, 28 * S, 46 * S]);
+        let mut b = Tracker::resume(15 * S, words, slots, &now);
+        assert!(b.resumed());
+        assert_eq!(b.census().hosts, 3);
+        assert_eq!(b.census().silent, 1);
+        events.clear();
+        b.sweep(&now, 50 * S, |t| events.push(t));
+        assert_eq!(
+            events,
+            [
+                Transition::New {
+                    host: 3,
+                    age_ns: 4 * S
+                },
+                // Silent since at least the last sweep before the gap minus
+                // the timeout (30 - 15): 45 - 15.
+                Transition::Recovered {
+                    host: 1,
+                    silent_for_ns: 30 * S
+                },
+                Transition::Silent {
+                    host: 2,
+                    silent_for_ns: 22 * S
+                },
+            ]
+        );
+        assert_eq!(
+            b.census(),
+            Census {
+                hosts: 4,
+                alive: 3,
+                silent: 1
+            }
+        );
+        // A host still silent across a restart is not reported again.
+        let words = b.into_words();
+        let later = table4([60 * S, 60 * S, 28 * S, 60 * S]);
+        let mut c = Tracker::resume(15 * S, words, slots, &later);
+        events.clear();
+        c.sweep(&later, 61 * S, |t| events.push(t));
+        assert!(events.is_empty(), "{events:?}");
+        assert_eq!(c.census().silent, 1);
+    }
+
+    #[test]
+    fn heap_state_grows_without_losing_bits() {
+        let mut t = Tracker::new(15 * S);
+        sweep(&mut t, &[S; 10], S);
+        assert_eq!(sweep(&mut t, &[S; 10], 20 * S).len(), 10);
+        // 1000 slots: the bitmaps are re-laid out; the 10 stay silent.
+        let mut seen = vec![20 * S; 1000];
+        seen[..10].fill(S);
+        let events = sweep(&mut t, &seen, 21 * S);
+        assert_eq!(events.len(), 990);
+        assert!(events.iter().all(|e| matches!(e, Transition::New { .. })));
+        assert_eq!(t.census().silent, 10);
     }
 
     #[test]

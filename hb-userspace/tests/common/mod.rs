@@ -88,6 +88,26 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        // What collectors in this namespace left on purpose (their program
+        // stays attached when killed): pins and state files named after the
+        // namespace, which would otherwise outlive it.
+        use std::os::unix::fs::MetadataExt as _;
+        if let Ok(meta) = std::fs::metadata(format!("/run/netns/{}", self.name)) {
+            let suffix = format!("@netns-{}", meta.ino());
+            for dir in ["/sys/fs/bpf/hb", "/run/hb"] {
+                let Ok(entries) = std::fs::read_dir(dir) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if name.trim_end_matches(".json").ends_with(&suffix) {
+                        let path = entry.path();
+                        let _ =
+                            std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+                    }
+                }
+            }
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
