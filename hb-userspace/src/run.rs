@@ -72,6 +72,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         args.xdp_mode,
         Some(&pins::link_path(&args.iface)),
     )?;
+    let mut iface = IfaceWatch {
+        index: nix_if_index(&args.iface),
+    };
     pins::write_state(
         &args.iface,
         &pins::State {
@@ -129,6 +132,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     loop {
         match events.wait()? {
             Wake::Tick => {
+                iface.check(&mut loaded, &args);
                 sweeper.sweep(&loaded.table, &loaded.counters)?;
                 stdout.write(&mut events, &sweeper.out)?;
                 sweeper.out.clear();
@@ -197,6 +201,46 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     drop(loaded);
     Ok(())
+}
+
+/// Follows the interface: when it disappears (driver reload, veth deleted)
+/// the program's link dies with it; hb keeps sweeping (its hosts go silent,
+/// which is the truth), and attaches again when an interface of that name
+/// is back.
+struct IfaceWatch {
+    /// The index attached to, or None while the interface is gone.
+    index: Option<u32>,
+}
+
+impl IfaceWatch {
+    fn check(&mut self, loaded: &mut program::Loaded, args: &RunArgs) {
+        let now = nix_if_index(&args.iface);
+        if now == self.index {
+            return;
+        }
+        if now.is_none() {
+            warn!(
+                "{} is gone: no heartbeats can arrive, its hosts will be reported silent; hb attaches again when {} is back",
+                args.iface, args.iface
+            );
+            self.index = None;
+            return;
+        }
+        // Back (or replaced by a new interface of that name).
+        match program::attach(
+            loaded,
+            &args.iface,
+            args.xdp_mode,
+            Some(&pins::link_path(&args.iface)),
+        ) {
+            Ok(_) => {
+                info!("{} is back: attached again", args.iface);
+                self.index = now;
+            }
+            // Tried again on the next sweep.
+            Err(e) => warn!("attaching to {} again: {e:#}", args.iface),
+        }
+    }
 }
 
 /// Removes the pins when armed and dropped (a failure during start-up).

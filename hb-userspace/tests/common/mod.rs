@@ -186,6 +186,11 @@ impl Collector {
         let mut cmd = ns.command(env!("CARGO_BIN_EXE_hb"));
         cmd.arg("run").args(args).args(["--format", "json"]);
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        Self::spawn(cmd)
+    }
+
+    /// Runs `cmd` (an `hb run --format json`, stdout piped) as a collector.
+    pub fn spawn(cmd: Command) -> Self {
         let mut proc = Proc::spawn(cmd);
         let stdout = proc.child.stdout.take().expect("piped stdout");
         let (tx, lines) = mpsc::channel();

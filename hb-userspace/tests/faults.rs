@@ -1,0 +1,193 @@
+//! Faults and bad input: each has a defined, logged behaviour; nothing
+//! crashes, nothing is left attached by a run that could not start.
+
+mod common;
+
+use std::{
+    fs::File,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{Collector, Link, Proc, is_event};
+
+fn beat(link: &Link, from: &str) -> Proc {
+    let mut cmd = link.b.command(env!("CARGO_BIN_EXE_hb"));
+    cmd.args([
+        "beat",
+        "--server",
+        "198.18.6.1",
+        "--period",
+        "100ms",
+        "--bind",
+        from,
+    ]);
+    Proc::spawn(cmd)
+}
+
+fn connect(link: &Link) {
+    link.a
+        .ip(&["addr", "add", "198.18.6.1/24", "dev", &link.a_if]);
+    link.b
+        .ip(&["addr", "add", "198.18.6.2/24", "dev", &link.b_if]);
+}
+
+#[test]
+fn an_interface_that_goes_away_and_comes_back_is_attached_again() {
+    let link = Link::new("gone");
+    connect(&link);
+    let collector = Collector::start(
+        &link.a,
+        &["--iface", &link.a_if, "--timeout", "1s", "--sweep", "200ms"],
+    );
+    let _b = beat(&link, "198.18.6.2");
+    let (new, seen) =
+        collector.wait_for(Duration::from_secs(5), |v| is_event(v, "new", "198.18.6.2"));
+    assert!(new.is_some(), "{seen:?}");
+
+    // Deleting one end of the pair removes both.
+    link.a.ip(&["link", "del", &link.a_if]);
+    let (silent, seen) = collector.wait_for(Duration::from_secs(4), |v| {
+        is_event(v, "silent", "198.18.6.2")
+    });
+    assert!(silent.is_some(), "{seen:?}");
+    // Still sweeping: summaries keep coming.
+    let (summary, _) = collector.wait_for(Duration::from_secs(2), |v| v["event"] == "summary");
+    assert!(summary.is_some(), "collector stopped sweeping");
+
+    // The same names again, in the same namespaces.
+    common::ip(&[
+        "link",
+        "add",
+        &link.a_if,
+        "netns",
+        &link.a.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &link.b_if,
+        "netns",
+        &link.b.name,
+    ]);
+    link.a.ip(&["link", "set", &link.a_if, "up"]);
+    link.b.ip(&["link", "set", &link.b_if, "up"]);
+    connect(&link);
+    let _b = beat(&link, "198.18.6.2");
+    let (rec, seen) = collector.wait_for(Duration::from_secs(5), |v| {
+        is_event(v, "recovered", "198.18.6.2")
+    });
+    assert!(rec.is_some(), "not attached again: {seen:?}");
+}
+
+#[test]
+fn missing_bpffs_is_mounted() {
+    let link = Link::new("bpffs");
+    connect(&link);
+    let log = std::env::temp_dir().join(format!("hb-bpffs-{}.log", std::process::id()));
+    // A private mount namespace without bpffs: the host's stays untouched.
+    let hb = env!("CARGO_BIN_EXE_hb");
+    let mut cmd = link.a.command("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &format!(
+            "umount -l /sys/fs/bpf 2>/dev/null; exec {hb} run --iface {} --timeout 1s --sweep 200ms --format json",
+            link.a_if
+        ),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(File::create(&log).unwrap());
+    let collector = Collector::spawn(cmd);
+    let _b = beat(&link, "198.18.6.2");
+    let (new, seen) = collector.wait_for(Duration::from_secs(10), |v| {
+        is_event(v, "new", "198.18.6.2")
+    });
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(new.is_some(), "{seen:?}\n{stderr}");
+    assert!(stderr.contains("mounted bpffs at /sys/fs/bpf"), "{stderr}");
+}
+
+/// `hb run ARGS` in `ns`, through `wrapper` (a command and its arguments,
+/// before hb's path) if any; returns (exit code, stderr).
+fn run_fails(ns: &common::Netns, wrapper: &[&str], args: &[&str]) -> (Option<i32>, String) {
+    let hb = env!("CARGO_BIN_EXE_hb");
+    let mut cmd = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut cmd = ns.command(program);
+            cmd.args(rest).arg(hb);
+            cmd
+        }
+        None => ns.command(hb),
+    };
+    let out = cmd.arg("run").args(args).output().expect("running hb");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_configuration_is_one_clear_line_and_nothing_attached() {
+    let link = Link::new("cfg");
+    let iface = link.a_if.as_str();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--iface", iface, "--port", "0"],
+            "is not a UDP port (1-65535)",
+        ),
+        (
+            &["--iface", iface, "--port", "70000"],
+            "is not a UDP port (1-65535)",
+        ),
+        (
+            &["--iface", iface, "--timeout", "1s", "--sweep", "1s"],
+            "--timeout (1s) must be longer than --sweep (1s)",
+        ),
+        (
+            &["--iface", iface, "--timeout", "soon"],
+            "expected a duration",
+        ),
+        (&["--iface", "nosuch0"], "unknown interface `nosuch0`"),
+    ];
+    for (args, message) in cases {
+        let (code, stderr) = run_fails(&link.a, &[], args);
+        assert!(code.is_some_and(|c| c != 0), "{args:?}: exit {code:?}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        // clap adds a usage hint; hb's own errors are one line.
+        if !message.contains("UDP port") && !message.contains("duration") {
+            assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        }
+    }
+    // Not root: named, with the fix.
+    let (code, stderr) = run_fails(
+        &link.a,
+        &[
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+        ],
+        &["--iface", iface],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("needs root"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    // Nothing attached, nothing pinned.
+    let out = link
+        .a
+        .command("ip")
+        .args(["link", "show", iface])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("xdp"));
+    let a_if = link.a_if.clone();
+    let pins = link.a.within(move || hb_userspace::pins::pin_dir(&a_if));
+    assert!(!pins.exists(), "{pins:?} left behind");
+}
