@@ -53,9 +53,19 @@ impl<W: Write> Sweeper<W> {
     }
 
     pub fn sweep(&mut self, table: &HostTable, counters: &Counters) -> Result<()> {
+        self.sweep_at(table, counters, monotonic_ns(), SystemTime::now())
+    }
+
+    /// A sweep at monotonic time `now` (every decision) and wall time `wall`
+    /// (timestamps only).
+    pub fn sweep_at(
+        &mut self,
+        table: &HostTable,
+        counters: &Counters,
+        now: u64,
+        wall: SystemTime,
+    ) -> Result<()> {
         let started = Instant::now();
-        let now = monotonic_ns();
-        let wall = SystemTime::now();
         let Self {
             tracker,
             format,

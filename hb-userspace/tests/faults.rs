@@ -3,11 +3,7 @@
 
 mod common;
 
-use std::{
-    fs::File,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{fs::File, process::Stdio, time::Duration};
 
 use common::{Collector, Link, Proc, is_event};
 

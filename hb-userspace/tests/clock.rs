@@ -1,0 +1,97 @@
+//! Decisions follow CLOCK_MONOTONIC only: the same table swept at the same
+//! monotonic times gives the same events whatever the wall clock does
+//! (jumps back an hour, forward a day); only the timestamps differ.
+
+use std::time::{Duration, SystemTime};
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use hb_userspace::{
+    cli::Format,
+    clock::monotonic_ns,
+    program::{self, Settings},
+    sweeper::Sweeper,
+};
+
+fn heartbeat(src: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0u8; 46];
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&32u16.to_be_bytes());
+    f[23] = 17;
+    f[26..30].copy_from_slice(&src);
+    f[30..34].copy_from_slice(&[198, 18, 0, 1]);
+    f[36..38].copy_from_slice(&43278u16.to_be_bytes());
+    f[38..40].copy_from_slice(&12u16.to_be_bytes());
+    f[42..46].copy_from_slice(b"PyHB");
+    f
+}
+
+/// Event lines without their timestamps.
+fn events(out: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("ts");
+            v.as_object_mut().unwrap().remove("sweep_ms");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn wall_clock_jumps_change_no_decision() {
+    let mut loaded = program::load(Settings {
+        port: 43278,
+        pass_heartbeats: false,
+        max_hosts: 64,
+    })
+    .unwrap();
+    let prog = program::xdp(&mut loaded.ebpf).unwrap();
+    for host in 1..=3u8 {
+        prog.test_run(TestRunOptions {
+            data_in: Some(&heartbeat([10, 0, 0, host])),
+            ..TestRunOptions::new()
+        })
+        .unwrap();
+    }
+    let timeout = Duration::from_secs(15);
+    let start = monotonic_ns();
+    let sec = 1_000_000_000u64;
+    let base = SystemTime::now();
+    let walls = [
+        base,
+        base - Duration::from_secs(3600),
+        base + Duration::from_secs(86_400),
+        base - Duration::from_secs(7200),
+        base,
+    ];
+    let sweep = |wall_of: &dyn Fn(usize) -> SystemTime| {
+        let mut sweeper = Sweeper::new(timeout.as_nanos() as u64, Format::Json, Vec::new());
+        let mut all = Vec::new();
+        // Monotonic time moves steadily: 0 s, 10 s, 20 s, 30 s, 40 s after
+        // the stamps; the hosts go silent between 10 s and 20 s.
+        for (i, now) in (0..5).map(|i| (i, start + i as u64 * 10 * sec)) {
+            sweeper
+                .sweep_at(&loaded.table, &loaded.counters, now, wall_of(i))
+                .unwrap();
+            all.push(events(&sweeper.out));
+            sweeper.out.clear();
+        }
+        all
+    };
+    let steady = sweep(&|i| base + Duration::from_secs(10 * i as u64));
+    let jumping = sweep(&|i| walls[i]);
+    assert_eq!(steady, jumping);
+    // And the decisions are the expected ones: new, then silent, once.
+    let kinds = |i: usize| -> Vec<String> {
+        steady[i]
+            .iter()
+            .map(|v| v["event"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(kinds(0), ["new", "new", "new", "summary"]);
+    assert_eq!(kinds(1), ["summary"]);
+    assert_eq!(kinds(2), ["silent", "silent", "silent", "summary"]);
+    assert_eq!(kinds(3), ["summary"]);
+}
