@@ -190,16 +190,15 @@ fn udp_to(frame: &Frame, off: usize, port: u64) -> Result<usize, Miss> {
 /// exactly a heartbeat.
 #[inline(always)]
 fn heartbeat_payload(frame: &Frame, off: usize, ip_len_ok: bool) -> Result<(), Miss> {
-    // One bounds check for the header and the payload: a frame that ends
-    // between them is as truncated as one that ends in the header.
-    let h = frame.at(off, UDP_HLEN + MAGIC.len())?;
     // The payload's length comes from the UDP and IP headers, never from the
-    // frame's end: short frames are padded to 60 bytes on Ethernet.
-    let (udp_len, payload) = (load!(u16, h, 4), load!(u32, h, 8));
-    if udp_len != net16(HEARTBEAT_UDP_LEN)
-        || !ip_len_ok
-        || payload != u64::from(u32::from_ne_bytes(MAGIC))
-    {
+    // frame's end: short frames are padded to 60 bytes on Ethernet. So a
+    // datagram too short for `PyHB` is a wrong payload, whatever follows it.
+    let h = frame.at(off, UDP_HLEN)?;
+    if load!(u16, h, 4) != net16(HEARTBEAT_UDP_LEN) || !ip_len_ok {
+        return Err(Counter::WrongPayload);
+    }
+    let p = frame.at(off + UDP_HLEN, MAGIC.len())?;
+    if load!(u32, p, 0) != u64::from(u32::from_ne_bytes(MAGIC)) {
         return Err(Counter::WrongPayload);
     }
     Ok(())
