@@ -3,7 +3,6 @@
 //! frame lands in exactly one bucket; `new_host` only with `heartbeat`) and
 //! the table (a heartbeat stamps exactly its host; nothing else changes it).
 
-#![allow(clippy::too_many_arguments)]
 
 mod frames;
 
