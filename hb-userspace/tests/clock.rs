@@ -2,6 +2,8 @@
 //! monotonic times gives the same events whatever the wall clock does
 //! (jumps back an hour, forward a day); only the timestamps differ.
 
+mod frames;
+
 use std::time::{Duration, SystemTime};
 
 use aya::programs::{TestRun as _, TestRunOptions};
@@ -13,17 +15,7 @@ use hb_userspace::{
 };
 
 fn heartbeat(src: [u8; 4]) -> Vec<u8> {
-    let mut f = vec![0u8; 46];
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&32u16.to_be_bytes());
-    f[23] = 17;
-    f[26..30].copy_from_slice(&src);
-    f[30..34].copy_from_slice(&[198, 18, 0, 1]);
-    f[36..38].copy_from_slice(&43278u16.to_be_bytes());
-    f[38..40].copy_from_slice(&12u16.to_be_bytes());
-    f[42..46].copy_from_slice(b"PyHB");
-    f
+    frames::heartbeat4(src)
 }
 
 /// Event lines without their timestamps.

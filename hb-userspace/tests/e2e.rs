@@ -17,9 +17,7 @@ const SWEEP: Duration = Duration::from_millis(250);
 const SLACK: Duration = Duration::from_millis(1500);
 
 fn beat(link: &Link, from: &str, to: &str) -> Proc {
-    let mut cmd = link.b.command(env!("CARGO_BIN_EXE_hb"));
-    cmd.args(["beat", "--server", to, "--period", "200ms", "--bind", from]);
-    Proc::spawn(cmd)
+    common::beat(link, from, to, "200ms")
 }
 
 #[test]

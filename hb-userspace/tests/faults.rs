@@ -8,17 +8,7 @@ use std::{fs::File, process::Stdio, time::Duration};
 use common::{Collector, Link, Proc, is_event};
 
 fn beat(link: &Link, from: &str) -> Proc {
-    let mut cmd = link.b.command(env!("CARGO_BIN_EXE_hb"));
-    cmd.args([
-        "beat",
-        "--server",
-        "198.18.6.1",
-        "--period",
-        "100ms",
-        "--bind",
-        from,
-    ]);
-    Proc::spawn(cmd)
+    common::beat(link, from, "198.18.6.1", "100ms")
 }
 
 fn connect(link: &Link) {

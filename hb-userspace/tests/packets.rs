@@ -3,7 +3,6 @@
 //! frame lands in exactly one bucket; `new_host` only with `heartbeat`) and
 //! the table (a heartbeat stamps exactly its host; nothing else changes it).
 
-
 mod frames;
 
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};

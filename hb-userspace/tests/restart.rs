@@ -21,17 +21,7 @@ const TIMEOUT: &str = "1500ms";
 const SWEEP: &str = "200ms";
 
 fn beat(link: &Link, from: &str) -> Proc {
-    let mut cmd = link.b.command(env!("CARGO_BIN_EXE_hb"));
-    cmd.args([
-        "beat",
-        "--server",
-        "198.18.5.1",
-        "--period",
-        "100ms",
-        "--bind",
-        from,
-    ]);
-    Proc::spawn(cmd)
+    common::beat(link, from, "198.18.5.1", "100ms")
 }
 
 fn setup(tag: &str) -> Link {

@@ -2,6 +2,8 @@
 //! once (each BPF_PROG_TEST_RUN runs on the calling thread's CPU), and many
 //! threads racing on the *same* new host. No slot may be lost or shared.
 
+mod frames;
+
 use std::{collections::HashSet, sync::Barrier};
 
 use aya::programs::{TestRun as _, TestRunOptions};
@@ -11,17 +13,7 @@ use hb_userspace::program::{self, Settings};
 const XDP_DROP: u32 = 1;
 
 fn heartbeat(src: [u8; 4]) -> Vec<u8> {
-    let mut f = vec![0u8; 46];
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&32u16.to_be_bytes());
-    f[23] = 17;
-    f[26..30].copy_from_slice(&src);
-    f[30..34].copy_from_slice(&[198, 18, 0, 1]);
-    f[36..38].copy_from_slice(&43278u16.to_be_bytes());
-    f[38..40].copy_from_slice(&12u16.to_be_bytes());
-    f[42..46].copy_from_slice(b"PyHB");
-    f
+    frames::heartbeat4(src)
 }
 
 fn src(i: u32) -> [u8; 4] {

@@ -140,6 +140,13 @@ impl Link {
     }
 }
 
+/// `hb beat` from `from` to `to` every `period`, in `link`'s `b` namespace.
+pub fn beat(link: &Link, from: &str, to: &str, period: &str) -> Proc {
+    let mut cmd = link.b.command(env!("CARGO_BIN_EXE_hb"));
+    cmd.args(["beat", "--server", to, "--period", period, "--bind", from]);
+    Proc::spawn(cmd)
+}
+
 /// A child process killed on drop.
 pub struct Proc {
     pub child: Child,

@@ -100,3 +100,8 @@ pub fn with_udp_len(mut u: Vec<u8>, len: u16) -> Vec<u8> {
 pub fn set_u16(f: &mut [u8], at: usize, v: u16) {
     f[at..at + 2].copy_from_slice(&v.to_be_bytes());
 }
+
+/// A plain IPv4 heartbeat from `src`.
+pub fn heartbeat4(src: [u8; 4]) -> Vec<u8> {
+    eth(&[], ETH_IPV4, &ipv4(src, UDP, &udp(PORT, MAGIC4)))
+}
