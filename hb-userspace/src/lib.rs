@@ -8,6 +8,7 @@ pub mod counters;
 pub mod endpoints;
 pub mod event_loop;
 pub mod http;
+pub mod key;
 pub mod output;
 pub mod pins;
 pub mod program;

@@ -11,7 +11,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Map, MapData};
-use hb_common::{ALLOC_MAP, BEATS_MAP, COUNTERS_MAP, LAST_SEEN_MAP, SLOT_KEYS_MAP, SLOTS_MAP};
+use hb_common::{
+    ALLOC_MAP, AUTH_MAP, BEATS_MAP, COUNTERS_MAP, LAST_SEEN_MAP, SLOT_KEYS_MAP, SLOTS_MAP,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -22,7 +24,7 @@ use crate::{
 const BPFFS: &str = "/sys/fs/bpf";
 const RUN_DIR: &str = "/run/hb";
 /// Changes whenever the pinned maps' layout changes.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// What `hb status` needs to know about the collector.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -34,6 +36,8 @@ pub struct State {
     pub sweep_ms: u64,
     pub max_hosts: u32,
     pub started: String,
+    /// "off", "optional" (signed and bare heartbeats) or "required".
+    pub auth: String,
 }
 
 pub fn pin_dir(iface: &str) -> PathBuf {
@@ -159,6 +163,7 @@ pub fn open(iface: &str) -> Result<(State, HostTable, Counters)> {
         beats: Map::Array(load(BEATS_MAP)?),
         slot_keys: Map::Array(load(SLOT_KEYS_MAP)?),
         alloc: Map::Array(load(ALLOC_MAP)?),
+        auth: Map::Array(load(AUTH_MAP)?),
     })?;
     let counters = Counters::new(Map::PerCpuArray(load(COUNTERS_MAP)?))?;
     Ok((state, table, counters))

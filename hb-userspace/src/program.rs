@@ -6,8 +6,9 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode},
 };
 use hb_common::{
-    ALLOC_MAP, BEATS_MAP, COUNTERS_MAP, HINT_MASK_GLOBAL, HINTS_MAP, HOST_MAPS, LAST_SEEN_MAP,
-    PASS_GLOBAL, PORT_GLOBAL, PROGRAM, SLOT_KEYS_MAP, SLOTS_MAP,
+    ALLOC_MAP, AUTH_MAP, AUTH_MODE_GLOBAL, AuthMode, BEATS_MAP, COUNTERS_MAP, HINT_MASK_GLOBAL,
+    HINTS_MAP, HOST_MAPS, LAST_SEEN_MAP, PASS_GLOBAL, PORT_GLOBAL, PROGRAM, SIP_STATE_GLOBAL,
+    SLOT_KEYS_MAP, SLOTS_MAP, auth::KEY_LEN, sip::SipState,
 };
 use log::{info, warn};
 
@@ -28,6 +29,32 @@ pub struct Settings {
     pub max_hosts: u32,
 }
 
+/// Authenticated heartbeats: the fleet key, and whether bare `PyHB` is
+/// refused.
+#[derive(Clone, Copy)]
+pub struct AuthSettings {
+    pub key: [u8; KEY_LEN],
+    pub require: bool,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    // The key stays out of logs and panic messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("require", &self.require)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the program is told about authentication.
+pub fn auth_mode(auth: Option<&AuthSettings>) -> AuthMode {
+    match auth {
+        None => AuthMode::Off,
+        Some(a) if a.require => AuthMode::Required,
+        Some(_) => AuthMode::Optional,
+    }
+}
+
 /// The loaded program and its maps. Dropping it detaches the program.
 pub struct Loaded {
     pub ebpf: Ebpf,
@@ -37,11 +64,20 @@ pub struct Loaded {
 
 /// Loads and verifies the program; does not attach it.
 pub fn load(settings: Settings) -> Result<Loaded> {
-    load_with_pins(settings, None)
+    load_with(settings, None, None)
 }
 
-/// As `load`, and pins the maps in `pin_dir` (see `pins`) for `hb status`.
-pub fn load_with_pins(settings: Settings, pin_dir: Option<&std::path::Path>) -> Result<Loaded> {
+/// As `load`, verifying signed heartbeats under `auth`'s key.
+pub fn load_auth(settings: Settings, auth: Option<AuthSettings>) -> Result<Loaded> {
+    load_with(settings, auth.as_ref(), None)
+}
+
+/// As `load_auth`, and pins the maps in `pin_dir` (see `pins`) for `hb status`.
+pub fn load_with(
+    settings: Settings,
+    auth: Option<&AuthSettings>,
+    pin_dir: Option<&std::path::Path>,
+) -> Result<Loaded> {
     let pass = u8::from(settings.pass_heartbeats);
     // Hints: a power of two at least as large as the table, so that most
     // hosts have a hint of their own.
@@ -51,12 +87,20 @@ pub fn load_with_pins(settings: Settings, pin_dir: Option<&std::path::Path>) -> 
         .unwrap_or(1 << 31);
     let hint_mask = hints - 1;
     let port_net = settings.port.to_be();
+    let mode = auth_mode(auth) as u8;
+    // The key itself never reaches the kernel, only SipHash's state after
+    // it (from which the key follows, so it is as secret).
+    let sip = auth.map_or([0; 4], |a| SipState::after_header(&a.key).0);
     let mut loader = EbpfLoader::new();
     loader
         .override_global(PORT_GLOBAL, &port_net, true)
         .override_global(PASS_GLOBAL, &pass, true)
         .override_global(HINT_MASK_GLOBAL, &hint_mask, true)
-        .map_max_entries(HINTS_MAP, hints);
+        .override_global(AUTH_MODE_GLOBAL, &mode, true)
+        .override_global(SIP_STATE_GLOBAL, &sip, true)
+        .map_max_entries(HINTS_MAP, hints)
+        // Per-host replay state only costs memory where it is used.
+        .map_max_entries(AUTH_MAP, if auth.is_some() { settings.max_hosts } else { 1 });
     for map in HOST_MAPS {
         loader.map_max_entries(map, settings.max_hosts);
     }
@@ -77,6 +121,7 @@ pub fn load_with_pins(settings: Settings, pin_dir: Option<&std::path::Path>) -> 
         beats: take(BEATS_MAP)?,
         slot_keys: take(SLOT_KEYS_MAP)?,
         alloc: take(ALLOC_MAP)?,
+        auth: take(AUTH_MAP)?,
     };
     let counters = take(COUNTERS_MAP)?;
     if let Some(dir) = pin_dir {
@@ -88,6 +133,7 @@ pub fn load_with_pins(settings: Settings, pin_dir: Option<&std::path::Path>) -> 
                 (BEATS_MAP, &maps.beats),
                 (SLOT_KEYS_MAP, &maps.slot_keys),
                 (ALLOC_MAP, &maps.alloc),
+                (AUTH_MAP, &maps.auth),
                 (COUNTERS_MAP, &counters),
             ],
         )?;

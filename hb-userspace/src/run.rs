@@ -3,6 +3,7 @@
 use std::os::fd::AsRawFd as _;
 
 use anyhow::{Result, anyhow};
+use hb_common::AuthMode;
 use log::{info, warn};
 
 use crate::{
@@ -11,7 +12,8 @@ use crate::{
     event_loop::{EventLoop, FIRST_USER_TOKEN, Wake},
     http::HttpServer,
     pins,
-    program::{self, Settings},
+    key,
+    program::{self, AuthSettings, Settings},
     sweeper::Sweeper,
     writer::{self, RingWriter},
 };
@@ -20,6 +22,14 @@ const LOG_TOKEN: u64 = FIRST_USER_TOKEN;
 
 pub fn run(args: RunArgs) -> Result<()> {
     args.validate().map_err(|e| anyhow!(e))?;
+    // Before anything is loaded: a bad key file leaves nothing behind.
+    let auth = match &args.key_file {
+        Some(path) => Some(AuthSettings {
+            key: key::read(path)?,
+            require: args.require_auth,
+        }),
+        None => None,
+    };
     program::check_environment()?;
     // Signals are routed to the loop before anything is attached, so a
     // Ctrl-C at any point still detaches.
@@ -33,12 +43,13 @@ pub fn run(args: RunArgs) -> Result<()> {
             args.iface
         );
     }
-    let mut loaded = program::load_with_pins(
+    let mut loaded = program::load_with(
         Settings {
             port: args.port,
             pass_heartbeats: args.pass_heartbeats,
             max_hosts: args.max_hosts,
         },
+        auth.as_ref(),
         Some(&pins::pin_dir(&args.iface)),
     )?;
     // Removes the pins however `run` ends from here on.
@@ -64,15 +75,21 @@ pub fn run(args: RunArgs) -> Result<()> {
             sweep_ms: args.sweep.as_millis() as u64,
             max_hosts: args.max_hosts,
             started: crate::output::timestamp(std::time::SystemTime::now()),
+            auth: auth_name(auth.as_ref()).to_owned(),
         },
     )?;
     info!(
-        "watching UDP port {} on {}: timeout {}, sweep every {}, up to {} hosts",
+        "watching UDP port {} on {}: timeout {}, sweep every {}, up to {} hosts, {}",
         args.port,
         args.iface,
         humantime::format_duration(args.timeout),
         humantime::format_duration(args.sweep),
-        args.max_hosts
+        args.max_hosts,
+        match program::auth_mode(auth.as_ref()) {
+            AuthMode::Off => "classic PyHB heartbeats only (no --key-file)",
+            AuthMode::Optional => "signed heartbeats verified, bare PyHB accepted",
+            AuthMode::Required => "signed heartbeats only (bare PyHB ignored)",
+        }
     );
 
     let mut http = match args.metrics_listen {
@@ -149,6 +166,15 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Dropping the program detaches it from the interface.
     drop(loaded);
     Ok(())
+}
+
+/// The auth mode as the state file and `hb status` name it.
+fn auth_name(auth: Option<&AuthSettings>) -> &'static str {
+    match program::auth_mode(auth) {
+        AuthMode::Off => "off",
+        AuthMode::Optional => "optional",
+        AuthMode::Required => "required",
+    }
 }
 
 struct PinGuard<'a>(&'a str);
