@@ -248,7 +248,10 @@ mod tests {
         assert!(run(&[]).key_file.is_none());
         assert!(!run(&[]).require_auth);
         let r = run(&["--key-file", "/etc/hb.key", "--require-auth"]);
-        assert_eq!(r.key_file.as_deref(), Some(std::path::Path::new("/etc/hb.key")));
+        assert_eq!(
+            r.key_file.as_deref(),
+            Some(std::path::Path::new("/etc/hb.key"))
+        );
         assert!(r.validate().is_ok());
         let e = run(&["--require-auth"]).validate().unwrap_err();
         assert!(e.contains("--key-file"), "{e}");
@@ -265,7 +268,12 @@ mod tests {
         let b = beat(&["--key-file", "k", "--host-id", "0x2a"]).unwrap();
         assert_eq!(b.host_id, Some(42));
         assert!(b.validate().is_ok());
-        assert_eq!(beat(&["--key-file", "k", "--host-id", "18446744073709551615"]).unwrap().host_id, Some(u64::MAX));
+        assert_eq!(
+            beat(&["--key-file", "k", "--host-id", "18446744073709551615"])
+                .unwrap()
+                .host_id,
+            Some(u64::MAX)
+        );
         assert!(beat(&["--key-file", "k", "--host-id", "-1"]).is_err());
         assert!(beat(&["--key-file", "k", "--host-id", "0xg"]).is_err());
         let e = beat(&["--host-id", "7"]).unwrap().validate().unwrap_err();

@@ -25,10 +25,7 @@ pub fn read(path: &Path) -> Result<[u8; KEY_LEN]> {
         Err(e) => bail!("cannot read key file {shown}: {e}; {}", fix(path)),
     };
     if !meta.is_file() {
-        bail!(
-            "key file {shown} is not a regular file; {}",
-            fix(path)
-        );
+        bail!("key file {shown} is not a regular file; {}", fix(path));
     }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o006 != 0 {
@@ -141,7 +138,10 @@ mod tests {
 
         let missing = good.with_file_name("missing");
         let e = format!("{:#}", read(&missing).unwrap_err());
-        assert!(e.contains("cannot read key file") && e.contains("missing"), "{e}");
+        assert!(
+            e.contains("cannot read key file") && e.contains("missing"),
+            "{e}"
+        );
         assert!(!e.contains('\n'), "{e}");
 
         let e = format!("{:#}", read(good.parent().unwrap()).unwrap_err());

@@ -162,13 +162,19 @@ fn json(ts: &str, event: &Event<'_>) -> String {
 fn text(ts: &str, event: &Event<'_>) -> String {
     let secs = |ns: u64| humantime::format_duration(Duration::from_millis(ms(ns)));
     let (kind, host, what) = match *event {
-        Event::Host(Transition::New { host, age_ns }) => {
-            ("new      ", host, format!("last heartbeat {} ago", secs(age_ns)))
-        }
+        Event::Host(Transition::New { host, age_ns }) => (
+            "new      ",
+            host,
+            format!("last heartbeat {} ago", secs(age_ns)),
+        ),
         Event::Host(Transition::Silent {
             host,
             silent_for_ns,
-        }) => ("silent   ", host, format!("silent for {}", secs(silent_for_ns))),
+        }) => (
+            "silent   ",
+            host,
+            format!("silent for {}", secs(silent_for_ns)),
+        ),
         Event::Host(Transition::Recovered {
             host,
             silent_for_ns,

@@ -100,7 +100,14 @@ pub fn load_with(
         .override_global(SIP_STATE_GLOBAL, &sip, true)
         .map_max_entries(HINTS_MAP, hints)
         // Per-host replay state only costs memory where it is used.
-        .map_max_entries(AUTH_MAP, if auth.is_some() { settings.max_hosts } else { 1 });
+        .map_max_entries(
+            AUTH_MAP,
+            if auth.is_some() {
+                settings.max_hosts
+            } else {
+                1
+            },
+        );
     for map in HOST_MAPS {
         loader.map_max_entries(map, settings.max_hosts);
     }

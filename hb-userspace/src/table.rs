@@ -182,7 +182,8 @@ impl HostTable {
             .and_then(|id| Some((id, self.auth.as_slice().get(slot as usize)?)));
         match auth {
             Some((id, [_, lost, a, b])) => {
-                let addr = HostKey::from_words([a.load(Ordering::Relaxed), b.load(Ordering::Relaxed)]);
+                let addr =
+                    HostKey::from_words([a.load(Ordering::Relaxed), b.load(Ordering::Relaxed)]);
                 Host {
                     ip: host_ip(&addr),
                     id: Some(id),

@@ -57,7 +57,12 @@ fn ipv6(src: [u8; 16], payload: &[u8]) -> Vec<u8> {
     f[20] = 17;
     f[21] = 64;
     f[22..38].copy_from_slice(&src);
-    f[38..54].copy_from_slice(&"fd00:4842::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    f[38..54].copy_from_slice(
+        &"fd00:4842::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
     f[54..56].copy_from_slice(&40000u16.to_be_bytes());
     f[56..58].copy_from_slice(&PORT.to_be_bytes());
     f[58..60].copy_from_slice(&(8 + payload.len() as u16).to_be_bytes());
@@ -165,7 +170,10 @@ fn a_valid_signed_heartbeat_stamps_its_host_id() {
 
     // The next one, from another address (the host moved): same slot, the
     // address follows it.
-    assert_eq!(c.send(&ipv4([198, 18, 0, 9], &signed(42, seq + 1))), XDP_DROP);
+    assert_eq!(
+        c.send(&ipv4([198, 18, 0, 9], &signed(42, seq + 1))),
+        XDP_DROP
+    );
     assert_eq!(c.loaded.table.len(), 1);
     assert_eq!(c.state(42).0, 2);
     assert_eq!(c.loaded.table.host(slot).ip.to_string(), "198.18.0.9");
@@ -174,7 +182,10 @@ fn a_valid_signed_heartbeat_stamps_its_host_id() {
     let v6: std::net::Ipv6Addr = "fd00:4842::2".parse().unwrap();
     assert_eq!(c.send(&ipv6(v6.octets(), &signed(43, RUN))), XDP_DROP);
     let host = c.loaded.table.host(c.slot(43));
-    assert_eq!((host.ip.to_string().as_str(), host.id), ("fd00:4842::2", Some(43)));
+    assert_eq!(
+        (host.ip.to_string().as_str(), host.id),
+        ("fd00:4842::2", Some(43))
+    );
     c.only(&[(Counter::Heartbeat, 3), (Counter::NewHost, 2)]);
 }
 
@@ -248,7 +259,10 @@ fn replays_and_older_heartbeats_change_nothing() {
         (Counter::Replayed, 5),
     ]);
     // The next one is accepted.
-    assert_eq!(c.send(&ipv4([198, 18, 0, 2], &signed(7, seq + 1))), XDP_DROP);
+    assert_eq!(
+        c.send(&ipv4([198, 18, 0, 2], &signed(7, seq + 1))),
+        XDP_DROP
+    );
     let after = c.state(7);
     assert_eq!((after.0, after.2, after.3), (2, seq + 1, 0));
 }
@@ -389,7 +403,10 @@ fn floods_cannot_fill_the_table_when_auth_is_required() {
     }
     let counters = loaded.counters.read().unwrap();
     assert_eq!(counters[Counter::Forged as usize], u64::from(FLOOD));
-    assert_eq!(counters[Counter::Unauthenticated as usize], u64::from(FLOOD));
+    assert_eq!(
+        counters[Counter::Unauthenticated as usize],
+        u64::from(FLOOD)
+    );
     assert_eq!(counters[Counter::Heartbeat as usize], 1);
     assert_eq!(counters[Counter::Replayed as usize], u64::from(FLOOD - 1));
     assert_eq!(counters[Counter::TableFull as usize], 0);
@@ -399,7 +416,10 @@ fn floods_cannot_fill_the_table_when_auth_is_required() {
         assert_eq!(run(prog, &ipv4(src(id), &signed(id.into(), RUN))), XDP_DROP);
     }
     assert_eq!(loaded.table.len(), 64);
-    assert_eq!(loaded.counters.read().unwrap()[Counter::TableFull as usize], 0);
+    assert_eq!(
+        loaded.counters.read().unwrap()[Counter::TableFull as usize],
+        0
+    );
 }
 
 #[test]
