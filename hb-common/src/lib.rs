@@ -192,7 +192,8 @@ pub struct HostEntry {
 
 /// Outcome counters. Every packet the program sees lands in exactly one of
 /// them, except `NewHost`, which counts the subset of `Heartbeat`s that
-/// added a host.
+/// added a host, and `Lost`, which counts heartbeats that never came.
+/// Indices are stable: new counters are appended.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {

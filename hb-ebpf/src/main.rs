@@ -42,7 +42,7 @@ static HB_PASS_HEARTBEATS: u8 = 0;
 static HB_AUTH_MODE: u8 = AuthMode::Off as u8;
 
 /// SipHash state after the fleet key and the fixed header word; set by
-/// userspace at load time (never left at zero when a key is configured).
+/// userspace at load time (zero, and unused, without a key).
 #[unsafe(no_mangle)]
 static HB_SIP_STATE: [u64; 4] = [0; 4];
 

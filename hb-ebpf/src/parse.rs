@@ -99,9 +99,9 @@ impl Frame {
 }
 
 /// Returns the source address (and signed fields) of a heartbeat to `port`,
-/// or why the frame is not one. `port_net` is in network byte order, like every field compared
-/// here, and each layer's
-/// deciding field is read first, so that other traffic leaves early.
+/// or why the frame is not one. `port_net` is in network byte order, like
+/// every field compared here, and each layer's deciding field is read first,
+/// so that other traffic leaves early.
 #[inline(always)]
 pub fn heartbeat_source(frame: &Frame, port_net: u16) -> Result<Beat, Miss> {
     let mut off = ETH_HLEN;

@@ -37,6 +37,9 @@ pub struct State {
     pub max_hosts: u32,
     pub started: String,
     /// "off", "optional" (signed and bare heartbeats) or "required".
+    /// Defaulted so that an older collector's state file still parses and
+    /// gets the layout message.
+    #[serde(default)]
     pub auth: String,
 }
 
