@@ -32,8 +32,8 @@ use criterion::{BenchmarkGroup, Criterion, measurement::WallTime};
 use hb_benches::{
     XDP_DROP, XDP_PASS, arp, ipv4_heartbeat, ipv4_tcp, ipv4_udp, set_ipv4_src, src_addr,
 };
-use hb_common::{BASELINE_PROGRAM, Counter, DEFAULT_PORT, PROGRAM};
-use hb_userspace::program::{self, Loaded, Settings};
+use hb_common::{BASELINE_PROGRAM, Counter, DEFAULT_PORT, HostKey, PROGRAM, auth};
+use hb_userspace::program::{self, AuthSettings, Loaded, Settings};
 
 /// Known hosts visited in turn by the cold-key case: 2^20.
 const COLD_HOSTS: u32 = 1 << 20;
@@ -44,6 +44,12 @@ const MAIN_MAX_HOSTS: u32 = 2 << 20;
 const NEW_MAX_HOSTS: u32 = 1 << 20;
 /// The one hot host (not in the cold range 10.0.0.0/12).
 const HOT_HOST: [u8; 4] = [192, 0, 2, 1];
+/// Fleet key of the object that verifies signed heartbeats.
+const SIGNED_KEY: [u8; 16] = *b"bench fleet key!";
+/// Sequence numbers of the signed hot host: a client run, then counting.
+const SIGNED_RUN: u64 = 1_800_000_000 << 32;
+/// Offset of the UDP payload in the frames built by hb_benches.
+const PAYLOAD_OFFSET: usize = 42;
 /// Same-frame cases in the final table: repeats per call...
 const TABLE_REPEAT: u32 = 1_000_000;
 /// ...and calls per case (median taken).
@@ -178,6 +184,51 @@ impl NewHosts {
     }
 }
 
+/// An object with a fleet key (signed and bare heartbeats accepted), its
+/// hot signed host primed, and the next sequence number to send.
+struct Signed {
+    loaded: Loaded,
+    next_seq: std::cell::Cell<u64>,
+}
+
+impl Signed {
+    fn new() -> Self {
+        let s = Self {
+            loaded: program::load_auth(
+                settings(1024),
+                Some(AuthSettings {
+                    key: SIGNED_KEY,
+                    require: false,
+                }),
+            )
+            .expect("loading hb with a key"),
+            next_seq: SIGNED_RUN.into(),
+        };
+        let mut frame = signed_frame(SIGNED_RUN);
+        s.fresh(&mut frame, 1);
+        s
+    }
+
+    /// `iters` single-packet calls of the hot signed host, each with the
+    /// next sequence number (signed outside the measurement).
+    fn fresh(&self, frame: &mut [u8], iters: u64) -> Duration {
+        let prog = xdp(&self.loaded, PROGRAM);
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            let p = auth::payload(&SIGNED_KEY, 1, self.next_seq.get());
+            frame[PAYLOAD_OFFSET..].copy_from_slice(&p);
+            self.next_seq.set(self.next_seq.get() + 1);
+            total += run(prog, frame, 1, XDP_DROP);
+        }
+        total
+    }
+}
+
+/// A signed heartbeat of host id 1 from the hot host.
+fn signed_frame(seq: u64) -> Vec<u8> {
+    ipv4_udp(HOT_HOST, DEFAULT_PORT, &auth::payload(&SIGNED_KEY, 1, seq))
+}
+
 struct Frames {
     hot: Vec<u8>,
     other_port: Vec<u8>,
@@ -238,7 +289,7 @@ fn main() {
     c.final_summary();
 
     if !quiet_list {
-        table(&main, &frames, &mut new_hosts);
+        table(&main, &frames, &mut new_hosts, &Signed::new());
     }
 }
 
@@ -293,17 +344,35 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// One measurement of every case, in this one run, printed as markdown.
-fn table(main: &Loaded, frames: &Frames, new: &mut NewHosts) {
+fn table(main: &Loaded, frames: &Frames, new: &mut NewHosts, signed: &Signed) {
     let (hb, empty) = (xdp(main, PROGRAM), xdp(main, BASELINE_PROGRAM));
+    let keyed = xdp(&signed.loaded, PROGRAM);
+    // The primed heartbeat again: verified, then refused as a replay.
+    let replay = signed_frame(SIGNED_RUN);
+    let mut forged = signed_frame(SIGNED_RUN + 1);
+    forged[PAYLOAD_OFFSET + 24] ^= 1;
 
     // Same-frame cases: TABLE_ROUNDS calls of TABLE_REPEAT repeats each,
     // round-robin over the cases; median of the kernel's per-repeat times.
-    let same: [(&str, &Xdp, &[u8], u32); 5] = [
+    let same: [(&str, &Xdp, &[u8], u32); 8] = [
         ("empty program", empty, &frames.hot, XDP_PASS),
         ("heartbeat, hot host", hb, &frames.hot, XDP_DROP),
         ("UDP to another port", hb, &frames.other_port, XDP_PASS),
         ("IPv4 TCP", hb, &frames.tcp, XDP_PASS),
         ("ARP", hb, &frames.arp, XDP_PASS),
+        (
+            "bare heartbeat, hot host, key configured",
+            keyed,
+            &frames.hot,
+            XDP_DROP,
+        ),
+        (
+            "signed heartbeat, replayed (MAC verified, refused)",
+            keyed,
+            &replay,
+            XDP_DROP,
+        ),
+        ("signed heartbeat, bad MAC", keyed, &forged, XDP_DROP),
     ];
     let mut samples = vec![Vec::new(); same.len()];
     for _ in 0..TABLE_ROUNDS {
@@ -318,13 +387,26 @@ fn table(main: &Loaded, frames: &Frames, new: &mut NewHosts) {
     // mean of the kernel's per-packet times (timer overhead included).
     let mut scratch = frames.scratch.clone();
     let mut cycle = ColdCycle { next: 0 };
-    let mut totals = [Duration::ZERO; 3];
+    let mut signed_scratch = signed_frame(SIGNED_RUN);
+    let mut totals = [Duration::ZERO; 5];
     for _ in 0..TABLE_SINGLE / TABLE_CHUNK {
         let n = u64::from(TABLE_CHUNK);
         totals[0] += single(empty, &mut scratch, XDP_PASS, n, || cycle.next_src());
         totals[1] += single(hb, &mut scratch, XDP_DROP, n, || cycle.next_src());
         totals[2] += new.run(&mut scratch, n);
+        totals[3] += signed.fresh(&mut signed_scratch, n);
+        // The same host unsigned, run the same way: what signing adds.
+        totals[4] += single(keyed, &mut scratch, XDP_DROP, n, || HOT_HOST);
     }
+    let table = &signed.loaded.table;
+    let slot = table
+        .slot(&HostKey::from_host_id(1))
+        .expect("signed host in the table");
+    assert_eq!(
+        table.entry(slot).beats,
+        1 + u64::from(TABLE_SINGLE),
+        "every fresh signed heartbeat should have been accepted"
+    );
     let single_ns = totals.map(|d| d.as_nanos() as f64 / f64::from(TABLE_SINGLE));
 
     println!();
@@ -348,6 +430,8 @@ fn table(main: &Loaded, frames: &Frames, new: &mut NewHosts) {
         "empty program (repeat=1, baseline of the rows below)",
         "heartbeat, cold keys: 1M known hosts in turn (repeat=1)",
         "heartbeat, new host every packet (repeat=1)",
+        "signed heartbeat, hot host, next sequence number every packet (repeat=1)",
+        "bare heartbeat, hot host, key configured (repeat=1)",
     ];
     for (name, ns) in single_names.iter().zip(single_ns) {
         println!("| {name} | {ns:.1} | {:.2} |", ns / single_ns[0]);

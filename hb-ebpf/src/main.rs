@@ -1,5 +1,6 @@
-//! The XDP heartbeat filter: stamps `PyHB` datagrams into the host table and
-//! drops them; every other frame passes unchanged.
+//! The XDP heartbeat filter: stamps `PyHB` datagrams (and, with a fleet key,
+//! signed heartbeats whose MAC verifies) into the host table and drops them;
+//! every other frame passes unchanged.
 #![no_std]
 #![no_main]
 // core has no atomic read-modify-write on the BPF target: atomic_xadd for
@@ -17,9 +18,15 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::warn;
-use hb_common::{Counter, DEFAULT_PORT};
+use hb_common::{
+    AuthMode, Counter, DEFAULT_PORT, HostKey, auth,
+    sip::{SipState, mac_after_header},
+};
 
-use crate::{parse::Frame, table::Stamped};
+use crate::{
+    parse::Frame,
+    table::{Fresh, Stamped},
+};
 
 /// Heartbeat UDP port, network byte order (as on the wire); set by
 /// userspace at load time.
@@ -29,6 +36,20 @@ static HB_PORT: u16 = DEFAULT_PORT.to_be();
 /// Non-zero: heartbeats continue to the stack after being stamped.
 #[unsafe(no_mangle)]
 static HB_PASS_HEARTBEATS: u8 = 0;
+
+/// An `AuthMode`; set by userspace at load time.
+#[unsafe(no_mangle)]
+static HB_AUTH_MODE: u8 = AuthMode::Off as u8;
+
+/// SipHash state after the fleet key and the fixed header word; set by
+/// userspace at load time (zero, and unused, without a key).
+#[unsafe(no_mangle)]
+static HB_SIP_STATE: [u64; 4] = [0; 4];
+
+/// The header word of a version 1 payload, as loaded from the wire.
+const SIGNED_HEADER: u64 = u64::from_le_bytes(auth::HEADER);
+/// `HostKey::from_host_id`'s first word, as loaded.
+const HOST_ID_TAG: u64 = u64::from_le_bytes(auth::HOST_ID_TAG);
 
 #[map(name = "HB_COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT as u32, 0);
@@ -42,14 +63,48 @@ pub fn hb(ctx: XdpContext) -> u32 {
     // SAFETY: read_volatile keeps the compiler from folding the load-time
     // constant into the code.
     let port = unsafe { core::ptr::read_volatile(&HB_PORT) };
-    let key = match parse::heartbeat_source(&frame, port) {
-        Ok(key) => key,
+    let beat = match parse::heartbeat_source(&frame, port) {
+        Ok(beat) => beat,
         Err(miss) => {
             count(miss);
             return xdp_action::XDP_PASS;
         }
     };
-    match table::stamp(&key) {
+    // SAFETY: as for HB_PORT.
+    let mode = unsafe { core::ptr::read_volatile(&HB_AUTH_MODE) };
+    let fresh;
+    let key = match beat.signed {
+        None => {
+            if mode == AuthMode::Required as u8 {
+                count(Counter::Unauthenticated);
+                return heartbeat_verdict();
+            }
+            // An IPv6 multicast source is no host's, and would claim the
+            // key space of host ids.
+            if beat.src.words()[0] & 0xff == 0xff {
+                count(Counter::Forged);
+                return heartbeat_verdict();
+            }
+            fresh = None;
+            beat.src
+        }
+        Some(s) => {
+            if mode == AuthMode::Off as u8 {
+                count(Counter::WrongPayload);
+                return xdp_action::XDP_PASS;
+            }
+            if s.header != SIGNED_HEADER || !verified(s.host_id, s.seq, s.mac) {
+                count(Counter::Forged);
+                return heartbeat_verdict();
+            }
+            fresh = Some(Fresh {
+                seq: u64::from_be(s.seq),
+                src: beat.src,
+            });
+            HostKey::from_words([HOST_ID_TAG, s.host_id])
+        }
+    };
+    match table::stamp(&key, fresh.as_ref()) {
         Stamped::Known => {
             count(Counter::Heartbeat);
         }
@@ -65,18 +120,43 @@ pub fn hb(ctx: XdpContext) -> u32 {
                 warn!(
                     &ctx,
                     "host table full: heartbeat from {:i} not recorded ({} so far on this CPU)",
-                    key.addr,
+                    beat.src.addr,
                     n
                 );
             }
         }
+        Stamped::Replayed => {
+            count(Counter::Replayed);
+        }
     }
+    heartbeat_verdict()
+}
+
+/// Heartbeats, and datagrams posing as one, are consumed here unless
+/// `--pass-heartbeats`: a flood of forgeries stops in XDP too.
+#[inline(always)]
+fn heartbeat_verdict() -> u32 {
     // SAFETY: as for HB_PORT.
     if unsafe { core::ptr::read_volatile(&HB_PASS_HEARTBEATS) } != 0 {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
     }
+}
+
+/// Checks a signed payload's MAC (words as loaded from the wire).
+#[inline(always)]
+fn verified(host_id: u64, seq: u64, mac: u64) -> bool {
+    // SAFETY: as for HB_PORT, one word at a time.
+    let state = unsafe {
+        SipState([
+            core::ptr::read_volatile(&HB_SIP_STATE[0]),
+            core::ptr::read_volatile(&HB_SIP_STATE[1]),
+            core::ptr::read_volatile(&HB_SIP_STATE[2]),
+            core::ptr::read_volatile(&HB_SIP_STATE[3]),
+        ])
+    };
+    mac_after_header(state, host_id, seq) == mac
 }
 
 /// Does nothing: the floor that benchmarks measure hb's cost against.
@@ -88,11 +168,17 @@ pub fn hb_baseline(_ctx: XdpContext) -> u32 {
 /// Adds one to a per-CPU counter; returns the new value on this CPU.
 #[inline(always)]
 fn count(c: Counter) -> u64 {
+    count_n(c, 1)
+}
+
+/// Adds `n` to a per-CPU counter; returns the new value on this CPU.
+#[inline(always)]
+pub(crate) fn count_n(c: Counter, n: u64) -> u64 {
     match COUNTERS.get_ptr_mut(c as u32) {
         // SAFETY: per-CPU slot, only this CPU writes it (XDP runs with
         // preemption disabled).
         Some(p) => unsafe {
-            *p += 1;
+            *p += n;
             *p
         },
         None => 0,

@@ -2,7 +2,7 @@
 //! address. Every read is bounds-checked against `data_end` first, both for
 //! the verifier and because frames can be cut anywhere.
 
-use hb_common::{Counter, HostKey, MAGIC};
+use hb_common::{Counter, HostKey, MAGIC, auth};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
@@ -20,6 +20,7 @@ const IPPROTO_DSTOPTS: u8 = 60;
 /// Extension headers walked before giving up (classified as not UDP).
 const MAX_IPV6_EXT: usize = 4;
 const HEARTBEAT_UDP_LEN: u16 = (UDP_HLEN + MAGIC.len()) as u16;
+const SIGNED_UDP_LEN: u16 = (UDP_HLEN + auth::LEN) as u16;
 
 // Packet loads as single BPF instructions, `load!(u16, p, 12)` reads the
 // 2 bytes at `p + 12` as a `u64`. Header fields are not aligned for Rust
@@ -54,6 +55,25 @@ const fn net16(v: u16) -> u64 {
 /// Why a frame is not a heartbeat.
 pub type Miss = Counter;
 
+/// A heartbeat-shaped datagram: its source address, and for the 32-byte
+/// signed form the payload's words after the magic (loaded little-endian,
+/// as SipHash reads them; unverified).
+pub struct Beat {
+    pub src: HostKey,
+    pub signed: Option<Signed>,
+}
+
+pub struct Signed {
+    /// Bytes 0..8: magic, version, flags, reserved.
+    pub header: u64,
+    /// Bytes 8..16: host id (big-endian on the wire).
+    pub host_id: u64,
+    /// Bytes 16..24: sequence number (big-endian on the wire).
+    pub seq: u64,
+    /// Bytes 24..32.
+    pub mac: u64,
+}
+
 /// A bounds-checked view of the frame.
 pub struct Frame {
     pub start: usize,
@@ -78,12 +98,12 @@ impl Frame {
     }
 }
 
-/// Returns the source address of a heartbeat to `port`, or why the frame is
-/// not one. `port_net` is in network byte order, like every field compared
-/// here, and each layer's
-/// deciding field is read first, so that other traffic leaves early.
+/// Returns the source address (and signed fields) of a heartbeat to `port`,
+/// or why the frame is not one. `port_net` is in network byte order, like
+/// every field compared here, and each layer's deciding field is read first,
+/// so that other traffic leaves early.
 #[inline(always)]
-pub fn heartbeat_source(frame: &Frame, port_net: u16) -> Result<HostKey, Miss> {
+pub fn heartbeat_source(frame: &Frame, port_net: u16) -> Result<Beat, Miss> {
     let mut off = ETH_HLEN;
     let mut proto = frame.net16_at(12)?;
     // Up to two tags: 802.1ad outer + 802.1Q inner (QinQ), or one of either.
@@ -105,7 +125,7 @@ pub fn heartbeat_source(frame: &Frame, port_net: u16) -> Result<HostKey, Miss> {
 }
 
 #[inline(always)]
-fn ipv4(frame: &Frame, off: usize, port: u64) -> Result<HostKey, Miss> {
+fn ipv4(frame: &Frame, off: usize, port: u64) -> Result<Beat, Miss> {
     let p = frame.at(off, 20)?;
     // SAFETY (all reads from `p`): inside the 20-byte fixed header.
     let b = |i: usize| unsafe { *p.add(i) };
@@ -126,15 +146,18 @@ fn ipv4(frame: &Frame, off: usize, port: u64) -> Result<HostKey, Miss> {
     }
     let udp = udp_to(frame, off + ihl, port)?;
     let total_len = (load!(u16, p, 2) as u16).swap_bytes() as usize;
-    heartbeat_payload(frame, udp, total_len == ihl + HEARTBEAT_UDP_LEN as usize)?;
+    let signed = heartbeat_payload(frame, udp, total_len.wrapping_sub(ihl))?;
     // Loaded in memory order, stored back the same way: ::ffff:a.b.c.d as
     // words, bytes 10 and 11 are 0xff, 12..16 the address.
     let src = load!(u32, p, 12);
-    Ok(HostKey::from_words([0, 0xffff_0000 | (src << 32)]))
+    Ok(Beat {
+        src: HostKey::from_words([0, 0xffff_0000 | (src << 32)]),
+        signed,
+    })
 }
 
 #[inline(always)]
-fn ipv6(frame: &Frame, off: usize, port: u64) -> Result<HostKey, Miss> {
+fn ipv6(frame: &Frame, off: usize, port: u64) -> Result<Beat, Miss> {
     let p = frame.at(off, IPV6_HLEN)?;
     // SAFETY (all reads from `p`): inside the 40-byte fixed header.
     let b = |i: usize| unsafe { *p.add(i) };
@@ -167,12 +190,11 @@ fn ipv6(frame: &Frame, off: usize, port: u64) -> Result<HostKey, Miss> {
     }
     let udp = udp_to(frame, l4, port)?;
     let payload_len = (load!(u16, p, 4) as u16).swap_bytes() as usize;
-    heartbeat_payload(
-        frame,
-        udp,
-        payload_len == ext_len + HEARTBEAT_UDP_LEN as usize,
-    )?;
-    Ok(HostKey::from_words([load!(u64, p, 8), load!(u64, p, 16)]))
+    let signed = heartbeat_payload(frame, udp, payload_len.wrapping_sub(ext_len))?;
+    Ok(Beat {
+        src: HostKey::from_words([load!(u64, p, 8), load!(u64, p, 16)]),
+        signed,
+    })
 }
 
 /// The offset of the UDP header at `off` if it is addressed to `port`.
@@ -186,20 +208,35 @@ fn udp_to(frame: &Frame, off: usize, port: u64) -> Result<usize, Miss> {
 }
 
 /// Checks that the datagram whose UDP header is at `off` carries exactly
-/// `PyHB`. `ip_len_ok` says whether the IP layer's length leaves room for
-/// exactly a heartbeat.
+/// `PyHB` (returns `None`) or a 32-byte payload starting with `PyHB` (returns
+/// its words). `ip_udp_len` is the UDP length the IP layer implies.
 #[inline(always)]
-fn heartbeat_payload(frame: &Frame, off: usize, ip_len_ok: bool) -> Result<(), Miss> {
+fn heartbeat_payload(frame: &Frame, off: usize, ip_udp_len: usize) -> Result<Option<Signed>, Miss> {
     // The payload's length comes from the UDP and IP headers, never from the
     // frame's end: short frames are padded to 60 bytes on Ethernet. So a
-    // datagram too short for `PyHB` is a wrong payload, whatever follows it.
+    // datagram of any other length is a wrong payload, whatever follows it.
     let h = frame.at(off, UDP_HLEN)?;
-    if load!(u16, h, 4) != net16(HEARTBEAT_UDP_LEN) || !ip_len_ok {
+    let udp_len = load!(u16, h, 4);
+    let magic = u64::from(u32::from_ne_bytes(MAGIC));
+    // The classic payload is tested first: it is the common one.
+    if udp_len == net16(HEARTBEAT_UDP_LEN) && ip_udp_len == HEARTBEAT_UDP_LEN as usize {
+        let p = frame.at(off + UDP_HLEN, MAGIC.len())?;
+        if load!(u32, p, 0) != magic {
+            return Err(Counter::WrongPayload);
+        }
+        return Ok(None);
+    }
+    if udp_len != net16(SIGNED_UDP_LEN) || ip_udp_len != SIGNED_UDP_LEN as usize {
         return Err(Counter::WrongPayload);
     }
-    let p = frame.at(off + UDP_HLEN, MAGIC.len())?;
-    if load!(u32, p, 0) != u64::from(u32::from_ne_bytes(MAGIC)) {
+    let h = frame.at(off, UDP_HLEN + auth::LEN)?;
+    if load!(u32, h, 8) != magic {
         return Err(Counter::WrongPayload);
     }
-    Ok(())
+    Ok(Some(Signed {
+        header: load!(u64, h, 8),
+        host_id: load!(u64, h, 16),
+        seq: load!(u64, h, 24),
+        mac: load!(u64, h, 32),
+    }))
 }

@@ -16,6 +16,13 @@
 //! lookups. A hint that misses (two hosts sharing it, or none yet) falls
 //! back to the hash map and is rewritten, so hints never need locking.
 //!
+//! Authenticated hosts are keyed by host id (see `HostKey::from_host_id`),
+//! and their slot's `HB_AUTH` entry holds the last accepted sequence number.
+//! Their heartbeat is checked against it and the number advanced with a
+//! compare-and-swap before anything else of the slot is touched; a new
+//! host's entry is written before its slot is published. The MAC has been
+//! verified by then, so only key holders ever create or advance state.
+//!
 //! Clock: bpf_ktime_get_coarse_ns (CLOCK_MONOTONIC at tick resolution).
 //! bpf_jiffies64 measured 8 ns cheaper per heartbeat, but its unit (the
 //! kernel's HZ) is not visible to userspace; the hint already brings a
@@ -28,7 +35,7 @@ use aya_ebpf::{
     maps::{Array, HashMap},
 };
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
-use hb_common::{BPF_F_MMAPABLE, DEFAULT_MAX_HOSTS, HostKey, SLOT_PENDING};
+use hb_common::{AuthSlot, BPF_F_MMAPABLE, DEFAULT_MAX_HOSTS, HostKey, SLOT_PENDING};
 
 #[map(name = "HB_SLOTS")]
 static SLOTS: HashMap<HostKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_HOSTS, 0);
@@ -47,6 +54,10 @@ static HINTS: Array<u32> = Array::with_max_entries(DEFAULT_MAX_HOSTS, 0);
 /// a restarted collector carries on where the last one stopped.
 #[map(name = "HB_TRACKER")]
 static TRACKER: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+/// Replay and loss state of authenticated hosts, by slot. One entry when
+/// no key is configured (userspace shrinks it at load time).
+#[map(name = "HB_AUTH")]
+static AUTH: Array<AuthSlot> = Array::with_max_entries(DEFAULT_MAX_HOSTS, BPF_F_MMAPABLE);
 #[map(name = "HB_ALLOC")]
 static ALLOC: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
@@ -60,11 +71,22 @@ pub enum Stamped {
     Known,
     New,
     TableFull,
+    /// A signed heartbeat not newer than its host's last: nothing changed.
+    Replayed,
 }
 
-/// Records a heartbeat from `key` now.
+/// What a verified signed heartbeat brings besides its key.
+pub struct Fresh {
+    /// Sequence number (host order).
+    pub seq: u64,
+    /// Source address, recorded for display.
+    pub src: HostKey,
+}
+
+/// Records a heartbeat from `key` now; `fresh` for a verified signed one,
+/// which is refused unless its sequence number is newer than the last.
 #[inline(always)]
-pub fn stamp(key: &HostKey) -> Stamped {
+pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
     // Coarse clock: heartbeats come seconds apart, so a tick's resolution is
     // plenty, and it is measurably cheaper than bpf_ktime_get_ns.
     // SAFETY: helper without preconditions.
@@ -78,6 +100,11 @@ pub fn stamp(key: &HostKey) -> Stamped {
             // never changes once the slot is published.
             && unsafe { same_key(k, key) }
         {
+            if let Some(f) = fresh
+                && !advance(slot, f)
+            {
+                return Stamped::Replayed;
+            }
             touch(slot, now);
             return Stamped::Known;
         }
@@ -86,21 +113,40 @@ pub fn stamp(key: &HostKey) -> Stamped {
         // SAFETY: pointer from a successful lookup; entries are never deleted.
         let slot = unsafe { core::ptr::read_volatile(slot) };
         // SLOT_PENDING: another CPU is recording this host's first heartbeat
-        // at this very moment; it stamps the same time.
-        if slot != SLOT_PENDING {
-            touch(slot, now);
-            if let Some(h) = hint {
-                // SAFETY: pointer from a successful array lookup.
-                unsafe { core::ptr::write_volatile(h, slot + 1) };
-            }
+        // at this very moment; it stamps the same time. A signed heartbeat
+        // cannot be ordered against that one: it is refused as a replay
+        // (two signed beats of one host within nanoseconds are not a
+        // client's doing).
+        if slot == SLOT_PENDING {
+            return if fresh.is_some() {
+                Stamped::Replayed
+            } else {
+                Stamped::Known
+            };
+        }
+        if let Some(f) = fresh
+            && !advance(slot, f)
+        {
+            return Stamped::Replayed;
+        }
+        touch(slot, now);
+        if let Some(h) = hint {
+            // SAFETY: pointer from a successful array lookup.
+            unsafe { core::ptr::write_volatile(h, slot + 1) };
         }
         return Stamped::Known;
     }
     match SLOTS.insert(key, &SLOT_PENDING, BPF_NOEXIST as u64) {
         Ok(()) => {}
         // Another CPU inserted it between our lookup and insert: it owns the
-        // slot allocation and stamps the same time.
-        Err(e) if e == -EEXIST => return Stamped::Known,
+        // slot allocation and stamps the same time (signed: as above).
+        Err(e) if e == -EEXIST => {
+            return if fresh.is_some() {
+                Stamped::Replayed
+            } else {
+                Stamped::Known
+            };
+        }
         Err(_) => return Stamped::TableFull,
     }
     let Some(next) = ALLOC.get_ptr_mut(0) else {
@@ -118,6 +164,26 @@ pub fn stamp(key: &HostKey) -> Stamped {
         let _ = SLOTS.remove(key);
         return Stamped::TableFull;
     };
+    if let Some(f) = fresh {
+        let Some(a) = AUTH.get_ptr_mut(slot) else {
+            // Only if the auth array is smaller than the table: the slot
+            // stays taken but unpublished, like a lost race would leave it.
+            let _ = SLOTS.remove(key);
+            return Stamped::TableFull;
+        };
+        // SAFETY: pointer from a successful array lookup; nobody else
+        // writes this slot before it is published below.
+        unsafe {
+            core::ptr::write_volatile(
+                a,
+                AuthSlot {
+                    seq: f.seq,
+                    lost: 0,
+                    addr: f.src,
+                },
+            )
+        };
+    }
     // SAFETY: pointers from successful array lookups. The order matters:
     // the sweeper treats a slot as ready once its last-seen time is non-zero,
     // so the key and count are written first (x86 keeps stores in order).
@@ -166,6 +232,71 @@ fn touch(slot: u32, now: u64) {
         // SAFETY: as above; several CPUs may count the same host at once.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(b, 1) };
     }
+}
+
+/// Moves the slot's last accepted sequence number to `f.seq` if that is
+/// newer; counts the heartbeats missing in between as lost. False: a
+/// replay (or an older heartbeat), nothing changed.
+#[inline(always)]
+fn advance(slot: u32, f: &Fresh) -> bool {
+    let Some(a) = AUTH.get_ptr_mut(slot) else {
+        return false;
+    };
+    // SAFETY: pointer from a successful array lookup.
+    let seq = unsafe { &raw mut (*a).seq };
+    // SAFETY: as above.
+    let last = unsafe { core::ptr::read_volatile(seq) };
+    if f.seq <= last {
+        return false;
+    }
+    // Only one CPU moves a given `last` on: of two copies of one heartbeat
+    // racing on two CPUs, one is a replay. A legitimate beat that loses
+    // such a race is refused once; its host is alive through the winner.
+    // SAFETY: valid, aligned map value.
+    if unsafe { cmpxchg(seq, last, f.seq) } != last {
+        return false;
+    }
+    // Loss only within one client run: the top 32 bits are the run's start
+    // (see README), a new run's numbers jump and lose nothing.
+    let gap = f.seq - last - 1;
+    if gap != 0 && f.seq >> 32 == last >> 32 {
+        // SAFETY: valid, aligned map value; several CPUs may add at once.
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*a).lost, gap);
+        }
+        crate::count_n(hb_common::Counter::Lost, gap);
+    }
+    let [w0, w1] = f.src.words();
+    // SAFETY: as above. The address is for display: a torn read while a
+    // host moves shows one of its two addresses' halves for one sweep.
+    unsafe {
+        let addr = (&raw mut (*a).addr).cast::<u64>();
+        core::ptr::write_volatile(addr, w0);
+        core::ptr::write_volatile(addr.add(1), w1);
+    }
+    true
+}
+
+/// Atomic compare-and-exchange (BPF_ATOMIC | BPF_CMPXCHG, kernel >= 5.12):
+/// stores `new` at `p` if it holds `old`; returns what it held. Assembly
+/// for the same reason as `fetch_add`.
+///
+/// # Safety
+/// `p` must point to a valid, 8-byte aligned map value.
+#[inline(always)]
+unsafe fn cmpxchg(p: *mut u64, old: u64, new: u64) -> u64 {
+    let mut r0 = old;
+    // SAFETY: the caller guarantees `p`.
+    unsafe {
+        core::arch::asm!(
+            "r0 = cmpxchg_64({0} + 0, r0, {1})",
+            in(reg) p,
+            in(reg) new,
+            inout("r0") r0,
+            options(nostack),
+        );
+    }
+    r0
 }
 
 /// Atomic fetch-and-add (BPF_ATOMIC | BPF_FETCH, kernel >= 5.12). Written in

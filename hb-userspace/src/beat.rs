@@ -1,17 +1,78 @@
 //! `hb beat`: the client. Sends the 4-byte `PyHB` datagram every period, like
-//! the classic PyHeartBeat client, to an IPv4 or IPv6 collector.
+//! the classic PyHeartBeat client, to an IPv4 or IPv6 collector; with a
+//! fleet key, the signed 32-byte form instead (see `hb_common::auth`).
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _, UdpSocket},
     thread,
-    time::Instant,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context as _, Result, bail};
-use hb_common::MAGIC;
+use anyhow::{Context as _, Result, anyhow, bail};
+use hb_common::{MAGIC, auth, sip::siphash24};
 use log::{info, warn};
 
-use crate::cli::BeatArgs;
+use crate::{cli::BeatArgs, key, output::host_id};
+
+/// Signs heartbeats: sequence numbers are `run << 32 | n`, `run` the Unix
+/// second this client run started in and `n` its heartbeat count, so they
+/// keep rising across restarts (one run per second at most: `start` waits
+/// for a fresh second) and the collector tells lost heartbeats (a gap in
+/// `n`) from a restart (a new `run`).
+pub struct Signer {
+    key: [u8; auth::KEY_LEN],
+    host_id: u64,
+    next_seq: u64,
+}
+
+impl Signer {
+    pub fn new(key: [u8; auth::KEY_LEN], host_id: u64, run: u32) -> Self {
+        Self {
+            key,
+            host_id,
+            next_seq: u64::from(run) << 32,
+        }
+    }
+
+    /// A signer whose run starts at the next whole second of the wall clock,
+    /// after sleeping until then: a previous run of the same host started
+    /// in an earlier second, so its numbers are all smaller.
+    pub fn start(key: [u8; auth::KEY_LEN], host_id: u64) -> Result<Self> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .context("the system clock is before 1970")?;
+        let run = u32::try_from(now.as_secs() + 1)
+            .map_err(|_| anyhow!("the system clock is past 2106"))?;
+        thread::sleep(Duration::from_secs(u64::from(run)).saturating_sub(now));
+        Ok(Self::new(key, host_id, run))
+    }
+
+    /// The next heartbeat's payload.
+    pub fn sign_next(&mut self) -> [u8; auth::LEN] {
+        let p = auth::payload(&self.key, self.host_id, self.next_seq);
+        self.next_seq += 1;
+        p
+    }
+}
+
+/// The default host id: a hash of /etc/machine-id (unique per installation
+/// and stable across renames; hashed because it is meant to stay private),
+/// or of the host name where there is none. Says which.
+pub fn default_host_id() -> Result<(u64, &'static str)> {
+    // Not secret: it only spreads the input over 64 bits.
+    const SALT: [u8; 16] = *b"hb host id v1\0\0\0";
+    for path in ["/etc/machine-id", "/var/lib/dbus/machine-id"] {
+        if let Ok(id) = std::fs::read_to_string(path)
+            && !id.trim().is_empty()
+        {
+            return Ok((siphash24(&SALT, id.trim().as_bytes()), path));
+        }
+    }
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").context(
+        "no /etc/machine-id and no host name to derive a host id from: pass --host-id N",
+    )?;
+    Ok((siphash24(&SALT, name.trim().as_bytes()), "the host name"))
+}
 
 /// Resolves `server` (`addr`, `addr:port`, `[v6]:port`, `name`, `name:port`).
 pub fn resolve(server: &str, default_port: u16) -> Result<SocketAddr> {
@@ -34,6 +95,9 @@ pub fn resolve(server: &str, default_port: u16) -> Result<SocketAddr> {
 }
 
 pub fn beat(args: BeatArgs) -> Result<()> {
+    args.validate().map_err(|e| anyhow!(e))?;
+    // Read first: a bad key file is reported before anything is sent.
+    let key = args.key_file.as_deref().map(key::read).transpose()?;
     let server = resolve(&args.server, args.port)?;
     let local = match (args.bind, server) {
         (Some(ip), _) => SocketAddr::new(ip, 0),
@@ -47,16 +111,39 @@ pub fn beat(args: BeatArgs) -> Result<()> {
         );
     }
     let socket = UdpSocket::bind(local).with_context(|| format!("binding to {local}"))?;
+    let mut signer = match key {
+        Some(key) => {
+            let id = match args.host_id {
+                Some(id) => id,
+                None => {
+                    let (id, from) = default_host_id()?;
+                    info!("host id {} (derived from {from})", host_id(id));
+                    id
+                }
+            };
+            Some(Signer::start(key, id)?)
+        }
+        None => None,
+    };
     info!(
-        "sending heartbeats to {server} every {}",
+        "sending {} heartbeats to {server} every {}",
+        if signer.is_some() { "signed" } else { "PyHB" },
         humantime::format_duration(args.period)
     );
     let mut sent = 0u64;
     let mut next = Instant::now();
     loop {
+        let signed;
+        let payload: &[u8] = match signer.as_mut() {
+            Some(s) => {
+                signed = s.sign_next();
+                &signed
+            }
+            None => &MAGIC,
+        };
         // A collector that is down or unreachable must not stop the client:
         // it keeps beating and the collector sees it when it is back.
-        if let Err(e) = socket.send_to(&MAGIC, server) {
+        if let Err(e) = socket.send_to(payload, server) {
             warn!("sending to {server}: {e}");
         }
         sent += 1;
@@ -113,6 +200,8 @@ mod tests {
             period: std::time::Duration::from_millis(1),
             bind: None,
             count: Some(3),
+            key_file: None,
+            host_id: None,
         })
         .unwrap();
         let mut buf = [0u8; 16];
@@ -120,5 +209,63 @@ mod tests {
             let n = rx.recv(&mut buf).unwrap();
             assert_eq!(&buf[..n], b"PyHB");
         }
+    }
+
+    #[test]
+    fn signs_with_rising_sequence_numbers() {
+        let key = *b"fleet key 16 byt";
+        let mut s = Signer::new(key, 0x0102_0304_0506_0708, 1_800_000_000);
+        let run = 1_800_000_000u64 << 32;
+        for n in 0..3 {
+            let p = s.sign_next();
+            assert_eq!(&p[..8], b"PyHB\x01\0\0\0");
+            assert_eq!(p[8..16], 0x0102_0304_0506_0708u64.to_be_bytes());
+            assert_eq!(p[16..24], (run + n).to_be_bytes());
+            let mac = siphasher::sip::SipHasher24::new_with_key(&key).hash(&p[..24]);
+            assert_eq!(p[24..], mac.to_le_bytes(), "beat {n}");
+        }
+        // A later run's first number is above every number of this one.
+        assert!(Signer::new(key, 1, 1_800_000_001).next_seq > s.next_seq + 1_000_000);
+    }
+
+    #[test]
+    fn sends_signed_datagrams() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("hb-beat-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key_file = dir.join("key");
+        std::fs::write(&key_file, "00112233445566778899aabbccddeeff\n").unwrap();
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = rx.local_addr().unwrap().port();
+        let started = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        beat(BeatArgs {
+            server: "127.0.0.1".into(),
+            port,
+            period: std::time::Duration::from_millis(1),
+            bind: None,
+            count: Some(2),
+            key_file: Some(key_file),
+            host_id: Some(7),
+        })
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let key: [u8; 16] = core::array::from_fn(|i| (i as u8) * 0x11);
+        let mut buf = [0u8; 64];
+        let mut seqs = Vec::new();
+        for _ in 0..2 {
+            let n = rx.recv(&mut buf).unwrap();
+            assert_eq!(n, 32);
+            assert_eq!(buf[8..16], 7u64.to_be_bytes());
+            assert_eq!(
+                u64::from_le_bytes(buf[24..32].try_into().unwrap()),
+                siphash24(&key, &buf[..24])
+            );
+            seqs.push(u64::from_be_bytes(buf[16..24].try_into().unwrap()));
+        }
+        // The run is the second after the client started; counts from 0.
+        assert_eq!(seqs[0] >> 32, started.as_secs() + 1);
+        assert_eq!(seqs, [seqs[0], seqs[0] + 1]);
+        assert_eq!(seqs[0] & 0xffff_ffff, 0);
     }
 }

@@ -1,6 +1,6 @@
 //! Command-line interface (clap derive).
 
-use std::{net::IpAddr, time::Duration};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hb_common::{DEFAULT_MAX_HOSTS, DEFAULT_PORT};
@@ -80,6 +80,12 @@ pub struct RunArgs {
     /// Add a per-host series (hb_host_silent_seconds) for up to N silent hosts, longest silent first.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub metrics_silent_hosts: usize,
+    /// Fleet key (32 hex digits or 16 raw bytes, mode 600): verify signed heartbeats (`hb beat --key-file`).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Ignore bare `PyHB` heartbeats (counted as unauthenticated); needs --key-file.
+    #[arg(long)]
+    pub require_auth: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -99,6 +105,12 @@ pub struct BeatArgs {
     /// Stop after this many heartbeats (default: run until killed).
     #[arg(long)]
     pub count: Option<u64>,
+    /// Sign heartbeats with this fleet key (32 hex digits or 16 raw bytes, mode 600).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Host id of signed heartbeats, decimal or 0x-hex (default: derived from /etc/machine-id).
+    #[arg(long, value_name = "N", value_parser = parse_host_id)]
+    pub host_id: Option<u64>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +143,28 @@ pub fn parse_port(s: &str) -> Result<u16, String> {
     }
 }
 
+/// A 64-bit host id: decimal, or hex with `0x`.
+pub fn parse_host_id(s: &str) -> Result<u64, String> {
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse::<u64>(),
+    };
+    parsed.map_err(|_| format!("`{s}` is not a host id (a 64-bit number, decimal or 0x-hex)"))
+}
+
+impl BeatArgs {
+    /// Checks that options make sense together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.host_id.is_some() && self.key_file.is_none() {
+            return Err(
+                "--host-id names the host in signed heartbeats: add --key-file FILE (the fleet key)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 impl RunArgs {
     /// Checks that options make sense together.
     pub fn validate(&self) -> Result<(), String> {
@@ -140,6 +174,12 @@ impl RunArgs {
                 humantime::format_duration(self.timeout),
                 humantime::format_duration(self.sweep)
             ));
+        }
+        if self.require_auth && self.key_file.is_none() {
+            return Err(
+                "--require-auth needs the fleet key that signs heartbeats: add --key-file FILE"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -202,5 +242,50 @@ mod tests {
         assert!(Cli::try_parse_from(["hb", "run", "-i", "eth0", "--port", "0"]).is_err());
         assert!(Cli::try_parse_from(["hb", "run", "-i", "eth0", "--max-hosts", "0"]).is_err());
         assert!(Cli::try_parse_from(["hb", "run", "-i", "eth0", "--xdp-mode", "hw"]).is_err());
+    }
+
+    #[test]
+    fn auth_options() {
+        let run = |args: &[&str]| {
+            let mut all = vec!["hb", "run", "-i", "eth0"];
+            all.extend_from_slice(args);
+            match Cli::try_parse_from(all).unwrap().command {
+                Command::Run(r) => r,
+                _ => panic!("not run"),
+            }
+        };
+        assert!(run(&[]).key_file.is_none());
+        assert!(!run(&[]).require_auth);
+        let r = run(&["--key-file", "/etc/hb.key", "--require-auth"]);
+        assert_eq!(
+            r.key_file.as_deref(),
+            Some(std::path::Path::new("/etc/hb.key"))
+        );
+        assert!(r.validate().is_ok());
+        let e = run(&["--require-auth"]).validate().unwrap_err();
+        assert!(e.contains("--key-file"), "{e}");
+
+        let beat = |args: &[&str]| {
+            let mut all = vec!["hb", "beat", "-s", "::1"];
+            all.extend_from_slice(args);
+            match Cli::try_parse_from(all).map(|c| c.command) {
+                Ok(Command::Beat(b)) => Ok(b),
+                Ok(_) => panic!("not beat"),
+                Err(e) => Err(e),
+            }
+        };
+        let b = beat(&["--key-file", "k", "--host-id", "0x2a"]).unwrap();
+        assert_eq!(b.host_id, Some(42));
+        assert!(b.validate().is_ok());
+        assert_eq!(
+            beat(&["--key-file", "k", "--host-id", "18446744073709551615"])
+                .unwrap()
+                .host_id,
+            Some(u64::MAX)
+        );
+        assert!(beat(&["--key-file", "k", "--host-id", "-1"]).is_err());
+        assert!(beat(&["--key-file", "k", "--host-id", "0xg"]).is_err());
+        let e = beat(&["--host-id", "7"]).unwrap().validate().unwrap_err();
+        assert!(e.contains("--key-file"), "{e}");
     }
 }

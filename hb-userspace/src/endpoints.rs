@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::{
     clock::monotonic_ns,
     http::{Request, Response, query_param},
-    output::{Summary, host_ip, timestamp},
+    output::{Host, Summary, host_id, timestamp},
     sweeper::EventTotals,
     table::HostTable,
     tracker::Tracker,
@@ -95,7 +95,7 @@ pub fn metrics(ctx: &Context<'_>) -> String {
         "counter",
         "Packets seen by the XDP program, by outcome.",
     );
-    for c in Counter::ALL {
+    for c in Counter::PACKETS {
         let _ = writeln!(
             out,
             "hb_packets_total{{outcome=\"{}\"}} {}",
@@ -103,6 +103,17 @@ pub fn metrics(ctx: &Context<'_>) -> String {
             s.packets[c as usize]
         );
     }
+    metric(
+        &mut out,
+        "hb_heartbeats_lost_total",
+        "counter",
+        "Heartbeats missing from the sequence numbers of signed heartbeats.",
+    );
+    let _ = writeln!(
+        out,
+        "hb_heartbeats_lost_total {}",
+        s.packets[Counter::Lost as usize]
+    );
     metric(
         &mut out,
         "hb_table_capacity",
@@ -156,10 +167,14 @@ pub fn metrics(ctx: &Context<'_>) -> String {
             .take(ctx.silent_series)
         {
             let secs = now.saturating_sub(last_seen) as f64 / 1e9;
+            let id = host
+                .id
+                .map(|id| format!(",host_id=\"{}\"", host_id(id)))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "hb_host_silent_seconds{{host=\"{}\"}} {secs:.3}",
-                host_ip(&host)
+                "hb_host_silent_seconds{{host=\"{}\"{id}}} {secs:.3}",
+                host.ip
             );
         }
     }
@@ -167,7 +182,7 @@ pub fn metrics(ctx: &Context<'_>) -> String {
 }
 
 /// Silent hosts, longest silent first (stable order for paging).
-fn longest_silent(tracker: &Tracker, table: &HostTable) -> Vec<(hb_common::HostKey, u64)> {
+fn longest_silent(tracker: &Tracker, table: &HostTable) -> Vec<(Host, u64)> {
     let mut slots: Vec<(u64, u32)> = tracker
         .silent_hosts()
         .map(|(slot, seen)| (seen, slot))
@@ -175,17 +190,21 @@ fn longest_silent(tracker: &Tracker, table: &HostTable) -> Vec<(hb_common::HostK
     slots.sort_unstable();
     slots
         .into_iter()
-        .map(|(seen, slot)| (table.key(slot), seen))
+        .map(|(seen, slot)| (table.host(slot), seen))
         .collect()
 }
 
 #[derive(Serialize)]
 pub struct SilentHost {
     pub host: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<String>,
     /// When its last heartbeat became older than the timeout.
     pub silent_since: String,
     pub last_seen: String,
     pub silent_for_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -214,7 +233,9 @@ pub fn silent_page(
         .map(|(host, seen)| {
             let ago = Duration::from_nanos(now.saturating_sub(*seen));
             SilentHost {
-                host: host_ip(host).to_string(),
+                host: host.ip.to_string(),
+                host_id: host.id.map(host_id),
+                lost: host.lost,
                 silent_since: timestamp(wall - ago + timeout),
                 last_seen: timestamp(wall - ago),
                 silent_for_ms: ago.as_millis() as u64,

@@ -9,6 +9,7 @@ pub mod detach;
 pub mod endpoints;
 pub mod event_loop;
 pub mod http;
+pub mod key;
 pub mod output;
 pub mod pins;
 pub mod program;

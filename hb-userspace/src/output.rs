@@ -21,6 +21,33 @@ pub fn host_ip(key: &HostKey) -> IpAddr {
     }
 }
 
+/// A host as events name it: its address, plus for a host that sends
+/// signed heartbeats its host id and the heartbeats it lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Host {
+    /// The source address (of the last accepted heartbeat, for host ids).
+    pub ip: IpAddr,
+    pub id: Option<u64>,
+    pub lost: Option<u64>,
+}
+
+impl Host {
+    /// A host known by its address only.
+    pub fn addr(key: &HostKey) -> Self {
+        Self {
+            ip: host_ip(key),
+            id: None,
+            lost: None,
+        }
+    }
+}
+
+/// A host id as printed: 16 hex digits (a string in JSON, where numbers
+/// past 2^53 lose digits).
+pub fn host_id(id: u64) -> String {
+    format!("{id:016x}")
+}
+
 /// What a summary line carries.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Summary {
@@ -29,13 +56,15 @@ pub struct Summary {
     pub silent: u64,
     /// Heartbeats recorded since the previous sweep.
     pub heartbeats: u64,
+    /// Heartbeats found missing from sequence numbers since the previous sweep.
+    pub lost: u64,
     /// Cumulative packet counters since the program was loaded.
     pub packets: [u64; Counter::COUNT],
     pub sweep: Duration,
 }
 
 pub enum Event<'a> {
-    Host(Transition<HostKey>),
+    Host(Transition<Host>),
     Summary(&'a Summary),
 }
 
@@ -45,9 +74,13 @@ struct HostJson<'a> {
     event: &'static str,
     host: IpAddr,
     #[serde(skip_serializing_if = "Option::is_none")]
+    host_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     silent_for_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_seen_ago_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lost: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -58,6 +91,7 @@ struct SummaryJson<'a> {
     alive: u64,
     silent: u64,
     heartbeats: u64,
+    lost: u64,
     packets: serde_json::Map<String, serde_json::Value>,
     sweep_ms: f64,
 }
@@ -97,13 +131,15 @@ fn json(ts: &str, event: &Event<'_>) -> String {
             serde_json::to_string(&HostJson {
                 ts,
                 event,
-                host: host_ip(&host),
+                host: host.ip,
+                host_id: host.id.map(host_id),
                 silent_for_ms: silent_for,
                 last_seen_ago_ms: ago,
+                lost: host.lost,
             })
         }
         Event::Summary(s) => {
-            let packets = Counter::ALL
+            let packets = Counter::PACKETS
                 .iter()
                 .map(|c| (c.name().to_owned(), s.packets[*c as usize].into()))
                 .collect();
@@ -114,6 +150,7 @@ fn json(ts: &str, event: &Event<'_>) -> String {
                 alive: s.alive,
                 silent: s.silent,
                 heartbeats: s.heartbeats,
+                lost: s.lost,
                 packets,
                 sweep_ms: s.sweep.as_secs_f64() * 1e3,
             })
@@ -124,49 +161,56 @@ fn json(ts: &str, event: &Event<'_>) -> String {
 
 fn text(ts: &str, event: &Event<'_>) -> String {
     let secs = |ns: u64| humantime::format_duration(Duration::from_millis(ms(ns)));
-    match *event {
-        Event::Host(Transition::New { host, age_ns }) => {
-            format!(
-                "{ts} new       {} (last heartbeat {} ago)",
-                host_ip(&host),
-                secs(age_ns)
-            )
-        }
+    let (kind, host, what) = match *event {
+        Event::Host(Transition::New { host, age_ns }) => (
+            "new      ",
+            host,
+            format!("last heartbeat {} ago", secs(age_ns)),
+        ),
         Event::Host(Transition::Silent {
             host,
             silent_for_ns,
-        }) => {
-            format!(
-                "{ts} silent    {} (silent for {})",
-                host_ip(&host),
-                secs(silent_for_ns)
-            )
-        }
+        }) => (
+            "silent   ",
+            host,
+            format!("silent for {}", secs(silent_for_ns)),
+        ),
         Event::Host(Transition::Recovered {
             host,
             silent_for_ns,
-        }) => {
-            format!(
-                "{ts} recovered {} (was silent for {})",
-                host_ip(&host),
-                secs(silent_for_ns)
-            )
-        }
-        Event::Summary(s) => {
-            let mut line = format!(
-                "{ts} summary   hosts={} alive={} silent={} heartbeats={} sweep={:.3}ms packets:",
-                s.hosts,
-                s.alive,
-                s.silent,
-                s.heartbeats,
-                s.sweep.as_secs_f64() * 1e3
-            );
-            for c in Counter::ALL {
-                let _ = write!(line, " {}={}", c.name(), s.packets[c as usize]);
-            }
-            line
-        }
+        }) => (
+            "recovered",
+            host,
+            format!("was silent for {}", secs(silent_for_ns)),
+        ),
+        Event::Summary(s) => return text_summary(ts, s),
+    };
+    let mut line = format!("{ts} {kind} {}", host.ip);
+    if let Some(id) = host.id {
+        let _ = write!(line, " id={}", host_id(id));
     }
+    let _ = write!(line, " ({what}");
+    if let Some(lost) = host.lost {
+        let _ = write!(line, ", {lost} lost");
+    }
+    line.push(')');
+    line
+}
+
+fn text_summary(ts: &str, s: &Summary) -> String {
+    let mut line = format!(
+        "{ts} summary   hosts={} alive={} silent={} heartbeats={} lost={} sweep={:.3}ms packets:",
+        s.hosts,
+        s.alive,
+        s.silent,
+        s.heartbeats,
+        s.lost,
+        s.sweep.as_secs_f64() * 1e3
+    );
+    for c in Counter::PACKETS {
+        let _ = write!(line, " {}={}", c.name(), s.packets[c as usize]);
+    }
+    line
 }
 
 #[cfg(test)]
@@ -192,7 +236,7 @@ mod tests {
 
     #[test]
     fn json_host_events() {
-        let host = HostKey::from_ipv4([10, 1, 2, 3]);
+        let host = Host::addr(&HostKey::from_ipv4([10, 1, 2, 3]));
         let silent = Event::Host(Transition::Silent {
             host,
             silent_for_ns: 15_210_000_000,
@@ -231,6 +275,8 @@ mod tests {
         };
         s.packets[Counter::Heartbeat as usize] = 40;
         s.packets[Counter::NotIp as usize] = 5;
+        s.packets[Counter::Forged as usize] = 2;
+        s.lost = 4;
         let line = format_event(Format::Json, at(), &Event::Summary(&s));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["ts"], "2026-11-24T10:00:00.123Z");
@@ -244,16 +290,68 @@ mod tests {
             (Some(3), Some(2), Some(1))
         );
         assert_eq!(v["heartbeats"], 9);
+        assert_eq!(v["lost"], 4);
         assert_eq!(v["packets"]["heartbeat"], 40);
+        assert_eq!(v["packets"]["forged"], 2);
+        assert_eq!(v["packets"]["unauthenticated"], 0);
+        // Lost heartbeats are not packets.
+        assert!(v["packets"].get("lost").is_none());
         assert_eq!(v["packets"]["not_ip"], 5);
         assert_eq!(v["packets"]["table_full"], 0);
         assert_eq!(v["sweep_ms"], 0.25);
         assert!(!line.contains('\n'));
     }
 
+    fn signed_host() -> Host {
+        Host {
+            ip: "198.18.0.2".parse().unwrap(),
+            id: Some(42),
+            lost: Some(3),
+        }
+    }
+
+    #[test]
+    fn json_signed_host_events() {
+        let silent = Event::Host(Transition::Silent {
+            host: signed_host(),
+            silent_for_ns: 15_210_000_000,
+        });
+        assert_eq!(
+            format_event(Format::Json, at(), &silent),
+            r#"{"ts":"2026-11-24T10:00:00.123Z","event":"silent","host":"198.18.0.2","host_id":"000000000000002a","silent_for_ms":15210,"lost":3}"#
+        );
+        let rec = Event::Host(Transition::Recovered {
+            host: Host {
+                id: Some(u64::MAX),
+                lost: Some(0),
+                ..signed_host()
+            },
+            silent_for_ns: 20_000_000_000,
+        });
+        let v: serde_json::Value =
+            serde_json::from_str(&format_event(Format::Json, at(), &rec)).unwrap();
+        assert_eq!(v["host_id"], "ffffffffffffffff");
+        assert_eq!(v["lost"], 0);
+    }
+
+    #[test]
+    fn text_signed_host_lines() {
+        assert_eq!(
+            format_event(
+                Format::Text,
+                at(),
+                &Event::Host(Transition::Recovered {
+                    host: signed_host(),
+                    silent_for_ns: 20_000_000_000
+                })
+            ),
+            "2026-11-24T10:00:00.123Z recovered 198.18.0.2 id=000000000000002a (was silent for 20s, 3 lost)"
+        );
+    }
+
     #[test]
     fn text_lines() {
-        let host = HostKey::from_ipv4([10, 1, 2, 3]);
+        let host = Host::addr(&HostKey::from_ipv4([10, 1, 2, 3]));
         assert_eq!(
             format_event(
                 Format::Text,
@@ -273,7 +371,10 @@ mod tests {
             ..Default::default()
         };
         let line = format_event(Format::Text, at(), &Event::Summary(&s));
-        assert!(line.starts_with("2026-11-24T10:00:00.123Z summary   hosts=3 alive=2 silent=1 heartbeats=9 sweep=0.000ms packets: heartbeat=0"), "{line}");
-        assert!(line.ends_with("table_full=0"));
+        assert!(line.starts_with("2026-11-24T10:00:00.123Z summary   hosts=3 alive=2 silent=1 heartbeats=9 lost=0 sweep=0.000ms packets: heartbeat=0"), "{line}");
+        assert!(
+            line.ends_with("table_full=0 forged=0 replayed=0 unauthenticated=0"),
+            "{line}"
+        );
     }
 }

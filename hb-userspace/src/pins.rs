@@ -18,8 +18,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Map, MapData};
 use hb_common::{
-    ALLOC_MAP, BEATS_MAP, COUNTERS_MAP, HINTS_MAP, LAST_SEEN_MAP, SLOT_KEYS_MAP, SLOTS_MAP,
-    TRACKER_MAP,
+    ALLOC_MAP, AUTH_MAP, BEATS_MAP, COUNTERS_MAP, HINTS_MAP, LAST_SEEN_MAP, SLOT_KEYS_MAP,
+    SLOTS_MAP, TRACKER_MAP,
 };
 use serde::{Deserialize, Serialize};
 
@@ -31,17 +31,19 @@ use crate::{
 const BPFFS: &str = "/sys/fs/bpf";
 const RUN_DIR: &str = "/run/hb";
 /// Changes whenever the pinned maps' layout (names, types, sizes, meaning)
-/// changes. 2: slot hints, tracker state.
-pub const LAYOUT_VERSION: u32 = 2;
+/// changes. 3: slot hints, tracker state, replay state (`HB_AUTH`), keys
+/// of signed hosts.
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Every map of the object that is pinned (all but aya-log's buffer).
-pub const PINNED_MAPS: [&str; 8] = [
+pub const PINNED_MAPS: [&str; 9] = [
     SLOTS_MAP,
     LAST_SEEN_MAP,
     BEATS_MAP,
     SLOT_KEYS_MAP,
     ALLOC_MAP,
     HINTS_MAP,
+    AUTH_MAP,
     TRACKER_MAP,
     COUNTERS_MAP,
 ];
@@ -56,6 +58,11 @@ pub struct State {
     pub sweep_ms: u64,
     pub max_hosts: u32,
     pub started: String,
+    /// "off", "optional" (signed and bare heartbeats) or "required".
+    /// Defaulted so that an older collector's state file still parses and
+    /// gets the layout message.
+    #[serde(default)]
+    pub auth: String,
 }
 
 pub fn pin_dir(iface: &str) -> PathBuf {
@@ -209,6 +216,7 @@ pub fn open(iface: &str) -> Result<(State, HostTable, Counters)> {
         beats: Map::Array(load(BEATS_MAP)?),
         slot_keys: Map::Array(load(SLOT_KEYS_MAP)?),
         alloc: Map::Array(load(ALLOC_MAP)?),
+        auth: Map::Array(load(AUTH_MAP)?),
     })?;
     let counters = Counters::new(Map::PerCpuArray(load(COUNTERS_MAP)?))?;
     Ok((state, table, counters))

@@ -13,8 +13,9 @@ use aya::{
     },
 };
 use hb_common::{
-    ALLOC_MAP, BEATS_MAP, COUNTERS_MAP, HINT_MASK_GLOBAL, HINTS_MAP, HOST_MAPS, LAST_SEEN_MAP,
-    PASS_GLOBAL, PORT_GLOBAL, PROGRAM, SLOT_KEYS_MAP, SLOTS_MAP, TRACKER_MAP,
+    ALLOC_MAP, AUTH_MAP, AUTH_MODE_GLOBAL, AuthMode, BEATS_MAP, COUNTERS_MAP, HINT_MASK_GLOBAL,
+    HINTS_MAP, HOST_MAPS, LAST_SEEN_MAP, PASS_GLOBAL, PORT_GLOBAL, PROGRAM, SIP_STATE_GLOBAL,
+    SLOT_KEYS_MAP, SLOTS_MAP, TRACKER_MAP, auth::KEY_LEN, sip::SipState,
 };
 use log::{info, warn};
 
@@ -35,6 +36,32 @@ pub struct Settings {
     pub max_hosts: u32,
 }
 
+/// Authenticated heartbeats: the fleet key, and whether bare `PyHB` is
+/// refused.
+#[derive(Clone, Copy)]
+pub struct AuthSettings {
+    pub key: [u8; KEY_LEN],
+    pub require: bool,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    // The key stays out of logs and panic messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("require", &self.require)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the program is told about authentication.
+pub fn auth_mode(auth: Option<&AuthSettings>) -> AuthMode {
+    match auth {
+        None => AuthMode::Off,
+        Some(a) if a.require => AuthMode::Required,
+        Some(_) => AuthMode::Optional,
+    }
+}
+
 /// The loaded program and its maps. Dropping it detaches the program,
 /// unless its link is pinned (see `pins`).
 pub struct Loaded {
@@ -48,13 +75,23 @@ pub struct Loaded {
 
 /// Loads and verifies the program; does not attach it.
 pub fn load(settings: Settings) -> Result<Loaded> {
-    load_with_pins(settings, None)
+    load_with(settings, None, None)
 }
 
-/// As `load`, with every map pinned in `maps_dir`, reusing the maps already
-/// pinned there: a new collector carries on with the table, the counters
-/// and the tracker state of the last one. Their sizes win over `settings`.
-pub fn load_with_pins(settings: Settings, maps_dir: Option<&Path>) -> Result<Loaded> {
+/// As `load`, verifying signed heartbeats under `auth`'s key.
+pub fn load_auth(settings: Settings, auth: Option<AuthSettings>) -> Result<Loaded> {
+    load_with(settings, auth.as_ref(), None)
+}
+
+/// As `load_auth`, with every map pinned in `maps_dir`, reusing the maps
+/// already pinned there: a new collector carries on with the table, the
+/// counters, the replay state and the tracker state of the last one. Their
+/// sizes win over `settings`.
+pub fn load_with(
+    settings: Settings,
+    auth: Option<&AuthSettings>,
+    maps_dir: Option<&Path>,
+) -> Result<Loaded> {
     let pinned = match maps_dir {
         Some(dir) => pinned_sizes(dir)?,
         None => None,
@@ -79,17 +116,38 @@ pub fn load_with_pins(settings: Settings, maps_dir: Option<&Path>) -> Result<Loa
                 .unwrap_or(1 << 31),
         ),
     };
+    // Per-host replay state only costs memory where it is used.
+    let auth_entries = if auth.is_some() { max_hosts } else { 1 };
+    if let Some(dir) = maps_dir {
+        let pin = dir.join(AUTH_MAP);
+        if let Ok(info) = aya::maps::MapInfo::from_pin(&pin)
+            && info.max_entries() != auth_entries
+        {
+            // Authentication turned on or off since the pins were made:
+            // a fresh replay state (each host's next signed heartbeat is
+            // then accepted on its MAC alone).
+            info!("authentication changed since the last collector: starting a new replay state");
+            std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+        }
+    }
     let hint_mask = hints - 1;
     let tracker_words = crate::tracker::state_words(max_hosts as usize);
     let tracker_entries = u32::try_from(tracker_words).context("--max-hosts too large")?;
     let port_net = settings.port.to_be();
     let pass = u8::from(settings.pass_heartbeats);
+    let mode = auth_mode(auth) as u8;
+    // The key itself never reaches the kernel, only SipHash's state after
+    // it (from which the key follows, so it is as secret).
+    let sip = auth.map_or([0; 4], |a| SipState::after_header(&a.key).0);
     let mut loader = EbpfLoader::new();
     loader
         .override_global(PORT_GLOBAL, &port_net, true)
         .override_global(PASS_GLOBAL, &pass, true)
         .override_global(HINT_MASK_GLOBAL, &hint_mask, true)
+        .override_global(AUTH_MODE_GLOBAL, &mode, true)
+        .override_global(SIP_STATE_GLOBAL, &sip, true)
         .map_max_entries(HINTS_MAP, hints)
+        .map_max_entries(AUTH_MAP, auth_entries)
         .map_max_entries(TRACKER_MAP, tracker_entries);
     for map in HOST_MAPS {
         loader.map_max_entries(map, max_hosts);
@@ -116,6 +174,7 @@ pub fn load_with_pins(settings: Settings, maps_dir: Option<&Path>) -> Result<Loa
         beats: take(BEATS_MAP)?,
         slot_keys: take(SLOT_KEYS_MAP)?,
         alloc: take(ALLOC_MAP)?,
+        auth: take(AUTH_MAP)?,
     };
     let counters = Counters::new(take(COUNTERS_MAP)?)?;
     let tracker = Some(take(TRACKER_MAP)?);

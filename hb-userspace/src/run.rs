@@ -3,6 +3,7 @@
 use std::os::fd::AsRawFd as _;
 
 use anyhow::{Result, anyhow};
+use hb_common::AuthMode;
 use log::{info, warn};
 
 use crate::{
@@ -10,8 +11,8 @@ use crate::{
     endpoints,
     event_loop::{EventLoop, FIRST_USER_TOKEN, Wake},
     http::HttpServer,
-    pins,
-    program::{self, Settings},
+    key, pins,
+    program::{self, AuthSettings, Settings},
     sweeper::Sweeper,
     tracker::{Tracker, Words},
     writer::{self, RingWriter},
@@ -21,6 +22,14 @@ const LOG_TOKEN: u64 = FIRST_USER_TOKEN;
 
 pub fn run(args: RunArgs) -> Result<()> {
     args.validate().map_err(|e| anyhow!(e))?;
+    // Before anything is loaded: a bad key file leaves nothing behind.
+    let auth = match &args.key_file {
+        Some(path) => Some(AuthSettings {
+            key: key::read(path)?,
+            require: args.require_auth,
+        }),
+        None => None,
+    };
     program::check_environment()?;
     // Signals are routed to the loop before anything is attached, so a
     // Ctrl-C at any point still detaches.
@@ -48,12 +57,13 @@ pub fn run(args: RunArgs) -> Result<()> {
         iface: &args.iface,
         armed: !resuming,
     };
-    let mut loaded = program::load_with_pins(
+    let mut loaded = program::load_with(
         Settings {
             port: args.port,
             pass_heartbeats: args.pass_heartbeats,
             max_hosts: args.max_hosts,
         },
+        auth.as_ref(),
         Some(&pins::maps_dir(&args.iface)),
     )?;
     let mut kernel_log = match aya_log::EbpfLogger::init(&mut loaded.ebpf) {
@@ -85,15 +95,21 @@ pub fn run(args: RunArgs) -> Result<()> {
             sweep_ms: args.sweep.as_millis() as u64,
             max_hosts: args.max_hosts,
             started: crate::output::timestamp(std::time::SystemTime::now()),
+            auth: auth_name(auth.as_ref()).to_owned(),
         },
     )?;
     info!(
-        "watching UDP port {} on {}: timeout {}, sweep every {}, up to {} hosts",
+        "watching UDP port {} on {}: timeout {}, sweep every {}, up to {} hosts, {}",
         args.port,
         args.iface,
         humantime::format_duration(args.timeout),
         humantime::format_duration(args.sweep),
-        args.max_hosts
+        args.max_hosts,
+        match program::auth_mode(auth.as_ref()) {
+            AuthMode::Off => "classic PyHB heartbeats only (no --key-file)",
+            AuthMode::Optional => "signed heartbeats verified, bare PyHB accepted",
+            AuthMode::Required => "signed heartbeats only (bare PyHB ignored)",
+        }
     );
 
     let mut http = match args.metrics_listen {
@@ -247,6 +263,15 @@ impl IfaceWatch {
 struct PinGuard<'a> {
     iface: &'a str,
     armed: bool,
+}
+
+/// The auth mode as the state file and `hb status` name it.
+fn auth_name(auth: Option<&AuthSettings>) -> &'static str {
+    match program::auth_mode(auth) {
+        AuthMode::Off => "off",
+        AuthMode::Optional => "optional",
+        AuthMode::Required => "required",
+    }
 }
 
 impl Drop for PinGuard<'_> {

@@ -32,9 +32,10 @@ pub fn status(args: StatusArgs) -> Result<()> {
     let census = tracker.census();
     let packets = counters.read()?;
     let page = silent_page(&tracker, &table, timeout, 0, args.limit);
+    let packets_lost = packets[Counter::Lost as usize];
     let text = match args.format {
         Format::Json => {
-            let packets: serde_json::Map<_, _> = Counter::ALL
+            let packets: serde_json::Map<_, _> = Counter::PACKETS
                 .iter()
                 .map(|c| (c.name().to_owned(), packets[*c as usize].into()))
                 .collect();
@@ -47,6 +48,7 @@ pub fn status(args: StatusArgs) -> Result<()> {
                 "silent": census.silent,
                 "table_used": table.len(),
                 "table_capacity": table.capacity(),
+                "lost": packets_lost,
                 "packets": packets,
                 "silent_hosts": page,
             })
@@ -54,12 +56,13 @@ pub fn status(args: StatusArgs) -> Result<()> {
         }
         Format::Text => {
             let mut out = format!(
-                "hb on {} (pid {}, since {}): port {}, timeout {}, sweep {}\n\
-                 hosts={} alive={} silent={} table={}/{}\npackets:",
+                "hb on {} (pid {}, since {}): port {}, auth {}, timeout {}, sweep {}\n\
+                 hosts={} alive={} silent={} table={}/{} lost={}\npackets:",
                 args.iface,
                 state.pid,
                 state.started,
                 state.port,
+                state.auth,
                 humantime::format_duration(timeout),
                 humantime::format_duration(Duration::from_millis(state.sweep_ms)),
                 census.hosts,
@@ -67,8 +70,9 @@ pub fn status(args: StatusArgs) -> Result<()> {
                 census.silent,
                 table.len(),
                 table.capacity(),
+                packets_lost,
             );
-            for c in Counter::ALL {
+            for c in Counter::PACKETS {
                 let _ = write!(out, " {}={}", c.name(), packets[c as usize]);
             }
             if page.total > 0 {
@@ -85,6 +89,9 @@ pub fn status(args: StatusArgs) -> Result<()> {
                         "\n  {:<39} silent for {ago} (last seen {})",
                         h.host, h.last_seen
                     );
+                    if let (Some(id), Some(lost)) = (&h.host_id, h.lost) {
+                        let _ = write!(out, " id={id}, {lost} lost");
+                    }
                 }
             }
             out

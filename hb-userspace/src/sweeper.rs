@@ -81,7 +81,7 @@ impl<W: Write> Sweeper<W> {
                 Transition::Recovered { .. } => events.recovered += 1,
             }
             if write_err.is_none() {
-                let t = t.with_host(table.key(*t.host()));
+                let t = t.with_host(table.host(*t.host()));
                 let line = format_event(*format, wall, &Event::Host(t));
                 write_err = writeln!(out, "{line}").err();
             }
@@ -104,6 +104,7 @@ impl<W: Write> Sweeper<W> {
             alive: census.alive,
             silent: census.silent,
             heartbeats: delta(Counter::Heartbeat),
+            lost: delta(Counter::Lost),
             packets,
             sweep: started.elapsed(),
         };

@@ -13,6 +13,8 @@ use anyhow::{Context as _, Result, bail};
 use aya::maps::{HashMap, Map, MapData};
 use hb_common::{HostEntry, HostKey, SLOT_PENDING};
 
+use crate::output::{Host, host_ip};
+
 /// A read-only shared mapping of a BPF array's values.
 struct Mapped<T> {
     ptr: NonNull<T>,
@@ -130,6 +132,7 @@ pub struct TableMaps {
     pub beats: Map,
     pub slot_keys: Map,
     pub alloc: Map,
+    pub auth: Map,
 }
 
 pub struct HostTable {
@@ -140,6 +143,9 @@ pub struct HostTable {
     beats: Mapped<AtomicU64>,
     keys: Mapped<[AtomicU64; 2]>,
     alloc: Mapped<AtomicU64>,
+    /// `AuthSlot`s as words: seq, lost, address (2 words). As long as the
+    /// table with a key, one entry without.
+    auth: Mapped<[AtomicU64; 4]>,
     capacity: usize,
 }
 
@@ -155,6 +161,8 @@ impl HostTable {
         let beats = array_data(maps.beats, "beats array")?;
         let keys = array_data(maps.slot_keys, "slot keys array")?;
         let alloc = array_data(maps.alloc, "slot allocator")?;
+        let auth = array_data(maps.auth, "auth array")?;
+        let auth_len = auth.info()?.max_entries() as usize;
         for (data, name) in [
             (&last_seen, "last-seen array"),
             (&beats, "beats array"),
@@ -170,6 +178,7 @@ impl HostTable {
             beats: Mapped::new(&beats, capacity, "beats array")?,
             keys: Mapped::new(&keys, capacity, "slot keys array")?,
             alloc: Mapped::new(&alloc, 1, "slot allocator")?,
+            auth: Mapped::new(&auth, auth_len, "auth array")?,
             slots,
             capacity,
         })
@@ -201,6 +210,37 @@ impl HostTable {
         addr[..8].copy_from_slice(&a.to_ne_bytes());
         addr[8..].copy_from_slice(&b.to_ne_bytes());
         HostKey { addr }
+    }
+
+    /// A host as reported: its address, and for a host known by its host
+    /// id, the id, the address it last sent from and its lost heartbeats.
+    pub fn host(&self, slot: u32) -> Host {
+        let key = self.key(slot);
+        let auth = key
+            .host_id()
+            .and_then(|id| Some((id, self.auth.as_slice().get(slot as usize)?)));
+        match auth {
+            Some((id, [_, lost, a, b])) => {
+                let addr =
+                    HostKey::from_words([a.load(Ordering::Relaxed), b.load(Ordering::Relaxed)]);
+                Host {
+                    ip: host_ip(&addr),
+                    id: Some(id),
+                    lost: Some(lost.load(Ordering::Relaxed)),
+                }
+            }
+            None => Host {
+                ip: host_ip(&key),
+                id: None,
+                lost: None,
+            },
+        }
+    }
+
+    /// The last accepted sequence number of a host known by its host id.
+    pub fn last_seq(&self, slot: u32) -> Option<u64> {
+        self.key(slot).host_id()?;
+        Some(self.auth.as_slice().get(slot as usize)?[0].load(Ordering::Relaxed))
     }
 
     pub fn beats(&self, slot: u32) -> u64 {
