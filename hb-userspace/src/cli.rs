@@ -50,9 +50,15 @@ pub struct StatusArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Interface that receives the heartbeats.
+    /// Interface that receives the heartbeats (XDP; not needed with --ingest socket).
     #[arg(long, short = 'i')]
-    pub iface: String,
+    pub iface: Option<String>,
+    /// How heartbeats come in: xdp (in the kernel, before any socket), socket (a UDP socket through io_uring), or auto (xdp, else socket with a warning).
+    #[arg(long, value_enum, default_value_t = Ingest::Auto)]
+    pub ingest: Ingest,
+    /// Socket mode: the address to receive on ([::] takes IPv4 and IPv6).
+    #[arg(long, value_name = "ADDR", default_value = "::")]
+    pub listen: IpAddr,
     /// UDP port heartbeats are sent to.
     #[arg(long, default_value_t = DEFAULT_PORT, value_parser = parse_port)]
     pub port: u16,
@@ -114,6 +120,13 @@ pub struct BeatArgs {
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingest {
+    Auto,
+    Xdp,
+    Socket,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum XdpModeArg {
     Auto,
     Native,
@@ -168,6 +181,19 @@ impl BeatArgs {
 impl RunArgs {
     /// Checks that options make sense together.
     pub fn validate(&self) -> Result<(), String> {
+        if self.iface.is_none() && self.ingest != Ingest::Socket {
+            return Err(
+                "--iface is required: the interface heartbeats arrive on (or --ingest socket to receive them on a UDP socket)".into(),
+            );
+        }
+        if self.ingest == Ingest::Socket {
+            if self.pass_heartbeats {
+                return Err("--pass-heartbeats is for XDP: in socket mode heartbeats are not filtered, drop the option".into());
+            }
+            if self.key_file.is_some() {
+                return Err("--key-file needs XDP: socket mode does not verify signed heartbeats; use --ingest xdp".into());
+            }
+        }
         if self.timeout <= self.sweep {
             return Err(format!(
                 "--timeout ({}) must be longer than --sweep ({}): otherwise every host looks silent between sweeps",

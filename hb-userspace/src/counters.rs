@@ -4,6 +4,18 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Map, MapData, PerCpuArray};
 use hb_common::Counter;
 
+/// Outcome totals since the start, indexed by `Counter as usize`, whichever
+/// path counts them.
+pub trait Packets {
+    fn read(&self) -> Result<[u64; Counter::COUNT]>;
+}
+
+impl Packets for Counters {
+    fn read(&self) -> Result<[u64; Counter::COUNT]> {
+        Counters::read(self)
+    }
+}
+
 pub struct Counters {
     map: PerCpuArray<MapData, u64>,
 }

@@ -15,7 +15,7 @@ use crate::{
     http::{Request, Response, query_param},
     output::{Host, Summary, host_id, timestamp},
     sweeper::EventTotals,
-    table::HostTable,
+    table::Hosts,
     tracker::Tracker,
 };
 
@@ -27,7 +27,9 @@ pub struct Context<'a> {
     pub summary: &'a Summary,
     pub events: &'a EventTotals,
     pub tracker: &'a Tracker,
-    pub table: &'a HostTable,
+    pub table: &'a dyn Hosts,
+    /// Which path fills the table: "xdp" or "socket".
+    pub ingest: &'static str,
     pub timeout: Duration,
     /// Per-host series for at most this many silent hosts (0: none).
     pub silent_series: usize,
@@ -93,7 +95,7 @@ pub fn metrics(ctx: &Context<'_>) -> String {
         &mut out,
         "hb_packets_total",
         "counter",
-        "Packets seen by the XDP program, by outcome.",
+        "Packets seen by the XDP program (by the socket in socket mode), by outcome.",
     );
     for c in Counter::PACKETS {
         let _ = writeln!(
@@ -151,8 +153,9 @@ pub fn metrics(ctx: &Context<'_>) -> String {
     metric(&mut out, "hb_build_info", "gauge", "Build information.");
     let _ = writeln!(
         out,
-        "hb_build_info{{version=\"{}\"}} 1",
-        env!("CARGO_PKG_VERSION")
+        "hb_build_info{{version=\"{}\",ingest=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        ctx.ingest
     );
     if ctx.silent_series > 0 {
         metric(
@@ -182,7 +185,7 @@ pub fn metrics(ctx: &Context<'_>) -> String {
 }
 
 /// Silent hosts, longest silent first (stable order for paging).
-fn longest_silent(tracker: &Tracker, table: &HostTable) -> Vec<(Host, u64)> {
+fn longest_silent(tracker: &Tracker, table: &dyn Hosts) -> Vec<(Host, u64)> {
     let mut slots: Vec<(u64, u32)> = tracker
         .silent_hosts()
         .map(|(slot, seen)| (seen, slot))
@@ -218,7 +221,7 @@ pub struct SilentPage {
 /// A page of the silent hosts, longest silent first.
 pub fn silent_page(
     tracker: &Tracker,
-    table: &HostTable,
+    table: &dyn Hosts,
     timeout: Duration,
     offset: usize,
     limit: usize,

@@ -14,6 +14,7 @@ pub mod output;
 pub mod pins;
 pub mod program;
 pub mod run;
+pub mod socket;
 pub mod status;
 pub mod sweeper;
 pub mod table;

@@ -311,6 +311,17 @@ pub fn mode_name(mode: XdpMode) -> &'static str {
     }
 }
 
+/// Whether the kernel takes the program from this process (BPF permitted,
+/// verifier happy): a throw-away load of the smallest table.
+pub fn probe() -> Result<()> {
+    load(Settings {
+        port: hb_common::DEFAULT_PORT,
+        pass_heartbeats: false,
+        max_hosts: 1,
+    })
+    .map(drop)
+}
+
 /// Fails early with a clear message where hb cannot work at all.
 pub fn check_environment() -> Result<()> {
     // SAFETY: geteuid has no preconditions.

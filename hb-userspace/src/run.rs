@@ -2,18 +2,22 @@
 
 use std::os::fd::AsRawFd as _;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context as _, Result, anyhow};
 use hb_common::AuthMode;
 use log::{info, warn};
 
 use crate::{
-    cli::RunArgs,
+    cli::{Ingest, RunArgs},
+    clock::monotonic_ns,
+    counters::Packets,
     endpoints,
     event_loop::{EventLoop, FIRST_USER_TOKEN, Wake},
     http::HttpServer,
     key, pins,
     program::{self, AuthSettings, Settings},
+    socket::SocketIngest,
     sweeper::Sweeper,
+    table::Hosts,
     tracker::{Tracker, Words},
     writer::{self, RingWriter},
 };
@@ -30,87 +34,46 @@ pub fn run(args: RunArgs) -> Result<()> {
         }),
         None => None,
     };
-    program::check_environment()?;
     // Signals are routed to the loop before anything is attached, so a
     // Ctrl-C at any point still detaches.
     let mut events = EventLoop::new(args.sweep)?;
-    if let Some(other) = pins::running(&args.iface)
-        && other.pid != std::process::id()
-    {
-        anyhow::bail!(
-            "another hb run (pid {}) is already watching {}: stop it first",
-            other.pid,
-            args.iface
-        );
-    }
-    // Unknown interfaces fail here, before anything is pinned for them.
-    if nix_if_index(&args.iface).is_none() {
-        anyhow::bail!(
-            "unknown interface `{}`: pick one from `ip link` (in this network namespace)",
-            args.iface
-        );
-    }
-    let resuming = pins::prepare(&args.iface)?;
-    // Until the loop runs, a failure undoes what this run pinned, but never
-    // what an earlier collector left to carry on from.
-    let mut pins_guard = PinGuard {
-        iface: &args.iface,
-        armed: !resuming,
-    };
-    let mut loaded = program::load_with(
-        Settings {
-            port: args.port,
-            pass_heartbeats: args.pass_heartbeats,
-            max_hosts: args.max_hosts,
+    let use_xdp = match args.ingest {
+        Ingest::Xdp => {
+            program::check_environment()?;
+            true
+        }
+        Ingest::Socket => false,
+        Ingest::Auto => match program::check_environment().and_then(|()| program::probe()) {
+            Ok(()) => true,
+            Err(e) if auth.is_some() => {
+                return Err(e.context(
+                    "XDP is unavailable, and socket mode does not verify signed heartbeats (--key-file)",
+                ));
+            }
+            Err(e) => {
+                warn!(
+                    "XDP is unavailable ({e:#}): receiving heartbeats on a UDP socket instead (socket mode: only what reaches the socket is seen, at a higher cost per heartbeat)"
+                );
+                false
+            }
         },
-        auth.as_ref(),
-        Some(&pins::maps_dir(&args.iface)),
-    )?;
-    let mut kernel_log = match aya_log::EbpfLogger::init(&mut loaded.ebpf) {
-        Ok(logger) => {
-            events.watch(logger.as_raw_fd(), LOG_TOKEN)?;
-            Some(logger)
-        }
-        Err(e) => {
-            warn!("kernel-side log unavailable: {e}");
-            None
-        }
     };
-    program::attach(
-        &mut loaded,
-        &args.iface,
-        args.xdp_mode,
-        Some(&pins::link_path(&args.iface)),
-    )?;
-    let mut iface = IfaceWatch {
-        index: nix_if_index(&args.iface),
+    let mut source = if use_xdp {
+        let iface = args.iface.clone().context("--iface is required for XDP")?;
+        Source::Xdp(XdpSource::start(&args, iface, auth.as_ref(), &mut events)?)
+    } else {
+        let addr = std::net::SocketAddr::new(args.listen, args.port);
+        let mut socket = SocketIngest::bind(addr, args.max_hosts as usize)?;
+        socket.start(&mut events)?;
+        info!(
+            "socket mode: receiving heartbeats on UDP {}: timeout {}, sweep every {}, up to {} hosts",
+            socket.local_addr()?,
+            humantime::format_duration(args.timeout),
+            humantime::format_duration(args.sweep),
+            args.max_hosts,
+        );
+        Source::Socket(socket)
     };
-    pins::write_state(
-        &args.iface,
-        &pins::State {
-            pid: std::process::id(),
-            layout: pins::LAYOUT_VERSION,
-            port: args.port,
-            timeout_ms: args.timeout.as_millis() as u64,
-            sweep_ms: args.sweep.as_millis() as u64,
-            max_hosts: args.max_hosts,
-            started: crate::output::timestamp(std::time::SystemTime::now()),
-            auth: auth_name(auth.as_ref()).to_owned(),
-        },
-    )?;
-    info!(
-        "watching UDP port {} on {}: timeout {}, sweep every {}, up to {} hosts, {}",
-        args.port,
-        args.iface,
-        humantime::format_duration(args.timeout),
-        humantime::format_duration(args.sweep),
-        args.max_hosts,
-        match program::auth_mode(auth.as_ref()) {
-            AuthMode::Off => "classic PyHB heartbeats only (no --key-file)",
-            AuthMode::Optional => "signed heartbeats verified, bare PyHB accepted",
-            AuthMode::Required => "signed heartbeats only (bare PyHB ignored)",
-        }
-    );
 
     let mut http = match args.metrics_listen {
         Some(addr) => {
@@ -125,31 +88,26 @@ pub fn run(args: RunArgs) -> Result<()> {
         None => None,
     };
 
-    let words = loaded.take_tracker_words()?;
-    let tracker = Tracker::resume(
-        args.timeout.as_nanos() as u64,
-        Words::Shared(Box::new(words)),
-        loaded.table.capacity(),
-        loaded.table.last_seen(),
-    );
-    if tracker.resumed() {
-        let census = tracker.census();
-        info!(
-            "carrying on from the last collector on {}: {} hosts known, {} silent; only changes since its last sweep are reported",
-            args.iface, census.hosts, census.silent
-        );
-    }
+    let tracker = match &mut source {
+        Source::Xdp(xdp) => xdp.tracker(&args)?,
+        Source::Socket(_) => Tracker::new(args.timeout.as_nanos() as u64),
+    };
     let mut sweeper = Sweeper::with_tracker(tracker, args.format, Vec::new());
-    // From here on, state is left for the next collector unless the
-    // operator asks to detach.
-    pins_guard.armed = false;
+    if let Source::Xdp(xdp) = &mut source {
+        // From here on, state is left for the next collector unless the
+        // operator asks to detach.
+        xdp.pins_armed = false;
+    }
     let mut detach = true;
     let mut stdout = RingWriter::stdout();
     loop {
         match events.wait()? {
             Wake::Tick => {
-                iface.check(&mut loaded, &args);
-                sweeper.sweep(&loaded.table, &loaded.counters)?;
+                if let Source::Xdp(xdp) = &mut source {
+                    xdp.iface.check(&mut xdp.loaded, &xdp.name, &args);
+                }
+                let (hosts, packets) = source.tables();
+                sweeper.sweep(hosts, packets)?;
                 stdout.write(&mut events, &sweeper.out)?;
                 sweeper.out.clear();
             }
@@ -157,13 +115,20 @@ pub fn run(args: RunArgs) -> Result<()> {
                 token: writer::TOKEN,
                 result,
             } => stdout.complete(&mut events, result)?,
+            Wake::Done { token, result } if SocketIngest::owns(token) => {
+                if let Source::Socket(socket) = &mut source {
+                    socket.complete(&mut events, token, result, monotonic_ns())?;
+                }
+            }
             Wake::Done { token, result } if HttpServer::owns(token) => {
                 if let Some(server) = http.as_mut() {
+                    let (hosts, _) = source.tables();
                     let ctx = endpoints::Context {
                         summary: &sweeper.summary,
                         events: &sweeper.events,
                         tracker: &sweeper.tracker,
-                        table: &loaded.table,
+                        table: hosts,
+                        ingest: source.name(),
                         timeout: args.timeout,
                         silent_series: args.metrics_silent_hosts,
                     };
@@ -174,22 +139,27 @@ pub fn run(args: RunArgs) -> Result<()> {
             }
             Wake::Done { .. } => {}
             Wake::Readable(LOG_TOKEN) => {
-                if let Some(logger) = kernel_log.as_mut() {
+                if let Source::Xdp(xdp) = &mut source
+                    && let Some(logger) = xdp.kernel_log.as_mut()
+                {
                     logger.flush();
                     events.watch(logger.as_raw_fd(), LOG_TOKEN)?;
                 }
             }
             Wake::Readable(_) => {}
-            Wake::Stop("SIGUSR2") => {
+            Wake::Stop("SIGUSR2") if matches!(source, Source::Xdp(_)) => {
                 info!(
                     "SIGUSR2: stopping for a restart; the program stays attached to {} and keeps recording, the next `hb run` carries on",
-                    args.iface
+                    args.iface.as_deref().unwrap_or_default()
                 );
                 detach = false;
                 break;
             }
             Wake::Stop(signal) => {
-                info!("{signal}: detaching from {}", args.iface);
+                match &source {
+                    Source::Xdp(xdp) => info!("{signal}: detaching from {}", xdp.name),
+                    Source::Socket(_) => info!("{signal}: stopping"),
+                }
                 break;
             }
         }
@@ -209,14 +179,180 @@ pub fn run(args: RunArgs) -> Result<()> {
     if !stdout.busy() {
         stdout.finish()?;
     }
-    drop(kernel_log);
-    if detach {
-        // Unpinning the link leaves this process's references as the last
-        // ones: dropping the program detaches it.
-        pins::remove(&args.iface);
+    if let Source::Xdp(xdp) = source {
+        xdp.finish(detach);
     }
-    drop(loaded);
     Ok(())
+}
+
+/// Where heartbeats come from.
+// One value per process: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Source {
+    Xdp(XdpSource),
+    Socket(SocketIngest),
+}
+
+impl Source {
+    fn tables(&self) -> (&dyn Hosts, &dyn Packets) {
+        match self {
+            Self::Xdp(x) => (&x.loaded.table, &x.loaded.counters),
+            Self::Socket(s) => (&s.table, &s.table),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Xdp(_) => "xdp",
+            Self::Socket(_) => "socket",
+        }
+    }
+}
+
+/// The XDP program attached to an interface, with its pinned state.
+struct XdpSource {
+    name: String,
+    loaded: program::Loaded,
+    kernel_log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    iface: IfaceWatch,
+    /// While set, dropping this removes the pins (a failure during start-up
+    /// that must leave nothing behind).
+    pins_armed: bool,
+}
+
+impl XdpSource {
+    fn start(
+        args: &RunArgs,
+        iface: String,
+        auth: Option<&AuthSettings>,
+        events: &mut EventLoop,
+    ) -> Result<Self> {
+        if let Some(other) = pins::running(&iface)
+            && other.pid != std::process::id()
+        {
+            anyhow::bail!(
+                "another hb run (pid {}) is already watching {iface}: stop it first",
+                other.pid
+            );
+        }
+        // Unknown interfaces fail here, before anything is pinned for them.
+        if nix_if_index(&iface).is_none() {
+            anyhow::bail!(
+                "unknown interface `{iface}`: pick one from `ip link` (in this network namespace)"
+            );
+        }
+        let resuming = pins::prepare(&iface)?;
+        // Until the loop runs, a failure undoes what this run pinned, but
+        // never what an earlier collector left to carry on from.
+        let mut this = Self {
+            iface: IfaceWatch { index: None },
+            name: iface.clone(),
+            loaded: match Self::load(args, &iface, auth) {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    if !resuming {
+                        pins::remove(&iface);
+                    }
+                    return Err(e);
+                }
+            },
+            kernel_log: None,
+            pins_armed: !resuming,
+        };
+        this.kernel_log = match aya_log::EbpfLogger::init(&mut this.loaded.ebpf) {
+            Ok(logger) => {
+                events.watch(logger.as_raw_fd(), LOG_TOKEN)?;
+                Some(logger)
+            }
+            Err(e) => {
+                warn!("kernel-side log unavailable: {e}");
+                None
+            }
+        };
+        program::attach(
+            &mut this.loaded,
+            &iface,
+            args.xdp_mode,
+            Some(&pins::link_path(&iface)),
+        )?;
+        this.iface.index = nix_if_index(&iface);
+        pins::write_state(
+            &iface,
+            &pins::State {
+                pid: std::process::id(),
+                layout: pins::LAYOUT_VERSION,
+                port: args.port,
+                timeout_ms: args.timeout.as_millis() as u64,
+                sweep_ms: args.sweep.as_millis() as u64,
+                max_hosts: args.max_hosts,
+                started: crate::output::timestamp(std::time::SystemTime::now()),
+                auth: auth_name(auth).to_owned(),
+            },
+        )?;
+        info!(
+            "watching UDP port {} on {iface}: timeout {}, sweep every {}, up to {} hosts, {}",
+            args.port,
+            humantime::format_duration(args.timeout),
+            humantime::format_duration(args.sweep),
+            args.max_hosts,
+            match program::auth_mode(auth) {
+                AuthMode::Off => "classic PyHB heartbeats only (no --key-file)",
+                AuthMode::Optional => "signed heartbeats verified, bare PyHB accepted",
+                AuthMode::Required => "signed heartbeats only (bare PyHB ignored)",
+            }
+        );
+        Ok(this)
+    }
+
+    fn load(args: &RunArgs, iface: &str, auth: Option<&AuthSettings>) -> Result<program::Loaded> {
+        program::load_with(
+            Settings {
+                port: args.port,
+                pass_heartbeats: args.pass_heartbeats,
+                max_hosts: args.max_hosts,
+            },
+            auth,
+            Some(&pins::maps_dir(iface)),
+        )
+    }
+
+    /// The tracker, carrying on from the state the last collector pinned.
+    fn tracker(&mut self, args: &RunArgs) -> Result<Tracker> {
+        let words = self.loaded.take_tracker_words()?;
+        let tracker = Tracker::resume(
+            args.timeout.as_nanos() as u64,
+            Words::Shared(Box::new(words)),
+            self.loaded.table.capacity(),
+            self.loaded.table.last_seen(),
+        );
+        if tracker.resumed() {
+            let census = tracker.census();
+            info!(
+                "carrying on from the last collector on {}: {} hosts known, {} silent; only changes since its last sweep are reported",
+                self.name, census.hosts, census.silent
+            );
+        }
+        Ok(tracker)
+    }
+
+    /// Stops: with `detach`, unpins the link (this process's references are
+    /// then the last ones: dropping the program detaches it) and removes the
+    /// pins; without, leaves the program recording for the next collector.
+    fn finish(mut self, detach: bool) {
+        self.pins_armed = false;
+        drop(self.kernel_log.take());
+        if detach {
+            pins::remove(&self.name);
+        }
+    }
+}
+
+impl Drop for XdpSource {
+    fn drop(&mut self) {
+        if self.pins_armed {
+            pins::remove(&self.name);
+        }
+    }
 }
 
 /// Follows the interface: when it disappears (driver reload, veth deleted)
@@ -229,40 +365,28 @@ struct IfaceWatch {
 }
 
 impl IfaceWatch {
-    fn check(&mut self, loaded: &mut program::Loaded, args: &RunArgs) {
-        let now = nix_if_index(&args.iface);
+    fn check(&mut self, loaded: &mut program::Loaded, iface: &str, args: &RunArgs) {
+        let now = nix_if_index(iface);
         if now == self.index {
             return;
         }
         if now.is_none() {
             warn!(
-                "{} is gone: no heartbeats can arrive, its hosts will be reported silent; hb attaches again when {} is back",
-                args.iface, args.iface
+                "{iface} is gone: no heartbeats can arrive, its hosts will be reported silent; hb attaches again when {iface} is back"
             );
             self.index = None;
             return;
         }
         // Back (or replaced by a new interface of that name).
-        match program::attach(
-            loaded,
-            &args.iface,
-            args.xdp_mode,
-            Some(&pins::link_path(&args.iface)),
-        ) {
+        match program::attach(loaded, iface, args.xdp_mode, Some(&pins::link_path(iface))) {
             Ok(_) => {
-                info!("{} is back: attached again", args.iface);
+                info!("{iface} is back: attached again");
                 self.index = now;
             }
             // Tried again on the next sweep.
-            Err(e) => warn!("attaching to {} again: {e:#}", args.iface),
+            Err(e) => warn!("attaching to {iface} again: {e:#}"),
         }
     }
-}
-
-/// Removes the pins when armed and dropped (a failure during start-up).
-struct PinGuard<'a> {
-    iface: &'a str,
-    armed: bool,
 }
 
 /// The auth mode as the state file and `hb status` name it.
@@ -271,14 +395,6 @@ fn auth_name(auth: Option<&AuthSettings>) -> &'static str {
         AuthMode::Off => "off",
         AuthMode::Optional => "optional",
         AuthMode::Required => "required",
-    }
-}
-
-impl Drop for PinGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            pins::remove(self.iface);
-        }
     }
 }
 

@@ -12,9 +12,9 @@ use log::warn;
 use crate::{
     cli::Format,
     clock::monotonic_ns,
-    counters::Counters,
+    counters::Packets,
     output::{Event, Summary, format_event},
-    table::HostTable,
+    table::Hosts,
     tracker::{Tracker, Transition},
 };
 
@@ -52,7 +52,7 @@ impl<W: Write> Sweeper<W> {
         }
     }
 
-    pub fn sweep(&mut self, table: &HostTable, counters: &Counters) -> Result<()> {
+    pub fn sweep(&mut self, table: &dyn Hosts, counters: &dyn Packets) -> Result<()> {
         self.sweep_at(table, counters, monotonic_ns(), SystemTime::now())
     }
 
@@ -60,8 +60,8 @@ impl<W: Write> Sweeper<W> {
     /// (timestamps only).
     pub fn sweep_at(
         &mut self,
-        table: &HostTable,
-        counters: &Counters,
+        table: &dyn Hosts,
+        counters: &dyn Packets,
         now: u64,
         wall: SystemTime,
     ) -> Result<()> {

@@ -125,6 +125,37 @@ impl std::ops::DerefMut for TrackerWords {
     }
 }
 
+/// What sweeps and the endpoints read of a host table, whichever path fills
+/// it: the kernel's (XDP) or the socket ingest's own.
+pub trait Hosts {
+    /// Last-seen times (CLOCK_MONOTONIC ns) of the slots in use; 0 means
+    /// "not ready yet".
+    fn last_seen(&self) -> &[AtomicU64];
+    /// The host in `slot`, as events name it.
+    fn host(&self, slot: u32) -> Host;
+    /// Slots in use.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn capacity(&self) -> usize;
+}
+
+impl Hosts for HostTable {
+    fn last_seen(&self) -> &[AtomicU64] {
+        HostTable::last_seen(self)
+    }
+    fn host(&self, slot: u32) -> Host {
+        HostTable::host(self, slot)
+    }
+    fn len(&self) -> usize {
+        HostTable::len(self)
+    }
+    fn capacity(&self) -> usize {
+        HostTable::capacity(self)
+    }
+}
+
 /// Raw maps of the table, as taken from the loaded object.
 pub struct TableMaps {
     pub slots: Map,

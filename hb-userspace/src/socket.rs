@@ -1,0 +1,305 @@
+//! Socket mode (`--ingest socket`): heartbeats received on a UDP socket
+//! through io_uring instead of the XDP program, for hosts where XDP cannot
+//! be used, and as the baseline the load test compares XDP with. It feeds
+//! the same sweeper, events and endpoints through its own host table with
+//! the XDP table's semantics: one slot per host, never evicted, a full
+//! table counts `table_full`.
+//!
+//! Receiving: `RECV_SLOTS` RecvMsg operations stay queued on the ring, each
+//! with its own buffer and source address; a completion is recorded and its
+//! operation queued again. The thread sleeps in io_uring_enter between
+//! completions, and one wake drains every completion that has arrived.
+
+use std::{
+    io,
+    mem::{size_of, zeroed},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    os::fd::AsRawFd as _,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use anyhow::{Context as _, Result};
+use hashbrown::HashMap;
+use hb_common::{Counter, HostKey, MAGIC};
+use io_uring::{opcode, types};
+
+use crate::{
+    counters::Packets,
+    event_loop::{EventLoop, OP_FLAG},
+    output::Host,
+    table::Hosts,
+};
+
+/// Tokens of this module's operations: this bit plus the slot index.
+pub const TOKEN_BASE: u64 = 1 << 42;
+/// Receive operations kept in flight.
+const RECV_SLOTS: usize = 64;
+/// Larger than any heartbeat: a longer datagram is a wrong payload anyway.
+const BUF: usize = 64;
+
+/// The socket path's host table (same layout idea as the kernel's: slots,
+/// with last-seen times in a flat array the sweeper scans).
+pub struct SocketTable {
+    slots: HashMap<HostKey, u32>,
+    last_seen: Vec<AtomicU64>,
+    beats: Vec<u64>,
+    keys: Vec<HostKey>,
+    capacity: usize,
+    counters: [u64; Counter::COUNT],
+}
+
+impl SocketTable {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            slots: HashMap::new(),
+            last_seen: Vec::new(),
+            beats: Vec::new(),
+            keys: Vec::new(),
+            capacity,
+            counters: [0; Counter::COUNT],
+        }
+    }
+
+    /// Records one datagram from `src` received at `now` (CLOCK_MONOTONIC).
+    pub fn record(&mut self, src: IpAddr, payload: &[u8], now: u64) {
+        if payload != MAGIC {
+            self.counters[Counter::WrongPayload as usize] += 1;
+            return;
+        }
+        // IPv4 senders on a dual-stack socket arrive as ::ffff:a.b.c.d, the
+        // very key the XDP program gives them.
+        let key = match src {
+            IpAddr::V4(v4) => HostKey::from_ipv4(v4.octets()),
+            IpAddr::V6(v6) => HostKey::from_ipv6(v6.octets()),
+        };
+        let slot = match self.slots.get(&key) {
+            Some(&slot) => slot as usize,
+            None if self.keys.len() >= self.capacity => {
+                self.counters[Counter::TableFull as usize] += 1;
+                return;
+            }
+            None => {
+                let slot = self.keys.len();
+                self.slots.insert(key, slot as u32);
+                self.keys.push(key);
+                self.beats.push(0);
+                self.last_seen.push(AtomicU64::new(0));
+                self.counters[Counter::NewHost as usize] += 1;
+                slot
+            }
+        };
+        self.last_seen[slot].store(now, Ordering::Relaxed);
+        self.beats[slot] += 1;
+        self.counters[Counter::Heartbeat as usize] += 1;
+    }
+
+    pub fn beats(&self, key: &HostKey) -> Option<u64> {
+        self.slots.get(key).map(|&s| self.beats[s as usize])
+    }
+}
+
+impl Hosts for SocketTable {
+    fn last_seen(&self) -> &[AtomicU64] {
+        &self.last_seen
+    }
+    fn host(&self, slot: u32) -> Host {
+        Host::addr(&self.keys[slot as usize])
+    }
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+    fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+impl Packets for SocketTable {
+    fn read(&self) -> Result<[u64; Counter::COUNT]> {
+        Ok(self.counters)
+    }
+}
+
+/// One queued receive: the kernel writes into it while the operation is in
+/// flight, so it lives in a boxed slice that never moves.
+struct RecvSlot {
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    addr: libc::sockaddr_in6,
+    buf: [u8; BUF],
+}
+
+pub struct SocketIngest {
+    socket: UdpSocket,
+    /// Never resized: the kernel holds pointers into it.
+    slots: Box<[RecvSlot]>,
+    pub table: SocketTable,
+}
+
+impl SocketIngest {
+    /// Binds `addr` (`[::]` takes IPv4 and IPv6 alike).
+    pub fn bind(addr: SocketAddr, capacity: usize) -> Result<Self> {
+        let socket = UdpSocket::bind(addr).with_context(|| {
+            format!("binding UDP {addr} for socket mode (is another program using the port?)")
+        })?;
+        // Bursts of heartbeats wait in the socket while a sweep runs: give
+        // them room (the forced size ignores rmem_max where allowed).
+        let size: libc::c_int = 8 << 20;
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+            // SAFETY: a valid socket and an int option.
+            let rc = unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&size as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as u32,
+                )
+            };
+            if rc == 0 {
+                break;
+            }
+        }
+        let slots = (0..RECV_SLOTS)
+            .map(|_| {
+                // SAFETY: plain C structs, all-zero is valid.
+                unsafe { zeroed::<RecvSlot>() }
+            })
+            .collect();
+        Ok(Self {
+            socket,
+            slots,
+            table: SocketTable::new(capacity),
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    pub fn owns(token: u64) -> bool {
+        token & TOKEN_BASE != 0
+    }
+
+    /// Queues every receive.
+    pub fn start(&mut self, ev: &mut EventLoop) -> Result<()> {
+        for i in 0..self.slots.len() {
+            self.arm(ev, i)?;
+        }
+        Ok(())
+    }
+
+    fn arm(&mut self, ev: &mut EventLoop, i: usize) -> Result<()> {
+        let fd = self.socket.as_raw_fd();
+        let s = &mut self.slots[i];
+        s.iov = libc::iovec {
+            iov_base: s.buf.as_mut_ptr().cast(),
+            iov_len: BUF,
+        };
+        // SAFETY: all-zero is a valid msghdr.
+        s.hdr = unsafe { zeroed() };
+        s.hdr.msg_name = (&mut s.addr as *mut libc::sockaddr_in6).cast();
+        s.hdr.msg_namelen = size_of::<libc::sockaddr_in6>() as u32;
+        s.hdr.msg_iov = &mut s.iov;
+        s.hdr.msg_iovlen = 1;
+        let sqe = opcode::RecvMsg::new(types::Fd(fd), &mut s.hdr)
+            .build()
+            .user_data(OP_FLAG | TOKEN_BASE | i as u64);
+        // SAFETY: the slot is in a boxed slice owned by self that never
+        // moves, and is not touched again until its completion arrives.
+        unsafe { ev.submit(&[sqe]) }
+    }
+
+    /// Handles the completion of receive `token`: records the datagram (at
+    /// `now`) and queues the receive again.
+    pub fn complete(
+        &mut self,
+        ev: &mut EventLoop,
+        token: u64,
+        result: i32,
+        now: u64,
+    ) -> Result<()> {
+        let i = (token & !TOKEN_BASE) as usize;
+        anyhow::ensure!(i < self.slots.len(), "unknown socket token {token:#x}");
+        if result >= 0 {
+            let s = &self.slots[i];
+            let len = result as usize;
+            // A datagram longer than the buffer is not a heartbeat.
+            let payload = if s.hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                &s.buf[..0]
+            } else {
+                &s.buf[..len.min(BUF)]
+            };
+            if let Some(src) = source(&s.addr) {
+                self.table
+                    .record(src, if len > BUF { &[] } else { payload }, now);
+            }
+        } else if -result != libc::EINTR && -result != libc::EAGAIN {
+            log::warn!(
+                "receiving heartbeats: {}",
+                io::Error::from_raw_os_error(-result)
+            );
+        }
+        self.arm(ev, i)
+    }
+}
+
+/// The sender of a datagram on the `[::]` socket; IPv4 senders come as
+/// IPv4-mapped addresses.
+fn source(addr: &libc::sockaddr_in6) -> Option<IpAddr> {
+    match addr.sin6_family as i32 {
+        libc::AF_INET6 => {
+            let v6 = Ipv6Addr::from(addr.sin6_addr.s6_addr);
+            Some(match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            })
+        }
+        libc::AF_INET => {
+            // SAFETY: an AF_INET address was written in this storage.
+            let v4 = unsafe { &*(addr as *const libc::sockaddr_in6).cast::<libc::sockaddr_in>() };
+            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr))))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_like_the_kernel_table() {
+        let mut t = SocketTable::new(2);
+        let a: IpAddr = "198.18.0.2".parse().unwrap();
+        let b: IpAddr = "fd00:4842::2".parse().unwrap();
+        let c: IpAddr = "198.18.0.3".parse().unwrap();
+        t.record(a, b"PyHB", 10);
+        t.record(a, b"PyHB", 20);
+        t.record(b, b"PyHB", 30);
+        t.record(c, b"PyHB", 40); // full
+        t.record(a, b"PyHb", 50);
+        t.record(a, b"PyHB!", 50);
+        t.record(a, b"", 50);
+        let p = t.read().unwrap();
+        assert_eq!(p[Counter::Heartbeat as usize], 3);
+        assert_eq!(p[Counter::NewHost as usize], 2);
+        assert_eq!(p[Counter::TableFull as usize], 1);
+        assert_eq!(p[Counter::WrongPayload as usize], 3);
+        assert_eq!(Hosts::len(&t), 2);
+        let ka = HostKey::from_ipv4([198, 18, 0, 2]);
+        assert_eq!(t.beats(&ka), Some(2));
+        let seen: Vec<u64> = t
+            .last_seen()
+            .iter()
+            .map(|x| x.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(seen, [20, 30]);
+        assert_eq!(t.host(0).ip, a);
+        assert_eq!(t.host(1).ip, b);
+        // An IPv4 sender seen through the dual-stack socket is the same host.
+        let mut mapped: libc::sockaddr_in6 = unsafe { zeroed() };
+        mapped.sin6_family = libc::AF_INET6 as u16;
+        mapped.sin6_addr.s6_addr = Ipv4Addr::new(198, 18, 0, 2).to_ipv6_mapped().octets();
+        assert_eq!(source(&mapped), Some(a));
+    }
+}
