@@ -28,7 +28,7 @@ use hb_common::{ALLOC_MAP, COUNTERS_MAP, Counter, DEFAULT_PORT, HINTS_MAP, HOST_
 use hb_userspace::{
     clock,
     program::{self, Loaded, Settings},
-    tracker::Tracker,
+    tracker::{Tracker, Words},
 };
 
 const S: u64 = 1_000_000_000;
@@ -132,10 +132,17 @@ fn main() {
     let mut c = Criterion::default().without_plots().configure_from_args();
 
     // The real table first: its fill is the slowest setup.
-    let loaded = full_real_table();
+    let mut loaded = full_real_table();
     let now = clock::monotonic_ns();
-    // A long timeout: every host stays alive for the whole benchmark.
-    let mut real_tracker = Tracker::new(3_600 * S);
+    // As the collector does: the tracker's bits in the HB_TRACKER map. A
+    // long timeout: every host stays alive for the whole benchmark.
+    let words = loaded.take_tracker_words().expect("mapping HB_TRACKER");
+    let mut real_tracker = Tracker::resume(
+        3_600 * S,
+        Words::Shared(Box::new(words)),
+        loaded.table.capacity(),
+        loaded.table.last_seen(),
+    );
     let mut new = 0;
     real_tracker.sweep(loaded.table.last_seen(), now, |_| new += 1);
     assert_eq!(new, REAL_HOSTS as usize);

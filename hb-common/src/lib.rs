@@ -18,8 +18,9 @@ pub const LAST_SEEN_MAP: &str = "HB_LAST_SEEN";
 pub const BEATS_MAP: &str = "HB_BEATS";
 /// `BPF_F_MMAPABLE` array of [`HostKey`], by slot: the host's address.
 pub const SLOT_KEYS_MAP: &str = "HB_SLOT_KEYS";
-/// Array of `u32`, a power of two long: slot hints (`slot + 1`) indexed by a
-/// hash of the address, which spare a known host the hash map lookup.
+/// Array of `[u32; 2]`: slot hints (`slot + 1`), a power of two of them, two
+/// an element, indexed by a hash of the address; they spare a known host the
+/// hash map lookup.
 pub const HINTS_MAP: &str = "HB_HINTS";
 /// Global (`u32`): the hint array's length - 1.
 pub const HINT_MASK_GLOBAL: &str = "HB_HINT_MASK";

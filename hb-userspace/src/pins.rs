@@ -32,8 +32,8 @@ const BPFFS: &str = "/sys/fs/bpf";
 const RUN_DIR: &str = "/run/hb";
 /// Changes whenever the pinned maps' layout (names, types, sizes, meaning)
 /// changes. 3: slot hints, tracker state, replay state (`HB_AUTH`), keys
-/// of signed hosts.
-pub const LAYOUT_VERSION: u32 = 3;
+/// of signed hosts. 4: two hints an array element.
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Every map of the object that is pinned (all but aya-log's buffer).
 pub const PINNED_MAPS: [&str; 9] = [

@@ -146,7 +146,8 @@ pub fn load_with(
         .override_global(HINT_MASK_GLOBAL, &hint_mask, true)
         .override_global(AUTH_MODE_GLOBAL, &mode, true)
         .override_global(SIP_STATE_GLOBAL, &sip, true)
-        .map_max_entries(HINTS_MAP, hints)
+        // Two hints an element (see hb-ebpf's table.rs).
+        .map_max_entries(HINTS_MAP, (hints / 2).max(1))
         .map_max_entries(AUTH_MAP, auth_entries)
         .map_max_entries(TRACKER_MAP, tracker_entries);
     for map in HOST_MAPS {
@@ -199,7 +200,7 @@ fn pinned_sizes(dir: &Path) -> Result<Option<(u32, u32)>> {
     };
     Ok(Some((
         info(SLOTS_MAP)?.max_entries(),
-        info(HINTS_MAP)?.max_entries(),
+        info(HINTS_MAP)?.max_entries() * 2,
     )))
 }
 
