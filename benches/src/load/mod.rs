@@ -3,4 +3,10 @@
 //! `hb run` in another, then compares what was sent with what the collector
 //! accounted and reported.
 
+pub mod collector;
+pub mod cpu;
+pub mod fleet;
 pub mod frames;
+pub mod generator;
+pub mod signals;
+pub mod topology;
