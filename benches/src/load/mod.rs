@@ -10,3 +10,59 @@ pub mod frames;
 pub mod generator;
 pub mod signals;
 pub mod topology;
+pub mod report;
+pub mod scenarios;
+
+use anyhow::Result;
+
+use collector::Ingest;
+use scenarios::{Config, Row, Scenario};
+
+/// Runs every scenario with every ingest mode, in that order. Ingest modes
+/// other than XDP need `hb run --ingest`; without it only XDP runs (the
+/// returned notes say so).
+pub fn run_all(
+    cfg: &Config,
+    scenarios: &[Scenario],
+    ingest: &[Ingest],
+) -> Result<(Vec<Row>, Vec<String>)> {
+    cfg.validate()?;
+    let has_ingest = collector::supports_ingest(&cfg.hb)?;
+    let mut notes = Vec::new();
+    let modes: Vec<Ingest> = if has_ingest {
+        ingest.to_vec()
+    } else {
+        if ingest.iter().any(|&i| i != Ingest::Xdp) {
+            notes.push(format!(
+                "socket mode not measured: {} has no `hb run --ingest`, so only the XDP path ran",
+                cfg.hb.display()
+            ));
+        }
+        ingest
+            .iter()
+            .copied()
+            .filter(|&i| i == Ingest::Xdp)
+            .collect()
+    };
+    let mut rows = Vec::new();
+    for &sc in scenarios {
+        for &mode in &modes {
+            log::info!("scenario {} with {} ingest", sc.name(), mode.name());
+            let row = scenarios::run(cfg, sc, mode, has_ingest)?;
+            log::info!(
+                "{} / {}: sent {}, accounted {}, {}",
+                sc.name(),
+                mode.name(),
+                row.sent.heartbeats,
+                row.accounted(),
+                if row.problems.is_empty() {
+                    "as expected".to_string()
+                } else {
+                    row.problems.join("; ")
+                }
+            );
+            rows.push(row);
+        }
+    }
+    Ok((rows, notes))
+}

@@ -1,0 +1,457 @@
+//! The scripted scenarios: each runs against a fresh topology and collector,
+//! sends its phases of traffic, then compares what was sent with what the
+//! collector counted and reported.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    collector::{Collector, EventLog, Ingest, Kind, Metrics, Settings},
+    cpu,
+    fleet::{Fleet, Hosts},
+    generator::{Generator, Sent, Traffic},
+    signals,
+    topology::Topology,
+};
+
+/// Scheduling and pipe latency allowed on a loaded 2-core machine when
+/// checking that an event came in time.
+pub const SLACK: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Every host beats every period.
+    Steady,
+    /// Every host in turn, as fast as the generator goes.
+    Flood,
+    /// 1% of the hosts stop at once.
+    Silent,
+    /// 1% stop, then all of them come back at once.
+    Recovery,
+    /// 1% of the hosts leave and as many new ones join.
+    Churn,
+    /// Junk to the heartbeat port at full rate beside a small real fleet.
+    JunkFlood,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Steady,
+        Scenario::Flood,
+        Scenario::Silent,
+        Scenario::Recovery,
+        Scenario::Churn,
+        Scenario::JunkFlood,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Steady => "steady",
+            Scenario::Flood => "flood",
+            Scenario::Silent => "silent-1%",
+            Scenario::Recovery => "recovery",
+            Scenario::Churn => "churn",
+            Scenario::JunkFlood => "junk-flood",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        let s = s.trim();
+        Self::ALL
+            .into_iter()
+            .find(|sc| sc.name() == s || sc.name().trim_end_matches("-1%") == s)
+            .with_context(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|s| s.name()).collect();
+                format!("unknown scenario {s:?} (expected {})", names.join(", "))
+            })
+    }
+}
+
+/// Parameters of a load test run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The `hb` binary under test.
+    pub hb: PathBuf,
+    pub hosts: u32,
+    pub ipv6_percent: u8,
+    /// Every host beats once per period (steady, silent, recovery, churn).
+    pub period: Duration,
+    pub timeout: Duration,
+    pub sweep: Duration,
+    /// Traffic time of steady, flood and junk-flood.
+    pub duration: Duration,
+    /// Cap on the flood rates (flood, junk-flood), frames/s; `None`: none.
+    pub rate: Option<f64>,
+    /// Real hosts beside the junk of junk-flood.
+    pub junk_hosts: u32,
+    pub batch: usize,
+    pub port: u16,
+    /// Cap on frames per traffic phase.
+    pub max_packets: u64,
+    /// Names the namespaces and interfaces (unique among concurrent runs).
+    pub tag: String,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<()> {
+        if self.hosts == 0 || self.hosts > super::fleet::MAX_HOSTS - self.hosts / 50 {
+            bail!("--hosts must be 1..{}", super::fleet::MAX_HOSTS / 2);
+        }
+        if self.timeout <= self.sweep {
+            bail!("--timeout must be longer than --sweep");
+        }
+        if self.timeout <= self.period + self.sweep {
+            bail!(
+                "--timeout ({:?}) must be longer than --period + --sweep ({:?}): \
+                 otherwise beating hosts look silent",
+                self.timeout,
+                self.period + self.sweep
+            );
+        }
+        if self.ipv6_percent > 100 {
+            bail!("--ipv6-percent is a share in percent (0-100)");
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of one scenario with one ingest mode.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub scenario: Scenario,
+    pub ingest: Ingest,
+    /// Distinct hosts simulated.
+    pub hosts: u32,
+    pub sent: Sent,
+    /// Counter deltas over the run (`hb_packets_total`, events, ...).
+    pub counters: Metrics,
+    /// Wall time over which CPU was measured.
+    pub window: Duration,
+    pub hb_cpu_ns: f64,
+    pub softirq_ns: f64,
+    /// Failed expectations; empty: everything as expected.
+    pub problems: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+impl Row {
+    /// Heartbeats the collector recorded.
+    pub fn accounted(&self) -> u64 {
+        self.counters.packets("heartbeat")
+    }
+
+    pub fn loss(&self) -> i64 {
+        self.sent.heartbeats as i64 - self.accounted() as i64
+    }
+
+    /// CPU per accounted packet (heartbeats, plus junk for junk-flood):
+    /// the collector process and softirq, in ns.
+    pub fn ns_per_packet(&self) -> Option<(f64, f64)> {
+        let n = self.accounted() + self.counters.packets("wrong_payload");
+        (n > 0).then(|| (self.hb_cpu_ns / n as f64, self.softirq_ns / n as f64))
+    }
+}
+
+/// Events a scenario expects of each kind: exactly once for each host of
+/// the sets, for nobody else, arriving within the window if one is given.
+#[derive(Default)]
+struct Expect {
+    sets: [Vec<Hosts>; 3],
+    windows: [Option<(Instant, Instant)>; 3],
+    /// Largest `silent_for_ms` allowed.
+    max_silent_for: Option<Duration>,
+}
+
+impl Expect {
+    fn events(&mut self, kind: Kind, hosts: Hosts) {
+        self.sets[kind as usize].push(hosts);
+    }
+
+    fn window(&mut self, kind: Kind, from: Instant, to: Instant) {
+        self.windows[kind as usize] = Some((from, to));
+    }
+
+    fn check(&self, log: &EventLog, problems: &mut Vec<String>) {
+        for kind in Kind::ALL {
+            let k = kind as usize;
+            let (mut expected, mut missing, mut repeated, mut seen) = (0u64, 0u64, 0u64, 0u64);
+            for set in &self.sets[k] {
+                for i in set.iter() {
+                    expected += 1;
+                    match log.counts[k].get(i as usize).copied().unwrap_or(0) {
+                        0 => missing += 1,
+                        1 => seen += 1,
+                        c => {
+                            repeated += 1;
+                            seen += u64::from(c);
+                        }
+                    }
+                }
+            }
+            let others = log.totals[k].saturating_sub(seen);
+            let name = kind.name();
+            if missing > 0 {
+                problems.push(format!("{missing} of {expected} `{name}` events missing"));
+            }
+            if repeated > 0 {
+                problems.push(format!("{repeated} hosts reported `{name}` more than once"));
+            }
+            if others > 0 {
+                problems.push(format!("{others} unexpected `{name}` events"));
+            }
+            if let Some((from, to)) = self.windows[k] {
+                if log.first[k].is_some_and(|t| t < from) {
+                    problems.push(format!("`{name}` events before the scenario caused them"));
+                }
+                if let Some(t) = log.last[k].filter(|&t| t > to) {
+                    problems.push(format!(
+                        "last `{name}` event {:.2} s late",
+                        (t - to).as_secs_f64()
+                    ));
+                }
+            }
+        }
+        if let Some(max) = self.max_silent_for
+            && log.max_silent_for_ms > max.as_millis() as u64
+        {
+            problems.push(format!(
+                "a host was reported silent after {} ms (allowed: {} ms)",
+                log.max_silent_for_ms,
+                max.as_millis()
+            ));
+        }
+        if log.foreign_count > 0 {
+            problems.push(format!(
+                "{} events about hosts never simulated, e.g. {:?}",
+                log.foreign_count, log.foreign
+            ));
+        }
+        if !log.bad_lines.is_empty() {
+            problems.push(format!("unexpected output lines: {:?}", log.bad_lines));
+        }
+    }
+}
+
+/// Runs one scenario with one ingest mode. `pass_ingest`: whether to pass
+/// `--ingest` (the hb under test has it).
+pub fn run(cfg: &Config, scenario: Scenario, ingest: Ingest, pass_ingest: bool) -> Result<Row> {
+    let fleet = Fleet::new(cfg.ipv6_percent);
+    let n = cfg.hosts;
+    let (p, t, s) = (cfg.period, cfg.timeout, cfg.sweep);
+    let churn = (n / 100).max(1);
+    let universe = match scenario {
+        Scenario::Churn => n + churn,
+        Scenario::JunkFlood => cfg.junk_hosts,
+        _ => n,
+    };
+    // A flood does not beat each host on a schedule: with the usual
+    // timeout a round slower than it would make hosts look silent.
+    let timeout = match scenario {
+        Scenario::Flood => t + cfg.duration + SLACK,
+        _ => t,
+    };
+    let topo = Topology::new(&cfg.tag)?;
+    let settings = Settings {
+        hb: cfg.hb.clone(),
+        iface: topo.a_if.clone(),
+        port: cfg.port,
+        ingest: pass_ingest.then_some(ingest),
+        timeout,
+        sweep: s,
+        max_hosts: universe + universe / 8 + 1024,
+    };
+    let mut generator = Generator::open(&topo.generator, &topo.b_if, fleet, cfg.port, cfg.batch)?;
+    let mut collector = Collector::start(&topo.collector, &settings, fleet, universe)?;
+    let before = collector.scrape()?;
+    let cpu_before = (
+        cpu::process_ticks(collector.pid())?,
+        cpu::Machine::now()?,
+        Instant::now(),
+    );
+
+    let all = Hosts::range(0, n);
+    let silenced = all.only(100, 0);
+    let paced = |h: Hosts| Some(f64::from(h.len()) / p.as_secs_f64());
+    let mut expect = Expect::default();
+    let mut notes = Vec::new();
+    let mut problems = Vec::new();
+    let mut tx = Sender {
+        generator: &mut generator,
+        sent: Sent::default(),
+        max_packets: cfg.max_packets,
+    };
+    // One round plus a sweep: every host has beaten and is known.
+    let warm_up = |tx: &mut Sender, problems: &mut Vec<String>| -> Result<()> {
+        let r = tx.send(all, paced(all), false, p + s)?;
+        if r.heartbeats < u64::from(n) {
+            problems.push(format!(
+                "the generator sent {} heartbeats in the warm-up, fewer than the {n} hosts: \
+                 raise --period",
+                r.heartbeats
+            ));
+        }
+        Ok(())
+    };
+    let reached = |sent: u64, hosts: u32| Hosts::range(0, sent.min(u64::from(hosts)) as u32);
+
+    match scenario {
+        Scenario::Steady => {
+            let r = tx.send(all, paced(all), false, cfg.duration)?;
+            expect.events(Kind::New, reached(r.heartbeats, n));
+        }
+        Scenario::Flood => {
+            let r = tx.send(all, cfg.rate, false, cfg.duration)?;
+            expect.events(Kind::New, reached(r.heartbeats, n));
+            notes.push(format!(
+                "flood: collector timeout {} ms so that no host falls silent between rounds",
+                timeout.as_millis()
+            ));
+        }
+        Scenario::Silent | Scenario::Recovery => {
+            warm_up(&mut tx, &mut problems)?;
+            let quiet = all.skip(100, 0);
+            let from = Instant::now();
+            tx.send(quiet, paced(quiet), false, t + 2 * s + SLACK)?;
+            expect.events(Kind::New, all);
+            expect.events(Kind::Silent, silenced);
+            expect.window(Kind::Silent, from, from + t + s + SLACK);
+            expect.max_silent_for = Some(t + s + SLACK);
+            if scenario == Scenario::Recovery {
+                let from = Instant::now();
+                tx.send(all, paced(all), false, p + 2 * s + SLACK)?;
+                expect.events(Kind::Recovered, silenced);
+                expect.window(Kind::Recovered, from, from + p + s + SLACK);
+            }
+        }
+        Scenario::Churn => {
+            warm_up(&mut tx, &mut problems)?;
+            let moved = Hosts::range(churn, n + churn);
+            let from = Instant::now();
+            tx.send(
+                moved,
+                paced(moved),
+                false,
+                t.max(p) + 2 * s + SLACK,
+            )?;
+            expect.events(Kind::New, Hosts::range(0, n + churn));
+            expect.events(Kind::Silent, Hosts::range(0, churn));
+            expect.window(Kind::Silent, from, from + t + s + SLACK);
+            expect.window(Kind::New, cpu_before.2, from + p + s + SLACK);
+            expect.max_silent_for = Some(t + s + SLACK);
+        }
+        Scenario::JunkFlood => {
+            let fleet_hosts = Hosts::range(0, universe);
+            let duration = cfg.duration.max(t + 2 * s + p);
+            tx.send(
+                fleet_hosts,
+                paced(fleet_hosts),
+                true,
+                duration,
+            )?;
+            expect.events(Kind::New, fleet_hosts);
+            if let Some(rate) = cfg.rate {
+                notes.push(format!("junk-flood: capped at {rate} frames/s"));
+            }
+        }
+    }
+
+    let sent = tx.sent;
+    // Events are judged as of the end of the traffic: stopping it makes
+    // everybody silent a timeout later, which is not the scenario's doing.
+    let traffic_end = Instant::now();
+    let log = collector.events();
+    // Two sweeps later the counters include every frame sent.
+    collector.wait_summaries(2, 2 * s + Duration::from_secs(30))?;
+    let after = collector.scrape()?;
+    let cpu_after = (cpu::process_ticks(collector.pid())?, cpu::Machine::now()?);
+    collector.stop().context("stopping the collector")?;
+    drop(topo);
+
+    let window = cpu_before.2.elapsed();
+    let tick = cpu::tick_ns();
+    let counters = after.since(&before);
+    let mut row = Row {
+        scenario,
+        ingest,
+        hosts: universe,
+        sent,
+        counters,
+        window,
+        hb_cpu_ns: (cpu_after.0 - cpu_before.0) as f64 * tick,
+        softirq_ns: cpu_after.1.since(&cpu_before.1).softirq as f64 * tick,
+        problems,
+        notes,
+    };
+    let _ = traffic_end;
+    expect.check(&log, &mut row.problems);
+    check_counters(&mut row, &expect);
+    if sent.max_lag > p / 2 && scenario != Scenario::Flood {
+        row.notes.push(format!(
+            "the generator fell {:.1} s behind its schedule",
+            sent.max_lag.as_secs_f64()
+        ));
+    }
+    Ok(row)
+}
+
+fn check_counters(row: &mut Row, expect: &Expect) {
+    let c = &row.counters;
+    let (accounted, sent) = (row.accounted(), row.sent.heartbeats);
+    if accounted > sent {
+        row.problems.push(format!(
+            "the collector counted {accounted} heartbeats of {sent} sent"
+        ));
+    } else if accounted < sent && row.ingest == Ingest::Xdp {
+        row.problems.push(format!(
+            "{} of {sent} heartbeats not accounted",
+            sent - accounted
+        ));
+    }
+    let new_hosts: u64 = expect.sets[Kind::New as usize]
+        .iter()
+        .map(|h| u64::from(h.len()))
+        .sum();
+    if c.packets("new_host") != new_hosts {
+        row.problems.push(format!(
+            "new_host counter {} (expected {new_hosts})",
+            c.packets("new_host")
+        ));
+    }
+    if c.packets("table_full") != 0 {
+        row.problems
+            .push(format!("table_full counter {}", c.packets("table_full")));
+    }
+    if c.packets("wrong_payload") != row.sent.junk {
+        row.problems.push(format!(
+            "wrong_payload counter {} of {} junk datagrams sent",
+            c.packets("wrong_payload"),
+            row.sent.junk
+        ));
+    }
+}
+
+/// The generator, and what it sent over the phases of a scenario.
+struct Sender<'a> {
+    generator: &'a mut Generator,
+    sent: Sent,
+    max_packets: u64,
+}
+
+impl Sender<'_> {
+    fn send(&mut self, hosts: Hosts, rate: Option<f64>, junk: bool, duration: Duration) -> Result<Sent> {
+        let r = self.generator.run(&Traffic {
+            hosts,
+            rate,
+            junk,
+            duration,
+            max_packets: self.max_packets,
+        })?;
+        signals::check()?;
+        self.sent.add(&r);
+        Ok(r)
+    }
+}
