@@ -112,7 +112,7 @@ pub struct EventLog {
 }
 
 impl EventLog {
-    fn new(fleet: Fleet, hosts: u32) -> Self {
+    pub(crate) fn new(fleet: Fleet, hosts: u32) -> Self {
         let v = || vec![0u8; hosts as usize];
         Self {
             fleet,
@@ -128,7 +128,7 @@ impl EventLog {
         }
     }
 
-    fn record(&mut self, line: &str, at: Instant) {
+    pub(crate) fn record(&mut self, line: &str, at: Instant) {
         #[derive(Deserialize)]
         struct Line<'a> {
             event: &'a str,

@@ -130,6 +130,8 @@ mod tests {
         assert_eq!(u16::from_be_bytes([f[36], f[37]]), 43278);
         assert_eq!(u16::from_be_bytes([f[38], f[39]]), 12);
         assert_eq!(&f[42..], b"PyHB");
+        // Computed independently (Python, RFC 1071).
+        assert_eq!(&f[24..26], &[0x68, 0xb6]);
         // The same frame as the benchmarks' builder, but for the checksum.
         let mut theirs = crate::ipv4_heartbeat([10, 1, 2, 3], 43278);
         theirs[0..6].copy_from_slice(&COLLECTOR_MAC);
@@ -152,5 +154,8 @@ mod tests {
             assert!(verifies(pseudo, &f[54..]), "UDP checksum of {payload:?}");
             assert_ne!(&f[60..62], &[0, 0]);
         }
+        // Computed independently (Python, RFC 1071 over the pseudo-header).
+        let n = udp(&mut buf, IpAddr::V6(src), 43278, b"PyHB");
+        assert_eq!(&buf[n - 6..n - 4], &[0xeb, 0x75]);
     }
 }

@@ -26,7 +26,10 @@ use super::{
     topology::Netns,
 };
 
-/// Longest junk payload.
+/// Junk payload lengths: at least as long as a heartbeat, so that every
+/// junk datagram is a whole datagram with the wrong payload (shorter ones
+/// may count as `truncated`, depending on how the frame ends).
+const MIN_JUNK: usize = 4;
 const MAX_JUNK: usize = 16;
 
 /// What to send for a while.
@@ -226,7 +229,7 @@ impl Generator {
             IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (r >> 40) as u32 & 0x00ff_ffff))
         };
         let mut payload = [0u8; MAX_JUNK];
-        let len = (self.random() % (MAX_JUNK as u64 + 1)) as usize;
+        let len = MIN_JUNK + (self.random() % (MAX_JUNK - MIN_JUNK + 1) as u64) as usize;
         let bytes = self.random().to_le_bytes();
         for (i, b) in payload[..len].iter_mut().enumerate() {
             *b = bytes[i % 8] ^ (i as u8);

@@ -87,7 +87,11 @@ pub fn table(rows: &[Row]) -> String {
             signed(r.loss()),
             grouped(rate as u64),
             percent(r.hb_cpu_ns, w),
-            percent(r.softirq_ns, w),
+            format!(
+                "{} (idle {})",
+                percent(r.softirq_ns, w),
+                percent(r.softirq_idle_ns, w)
+            ),
             per,
             if r.problems.is_empty() { "yes" } else { "no" },
         );

@@ -21,6 +21,8 @@ use super::{
 /// Scheduling and pipe latency allowed on a loaded 2-core machine when
 /// checking that an event came in time.
 pub const SLACK: Duration = Duration::from_secs(1);
+/// How long the idle softirq time is measured before each run.
+const IDLE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
@@ -131,8 +133,12 @@ pub struct Row {
     pub counters: Metrics,
     /// Wall time over which CPU was measured.
     pub window: Duration,
+    /// User + system time of the `hb run` process.
     pub hb_cpu_ns: f64,
+    /// Softirq time of the whole machine over the window, less the idle
+    /// rate measured just before (`softirq_idle_ns`).
     pub softirq_ns: f64,
+    pub softirq_idle_ns: f64,
     /// Failed expectations; empty: everything as expected.
     pub problems: Vec<String>,
     pub notes: Vec<String>,
@@ -266,6 +272,15 @@ pub fn run(cfg: &Config, scenario: Scenario, ingest: Ingest, pass_ingest: bool) 
     };
     let mut generator = Generator::open(&topo.generator, &topo.b_if, fleet, cfg.port, cfg.batch)?;
     let mut collector = Collector::start(&topo.collector, &settings, fleet, universe)?;
+    // Softirq time on an idle machine is not zero (timers, other work on
+    // the machine): measured with the collector up and no traffic, and
+    // subtracted, at the same rate, from the run's.
+    let idle_from = (cpu::Machine::now()?, Instant::now());
+    std::thread::sleep(IDLE);
+    signals::check()?;
+    let idle_softirq_per_s = cpu::Machine::now()?.since(&idle_from.0).softirq as f64
+        * cpu::tick_ns()
+        / idle_from.1.elapsed().as_secs_f64();
     let before = collector.scrape()?;
     let cpu_before = (
         cpu::process_ticks(collector.pid())?,
@@ -382,7 +397,10 @@ pub fn run(cfg: &Config, scenario: Scenario, ingest: Ingest, pass_ingest: bool) 
         counters,
         window,
         hb_cpu_ns: (cpu_after.0 - cpu_before.0) as f64 * tick,
-        softirq_ns: cpu_after.1.since(&cpu_before.1).softirq as f64 * tick,
+        softirq_ns: (cpu_after.1.since(&cpu_before.1).softirq as f64 * tick
+            - idle_softirq_per_s * window.as_secs_f64())
+        .max(0.0),
+        softirq_idle_ns: idle_softirq_per_s * window.as_secs_f64(),
         problems,
         notes,
     };
@@ -453,5 +471,115 @@ impl Sender<'_> {
         signals::check()?;
         self.sent.add(&r);
         Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_of(fleet: Fleet, lines: &[(&str, u32)], at: Instant) -> EventLog {
+        let mut log = EventLog::new(fleet, 1000);
+        for (event, host) in lines {
+            let line = format!(
+                r#"{{"ts":"x","event":"{event}","host":"{}","silent_for_ms":2000}}"#,
+                fleet.addr(*host)
+            );
+            log.record(&line, at);
+        }
+        log
+    }
+
+    fn problems(expect: &Expect, log: &EventLog) -> Vec<String> {
+        let mut p = Vec::new();
+        expect.check(log, &mut p);
+        p
+    }
+
+    #[test]
+    fn expectations_catch_missing_repeated_unexpected_and_late_events() {
+        let fleet = Fleet::new(10);
+        let t0 = Instant::now();
+        let mut expect = Expect::default();
+        expect.events(Kind::Silent, Hosts::range(0, 300).only(100, 0));
+        expect.window(Kind::Silent, t0, t0 + Duration::from_secs(5));
+        expect.max_silent_for = Some(Duration::from_secs(3));
+
+        let ok = log_of(fleet, &[("silent", 0), ("silent", 100), ("silent", 200)], t0);
+        assert_eq!(problems(&expect, &ok), Vec::<String>::new());
+
+        let missing = log_of(fleet, &[("silent", 0), ("silent", 200)], t0);
+        assert!(problems(&expect, &missing)[0].contains("1 of 3 `silent` events missing"));
+
+        let twice = log_of(
+            fleet,
+            &[("silent", 0), ("silent", 100), ("silent", 200), ("silent", 100)],
+            t0,
+        );
+        assert!(problems(&expect, &twice)[0].contains("more than once"));
+
+        let other = log_of(
+            fleet,
+            &[("silent", 0), ("silent", 100), ("silent", 200), ("silent", 5), ("new", 7)],
+            t0,
+        );
+        let p = problems(&expect, &other);
+        assert!(p.iter().any(|p| p.contains("1 unexpected `silent`")), "{p:?}");
+        assert!(p.iter().any(|p| p.contains("1 unexpected `new`")), "{p:?}");
+
+        let late = log_of(
+            fleet,
+            &[("silent", 0), ("silent", 100), ("silent", 200)],
+            t0 + Duration::from_secs(6),
+        );
+        assert!(problems(&expect, &late)[0].contains("late"));
+
+        expect.max_silent_for = Some(Duration::from_secs(1));
+        assert!(problems(&expect, &ok)[0].contains("2000 ms"));
+    }
+
+    #[test]
+    fn counters_must_match_what_was_sent() {
+        let mut row = Row {
+            scenario: Scenario::JunkFlood,
+            ingest: Ingest::Xdp,
+            hosts: 10,
+            sent: Sent {
+                heartbeats: 100,
+                junk: 50,
+                ..Sent::default()
+            },
+            counters: Metrics::default(),
+            window: Duration::from_secs(1),
+            hb_cpu_ns: 0.0,
+            softirq_ns: 0.0,
+            softirq_idle_ns: 0.0,
+            problems: Vec::new(),
+            notes: Vec::new(),
+        };
+        let mut expect = Expect::default();
+        expect.events(Kind::New, Hosts::range(0, 10));
+        let set = |row: &mut Row, hb: f64, new: f64, junk: f64| {
+            row.counters = Metrics(
+                [
+                    ("hb_packets_total{outcome=\"heartbeat\"}".to_string(), hb),
+                    ("hb_packets_total{outcome=\"new_host\"}".to_string(), new),
+                    ("hb_packets_total{outcome=\"wrong_payload\"}".to_string(), junk),
+                ]
+                .into(),
+            );
+            row.problems.clear();
+            check_counters(row, &expect);
+            row.problems.clone()
+        };
+        assert!(set(&mut row, 100.0, 10.0, 50.0).is_empty());
+        assert!(set(&mut row, 99.0, 10.0, 50.0)[0].contains("1 of 100 heartbeats not accounted"));
+        assert!(set(&mut row, 100.0, 11.0, 50.0)[0].contains("new_host"));
+        assert!(set(&mut row, 100.0, 10.0, 49.0)[0].contains("wrong_payload"));
+        // Socket mode may lose heartbeats (the loss column shows it), but
+        // never count more than were sent.
+        row.ingest = Ingest::Socket;
+        assert!(set(&mut row, 99.0, 10.0, 50.0).is_empty());
+        assert!(set(&mut row, 101.0, 10.0, 50.0)[0].contains("counted 101"));
     }
 }
