@@ -335,7 +335,19 @@ impl Collector {
 
 impl Drop for Collector {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SIGTERM first: hb then detaches and removes its pins itself.
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: signalling our own child, which has not been reaped.
+            unsafe { libc::kill(self.pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while let Ok(None) = self.child.try_wait() {
+                if Instant::now() >= deadline {
+                    let _ = self.child.kill();
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.wait();
         signals::unregister_child(self.pid);
     }

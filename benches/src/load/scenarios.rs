@@ -377,7 +377,6 @@ pub fn run(cfg: &Config, scenario: Scenario, ingest: Ingest, pass_ingest: bool) 
     let sent = tx.sent;
     // Events are judged as of the end of the traffic: stopping it makes
     // everybody silent a timeout later, which is not the scenario's doing.
-    let traffic_end = Instant::now();
     let log = collector.events();
     // Two sweeps later the counters include every frame sent.
     collector.wait_summaries(2, 2 * s + Duration::from_secs(30))?;
@@ -404,9 +403,14 @@ pub fn run(cfg: &Config, scenario: Scenario, ingest: Ingest, pass_ingest: bool) 
         problems,
         notes,
     };
-    let _ = traffic_end;
     expect.check(&log, &mut row.problems);
     check_counters(&mut row, &expect);
+    if sent.refused > 0 {
+        row.notes.push(format!(
+            "the veth pair refused {} sends (receive side full); the generator retried them",
+            sent.refused
+        ));
+    }
     if sent.max_lag > p / 2 && scenario != Scenario::Flood {
         row.notes.push(format!(
             "the generator fell {:.1} s behind its schedule",
