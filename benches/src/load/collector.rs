@@ -28,8 +28,12 @@ pub const METRICS_ADDR: &str = "127.0.0.1:9743";
 /// How heartbeats reach the collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Ingest {
+    /// `hb run --ingest xdp` (or an hb without `--ingest`).
     Xdp,
+    /// `hb run --ingest socket`.
     Socket,
+    /// No hb: the reference socket reader (see `reference`).
+    RefSocket,
 }
 
 impl Ingest {
@@ -37,6 +41,7 @@ impl Ingest {
         match self {
             Ingest::Xdp => "xdp",
             Ingest::Socket => "socket",
+            Ingest::RefSocket => "ref-socket",
         }
     }
 
@@ -44,7 +49,8 @@ impl Ingest {
         match s {
             "xdp" => Ok(Ingest::Xdp),
             "socket" => Ok(Ingest::Socket),
-            _ => bail!("unknown ingest mode {s:?} (expected xdp or socket)"),
+            "ref-socket" => Ok(Ingest::RefSocket),
+            _ => bail!("unknown ingest mode {s:?} (expected xdp, socket or ref-socket)"),
         }
     }
 }

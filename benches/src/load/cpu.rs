@@ -17,8 +17,16 @@ pub fn tick_ns() -> f64 {
 
 /// User + system time of process `pid` (all its threads), in ticks.
 pub fn process_ticks(pid: i32) -> Result<u64> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    stat_ticks(&format!("/proc/{pid}/stat"))
+}
+
+/// User + system time of the calling thread alone, in ticks.
+pub fn thread_ticks() -> Result<u64> {
+    stat_ticks("/proc/thread-self/stat")
+}
+
+fn stat_ticks(path: &str) -> Result<u64> {
+    let stat = fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     // The command name (field 2) may hold spaces: count from after it.
     let rest = stat
         .rsplit_once(')')

@@ -8,6 +8,7 @@ pub mod cpu;
 pub mod fleet;
 pub mod frames;
 pub mod generator;
+pub mod reference;
 pub mod signals;
 pub mod topology;
 pub mod report;
@@ -29,24 +30,29 @@ pub fn run_all(
     cfg.validate()?;
     let has_ingest = collector::supports_ingest(&cfg.hb)?;
     let mut notes = Vec::new();
-    let modes: Vec<Ingest> = if has_ingest {
-        ingest.to_vec()
-    } else {
-        if ingest.iter().any(|&i| i != Ingest::Xdp) {
+    let mut modes: Vec<Ingest> = Vec::new();
+    for &mode in ingest {
+        if mode == Ingest::Socket && !has_ingest {
             notes.push(format!(
-                "socket mode not measured: {} has no `hb run --ingest`, so only the XDP path ran",
+                "hb's socket mode not measured: {} has no `hb run --ingest`. In its place, \
+                 `ref-socket` is a bare reference reader (recvmmsg on a UDP socket in the \
+                 collector namespace, no host table, no events): a lower bound of what any \
+                 socket-mode collector costs",
                 cfg.hb.display()
             ));
+            if !ingest.contains(&Ingest::RefSocket) {
+                modes.push(Ingest::RefSocket);
+            }
+        } else {
+            modes.push(mode);
         }
-        ingest
-            .iter()
-            .copied()
-            .filter(|&i| i == Ingest::Xdp)
-            .collect()
-    };
+    }
     let mut rows = Vec::new();
     for &sc in scenarios {
         for &mode in &modes {
+            if mode == Ingest::RefSocket && !scenarios::reference_runs(sc) {
+                continue;
+            }
             log::info!("scenario {} with {} ingest", sc.name(), mode.name());
             let row = scenarios::run(cfg, sc, mode, has_ingest)?;
             log::info!(

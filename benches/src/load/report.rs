@@ -93,7 +93,11 @@ pub fn table(rows: &[Row]) -> String {
                 percent(r.softirq_idle_ns, w)
             ),
             per,
-            if r.problems.is_empty() { "yes" } else { "no" },
+            match (r.ingest, r.problems.is_empty()) {
+                (Ingest::RefSocket, true) => "n/a (no events)",
+                (_, true) => "yes",
+                (_, false) => "no",
+            },
         );
     }
     out
@@ -104,16 +108,23 @@ pub fn ratios(rows: &[Row]) -> Vec<String> {
     let mut out = Vec::new();
     for sc in Scenario::ALL {
         let find = |i| rows.iter().find(|r| r.scenario == sc && r.ingest == i);
-        let (Some(x), Some(s)) = (find(Ingest::Xdp), find(Ingest::Socket)) else {
+        let Some(x) = find(Ingest::Xdp) else {
+            continue;
+        };
+        let Some(s) = find(Ingest::Socket).or_else(|| find(Ingest::RefSocket)) else {
             continue;
         };
         let (Some((xh, xs)), Some((sh, ss))) = (x.ns_per_packet(), s.ns_per_packet()) else {
             continue;
         };
         out.push(format!(
-            "{}: socket mode uses {:.2}x the CPU per packet of XDP ({:.0} ns vs {:.0} ns; \
+            "{}: {} uses {:.2}x the CPU per packet of XDP ({:.0} ns vs {:.0} ns; \
              collector process {:.0} vs {:.0} ns, softirq {:.0} vs {:.0} ns)",
             sc.name(),
+            match s.ingest {
+                Ingest::Socket => "socket mode",
+                _ => "the reference socket reader",
+            },
             (sh + ss) / (xh + xs),
             sh + ss,
             xh + xs,

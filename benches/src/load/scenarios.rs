@@ -14,6 +14,7 @@ use super::{
     cpu,
     fleet::{Fleet, Hosts},
     generator::{Generator, Sent, Traffic},
+    reference::Reader,
     signals,
     topology::Topology,
 };
@@ -242,9 +243,120 @@ impl Expect {
     }
 }
 
+/// Softirq time on an idle machine is not zero (timers, other work on the
+/// machine): measured with the collector up and no traffic, to be
+/// subtracted, at the same rate, from the run's. Nanoseconds per second.
+fn idle_softirq_per_s() -> Result<f64> {
+    let (from, at) = (cpu::Machine::now()?, Instant::now());
+    std::thread::sleep(IDLE);
+    signals::check()?;
+    Ok(cpu::Machine::now()?.since(&from).softirq as f64 * cpu::tick_ns()
+        / at.elapsed().as_secs_f64())
+}
+
+/// Can `scenario` run with the reference socket reader? It prints no
+/// events, so only the scenarios that count packets.
+pub fn reference_runs(scenario: Scenario) -> bool {
+    matches!(
+        scenario,
+        Scenario::Steady | Scenario::Flood | Scenario::JunkFlood
+    )
+}
+
+/// Steady, flood or junk-flood against the reference socket reader
+/// instead of hb: the same traffic, counted by the reader.
+fn run_reference(cfg: &Config, scenario: Scenario) -> Result<Row> {
+    if !reference_runs(scenario) {
+        bail!("{} needs a collector's events", scenario.name());
+    }
+    let fleet = Fleet::new(cfg.ipv6_percent);
+    let topo = Topology::new(&cfg.tag)?;
+    let mut generator = Generator::open(&topo.generator, &topo.b_if, fleet, cfg.port, cfg.batch)?;
+    let mut reader = Reader::start(&topo.collector, cfg.port)?;
+    let idle_softirq_per_s = idle_softirq_per_s()?;
+    let (machine_before, start) = (cpu::Machine::now()?, Instant::now());
+    let (hosts, rate, junk, duration) = match scenario {
+        Scenario::Steady => {
+            let all = Hosts::range(0, cfg.hosts);
+            let rate = f64::from(cfg.hosts) / cfg.period.as_secs_f64();
+            (all, Some(rate), false, cfg.duration)
+        }
+        Scenario::Flood => (Hosts::range(0, cfg.hosts), cfg.rate, false, cfg.duration),
+        _ => {
+            let fleet_hosts = Hosts::range(0, cfg.junk_hosts);
+            let rate = f64::from(cfg.junk_hosts) / cfg.period.as_secs_f64();
+            let duration = cfg
+                .duration
+                .max(cfg.timeout + 2 * cfg.sweep + cfg.period);
+            (fleet_hosts, Some(rate), true, duration)
+        }
+    };
+    let sent = generator.run(&Traffic {
+        hosts,
+        rate,
+        junk,
+        duration,
+        max_packets: cfg.max_packets,
+    })?;
+    signals::check()?;
+    // Let the reader drain its socket: stop once nothing more arrives.
+    let mut last = reader.heartbeats();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = reader.heartbeats();
+        if now == last || now >= sent.heartbeats {
+            break;
+        }
+        last = now;
+    }
+    let got = reader.finish()?;
+    let machine_after = cpu::Machine::now()?;
+    drop(topo);
+    let window = start.elapsed();
+    let tick = cpu::tick_ns();
+    let counters = Metrics(
+        [
+            (
+                "hb_packets_total{outcome=\"heartbeat\"}".to_string(),
+                got.heartbeats as f64,
+            ),
+            (
+                "hb_packets_total{outcome=\"wrong_payload\"}".to_string(),
+                got.other as f64,
+            ),
+        ]
+        .into(),
+    );
+    let mut row = Row {
+        scenario,
+        ingest: Ingest::RefSocket,
+        hosts: hosts.len(),
+        sent,
+        counters,
+        window,
+        hb_cpu_ns: got.cpu_ticks as f64 * tick,
+        softirq_ns: (machine_after.since(&machine_before).softirq as f64 * tick
+            - idle_softirq_per_s * window.as_secs_f64())
+        .max(0.0),
+        softirq_idle_ns: idle_softirq_per_s * window.as_secs_f64(),
+        problems: Vec::new(),
+        notes: Vec::new(),
+    };
+    if row.accounted() > sent.heartbeats || got.other > sent.junk {
+        row.problems.push(format!(
+            "the reader received {} heartbeats and {} others, more than the {} and {} sent",
+            got.heartbeats, got.other, sent.heartbeats, sent.junk
+        ));
+    }
+    Ok(row)
+}
+
 /// Runs one scenario with one ingest mode. `pass_ingest`: whether to pass
 /// `--ingest` (the hb under test has it).
 pub fn run(cfg: &Config, scenario: Scenario, ingest: Ingest, pass_ingest: bool) -> Result<Row> {
+    if ingest == Ingest::RefSocket {
+        return run_reference(cfg, scenario);
+    }
     let fleet = Fleet::new(cfg.ipv6_percent);
     let n = cfg.hosts;
     let (p, t, s) = (cfg.period, cfg.timeout, cfg.sweep);
@@ -272,15 +384,7 @@ pub fn run(cfg: &Config, scenario: Scenario, ingest: Ingest, pass_ingest: bool) 
     };
     let mut generator = Generator::open(&topo.generator, &topo.b_if, fleet, cfg.port, cfg.batch)?;
     let mut collector = Collector::start(&topo.collector, &settings, fleet, universe)?;
-    // Softirq time on an idle machine is not zero (timers, other work on
-    // the machine): measured with the collector up and no traffic, and
-    // subtracted, at the same rate, from the run's.
-    let idle_from = (cpu::Machine::now()?, Instant::now());
-    std::thread::sleep(IDLE);
-    signals::check()?;
-    let idle_softirq_per_s = cpu::Machine::now()?.since(&idle_from.0).softirq as f64
-        * cpu::tick_ns()
-        / idle_from.1.elapsed().as_secs_f64();
+    let idle_softirq_per_s = idle_softirq_per_s()?;
     let before = collector.scrape()?;
     let cpu_before = (
         cpu::process_ticks(collector.pid())?,
