@@ -11,9 +11,9 @@ use std::{
 use hb_benches::load::{
     collector::Ingest,
     fleet::Fleet,
+    fleet::Hosts,
     frames,
     generator::{Generator, Traffic},
-    fleet::Hosts,
     scenarios::{self, Config, Scenario},
     topology::Topology,
 };
@@ -61,10 +61,11 @@ fn frames_reach_a_udp_socket_over_both_families() {
         })
         .unwrap();
     assert_eq!(sent.heartbeats, 40);
-    let mut seen = vec![false; 40];
+    let mut seen = [false; 40];
     let mut buf = [0u8; 64];
     for sock in [&v4, &v6] {
-        sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         while let Ok((n, from)) = sock.recv_from(&mut buf) {
             assert_eq!(&buf[..n], b"PyHB");
             let i = fleet.index(from.ip()).expect("a simulated host") as usize;
@@ -109,9 +110,17 @@ fn small_xdp_run_accounts_every_heartbeat_and_reports_the_silent_hosts() {
             row.problems,
             row.notes
         );
-        assert!(row.sent.heartbeats >= 20_000, "{}: {:?}", sc.name(), row.sent);
+        assert!(
+            row.sent.heartbeats >= 20_000,
+            "{}: {:?}",
+            sc.name(),
+            row.sent
+        );
         assert_eq!(row.accounted(), row.sent.heartbeats, "{}", sc.name());
-        let events = |e: &str| row.counters.get(&format!("hb_events_total{{event=\"{e}\"}}"));
+        let events = |e: &str| {
+            row.counters
+                .get(&format!("hb_events_total{{event=\"{e}\"}}"))
+        };
         assert_eq!(events("new"), 10_000, "{}", sc.name());
         let silent = if sc == Scenario::Silent { 100 } else { 0 };
         assert_eq!(events("silent"), silent, "{}", sc.name());

@@ -369,7 +369,10 @@ impl Metrics {
             bail!("not an HTTP response from hb: {response:.200}");
         };
         if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-            bail!("hb's /metrics answered {}", head.lines().next().unwrap_or(""));
+            bail!(
+                "hb's /metrics answered {}",
+                head.lines().next().unwrap_or("")
+            );
         }
         let mut m = HashMap::new();
         for line in body.lines() {
@@ -419,9 +422,18 @@ mod tests {
         let t = Instant::now();
         let h = |i| fleet.addr(i).to_string();
         for line in [
-            format!(r#"{{"ts":"x","event":"new","host":"{}","last_seen_ago_ms":1}}"#, h(3)),
-            format!(r#"{{"ts":"x","event":"silent","host":"{}","silent_for_ms":3100}}"#, h(3)),
-            format!(r#"{{"ts":"x","event":"silent","host":"{}","silent_for_ms":3500}}"#, h(3)),
+            format!(
+                r#"{{"ts":"x","event":"new","host":"{}","last_seen_ago_ms":1}}"#,
+                h(3)
+            ),
+            format!(
+                r#"{{"ts":"x","event":"silent","host":"{}","silent_for_ms":3100}}"#,
+                h(3)
+            ),
+            format!(
+                r#"{{"ts":"x","event":"silent","host":"{}","silent_for_ms":3500}}"#,
+                h(3)
+            ),
             format!(r#"{{"ts":"x","event":"new","host":"{}"}}"#, h(12)),
             r#"{"ts":"x","event":"new","host":"192.0.2.1"}"#.into(),
             r#"{"ts":"x","event":"summary","hosts":1,"packets":{}}"#.into(),

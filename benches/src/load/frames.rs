@@ -148,7 +148,10 @@ mod tests {
             let n = udp(&mut buf, IpAddr::V6(src), 43278, payload);
             let f = &buf[..n];
             assert_eq!(n, 14 + 40 + 8 + payload.len());
-            assert_eq!(u16::from_be_bytes([f[18], f[19]]) as usize, 8 + payload.len());
+            assert_eq!(
+                u16::from_be_bytes([f[18], f[19]]) as usize,
+                8 + payload.len()
+            );
             let mut pseudo = sum_words(0, &f[22..54]);
             pseudo += (8 + payload.len()) as u32 + 17;
             assert!(verifies(pseudo, &f[54..]), "UDP checksum of {payload:?}");

@@ -146,7 +146,9 @@ impl Generator {
                 // Ahead of the schedule: wait for the next heartbeat's turn.
                 let rate = t.rate.unwrap_or(1e9);
                 let next = start + Duration::from_secs_f64((sent.heartbeats as f64) / rate);
-                let wait = next.saturating_duration_since(now).min(Duration::from_millis(1));
+                let wait = next
+                    .saturating_duration_since(now)
+                    .min(Duration::from_millis(1));
                 thread::sleep(wait.max(Duration::from_micros(20)));
                 continue;
             }
@@ -199,7 +201,11 @@ impl Generator {
         for _ in 0..n {
             let mut i = self.cursor;
             loop {
-                i = if i <= hosts.start { hosts.end - 1 } else { i - 1 };
+                i = if i <= hosts.start {
+                    hosts.end - 1
+                } else {
+                    i - 1
+                };
                 if hosts.contains(i) {
                     break;
                 }
@@ -250,12 +256,7 @@ impl Generator {
             let rest = &mut msgs[done..];
             // SAFETY: every header points at a live iovec and buffer.
             let n = unsafe {
-                libc::sendmmsg(
-                    self.fd.as_raw_fd(),
-                    rest.as_mut_ptr(),
-                    rest.len() as u32,
-                    0,
-                )
+                libc::sendmmsg(self.fd.as_raw_fd(), rest.as_mut_ptr(), rest.len() as u32, 0)
             };
             if n > 0 {
                 done += n as usize;
@@ -269,7 +270,7 @@ impl Generator {
                         break;
                     }
                     // Let the receive side (softirq, often on this CPU) drain.
-                    if refused % 16 == 0 {
+                    if refused.is_multiple_of(16) {
                         thread::sleep(Duration::from_micros(50));
                     } else {
                         thread::yield_now();

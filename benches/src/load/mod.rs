@@ -9,10 +9,10 @@ pub mod fleet;
 pub mod frames;
 pub mod generator;
 pub mod reference;
-pub mod signals;
-pub mod topology;
 pub mod report;
 pub mod scenarios;
+pub mod signals;
+pub mod topology;
 
 use anyhow::Result;
 

@@ -47,13 +47,13 @@ impl Reader {
         let path = ns.path();
         let handle = {
             let (stop, heartbeats) = (stop.clone(), heartbeats.clone());
-            thread::Builder::new()
-                .name("socket-ref".into())
-                .spawn(move || -> Result<Received> {
+            thread::Builder::new().name("socket-ref".into()).spawn(
+                move || -> Result<Received> {
                     let sock = super::topology::within(&path, move || open(port))??;
                     let _ = ready_tx.send(());
                     read(&sock, &stop, &heartbeats)
-                })?
+                },
+            )?
         };
         let mut r = Self {
             stop,
@@ -117,7 +117,12 @@ fn open(port: u16) -> Result<OwnedFd> {
     }
     // SAFETY: a fresh fd we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    setsockopt(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &0i32.to_ne_bytes())?;
+    setsockopt(
+        &fd,
+        libc::IPPROTO_IPV6,
+        libc::IPV6_V6ONLY,
+        &0i32.to_ne_bytes(),
+    )?;
     // A large buffer, as a production collector would set.
     let rcvbuf = (16i32 << 20).to_ne_bytes();
     setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &rcvbuf)?;
@@ -127,7 +132,10 @@ fn open(port: u16) -> Result<OwnedFd> {
     };
     // SAFETY: viewing a timeval as its bytes.
     let tv = unsafe {
-        std::slice::from_raw_parts((&tv as *const libc::timeval).cast::<u8>(), size_of::<libc::timeval>())
+        std::slice::from_raw_parts(
+            (&tv as *const libc::timeval).cast::<u8>(),
+            size_of::<libc::timeval>(),
+        )
     };
     setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, tv)?;
     // SAFETY: sockaddr_in6 is plain data; zero is the unspecified address.

@@ -13,7 +13,7 @@ pub fn grouped(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -76,6 +76,11 @@ pub fn table(rows: &[Row]) -> String {
             Some((hb, si)) => format!("{:.0} ({:.0} + {:.0})", hb + si, hb, si),
             None => "-".into(),
         };
+        let softirq = format!(
+            "{} (idle {})",
+            percent(r.softirq_ns, w),
+            percent(r.softirq_idle_ns, w)
+        );
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -87,11 +92,7 @@ pub fn table(rows: &[Row]) -> String {
             signed(r.loss()),
             grouped(rate as u64),
             percent(r.hb_cpu_ns, w),
-            format!(
-                "{} (idle {})",
-                percent(r.softirq_ns, w),
-                percent(r.softirq_idle_ns, w)
-            ),
+            softirq,
             per,
             match (r.ingest, r.problems.is_empty()) {
                 (Ingest::RefSocket, true) => "n/a (no events)",

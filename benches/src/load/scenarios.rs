@@ -250,8 +250,10 @@ fn idle_softirq_per_s() -> Result<f64> {
     let (from, at) = (cpu::Machine::now()?, Instant::now());
     std::thread::sleep(IDLE);
     signals::check()?;
-    Ok(cpu::Machine::now()?.since(&from).softirq as f64 * cpu::tick_ns()
-        / at.elapsed().as_secs_f64())
+    Ok(
+        cpu::Machine::now()?.since(&from).softirq as f64 * cpu::tick_ns()
+            / at.elapsed().as_secs_f64(),
+    )
 }
 
 /// Can `scenario` run with the reference socket reader? It prints no
@@ -285,9 +287,7 @@ fn run_reference(cfg: &Config, scenario: Scenario) -> Result<Row> {
         _ => {
             let fleet_hosts = Hosts::range(0, cfg.junk_hosts);
             let rate = f64::from(cfg.junk_hosts) / cfg.period.as_secs_f64();
-            let duration = cfg
-                .duration
-                .max(cfg.timeout + 2 * cfg.sweep + cfg.period);
+            let duration = cfg.duration.max(cfg.timeout + 2 * cfg.sweep + cfg.period);
             (fleet_hosts, Some(rate), true, duration)
         }
     };
@@ -450,12 +450,7 @@ pub fn run(cfg: &Config, scenario: Scenario, ingest: Ingest, pass_ingest: bool) 
             warm_up(&mut tx, &mut problems)?;
             let moved = Hosts::range(churn, n + churn);
             let from = Instant::now();
-            tx.send(
-                moved,
-                paced(moved),
-                false,
-                t.max(p) + 2 * s + SLACK,
-            )?;
+            tx.send(moved, paced(moved), false, t.max(p) + 2 * s + SLACK)?;
             expect.events(Kind::New, Hosts::range(0, n + churn));
             expect.events(Kind::Silent, Hosts::range(0, churn));
             expect.window(Kind::Silent, from, from + t + s + SLACK);
@@ -465,12 +460,7 @@ pub fn run(cfg: &Config, scenario: Scenario, ingest: Ingest, pass_ingest: bool) 
         Scenario::JunkFlood => {
             let fleet_hosts = Hosts::range(0, universe);
             let duration = cfg.duration.max(t + 2 * s + p);
-            tx.send(
-                fleet_hosts,
-                paced(fleet_hosts),
-                true,
-                duration,
-            )?;
+            tx.send(fleet_hosts, paced(fleet_hosts), true, duration)?;
             expect.events(Kind::New, fleet_hosts);
             if let Some(rate) = cfg.rate {
                 notes.push(format!("junk-flood: capped at {rate} frames/s"));
@@ -568,7 +558,13 @@ struct Sender<'a> {
 }
 
 impl Sender<'_> {
-    fn send(&mut self, hosts: Hosts, rate: Option<f64>, junk: bool, duration: Duration) -> Result<Sent> {
+    fn send(
+        &mut self,
+        hosts: Hosts,
+        rate: Option<f64>,
+        junk: bool,
+        duration: Duration,
+    ) -> Result<Sent> {
         let r = self.generator.run(&Traffic {
             hosts,
             rate,
@@ -613,7 +609,11 @@ mod tests {
         expect.window(Kind::Silent, t0, t0 + Duration::from_secs(5));
         expect.max_silent_for = Some(Duration::from_secs(3));
 
-        let ok = log_of(fleet, &[("silent", 0), ("silent", 100), ("silent", 200)], t0);
+        let ok = log_of(
+            fleet,
+            &[("silent", 0), ("silent", 100), ("silent", 200)],
+            t0,
+        );
         assert_eq!(problems(&expect, &ok), Vec::<String>::new());
 
         let missing = log_of(fleet, &[("silent", 0), ("silent", 200)], t0);
@@ -621,18 +621,32 @@ mod tests {
 
         let twice = log_of(
             fleet,
-            &[("silent", 0), ("silent", 100), ("silent", 200), ("silent", 100)],
+            &[
+                ("silent", 0),
+                ("silent", 100),
+                ("silent", 200),
+                ("silent", 100),
+            ],
             t0,
         );
         assert!(problems(&expect, &twice)[0].contains("more than once"));
 
         let other = log_of(
             fleet,
-            &[("silent", 0), ("silent", 100), ("silent", 200), ("silent", 5), ("new", 7)],
+            &[
+                ("silent", 0),
+                ("silent", 100),
+                ("silent", 200),
+                ("silent", 5),
+                ("new", 7),
+            ],
             t0,
         );
         let p = problems(&expect, &other);
-        assert!(p.iter().any(|p| p.contains("1 unexpected `silent`")), "{p:?}");
+        assert!(
+            p.iter().any(|p| p.contains("1 unexpected `silent`")),
+            "{p:?}"
+        );
         assert!(p.iter().any(|p| p.contains("1 unexpected `new`")), "{p:?}");
 
         let late = log_of(
@@ -672,7 +686,10 @@ mod tests {
                 [
                     ("hb_packets_total{outcome=\"heartbeat\"}".to_string(), hb),
                     ("hb_packets_total{outcome=\"new_host\"}".to_string(), new),
-                    ("hb_packets_total{outcome=\"wrong_payload\"}".to_string(), junk),
+                    (
+                        "hb_packets_total{outcome=\"wrong_payload\"}".to_string(),
+                        junk,
+                    ),
                 ]
                 .into(),
             );
