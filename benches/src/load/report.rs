@@ -72,6 +72,11 @@ pub fn table(rows: &[Row]) -> String {
         if r.sent.junk > 0 {
             let _ = write!(sent, " + {} junk", grouped(r.sent.junk));
         }
+        let mut accounted = grouped(r.accounted());
+        if r.sent.junk > 0 {
+            let junk = r.counters.packets("wrong_payload");
+            let _ = write!(accounted, " + {} junk", grouped(junk));
+        }
         let per = match r.ns_per_packet() {
             Some((hb, si)) => format!("{:.0} ({:.0} + {:.0})", hb + si, hb, si),
             None => "-".into(),
@@ -88,7 +93,7 @@ pub fn table(rows: &[Row]) -> String {
             r.ingest.name(),
             grouped(u64::from(r.hosts)),
             sent,
-            grouped(r.accounted()),
+            accounted,
             signed(r.loss()),
             grouped(rate as u64),
             percent(r.hb_cpu_ns, w),
