@@ -21,7 +21,7 @@ use super::{
 
 /// Scheduling and pipe latency allowed on a loaded 2-core machine when
 /// checking that an event came in time.
-pub const SLACK: Duration = Duration::from_secs(1);
+pub const SLACK: Duration = Duration::from_millis(1500);
 /// How long the idle softirq time is measured before each run.
 const IDLE: Duration = Duration::from_secs(2);
 
