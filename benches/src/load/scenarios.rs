@@ -101,8 +101,13 @@ pub struct Config {
 
 impl Config {
     pub fn validate(&self) -> Result<()> {
-        if self.hosts == 0 || self.hosts > super::fleet::MAX_HOSTS - self.hosts / 50 {
-            bail!("--hosts must be 1..{}", super::fleet::MAX_HOSTS / 2);
+        // Churn adds 1% of new hosts; the address plan names MAX_HOSTS.
+        let most = super::fleet::MAX_HOSTS / 101 * 100;
+        if self.hosts == 0 || self.hosts > most || self.junk_hosts == 0 || self.junk_hosts > most {
+            bail!("--hosts and --junk-hosts must be 1 to {most}");
+        }
+        if !(1..=1024).contains(&self.batch) {
+            bail!("--batch must be 1 to 1024");
         }
         if self.timeout <= self.sweep {
             bail!("--timeout must be longer than --sweep");
