@@ -66,11 +66,17 @@ impl Netns {
     pub fn command(&self, program: &std::path::Path) -> Result<Command> {
         let ns = File::open(self.path()).with_context(|| format!("opening {}", self.path()))?;
         let mut cmd = Command::new(program);
-        // SAFETY: only setns (async-signal-safe) between fork and exec; the
-        // fd is moved into the closure and lives as long as the command.
+        // SAFETY: only setns and prctl (async-signal-safe system calls)
+        // between fork and exec; the fd is moved into the closure and lives
+        // as long as the command.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Should the load test be killed outright (SIGKILL), the
+                // collector still gets SIGTERM and detaches.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
