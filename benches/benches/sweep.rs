@@ -129,7 +129,7 @@ fn full_real_table() -> Loaded {
 
 fn main() {
     let list_only = std::env::args().any(|a| a == "--list");
-    let mut c = Criterion::default().without_plots().configure_from_args();
+    let mut c = Criterion::default().configure_from_args();
 
     // The real table first: its fill is the slowest setup.
     let mut loaded = full_real_table();

@@ -283,6 +283,8 @@ fn main() {
     let mut new_hosts = NewHosts::new();
     // No plots: with whole-nanosecond kernel times some distributions are
     // degenerate, which the plotters backend cannot draw.
+    // No HTML report: the kernel reports whole nanoseconds, so samples are
+    // often all equal and criterion's plotting panics on zero variance.
     let mut c = Criterion::default().without_plots().configure_from_args();
     same_frame_group(&mut c, &main, &frames);
     single_packet_group(&mut c, &main, &frames, &mut new_hosts);

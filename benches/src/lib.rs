@@ -12,6 +12,8 @@ use std::{
 
 use hb_common::MAGIC;
 
+pub mod load;
+
 pub const ETH_HLEN: usize = 14;
 pub const IPV4_HLEN: usize = 20;
 pub const UDP_HLEN: usize = 8;

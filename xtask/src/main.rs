@@ -36,11 +36,65 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the criterion benchmarks (XDP per-packet cost, sweep).
-    Bench {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    /// Run the criterion benchmarks (XDP per-packet cost, sweep), then the end-to-end load test.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Only the end-to-end load test (no criterion benchmarks).
+    #[arg(long, conflicts_with = "no_load")]
+    load: bool,
+    /// Only the criterion benchmarks (no load test).
+    #[arg(long)]
+    no_load: bool,
+    /// Load test: distinct hosts simulated (default 1000000).
+    #[arg(long)]
+    hosts: Option<String>,
+    /// Load test: each host beats once per period (default 5s).
+    #[arg(long)]
+    period: Option<String>,
+    /// Load test: the collector's --timeout (default 8s).
+    #[arg(long)]
+    timeout: Option<String>,
+    /// Load test: the collector's --sweep (default 1s).
+    #[arg(long)]
+    sweep: Option<String>,
+    /// Load test: traffic time of steady, flood and junk-flood (default 15s).
+    #[arg(long)]
+    duration: Option<String>,
+    /// Load test: cap on the flood rate, frames/s (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<String>,
+    /// Load test: comma-separated scenarios (steady, flood, silent-1%, recovery, churn, junk-flood; default all).
+    #[arg(long)]
+    scenarios: Option<String>,
+    /// Load test: comma-separated ingest modes to compare (default xdp,socket).
+    #[arg(long)]
+    ingest: Option<String>,
+    /// Arguments for `cargo bench` (criterion), e.g. a benchmark filter.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+impl BenchArgs {
+    /// The load test options given, as `hb-load` arguments.
+    fn load_args(&self) -> Vec<String> {
+        let opts = [
+            ("--hosts", &self.hosts),
+            ("--period", &self.period),
+            ("--timeout", &self.timeout),
+            ("--sweep", &self.sweep),
+            ("--duration", &self.duration),
+            ("--rate", &self.rate),
+            ("--scenarios", &self.scenarios),
+            ("--ingest", &self.ingest),
+        ];
+        opts.into_iter()
+            .filter_map(|(name, v)| v.as_ref().map(|v| [name.to_string(), v.clone()]))
+            .flatten()
+            .collect()
+    }
 }
 
 fn main() {
@@ -82,13 +136,30 @@ fn real_main() -> Result<()> {
                 .args(&args);
             toolchain::run(&mut cmd)?;
         }
-        Cmd::Bench { args } => {
+        Cmd::Bench(bench) => {
             require_root("the benchmarks load XDP programs")?;
             require_bpf()?;
             let tc = toolchain::ensure()?;
-            let mut cmd = cargo(&root, &tc);
-            cmd.args(["bench", "-p", "hb-benches"]).args(&args);
-            toolchain::run(&mut cmd)?;
+            if !bench.load {
+                let mut cmd = cargo(&root, &tc);
+                cmd.args(["bench", "-p", "hb-benches"]).args(&bench.args);
+                toolchain::run(&mut cmd)?;
+            }
+            if !bench.no_load {
+                ensure_iproute2()?;
+                build(&root)?;
+                let mut cmd = cargo(&root, &tc);
+                cmd.args(["build", "--release", "-p", "hb-benches", "--bin", "hb-load"]);
+                toolchain::run(&mut cmd)?;
+                let release = root.join("target/release");
+                let mut cmd = Command::new(release.join("hb-load"));
+                cmd.arg("--hb")
+                    .arg(release.join("hb"))
+                    .args(bench.load_args());
+                // Replaced, so that Ctrl-C reaches hb-load alone and it
+                // cleans up its namespaces before the shell returns.
+                exec(cmd)?;
+            }
         }
     }
     Ok(())
