@@ -132,9 +132,12 @@ fn real_main() -> Result<()> {
     }
     std::fs::write(&out, &md).with_context(|| format!("writing {}", out.display()))?;
     eprintln!("hb-load: report written to {}", out.display());
+    // The XDP path is what is under test; the socket baselines are measured
+    // as they are (they lose heartbeats once the socket overflows, which is
+    // the point of the comparison): their problems are reported, not fatal.
     let failed: Vec<_> = rows
         .iter()
-        .filter(|r| !r.problems.is_empty())
+        .filter(|r| !r.problems.is_empty() && r.ingest == hb_benches::load::collector::Ingest::Xdp)
         .map(|r| format!("{} / {}", r.scenario.name(), r.ingest.name()))
         .collect();
     if !failed.is_empty() {
