@@ -97,7 +97,7 @@ pub fn metrics(ctx: &Context<'_>) -> String {
         "counter",
         "Packets seen by the XDP program (by the socket in socket mode), by outcome.",
     );
-    for c in Counter::PACKETS {
+    for &c in Counter::PACKETS {
         let _ = writeln!(
             out,
             "hb_packets_total{{outcome=\"{}\"}} {}",

@@ -207,7 +207,7 @@ fn text_summary(ts: &str, s: &Summary) -> String {
         s.lost,
         s.sweep.as_secs_f64() * 1e3
     );
-    for c in Counter::PACKETS {
+    for &c in Counter::PACKETS {
         let _ = write!(line, " {}={}", c.name(), s.packets[c as usize]);
     }
     line

@@ -72,7 +72,7 @@ pub fn status(args: StatusArgs) -> Result<()> {
                 table.capacity(),
                 packets_lost,
             );
-            for c in Counter::PACKETS {
+            for &c in Counter::PACKETS {
                 let _ = write!(out, " {}={}", c.name(), packets[c as usize]);
             }
             if page.total > 0 {

@@ -6,8 +6,7 @@
 mod common;
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{TcpStream, UdpSocket},
+    net::UdpSocket,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::Command,
@@ -66,15 +65,7 @@ fn beat(link: &Link, from: &str, extra: &[&str]) -> Proc {
 }
 
 fn metrics(ns: &Netns) -> String {
-    ns.within(|| {
-        let mut s = TcpStream::connect(("127.0.0.1", METRICS_PORT)).expect("connect to /metrics");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: hb\r\n\r\n")
-            .unwrap();
-        let mut reply = String::new();
-        s.read_to_string(&mut reply).unwrap();
-        reply
-    })
+    common::get_metrics(ns, METRICS_PORT)
 }
 
 fn sample(scrape: &prometheus_parse::Scrape, name: &str, label: (&str, &str)) -> Option<f64> {

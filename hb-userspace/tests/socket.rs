@@ -4,25 +4,12 @@
 
 mod common;
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{TcpStream, UdpSocket},
-    process::Stdio,
-    time::Duration,
-};
+use std::{net::UdpSocket, process::Stdio, time::Duration};
 
 use common::{Collector, Link, Netns, beat, is_event};
 
 fn metrics(ns: &Netns, port: u16) -> String {
-    ns.within(move || {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the endpoint");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: hb\r\n\r\n")
-            .unwrap();
-        let mut reply = String::new();
-        s.read_to_string(&mut reply).unwrap();
-        reply
-    })
+    common::get_metrics(ns, port)
 }
 
 fn setup(tag: &str) -> Link {

@@ -242,3 +242,18 @@ impl Collector {
 pub fn is_event(v: &serde_json::Value, event: &str, host: &str) -> bool {
     v["event"] == event && v["host"] == host
 }
+
+/// `GET /metrics` from the collector's endpoint on 127.0.0.1:`port` inside
+/// `ns`; the whole reply, headers included.
+pub fn get_metrics(ns: &Netns, port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    ns.within(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: hb\r\n\r\n")
+            .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        reply
+    })
+}
