@@ -34,8 +34,9 @@ pub enum Wake {
     /// A watched descriptor is readable (its token). Watch it again to get
     /// the next one.
     Readable(u64),
-    /// An operation submitted with `submit` completed.
-    Done { token: u64, result: i32 },
+    /// An operation submitted with `submit` completed; `flags` are the
+    /// completion's (buffer id, more to come).
+    Done { token: u64, result: i32, flags: u32 },
 }
 
 pub struct EventLoop {
@@ -55,8 +56,12 @@ impl EventLoop {
     /// signalfd instead) and arms the first tick one `period` from now.
     pub fn new(period: Duration) -> Result<Self> {
         let signals = block_stop_signals()?;
-        let ring =
-            IoUring::new(64).context("creating an io_uring (is io_uring disabled by sysctl?)")?;
+        // A large completion queue: a multishot receive posts one
+        // completion a datagram, and bursts arrive between two waits.
+        let ring = IoUring::builder()
+            .setup_cqsize(8192)
+            .build(64)
+            .context("creating an io_uring (is io_uring disabled by sysctl?)")?;
         let period_ns = period.as_nanos() as u64;
         let mut this = Self {
             ring,
@@ -106,6 +111,20 @@ impl EventLoop {
         Ok(())
     }
 
+    /// Registers a ring of provided buffers as buffer group `bgid`.
+    ///
+    /// # Safety
+    /// `addr` must point to `entries` page-aligned ring entries that stay
+    /// valid until the ring is dropped.
+    pub unsafe fn register_buf_ring(&self, addr: u64, entries: u16, bgid: u16) -> io::Result<()> {
+        // SAFETY: the caller guarantees the memory.
+        unsafe {
+            self.ring
+                .submitter()
+                .register_buf_ring_with_flags(addr, entries, bgid, 0)
+        }
+    }
+
     /// Waits for the next event.
     pub fn wait(&mut self) -> Result<Wake> {
         loop {
@@ -117,12 +136,12 @@ impl EventLoop {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e).context("waiting on io_uring"),
             }
-            let completions: Vec<(u64, i32)> = self
+            let completions: Vec<(u64, i32, u32)> = self
                 .ring
                 .completion()
-                .map(|c| (c.user_data(), c.result()))
+                .map(|c| (c.user_data(), c.result(), c.flags()))
                 .collect();
-            for (token, res) in completions {
+            for (token, res, flags) in completions {
                 match token {
                     TICK => {
                         // -ETIME is the normal expiry.
@@ -151,6 +170,7 @@ impl EventLoop {
                     token if token & OP_FLAG != 0 => self.pending.push_back(Wake::Done {
                         token: token & !OP_FLAG,
                         result: res,
+                        flags,
                     }),
                     token => self.pending.push_back(Wake::Readable(token)),
                 }

@@ -114,13 +114,18 @@ pub fn run(args: RunArgs) -> Result<()> {
             Wake::Done {
                 token: writer::TOKEN,
                 result,
+                ..
             } => stdout.complete(&mut events, result)?,
-            Wake::Done { token, result } if SocketIngest::owns(token) => {
+            Wake::Done {
+                token,
+                result,
+                flags,
+            } if SocketIngest::owns(token) => {
                 if let Source::Socket(socket) = &mut source {
-                    socket.complete(&mut events, token, result, monotonic_ns())?;
+                    socket.complete(&mut events, token, result, flags, monotonic_ns())?;
                 }
             }
-            Wake::Done { token, result } if HttpServer::owns(token) => {
+            Wake::Done { token, result, .. } if HttpServer::owns(token) => {
                 if let Some(server) = http.as_mut() {
                     let (hosts, _) = source.tables();
                     let ctx = endpoints::Context {
@@ -171,6 +176,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             Wake::Done {
                 token: writer::TOKEN,
                 result,
+                ..
             } => stdout.complete(&mut events, result)?,
             Wake::Stop(_) => break,
             _ => {}

@@ -132,6 +132,7 @@ mod tests {
             if let Wake::Done {
                 token: TOKEN,
                 result,
+                ..
             } = ev.wait().unwrap()
             {
                 w.complete(&mut ev, result).unwrap();
@@ -142,6 +143,7 @@ mod tests {
             if let Wake::Done {
                 token: TOKEN,
                 result,
+                ..
             } = ev.wait().unwrap()
             {
                 w.complete(&mut ev, result).unwrap();
