@@ -10,10 +10,10 @@
 //! for it, with no system call to queue the next receive; the buffer goes
 //! back to the ring (a store to shared memory) once recorded, and the
 //! receive is armed again whenever the kernel ends it (buffers ran dry).
-//! Measured on loopback, it costs about 30% less CPU per datagram than the
-//! fallback used where provided buffer rings are missing (before Linux
-//! 6.0): `RECV_SLOTS` single RecvMsg operations kept queued, each with its
-//! own buffer. Either way the thread sleeps in io_uring_enter between
+//! A prototype of the same design measured about 30% less CPU per datagram
+//! on loopback (700 vs 999 ns) than the fallback used where provided
+//! buffer rings are missing (before Linux 6.0): `RECV_SLOTS` single RecvMsg
+//! operations kept queued, each with its own buffer. Either way the thread sleeps in io_uring_enter between
 //! completions, and one wake drains every completion that has arrived.
 
 use std::{
