@@ -242,7 +242,7 @@ impl XdpSource {
             );
         }
         // Unknown interfaces fail here, before anything is pinned for them.
-        if nix_if_index(&iface).is_none() {
+        if if_index(&iface).is_none() {
             anyhow::bail!(
                 "unknown interface `{iface}`: pick one from `ip link` (in this network namespace)"
             );
@@ -281,7 +281,7 @@ impl XdpSource {
             args.xdp_mode,
             Some(&pins::link_path(&iface)),
         )?;
-        this.iface.index = nix_if_index(&iface);
+        this.iface.index = if_index(&iface);
         pins::write_state(
             &iface,
             &pins::State {
@@ -372,7 +372,7 @@ struct IfaceWatch {
 
 impl IfaceWatch {
     fn check(&mut self, loaded: &mut program::Loaded, iface: &str, args: &RunArgs) {
-        let now = nix_if_index(iface);
+        let now = if_index(iface);
         if now == self.index {
             return;
         }
@@ -404,7 +404,7 @@ fn auth_name(auth: Option<&AuthSettings>) -> &'static str {
     }
 }
 
-fn nix_if_index(iface: &str) -> Option<u32> {
+fn if_index(iface: &str) -> Option<u32> {
     let name = std::ffi::CString::new(iface).ok()?;
     // SAFETY: a valid C string.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };

@@ -425,7 +425,9 @@ impl SocketIngest {
     }
 }
 
-/// The sender from a received name (a `sockaddr_in6` or `sockaddr_in`).
+/// The sender from a received name (a `sockaddr_in6` or `sockaddr_in`); on
+/// the `[::]` socket IPv4 senders come as IPv4-mapped addresses, and get
+/// the IPv4 key the XDP path gives them.
 fn name_source(name: &[u8]) -> Option<IpAddr> {
     let family = u16::from_ne_bytes([*name.first()?, *name.get(1)?]) as i32;
     match family {
@@ -445,24 +447,16 @@ fn name_source(name: &[u8]) -> Option<IpAddr> {
     }
 }
 
-/// The sender of a datagram on the `[::]` socket; IPv4 senders come as
-/// IPv4-mapped addresses.
+/// The sender of a datagram from the single receive's address storage.
 fn source(addr: &libc::sockaddr_in6) -> Option<IpAddr> {
-    match addr.sin6_family as i32 {
-        libc::AF_INET6 => {
-            let v6 = Ipv6Addr::from(addr.sin6_addr.s6_addr);
-            Some(match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4),
-                None => IpAddr::V6(v6),
-            })
-        }
-        libc::AF_INET => {
-            // SAFETY: an AF_INET address was written in this storage.
-            let v4 = unsafe { &*(addr as *const libc::sockaddr_in6).cast::<libc::sockaddr_in>() };
-            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr))))
-        }
-        _ => None,
-    }
+    // SAFETY: a plain C struct, read as the bytes the kernel wrote.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (addr as *const libc::sockaddr_in6).cast::<u8>(),
+            size_of::<libc::sockaddr_in6>(),
+        )
+    };
+    name_source(bytes)
 }
 
 #[cfg(test)]
