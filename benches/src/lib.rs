@@ -23,6 +23,9 @@ pub const IPV4_SRC_OFFSET: usize = ETH_HLEN + 12;
 
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const IPV6_HLEN: usize = 40;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 /// Destination of every frame (TEST-NET-2 style benchmarking range).
@@ -63,6 +66,36 @@ pub fn ipv4_udp(src: [u8; 4], port: u16, payload: &[u8]) -> Vec<u8> {
     f.extend_from_slice(&u16::try_from(udp_len).unwrap().to_be_bytes());
     f.extend_from_slice(&[0, 0]); // checksum: none
     f.extend_from_slice(payload);
+    f
+}
+
+/// An IPv6 UDP datagram from `src` (2001:db8::/32 documentation range) to
+/// UDP port `port` carrying `payload`.
+pub fn ipv6_udp(src: [u8; 16], port: u16, payload: &[u8]) -> Vec<u8> {
+    let udp_len = u16::try_from(UDP_HLEN + payload.len()).expect("UDP datagram too long");
+    let mut f = Vec::with_capacity(ETH_HLEN + IPV6_HLEN + usize::from(udp_len));
+    ethernet(&mut f, ETH_P_IPV6);
+    f.extend_from_slice(&[0x60, 0, 0, 0]); // version 6, no traffic class, no flow
+    f.extend_from_slice(&udp_len.to_be_bytes()); // payload length
+    f.push(IPPROTO_UDP); // next header
+    f.push(64); // hop limit
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    f.extend_from_slice(&40000u16.to_be_bytes()); // source port
+    f.extend_from_slice(&port.to_be_bytes());
+    f.extend_from_slice(&udp_len.to_be_bytes());
+    f.extend_from_slice(&[0, 0]); // checksum (not checked)
+    f.extend_from_slice(payload);
+    f
+}
+
+/// `frame` with an 802.1Q tag (VLAN `vid`) inserted after the MAC addresses.
+pub fn vlan_tagged(frame: &[u8], vid: u16) -> Vec<u8> {
+    let mut f = Vec::with_capacity(frame.len() + 4);
+    f.extend_from_slice(&frame[..12]);
+    f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+    f.extend_from_slice(&vid.to_be_bytes());
+    f.extend_from_slice(&frame[12..]);
     f
 }
 
