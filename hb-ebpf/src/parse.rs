@@ -109,55 +109,26 @@ impl Frame {
 #[inline(always)]
 pub fn heartbeat_source(frame: &Frame, port_net: u16) -> Result<Beat, Miss> {
     let port = u64::from(port_net);
-    // Untagged IPv4 without options and untagged IPv6 without extension
-    // headers, most of any network's traffic, take a fast path first: one
-    // bounds check covers all three headers, and the checks are those of the
-    // general path below at fixed offsets, in the same order (so with the
-    // same outcomes). A packet that is not a heartbeat should cost little
-    // more than an empty program, and at that size every bounds check and
-    // branch counts.
+    // The fast path, untagged or with one tag (the general path below takes
+    // what it leaves: short frames, IPv4 options, IPv6 extension headers,
+    // QinQ).
     if frame.start + FAST_V4_LEN <= frame.end {
         let p = frame.start as *const u8;
         let proto = load!(u16, p, 12);
-        if proto == net16(ETH_P_IPV4) {
-            if load!(u8, p, 14) == 0x45 {
-                if load!(u16, p, 20) & net16(0x3fff) != 0 {
-                    return Err(Counter::Fragment);
-                }
-                if load!(u8, p, 23) != u64::from(IPPROTO_UDP) {
-                    return Err(Counter::NotUdp);
-                }
-                if load!(u16, p, 36) != port {
-                    return Err(Counter::OtherPort);
-                }
-                // SAFETY: inside the checked FAST_V4_LEN bytes.
-                let ip = unsafe { p.add(ETH_HLEN) };
-                return ipv4_datagram(frame, ip, 20, ETH_HLEN + 20);
+        if let Some(r) = fast::<0>(frame, proto, port) {
+            return r;
+        }
+        if is_vlan(proto) && frame.start + VLAN_HLEN + FAST_V4_LEN <= frame.end {
+            if let Some(r) = fast::<VLAN_HLEN>(frame, load!(u16, p, 16), port) {
+                return r;
             }
-        } else if proto == net16(ETH_P_IPV6) {
-            if frame.start + FAST_V6_LEN <= frame.end && load!(u8, p, 14) >> 4 == 6 {
-                match load!(u8, p, 20) as u8 {
-                    IPPROTO_UDP => {
-                        if load!(u16, p, 56) != port {
-                            return Err(Counter::OtherPort);
-                        }
-                        // SAFETY: inside the checked FAST_V6_LEN bytes.
-                        let ip = unsafe { p.add(ETH_HLEN) };
-                        return ipv6_datagram(frame, ip, 0, ETH_HLEN + IPV6_HLEN);
-                    }
-                    IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT => {}
-                    _ => return Err(Counter::NotUdp),
-                }
-            }
-        } else if proto != net16(ETH_P_8021Q) && proto != net16(ETH_P_8021AD) {
-            return Err(Counter::NotIp);
         }
     }
     let mut off = ETH_HLEN;
     let mut proto = frame.net16_at(12)?;
     // Up to two tags: 802.1ad outer + 802.1Q inner (QinQ), or one of either.
     for _ in 0..2 {
-        if proto != net16(ETH_P_8021Q) && proto != net16(ETH_P_8021AD) {
+        if !is_vlan(proto) {
             break;
         }
         proto = frame.net16_at(off + 2)?;
@@ -170,6 +141,65 @@ pub fn heartbeat_source(frame: &Frame, port_net: u16) -> Result<Beat, Miss> {
     } else {
         Err(Counter::NotIp)
     }
+}
+
+/// An 802.1Q or 802.1ad tag's EtherType (as loaded).
+#[inline(always)]
+fn is_vlan(proto: u64) -> bool {
+    proto == net16(ETH_P_8021Q) || proto == net16(ETH_P_8021AD)
+}
+
+/// IPv4 without options and IPv6 without extension headers, most of any
+/// network's traffic, after `TAGS` bytes of VLAN tags: `proto` is the
+/// EtherType after the tags, and the caller checked the frame for
+/// `TAGS + FAST_V4_LEN` bytes. One bounds check covers all the headers, and
+/// the checks are the general path's at fixed offsets, in the same order (so
+/// with the same outcomes). A packet that is not a heartbeat should cost
+/// little more than an empty program, and at that size every bounds check
+/// and branch counts. `None`: for the general path.
+#[inline(always)]
+fn fast<const TAGS: usize>(frame: &Frame, proto: u64, port: u64) -> Option<Result<Beat, Miss>> {
+    let p = (frame.start + TAGS) as *const u8;
+    if proto == net16(ETH_P_IPV4) {
+        if load!(u8, p, 14) != 0x45 {
+            return None;
+        }
+        if load!(u16, p, 20) & net16(0x3fff) != 0 {
+            return Some(Err(Counter::Fragment));
+        }
+        if load!(u8, p, 23) != u64::from(IPPROTO_UDP) {
+            return Some(Err(Counter::NotUdp));
+        }
+        if load!(u16, p, 36) != port {
+            return Some(Err(Counter::OtherPort));
+        }
+        // SAFETY: inside the checked bytes.
+        let ip = unsafe { p.add(ETH_HLEN) };
+        return Some(ipv4_datagram(frame, ip, 20, TAGS + ETH_HLEN + 20));
+    }
+    if proto == net16(ETH_P_IPV6) {
+        if p as usize + FAST_V6_LEN > frame.end || load!(u8, p, 14) >> 4 != 6 {
+            return None;
+        }
+        let next = load!(u8, p, 20);
+        // UDP first: a compare, where a match would test a set.
+        if next == u64::from(IPPROTO_UDP) {
+            if load!(u16, p, 56) != port {
+                return Some(Err(Counter::OtherPort));
+            }
+            // SAFETY: inside the checked FAST_V6_LEN bytes.
+            let ip = unsafe { p.add(ETH_HLEN) };
+            return Some(ipv6_datagram(frame, ip, 0, TAGS + ETH_HLEN + IPV6_HLEN));
+        }
+        return match next as u8 {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT => None,
+            _ => Some(Err(Counter::NotUdp)),
+        };
+    }
+    if is_vlan(proto) {
+        return None;
+    }
+    Some(Err(Counter::NotIp))
 }
 
 #[inline(always)]
