@@ -99,6 +99,21 @@ pub fn vlan_tagged(frame: &[u8], vid: u16) -> Vec<u8> {
     f
 }
 
+/// `frame` (untagged IPv4, as built here) with 4 bytes of IPv4 options
+/// (no-ops) after its 20-byte header: IHL 6, total length adjusted.
+pub fn with_ipv4_options(frame: &[u8]) -> Vec<u8> {
+    let ip = ETH_HLEN;
+    assert_eq!(frame[ip], 0x45, "not IPv4 without options");
+    let mut f = Vec::with_capacity(frame.len() + 4);
+    f.extend_from_slice(&frame[..ip + IPV4_HLEN]);
+    f.extend_from_slice(&[1, 1, 1, 0]); // NOP, NOP, NOP, end of options
+    f.extend_from_slice(&frame[ip + IPV4_HLEN..]);
+    f[ip] = 0x46;
+    let total = u16::from_be_bytes([f[ip + 2], f[ip + 3]]) + 4;
+    f[ip + 2..ip + 4].copy_from_slice(&total.to_be_bytes());
+    f
+}
+
 /// A heartbeat (`PyHB`) from `src` to UDP port `port`: 46 bytes.
 pub fn ipv4_heartbeat(src: [u8; 4], port: u16) -> Vec<u8> {
     ipv4_udp(src, port, &MAGIC)
