@@ -88,6 +88,17 @@ fn xdp<'a>(loaded: &'a Loaded, name: &str) -> &'a Xdp {
         .expect("not an XDP program")
 }
 
+/// Loads the object's empty program (`program::load` loads only hb's).
+fn load_baseline(loaded: &mut Loaded) {
+    let baseline: &mut Xdp = loaded
+        .ebpf
+        .program_mut(BASELINE_PROGRAM)
+        .expect("no baseline program")
+        .try_into()
+        .expect("baseline is not XDP");
+    baseline.load().expect("loading the baseline program");
+}
+
 /// One BPF_PROG_TEST_RUN call; returns the kernel's average time per repeat.
 fn run(prog: &Xdp, frame: &[u8], repeat: u32, verdict: u32) -> Duration {
     let r = prog
@@ -253,13 +264,7 @@ struct Frames {
 fn main() {
     let quiet_list = std::env::args().any(|a| a == "--list");
     let mut main = program::load(settings(MAIN_MAX_HOSTS)).expect("loading hb (root needed)");
-    let baseline: &mut Xdp = main
-        .ebpf
-        .program_mut(BASELINE_PROGRAM)
-        .expect("no baseline program")
-        .try_into()
-        .expect("baseline is not XDP");
-    baseline.load().expect("loading the baseline program");
+    load_baseline(&mut main);
 
     let frames = Frames {
         hot: ipv4_heartbeat(HOT_HOST, DEFAULT_PORT),
@@ -374,13 +379,7 @@ fn placements(key: bool) -> Vec<Loaded> {
                 require: false,
             });
             let mut l = program::load_auth(settings(1024), auth).expect("loading hb");
-            let baseline: &mut Xdp = l
-                .ebpf
-                .program_mut(BASELINE_PROGRAM)
-                .expect("no baseline program")
-                .try_into()
-                .expect("baseline is not XDP");
-            baseline.load().expect("loading the baseline program");
+            load_baseline(&mut l);
             let hb = xdp(&l, PROGRAM);
             run(hb, &ipv4_heartbeat(HOT_HOST, DEFAULT_PORT), 1, XDP_DROP);
             if key {

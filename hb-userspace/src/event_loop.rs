@@ -329,7 +329,11 @@ mod tests {
         let mut ev = EventLoop::new(Duration::from_millis(300)).unwrap();
         // A burst of completions (no-ops) puts the loop in batched waits...
         let nops: Vec<_> = (0..50)
-            .map(|i| opcode::Nop::new().build().user_data(OP_FLAG | (FIRST_USER_TOKEN + i)))
+            .map(|i| {
+                opcode::Nop::new()
+                    .build()
+                    .user_data(OP_FLAG | (FIRST_USER_TOKEN + i))
+            })
             .collect();
         // SAFETY: no-ops point to no buffers.
         unsafe { ev.submit(&nops).unwrap() };
