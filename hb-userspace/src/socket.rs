@@ -496,6 +496,12 @@ fn source(addr: &libc::sockaddr_in6) -> Option<IpAddr> {
 mod tests {
     use super::*;
 
+    /// Datagrams recorded so far, heartbeats or not.
+    fn received(s: &SocketIngest) -> u64 {
+        let p = s.table.read().unwrap();
+        p[Counter::Heartbeat as usize] + p[Counter::WrongPayload as usize]
+    }
+
     /// Runs the loop until `done` or 5 s have passed.
     fn pump(ev: &mut EventLoop, s: &mut SocketIngest, done: impl Fn(&SocketIngest) -> bool) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -527,11 +533,7 @@ mod tests {
             let payload: &[u8] = if i % 2 == 0 { b"PyHB" } else { b"nope" };
             tx.send_to(payload, to).unwrap();
         }
-        let total = |s: &SocketIngest| {
-            let p = s.table.read().unwrap();
-            p[Counter::Heartbeat as usize] + p[Counter::WrongPayload as usize]
-        };
-        pump(&mut ev, &mut s, |s| total(s) == n);
+        pump(&mut ev, &mut s, |s| received(s) == n);
         let p = s.table.read().unwrap();
         assert_eq!(p[Counter::Heartbeat as usize], n / 2);
         assert_eq!(p[Counter::WrongPayload as usize], n / 2);
@@ -539,8 +541,8 @@ mod tests {
         assert_eq!(s.table.host(0).ip, "127.0.0.1".parse::<IpAddr>().unwrap());
         // And it still receives afterwards.
         tx.send_to(b"PyHB", to).unwrap();
-        pump(&mut ev, &mut s, |s| total(s) == n + 1);
-        assert_eq!(total(&s), n + 1);
+        pump(&mut ev, &mut s, |s| received(s) == n + 1);
+        assert_eq!(received(&s), n + 1);
     }
 
     #[test]
@@ -571,11 +573,7 @@ mod tests {
             };
             tx.send_to(payload, to).unwrap();
         }
-        let total = |s: &SocketIngest| {
-            let p = s.table.read().unwrap();
-            p[Counter::Heartbeat as usize] + p[Counter::WrongPayload as usize]
-        };
-        pump(&mut ev, &mut s, |s| total(s) == n);
+        pump(&mut ev, &mut s, |s| received(s) == n);
         let p = s.table.read().unwrap();
         assert_eq!(p[Counter::Heartbeat as usize], n - 2);
         assert_eq!(p[Counter::WrongPayload as usize], 2);
