@@ -105,12 +105,13 @@ pub fn timestamp(at: SystemTime) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
-/// Formats one event as a single line, without the newline.
-pub fn format_event(format: Format, at: SystemTime, event: &Event<'_>) -> String {
-    let ts = timestamp(at);
+/// Formats one event as a single line, without the newline; `ts` is its
+/// `timestamp` (one for all the events of a sweep: a sweep that finds 200k
+/// new hosts formats it once, not 200k times).
+pub fn format_event(format: Format, ts: &str, event: &Event<'_>) -> String {
     match format {
-        Format::Json => json(&ts, event),
-        Format::Text => text(&ts, event),
+        Format::Json => json(ts, event),
+        Format::Text => text(ts, event),
     }
 }
 
@@ -160,36 +161,33 @@ fn json(ts: &str, event: &Event<'_>) -> String {
 }
 
 fn text(ts: &str, event: &Event<'_>) -> String {
-    let secs = |ns: u64| humantime::format_duration(Duration::from_millis(ms(ns)));
-    let (kind, host, what) = match *event {
-        Event::Host(Transition::New { host, age_ns }) => (
-            "new      ",
-            host,
-            format!("last heartbeat {} ago", secs(age_ns)),
-        ),
+    let (kind, host, what, ns) = match *event {
+        Event::Host(Transition::New { host, age_ns }) => {
+            ("new      ", host, "last heartbeat ", age_ns)
+        }
         Event::Host(Transition::Silent {
             host,
             silent_for_ns,
-        }) => (
-            "silent   ",
-            host,
-            format!("silent for {}", secs(silent_for_ns)),
-        ),
+        }) => ("silent   ", host, "silent for ", silent_for_ns),
         Event::Host(Transition::Recovered {
             host,
             silent_for_ns,
-        }) => (
-            "recovered",
-            host,
-            format!("was silent for {}", secs(silent_for_ns)),
-        ),
+        }) => ("recovered", host, "was silent for ", silent_for_ns),
         Event::Summary(s) => return text_summary(ts, s),
     };
-    let mut line = format!("{ts} {kind} {}", host.ip);
+    let mut line = String::with_capacity(96);
+    let _ = write!(line, "{ts} {kind} {}", host.ip);
     if let Some(id) = host.id {
-        let _ = write!(line, " id={}", host_id(id));
+        let _ = write!(line, " id={id:016x}");
     }
-    let _ = write!(line, " ({what}");
+    let _ = write!(
+        line,
+        " ({what}{}",
+        humantime::format_duration(Duration::from_millis(ms(ns)))
+    );
+    if matches!(event, Event::Host(Transition::New { .. })) {
+        line.push_str(" ago");
+    }
     if let Some(lost) = host.lost {
         let _ = write!(line, ", {lost} lost");
     }
@@ -242,7 +240,7 @@ mod tests {
             silent_for_ns: 15_210_000_000,
         });
         assert_eq!(
-            format_event(Format::Json, at(), &silent),
+            format_event(Format::Json, &timestamp(at()), &silent),
             r#"{"ts":"2026-11-24T10:00:00.123Z","event":"silent","host":"10.1.2.3","silent_for_ms":15210}"#
         );
         let new = Event::Host(Transition::New {
@@ -250,7 +248,7 @@ mod tests {
             age_ns: 2_000_000,
         });
         assert_eq!(
-            format_event(Format::Json, at(), &new),
+            format_event(Format::Json, &timestamp(at()), &new),
             r#"{"ts":"2026-11-24T10:00:00.123Z","event":"new","host":"10.1.2.3","last_seen_ago_ms":2}"#
         );
         let rec = Event::Host(Transition::Recovered {
@@ -258,7 +256,7 @@ mod tests {
             silent_for_ns: 20_000_000_000,
         });
         let v: serde_json::Value =
-            serde_json::from_str(&format_event(Format::Json, at(), &rec)).unwrap();
+            serde_json::from_str(&format_event(Format::Json, &timestamp(at()), &rec)).unwrap();
         assert_eq!(v["event"], "recovered");
         assert_eq!(v["silent_for_ms"], 20000);
     }
@@ -277,7 +275,7 @@ mod tests {
         s.packets[Counter::NotIp as usize] = 5;
         s.packets[Counter::Forged as usize] = 2;
         s.lost = 4;
-        let line = format_event(Format::Json, at(), &Event::Summary(&s));
+        let line = format_event(Format::Json, &timestamp(at()), &Event::Summary(&s));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["ts"], "2026-11-24T10:00:00.123Z");
         assert_eq!(v["event"], "summary");
@@ -317,7 +315,7 @@ mod tests {
             silent_for_ns: 15_210_000_000,
         });
         assert_eq!(
-            format_event(Format::Json, at(), &silent),
+            format_event(Format::Json, &timestamp(at()), &silent),
             r#"{"ts":"2026-11-24T10:00:00.123Z","event":"silent","host":"198.18.0.2","host_id":"000000000000002a","silent_for_ms":15210,"lost":3}"#
         );
         let rec = Event::Host(Transition::Recovered {
@@ -329,7 +327,7 @@ mod tests {
             silent_for_ns: 20_000_000_000,
         });
         let v: serde_json::Value =
-            serde_json::from_str(&format_event(Format::Json, at(), &rec)).unwrap();
+            serde_json::from_str(&format_event(Format::Json, &timestamp(at()), &rec)).unwrap();
         assert_eq!(v["host_id"], "ffffffffffffffff");
         assert_eq!(v["lost"], 0);
     }
@@ -339,7 +337,7 @@ mod tests {
         assert_eq!(
             format_event(
                 Format::Text,
-                at(),
+                &timestamp(at()),
                 &Event::Host(Transition::Recovered {
                     host: signed_host(),
                     silent_for_ns: 20_000_000_000
@@ -355,7 +353,7 @@ mod tests {
         assert_eq!(
             format_event(
                 Format::Text,
-                at(),
+                &timestamp(at()),
                 &Event::Host(Transition::Silent {
                     host,
                     silent_for_ns: 15_210_000_000
@@ -370,7 +368,7 @@ mod tests {
             heartbeats: 9,
             ..Default::default()
         };
-        let line = format_event(Format::Text, at(), &Event::Summary(&s));
+        let line = format_event(Format::Text, &timestamp(at()), &Event::Summary(&s));
         assert!(line.starts_with("2026-11-24T10:00:00.123Z summary   hosts=3 alive=2 silent=1 heartbeats=9 lost=0 sweep=0.000ms packets: heartbeat=0"), "{line}");
         assert!(
             line.ends_with("table_full=0 forged=0 replayed=0 unauthenticated=0"),

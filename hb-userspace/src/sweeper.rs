@@ -13,7 +13,7 @@ use crate::{
     cli::Format,
     clock::monotonic_ns,
     counters::Packets,
-    output::{Event, Summary, format_event},
+    output::{Event, Summary, format_event, timestamp},
     table::Hosts,
     tracker::{Tracker, Transition},
 };
@@ -74,6 +74,7 @@ impl<W: Write> Sweeper<W> {
             ..
         } = self;
         let mut write_err = None;
+        let ts = timestamp(wall);
         tracker.sweep(table.last_seen(), now, |t| {
             match t {
                 Transition::New { .. } => events.new += 1,
@@ -82,7 +83,7 @@ impl<W: Write> Sweeper<W> {
             }
             if write_err.is_none() {
                 let t = t.with_host(table.host(*t.host()));
-                let line = format_event(*format, wall, &Event::Host(t));
+                let line = format_event(*format, &ts, &Event::Host(t));
                 write_err = writeln!(out, "{line}").err();
             }
         });
@@ -109,7 +110,7 @@ impl<W: Write> Sweeper<W> {
             sweep: started.elapsed(),
         };
         self.last_packets = packets;
-        let line = format_event(self.format, wall, &Event::Summary(&self.summary));
+        let line = format_event(self.format, &ts, &Event::Summary(&self.summary));
         writeln!(self.out, "{line}").context("writing the summary to stdout")?;
         self.out.flush().context("flushing stdout")?;
         Ok(())
