@@ -254,7 +254,7 @@ impl SocketIngest {
         })?;
         // Heartbeats wait in the socket while a sweep runs, and the sweep
         // that reports a fleet's 200k new hosts a second takes 30-75 ms
-        // (measured), 12k datagrams of ~2 KiB each as the kernel counts
+        // (measured), up to 15k datagrams of ~2 KiB each as the kernel counts
         // them. 64 MiB (doubled by the kernel) holds a few such sweeps;
         // it is only used while datagrams wait. The forced size ignores
         // rmem_max where allowed.
