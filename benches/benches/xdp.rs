@@ -367,6 +367,20 @@ struct Case<'a> {
     verdict: u32,
 }
 
+/// Makes cases of `program` on each of `loads`.
+fn case<'a>(
+    loads: &'a [Loaded],
+    program: &'static str,
+) -> impl Fn(&'static str, &'a [u8], u32) -> Case<'a> {
+    move |name, frame, verdict| Case {
+        name,
+        loads,
+        program,
+        frame,
+        verdict,
+    }
+}
+
 /// Loads of the object for the same-frame cases (see `PLACEMENTS`), each
 /// with its empty program loaded and the hot host in the table; with `key`,
 /// the hot host's signed heartbeat `SIGNED_RUN` seen too (so that it is
@@ -407,27 +421,11 @@ fn table(main: &Loaded, frames: &Frames, new: &mut NewHosts, signed: &Signed) {
     // the kernel's per-repeat times per load, then the mean over the loads.
     let plain = placements(false);
     let with_key = placements(true);
-    let on_empty = |name, frame, verdict| Case {
-        name,
-        loads: &plain,
-        program: BASELINE_PROGRAM,
-        frame,
-        verdict,
-    };
-    let on_plain = |name, frame, verdict| Case {
-        name,
-        loads: &plain,
-        program: PROGRAM,
-        frame,
-        verdict,
-    };
-    let on_keyed = |name, frame, verdict| Case {
-        name,
-        loads: &with_key,
-        program: PROGRAM,
-        frame,
-        verdict,
-    };
+    let (on_empty, on_plain, on_keyed) = (
+        case(&plain, BASELINE_PROGRAM),
+        case(&plain, PROGRAM),
+        case(&with_key, PROGRAM),
+    );
     let same = [
         on_empty("empty program", &frames.hot, XDP_PASS),
         on_plain("heartbeat, hot host", &frames.hot, XDP_DROP),

@@ -77,12 +77,13 @@ impl EventLoop {
         // completion a datagram, and bursts arrive between two waits.
         // Only this thread uses the ring, so completions can wait for it
         // (DEFER_TASKRUN, 6.1) instead of interrupting it one by one.
+        let (sq, cq) = (64, 8192);
         let ring = IoUring::builder()
-            .setup_cqsize(8192)
+            .setup_cqsize(cq)
             .setup_single_issuer()
             .setup_defer_taskrun()
-            .build(64)
-            .or_else(|_| IoUring::builder().setup_cqsize(8192).build(64))
+            .build(sq)
+            .or_else(|_| IoUring::builder().setup_cqsize(cq).build(sq))
             .context("creating an io_uring (is io_uring disabled by sysctl?)")?;
         let batched = ring.params().is_feature_min_timeout();
         let period_ns = period.as_nanos() as u64;

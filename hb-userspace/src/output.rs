@@ -161,33 +161,30 @@ fn json(ts: &str, event: &Event<'_>) -> String {
 }
 
 fn text(ts: &str, event: &Event<'_>) -> String {
-    let (kind, host, what, ns) = match *event {
+    let (kind, host, what, ns, after) = match *event {
         Event::Host(Transition::New { host, age_ns }) => {
-            ("new      ", host, "last heartbeat ", age_ns)
+            ("new      ", host, "last heartbeat ", age_ns, " ago")
         }
         Event::Host(Transition::Silent {
             host,
             silent_for_ns,
-        }) => ("silent   ", host, "silent for ", silent_for_ns),
+        }) => ("silent   ", host, "silent for ", silent_for_ns, ""),
         Event::Host(Transition::Recovered {
             host,
             silent_for_ns,
-        }) => ("recovered", host, "was silent for ", silent_for_ns),
+        }) => ("recovered", host, "was silent for ", silent_for_ns, ""),
         Event::Summary(s) => return text_summary(ts, s),
     };
     let mut line = String::with_capacity(96);
     let _ = write!(line, "{ts} {kind} {}", host.ip);
     if let Some(id) = host.id {
-        let _ = write!(line, " id={id:016x}");
+        let _ = write!(line, " id={}", host_id(id));
     }
     let _ = write!(
         line,
-        " ({what}{}",
+        " ({what}{}{after}",
         humantime::format_duration(Duration::from_millis(ms(ns)))
     );
-    if matches!(event, Event::Host(Transition::New { .. })) {
-        line.push_str(" ago");
-    }
     if let Some(lost) = host.lost {
         let _ = write!(line, ", {lost} lost");
     }
