@@ -2,8 +2,14 @@
 
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use hb_common::{DEFAULT_MAX_HOSTS, DEFAULT_PORT};
+
+pub use crate::{
+    ingest::{IngestKind, xdp::AttachMode},
+    track::events::Format,
+};
+use crate::ingest::{self, xdp::AuthSettings};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -54,8 +60,8 @@ pub struct RunArgs {
     #[arg(long, short = 'i')]
     pub iface: Option<String>,
     /// How heartbeats come in: xdp (in the kernel, before any socket), socket (a UDP socket through io_uring), or auto (xdp, else socket with a warning).
-    #[arg(long, value_enum, default_value_t = Ingest::Auto)]
-    pub ingest: Ingest,
+    #[arg(long, value_enum, default_value_t = IngestKind::Auto)]
+    pub ingest: IngestKind,
     /// Socket mode: the address to receive on ([::] takes IPv4 and IPv6).
     #[arg(long, value_name = "ADDR", default_value = "::")]
     pub listen: IpAddr,
@@ -69,8 +75,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub sweep: Duration,
     /// XDP attach mode: native (driver), skb (generic), or auto (native, else skb).
-    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
-    pub xdp_mode: XdpModeArg,
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub xdp_mode: AttachMode,
     /// Let heartbeats continue to sockets after they are recorded.
     #[arg(long)]
     pub pass_heartbeats: bool,
@@ -119,26 +125,6 @@ pub struct BeatArgs {
     pub host_id: Option<u64>,
 }
 
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ingest {
-    Auto,
-    Xdp,
-    Socket,
-}
-
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum XdpModeArg {
-    Auto,
-    Native,
-    Skb,
-}
-
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Text,
-    Json,
-}
-
 /// Parses `500ms`, `15s`, `2m`, `1h 30m`; zero is refused.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s.trim())
@@ -179,14 +165,30 @@ impl BeatArgs {
 }
 
 impl RunArgs {
+    /// What the ingest is started with.
+    pub fn ingest_config(&self, auth: Option<AuthSettings>) -> ingest::Config {
+        ingest::Config {
+            kind: self.ingest,
+            iface: self.iface.clone(),
+            listen: self.listen,
+            port: self.port,
+            max_hosts: self.max_hosts,
+            pass_heartbeats: self.pass_heartbeats,
+            attach_mode: self.xdp_mode,
+            auth,
+            timeout: self.timeout,
+            sweep: self.sweep,
+        }
+    }
+
     /// Checks that options make sense together.
     pub fn validate(&self) -> Result<(), String> {
-        if self.iface.is_none() && self.ingest != Ingest::Socket {
+        if self.iface.is_none() && self.ingest != IngestKind::Socket {
             return Err(
                 "--iface is required: the interface heartbeats arrive on (or --ingest socket to receive them on a UDP socket)".into(),
             );
         }
-        if self.ingest == Ingest::Socket {
+        if self.ingest == IngestKind::Socket {
             if self.pass_heartbeats {
                 return Err("--pass-heartbeats is for XDP: in socket mode heartbeats are not filtered, drop the option".into());
             }
@@ -245,7 +247,7 @@ mod tests {
         assert_eq!(run.port, 43278);
         assert_eq!(run.timeout, Duration::from_secs(15));
         assert_eq!(run.sweep, Duration::from_secs(1));
-        assert_eq!(run.xdp_mode, XdpModeArg::Auto);
+        assert_eq!(run.xdp_mode, AttachMode::Auto);
         assert_eq!(run.format, Format::Text);
         assert!(run.validate().is_ok());
 

@@ -1,22 +1,41 @@
-//! hb, the heartbeat collector: userspace side. The binary's `main` only
-//! parses the command line and calls into these modules.
+//! hb, the heartbeat collector: userspace side. The binary's `main` parses
+//! the command line and runs the subcommand.
+//!
+//! Rooms, lowest first (a module uses only those below it):
+//! - `track`: host state from last-seen times (tracker, sweeper, events,
+//!   silent pages) over the `Table` trait;
+//! - `io`: the io_uring event loop, its operation tokens, the stdout writer;
+//! - `ingest`: where heartbeats come in (`xdp`, `socket`), each filling a
+//!   `Table` and owning its completions;
+//! - `http`: the scrape endpoint;
+//! - `cli` and `cmd`: the command line and one file per subcommand.
+//!
+//! Everything is private to the crate but what the integration tests and
+//! the benches drive, re-exported below.
 
-pub mod beat;
-pub mod cli;
-pub mod clock;
-pub mod counters;
-pub mod detach;
-pub mod endpoints;
-pub mod event_loop;
-pub mod http;
-pub mod key;
-pub mod output;
-pub mod pins;
-pub mod program;
-pub mod run;
-pub mod socket;
-pub mod status;
-pub mod sweeper;
-pub mod table;
-pub mod tracker;
-pub mod writer;
+mod cli;
+mod cmd;
+mod http;
+mod ingest;
+mod io;
+mod track;
+
+pub use cli::{Cli, parse_duration, parse_port};
+pub use cmd::{Signer, default_host_id, parse_key};
+pub use track::{
+    clock::monotonic_ns,
+    events::{Format, timestamp},
+    sweeper::Sweeper,
+    table::{Counts, Table},
+    tracker::{Tracker, Words},
+};
+
+/// The XDP program: loading it as the collector does, its host table, and
+/// where its state is pinned.
+pub mod xdp {
+    pub use crate::ingest::xdp::{
+        AttachMode, AuthSettings, HostTable, Loaded, Settings,
+        pins::{ensure_bpffs, link_path, pin_dir, state_file},
+        program::{OBJECT, attach, load, load_auth, load_with},
+    };
+}

@@ -9,14 +9,12 @@ use serde_json::json;
 
 use crate::{
     cli::{Format, StatusArgs},
-    clock::monotonic_ns,
-    endpoints::silent_page,
-    pins,
-    tracker::Tracker,
+    ingest::xdp::pins,
+    track::{clock::monotonic_ns, silent::silent_page, tracker::Tracker},
 };
 
 pub fn status(args: StatusArgs) -> Result<()> {
-    let (state, table, counters) = pins::open(&args.iface)?;
+    let (state, table) = pins::open(&args.iface)?;
     let running = pins::running(&args.iface).is_some();
     if !running {
         log::warn!(
@@ -30,7 +28,7 @@ pub fn status(args: StatusArgs) -> Result<()> {
     let mut tracker = Tracker::new(timeout.as_nanos() as u64);
     tracker.sweep(table.last_seen(), monotonic_ns(), |_| {});
     let census = tracker.census();
-    let packets = counters.read()?;
+    let packets = table.counters()?;
     let page = silent_page(&tracker, &table, timeout, 0, args.limit);
     let packets_lost = packets[Counter::Lost as usize];
     let text = match args.format {

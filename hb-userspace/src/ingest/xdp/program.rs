@@ -19,11 +19,11 @@ use hb_common::{
 };
 use log::{info, warn};
 
-use crate::{
-    cli::XdpModeArg,
-    counters::Counters,
+use super::{
+    pins,
     table::{HostTable, TableMaps, TrackerWords},
 };
+use crate::track::tracker;
 
 /// The object built by build.rs from hb-ebpf.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hb"));
@@ -34,6 +34,42 @@ pub struct Settings {
     pub port: u16,
     pub pass_heartbeats: bool,
     pub max_hosts: u32,
+}
+
+impl Default for Settings {
+    /// `hb run`'s defaults.
+    fn default() -> Self {
+        Self {
+            port: hb_common::DEFAULT_PORT,
+            pass_heartbeats: false,
+            max_hosts: hb_common::DEFAULT_MAX_HOSTS,
+        }
+    }
+}
+
+/// How the program is attached to the interface.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native, else generic (skb) with a warning.
+    Auto,
+    /// In the driver: the cheapest per packet.
+    Native,
+    /// Generic (skb): works on every interface, costs more per packet.
+    Skb,
+}
+
+/// Why attaching failed, where the caller decides on the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("unknown interface `{0}`: pick one from `ip link` (in this network namespace)")]
+    UnknownInterface(String),
+    #[error("attaching XDP ({mode:?} mode) to {iface}")]
+    Refused {
+        iface: String,
+        mode: XdpMode,
+        #[source]
+        source: ProgramError,
+    },
 }
 
 /// Authenticated heartbeats: the fleet key, and whether bare `PyHB` is
@@ -66,8 +102,8 @@ pub fn auth_mode(auth: Option<&AuthSettings>) -> AuthMode {
 /// unless its link is pinned (see `pins`).
 pub struct Loaded {
     pub ebpf: Ebpf,
+    /// The host table, with the outcome counters.
     pub table: HostTable,
-    pub counters: Counters,
     /// The tracker's state map (`HB_TRACKER`), `tracker_words` long.
     pub tracker: Option<Map>,
     pub tracker_words: usize,
@@ -131,7 +167,7 @@ pub fn load_with(
         }
     }
     let hint_mask = hints - 1;
-    let tracker_words = crate::tracker::state_words(max_hosts as usize);
+    let tracker_words = tracker::state_words(max_hosts as usize);
     let tracker_entries = u32::try_from(tracker_words).context("--max-hosts too large")?;
     let port_net = settings.port.to_be();
     let pass = u8::from(settings.pass_heartbeats);
@@ -154,7 +190,7 @@ pub fn load_with(
         loader.map_max_entries(map, max_hosts);
     }
     if let Some(dir) = maps_dir {
-        for name in crate::pins::PINNED_MAPS {
+        for name in pins::PINNED_MAPS {
             loader.map_pin_path(name, dir.join(name));
         }
     }
@@ -176,14 +212,13 @@ pub fn load_with(
         slot_keys: take(SLOT_KEYS_MAP)?,
         alloc: take(ALLOC_MAP)?,
         auth: take(AUTH_MAP)?,
+        counters: take(COUNTERS_MAP)?,
     };
-    let counters = Counters::new(take(COUNTERS_MAP)?)?;
     let tracker = Some(take(TRACKER_MAP)?);
     let table = HostTable::new(maps)?;
     Ok(Loaded {
         ebpf,
         table,
-        counters,
         tracker,
         tracker_words,
     })
@@ -205,6 +240,11 @@ fn pinned_sizes(dir: &Path) -> Result<Option<(u32, u32)>> {
 }
 
 impl Loaded {
+    /// The XDP program (for `BPF_PROG_TEST_RUN` and the benches).
+    pub fn program(&mut self) -> Result<&mut Xdp> {
+        xdp(&mut self.ebpf)
+    }
+
     /// The tracker's state words, mapped; taken once.
     pub fn take_tracker_words(&mut self) -> Result<TrackerWords> {
         let map = self.tracker.take().context("tracker state already taken")?;
@@ -212,7 +252,7 @@ impl Loaded {
     }
 }
 
-pub fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     Ok(ebpf
         .program_mut(PROGRAM)
         .context("no XDP program in the object")?
@@ -235,7 +275,7 @@ pub enum Attached {
 pub fn attach(
     loaded: &mut Loaded,
     iface: &str,
-    mode: XdpModeArg,
+    mode: AttachMode,
     link_pin: Option<&Path>,
 ) -> Result<Attached> {
     let program = xdp(&mut loaded.ebpf)?;
@@ -256,19 +296,22 @@ pub fn attach(
     }
     let try_mode = |program: &mut Xdp, m: XdpMode| {
         program.attach(iface, m).map(|id| (m, id)).map_err(|e| match e {
-            ProgramError::UnknownInterface { .. } => anyhow::anyhow!(
-                "unknown interface `{iface}`: pick one from `ip link` (in this network namespace)"
-            ),
-            e => anyhow::Error::new(e).context(format!("attaching XDP ({m:?} mode) to {iface}")),
+            ProgramError::UnknownInterface { .. } => AttachError::UnknownInterface(iface.into()),
+            source => AttachError::Refused {
+                iface: iface.into(),
+                mode: m,
+                source,
+            },
         })
     };
     let (mode, id) = match mode {
-        XdpModeArg::Native => try_mode(program, XdpMode::Driver)?,
-        XdpModeArg::Skb => try_mode(program, XdpMode::Skb)?,
-        XdpModeArg::Auto => match try_mode(program, XdpMode::Driver) {
+        AttachMode::Native => try_mode(program, XdpMode::Driver)?,
+        AttachMode::Skb => try_mode(program, XdpMode::Skb)?,
+        AttachMode::Auto => match try_mode(program, XdpMode::Driver) {
             Ok(m) => m,
-            Err(e) if e.to_string().starts_with("unknown interface") => return Err(e),
+            Err(e @ AttachError::UnknownInterface(_)) => return Err(e.into()),
             Err(e) => {
+                let e = anyhow::Error::new(e);
                 warn!(
                     "native XDP unavailable on {iface} ({e:#}); falling back to generic (skb) mode, which costs more per packet"
                 );
@@ -316,9 +359,8 @@ pub fn mode_name(mode: XdpMode) -> &'static str {
 /// verifier happy): a throw-away load of the smallest table.
 pub fn probe() -> Result<()> {
     load(Settings {
-        port: hb_common::DEFAULT_PORT,
-        pass_heartbeats: false,
         max_hosts: 1,
+        ..Settings::default()
     })
     .map(drop)
 }

@@ -10,7 +10,16 @@ use std::{
 use hb_common::{Counter, HostKey};
 use serde::Serialize;
 
-use crate::{cli::Format, tracker::Transition};
+use super::tracker::Transition;
+
+/// How event lines are written.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// For people.
+    Text,
+    /// JSON lines, for machines.
+    Json,
+}
 
 /// The address as people write it: IPv4-mapped keys print as IPv4.
 pub fn host_ip(key: &HostKey) -> IpAddr {
@@ -18,6 +27,16 @@ pub fn host_ip(key: &HostKey) -> IpAddr {
     match v6.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),
         None => IpAddr::V6(v6),
+    }
+}
+
+/// The key of an address: IPv4 (also IPv4-mapped IPv6, as a dual-stack
+/// socket reports IPv4 senders) maps into IPv6, as the XDP program keys it.
+#[cfg(test)]
+pub fn host_key(ip: IpAddr) -> HostKey {
+    match ip {
+        IpAddr::V4(v4) => HostKey::from_ipv4(v4.octets()),
+        IpAddr::V6(v6) => HostKey::from_ipv6(v6.octets()),
     }
 }
 
@@ -214,6 +233,15 @@ mod tests {
 
     fn at() -> SystemTime {
         humantime::parse_rfc3339("2026-11-24T10:00:00.123Z").unwrap()
+    }
+
+    #[test]
+    fn host_keys_of_addresses() {
+        let v4: IpAddr = "10.1.2.3".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(host_key(v4), HostKey::from_ipv4([10, 1, 2, 3]));
+        assert_eq!(host_key(mapped), host_key(v4));
+        assert_eq!(host_ip(&host_key(mapped)), v4);
     }
 
     #[test]

@@ -4,17 +4,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Map, MapData, PerCpuArray};
 use hb_common::Counter;
 
-/// Outcome totals since the start, indexed by `Counter as usize`, whichever
-/// path counts them.
-pub trait Packets {
-    fn read(&self) -> Result<[u64; Counter::COUNT]>;
-}
-
-impl Packets for Counters {
-    fn read(&self) -> Result<[u64; Counter::COUNT]> {
-        Counters::read(self)
-    }
-}
+use crate::track::table::Counts;
 
 pub struct Counters {
     map: PerCpuArray<MapData, u64>,
@@ -28,7 +18,7 @@ impl Counters {
     }
 
     /// Current totals, indexed by `Counter as usize`.
-    pub fn read(&self) -> Result<[u64; Counter::COUNT]> {
+    pub fn read(&self) -> Result<Counts> {
         let mut totals = [0u64; Counter::COUNT];
         for (i, total) in totals.iter_mut().enumerate() {
             let per_cpu = self

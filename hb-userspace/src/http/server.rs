@@ -14,14 +14,7 @@ use anyhow::{Context as _, Result};
 use io_uring::{opcode, squeue, types};
 use log::debug;
 
-use crate::event_loop::{EventLoop, OP_FLAG};
-
-/// Token space of the endpoint (below the event loop's `OP_FLAG`).
-pub const TOKEN_BASE: u64 = 1 << 40;
-const KIND_ACCEPT: u64 = 1;
-const KIND_RECV: u64 = 2;
-const KIND_SEND: u64 = 3;
-const KIND_DEADLINE: u64 = 4;
+use crate::io::{EventLoop, HttpOp, Token};
 
 const MAX_CONNS: usize = 128;
 const MAX_REQUEST: usize = 8 * 1024;
@@ -95,8 +88,12 @@ pub struct HttpServer {
     conns: Vec<Option<Conn>>,
 }
 
-fn token(id: usize, kind: u64) -> u64 {
-    OP_FLAG | TOKEN_BASE | ((id as u64) << 4) | kind
+fn token(id: usize, op: HttpOp) -> u64 {
+    Token::Http {
+        conn: id as u16,
+        op,
+    }
+    .encode()
 }
 
 impl HttpServer {
@@ -112,11 +109,6 @@ impl HttpServer {
         Ok(self.listener.local_addr()?)
     }
 
-    /// Whether `token` (as returned in `Wake::Done`) belongs to the endpoint.
-    pub fn owns(token: u64) -> bool {
-        token & TOKEN_BASE != 0
-    }
-
     pub fn start(&mut self, ev: &mut EventLoop) -> Result<()> {
         self.arm_accept(ev)
     }
@@ -129,22 +121,23 @@ impl HttpServer {
         )
         .flags(libc::SOCK_CLOEXEC)
         .build()
-        .user_data(token(0, KIND_ACCEPT));
+        .user_data(token(0, HttpOp::Accept));
         // SAFETY: no buffers.
         unsafe { ev.submit(&[sqe]) }
     }
 
-    /// Handles the completion of one of the endpoint's operations.
+    /// Handles the completion of operation `op` on connection `conn`.
     pub fn complete(
         &mut self,
         ev: &mut EventLoop,
-        token: u64,
+        conn: u16,
+        op: HttpOp,
         result: i32,
         handler: &mut dyn FnMut(&Request<'_>) -> Response,
     ) -> Result<()> {
-        let id = ((token & !TOKEN_BASE) >> 4) as usize;
-        match token & 0xf {
-            KIND_ACCEPT => {
+        let id = conn as usize;
+        match op {
+            HttpOp::Accept => {
                 if result >= 0 {
                     // SAFETY: a successful accept returns a new fd we own.
                     let fd = unsafe { OwnedFd::from_raw_fd(result) };
@@ -172,7 +165,7 @@ impl HttpServer {
                 }
                 self.arm_accept(ev)
             }
-            KIND_RECV => {
+            HttpOp::Recv => {
                 let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else {
                     return Ok(());
                 };
@@ -202,7 +195,7 @@ impl HttpServer {
                     }
                 }
             }
-            KIND_SEND => {
+            HttpOp::Send => {
                 let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else {
                     return Ok(());
                 };
@@ -220,7 +213,7 @@ impl HttpServer {
             }
             // A deadline that fired or was cancelled: its operation's own
             // completion does the work.
-            _ => Ok(()),
+            HttpOp::Deadline => Ok(()),
         }
     }
 
@@ -234,7 +227,7 @@ impl HttpServer {
         )
         .build()
         .flags(squeue::Flags::IO_LINK)
-        .user_data(token(id, KIND_RECV));
+        .user_data(token(id, HttpOp::Recv));
         Self::with_deadline(ev, conn, id, op)
     }
 
@@ -249,7 +242,7 @@ impl HttpServer {
         .flags(libc::MSG_NOSIGNAL)
         .build()
         .flags(squeue::Flags::IO_LINK)
-        .user_data(token(id, KIND_SEND));
+        .user_data(token(id, HttpOp::Send));
         Self::with_deadline(ev, conn, id, op)
     }
 
@@ -262,7 +255,7 @@ impl HttpServer {
         *conn.deadline = deadline();
         let timeout = opcode::LinkTimeout::new(&*conn.deadline)
             .build()
-            .user_data(token(id, KIND_DEADLINE));
+            .user_data(token(id, HttpOp::Deadline));
         // SAFETY: the buffers belong to the connection, which is dropped
         // only after this operation's completion.
         unsafe { ev.submit(&[op, timeout]) }

@@ -2,20 +2,17 @@
 //! exposition) and `GET /silent` (silent hosts as JSON, paged). Rendered from
 //! the last sweep's state: a scrape never reads the table itself.
 
-use std::{
-    fmt::Write as _,
-    time::{Duration, SystemTime},
-};
+use std::{fmt::Write as _, time::Duration};
 
 use hb_common::Counter;
-use serde::Serialize;
 
-use crate::{
+use super::server::{Request, Response, query_param};
+use crate::track::{
     clock::monotonic_ns,
-    http::{Request, Response, query_param},
-    output::{Host, Summary, host_id, timestamp},
-    sweeper::EventTotals,
-    table::Hosts,
+    events::{Summary, host_id},
+    silent::{longest_silent, silent_page},
+    sweeper::{EventTotals, Sweeper},
+    table::Table,
     tracker::Tracker,
 };
 
@@ -23,11 +20,9 @@ use crate::{
 pub const SILENT_PAGE: usize = 1000;
 pub const SILENT_PAGE_MAX: usize = 10_000;
 
-pub struct Context<'a> {
-    pub summary: &'a Summary,
-    pub events: &'a EventTotals,
-    pub tracker: &'a Tracker,
-    pub table: &'a dyn Hosts,
+/// The collector's endpoints: what they serve beyond the last sweep and
+/// the table.
+pub struct Site {
     /// Which path fills the table: "xdp" or "socket".
     pub ingest: &'static str,
     pub timeout: Duration,
@@ -35,7 +30,29 @@ pub struct Context<'a> {
     pub silent_series: usize,
 }
 
-pub fn handle(req: &Request<'_>, ctx: &Context<'_>) -> Response {
+impl Site {
+    /// Answers `req` from the last sweep's state and the table.
+    pub fn handle(&self, req: &Request<'_>, sweeper: &Sweeper, table: &dyn Table) -> Response {
+        let ctx = Context {
+            summary: sweeper.summary(),
+            events: sweeper.totals(),
+            tracker: sweeper.tracker(),
+            table,
+            site: self,
+        };
+        handle(req, &ctx)
+    }
+}
+
+struct Context<'a> {
+    summary: &'a Summary,
+    events: &'a EventTotals,
+    tracker: &'a Tracker,
+    table: &'a dyn Table,
+    site: &'a Site,
+}
+
+fn handle(req: &Request<'_>, ctx: &Context<'_>) -> Response {
     match req.path {
         "/metrics" => Response::new(
             200,
@@ -56,7 +73,7 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-pub fn metrics(ctx: &Context<'_>) -> String {
+fn metrics(ctx: &Context<'_>) -> String {
     let s = ctx.summary;
     let mut out = String::with_capacity(4096);
     metric(
@@ -155,9 +172,9 @@ pub fn metrics(ctx: &Context<'_>) -> String {
         out,
         "hb_build_info{{version=\"{}\",ingest=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION"),
-        ctx.ingest
+        ctx.site.ingest
     );
-    if ctx.silent_series > 0 {
+    if ctx.site.silent_series > 0 {
         metric(
             &mut out,
             "hb_host_silent_seconds",
@@ -167,7 +184,7 @@ pub fn metrics(ctx: &Context<'_>) -> String {
         let now = monotonic_ns();
         for (host, last_seen) in longest_silent(ctx.tracker, ctx.table)
             .into_iter()
-            .take(ctx.silent_series)
+            .take(ctx.site.silent_series)
         {
             let secs = now.saturating_sub(last_seen) as f64 / 1e9;
             let id = host
@@ -184,75 +201,6 @@ pub fn metrics(ctx: &Context<'_>) -> String {
     out
 }
 
-/// Silent hosts, longest silent first (stable order for paging).
-fn longest_silent(tracker: &Tracker, table: &dyn Hosts) -> Vec<(Host, u64)> {
-    let mut slots: Vec<(u64, u32)> = tracker
-        .silent_hosts()
-        .map(|(slot, seen)| (seen, slot))
-        .collect();
-    slots.sort_unstable();
-    slots
-        .into_iter()
-        .map(|(seen, slot)| (table.host(slot), seen))
-        .collect()
-}
-
-#[derive(Serialize)]
-pub struct SilentHost {
-    pub host: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host_id: Option<String>,
-    /// When its last heartbeat became older than the timeout.
-    pub silent_since: String,
-    pub last_seen: String,
-    pub silent_for_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lost: Option<u64>,
-}
-
-#[derive(Serialize)]
-pub struct SilentPage {
-    pub total: usize,
-    pub offset: usize,
-    pub limit: usize,
-    pub hosts: Vec<SilentHost>,
-}
-
-/// A page of the silent hosts, longest silent first.
-pub fn silent_page(
-    tracker: &Tracker,
-    table: &dyn Hosts,
-    timeout: Duration,
-    offset: usize,
-    limit: usize,
-) -> SilentPage {
-    let all = longest_silent(tracker, table);
-    let now = monotonic_ns();
-    let wall = SystemTime::now();
-    let hosts = all
-        .iter()
-        .skip(offset)
-        .take(limit)
-        .map(|(host, seen)| {
-            let ago = Duration::from_nanos(now.saturating_sub(*seen));
-            SilentHost {
-                host: host.ip.to_string(),
-                host_id: host.id.map(host_id),
-                lost: host.lost,
-                silent_since: timestamp(wall - ago + timeout),
-                last_seen: timestamp(wall - ago),
-                silent_for_ms: ago.as_millis() as u64,
-            }
-        })
-        .collect();
-    SilentPage {
-        total: all.len(),
-        offset,
-        limit,
-        hosts,
-    }
-}
-
 fn silent(req: &Request<'_>, ctx: &Context<'_>) -> Response {
     let parse = |name: &str, default: usize| match query_param(req.query, name) {
         None => Ok(default),
@@ -267,7 +215,7 @@ fn silent(req: &Request<'_>, ctx: &Context<'_>) -> Response {
         }
         (Err(e), _) | (_, Err(e)) => return Response::error(400, &e),
     };
-    let page = silent_page(ctx.tracker, ctx.table, ctx.timeout, offset, limit);
+    let page = silent_page(ctx.tracker, ctx.table, ctx.site.timeout, offset, limit);
     Response::new(
         200,
         "application/json",

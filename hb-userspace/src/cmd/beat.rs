@@ -12,7 +12,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use hb_common::{MAGIC, auth, sip::siphash24};
 use log::{info, warn};
 
-use crate::{cli::BeatArgs, key, output::host_id};
+use super::key;
+use crate::{cli::BeatArgs, track::events::host_id};
 
 /// Signs heartbeats: sequence numbers are `run << 32 | n`, `run` the Unix
 /// second this client run started in and `n` its heartbeat count, so they

@@ -3,7 +3,7 @@
 
 use anyhow::{Result, bail};
 
-use crate::{cli::DetachArgs, pins};
+use crate::{cli::DetachArgs, ingest::xdp::pins};
 
 pub fn detach(args: DetachArgs) -> Result<()> {
     let iface = &args.iface;

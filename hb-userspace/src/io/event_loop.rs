@@ -23,15 +23,9 @@ use std::{
 use anyhow::{Context as _, Result};
 use io_uring::{IoUring, opcode, squeue, types};
 
-use crate::clock::monotonic_ns;
+use super::Token;
+use crate::track::clock::monotonic_ns;
 
-const TICK: u64 = 1;
-const SIGNAL: u64 = 2;
-/// Tokens below this are the loop's own.
-pub const FIRST_USER_TOKEN: u64 = 16;
-/// Set in the user data of entries passed to `submit` (callers give tokens
-/// below it), so their completions come back as `Done`.
-pub const OP_FLAG: u64 = 1 << 63;
 /// Completions a wait returns for at once...
 const BATCH: usize = 64;
 /// ...unless this long has passed and at least one is in (µs).
@@ -44,12 +38,13 @@ pub enum Wake {
     Tick,
     /// SIGINT or SIGTERM: time to stop; SIGUSR2: stop for a restart.
     Stop(&'static str),
-    /// A watched descriptor is readable (its token). Watch it again to get
-    /// the next one.
-    Readable(u64),
-    /// An operation submitted with `submit` completed; `flags` are the
-    /// completion's (buffer id, more to come).
-    Done { token: u64, result: i32, flags: u32 },
+    /// An operation submitted with `submit` or `watch` completed; `flags`
+    /// are the completion's (buffer id, more to come).
+    Done {
+        token: Token,
+        result: i32,
+        flags: u32,
+    },
 }
 
 pub struct EventLoop {
@@ -103,16 +98,17 @@ impl EventLoop {
         Ok(this)
     }
 
-    /// Wakes with `Readable(token)` once `fd` is readable.
-    pub fn watch(&mut self, fd: RawFd, token: u64) -> Result<()> {
-        debug_assert!((FIRST_USER_TOKEN..OP_FLAG).contains(&token));
+    /// Wakes with `Done { token, .. }` once `fd` is readable. Watch it again
+    /// to get the next one.
+    pub fn watch(&mut self, fd: RawFd, token: Token) -> Result<()> {
         let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
             .build()
-            .user_data(token);
+            .user_data(token.encode());
         self.push(sqe)
     }
 
-    /// Submits an operation; its completion wakes with `Done { token, .. }`.
+    /// Submits operations (their user data an encoded `Token`); each
+    /// completion wakes with `Done { token, .. }`.
     /// Entries linked with `IO_LINK` are pushed in order by passing them
     /// together.
     ///
@@ -176,9 +172,13 @@ impl EventLoop {
                 .map(|c| (c.user_data(), c.result(), c.flags()))
                 .collect();
             self.busy = completions.len() > 1;
-            for (token, res, flags) in completions {
+            for (data, res, flags) in completions {
+                let Some(token) = Token::decode(data) else {
+                    log::debug!("io_uring completion with unknown user data {data:#x}");
+                    continue;
+                };
                 match token {
-                    TICK => {
+                    Token::Tick => {
                         // -ETIME is the normal expiry.
                         if res < 0 && res != -libc::ETIME && res != -libc::ECANCELED {
                             return Err(io::Error::from_raw_os_error(-res)).context("sweep timer");
@@ -187,7 +187,7 @@ impl EventLoop {
                         self.schedule_next_tick();
                         self.arm_tick()?;
                     }
-                    SIGNAL => {
+                    Token::Signal => {
                         if res < 0 {
                             return Err(io::Error::from_raw_os_error(-res))
                                 .context("reading signalfd");
@@ -202,12 +202,11 @@ impl EventLoop {
                         self.pending.push_back(Wake::Stop(name));
                         self.arm_signal()?;
                     }
-                    token if token & OP_FLAG != 0 => self.pending.push_back(Wake::Done {
-                        token: token & !OP_FLAG,
+                    token => self.pending.push_back(Wake::Done {
+                        token,
                         result: res,
                         flags,
                     }),
-                    token => self.pending.push_back(Wake::Readable(token)),
                 }
             }
         }
@@ -232,7 +231,7 @@ impl EventLoop {
         let sqe = opcode::Timeout::new(&*self.tick_at)
             .flags(types::TimeoutFlags::ABS)
             .build()
-            .user_data(TICK);
+            .user_data(Token::Tick.encode());
         self.push(sqe)
     }
 
@@ -243,7 +242,7 @@ impl EventLoop {
             size_of::<libc::signalfd_siginfo>() as u32,
         )
         .build()
-        .user_data(SIGNAL);
+        .user_data(Token::Signal.encode());
         self.push(sqe)
     }
 
@@ -288,6 +287,7 @@ fn block_stop_signals() -> Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::IngestOp;
 
     #[test]
     fn ticks_follow_the_period_and_signals_stop() {
@@ -330,10 +330,10 @@ mod tests {
         let mut ev = EventLoop::new(Duration::from_millis(300)).unwrap();
         // A burst of completions (no-ops) puts the loop in batched waits...
         let nops: Vec<_> = (0..50)
-            .map(|i| {
+            .map(|slot| {
                 opcode::Nop::new()
                     .build()
-                    .user_data(OP_FLAG | (FIRST_USER_TOKEN + i))
+                    .user_data(Token::Ingest(IngestOp::Recv { slot }).encode())
             })
             .collect();
         // SAFETY: no-ops point to no buffers.
@@ -362,10 +362,11 @@ mod tests {
         let mut fds = [0; 2];
         // SAFETY: valid array for two fds.
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        ev.watch(fds[0], FIRST_USER_TOKEN).unwrap();
+        let token = Token::Ingest(IngestOp::KernelLog);
+        ev.watch(fds[0], token).unwrap();
         // SAFETY: writing one byte from a valid buffer to our pipe.
         assert_eq!(unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) }, 1);
-        assert_eq!(ev.wait().unwrap(), Wake::Readable(FIRST_USER_TOKEN));
+        assert!(matches!(ev.wait().unwrap(), Wake::Done { token: t, .. } if t == token));
         // SAFETY: closing our own fds.
         unsafe {
             libc::close(fds[0]);

@@ -11,10 +11,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use io_uring::{opcode, types};
 
-use crate::event_loop::{EventLoop, OP_FLAG};
-
-/// Token of the writer's operations (below the event loop's `OP_FLAG`).
-pub const TOKEN: u64 = 1 << 41;
+use super::{EventLoop, Token, Wake};
 
 pub struct RingWriter {
     fd: RawFd,
@@ -64,7 +61,7 @@ impl RingWriter {
         let sqe = opcode::Write::new(types::Fd(self.fd), rest.as_ptr(), rest.len() as u32)
             .offset(u64::MAX)
             .build()
-            .user_data(OP_FLAG | TOKEN);
+            .user_data(Token::Stdout.encode());
         // SAFETY: `inflight` is neither touched nor freed while busy.
         unsafe { ev.submit(&[sqe]) }
     }
@@ -90,12 +87,32 @@ impl RingWriter {
         self.start(ev)
     }
 
-    pub fn busy(&self) -> bool {
+    #[cfg(test)]
+    fn busy(&self) -> bool {
         self.busy
     }
 
+    /// At exit: lets the write in flight finish, then writes what is left.
+    /// A signal meanwhile gives up on a stdout reader that is stuck (lines
+    /// not yet written are lost then, and only then). Other completions
+    /// are dropped: nothing else runs any more.
+    pub fn drain(&mut self, ev: &mut EventLoop) -> Result<()> {
+        while self.busy {
+            match ev.wait()? {
+                Wake::Done {
+                    token: Token::Stdout,
+                    result,
+                    ..
+                } => self.complete(ev, result)?,
+                Wake::Stop(_) => return Ok(()),
+                _ => {}
+            }
+        }
+        self.finish()
+    }
+
     /// Writes what is left, blocking; call once the write in flight is done.
-    pub fn finish(&mut self) -> Result<()> {
+    fn finish(&mut self) -> Result<()> {
         debug_assert!(!self.busy);
         // SAFETY: `fd` is open for as long as the writer (see `new`); the
         // ManuallyDrop keeps the File from closing it.
@@ -114,7 +131,6 @@ mod tests {
     use std::{io::Read as _, os::fd::FromRawFd as _, time::Duration};
 
     use super::*;
-    use crate::event_loop::Wake;
 
     #[test]
     fn lines_arrive_in_order_through_the_ring() {
@@ -130,7 +146,7 @@ mod tests {
         w.write(&mut ev, b"two\n").unwrap();
         while w.busy() {
             if let Wake::Done {
-                token: TOKEN,
+                token: Token::Stdout,
                 result,
                 ..
             } = ev.wait().unwrap()
@@ -139,18 +155,9 @@ mod tests {
             }
         }
         w.write(&mut ev, b"three\n").unwrap();
-        while w.busy() {
-            if let Wake::Done {
-                token: TOKEN,
-                result,
-                ..
-            } = ev.wait().unwrap()
-            {
-                w.complete(&mut ev, result).unwrap();
-            }
-        }
-        w.pending.extend_from_slice(b"four\n");
-        w.finish().unwrap();
+        // In flight when the collector stops: drained, then what came after.
+        w.write(&mut ev, b"four\n").unwrap();
+        w.drain(&mut ev).unwrap();
         // SAFETY: closing our write end so the read sees EOF.
         unsafe { libc::close(fds[1]) };
         let mut got = String::new();

@@ -13,7 +13,14 @@ use anyhow::{Context as _, Result, bail};
 use aya::maps::{HashMap, Map, MapData};
 use hb_common::{HostEntry, HostKey, SLOT_PENDING};
 
-use crate::output::{Host, host_ip};
+use super::counters::Counters;
+use crate::{
+    io::page_size,
+    track::{
+        events::{Host, host_ip},
+        table::{Counts, Table},
+    },
+};
 
 /// A read-only shared mapping of a BPF array's values.
 struct Mapped<T> {
@@ -78,11 +85,6 @@ impl<T> Drop for Mapped<T> {
     }
 }
 
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
-}
-
 fn array_data(map: Map, name: &str) -> Result<MapData> {
     match map {
         Map::Array(data) => Ok(data),
@@ -125,23 +127,7 @@ impl std::ops::DerefMut for TrackerWords {
     }
 }
 
-/// What sweeps and the endpoints read of a host table, whichever path fills
-/// it: the kernel's (XDP) or the socket ingest's own.
-pub trait Hosts {
-    /// Last-seen times (CLOCK_MONOTONIC ns) of the slots in use; 0 means
-    /// "not ready yet".
-    fn last_seen(&self) -> &[AtomicU64];
-    /// The host in `slot`, as events name it.
-    fn host(&self, slot: u32) -> Host;
-    /// Slots in use.
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    fn capacity(&self) -> usize;
-}
-
-impl Hosts for HostTable {
+impl Table for HostTable {
     fn last_seen(&self) -> &[AtomicU64] {
         HostTable::last_seen(self)
     }
@@ -154,6 +140,9 @@ impl Hosts for HostTable {
     fn capacity(&self) -> usize {
         HostTable::capacity(self)
     }
+    fn counters(&self) -> Result<Counts> {
+        HostTable::counters(self)
+    }
 }
 
 /// Raw maps of the table, as taken from the loaded object.
@@ -164,6 +153,7 @@ pub struct TableMaps {
     pub slot_keys: Map,
     pub alloc: Map,
     pub auth: Map,
+    pub counters: Map,
 }
 
 pub struct HostTable {
@@ -177,6 +167,7 @@ pub struct HostTable {
     /// `AuthSlot`s as words: seq, lost, address (2 words). As long as the
     /// table with a key, one entry without.
     auth: Mapped<[AtomicU64; 4]>,
+    counters: Counters,
     capacity: usize,
 }
 
@@ -210,6 +201,7 @@ impl HostTable {
             keys: Mapped::new(&keys, capacity, "slot keys array")?,
             alloc: Mapped::new(&alloc, 1, "slot allocator")?,
             auth: Mapped::new(&auth, auth_len, "auth array")?,
+            counters: Counters::new(maps.counters)?,
             slots,
             capacity,
         })
@@ -217,6 +209,11 @@ impl HostTable {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// The program's outcome counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counts> {
+        self.counters.read()
     }
 
     /// Slots handed out so far (some may still be being filled in).

@@ -23,10 +23,7 @@ use hb_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    counters::Counters,
-    table::{HostTable, TableMaps},
-};
+use super::table::{HostTable, TableMaps};
 
 const BPFFS: &str = "/sys/fs/bpf";
 const RUN_DIR: &str = "/run/hb";
@@ -183,9 +180,9 @@ pub fn remove(iface: &str) {
     let _ = fs::remove_file(state_file(iface));
 }
 
-/// Opens the pinned table and counters of the collector on `iface`, whether
-/// its `hb run` is alive or not (the program records without it).
-pub fn open(iface: &str) -> Result<(State, HostTable, Counters)> {
+/// Opens the pinned table (with its counters) of the collector on `iface`,
+/// whether its `hb run` is alive or not (the program records without it).
+pub fn open(iface: &str) -> Result<(State, HostTable)> {
     let Some(state) = last_state(iface) else {
         bail!(
             "no hb collector is running on {iface} (no state in {})",
@@ -217,7 +214,7 @@ pub fn open(iface: &str) -> Result<(State, HostTable, Counters)> {
         slot_keys: Map::Array(load(SLOT_KEYS_MAP)?),
         alloc: Map::Array(load(ALLOC_MAP)?),
         auth: Map::Array(load(AUTH_MAP)?),
+        counters: Map::PerCpuArray(load(COUNTERS_MAP)?),
     })?;
-    let counters = Counters::new(Map::PerCpuArray(load(COUNTERS_MAP)?))?;
-    Ok((state, table, counters))
+    Ok((state, table))
 }

@@ -1,20 +1,15 @@
 //! One sweep: read the table, update host states, write events and a summary.
 
-use std::{
-    io::Write,
-    time::{Instant, SystemTime},
-};
+use std::time::{Instant, SystemTime};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use hb_common::Counter;
 use log::warn;
 
-use crate::{
-    cli::Format,
+use super::{
     clock::monotonic_ns,
-    counters::Packets,
-    output::{Event, Summary, format_event, timestamp},
-    table::Hosts,
+    events::{Event, Format, Summary, format_event, timestamp},
+    table::Table,
     tracker::{Tracker, Transition},
 };
 
@@ -26,46 +21,60 @@ pub struct EventTotals {
     pub recovered: u64,
 }
 
-pub struct Sweeper<W: Write> {
-    pub events: EventTotals,
-    pub tracker: Tracker,
+pub struct Sweeper {
+    events: EventTotals,
+    tracker: Tracker,
     format: Format,
-    /// Where event lines go (a buffer that the ring writer drains).
-    pub out: W,
+    /// The last sweep's event lines and summary.
+    out: Vec<u8>,
     last_packets: [u64; Counter::COUNT],
-    pub summary: Summary,
+    summary: Summary,
 }
 
-impl<W: Write> Sweeper<W> {
-    pub fn new(timeout_ns: u64, format: Format, out: W) -> Self {
-        Self::with_tracker(Tracker::new(timeout_ns), format, out)
+impl Sweeper {
+    pub fn new(timeout_ns: u64, format: Format) -> Self {
+        Self::with_tracker(Tracker::new(timeout_ns), format)
     }
 
-    pub fn with_tracker(tracker: Tracker, format: Format, out: W) -> Self {
+    pub fn with_tracker(tracker: Tracker, format: Format) -> Self {
         Self {
             events: EventTotals::default(),
             tracker,
             format,
-            out,
+            out: Vec::new(),
             last_packets: [0; Counter::COUNT],
             summary: Summary::default(),
         }
     }
 
-    pub fn sweep(&mut self, table: &dyn Hosts, counters: &dyn Packets) -> Result<()> {
-        self.sweep_at(table, counters, monotonic_ns(), SystemTime::now())
+    /// The lines the last sweep reported, each ending in a newline.
+    pub fn lines(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Host events reported since the start.
+    pub fn totals(&self) -> &EventTotals {
+        &self.events
+    }
+
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    /// What the last sweep found.
+    pub fn summary(&self) -> &Summary {
+        &self.summary
+    }
+
+    pub fn sweep(&mut self, table: &dyn Table) -> Result<()> {
+        self.sweep_at(table, monotonic_ns(), SystemTime::now())
     }
 
     /// A sweep at monotonic time `now` (every decision) and wall time `wall`
     /// (timestamps only).
-    pub fn sweep_at(
-        &mut self,
-        table: &dyn Hosts,
-        counters: &dyn Packets,
-        now: u64,
-        wall: SystemTime,
-    ) -> Result<()> {
+    pub fn sweep_at(&mut self, table: &dyn Table, now: u64, wall: SystemTime) -> Result<()> {
         let started = Instant::now();
+        self.out.clear();
         let Self {
             tracker,
             format,
@@ -73,7 +82,6 @@ impl<W: Write> Sweeper<W> {
             events,
             ..
         } = self;
-        let mut write_err = None;
         let ts = timestamp(wall);
         tracker.sweep(table.last_seen(), now, |t| {
             match t {
@@ -81,17 +89,11 @@ impl<W: Write> Sweeper<W> {
                 Transition::Silent { .. } => events.silent += 1,
                 Transition::Recovered { .. } => events.recovered += 1,
             }
-            if write_err.is_none() {
-                let t = t.with_host(table.host(*t.host()));
-                let line = format_event(*format, &ts, &Event::Host(t));
-                write_err = writeln!(out, "{line}").err();
-            }
+            let t = t.with_host(table.host(*t.host()));
+            push_line(out, &format_event(*format, &ts, &Event::Host(t)));
         });
-        if let Some(e) = write_err {
-            return Err(e).context("writing events to stdout");
-        }
 
-        let packets = counters.read()?;
+        let packets = table.counters()?;
         let delta = |c: Counter| packets[c as usize].saturating_sub(self.last_packets[c as usize]);
         let table_full = delta(Counter::TableFull);
         if table_full > 0 {
@@ -111,8 +113,12 @@ impl<W: Write> Sweeper<W> {
         };
         self.last_packets = packets;
         let line = format_event(self.format, &ts, &Event::Summary(&self.summary));
-        writeln!(self.out, "{line}").context("writing the summary to stdout")?;
-        self.out.flush().context("flushing stdout")?;
+        push_line(&mut self.out, &line);
         Ok(())
     }
+}
+
+fn push_line(out: &mut Vec<u8>, line: &str) {
+    out.extend_from_slice(line.as_bytes());
+    out.push(b'\n');
 }

@@ -1,0 +1,81 @@
+//! `hb run`: start the ingest, sweep on every tick, serve the endpoints,
+//! and stop cleanly on a signal. Each part owns its completions; this is
+//! only the wiring.
+
+use anyhow::{Result, anyhow};
+use log::info;
+
+use super::key;
+use crate::{
+    cli::RunArgs,
+    http::{HttpServer, Site},
+    ingest::{self, xdp::AuthSettings},
+    io::{EventLoop, RingWriter, Token, Wake},
+    track::sweeper::Sweeper,
+};
+
+pub fn run(args: RunArgs) -> Result<()> {
+    args.validate().map_err(|e| anyhow!(e))?;
+    // Before anything is loaded: a bad key file leaves nothing behind.
+    let auth = match &args.key_file {
+        Some(path) => Some(AuthSettings {
+            key: key::read(path)?,
+            require: args.require_auth,
+        }),
+        None => None,
+    };
+    // Signals are routed to the loop before anything is attached, so a
+    // Ctrl-C at any point still detaches.
+    let mut events = EventLoop::new(args.sweep)?;
+    let mut ingest = ingest::start(&args.ingest_config(auth), &mut events)?;
+    let mut http = match args.metrics_listen {
+        Some(addr) => {
+            let mut server = HttpServer::bind(addr)?;
+            server.start(&mut events)?;
+            info!("serving /metrics and /silent on http://{}", server.local_addr()?);
+            Some(server)
+        }
+        None => None,
+    };
+    let site = Site {
+        ingest: ingest.kind(),
+        timeout: args.timeout,
+        silent_series: args.metrics_silent_hosts,
+    };
+    let mut sweeper = Sweeper::with_tracker(ingest.begin(args.timeout)?, args.format);
+    let mut stdout = RingWriter::stdout();
+    let signal = loop {
+        let (token, result, flags) = match events.wait()? {
+            Wake::Tick => {
+                ingest.on_tick();
+                sweeper.sweep(ingest.table())?;
+                stdout.write(&mut events, sweeper.lines())?;
+                continue;
+            }
+            Wake::Stop(signal) => break signal,
+            Wake::Done {
+                token,
+                result,
+                flags,
+            } => (token, result, flags),
+        };
+        match token {
+            Token::Stdout => stdout.complete(&mut events, result)?,
+            Token::Ingest(op) => ingest.complete(&mut events, op, result, flags)?,
+            Token::Http { conn, op } => {
+                if let Some(server) = http.as_mut() {
+                    server.complete(&mut events, conn, op, result, &mut |req| {
+                        site.handle(req, &sweeper, ingest.table())
+                    })?;
+                }
+            }
+            // The loop's own: never handed out.
+            Token::Tick | Token::Signal => {}
+        }
+    };
+    ingest.on_stop(signal);
+    // Lines already queued are written before exiting.
+    stdout.drain(&mut events)?;
+    ingest.finish();
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! The scrape endpoint: a small HTTP/1.1 server on the collector's ring and
+//! what it serves (`/metrics`, `/silent`).
+
+mod endpoints;
+mod server;
+
+pub use endpoints::Site;
+pub use server::HttpServer;

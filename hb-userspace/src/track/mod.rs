@@ -1,0 +1,10 @@
+//! Host state from last-seen times: the tracker's transitions, the sweep
+//! that drives it, the event lines it reports and the silent-host pages.
+//! Pure logic over a `Table`, whichever path fills it.
+
+pub mod clock;
+pub mod events;
+pub mod silent;
+pub mod sweeper;
+pub mod table;
+pub mod tracker;

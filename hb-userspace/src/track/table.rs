@@ -1,0 +1,28 @@
+//! What a sweep, the endpoints and `hb status` read of a host table,
+//! whichever path fills it: the kernel's (XDP) or socket mode's own.
+
+use std::sync::atomic::AtomicU64;
+
+use anyhow::Result;
+use hb_common::Counter;
+
+use super::events::Host;
+
+/// Packet outcome totals, indexed by `Counter as usize`.
+pub type Counts = [u64; Counter::COUNT];
+
+pub trait Table {
+    /// Last-seen times (CLOCK_MONOTONIC ns) of the slots in use; 0 means
+    /// "not ready yet".
+    fn last_seen(&self) -> &[AtomicU64];
+    /// The host in `slot`, as events name it.
+    fn host(&self, slot: u32) -> Host;
+    /// Slots in use.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn capacity(&self) -> usize;
+    /// Outcome counters since the table was created.
+    fn counters(&self) -> Result<Counts>;
+}
