@@ -26,9 +26,8 @@ use hb_benches::{
 };
 use hb_common::{ALLOC_MAP, COUNTERS_MAP, Counter, DEFAULT_PORT, HINTS_MAP, HOST_MAPS, PROGRAM};
 use hb_userspace::{
-    clock,
-    program::{self, Loaded, Settings},
-    tracker::{Tracker, Words},
+    Tracker, Words, monotonic_ns,
+    xdp::{self, Loaded, Settings},
 };
 
 const S: u64 = 1_000_000_000;
@@ -95,7 +94,7 @@ fn sweep_one_percent_silent(table: &[AtomicU64], tracker: &mut Tracker) -> Durat
 
 /// The program with `REAL_HOSTS` slots, every one taken by a distinct host.
 fn full_real_table() -> Loaded {
-    let mut loaded = program::load(Settings {
+    let mut loaded = xdp::load(Settings {
         port: DEFAULT_PORT,
         pass_heartbeats: false,
         max_hosts: REAL_HOSTS,
@@ -103,7 +102,7 @@ fn full_real_table() -> Loaded {
     .expect("loading hb (root needed)");
     let started = Instant::now();
     {
-        let prog: &Xdp = program::xdp(&mut loaded.ebpf).expect("hb program");
+        let prog: &Xdp = xdp::program(&mut loaded.ebpf).expect("hb program");
         let mut frame = ipv4_heartbeat(src_addr(0), DEFAULT_PORT);
         for i in 0..REAL_HOSTS {
             set_ipv4_src(&mut frame, src_addr(i));
@@ -117,7 +116,7 @@ fn full_real_table() -> Loaded {
         }
     }
     assert_eq!(loaded.table.len(), REAL_HOSTS as usize);
-    let counters = loaded.counters.read().expect("reading counters");
+    let counters = loaded.table.counters().expect("reading counters");
     assert_eq!(counters[Counter::NewHost as usize], u64::from(REAL_HOSTS));
     assert_eq!(counters[Counter::TableFull as usize], 0);
     eprintln!(
@@ -133,7 +132,7 @@ fn main() {
 
     // The real table first: its fill is the slowest setup.
     let mut loaded = full_real_table();
-    let now = clock::monotonic_ns();
+    let now = monotonic_ns();
     // As the collector does: the tracker's bits in the HB_TRACKER map. A
     // long timeout: every host stays alive for the whole benchmark.
     let words = loaded.take_tracker_words().expect("mapping HB_TRACKER");

@@ -36,7 +36,7 @@ use hb_benches::{
     vlan_tagged, with_ipv4_options,
 };
 use hb_common::{BASELINE_PROGRAM, Counter, DEFAULT_PORT, HostKey, PROGRAM, auth};
-use hb_userspace::program::{self, AuthSettings, Loaded, Settings};
+use hb_userspace::xdp::{self, AuthSettings, Loaded, Settings};
 
 /// Known hosts visited in turn by the cold-key case: 2^20.
 const COLD_HOSTS: u32 = 1 << 20;
@@ -88,7 +88,7 @@ fn xdp<'a>(loaded: &'a Loaded, name: &str) -> &'a Xdp {
         .expect("not an XDP program")
 }
 
-/// Loads the object's empty program (`program::load` loads only hb's).
+/// Loads the object's empty program (`xdp::load` loads only hb's).
 fn load_baseline(loaded: &mut Loaded) {
     let baseline: &mut Xdp = loaded
         .ebpf
@@ -168,7 +168,7 @@ struct NewHosts {
 impl NewHosts {
     fn new() -> Self {
         Self {
-            loaded: program::load(settings(NEW_MAX_HOSTS)).expect("loading hb"),
+            loaded: xdp::load(settings(NEW_MAX_HOSTS)).expect("loading hb"),
             next: 0,
             reloads: 0,
         }
@@ -184,7 +184,7 @@ impl NewHosts {
             let table = &self.loaded.table;
             let room = (table.capacity() - table.len()) as u64;
             if room == 0 {
-                self.loaded = program::load(settings(NEW_MAX_HOSTS)).expect("loading hb");
+                self.loaded = xdp::load(settings(NEW_MAX_HOSTS)).expect("loading hb");
                 self.reloads += 1;
                 continue;
             }
@@ -217,7 +217,7 @@ struct Signed {
 impl Signed {
     fn new() -> Self {
         let s = Self {
-            loaded: program::load_auth(
+            loaded: xdp::load_auth(
                 settings(1024),
                 Some(AuthSettings {
                     key: SIGNED_KEY,
@@ -263,7 +263,7 @@ struct Frames {
 
 fn main() {
     let quiet_list = std::env::args().any(|a| a == "--list");
-    let mut main = program::load(settings(MAIN_MAX_HOSTS)).expect("loading hb (root needed)");
+    let mut main = xdp::load(settings(MAIN_MAX_HOSTS)).expect("loading hb (root needed)");
     load_baseline(&mut main);
 
     let frames = Frames {
@@ -284,7 +284,7 @@ fn main() {
             set_ipv4_src(&mut scratch, src_addr(i));
             run(hb, &scratch, 1, XDP_DROP);
         }
-        let counters = main.counters.read().expect("reading counters");
+        let counters = main.table.counters().expect("reading counters");
         assert_eq!(main.table.len(), COLD_HOSTS as usize + 1);
         assert_eq!(
             counters[Counter::NewHost as usize],
@@ -392,7 +392,7 @@ fn placements(key: bool) -> Vec<Loaded> {
                 key: SIGNED_KEY,
                 require: false,
             });
-            let mut l = program::load_auth(settings(1024), auth).expect("loading hb");
+            let mut l = xdp::load_auth(settings(1024), auth).expect("loading hb");
             load_baseline(&mut l);
             let hb = xdp(&l, PROGRAM);
             run(hb, &ipv4_heartbeat(HOT_HOST, DEFAULT_PORT), 1, XDP_DROP);

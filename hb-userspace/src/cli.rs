@@ -5,11 +5,11 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use hb_common::{DEFAULT_MAX_HOSTS, DEFAULT_PORT};
 
+use crate::ingest::{self, xdp::AuthSettings};
 pub use crate::{
     ingest::{IngestKind, xdp::AttachMode},
     track::events::Format,
 };
-use crate::ingest::{self, xdp::AuthSettings};
 
 #[derive(Parser, Debug)]
 #[command(

@@ -36,6 +36,6 @@ pub mod xdp {
     pub use crate::ingest::xdp::{
         AttachMode, AuthSettings, HostTable, Loaded, Settings,
         pins::{ensure_bpffs, link_path, pin_dir, state_file},
-        program::{OBJECT, attach, load, load_auth, load_with},
+        program::{OBJECT, attach, load, load_auth, load_with, xdp_program as program},
     };
 }

@@ -7,7 +7,7 @@ use std::{thread, time::Duration};
 
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use hb_common::{Counter, HostKey};
-use hb_userspace::program::{self, AuthSettings, Loaded, Settings};
+use hb_userspace::xdp::{self, AuthSettings, Loaded, Settings};
 use siphasher::sip::SipHasher24;
 
 const XDP_DROP: u32 = 1;
@@ -76,7 +76,7 @@ fn src(i: u32) -> [u8; 4] {
 }
 
 fn load(auth: Option<bool>, max_hosts: u32) -> Loaded {
-    program::load_auth(
+    xdp::load_auth(
         Settings {
             port: PORT,
             pass_heartbeats: false,
@@ -108,11 +108,11 @@ impl Case {
     }
 
     fn send(&mut self, frame: &[u8]) -> u32 {
-        run(program::xdp(&mut self.loaded.ebpf).unwrap(), frame)
+        run(xdp::program(&mut self.loaded.ebpf).unwrap(), frame)
     }
 
     fn counters(&self) -> [u64; Counter::COUNT] {
-        self.loaded.counters.read().unwrap()
+        self.loaded.table.counters().unwrap()
     }
 
     fn count(&self, c: Counter) -> u64 {
@@ -378,7 +378,7 @@ fn truncated_signed_heartbeats_change_nothing() {
 fn floods_cannot_fill_the_table_when_auth_is_required() {
     const FLOOD: u32 = 20_000;
     let mut loaded = load(Some(true), 64);
-    let prog = program::xdp(&mut loaded.ebpf).unwrap();
+    let prog = xdp::program(&mut loaded.ebpf).unwrap();
     // Junk from many sources: random host ids, numbers and MACs.
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let mut rand = || {
@@ -401,7 +401,7 @@ fn floods_cannot_fill_the_table_when_auth_is_required() {
     for i in 0..FLOOD {
         run(prog, &ipv4(src(i), &captured));
     }
-    let counters = loaded.counters.read().unwrap();
+    let counters = loaded.table.counters().unwrap();
     assert_eq!(counters[Counter::Forged as usize], u64::from(FLOOD));
     assert_eq!(
         counters[Counter::Unauthenticated as usize],
@@ -417,7 +417,7 @@ fn floods_cannot_fill_the_table_when_auth_is_required() {
     }
     assert_eq!(loaded.table.len(), 64);
     assert_eq!(
-        loaded.counters.read().unwrap()[Counter::TableFull as usize],
+        loaded.table.counters().unwrap()[Counter::TableFull as usize],
         0
     );
 }
@@ -429,7 +429,7 @@ fn a_signed_heartbeat_is_accepted_once_across_cpus() {
     const THREADS: usize = 4;
     const ROUNDS: u64 = 500;
     let mut loaded = load(Some(true), 16);
-    let prog = program::xdp(&mut loaded.ebpf).unwrap();
+    let prog = xdp::program(&mut loaded.ebpf).unwrap();
     let frames: Vec<Vec<u8>> = (0..ROUNDS)
         .map(|n| ipv4([198, 18, 0, 2], &signed(1, RUN + n)))
         .collect();
@@ -445,7 +445,7 @@ fn a_signed_heartbeat_is_accepted_once_across_cpus() {
             });
         }
     });
-    let counters = loaded.counters.read().unwrap();
+    let counters = loaded.table.counters().unwrap();
     let accepted = counters[Counter::Heartbeat as usize];
     let refused = counters[Counter::Replayed as usize];
     assert_eq!(accepted + refused, ROUNDS * THREADS as u64);

@@ -8,10 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use hb_userspace::{
-    cli::Format,
-    clock::monotonic_ns,
-    program::{self, Settings},
-    sweeper::Sweeper,
+    Format, Sweeper, monotonic_ns,
+    xdp::{self, Settings},
 };
 
 fn heartbeat(src: [u8; 4]) -> Vec<u8> {
@@ -33,13 +31,13 @@ fn events(out: &[u8]) -> Vec<serde_json::Value> {
 
 #[test]
 fn wall_clock_jumps_change_no_decision() {
-    let mut loaded = program::load(Settings {
+    let mut loaded = xdp::load(Settings {
         port: 43278,
         pass_heartbeats: false,
         max_hosts: 64,
     })
     .unwrap();
-    let prog = program::xdp(&mut loaded.ebpf).unwrap();
+    let prog = xdp::program(&mut loaded.ebpf).unwrap();
     for host in 1..=3u8 {
         prog.test_run(TestRunOptions {
             data_in: Some(&heartbeat([10, 0, 0, host])),
@@ -59,16 +57,13 @@ fn wall_clock_jumps_change_no_decision() {
         base,
     ];
     let sweep = |wall_of: &dyn Fn(usize) -> SystemTime| {
-        let mut sweeper = Sweeper::new(timeout.as_nanos() as u64, Format::Json, Vec::new());
+        let mut sweeper = Sweeper::new(timeout.as_nanos() as u64, Format::Json);
         let mut all = Vec::new();
         // Monotonic time moves steadily: 0 s, 10 s, 20 s, 30 s, 40 s after
         // the stamps; the hosts go silent between 10 s and 20 s.
         for (i, now) in (0..5).map(|i| (i, start + i as u64 * 10 * sec)) {
-            sweeper
-                .sweep_at(&loaded.table, &loaded.counters, now, wall_of(i))
-                .unwrap();
-            all.push(events(&sweeper.out));
-            sweeper.out.clear();
+            sweeper.sweep_at(&loaded.table, now, wall_of(i)).unwrap();
+            all.push(events(sweeper.lines()));
         }
         all
     };

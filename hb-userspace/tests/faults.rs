@@ -196,6 +196,6 @@ fn bad_configuration_is_one_clear_line_and_nothing_attached() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains("xdp"));
     let a_if = link.a_if.clone();
-    let pins = link.a.within(move || hb_userspace::pins::pin_dir(&a_if));
+    let pins = link.a.within(move || hb_userspace::xdp::pin_dir(&a_if));
     assert!(!pins.exists(), "{pins:?} left behind");
 }

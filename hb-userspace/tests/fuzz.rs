@@ -14,11 +14,7 @@ use std::{collections::HashMap, time::Instant};
 use aya::programs::{ProgramError, TestRun as _, TestRunOptions, Xdp};
 use frames::*;
 use hb_common::{Counter, HostKey, MAGIC};
-use hb_userspace::{
-    counters::Counters,
-    program::{self, Settings},
-    table::HostTable,
-};
+use hb_userspace::xdp::{self, HostTable, Settings};
 
 const DEFAULT_SEED: u64 = 0x4842_f022_5eed_0001;
 const DEFAULT_FRAMES: u64 = 1_000_000;
@@ -262,14 +258,14 @@ fn random_and_mutated_frames_match_the_reference() {
     println!("fuzz: {repro}");
     let mut rng = Rng(seed | 1);
 
-    let mut loaded = program::load(Settings {
+    let mut loaded = xdp::load(Settings {
         port: PORT,
         pass_heartbeats: false,
         max_hosts: MAX_HOSTS,
     })
     .expect("loading the XDP program");
-    let prog = program::xdp(&mut loaded.ebpf).unwrap();
-    let (table, counters) = (&loaded.table, &loaded.counters);
+    let prog = xdp::program(&mut loaded.ebpf).unwrap();
+    let table = &loaded.table;
     let mut model = Model {
         hosts: HashMap::new(),
         slots: Vec::new(),
@@ -354,11 +350,11 @@ fn random_and_mutated_frames_match_the_reference() {
         assert_eq!(table.len(), model.slots.len(), "table length: {}", ctx());
         window.push((n, frame, expected));
         if window.len() == WINDOW || n + 1 == frames {
-            check(&model, prog, table, counters, &mut window, &repro);
+            check(&model, prog, table, &mut window, &repro);
         }
     }
     let elapsed = start.elapsed();
-    check(&model, prog, table, counters, &mut window, &repro);
+    check(&model, prog, table, &mut window, &repro);
 
     let rate = frames as f64 / elapsed.as_secs_f64();
     println!(
@@ -389,7 +385,6 @@ fn check(
     model: &Model,
     prog: &Xdp,
     table: &HostTable,
-    counters: &Counters,
     window: &mut Vec<(u64, Vec<u8>, Result<HostKey, Counter>)>,
     repro: &str,
 ) {
@@ -404,7 +399,7 @@ fn check(
             window.last().map_or(0, |w| w.0)
         );
     }
-    let got = counters.read().unwrap();
+    let got = table.counters().unwrap();
     if got != model.counts {
         let names = |c: &[u64; Counter::COUNT]| -> Vec<String> {
             Counter::ALL
@@ -415,7 +410,7 @@ fn check(
         let mut culprit = String::from("none found on replay");
         for (n, frame, expected) in window.iter() {
             let Err(bucket) = expected else { continue };
-            let before = counters.read().unwrap();
+            let before = table.counters().unwrap();
             if prog
                 .test_run(TestRunOptions {
                     data_in: Some(frame),
@@ -425,7 +420,7 @@ fn check(
             {
                 continue;
             }
-            let after = counters.read().unwrap();
+            let after = table.counters().unwrap();
             let hit: Vec<&str> = Counter::ALL
                 .iter()
                 .filter(|k| after[**k as usize] != before[**k as usize])

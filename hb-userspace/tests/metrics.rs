@@ -265,8 +265,8 @@ fn metrics_and_silent_endpoints() {
     let a_if = link.a_if.clone();
     let (pins, state) = link.a.within(move || {
         (
-            hb_userspace::pins::pin_dir(&a_if),
-            hb_userspace::pins::state_file(&a_if),
+            hb_userspace::xdp::pin_dir(&a_if),
+            hb_userspace::xdp::state_file(&a_if),
         )
     });
     assert!(pins.to_string_lossy().contains("@netns-"), "{pins:?}");

@@ -8,7 +8,7 @@ mod frames;
 use aya::programs::{ProgramError, TestRun as _, TestRunOptions};
 use frames::*;
 use hb_common::{Counter, HostEntry, HostKey, MAGIC};
-use hb_userspace::program::{self, Loaded, Settings};
+use hb_userspace::xdp::{self, Loaded, Settings};
 
 /// One loaded program per test, so tests run in parallel safely.
 struct Rig {
@@ -25,7 +25,7 @@ struct Snapshot {
 
 impl Rig {
     fn new(port: u16, pass_heartbeats: bool, max_hosts: u32) -> Self {
-        let loaded = program::load(Settings {
+        let loaded = xdp::load(Settings {
             port,
             pass_heartbeats,
             max_hosts,
@@ -42,7 +42,7 @@ impl Rig {
     }
 
     fn run(&mut self, frame: &[u8]) -> Result<u32, ProgramError> {
-        let prog = program::xdp(&mut self.loaded.ebpf).unwrap();
+        let prog = xdp::program(&mut self.loaded.ebpf).unwrap();
         prog.test_run(TestRunOptions {
             data_in: Some(frame),
             ..TestRunOptions::new()
@@ -51,7 +51,7 @@ impl Rig {
     }
 
     fn counters(&self) -> [u64; Counter::COUNT] {
-        self.loaded.counters.read().unwrap()
+        self.loaded.table.counters().unwrap()
     }
 
     fn snapshot(&self) -> Snapshot {

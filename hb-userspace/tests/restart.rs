@@ -66,7 +66,7 @@ fn hb(ns: &Netns, args: &[&str]) -> Output {
 /// The collector's pin directory, as named from inside its namespace.
 fn pin_dir(link: &Link) -> PathBuf {
     let iface = link.a_if.clone();
-    link.a.within(move || hb_userspace::pins::pin_dir(&iface))
+    link.a.within(move || hb_userspace::xdp::pin_dir(&iface))
 }
 
 /// Whether a heartbeat sent to the collector reaches a socket there, i.e.
@@ -239,7 +239,7 @@ fn pins_of_another_layout_are_replaced_not_read() {
     let dir = pin_dir(&link);
     // What an hb with map layout 1 left (bpffs holds only directories and
     // pinned objects; an empty directory stands for its maps).
-    hb_userspace::pins::ensure_bpffs().unwrap();
+    hb_userspace::xdp::ensure_bpffs().unwrap();
     std::fs::create_dir_all(dir.join("layout-1").join("maps")).unwrap();
     let c = start(&link);
     assert!(!dir.join("layout-1").exists(), "old layout kept");

@@ -46,7 +46,7 @@ impl Drop for TempDir {
 }
 
 fn key() -> [u8; 16] {
-    hb_userspace::key::parse(KEY_HEX.as_bytes()).unwrap()
+    hb_userspace::parse_key(KEY_HEX.as_bytes()).unwrap()
 }
 
 fn beat(link: &Link, from: &str, extra: &[&str]) -> Proc {
@@ -130,7 +130,7 @@ fn signed_clients_are_recorded_and_bare_ones_ignored() {
         &["--key-file", key_arg, "--host-id", "0x2a"],
     );
     let _c = beat(&link, "198.18.4.4", &[]);
-    let (default_id, _) = hb_userspace::beat::default_host_id().unwrap();
+    let (default_id, _) = hb_userspace::default_host_id().unwrap();
     let default_id = format!("{default_id:016x}");
     let mut missing = vec![
         ("198.18.4.2", default_id.as_str()),

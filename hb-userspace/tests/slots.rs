@@ -8,7 +8,7 @@ use std::{collections::HashSet, sync::Barrier};
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use hb_common::{Counter, HostKey};
-use hb_userspace::program::{self, Settings};
+use hb_userspace::xdp::{self, Settings};
 
 const XDP_DROP: u32 = 1;
 
@@ -26,13 +26,13 @@ fn concurrent_new_hosts_get_distinct_slots() {
     const THREADS: u32 = 4;
     const PER_THREAD: u32 = 20_000;
     // Room for every host: the point is allocation, not a full table.
-    let mut loaded = program::load(Settings {
+    let mut loaded = xdp::load(Settings {
         port: 43278,
         pass_heartbeats: false,
         max_hosts: 1 << 17,
     })
     .unwrap();
-    let prog = program::xdp(&mut loaded.ebpf).unwrap();
+    let prog = xdp::program(&mut loaded.ebpf).unwrap();
     let barrier = Barrier::new(THREADS as usize);
     std::thread::scope(|s| {
         for _ in 0..THREADS {
@@ -61,7 +61,7 @@ fn concurrent_new_hosts_get_distinct_slots() {
         distinct as usize,
         "slots handed out != distinct hosts"
     );
-    let counters = loaded.counters.read().unwrap();
+    let counters = loaded.table.counters().unwrap();
     assert_eq!(counters[Counter::NewHost as usize], distinct as u64);
     assert_eq!(
         counters[Counter::Heartbeat as usize],
@@ -92,13 +92,13 @@ fn concurrent_new_hosts_get_distinct_slots() {
 
 #[test]
 fn a_full_table_refuses_new_hosts_without_losing_slots() {
-    let mut loaded = program::load(Settings {
+    let mut loaded = xdp::load(Settings {
         port: 43278,
         pass_heartbeats: false,
         max_hosts: 64,
     })
     .unwrap();
-    let prog = program::xdp(&mut loaded.ebpf).unwrap();
+    let prog = xdp::program(&mut loaded.ebpf).unwrap();
     std::thread::scope(|s| {
         for t in 0..2u32 {
             let prog = &*prog;
@@ -114,7 +114,7 @@ fn a_full_table_refuses_new_hosts_without_losing_slots() {
             });
         }
     });
-    let counters = loaded.counters.read().unwrap();
+    let counters = loaded.table.counters().unwrap();
     assert_eq!(loaded.table.len(), 64);
     assert_eq!(counters[Counter::NewHost as usize], 64);
     assert_eq!(counters[Counter::TableFull as usize], 400 - 64);
@@ -133,7 +133,7 @@ fn hint_index(key: &HostKey, mask: u32) -> u32 {
 fn hosts_sharing_a_hint_are_each_stamped_in_their_own_slot() {
     // 16 hosts, 16 hints: find hosts whose hints collide, then interleave
     // their heartbeats so that each finds the other's slot in the hint.
-    let mut loaded = program::load(Settings {
+    let mut loaded = xdp::load(Settings {
         port: 43278,
         pass_heartbeats: false,
         max_hosts: 16,
@@ -146,7 +146,7 @@ fn hosts_sharing_a_hint_are_each_stamped_in_their_own_slot() {
         .take(3)
         .collect();
     assert_eq!(sharing.len(), 3, "no colliding hosts found");
-    let prog = program::xdp(&mut loaded.ebpf).unwrap();
+    let prog = xdp::program(&mut loaded.ebpf).unwrap();
     let rounds = 5u64;
     for _ in 0..rounds {
         for &i in &sharing {

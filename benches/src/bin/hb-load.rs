@@ -17,7 +17,7 @@ use hb_benches::load::{
     scenarios::{Config, Scenario},
     signals,
 };
-use hb_userspace::cli::{parse_duration, parse_port};
+use hb_userspace::{parse_duration, parse_port};
 
 #[derive(Parser, Debug)]
 #[command(about = "End-to-end load test of hb: a simulated fleet through a veth pair")]

@@ -146,7 +146,7 @@ pub fn ratios(rows: &[Row]) -> Vec<String> {
 /// The whole report in markdown.
 pub fn markdown(cfg: &Config, rows: &[Row], notes: &[String]) -> String {
     let mut out = String::new();
-    let date = hb_userspace::output::timestamp(SystemTime::now());
+    let date = hb_userspace::timestamp(SystemTime::now());
     let _ = writeln!(out, "## hb load test, {}\n", &date[..10]);
     let _ = writeln!(out, "Machine: {}.\n", machine());
     let _ = writeln!(

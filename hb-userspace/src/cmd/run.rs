@@ -32,7 +32,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         Some(addr) => {
             let mut server = HttpServer::bind(addr)?;
             server.start(&mut events)?;
-            info!("serving /metrics and /silent on http://{}", server.local_addr()?);
+            info!(
+                "serving /metrics and /silent on http://{}",
+                server.local_addr()?
+            );
             Some(server)
         }
         None => None,

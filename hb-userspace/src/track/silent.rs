@@ -80,4 +80,3 @@ pub fn silent_page(
         hosts,
     }
 }
-

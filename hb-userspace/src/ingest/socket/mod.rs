@@ -250,7 +250,14 @@ impl SocketIngest {
 
     /// Handles the completion of a receive: records the datagram (at
     /// `now`) and queues the receive again.
-    fn receive(&mut self, ev: &mut EventLoop, op: IngestOp, result: i32, flags: u32, now: u64) -> Result<()> {
+    fn receive(
+        &mut self,
+        ev: &mut EventLoop,
+        op: IngestOp,
+        result: i32,
+        flags: u32,
+        now: u64,
+    ) -> Result<()> {
         let i = match op {
             IngestOp::RecvMulti => return self.complete_multishot(ev, result, flags, now),
             IngestOp::Recv { slot } => slot as usize,
@@ -317,7 +324,13 @@ impl Ingest for SocketIngest {
         Ok(Tracker::new(timeout.as_nanos() as u64))
     }
 
-    fn complete(&mut self, ev: &mut EventLoop, op: IngestOp, result: i32, flags: u32) -> Result<()> {
+    fn complete(
+        &mut self,
+        ev: &mut EventLoop,
+        op: IngestOp,
+        result: i32,
+        flags: u32,
+    ) -> Result<()> {
         self.receive(ev, op, result, flags, monotonic_ns())
     }
 

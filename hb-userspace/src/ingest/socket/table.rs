@@ -133,7 +133,11 @@ mod tests {
         let mut t = SocketTable::new(n);
         let (buckets, keys) = (t.slots.capacity(), t.keys.as_ptr());
         for i in 0..n as u32 {
-            t.record(host_key(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))), b"PyHB", 1);
+            t.record(
+                host_key(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))),
+                b"PyHB",
+                1,
+            );
         }
         assert_eq!(Table::len(&t), n);
         // Growing means rehashing and copying every host at once.

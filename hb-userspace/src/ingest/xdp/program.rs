@@ -197,7 +197,7 @@ pub fn load_with(
     let mut ebpf = loader
         .load(OBJECT)
         .context("loading the eBPF object (are you root, on a kernel with BPF and BTF?)")?;
-    let program: &mut Xdp = xdp(&mut ebpf)?;
+    let program: &mut Xdp = xdp_program(&mut ebpf)?;
     program
         .load()
         .context("the kernel refused the XDP program")?;
@@ -240,11 +240,6 @@ fn pinned_sizes(dir: &Path) -> Result<Option<(u32, u32)>> {
 }
 
 impl Loaded {
-    /// The XDP program (for `BPF_PROG_TEST_RUN` and the benches).
-    pub fn program(&mut self) -> Result<&mut Xdp> {
-        xdp(&mut self.ebpf)
-    }
-
     /// The tracker's state words, mapped; taken once.
     pub fn take_tracker_words(&mut self) -> Result<TrackerWords> {
         let map = self.tracker.take().context("tracker state already taken")?;
@@ -252,7 +247,8 @@ impl Loaded {
     }
 }
 
-fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+/// The XDP program in a loaded object.
+pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     Ok(ebpf
         .program_mut(PROGRAM)
         .context("no XDP program in the object")?
@@ -278,7 +274,7 @@ pub fn attach(
     mode: AttachMode,
     link_pin: Option<&Path>,
 ) -> Result<Attached> {
-    let program = xdp(&mut loaded.ebpf)?;
+    let program = xdp_program(&mut loaded.ebpf)?;
     if let Some(pin) = link_pin.filter(|p| p.exists()) {
         match take_over(program, pin) {
             Ok(()) => {
@@ -295,14 +291,19 @@ pub fn attach(
         }
     }
     let try_mode = |program: &mut Xdp, m: XdpMode| {
-        program.attach(iface, m).map(|id| (m, id)).map_err(|e| match e {
-            ProgramError::UnknownInterface { .. } => AttachError::UnknownInterface(iface.into()),
-            source => AttachError::Refused {
-                iface: iface.into(),
-                mode: m,
-                source,
-            },
-        })
+        program
+            .attach(iface, m)
+            .map(|id| (m, id))
+            .map_err(|e| match e {
+                ProgramError::UnknownInterface { .. } => {
+                    AttachError::UnknownInterface(iface.into())
+                }
+                source => AttachError::Refused {
+                    iface: iface.into(),
+                    mode: m,
+                    source,
+                },
+            })
     };
     let (mode, id) = match mode {
         AttachMode::Native => try_mode(program, XdpMode::Driver)?,
