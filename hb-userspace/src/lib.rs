@@ -14,6 +14,7 @@
 //! the benches drive, re-exported below.
 
 mod cli;
+mod clock;
 mod cmd;
 mod http;
 mod ingest;
@@ -21,9 +22,9 @@ mod io;
 mod track;
 
 pub use cli::{Cli, parse_duration, parse_port};
+pub use clock::monotonic_ns;
 pub use cmd::{Signer, default_host_id, parse_key};
 pub use track::{
-    clock::monotonic_ns,
     events::{Format, timestamp},
     sweeper::Sweeper,
     table::{Counts, Table},

@@ -9,8 +9,9 @@ use serde_json::json;
 
 use crate::{
     cli::{Format, StatusArgs},
+    clock::monotonic_ns,
     ingest::xdp::pins,
-    track::{clock::monotonic_ns, silent::silent_page, tracker::Tracker},
+    track::{silent::silent_page, tracker::Tracker},
 };
 
 pub fn status(args: StatusArgs) -> Result<()> {

@@ -7,13 +7,15 @@ use std::{fmt::Write as _, time::Duration};
 use hb_common::Counter;
 
 use super::server::{Request, Response, query_param};
-use crate::track::{
+use crate::{
     clock::monotonic_ns,
-    events::{Summary, host_id},
-    silent::{longest_silent, silent_page},
-    sweeper::{EventTotals, Sweeper},
-    table::Table,
-    tracker::Tracker,
+    track::{
+        events::{Summary, host_id},
+        silent::{longest_silent, silent_page},
+        sweeper::{EventTotals, Sweeper},
+        table::Table,
+        tracker::Tracker,
+    },
 };
 
 /// Default and largest page of `GET /silent`.

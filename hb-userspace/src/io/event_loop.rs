@@ -24,7 +24,7 @@ use anyhow::{Context as _, Result};
 use io_uring::{IoUring, opcode, squeue, types};
 
 use super::Token;
-use crate::track::clock::monotonic_ns;
+use crate::clock::monotonic_ns;
 
 /// Completions a wait returns for at once...
 const BATCH: usize = 64;

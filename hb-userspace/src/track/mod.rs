@@ -2,7 +2,6 @@
 //! that drives it, the event lines it reports and the silent-host pages.
 //! Pure logic over a `Table`, whichever path fills it.
 
-pub mod clock;
 pub mod events;
 pub mod silent;
 pub mod sweeper;

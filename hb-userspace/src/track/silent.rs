@@ -5,8 +5,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::clock::monotonic_ns;
+
 use super::{
-    clock::monotonic_ns,
     events::{Host, host_id, timestamp},
     table::Table,
     tracker::Tracker,

@@ -6,8 +6,9 @@ use anyhow::Result;
 use hb_common::Counter;
 use log::warn;
 
+use crate::clock::monotonic_ns;
+
 use super::{
-    clock::monotonic_ns,
     events::{Event, Format, Summary, format_event, timestamp},
     table::Table,
     tracker::{Tracker, Transition},

@@ -33,8 +33,9 @@ pub use table::SocketTable;
 
 use super::{Config, Ingest};
 use crate::{
+    clock::monotonic_ns,
     io::{EventLoop, IngestOp, Token},
-    track::{clock::monotonic_ns, table::Table, tracker::Tracker},
+    track::{table::Table, tracker::Tracker},
 };
 use bufring::{BUFFER_GROUP, BUFFER_SIZE, BufRing};
 
