@@ -1,5 +1,5 @@
 //! Builds hb-ebpf for the BPF target with aya-build and leaves the object in
-//! OUT_DIR, where `src/program.rs` embeds it.
+//! OUT_DIR, where `src/ingest/xdp/program.rs` embeds it.
 
 use anyhow::{Context as _, bail};
 use aya_build::{Package, Toolchain};

@@ -106,7 +106,7 @@ fn main() {
 
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
-    let root = workspace_root();
+    let root = workspace_root()?;
     match cli.command {
         Cmd::Setup => {
             let tc = toolchain::ensure()?;
@@ -129,12 +129,28 @@ fn real_main() -> Result<()> {
         Cmd::Test { args } => {
             require_root("the tests load XDP programs and create network namespaces")?;
             require_bpf()?;
+            let weakened = weakening_knobs();
+            if !weakened.is_empty() && std::env::var_os("CI").is_some() {
+                bail!(
+                    "refusing to run a weakened suite under CI: unset {}",
+                    weakened.join(", ")
+                );
+            }
+            report_weakened(&weakened);
             ensure_iproute2()?;
             let tc = toolchain::ensure()?;
             let mut cmd = cargo(&root, &tc);
             cmd.args(["test", "--workspace", "--exclude", "hb-ebpf"])
                 .args(&args);
             toolchain::run(&mut cmd)?;
+            if args.is_empty() {
+                // The benchmarks stay buildable and their assertions hold:
+                // each runs once, in criterion's test mode.
+                let mut cmd = cargo(&root, &tc);
+                cmd.args(["bench", "-p", "hb-benches", "--", "--test"]);
+                toolchain::run(&mut cmd)?;
+            }
+            report_weakened(&weakened);
         }
         Cmd::Bench(bench) => {
             require_root("the benchmarks load XDP programs")?;
@@ -165,11 +181,51 @@ fn real_main() -> Result<()> {
     Ok(())
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The checkout `cargo xtask` was run from. `cargo run` sets the manifest
+/// directory at run time too; the path compiled in is only a last resort,
+/// because a copied or moved checkout would build and test the original.
+fn workspace_root() -> Result<PathBuf> {
+    let xtask_dir = match std::env::var_os("CARGO_MANIFEST_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let cwd = std::env::current_dir().context("reading the current directory")?;
+            cwd.ancestors()
+                .map(|d| d.join("xtask"))
+                .find(|d| d.join("Cargo.toml").is_file())
+                .context("not inside an hb checkout: run `cargo xtask` from the repository")?
+        }
+    };
+    let root = xtask_dir
         .parent()
-        .expect("xtask lives in the workspace root")
-        .to_path_buf()
+        .context("xtask lives in the workspace root")?;
+    Ok(root.to_path_buf())
+}
+
+/// Environment variables that make the suite test less than it promises.
+fn weakening_knobs() -> Vec<String> {
+    let mut found = Vec::new();
+    if std::env::var_os("AYA_BUILD_SKIP").is_some() {
+        found.push("AYA_BUILD_SKIP (the XDP program is not rebuilt)".to_owned());
+    }
+    if let Some(frames) = std::env::var_os("HB_FUZZ_FRAMES") {
+        let full = frames
+            .to_str()
+            .and_then(|f| f.parse::<u64>().ok())
+            .is_some_and(|n| n >= 1_000_000);
+        if !full {
+            found.push(format!(
+                "HB_FUZZ_FRAMES={} (the fuzz test runs 1000000 frames)",
+                frames.to_string_lossy()
+            ));
+        }
+    }
+    found
+}
+
+fn report_weakened(weakened: &[String]) {
+    for knob in weakened {
+        eprintln!("xtask: WARNING: this run is weaker than the suite: {knob}");
+    }
 }
 
 fn cargo(root: &Path, tc: &toolchain::Toolchain) -> Command {

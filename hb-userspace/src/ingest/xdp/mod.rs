@@ -30,10 +30,12 @@ use crate::{
 };
 use iface::{IfaceWatch, if_index};
 
+type KernelLog = aya_log::EbpfLogger<&'static dyn log::Log>;
+
 pub struct XdpIngest {
     iface: String,
     loaded: Loaded,
-    kernel_log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    kernel_log: Option<KernelLog>,
     watch: IfaceWatch,
     /// While set, dropping this removes the pins: a failure during start-up
     /// must leave nothing behind.
@@ -62,23 +64,13 @@ impl XdpIngest {
             );
         }
         let resuming = pins::prepare(iface)?;
-        let settings = Settings {
-            port: config.port,
-            pass_heartbeats: config.pass_heartbeats,
-            max_hosts: config.max_hosts,
-        };
-        let auth = config.auth.as_ref();
         // Until the loop runs, a failure undoes what this run pinned, but
         // never what an earlier collector left to carry on from.
-        let loaded = match program::load_with(settings, auth, Some(&pins::maps_dir(iface))) {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                if !resuming {
-                    pins::remove(iface);
-                }
-                return Err(e);
+        let loaded = load(config, iface).inspect_err(|_| {
+            if !resuming {
+                pins::remove(iface);
             }
-        };
+        })?;
         let mut this = Self {
             iface: iface.to_owned(),
             loaded,
@@ -88,49 +80,63 @@ impl XdpIngest {
             pins_armed: !resuming,
             detach: true,
         };
-        this.kernel_log = match aya_log::EbpfLogger::init(&mut this.loaded.ebpf) {
-            Ok(logger) => {
-                ev.watch(logger.as_raw_fd(), Token::Ingest(IngestOp::KernelLog))?;
-                Some(logger)
-            }
-            Err(e) => {
-                warn!("kernel-side log unavailable: {e}");
-                None
-            }
-        };
-        program::attach(
-            &mut this.loaded,
-            iface,
-            config.attach_mode,
-            Some(&pins::link_path(iface)),
-        )?;
+        this.kernel_log = kernel_log(&mut this.loaded, ev)?;
+        let link = pins::link_path(iface);
+        program::attach(&mut this.loaded, iface, config.attach_mode, Some(&link))?;
         this.watch = IfaceWatch::new(iface, config.attach_mode);
-        pins::write_state(
-            iface,
-            &pins::State {
-                pid: std::process::id(),
-                layout: pins::LAYOUT_VERSION,
-                port: config.port,
-                timeout_ms: config.timeout.as_millis() as u64,
-                sweep_ms: config.sweep.as_millis() as u64,
-                max_hosts: config.max_hosts,
-                started: timestamp(std::time::SystemTime::now()),
-                auth: auth_name(auth).to_owned(),
-            },
-        )?;
+        pins::write_state(iface, &state(config))?;
         info!(
             "watching UDP port {} on {iface}: timeout {}, sweep every {}, up to {} hosts, {}",
             config.port,
             humantime::format_duration(config.timeout),
             humantime::format_duration(config.sweep),
             config.max_hosts,
-            match auth_mode(auth) {
+            match auth_mode(config.auth.as_ref()) {
                 AuthMode::Off => "classic PyHB heartbeats only (no --key-file)",
                 AuthMode::Optional => "signed heartbeats verified, bare PyHB accepted",
                 AuthMode::Required => "signed heartbeats only (bare PyHB ignored)",
             }
         );
         Ok(this)
+    }
+}
+
+/// Loads the program with `config`'s settings, its maps pinned for `iface`.
+fn load(config: &Config, iface: &str) -> Result<Loaded> {
+    let settings = Settings {
+        port: config.port,
+        pass_heartbeats: config.pass_heartbeats,
+        max_hosts: config.max_hosts,
+    };
+    program::load_with(settings, config.auth.as_ref(), Some(&pins::maps_dir(iface)))
+}
+
+/// The program's own log lines, forwarded to hb's log when its fd is
+/// readable; hb runs without them where aya-log cannot set up.
+fn kernel_log(loaded: &mut Loaded, ev: &mut EventLoop) -> Result<Option<KernelLog>> {
+    match aya_log::EbpfLogger::init(&mut loaded.ebpf) {
+        Ok(logger) => {
+            ev.watch(logger.as_raw_fd(), Token::Ingest(IngestOp::KernelLog))?;
+            Ok(Some(logger))
+        }
+        Err(e) => {
+            warn!("kernel-side log unavailable: {e}");
+            Ok(None)
+        }
+    }
+}
+
+/// What `hb status` reads about this collector.
+fn state(config: &Config) -> pins::State {
+    pins::State {
+        pid: std::process::id(),
+        layout: pins::LAYOUT_VERSION,
+        port: config.port,
+        timeout_ms: config.timeout.as_millis() as u64,
+        sweep_ms: config.sweep.as_millis() as u64,
+        max_hosts: config.max_hosts,
+        started: timestamp(std::time::SystemTime::now()),
+        auth: auth_name(config.auth.as_ref()).to_owned(),
     }
 }
 
