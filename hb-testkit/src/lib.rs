@@ -5,7 +5,8 @@
 //! - [`frames`]: builders of every frame the tests send, one writer per
 //!   layer, and the load generator's allocation-free UDP frame writer.
 //! - [`netns`]: network namespaces and veth pairs, removed on drop.
-//! - [`reference`]: what a correct parser makes of a frame, in plain Rust.
+//! - [`reference`](mod@reference): what a correct parser makes of a frame,
+//!   in plain Rust.
 //! - [`program`]: the XDP program loaded with hb's defaults.
 //! - [`collector`]: `hb run --format json` in a namespace, its lines read.
 //!
