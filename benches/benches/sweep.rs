@@ -21,13 +21,15 @@ use std::{
 
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use criterion::{BenchmarkId, Criterion, Throughput};
-use hb_benches::{
-    XDP_DROP, fmt_ns, ipv4_heartbeat, map_type_name, maps_in_use, set_ipv4_src, src_addr,
+use hb_benches::{fmt_ns, map_type_name, maps_in_use};
+use hb_common::{ALLOC_MAP, COUNTERS_MAP, Counter, HINTS_MAP, HOST_MAPS, PROGRAM, net::XDP_DROP};
+use hb_testkit::{
+    frames::{hb4, set_ipv4_src, src_addr},
+    program as kit,
 };
-use hb_common::{ALLOC_MAP, COUNTERS_MAP, Counter, DEFAULT_PORT, HINTS_MAP, HOST_MAPS, PROGRAM};
 use hb_userspace::{
     Tracker, Words, monotonic_ns,
-    xdp::{self, Loaded, Settings},
+    xdp::{self, Loaded},
 };
 
 const S: u64 = 1_000_000_000;
@@ -94,16 +96,11 @@ fn sweep_one_percent_silent(table: &[AtomicU64], tracker: &mut Tracker) -> Durat
 
 /// The program with `REAL_HOSTS` slots, every one taken by a distinct host.
 fn full_real_table() -> Loaded {
-    let mut loaded = xdp::load(Settings {
-        port: DEFAULT_PORT,
-        pass_heartbeats: false,
-        max_hosts: REAL_HOSTS,
-    })
-    .expect("loading hb (root needed)");
+    let mut loaded = kit::load(REAL_HOSTS);
     let started = Instant::now();
     {
         let prog: &Xdp = xdp::program(&mut loaded.ebpf).expect("hb program");
-        let mut frame = ipv4_heartbeat(src_addr(0), DEFAULT_PORT);
+        let mut frame = hb4(&[], src_addr(0));
         for i in 0..REAL_HOSTS {
             set_ipv4_src(&mut frame, src_addr(i));
             let r = prog

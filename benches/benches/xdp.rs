@@ -31,12 +31,18 @@ use std::time::Duration;
 
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use criterion::{BenchmarkGroup, Criterion, measurement::WallTime};
-use hb_benches::{
-    XDP_DROP, XDP_PASS, arp, ipv4_heartbeat, ipv4_tcp, ipv4_udp, ipv6_udp, set_ipv4_src, src_addr,
-    vlan_tagged, with_ipv4_options,
+use hb_common::{
+    BASELINE_PROGRAM, Counter, DEFAULT_PORT, HostKey, PROGRAM, auth,
+    net::{ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, XDP_DROP, XDP_PASS},
 };
-use hb_common::{BASELINE_PROGRAM, Counter, DEFAULT_PORT, HostKey, PROGRAM, auth};
-use hb_userspace::xdp::{self, AuthSettings, Loaded, Settings};
+use hb_testkit::{
+    frames::{
+        PAYLOAD_OFFSET, SPORT, V4, arp_request, eth, hb4, ipv4_tcp, ipv4_udp, ipv6_udp, padded,
+        set_ipv4_src, src_addr, udp, v4_options,
+    },
+    program as kit,
+};
+use hb_userspace::xdp::{AuthSettings, Loaded};
 
 /// Known hosts visited in turn by the cold-key case: 2^20.
 const COLD_HOSTS: u32 = 1 << 20;
@@ -49,12 +55,13 @@ const NEW_MAX_HOSTS: u32 = 1 << 20;
 const HOT_HOST: [u8; 4] = [192, 0, 2, 1];
 /// An IPv6 source (documentation range).
 const HOT_HOST6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+/// Traffic that is not a heartbeat: UDP to the DNS port.
+const OTHER_PORT: u16 = 53;
+const OTHER_PAYLOAD: &[u8] = b"not a heartbeat";
 /// Fleet key of the object that verifies signed heartbeats.
 const SIGNED_KEY: [u8; 16] = *b"bench fleet key!";
 /// Sequence numbers of the signed hot host: a client run, then counting.
 const SIGNED_RUN: u64 = 1_800_000_000 << 32;
-/// Offset of the UDP payload in the frames built by hb_benches.
-const PAYLOAD_OFFSET: usize = 42;
 /// Same-frame cases in the final table are measured on this many separate
 /// loads of the object: the JIT places each program at a random offset in
 /// its 64-byte chunk of executable memory, and the placement alone moves a
@@ -71,14 +78,6 @@ const TABLE_SINGLE: u32 = 200_000;
 /// ...measured in interleaved chunks of this many.
 const TABLE_CHUNK: u32 = 10_000;
 
-fn settings(max_hosts: u32) -> Settings {
-    Settings {
-        port: DEFAULT_PORT,
-        pass_heartbeats: false,
-        max_hosts,
-    }
-}
-
 fn xdp<'a>(loaded: &'a Loaded, name: &str) -> &'a Xdp {
     loaded
         .ebpf
@@ -88,7 +87,7 @@ fn xdp<'a>(loaded: &'a Loaded, name: &str) -> &'a Xdp {
         .expect("not an XDP program")
 }
 
-/// Loads the object's empty program (`xdp::load` loads only hb's).
+/// Loads the object's empty program (`program::load` loads only hb's).
 fn load_baseline(loaded: &mut Loaded) {
     let baseline: &mut Xdp = loaded
         .ebpf
@@ -168,7 +167,7 @@ struct NewHosts {
 impl NewHosts {
     fn new() -> Self {
         Self {
-            loaded: xdp::load(settings(NEW_MAX_HOSTS)).expect("loading hb"),
+            loaded: kit::load(NEW_MAX_HOSTS),
             next: 0,
             reloads: 0,
         }
@@ -184,7 +183,7 @@ impl NewHosts {
             let table = &self.loaded.table;
             let room = (table.capacity() - table.len()) as u64;
             if room == 0 {
-                self.loaded = xdp::load(settings(NEW_MAX_HOSTS)).expect("loading hb");
+                self.loaded = kit::load(NEW_MAX_HOSTS);
                 self.reloads += 1;
                 continue;
             }
@@ -217,14 +216,13 @@ struct Signed {
 impl Signed {
     fn new() -> Self {
         let s = Self {
-            loaded: xdp::load_auth(
-                settings(1024),
+            loaded: kit::load_auth(
+                1024,
                 Some(AuthSettings {
                     key: SIGNED_KEY,
                     require: false,
                 }),
-            )
-            .expect("loading hb with a key"),
+            ),
             next_seq: SIGNED_RUN.into(),
         };
         let mut frame = signed_frame(SIGNED_RUN);
@@ -263,15 +261,15 @@ struct Frames {
 
 fn main() {
     let quiet_list = std::env::args().any(|a| a == "--list");
-    let mut main = xdp::load(settings(MAIN_MAX_HOSTS)).expect("loading hb (root needed)");
+    let mut main = kit::load(MAIN_MAX_HOSTS);
     load_baseline(&mut main);
 
     let frames = Frames {
-        hot: ipv4_heartbeat(HOT_HOST, DEFAULT_PORT),
-        other_port: ipv4_udp(HOT_HOST, 53, b"not a heartbeat"),
+        hot: hb4(&[], HOT_HOST),
+        other_port: ipv4_udp(HOT_HOST, OTHER_PORT, OTHER_PAYLOAD),
         tcp: ipv4_tcp(HOT_HOST, DEFAULT_PORT),
-        arp: arp(),
-        scratch: ipv4_heartbeat(HOT_HOST, DEFAULT_PORT),
+        arp: padded(eth(&[], ETH_P_ARP, &arp_request([198, 18, 0, 2])), 0),
+        scratch: hb4(&[], HOT_HOST),
     };
 
     // The hot host, then every cold one, once each.
@@ -392,10 +390,10 @@ fn placements(key: bool) -> Vec<Loaded> {
                 key: SIGNED_KEY,
                 require: false,
             });
-            let mut l = xdp::load_auth(settings(1024), auth).expect("loading hb");
+            let mut l = kit::load_auth(1024, auth);
             load_baseline(&mut l);
             let hb = xdp(&l, PROGRAM);
-            run(hb, &ipv4_heartbeat(HOT_HOST, DEFAULT_PORT), 1, XDP_DROP);
+            run(hb, &hb4(&[], HOT_HOST), 1, XDP_DROP);
             if key {
                 run(hb, &signed_frame(SIGNED_RUN), 1, XDP_DROP);
             }
@@ -412,9 +410,23 @@ fn table(main: &Loaded, frames: &Frames, new: &mut NewHosts, signed: &Signed) {
     let replay = signed_frame(SIGNED_RUN);
     let mut forged = signed_frame(SIGNED_RUN + 1);
     forged[PAYLOAD_OFFSET + 24] ^= 1;
-    let v6_other_port = ipv6_udp(HOT_HOST6, 53, b"not a heartbeat");
-    let tagged_other_port = vlan_tagged(&frames.other_port, 7);
-    let with_options = with_ipv4_options(&frames.other_port);
+    let v6_other_port = ipv6_udp(HOT_HOST6, OTHER_PORT, OTHER_PAYLOAD);
+    // `frames.other_port` behind an 802.1Q tag, and with 4 bytes of options.
+    let other_datagram = udp(SPORT, OTHER_PORT, OTHER_PAYLOAD);
+    let tagged_other_port = eth(
+        &[ETH_P_8021Q],
+        ETH_P_IPV4,
+        &V4::new(HOT_HOST).build(&other_datagram),
+    );
+    let with_options = eth(
+        &[],
+        ETH_P_IPV4,
+        &V4 {
+            options: v4_options(1),
+            ..V4::new(HOT_HOST)
+        }
+        .build(&other_datagram),
+    );
 
     // Same-frame cases: on each of PLACEMENTS loads, TABLE_ROUNDS calls of
     // TABLE_REPEAT repeats, round-robin over cases and loads; the minimum of

@@ -12,10 +12,9 @@ use hb_benches::load::{
     collector::Ingest,
     fleet::Fleet,
     fleet::Hosts,
-    frames,
     generator::{Generator, Traffic},
     scenarios::{self, Config, Scenario},
-    topology::Topology,
+    topology::{self, Topology},
 };
 
 /// The debug `hb` that `cargo test --workspace` builds for hb-userspace's
@@ -79,7 +78,7 @@ fn frames_reach_a_udp_socket_over_both_families() {
         .collect();
     assert!(missing.is_empty(), "not received: {missing:?}");
     assert!(fleet.families(40).1 > 0, "no IPv6 host among 40");
-    let _ = frames::COLLECTOR_V6;
+    let _ = topology::COLLECTOR_V6;
 }
 
 #[test]

@@ -185,6 +185,17 @@ pub(crate) fn count_n(c: Counter, n: u64) -> u64 {
     }
 }
 
+// The verdicts in hb-common, which userspace (tests, benchmarks) compares
+// BPF_PROG_TEST_RUN's results with, are the kernel's.
+const _: () = {
+    use hb_common::net;
+    assert!(net::XDP_ABORTED == xdp_action::XDP_ABORTED);
+    assert!(net::XDP_DROP == xdp_action::XDP_DROP);
+    assert!(net::XDP_PASS == xdp_action::XDP_PASS);
+    assert!(net::XDP_TX == xdp_action::XDP_TX);
+    assert!(net::XDP_REDIRECT == xdp_action::XDP_REDIRECT);
+};
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -2,25 +2,21 @@
 //! address. Every read is bounds-checked against `data_end` first, both for
 //! the verifier and because frames can be cut anywhere.
 
-use hb_common::{Counter, HostKey, MAGIC, auth};
+use hb_common::{
+    Counter, HostKey, MAGIC, auth,
+    net::{
+        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IP_MF, IP_OFFMASK,
+        IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_UDP,
+        IPV4_HLEN, IPV6_HLEN, UDP_HLEN, VLAN_HLEN,
+    },
+};
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const VLAN_HLEN: usize = 4;
-const IPV6_HLEN: usize = 40;
 /// Ethernet, an IPv4 header without options, UDP: the fast path's frame.
-const FAST_V4_LEN: usize = ETH_HLEN + 20 + UDP_HLEN;
+const FAST_V4_LEN: usize = ETH_HLEN + IPV4_HLEN + UDP_HLEN;
 /// Ethernet, an IPv6 header, UDP.
 const FAST_V6_LEN: usize = ETH_HLEN + IPV6_HLEN + UDP_HLEN;
-const UDP_HLEN: usize = 8;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_ROUTING: u8 = 43;
-const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_DSTOPTS: u8 = 60;
+/// The flags and offset bits that mark a fragment: MF, or any offset.
+const FRAGMENT_BITS: u16 = IP_MF | IP_OFFMASK;
 /// Extension headers walked before giving up (classified as not UDP).
 const MAX_IPV6_EXT: usize = 4;
 const HEARTBEAT_UDP_LEN: u16 = (UDP_HLEN + MAGIC.len()) as u16;
@@ -164,7 +160,7 @@ fn fast<const TAGS: usize>(frame: &Frame, proto: u64, port: u64) -> Option<Resul
         if load!(u8, p, 14) != 0x45 {
             return None;
         }
-        if load!(u16, p, 20) & net16(0x3fff) != 0 {
+        if load!(u16, p, 20) & net16(FRAGMENT_BITS) != 0 {
             return Some(Err(Counter::Fragment));
         }
         if load!(u8, p, 23) != u64::from(IPPROTO_UDP) {
@@ -175,7 +171,12 @@ fn fast<const TAGS: usize>(frame: &Frame, proto: u64, port: u64) -> Option<Resul
         }
         // SAFETY: inside the checked bytes.
         let ip = unsafe { p.add(ETH_HLEN) };
-        return Some(ipv4_datagram(frame, ip, 20, TAGS + ETH_HLEN + 20));
+        return Some(ipv4_datagram(
+            frame,
+            ip,
+            IPV4_HLEN,
+            TAGS + ETH_HLEN + IPV4_HLEN,
+        ));
     }
     if proto == net16(ETH_P_IPV6) {
         if p as usize + FAST_V6_LEN > frame.end || load!(u8, p, 14) >> 4 != 6 {
@@ -204,7 +205,7 @@ fn fast<const TAGS: usize>(frame: &Frame, proto: u64, port: u64) -> Option<Resul
 
 #[inline(always)]
 fn ipv4(frame: &Frame, off: usize, port: u64) -> Result<Beat, Miss> {
-    let p = frame.at(off, 20)?;
+    let p = frame.at(off, IPV4_HLEN)?;
     // SAFETY (all reads from `p`): inside the 20-byte fixed header.
     let b = |i: usize| unsafe { *p.add(i) };
     let vihl = b(0);
@@ -212,11 +213,11 @@ fn ipv4(frame: &Frame, off: usize, port: u64) -> Result<Beat, Miss> {
         return Err(Counter::NotIp);
     }
     let ihl = ((vihl & 0x0f) as usize) * 4;
-    if ihl < 20 {
+    if ihl < IPV4_HLEN {
         return Err(Counter::Truncated);
     }
     // MF set or a non-zero offset: part of a fragmented datagram.
-    if load!(u16, p, 6) & net16(0x3fff) != 0 {
+    if load!(u16, p, 6) & net16(FRAGMENT_BITS) != 0 {
         return Err(Counter::Fragment);
     }
     if b(9) != IPPROTO_UDP {

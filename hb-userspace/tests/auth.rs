@@ -1,31 +1,26 @@
 //! Signed heartbeats in the real XDP program (BPF_PROG_TEST_RUN): the MAC
 //! is verified and replays refused before any state changes, and neither
 //! forgeries nor replays from spoofed sources can grow the table. MACs here
-//! come from the `siphasher` crate, the reference, not from hb's own code.
+//! come from the `siphasher` crate (the kit's `signed_with`), the reference,
+//! not from hb's own code.
 
 use std::{thread, time::Duration};
 
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
-use hb_common::{Counter, HostKey};
-use hb_userspace::xdp::{self, AuthSettings, Loaded, Settings};
+use hb_common::{
+    Counter, HostKey,
+    net::{XDP_DROP, XDP_PASS},
+};
+use hb_testkit::{
+    frames::{PORT, ipv4_udp, ipv6_udp, signed_with, src_addr},
+    program as kit,
+};
+use hb_userspace::xdp::{self, AuthSettings, Loaded};
 use siphasher::sip::SipHasher24;
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const PORT: u16 = 43278;
 const KEY: [u8; 16] = *b"0123456789abcdef";
 /// A client run (the Unix second it started), as `hb beat` numbers them.
 const RUN: u64 = 1_800_000_000 << 32;
-
-fn signed_with(key: &[u8; 16], version: u8, host_id: u64, seq: u64) -> Vec<u8> {
-    let mut p = b"PyHB".to_vec();
-    p.extend_from_slice(&[version, 0, 0, 0]);
-    p.extend_from_slice(&host_id.to_be_bytes());
-    p.extend_from_slice(&seq.to_be_bytes());
-    let mac = SipHasher24::new_with_key(key).hash(&p);
-    p.extend_from_slice(&mac.to_le_bytes());
-    p
-}
 
 fn signed(host_id: u64, seq: u64) -> Vec<u8> {
     signed_with(&KEY, 1, host_id, seq)
@@ -33,58 +28,19 @@ fn signed(host_id: u64, seq: u64) -> Vec<u8> {
 
 /// Ethernet + IPv4 + UDP to `PORT` carrying `payload`.
 fn ipv4(src: [u8; 4], payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0u8; 42];
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&(28 + payload.len() as u16).to_be_bytes());
-    f[22] = 64;
-    f[23] = 17;
-    f[26..30].copy_from_slice(&src);
-    f[30..34].copy_from_slice(&[198, 18, 0, 1]);
-    f[34..36].copy_from_slice(&40000u16.to_be_bytes());
-    f[36..38].copy_from_slice(&PORT.to_be_bytes());
-    f[38..40].copy_from_slice(&(8 + payload.len() as u16).to_be_bytes());
-    f.extend_from_slice(payload);
-    f
+    ipv4_udp(src, PORT, payload)
 }
 
 /// Ethernet + IPv6 + UDP to `PORT` carrying `payload`.
 fn ipv6(src: [u8; 16], payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0u8; 62];
-    f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-    f[14] = 0x60;
-    f[18..20].copy_from_slice(&(8 + payload.len() as u16).to_be_bytes());
-    f[20] = 17;
-    f[21] = 64;
-    f[22..38].copy_from_slice(&src);
-    f[38..54].copy_from_slice(
-        &"fd00:4842::1"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets(),
-    );
-    f[54..56].copy_from_slice(&40000u16.to_be_bytes());
-    f[56..58].copy_from_slice(&PORT.to_be_bytes());
-    f[58..60].copy_from_slice(&(8 + payload.len() as u16).to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-fn src(i: u32) -> [u8; 4] {
-    let [_, b, c, d] = i.to_be_bytes();
-    [10, b, c, d]
+    ipv6_udp(src, PORT, payload)
 }
 
 fn load(auth: Option<bool>, max_hosts: u32) -> Loaded {
-    xdp::load_auth(
-        Settings {
-            port: PORT,
-            pass_heartbeats: false,
-            max_hosts,
-        },
+    kit::load_auth(
+        max_hosts,
         auth.map(|require| AuthSettings { key: KEY, require }),
     )
-    .expect("loading hb (root, BPF)")
 }
 
 fn run(prog: &Xdp, frame: &[u8]) -> u32 {
@@ -390,16 +346,16 @@ fn floods_cannot_fill_the_table_when_auth_is_required() {
     for i in 0..FLOOD {
         let mut p = signed(rand(), rand());
         p[24..].copy_from_slice(&rand().to_le_bytes());
-        assert_eq!(run(prog, &ipv4(src(i), &p)), XDP_DROP);
+        assert_eq!(run(prog, &ipv4(src_addr(i), &p)), XDP_DROP);
     }
     // Bare heartbeats from as many sources.
     for i in 0..FLOOD {
-        run(prog, &ipv4(src(i), b"PyHB"));
+        run(prog, &ipv4(src_addr(i), b"PyHB"));
     }
     // A captured valid heartbeat replayed from as many spoofed sources.
     let captured = signed(99, RUN + 3);
     for i in 0..FLOOD {
-        run(prog, &ipv4(src(i), &captured));
+        run(prog, &ipv4(src_addr(i), &captured));
     }
     let counters = loaded.table.counters().unwrap();
     assert_eq!(counters[Counter::Forged as usize], u64::from(FLOOD));
@@ -413,7 +369,10 @@ fn floods_cannot_fill_the_table_when_auth_is_required() {
     assert_eq!(loaded.table.len(), 1, "the flood took slots");
     // The table still has room for the fleet.
     for id in 0..63 {
-        assert_eq!(run(prog, &ipv4(src(id), &signed(id.into(), RUN))), XDP_DROP);
+        assert_eq!(
+            run(prog, &ipv4(src_addr(id), &signed(id.into(), RUN))),
+            XDP_DROP
+        );
     }
     assert_eq!(loaded.table.len(), 64);
     assert_eq!(

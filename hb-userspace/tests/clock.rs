@@ -2,19 +2,11 @@
 //! monotonic times gives the same events whatever the wall clock does
 //! (jumps back an hour, forward a day); only the timestamps differ.
 
-mod frames;
-
 use std::time::{Duration, SystemTime};
 
 use aya::programs::{TestRun as _, TestRunOptions};
-use hb_userspace::{
-    Format, Sweeper, monotonic_ns,
-    xdp::{self, Settings},
-};
-
-fn heartbeat(src: [u8; 4]) -> Vec<u8> {
-    frames::heartbeat4(src)
-}
+use hb_testkit::{frames::hb4, program as kit};
+use hb_userspace::{Format, Sweeper, monotonic_ns, xdp};
 
 /// Event lines without their timestamps.
 fn events(out: &[u8]) -> Vec<serde_json::Value> {
@@ -31,16 +23,11 @@ fn events(out: &[u8]) -> Vec<serde_json::Value> {
 
 #[test]
 fn wall_clock_jumps_change_no_decision() {
-    let mut loaded = xdp::load(Settings {
-        port: 43278,
-        pass_heartbeats: false,
-        max_hosts: 64,
-    })
-    .unwrap();
+    let mut loaded = kit::load(64);
     let prog = xdp::program(&mut loaded.ebpf).unwrap();
     for host in 1..=3u8 {
         prog.test_run(TestRunOptions {
-            data_in: Some(&heartbeat([10, 0, 0, host])),
+            data_in: Some(&hb4(&[], [10, 0, 0, host])),
             ..TestRunOptions::new()
         })
         .unwrap();

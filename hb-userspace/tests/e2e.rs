@@ -1,15 +1,19 @@
 //! The whole path on real packets: `hb run` attached to a veth in one
 //! namespace, `hb beat` clients in another, events read from its JSON output.
 
-mod common;
-
 use std::{
     net::UdpSocket,
     process::Command,
     time::{Duration, Instant},
 };
 
-use common::{Collector, Link, Proc, is_event};
+use hb_testkit::{
+    collector::{self, Collector, Proc, is_event},
+    netns::{Link, Netns},
+};
+
+/// The binary under test.
+const HB: &str = env!("CARGO_BIN_EXE_hb");
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 const SWEEP: Duration = Duration::from_millis(250);
@@ -17,24 +21,28 @@ const SWEEP: Duration = Duration::from_millis(250);
 const SLACK: Duration = Duration::from_millis(1500);
 
 fn beat(link: &Link, from: &str, to: &str) -> Proc {
-    common::beat(link, from, to, "200ms")
+    collector::beat(HB, link, from, to, "200ms")
 }
 
 #[test]
 fn silent_and_recovered_hosts_are_reported_once() {
-    let link = Link::new("e2e");
+    let link = Link::for_test("e2e");
     let srv = &link.a;
-    srv.ip(&["addr", "add", "198.18.0.1/24", "dev", &link.a_if]);
-    srv.ip(&["addr", "add", "fd00:4842::1/64", "dev", &link.a_if, "nodad"]);
+    srv.ip(&["addr", "add", "198.18.0.1/24", "dev", &link.a_if])
+        .unwrap();
+    srv.ip(&["addr", "add", "fd00:4842::1/64", "dev", &link.a_if, "nodad"])
+        .unwrap();
     for a in ["198.18.0.2/24", "198.18.0.3/24"] {
-        link.b.ip(&["addr", "add", a, "dev", &link.b_if]);
+        link.b.ip(&["addr", "add", a, "dev", &link.b_if]).unwrap();
     }
     link.b
-        .ip(&["addr", "add", "fd00:4842::2/64", "dev", &link.b_if, "nodad"]);
+        .ip(&["addr", "add", "fd00:4842::2/64", "dev", &link.b_if, "nodad"])
+        .unwrap();
 
     let timeout = format!("{}ms", TIMEOUT.as_millis());
     let sweep = format!("{}ms", SWEEP.as_millis());
     let mut collector = Collector::start(
+        HB,
         srv,
         &[
             "--iface",
@@ -117,12 +125,15 @@ fn silent_and_recovered_hosts_are_reported_once() {
 
     // Other traffic to the heartbeat port still reaches a socket; heartbeats
     // do not (they are dropped in XDP).
-    let rx = srv.within(|| UdpSocket::bind("0.0.0.0:43278").expect("bind in collector namespace"));
+    let rx = srv
+        .within(|| UdpSocket::bind("0.0.0.0:43278").expect("bind in collector namespace"))
+        .unwrap();
     rx.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     let tx = link
         .b
-        .within(|| UdpSocket::bind("198.18.0.2:0").expect("bind in client namespace"));
+        .within(|| UdpSocket::bind("198.18.0.2:0").expect("bind in client namespace"))
+        .unwrap();
     tx.send_to(b"PyHB", "198.18.0.1:43278").unwrap();
     tx.send_to(b"hello", "198.18.0.1:43278").unwrap();
     let mut buf = [0u8; 64];
@@ -151,12 +162,15 @@ fn silent_and_recovered_hosts_are_reported_once() {
 
 #[test]
 fn pass_heartbeats_lets_them_reach_sockets() {
-    let link = Link::new("pass");
+    let link = Link::for_test("pass");
     link.a
-        .ip(&["addr", "add", "198.18.1.1/24", "dev", &link.a_if]);
+        .ip(&["addr", "add", "198.18.1.1/24", "dev", &link.a_if])
+        .unwrap();
     link.b
-        .ip(&["addr", "add", "198.18.1.2/24", "dev", &link.b_if]);
+        .ip(&["addr", "add", "198.18.1.2/24", "dev", &link.b_if])
+        .unwrap();
     let mut collector = Collector::start(
+        HB,
         &link.a,
         &[
             "--iface",
@@ -176,9 +190,15 @@ fn pass_heartbeats_lets_them_reach_sockets() {
             .0
             .is_some()
     );
-    let rx = link.a.within(|| UdpSocket::bind("0.0.0.0:5000").unwrap());
+    let rx = link
+        .a
+        .within(|| UdpSocket::bind("0.0.0.0:5000").unwrap())
+        .unwrap();
     rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let tx = link.b.within(|| UdpSocket::bind("198.18.1.2:0").unwrap());
+    let tx = link
+        .b
+        .within(|| UdpSocket::bind("198.18.1.2:0").unwrap())
+        .unwrap();
     tx.send_to(b"PyHB", "198.18.1.1:5000").unwrap();
     let mut buf = [0u8; 8];
     let n = rx.recv(&mut buf).expect("heartbeat passed to the socket");
@@ -194,9 +214,10 @@ fn pass_heartbeats_lets_them_reach_sockets() {
 
 #[test]
 fn unknown_interface_is_a_clear_error() {
-    let ns = common::Netns::new("noif");
+    let ns = Netns::for_test("noif");
     let out = ns
-        .command(env!("CARGO_BIN_EXE_hb"))
+        .command(HB)
+        .unwrap()
         .args(["run", "--iface", "nosuch0"])
         .output()
         .unwrap();

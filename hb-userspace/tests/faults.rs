@@ -1,28 +1,35 @@
 //! Faults and bad input: each has a defined, logged behaviour; nothing
 //! crashes, nothing is left attached by a run that could not start.
 
-mod common;
-
 use std::{fs::File, process::Stdio, time::Duration};
 
-use common::{Collector, Link, Proc, is_event};
+use hb_testkit::{
+    collector::{self, Collector, Proc, is_event},
+    netns::{self, Link, Netns},
+};
+
+/// The binary under test.
+const HB: &str = env!("CARGO_BIN_EXE_hb");
 
 fn beat(link: &Link, from: &str) -> Proc {
-    common::beat(link, from, "198.18.6.1", "100ms")
+    collector::beat(HB, link, from, "198.18.6.1", "100ms")
 }
 
 fn connect(link: &Link) {
     link.a
-        .ip(&["addr", "add", "198.18.6.1/24", "dev", &link.a_if]);
+        .ip(&["addr", "add", "198.18.6.1/24", "dev", &link.a_if])
+        .unwrap();
     link.b
-        .ip(&["addr", "add", "198.18.6.2/24", "dev", &link.b_if]);
+        .ip(&["addr", "add", "198.18.6.2/24", "dev", &link.b_if])
+        .unwrap();
 }
 
 #[test]
 fn an_interface_that_goes_away_and_comes_back_is_attached_again() {
-    let link = Link::new("gone");
+    let link = Link::for_test("gone");
     connect(&link);
     let collector = Collector::start(
+        HB,
         &link.a,
         &["--iface", &link.a_if, "--timeout", "1s", "--sweep", "200ms"],
     );
@@ -32,7 +39,7 @@ fn an_interface_that_goes_away_and_comes_back_is_attached_again() {
     assert!(new.is_some(), "{seen:?}");
 
     // Deleting one end of the pair removes both.
-    link.a.ip(&["link", "del", &link.a_if]);
+    link.a.ip(&["link", "del", &link.a_if]).unwrap();
     let (silent, seen) = collector.wait_for(Duration::from_secs(4), |v| {
         is_event(v, "silent", "198.18.6.2")
     });
@@ -42,7 +49,7 @@ fn an_interface_that_goes_away_and_comes_back_is_attached_again() {
     assert!(summary.is_some(), "collector stopped sweeping");
 
     // The same names again, in the same namespaces.
-    common::ip(&[
+    netns::ip(&[
         "link",
         "add",
         &link.a_if,
@@ -55,9 +62,10 @@ fn an_interface_that_goes_away_and_comes_back_is_attached_again() {
         &link.b_if,
         "netns",
         &link.b.name,
-    ]);
-    link.a.ip(&["link", "set", &link.a_if, "up"]);
-    link.b.ip(&["link", "set", &link.b_if, "up"]);
+    ])
+    .unwrap();
+    link.a.ip(&["link", "set", &link.a_if, "up"]).unwrap();
+    link.b.ip(&["link", "set", &link.b_if, "up"]).unwrap();
     connect(&link);
     let _b = beat(&link, "198.18.6.2");
     let (rec, seen) = collector.wait_for(Duration::from_secs(5), |v| {
@@ -68,12 +76,12 @@ fn an_interface_that_goes_away_and_comes_back_is_attached_again() {
 
 #[test]
 fn missing_bpffs_is_mounted() {
-    let link = Link::new("bpffs");
+    let link = Link::for_test("bpffs");
     connect(&link);
     let log = std::env::temp_dir().join(format!("hb-bpffs-{}.log", std::process::id()));
     // A private mount namespace without bpffs: the host's stays untouched.
     let hb = env!("CARGO_BIN_EXE_hb");
-    let mut cmd = link.a.command("unshare");
+    let mut cmd = link.a.command("unshare").unwrap();
     cmd.args([
         "--mount",
         "--propagation",
@@ -100,15 +108,15 @@ fn missing_bpffs_is_mounted() {
 
 /// `hb run ARGS` in `ns`, through `wrapper` (a command and its arguments,
 /// before hb's path) if any; returns (exit code, stderr).
-fn run_fails(ns: &common::Netns, wrapper: &[&str], args: &[&str]) -> (Option<i32>, String) {
+fn run_fails(ns: &Netns, wrapper: &[&str], args: &[&str]) -> (Option<i32>, String) {
     let hb = env!("CARGO_BIN_EXE_hb");
     let mut cmd = match wrapper.split_first() {
         Some((program, rest)) => {
-            let mut cmd = ns.command(program);
+            let mut cmd = ns.command(program).unwrap();
             cmd.args(rest).arg(hb);
             cmd
         }
-        None => ns.command(hb),
+        None => ns.command(hb).unwrap(),
     };
     cmd.arg("run")
         .args(args)
@@ -140,7 +148,7 @@ fn run_fails(ns: &common::Netns, wrapper: &[&str], args: &[&str]) -> (Option<i32
 
 #[test]
 fn bad_configuration_is_one_clear_line_and_nothing_attached() {
-    let link = Link::new("cfg");
+    let link = Link::for_test("cfg");
     let iface = link.a_if.as_str();
     let cases: [(&[&str], &str); 5] = [
         (
@@ -191,11 +199,15 @@ fn bad_configuration_is_one_clear_line_and_nothing_attached() {
     let out = link
         .a
         .command("ip")
+        .unwrap()
         .args(["link", "show", iface])
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains("xdp"));
     let a_if = link.a_if.clone();
-    let pins = link.a.within(move || hb_userspace::xdp::pin_dir(&a_if));
+    let pins = link
+        .a
+        .within(move || hb_userspace::xdp::pin_dir(&a_if))
+        .unwrap();
     assert!(!pins.exists(), "{pins:?} left behind");
 }

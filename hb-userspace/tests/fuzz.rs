@@ -1,5 +1,5 @@
 //! Property test: the real XDP program, through BPF_PROG_TEST_RUN, against
-//! the reference classifier in `frames` over a million random and mutated
+//! the kit's reference classifier over a million random and mutated
 //! frames. Every frame that is not a valid heartbeat passes and changes no
 //! table state; every valid heartbeat is dropped and stamped on its source's
 //! slot; the counters agree with the reference bucket by bucket.
@@ -7,14 +7,16 @@
 //! `HB_FUZZ_SEED` (decimal or 0x-hex) and `HB_FUZZ_FRAMES` change the seed
 //! and the number of frames; a failure prints both to reproduce it.
 
-mod frames;
-
 use std::{collections::HashMap, time::Instant};
 
 use aya::programs::{ProgramError, TestRun as _, TestRunOptions, Xdp};
-use frames::*;
-use hb_common::{Counter, HostKey, MAGIC};
-use hb_userspace::xdp::{self, HostTable, Settings};
+use hb_common::{Counter, HostKey, MAGIC, net::*};
+use hb_testkit::{
+    frames::*,
+    program::{self as kit, clock_ns},
+    reference::{auth_only, classify},
+};
+use hb_userspace::xdp::{self, HostTable};
 
 const DEFAULT_SEED: u64 = 0x4842_f022_5eed_0001;
 const DEFAULT_FRAMES: u64 = 1_000_000;
@@ -258,12 +260,7 @@ fn random_and_mutated_frames_match_the_reference() {
     println!("fuzz: {repro}");
     let mut rng = Rng(seed | 1);
 
-    let mut loaded = xdp::load(Settings {
-        port: PORT,
-        pass_heartbeats: false,
-        max_hosts: MAX_HOSTS,
-    })
-    .expect("loading the XDP program");
+    let mut loaded = kit::load(MAX_HOSTS);
     let prog = xdp::program(&mut loaded.ebpf).unwrap();
     let table = &loaded.table;
     let mut model = Model {

@@ -1,15 +1,19 @@
 //! The HTTP endpoint scraped over loopback (inside the collector's
 //! namespace) and parsed by a real Prometheus text-format parser.
 
-mod common;
-
 use std::{
     io::{Read as _, Write as _},
     net::{TcpStream, UdpSocket},
     time::Duration,
 };
 
-use common::{Collector, Link, Netns, Proc, is_event};
+use hb_testkit::{
+    collector::{Collector, Proc, is_event},
+    netns::{Link, Netns},
+};
+
+/// The binary under test.
+const HB: &str = env!("CARGO_BIN_EXE_hb");
 
 /// One HTTP request; returns (status, body).
 fn get(ns: &Netns, port: u16, request: &str) -> (u16, String) {
@@ -31,6 +35,7 @@ fn get(ns: &Netns, port: u16, request: &str) -> (u16, String) {
             .unwrap_or_default();
         (status, body)
     })
+    .unwrap()
 }
 
 fn scrape(ns: &Netns, port: u16) -> prometheus_parse::Scrape {
@@ -56,16 +61,20 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &st
 
 #[test]
 fn metrics_and_silent_endpoints() {
-    let link = Link::new("met");
+    let link = Link::for_test("met");
     link.a
-        .ip(&["addr", "add", "198.18.2.1/24", "dev", &link.a_if]);
+        .ip(&["addr", "add", "198.18.2.1/24", "dev", &link.a_if])
+        .unwrap();
     link.b
-        .ip(&["addr", "add", "198.18.2.2/24", "dev", &link.b_if]);
+        .ip(&["addr", "add", "198.18.2.2/24", "dev", &link.b_if])
+        .unwrap();
     link.b
-        .ip(&["addr", "add", "198.18.2.3/24", "dev", &link.b_if]);
+        .ip(&["addr", "add", "198.18.2.3/24", "dev", &link.b_if])
+        .unwrap();
     let port = 9743;
     let listen = format!("127.0.0.1:{port}");
     let collector = Collector::start(
+        HB,
         &link.a,
         &[
             "--iface",
@@ -90,7 +99,7 @@ fn metrics_and_silent_endpoints() {
     );
 
     let beat = |from: &str| {
-        let mut cmd = link.b.command(env!("CARGO_BIN_EXE_hb"));
+        let mut cmd = link.b.command(HB).unwrap();
         cmd.args([
             "beat",
             "--server",
@@ -114,7 +123,8 @@ fn metrics_and_silent_endpoints() {
     // A client that connects and says nothing must not hold up sweeps.
     let idle = link
         .a
-        .within(move || TcpStream::connect(("127.0.0.1", port)).unwrap());
+        .within(move || TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .unwrap();
 
     drop(stopped);
     let (silent, seen) = collector.wait_for(Duration::from_secs(4), |v| {
@@ -164,7 +174,8 @@ fn metrics_and_silent_endpoints() {
     let status = |format: &str| {
         let out = link
             .a
-            .command(env!("CARGO_BIN_EXE_hb"))
+            .command(HB)
+            .unwrap()
             .args(["status", "--iface", &link.a_if, "--format", format])
             .output()
             .unwrap();
@@ -252,7 +263,10 @@ fn metrics_and_silent_endpoints() {
     assert!(!scrape(&link.a, port).samples.is_empty());
 
     // Heartbeats are still recorded after all that.
-    let tx = link.b.within(|| UdpSocket::bind("198.18.2.3:0").unwrap());
+    let tx = link
+        .b
+        .within(|| UdpSocket::bind("198.18.2.3:0").unwrap())
+        .unwrap();
     tx.send_to(b"PyHB", "198.18.2.1:43278").unwrap();
     let (rec, seen) = collector.wait_for(Duration::from_secs(3), |v| {
         is_event(v, "recovered", "198.18.2.3")
@@ -263,18 +277,22 @@ fn metrics_and_silent_endpoints() {
     assert_eq!(collector.proc.terminate(), Some(0));
     // Pins are named after the collector's namespace: look from inside it.
     let a_if = link.a_if.clone();
-    let (pins, state) = link.a.within(move || {
-        (
-            hb_userspace::xdp::pin_dir(&a_if),
-            hb_userspace::xdp::state_file(&a_if),
-        )
-    });
+    let (pins, state) = link
+        .a
+        .within(move || {
+            (
+                hb_userspace::xdp::pin_dir(&a_if),
+                hb_userspace::xdp::state_file(&a_if),
+            )
+        })
+        .unwrap();
     assert!(pins.to_string_lossy().contains("@netns-"), "{pins:?}");
     assert!(!pins.exists(), "pins left behind in {pins:?}");
     assert!(!state.exists(), "state file left behind: {state:?}");
     let out = link
         .a
-        .command(env!("CARGO_BIN_EXE_hb"))
+        .command(HB)
+        .unwrap()
         .args(["status", "--iface", &link.a_if])
         .output()
         .unwrap();

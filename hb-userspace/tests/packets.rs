@@ -3,11 +3,13 @@
 //! one; `new_host` only with `heartbeat`) and the host table (the source
 //! stamped, or nothing changed at all).
 
-mod frames;
-
 use aya::programs::{ProgramError, TestRun as _, TestRunOptions};
-use frames::*;
-use hb_common::{Counter, HostEntry, HostKey, MAGIC};
+use hb_common::{Counter, HostEntry, HostKey, MAGIC, net::*};
+use hb_testkit::{
+    frames::*,
+    program::{clock_ns, settings},
+    reference::classify,
+};
 use hb_userspace::xdp::{self, Loaded, Settings};
 
 /// One loaded program per test, so tests run in parallel safely.
@@ -28,7 +30,7 @@ impl Rig {
         let loaded = xdp::load(Settings {
             port,
             pass_heartbeats,
-            max_hosts,
+            ..settings(max_hosts)
         })
         .expect("loading the XDP program");
         Self {
@@ -491,8 +493,7 @@ fn other_protocols_pass() {
 fn non_ip_frames_pass() {
     let mut rig = Rig::standard();
     // ARP request for 198.18.0.1.
-    let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 2, 198, 18, 7, 1];
-    arp.extend([0, 0, 0, 0, 0, 0, 198, 18, 0, 1]);
+    let arp = arp_request(SRC4);
     let cases = [
         ("ARP", padded(eth(&[], ETH_P_ARP, &arp), 0)),
         (

@@ -6,8 +6,6 @@
 //! Known limit, by design: a host that both falls silent and comes back
 //! while no collector runs leaves no trace to report.
 
-mod common;
-
 use std::{
     net::UdpSocket,
     path::PathBuf,
@@ -15,21 +13,28 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Collector, Link, Netns, Proc, is_event};
+use hb_testkit::{
+    collector::{self, Collector, Proc, is_event},
+    netns::{Link, Netns},
+};
+
+/// The binary under test.
+const HB: &str = env!("CARGO_BIN_EXE_hb");
 
 const TIMEOUT: &str = "1500ms";
 const SWEEP: &str = "200ms";
 
 fn beat(link: &Link, from: &str) -> Proc {
-    common::beat(link, from, "198.18.5.1", "100ms")
+    collector::beat(HB, link, from, "198.18.5.1", "100ms")
 }
 
 fn setup(tag: &str) -> Link {
-    let link = Link::new(tag);
+    let link = Link::for_test(tag);
     link.a
-        .ip(&["addr", "add", "198.18.5.1/24", "dev", &link.a_if]);
+        .ip(&["addr", "add", "198.18.5.1/24", "dev", &link.a_if])
+        .unwrap();
     for a in ["198.18.5.2/24", "198.18.5.3/24"] {
-        link.b.ip(&["addr", "add", a, "dev", &link.b_if]);
+        link.b.ip(&["addr", "add", a, "dev", &link.b_if]).unwrap();
     }
     link
 }
@@ -37,6 +42,7 @@ fn setup(tag: &str) -> Link {
 /// Starts a collector; returns it with its lines up to the first summary.
 fn start_seen(link: &Link) -> (Collector, Vec<serde_json::Value>) {
     let c = Collector::start(
+        HB,
         &link.a,
         &[
             "--iface",
@@ -57,7 +63,8 @@ fn start(link: &Link) -> Collector {
 }
 
 fn hb(ns: &Netns, args: &[&str]) -> Output {
-    ns.command(env!("CARGO_BIN_EXE_hb"))
+    ns.command(HB)
+        .unwrap()
         .args(args)
         .output()
         .expect("running hb")
@@ -66,7 +73,9 @@ fn hb(ns: &Netns, args: &[&str]) -> Output {
 /// The collector's pin directory, as named from inside its namespace.
 fn pin_dir(link: &Link) -> PathBuf {
     let iface = link.a_if.clone();
-    link.a.within(move || hb_userspace::xdp::pin_dir(&iface))
+    link.a
+        .within(move || hb_userspace::xdp::pin_dir(&iface))
+        .unwrap()
 }
 
 /// Whether a heartbeat sent to the collector reaches a socket there, i.e.
@@ -74,10 +83,14 @@ fn pin_dir(link: &Link) -> PathBuf {
 fn heartbeat_reaches_socket(link: &Link) -> bool {
     let rx = link
         .a
-        .within(|| UdpSocket::bind("198.18.5.1:43278").expect("binding the heartbeat port"));
+        .within(|| UdpSocket::bind("198.18.5.1:43278").expect("binding the heartbeat port"))
+        .unwrap();
     rx.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
-    let tx = link.b.within(|| UdpSocket::bind("198.18.5.2:0").unwrap());
+    let tx = link
+        .b
+        .within(|| UdpSocket::bind("198.18.5.2:0").unwrap())
+        .unwrap();
     let mut buf = [0u8; 16];
     for _ in 0..3 {
         tx.send_to(b"PyHB", "198.18.5.1:43278").unwrap();

@@ -3,8 +3,6 @@
 //! `hb beat` that must not be recorded; and bad key files, which must stop
 //! both commands with one line and leave nothing attached.
 
-mod common;
-
 use std::{
     net::UdpSocket,
     os::unix::fs::PermissionsExt as _,
@@ -13,8 +11,14 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use common::{Collector, Link, Netns, Proc, is_event};
 use hb_common::auth;
+use hb_testkit::{
+    collector::{Collector, Proc, get_metrics, is_event},
+    netns::{Link, Netns},
+};
+
+/// The binary under test.
+const HB: &str = env!("CARGO_BIN_EXE_hb");
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 const KEY_HEX: &str = "8f1e6a3b5c7d9e0f11223344556677aa\n";
@@ -50,7 +54,7 @@ fn key() -> [u8; 16] {
 }
 
 fn beat(link: &Link, from: &str, extra: &[&str]) -> Proc {
-    let mut cmd = link.b.command(env!("CARGO_BIN_EXE_hb"));
+    let mut cmd = link.b.command(HB).unwrap();
     cmd.args([
         "beat",
         "--server",
@@ -65,7 +69,7 @@ fn beat(link: &Link, from: &str, extra: &[&str]) -> Proc {
 }
 
 fn metrics(ns: &Netns) -> String {
-    common::get_metrics(ns, METRICS_PORT)
+    get_metrics(ns, METRICS_PORT)
 }
 
 fn sample(scrape: &prometheus_parse::Scrape, name: &str, label: (&str, &str)) -> Option<f64> {
@@ -86,20 +90,22 @@ fn signed_clients_are_recorded_and_bare_ones_ignored() {
     let dir = TempDir::new("signed");
     let key_file = dir.file("fleet.key", KEY_HEX.as_bytes(), 0o600);
     let key_arg = key_file.to_str().unwrap();
-    let link = Link::new("auth");
+    let link = Link::for_test("auth");
     link.a
-        .ip(&["addr", "add", "198.18.4.1/24", "dev", &link.a_if]);
+        .ip(&["addr", "add", "198.18.4.1/24", "dev", &link.a_if])
+        .unwrap();
     for a in [
         "198.18.4.2/24",
         "198.18.4.3/24",
         "198.18.4.4/24",
         "198.18.4.5/24",
     ] {
-        link.b.ip(&["addr", "add", a, "dev", &link.b_if]);
+        link.b.ip(&["addr", "add", a, "dev", &link.b_if]).unwrap();
     }
     let listen = format!("127.0.0.1:{METRICS_PORT}");
     let timeout = format!("{}ms", TIMEOUT.as_millis());
     let mut collector = Collector::start(
+        HB,
         &link.a,
         &[
             "--iface",
@@ -149,7 +155,8 @@ fn signed_clients_are_recorded_and_bare_ones_ignored() {
     // with its own numbers, through the real network).
     let tx = link
         .b
-        .within(|| UdpSocket::bind("198.18.4.5:0").expect("bind in client namespace"));
+        .within(|| UdpSocket::bind("198.18.4.5:0").expect("bind in client namespace"))
+        .unwrap();
     let run = (SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -242,7 +249,8 @@ fn signed_clients_are_recorded_and_bare_ones_ignored() {
     // hb status in the collector's namespace names the mode.
     let out = link
         .a
-        .command(env!("CARGO_BIN_EXE_hb"))
+        .command(HB)
+        .unwrap()
         .args(["status", "--iface", &link.a_if])
         .output()
         .unwrap();
@@ -258,8 +266,8 @@ fn signed_clients_are_recorded_and_bare_ones_ignored() {
 /// Runs `hb` with `args` in `ns`; returns (exit code, stderr).
 fn hb(ns: Option<&Netns>, args: &[&str]) -> (Option<i32>, String) {
     let mut cmd = match ns {
-        Some(ns) => ns.command(env!("CARGO_BIN_EXE_hb")),
-        None => Command::new(env!("CARGO_BIN_EXE_hb")),
+        Some(ns) => ns.command(HB).unwrap(),
+        None => Command::new(HB),
     };
     let out = cmd.args(args).output().unwrap();
     (
@@ -286,7 +294,7 @@ fn bad_key_files_stop_hb_run_with_nothing_attached() {
     let short = dir.file("short.key", b"0123456789abcdef\n", 0o600);
     let not_hex = dir.file("nothex.key", b"0123456789abcdefghijklmnopqrstuv", 0o600);
     let open = dir.file("open.key", KEY_HEX.as_bytes(), 0o644);
-    let link = Link::new("akey");
+    let link = Link::for_test("akey");
     for (file, fix) in [
         (&missing, "head -c 16 /dev/urandom"),
         (&short, "head -c 16 /dev/urandom"),

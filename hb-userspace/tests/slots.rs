@@ -2,36 +2,22 @@
 //! once (each BPF_PROG_TEST_RUN runs on the calling thread's CPU), and many
 //! threads racing on the *same* new host. No slot may be lost or shared.
 
-mod frames;
-
 use std::{collections::HashSet, sync::Barrier};
 
 use aya::programs::{TestRun as _, TestRunOptions};
-use hb_common::{Counter, HostKey};
-use hb_userspace::xdp::{self, Settings};
-
-const XDP_DROP: u32 = 1;
-
-fn heartbeat(src: [u8; 4]) -> Vec<u8> {
-    frames::heartbeat4(src)
-}
-
-fn src(i: u32) -> [u8; 4] {
-    let [_, b, c, d] = i.to_be_bytes();
-    [10, b, c, d]
-}
+use hb_common::{Counter, HostKey, net::XDP_DROP};
+use hb_testkit::{
+    frames::{hb4, src_addr},
+    program as kit,
+};
+use hb_userspace::xdp;
 
 #[test]
 fn concurrent_new_hosts_get_distinct_slots() {
     const THREADS: u32 = 4;
     const PER_THREAD: u32 = 20_000;
     // Room for every host: the point is allocation, not a full table.
-    let mut loaded = xdp::load(Settings {
-        port: 43278,
-        pass_heartbeats: false,
-        max_hosts: 1 << 17,
-    })
-    .unwrap();
+    let mut loaded = kit::load(1 << 17);
     let prog = xdp::program(&mut loaded.ebpf).unwrap();
     let barrier = Barrier::new(THREADS as usize);
     std::thread::scope(|s| {
@@ -42,7 +28,7 @@ fn concurrent_new_hosts_get_distinct_slots() {
                 // Every thread walks the same new hosts in the same order,
                 // so each is first seen on several CPUs at about once.
                 for i in 0..PER_THREAD {
-                    let frame = heartbeat(src(i));
+                    let frame = hb4(&[], src_addr(i));
                     let r = prog
                         .test_run(TestRunOptions {
                             data_in: Some(&frame),
@@ -82,7 +68,9 @@ fn concurrent_new_hosts_get_distinct_slots() {
         assert_ne!(entry.last_seen_ns, 0, "slot {slot} never stamped");
         beats += entry.beats;
     }
-    let expected: HashSet<HostKey> = (0..distinct).map(|i| HostKey::from_ipv4(src(i))).collect();
+    let expected: HashSet<HostKey> = (0..distinct)
+        .map(|i| HostKey::from_ipv4(src_addr(i)))
+        .collect();
     assert_eq!(keys, expected);
     // A heartbeat that loses the race for a new host's first stamp is
     // counted as a heartbeat but not in the host's beat count.
@@ -92,19 +80,14 @@ fn concurrent_new_hosts_get_distinct_slots() {
 
 #[test]
 fn a_full_table_refuses_new_hosts_without_losing_slots() {
-    let mut loaded = xdp::load(Settings {
-        port: 43278,
-        pass_heartbeats: false,
-        max_hosts: 64,
-    })
-    .unwrap();
+    let mut loaded = kit::load(64);
     let prog = xdp::program(&mut loaded.ebpf).unwrap();
     std::thread::scope(|s| {
         for t in 0..2u32 {
             let prog = &*prog;
             s.spawn(move || {
                 for i in 0..200u32 {
-                    let frame = heartbeat(src(i * 2 + t));
+                    let frame = hb4(&[], src_addr(i * 2 + t));
                     prog.test_run(TestRunOptions {
                         data_in: Some(&frame),
                         ..TestRunOptions::new()
@@ -133,16 +116,11 @@ fn hint_index(key: &HostKey, mask: u32) -> u32 {
 fn hosts_sharing_a_hint_are_each_stamped_in_their_own_slot() {
     // 16 hosts, 16 hints: find hosts whose hints collide, then interleave
     // their heartbeats so that each finds the other's slot in the hint.
-    let mut loaded = xdp::load(Settings {
-        port: 43278,
-        pass_heartbeats: false,
-        max_hosts: 16,
-    })
-    .unwrap();
+    let mut loaded = kit::load(16);
     let mask = 15;
-    let first = HostKey::from_ipv4(src(1));
+    let first = HostKey::from_ipv4(src_addr(1));
     let sharing: Vec<u32> = (1..10_000)
-        .filter(|&i| hint_index(&HostKey::from_ipv4(src(i)), mask) == hint_index(&first, mask))
+        .filter(|&i| hint_index(&HostKey::from_ipv4(src_addr(i)), mask) == hint_index(&first, mask))
         .take(3)
         .collect();
     assert_eq!(sharing.len(), 3, "no colliding hosts found");
@@ -152,7 +130,7 @@ fn hosts_sharing_a_hint_are_each_stamped_in_their_own_slot() {
         for &i in &sharing {
             let r = prog
                 .test_run(TestRunOptions {
-                    data_in: Some(&heartbeat(src(i))),
+                    data_in: Some(&hb4(&[], src_addr(i))),
                     ..TestRunOptions::new()
                 })
                 .unwrap();
@@ -161,7 +139,7 @@ fn hosts_sharing_a_hint_are_each_stamped_in_their_own_slot() {
     }
     assert_eq!(loaded.table.len(), sharing.len());
     for &i in &sharing {
-        let key = HostKey::from_ipv4(src(i));
+        let key = HostKey::from_ipv4(src_addr(i));
         let slot = loaded.table.slot(&key).expect("host in the table");
         assert_eq!(loaded.table.key(slot), key);
         assert_eq!(loaded.table.entry(slot).beats, rounds, "host {i}");

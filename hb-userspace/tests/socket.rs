@@ -2,27 +2,34 @@
 //! the same sweeper, events and endpoints; `--ingest auto` falls back to it
 //! where XDP cannot be used.
 
-mod common;
-
 use std::{net::UdpSocket, process::Stdio, time::Duration};
 
-use common::{Collector, Link, Netns, beat, is_event};
+use hb_testkit::{
+    collector::{Collector, beat, get_metrics, is_event},
+    netns::{Link, Netns},
+};
+
+/// The binary under test.
+const HB: &str = env!("CARGO_BIN_EXE_hb");
 
 fn metrics(ns: &Netns, port: u16) -> String {
-    common::get_metrics(ns, port)
+    get_metrics(ns, port)
 }
 
 fn setup(tag: &str) -> Link {
-    let link = Link::new(tag);
+    let link = Link::for_test(tag);
     link.a
-        .ip(&["addr", "add", "198.18.7.1/24", "dev", &link.a_if]);
+        .ip(&["addr", "add", "198.18.7.1/24", "dev", &link.a_if])
+        .unwrap();
     link.a
-        .ip(&["addr", "add", "fd00:4842::1/64", "dev", &link.a_if, "nodad"]);
+        .ip(&["addr", "add", "fd00:4842::1/64", "dev", &link.a_if, "nodad"])
+        .unwrap();
     for a in ["198.18.7.2/24", "198.18.7.3/24"] {
-        link.b.ip(&["addr", "add", a, "dev", &link.b_if]);
+        link.b.ip(&["addr", "add", a, "dev", &link.b_if]).unwrap();
     }
     link.b
-        .ip(&["addr", "add", "fd00:4842::2/64", "dev", &link.b_if, "nodad"]);
+        .ip(&["addr", "add", "fd00:4842::2/64", "dev", &link.b_if, "nodad"])
+        .unwrap();
     link
 }
 
@@ -30,6 +37,7 @@ fn setup(tag: &str) -> Link {
 fn socket_mode_reports_like_xdp() {
     let link = setup("sock");
     let collector = Collector::start(
+        HB,
         &link.a,
         &[
             "--ingest",
@@ -42,9 +50,9 @@ fn socket_mode_reports_like_xdp() {
             "127.0.0.1:9751",
         ],
     );
-    let _a = beat(&link, "198.18.7.2", "198.18.7.1", "100ms");
-    let mut b = beat(&link, "198.18.7.3", "198.18.7.1", "100ms");
-    let _c = beat(&link, "fd00:4842::2", "fd00:4842::1", "100ms");
+    let _a = beat(HB, &link, "198.18.7.2", "198.18.7.1", "100ms");
+    let mut b = beat(HB, &link, "198.18.7.3", "198.18.7.1", "100ms");
+    let _c = beat(HB, &link, "fd00:4842::2", "fd00:4842::1", "100ms");
     let mut missing = vec!["198.18.7.2", "198.18.7.3", "fd00:4842::2"];
     let (all, seen) = collector.wait_for(Duration::from_secs(5), |v| {
         missing.retain(|h| !is_event(v, "new", h));
@@ -59,7 +67,7 @@ fn socket_mode_reports_like_xdp() {
     assert!(silent.is_some(), "{seen:?}");
     let others: Vec<_> = seen.iter().filter(|v| v["event"] != "summary").collect();
     assert!(others.is_empty(), "{others:?}");
-    b = beat(&link, "198.18.7.3", "198.18.7.1", "100ms");
+    b = beat(HB, &link, "198.18.7.3", "198.18.7.1", "100ms");
     let (rec, seen) = collector.wait_for(Duration::from_secs(3), |v| {
         is_event(v, "recovered", "198.18.7.3")
     });
@@ -67,7 +75,10 @@ fn socket_mode_reports_like_xdp() {
     drop(b);
 
     // Not a heartbeat: counted, never a host.
-    let tx = link.b.within(|| UdpSocket::bind("198.18.7.2:0").unwrap());
+    let tx = link
+        .b
+        .within(|| UdpSocket::bind("198.18.7.2:0").unwrap())
+        .unwrap();
     for payload in [&b"PyHb"[..], b"PyHB!", b""] {
         tx.send_to(payload, "198.18.7.1:43278").unwrap();
     }
@@ -86,14 +97,14 @@ fn auto_falls_back_to_a_socket_without_bpf() {
     let link = setup("auto");
     let log = std::env::temp_dir().join(format!("hb-auto-{}.log", std::process::id()));
     // An unprivileged user cannot load BPF programs.
-    let mut cmd = link.a.command("setpriv");
+    let mut cmd = link.a.command("setpriv").unwrap();
     cmd.args([
         "--reuid",
         "65534",
         "--regid",
         "65534",
         "--clear-groups",
-        env!("CARGO_BIN_EXE_hb"),
+        HB,
         "run",
         "--iface",
         &link.a_if,
@@ -107,7 +118,7 @@ fn auto_falls_back_to_a_socket_without_bpf() {
     .stdout(Stdio::piped())
     .stderr(std::fs::File::create(&log).unwrap());
     let collector = Collector::spawn(cmd);
-    let _a = beat(&link, "198.18.7.2", "198.18.7.1", "100ms");
+    let _a = beat(HB, &link, "198.18.7.2", "198.18.7.1", "100ms");
     let (new, seen) =
         collector.wait_for(Duration::from_secs(5), |v| is_event(v, "new", "198.18.7.2"));
     let stderr = std::fs::read_to_string(&log).unwrap_or_default();

@@ -6,6 +6,7 @@ use std::{
     collections::HashMap,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpStream},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Condvar, Mutex},
@@ -14,13 +15,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use hb_testkit::netns::{self, Netns};
 use serde::Deserialize;
 
-use super::{
-    fleet::Fleet,
-    signals,
-    topology::{self, Netns},
-};
+use super::{fleet::Fleet, signals};
 
 /// Where `hb run` serves /metrics inside the collector namespace.
 pub const METRICS_ADDR: &str = "127.0.0.1:9743";
@@ -215,6 +213,18 @@ impl Collector {
     pub fn start(ns: &Netns, s: &Settings, fleet: Fleet, hosts: u32) -> Result<Self> {
         let ms = |d: Duration| format!("{}ms", d.as_millis());
         let mut cmd = ns.command(&s.hb)?;
+        // SAFETY: only prctl (an async-signal-safe system call) between fork
+        // and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                // Should the load test be killed outright (SIGKILL), the
+                // collector still gets SIGTERM and detaches.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         cmd.arg("run")
             .args(["--iface", &s.iface])
             .args(["--port", &s.port.to_string()])
@@ -300,7 +310,7 @@ impl Collector {
 
     /// Scrapes `/metrics` from inside the collector namespace.
     pub fn scrape(&self) -> Result<Metrics> {
-        let text = topology::within(&self.ns_path, || -> Result<String> {
+        let text = netns::within(&self.ns_path, || -> Result<String> {
             let addr: SocketAddr = METRICS_ADDR.parse().unwrap();
             let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
                 .context("connecting to hb's metrics endpoint")?;

@@ -18,12 +18,15 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use hb_common::MAGIC;
+use hb_testkit::{
+    frames::{MAX_FRAME, write_udp},
+    netns::Netns,
+};
 
 use super::{
     fleet::{Fleet, Hosts},
-    frames::{self, MAX_FRAME},
     signals,
-    topology::Netns,
+    topology::ENDS,
 };
 
 /// Junk payload lengths: at least as long as a heartbeat, so that every
@@ -157,7 +160,7 @@ impl Generator {
                     let host = self.next_host(&t.hosts);
                     let src = self.fleet.addr(host);
                     kinds[k] = false;
-                    frames::udp(&mut self.bufs[k], src, self.port, &MAGIC)
+                    write_udp(&mut self.bufs[k], &ENDS, src, self.port, &MAGIC)
                 } else {
                     kinds[k] = true;
                     self.junk_frame(k)
@@ -243,7 +246,7 @@ impl Generator {
         if payload[..len] == MAGIC {
             payload[0] ^= 1;
         }
-        frames::udp(&mut self.bufs[k], src, self.port, &payload[..len])
+        write_udp(&mut self.bufs[k], &ENDS, src, self.port, &payload[..len])
     }
 
     /// Sends every message, retrying those the kernel refuses (ENOBUFS:

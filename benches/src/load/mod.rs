@@ -6,7 +6,6 @@
 pub mod collector;
 pub mod cpu;
 pub mod fleet;
-pub mod frames;
 pub mod generator;
 pub mod reference;
 pub mod report;

@@ -17,8 +17,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use hb_common::MAGIC;
+use hb_testkit::netns::{self, Netns};
 
-use super::{cpu, topology::Netns};
+use super::cpu;
 
 const BATCH: usize = 64;
 const SLOT: usize = 64;
@@ -49,7 +50,7 @@ impl Reader {
             let (stop, heartbeats) = (stop.clone(), heartbeats.clone());
             thread::Builder::new().name("socket-ref".into()).spawn(
                 move || -> Result<Received> {
-                    let sock = super::topology::within(&path, move || open(port))??;
+                    let sock = netns::within(&path, move || open(port))??;
                     let _ = ready_tx.send(());
                     read(&sock, &stop, &heartbeats)
                 },

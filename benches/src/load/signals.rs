@@ -88,6 +88,6 @@ fn last_resort(code: i32) -> ! {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
-    super::topology::cleanup_all();
+    hb_testkit::netns::cleanup_all();
     std::process::exit(code);
 }

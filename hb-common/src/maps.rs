@@ -1,0 +1,55 @@
+//! The object's names, as userspace looks them up (maps, globals, programs),
+//! and the layout constants of the host table.
+
+/// Hash map from host address to its slot (`u32`) in the arrays below.
+pub const SLOTS_MAP: &str = "HB_SLOTS";
+/// `BPF_F_MMAPABLE` array of `u64`, by slot: last heartbeat, CLOCK_MONOTONIC ns.
+pub const LAST_SEEN_MAP: &str = "HB_LAST_SEEN";
+/// `BPF_F_MMAPABLE` array of `u64`, by slot: heartbeats recorded.
+pub const BEATS_MAP: &str = "HB_BEATS";
+/// `BPF_F_MMAPABLE` array of [`HostKey`](crate::HostKey), by slot: the
+/// host's address.
+pub const SLOT_KEYS_MAP: &str = "HB_SLOT_KEYS";
+/// Array of `[u32; 2]`: slot hints (`slot + 1`), a power of two of them, two
+/// an element, indexed by a hash of the address; they spare a known host the
+/// hash map lookup.
+pub const HINTS_MAP: &str = "HB_HINTS";
+/// Global (`u32`): the hint array's length - 1.
+pub const HINT_MASK_GLOBAL: &str = "HB_HINT_MASK";
+/// `BPF_F_MMAPABLE` array of `u64` the program never touches: userspace's
+/// per-host state (see hb-userspace's tracker), kept in a map so that it is
+/// pinned with the table and survives a restart of the collector.
+pub const TRACKER_MAP: &str = "HB_TRACKER";
+/// `BPF_F_MMAPABLE` array of one `u64`: the next free slot.
+pub const ALLOC_MAP: &str = "HB_ALLOC";
+/// `BPF_F_MMAPABLE` array of [`AuthSlot`](crate::AuthSlot), by slot: replay
+/// and loss state of hosts that send authenticated heartbeats.
+/// `--max-hosts` long when a key is configured, one entry (unused) otherwise.
+pub const AUTH_MAP: &str = "HB_AUTH";
+/// Every map sized by `--max-hosts` (the auth array only with a key).
+pub const HOST_MAPS: [&str; 4] = [SLOTS_MAP, LAST_SEEN_MAP, BEATS_MAP, SLOT_KEYS_MAP];
+/// Map flag: the array can be mmapped into userspace.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+/// Slot value of a host whose first heartbeat is being recorded right now.
+pub const SLOT_PENDING: u32 = u32::MAX;
+/// Name of the per-CPU array of outcome counters, indexed by
+/// [`Counter`](crate::Counter).
+pub const COUNTERS_MAP: &str = "HB_COUNTERS";
+/// Global (`u16`, network byte order): the UDP port heartbeats are sent to.
+pub const PORT_GLOBAL: &str = "HB_PORT";
+/// Global (`u8`, 0 or 1): let heartbeats continue to sockets after stamping.
+pub const PASS_GLOBAL: &str = "HB_PASS_HEARTBEATS";
+/// Global (`u8`, an [`AuthMode`](crate::AuthMode)): whether authenticated
+/// heartbeats are verified, and whether bare `PyHB` is still accepted.
+pub const AUTH_MODE_GLOBAL: &str = "HB_AUTH_MODE";
+/// Global (`[u64; 4]`): SipHash-2-4 state after the fleet key and the fixed
+/// first message word ([`auth::HEADER`](crate::auth::HEADER)); see
+/// [`SipState::after_header`](crate::sip::SipState::after_header).
+pub const SIP_STATE_GLOBAL: &str = "HB_SIP_STATE";
+/// Name of the XDP program in the object.
+pub const PROGRAM: &str = "hb";
+/// An empty XDP program in the same object: the benchmarks' floor.
+pub const BASELINE_PROGRAM: &str = "hb_baseline";
+
+/// Default capacity of the host table, in hosts.
+pub const DEFAULT_MAX_HOSTS: u32 = 1 << 20;

@@ -1,0 +1,6 @@
+//! Userspace only (the `user` feature): what aya needs of the shared types.
+
+// SAFETY: plain old data, repr(C), no padding.
+unsafe impl aya::Pod for crate::HostKey {}
+// SAFETY: plain old data, repr(C), no padding.
+unsafe impl aya::Pod for crate::AuthSlot {}

@@ -1,0 +1,21 @@
+//! What hb's tests and benchmarks share: test frames, network namespaces,
+//! the reference classifier, the program loaded with defaults, and a
+//! harness for a running `hb run`.
+//!
+//! - [`frames`]: builders of every frame the tests send, one writer per
+//!   layer, and the load generator's allocation-free UDP frame writer.
+//! - [`netns`]: network namespaces and veth pairs, removed on drop.
+//! - [`reference`](mod@reference): what a correct parser makes of a frame,
+//!   in plain Rust.
+//! - [`program`]: the XDP program loaded with hb's defaults.
+//! - [`collector`]: `hb run --format json` in a namespace, its lines read.
+//!
+//! Errors: [`netns`] returns them (the load test reports them); the test
+//! helpers ([`program`], [`collector`], the `for_test` constructors) panic
+//! with the cause, as a failed test should.
+
+pub mod collector;
+pub mod frames;
+pub mod netns;
+pub mod program;
+pub mod reference;
