@@ -30,7 +30,7 @@
 use std::time::Duration;
 
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
-use criterion::{BenchmarkGroup, Criterion, measurement::WallTime};
+use criterion::Criterion;
 use hb_common::{
     BASELINE_PROGRAM, Counter, DEFAULT_PORT, HostKey, PROGRAM, auth,
     net::{ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, XDP_DROP, XDP_PASS},
@@ -109,6 +109,29 @@ fn run(prog: &Xdp, frame: &[u8], repeat: u32, verdict: u32) -> Duration {
         .expect("BPF_PROG_TEST_RUN");
     assert_eq!(r.return_value, verdict, "unexpected XDP verdict");
     r.duration
+}
+
+/// Checks that `frame` gets `verdict` and lands in exactly the counter
+/// `outcome` (none: the empty program, which counts nothing): several cases
+/// share a verdict, and a bench that measured the wrong path would say so
+/// nowhere else.
+fn check_outcome(
+    loaded: &Loaded,
+    prog: &Xdp,
+    frame: &[u8],
+    verdict: u32,
+    outcome: Option<Counter>,
+    name: &str,
+) {
+    let before = loaded.table.counters().expect("reading counters");
+    run(prog, frame, 1, verdict);
+    let after = loaded.table.counters().expect("reading counters");
+    let mut expected = [0u64; Counter::COUNT];
+    if let Some(c) = outcome {
+        expected[c as usize] = 1;
+    }
+    let delta: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    assert_eq!(delta, expected, "{name}: counters moved unlike {outcome:?}");
 }
 
 /// `iters` runs of the same frame, `repeat` = as many as possible per call:
@@ -317,16 +340,19 @@ fn same_frame_group(c: &mut Criterion, main: &Loaded, frames: &Frames) {
         .measurement_time(Duration::from_secs(3))
         .sample_size(20);
     // Kernel-measured time of `iters` runs in as few calls as possible.
-    fn case(g: &mut BenchmarkGroup<WallTime>, name: &str, prog: &Xdp, frame: &[u8], verdict: u32) {
+    let mut case = |name: &str, prog: &Xdp, frame: &[u8], verdict: u32, outcome| {
+        check_outcome(main, prog, frame, verdict, outcome, name);
         g.bench_function(name, |b| {
             b.iter_custom(|iters| repeated(prog, frame, verdict, iters))
         });
-    }
-    case(&mut g, "empty_program", empty, &frames.hot, XDP_PASS);
-    case(&mut g, "heartbeat_hot_host", hb, &frames.hot, XDP_DROP);
-    case(&mut g, "udp_other_port", hb, &frames.other_port, XDP_PASS);
-    case(&mut g, "ipv4_tcp", hb, &frames.tcp, XDP_PASS);
-    case(&mut g, "arp", hb, &frames.arp, XDP_PASS);
+    };
+    case("empty_program", empty, &frames.hot, XDP_PASS, None);
+    let beat = Some(Counter::Heartbeat);
+    case("heartbeat_hot_host", hb, &frames.hot, XDP_DROP, beat);
+    let other = Some(Counter::OtherPort);
+    case("udp_other_port", hb, &frames.other_port, XDP_PASS, other);
+    case("ipv4_tcp", hb, &frames.tcp, XDP_PASS, Some(Counter::NotUdp));
+    case("arp", hb, &frames.arp, XDP_PASS, Some(Counter::NotIp));
     g.finish();
 }
 
@@ -363,19 +389,22 @@ struct Case<'a> {
     program: &'static str,
     frame: &'a [u8],
     verdict: u32,
+    /// The counter the frame must land in.
+    outcome: Option<Counter>,
 }
 
 /// Makes cases of `program` on each of `loads`.
 fn case<'a>(
     loads: &'a [Loaded],
     program: &'static str,
-) -> impl Fn(&'static str, &'a [u8], u32) -> Case<'a> {
-    move |name, frame, verdict| Case {
+) -> impl Fn(&'static str, &'a [u8], u32, Option<Counter>) -> Case<'a> {
+    move |name, frame, verdict, outcome| Case {
         name,
         loads,
         program,
         frame,
         verdict,
+        outcome,
     }
 }
 
@@ -439,34 +468,63 @@ fn table(main: &Loaded, frames: &Frames, new: &mut NewHosts, signed: &Signed) {
         case(&with_key, PROGRAM),
     );
     let same = [
-        on_empty("empty program", &frames.hot, XDP_PASS),
-        on_plain("heartbeat, hot host", &frames.hot, XDP_DROP),
-        on_plain("UDP to another port", &frames.other_port, XDP_PASS),
-        on_plain("IPv4 TCP", &frames.tcp, XDP_PASS),
-        on_plain("ARP", &frames.arp, XDP_PASS),
-        on_plain("IPv6 UDP to another port", &v6_other_port, XDP_PASS),
+        on_empty("empty program", &frames.hot, XDP_PASS, None),
+        on_plain(
+            "heartbeat, hot host",
+            &frames.hot,
+            XDP_DROP,
+            Some(Counter::Heartbeat),
+        ),
+        on_plain(
+            "UDP to another port",
+            &frames.other_port,
+            XDP_PASS,
+            Some(Counter::OtherPort),
+        ),
+        on_plain("IPv4 TCP", &frames.tcp, XDP_PASS, Some(Counter::NotUdp)),
+        on_plain("ARP", &frames.arp, XDP_PASS, Some(Counter::NotIp)),
+        on_plain(
+            "IPv6 UDP to another port",
+            &v6_other_port,
+            XDP_PASS,
+            Some(Counter::OtherPort),
+        ),
         on_plain(
             "802.1Q-tagged UDP to another port",
             &tagged_other_port,
             XDP_PASS,
+            Some(Counter::OtherPort),
         ),
         on_plain(
             "UDP to another port, IPv4 options (general path)",
             &with_options,
             XDP_PASS,
+            Some(Counter::OtherPort),
         ),
         on_keyed(
             "bare heartbeat, hot host, key configured",
             &frames.hot,
             XDP_DROP,
+            Some(Counter::Heartbeat),
         ),
         on_keyed(
             "signed heartbeat, replayed (MAC verified, refused)",
             &replay,
             XDP_DROP,
+            Some(Counter::Replayed),
         ),
-        on_keyed("signed heartbeat, bad MAC", &forged, XDP_DROP),
+        on_keyed(
+            "signed heartbeat, bad MAC",
+            &forged,
+            XDP_DROP,
+            Some(Counter::Forged),
+        ),
     ];
+    for c in &same {
+        for l in c.loads {
+            check_outcome(l, xdp(l, c.program), c.frame, c.verdict, c.outcome, c.name);
+        }
+    }
     let mut best = vec![[f64::MAX; PLACEMENTS]; same.len()];
     for _ in 0..TABLE_ROUNDS {
         for (i, c) in same.iter().enumerate() {
