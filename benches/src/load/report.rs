@@ -66,8 +66,12 @@ pub fn table(rows: &[Row]) -> String {
          |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for r in rows {
+        // CPU shares of the traffic window: the measurement window also
+        // holds the warm-up of the collector and the final sweeps, which
+        // would dilute them. The idle softirq is a rate, over the window.
+        let traffic = r.sent.elapsed.as_secs_f64().max(1e-9);
         let w = r.window.as_secs_f64();
-        let rate = r.accounted() as f64 / r.sent.elapsed.as_secs_f64().max(1e-9);
+        let rate = r.accounted() as f64 / traffic;
         let mut sent = grouped(r.sent.heartbeats);
         if r.sent.junk > 0 {
             let _ = write!(sent, " + {} junk", grouped(r.sent.junk));
@@ -83,7 +87,7 @@ pub fn table(rows: &[Row]) -> String {
         };
         let softirq = format!(
             "{} (idle {})",
-            percent(r.softirq_ns, w),
+            percent(r.softirq_ns, traffic),
             percent(r.softirq_idle_ns, w)
         );
         let _ = writeln!(
@@ -96,7 +100,7 @@ pub fn table(rows: &[Row]) -> String {
             accounted,
             signed(r.loss()),
             grouped(rate as u64),
-            percent(r.hb_cpu_ns, w),
+            percent(r.hb_cpu_ns, traffic),
             softirq,
             per,
             match (r.ingest, r.problems.is_empty()) {
