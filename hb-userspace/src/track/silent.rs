@@ -1,7 +1,7 @@
 //! The silent hosts, longest silent first, paged: what `GET /silent`, the
 //! per-host series and `hb status` show.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -55,21 +55,33 @@ pub fn silent_page(
     offset: usize,
     limit: usize,
 ) -> SilentPage {
+    let (now, wall) = (monotonic_ns(), SystemTime::now());
+    silent_page_at(tracker, table, timeout, (offset, limit), now, wall)
+}
+
+/// As `silent_page`, at monotonic time `now` and wall time `wall`.
+fn silent_page_at(
+    tracker: &Tracker,
+    table: &dyn Table,
+    timeout: Duration,
+    (offset, limit): (usize, usize),
+    now: u64,
+    wall: SystemTime,
+) -> SilentPage {
     let all = longest_silent(tracker, table);
-    let now = monotonic_ns();
-    let wall = SystemTime::now();
     let hosts = all
         .iter()
         .skip(offset)
         .take(limit)
         .map(|(host, seen)| {
             let ago = Duration::from_nanos(now.saturating_sub(*seen));
+            let last_seen = earlier(wall, ago);
             SilentHost {
                 host: host.ip.to_string(),
                 host_id: host.id.map(host_id),
                 lost: host.lost,
-                silent_since: timestamp(wall - ago + timeout),
-                last_seen: timestamp(wall - ago),
+                silent_since: timestamp(last_seen + timeout),
+                last_seen: timestamp(last_seen),
                 silent_for_ms: ago.as_millis() as u64,
             }
         })
@@ -79,5 +91,70 @@ pub fn silent_page(
         offset,
         limit,
         hosts,
+    }
+}
+
+/// `ago` before `wall`, or the epoch where that would be earlier: a wall
+/// clock behind the uptime (a machine whose clock was never set, a time
+/// namespace) must not bring a page down.
+fn earlier(wall: SystemTime, ago: Duration) -> SystemTime {
+    wall.checked_sub(ago)
+        .filter(|t| *t >= UNIX_EPOCH)
+        .unwrap_or(UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use anyhow::Result;
+    use hb_common::HostKey;
+
+    use super::*;
+    use crate::track::table::Counts;
+
+    /// One host, last seen at monotonic 1 s.
+    struct OneHost([AtomicU64; 1]);
+
+    impl Table for OneHost {
+        fn last_seen(&self) -> &[AtomicU64] {
+            &self.0
+        }
+        fn host(&self, _: u32) -> Host {
+            Host::addr(&HostKey::from_ipv4([10, 0, 0, 1]))
+        }
+        fn len(&self) -> usize {
+            1
+        }
+        fn capacity(&self) -> usize {
+            1
+        }
+        fn counters(&self) -> Result<Counts> {
+            Ok(Default::default())
+        }
+    }
+
+    #[test]
+    fn a_wall_clock_behind_the_uptime_gives_the_epoch_not_a_panic() {
+        let s = 1_000_000_000;
+        let table = OneHost([AtomicU64::new(s)]);
+        let mut tracker = Tracker::new(15 * s);
+        let now = 1_000 * s;
+        tracker.sweep(table.last_seen(), now, |_| {});
+        // Silent for 999 s, on a clock that reads 10 s after the epoch.
+        let wall = UNIX_EPOCH + Duration::from_secs(10);
+        let page = silent_page_at(
+            &tracker,
+            &table,
+            Duration::from_secs(15),
+            (0, 10),
+            now,
+            wall,
+        );
+        assert_eq!(page.total, 1);
+        let h = &page.hosts[0];
+        assert_eq!(h.last_seen, "1970-01-01T00:00:00.000Z");
+        assert_eq!(h.silent_since, "1970-01-01T00:00:15.000Z");
+        assert_eq!(h.silent_for_ms, 999_000);
     }
 }
