@@ -50,12 +50,18 @@ pub fn run(args: RunArgs) -> Result<()> {
     let signal = loop {
         let (token, result, flags) = match events.wait()? {
             Wake::Tick => {
-                ingest.on_tick();
+                ingest.on_tick(&mut events)?;
                 sweeper.sweep(ingest.table())?;
                 stdout.write(&mut events, sweeper.lines())?;
                 continue;
             }
             Wake::Stop(signal) => break signal,
+            Wake::Hangup => {
+                info!(
+                    "SIGHUP: ignored, hb has nothing to reload; stop it with SIGTERM (detach) or SIGUSR2 (restart)"
+                );
+                continue;
+            }
             Wake::Done {
                 token,
                 result,

@@ -28,7 +28,9 @@ pub trait Ingest {
     /// ingest leaves in place is for the next collector.
     fn begin(&mut self, timeout: Duration) -> Result<Tracker>;
     /// Called before every sweep.
-    fn on_tick(&mut self) {}
+    fn on_tick(&mut self, _ev: &mut EventLoop) -> Result<()> {
+        Ok(())
+    }
     /// One of its operations completed.
     fn complete(&mut self, ev: &mut EventLoop, op: IngestOp, result: i32, flags: u32)
     -> Result<()>;

@@ -38,6 +38,9 @@ pub enum Wake {
     Tick,
     /// SIGINT or SIGTERM: time to stop; SIGUSR2: stop for a restart.
     Stop(&'static str),
+    /// SIGHUP, which would otherwise end the process with the program
+    /// attached.
+    Hangup,
     /// An operation submitted with `submit` or `watch` completed; `flags`
     /// are the completion's (buffer id, more to come).
     Done {
@@ -194,12 +197,12 @@ impl EventLoop {
                         }
                         // SAFETY: a successful read filled the struct.
                         let signo = unsafe { self.siginfo.assume_init_ref().ssi_signo } as i32;
-                        let name = match signo {
-                            libc::SIGINT => "SIGINT",
-                            libc::SIGUSR2 => "SIGUSR2",
-                            _ => "SIGTERM",
-                        };
-                        self.pending.push_back(Wake::Stop(name));
+                        self.pending.push_back(match signo {
+                            libc::SIGHUP => Wake::Hangup,
+                            libc::SIGINT => Wake::Stop("SIGINT"),
+                            libc::SIGUSR2 => Wake::Stop("SIGUSR2"),
+                            _ => Wake::Stop("SIGTERM"),
+                        });
                         self.arm_signal()?;
                     }
                     token => self.pending.push_back(Wake::Done {
@@ -270,11 +273,12 @@ fn block_stop_signals() -> Result<OwnedFd> {
         libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
         libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
         libc::sigaddset(set.as_mut_ptr(), libc::SIGUSR2);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGHUP);
         let set = set.assume_init();
         let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if rc != 0 {
             return Err(io::Error::from_raw_os_error(rc))
-                .context("blocking SIGINT/SIGTERM/SIGUSR2");
+                .context("blocking SIGINT/SIGTERM/SIGUSR2/SIGHUP");
         }
         let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC);
         if fd < 0 {
@@ -299,8 +303,20 @@ mod tests {
         let elapsed = monotonic_ns() - start;
         // Three ticks of 20 ms cannot come sooner than 60 ms.
         assert!(elapsed >= 60_000_000, "{elapsed} ns");
-        // SIGTERM is blocked for this thread, so it waits in the signalfd.
+        // SIGHUP and SIGTERM are blocked for this thread, so they wait in
+        // the signalfd.
         // SAFETY: sending a signal to our own thread.
+        unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGHUP) };
+        loop {
+            match ev.wait().unwrap() {
+                Wake::Tick => continue,
+                w => {
+                    assert_eq!(w, Wake::Hangup);
+                    break;
+                }
+            }
+        }
+        // SAFETY: as above.
         unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGTERM) };
         loop {
             match ev.wait().unwrap() {

@@ -1,14 +1,16 @@
 //! Event lines reach stdout through the ring: a sweep appends its lines to a
 //! buffer and returns at once; a ring write drains it. A slow reader of
 //! stdout (a pipe to a log shipper, say) delays output, never sweeps, and
-//! no line is dropped: lines wait in memory until written.
+//! no line is dropped: lines wait in memory until written. A stdout that
+//! fails (its reader gone) is given up with one log line; the collector
+//! goes on recording and serving its endpoints.
 
 use std::{
     io::{self, Write as _},
     os::fd::RawFd,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use io_uring::{opcode, types};
 
 use super::{EventLoop, Token, Wake};
@@ -21,6 +23,8 @@ pub struct RingWriter {
     inflight: Vec<u8>,
     written: usize,
     busy: bool,
+    /// A write failed: lines are no longer written.
+    failed: bool,
 }
 
 impl RingWriter {
@@ -36,11 +40,15 @@ impl RingWriter {
             inflight: Vec::new(),
             written: 0,
             busy: false,
+            failed: false,
         }
     }
 
     /// Queues complete lines and starts writing if idle.
     pub fn write(&mut self, ev: &mut EventLoop, bytes: &[u8]) -> Result<()> {
+        if self.failed {
+            return Ok(());
+        }
         self.pending.extend_from_slice(bytes);
         self.start(ev)
     }
@@ -73,10 +81,12 @@ impl RingWriter {
             if err.kind() == io::ErrorKind::Interrupted || err.kind() == io::ErrorKind::WouldBlock {
                 return self.submit(ev);
             }
-            return Err(err).context("writing events to stdout");
+            self.give_up(&err.to_string());
+            return Ok(());
         }
         if result == 0 {
-            bail!("writing events to stdout: wrote nothing");
+            self.give_up("wrote nothing");
+            return Ok(());
         }
         self.written += result as usize;
         if self.written < self.inflight.len() {
@@ -85,6 +95,16 @@ impl RingWriter {
         self.busy = false;
         self.inflight.clear();
         self.start(ev)
+    }
+
+    fn give_up(&mut self, why: &str) {
+        log::error!(
+            "writing events to stdout failed ({why}): no more event lines are written; hb keeps recording and serving /metrics and /silent (its stdout reader is gone?)"
+        );
+        self.failed = true;
+        self.busy = false;
+        self.pending = Vec::new();
+        self.inflight = Vec::new();
     }
 
     #[cfg(test)]
@@ -114,6 +134,9 @@ impl RingWriter {
     /// Writes what is left, blocking; call once the write in flight is done.
     fn finish(&mut self) -> Result<()> {
         debug_assert!(!self.busy);
+        if self.failed || self.pending.is_empty() {
+            return Ok(());
+        }
         // SAFETY: `fd` is open for as long as the writer (see `new`); the
         // ManuallyDrop keeps the File from closing it.
         let mut out = std::mem::ManuallyDrop::new(unsafe {
@@ -163,5 +186,34 @@ mod tests {
         let mut got = String::new();
         reader.read_to_string(&mut got).unwrap();
         assert_eq!(got, "one\ntwo\nthree\nfour\n");
+    }
+
+    #[test]
+    fn a_stdout_without_reader_is_given_up_not_fatal() {
+        let mut ev = EventLoop::new(Duration::from_secs(3600)).unwrap();
+        let mut fds = [0; 2];
+        // SAFETY: valid array for two fds.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: closing our own read end: writes now fail with EPIPE.
+        unsafe { libc::close(fds[0]) };
+        let mut w = RingWriter::new(fds[1]);
+        w.write(&mut ev, b"lost\n").unwrap();
+        while w.busy() {
+            if let Wake::Done {
+                token: Token::Stdout,
+                result,
+                ..
+            } = ev.wait().unwrap()
+            {
+                assert!(result < 0, "a write without reader succeeded");
+                w.complete(&mut ev, result).unwrap();
+            }
+        }
+        // Nothing more is queued or written, and stopping is clean.
+        w.write(&mut ev, b"dropped\n").unwrap();
+        assert!(!w.busy() && w.pending.is_empty());
+        w.drain(&mut ev).unwrap();
+        // SAFETY: closing our own write end.
+        unsafe { libc::close(fds[1]) };
     }
 }

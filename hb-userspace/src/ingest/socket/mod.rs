@@ -59,7 +59,16 @@ pub struct SocketIngest {
     slots: Box<[RecvSlot]>,
     /// The multishot receive's buffers, where the kernel supports them.
     multishot: Option<BufRing>,
+    /// The multishot receive has delivered a datagram since it was armed
+    /// first (an error before that means the kernel lacks it).
+    delivered: bool,
+    /// Receives that failed, armed again at the next tick rather than at
+    /// once: an error that repeats would otherwise spin the loop.
+    retry_multishot: bool,
+    retry_slots: Vec<u16>,
     table: SocketTable,
+    #[cfg(test)]
+    multishot_arms: u32,
 }
 
 impl SocketIngest {
@@ -79,9 +88,10 @@ impl SocketIngest {
         Ok(this)
     }
 
-    /// Binds `addr` (`[::]` takes IPv4 and IPv6 alike).
+    /// Binds `addr` (`[::]` takes IPv4 and IPv6 alike, whatever
+    /// `net.ipv6.bindv6only` says).
     pub fn bind(addr: SocketAddr, capacity: usize) -> Result<Self> {
-        let socket = UdpSocket::bind(addr).with_context(|| {
+        let socket = bind_udp(addr).with_context(|| {
             format!("binding UDP {addr} for socket mode (is another program using the port?)")
         })?;
         // Heartbeats wait in the socket while a sweep runs, and the sweep
@@ -136,7 +146,12 @@ impl SocketIngest {
             socket,
             slots,
             multishot: None,
+            delivered: false,
+            retry_multishot: false,
+            retry_slots: Vec::new(),
             table: SocketTable::new(capacity),
+            #[cfg(test)]
+            multishot_arms: 0,
         })
     }
 
@@ -179,6 +194,10 @@ impl SocketIngest {
     }
 
     fn arm_multishot(&mut self, ev: &mut EventLoop) -> Result<()> {
+        #[cfg(test)]
+        {
+            self.multishot_arms += 1;
+        }
         let m = self.multishot.as_ref().expect("multishot receive");
         let sqe =
             opcode::RecvMsgMulti::new(types::Fd(self.socket.as_raw_fd()), m.msghdr, BUFFER_GROUP)
@@ -196,7 +215,11 @@ impl SocketIngest {
         flags: u32,
         now: u64,
     ) -> Result<()> {
-        let m = self.multishot.as_mut().expect("multishot receive");
+        // A completion still in flight when socket mode fell back to single
+        // receives.
+        let Some(m) = self.multishot.as_mut() else {
+            return Ok(());
+        };
         if result >= 0
             && let Some(bid) = io_uring::cqueue::buffer_select(flags)
         {
@@ -213,17 +236,39 @@ impl SocketIngest {
                 self.table.record(src, payload, now);
             }
             m.recycle(bid);
+            self.delivered = true;
         } else if result < 0 && -result != libc::ENOBUFS && -result != libc::EINTR {
-            log::warn!(
-                "receiving heartbeats: {}",
-                io::Error::from_raw_os_error(-result)
-            );
+            let err = io::Error::from_raw_os_error(-result);
+            if !self.delivered && [libc::EINVAL, libc::EOPNOTSUPP].contains(&-result) {
+                // Buffer rings but no multishot receive (an older kernel).
+                log::info!(
+                    "multishot recvmsg unavailable ({err}): socket mode receives with {RECV_SLOTS} queued recvmsg"
+                );
+                self.multishot = None;
+                return self.start_single(ev);
+            }
+            log::warn!("receiving heartbeats: {err} (trying again at the next sweep)");
+            if !io_uring::cqueue::more(flags) {
+                self.retry_multishot = true;
+            }
+            return Ok(());
         }
-        // Ended (buffers ran dry, or an error): armed again; the buffers
-        // of this wake have gone back to the ring already or will with the
-        // completions still queued.
+        // Ended (buffers ran dry): armed again; the buffers of this wake
+        // have gone back to the ring already or will with the completions
+        // still queued.
         if !io_uring::cqueue::more(flags) {
             self.arm_multishot(ev)?;
+        }
+        Ok(())
+    }
+
+    /// Arms the receives that failed since the last tick.
+    fn retry(&mut self, ev: &mut EventLoop) -> Result<()> {
+        if std::mem::take(&mut self.retry_multishot) && self.multishot.is_some() {
+            self.arm_multishot(ev)?;
+        }
+        for slot in std::mem::take(&mut self.retry_slots) {
+            self.arm(ev, slot as usize)?;
         }
         Ok(())
     }
@@ -280,9 +325,11 @@ impl SocketIngest {
             }
         } else if -result != libc::EINTR && -result != libc::EAGAIN {
             log::warn!(
-                "receiving heartbeats: {}",
+                "receiving heartbeats: {} (trying again at the next sweep)",
                 io::Error::from_raw_os_error(-result)
             );
+            self.retry_slots.push(i as u16);
+            return Ok(());
         }
         self.arm(ev, i)
     }
@@ -291,6 +338,55 @@ impl SocketIngest {
 /// The sender's key from a received name (a `sockaddr_in6` or
 /// `sockaddr_in`). On the `[::]` socket IPv4 senders come as IPv4-mapped
 /// addresses: the very key the XDP program gives them.
+/// A UDP socket bound to `addr`; on `[::]` IPv4 senders are received too
+/// (as IPv4-mapped addresses), also where `net.ipv6.bindv6only` is 1.
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use std::os::fd::FromRawFd as _;
+    let SocketAddr::V6(v6) = addr else {
+        return UdpSocket::bind(addr);
+    };
+    // SAFETY: plain socket creation; the fd is owned right below.
+    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    let socket = unsafe { UdpSocket::from_raw_fd(fd) };
+    let off: libc::c_int = 0;
+    // SAFETY: a valid socket and an int option.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            (&off as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: all-zero is a valid sockaddr_in6, filled in below.
+    let mut sa: libc::sockaddr_in6 = unsafe { zeroed() };
+    sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    sa.sin6_port = v6.port().to_be();
+    sa.sin6_addr.s6_addr = v6.ip().octets();
+    sa.sin6_flowinfo = v6.flowinfo();
+    sa.sin6_scope_id = v6.scope_id();
+    // SAFETY: a valid socket and address of the given length.
+    let rc = unsafe {
+        libc::bind(
+            fd,
+            (&sa as *const libc::sockaddr_in6).cast(),
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(socket)
+}
+
 fn name_source(name: &[u8]) -> Option<HostKey> {
     let family = u16::from_ne_bytes([*name.first()?, *name.get(1)?]) as i32;
     match family {
@@ -323,6 +419,10 @@ impl Ingest for SocketIngest {
 
     fn begin(&mut self, timeout: Duration) -> Result<Tracker> {
         Ok(Tracker::new(timeout.as_nanos() as u64))
+    }
+
+    fn on_tick(&mut self, ev: &mut EventLoop) -> Result<()> {
+        self.retry(ev)
     }
 
     fn complete(
@@ -440,6 +540,58 @@ mod tests {
                 "::1".parse().unwrap()
             ]
         );
+    }
+
+    /// A socket with a buffer ring as `start` would make, but whose
+    /// multishot receive is not armed: completions are fed by hand.
+    fn unarmed(ev: &EventLoop) -> SocketIngest {
+        let mut s = SocketIngest::bind("127.0.0.1:0".parse().unwrap(), 100).unwrap();
+        s.multishot = Some(BufRing::new(ev).unwrap());
+        s
+    }
+
+    #[test]
+    fn a_kernel_without_multishot_receive_gets_single_receives() {
+        let mut ev = EventLoop::new(std::time::Duration::from_millis(50)).unwrap();
+        let mut s = unarmed(&ev);
+        // What such a kernel answers the first multishot receive with.
+        s.receive(&mut ev, IngestOp::RecvMulti, -libc::EINVAL, 0, 1)
+            .unwrap();
+        assert!(!s.multishot(), "still waiting on a multishot receive");
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..3 * RECV_SLOTS {
+            tx.send_to(b"PyHB", s.local_addr().unwrap()).unwrap();
+        }
+        let n = 3 * RECV_SLOTS as u64;
+        pump(&mut ev, &mut s, |s| received(s) == n);
+        assert_eq!(received(&s), n);
+    }
+
+    #[test]
+    fn a_failing_receive_is_armed_again_at_the_next_tick_not_at_once() {
+        let mut ev = EventLoop::new(std::time::Duration::from_millis(50)).unwrap();
+        let mut s = unarmed(&ev);
+        s.delivered = true;
+        // An error that ends the receive: armed again at once, it could
+        // fail again at once, forever.
+        s.receive(&mut ev, IngestOp::RecvMulti, -libc::ENOMEM, 0, 1)
+            .unwrap();
+        s.receive(&mut ev, IngestOp::RecvMulti, -libc::ENOMEM, 0, 1)
+            .unwrap();
+        assert_eq!(s.multishot_arms, 0);
+        s.on_tick(&mut ev).unwrap();
+        assert_eq!(s.multishot_arms, 1);
+        s.on_tick(&mut ev).unwrap();
+        assert_eq!(s.multishot_arms, 1, "armed once per failure");
+        // And it receives again.
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.send_to(b"PyHB", s.local_addr().unwrap()).unwrap();
+        pump(&mut ev, &mut s, |s| received(s) == 1);
+        assert_eq!(received(&s), 1);
+        // Buffers running dry is no failure: armed again at once.
+        s.receive(&mut ev, IngestOp::RecvMulti, -libc::ENOBUFS, 0, 1)
+            .unwrap();
+        assert_eq!(s.multishot_arms, 2);
     }
 
     #[test]

@@ -168,8 +168,9 @@ impl Ingest for XdpIngest {
         Ok(tracker)
     }
 
-    fn on_tick(&mut self) {
+    fn on_tick(&mut self, _ev: &mut EventLoop) -> Result<()> {
         self.watch.check(&mut self.loaded);
+        Ok(())
     }
 
     fn complete(
