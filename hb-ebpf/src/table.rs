@@ -190,11 +190,13 @@ pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
     }
     // SAFETY: pointers from successful array lookups. The order matters:
     // the sweeper treats a slot as ready once its last-seen time is non-zero,
-    // so the key and count are written first (x86 keeps stores in order).
+    // so the key and count are written first, and the time is published
+    // with an atomic exchange: the JIT makes it fully ordered on every
+    // architecture (arm64 reorders plain stores, x86 does not).
     unsafe {
         core::ptr::write_volatile(k, *key);
         core::ptr::write_volatile(b, 1);
-        core::ptr::write_volatile(t, now);
+        exchange(t, now);
     }
     if let Some(value) = SLOTS.get_ptr_mut(key) {
         // SAFETY: pointer from a successful lookup.
@@ -320,6 +322,27 @@ unsafe fn cmpxchg(p: *mut u64, old: u64, new: u64) -> u64 {
         );
     }
     r0
+}
+
+/// Atomic exchange (BPF_ATOMIC | BPF_XCHG, kernel >= 5.12), fully ordered:
+/// the stores before it are visible before the value it stores. Assembly
+/// for the same reason as `fetch_add`.
+///
+/// # Safety
+/// `p` must point to a valid, 8-byte aligned map value.
+#[inline(always)]
+unsafe fn exchange(p: *mut u64, v: u64) {
+    let mut v = v;
+    // SAFETY: the caller guarantees `p`.
+    unsafe {
+        core::arch::asm!(
+            "{0} = xchg_64({1} + 0, {0})",
+            inout(reg) v,
+            in(reg) p,
+            options(nostack),
+        );
+    }
+    let _ = v;
 }
 
 /// Atomic fetch-and-add (BPF_ATOMIC | BPF_FETCH, kernel >= 5.12). Written in

@@ -232,6 +232,10 @@ impl HostTable {
     }
 
     pub fn key(&self, slot: u32) -> HostKey {
+        // Pairs with the program's fully ordered publication of the slot's
+        // last-seen time, which the caller has read: the key written before
+        // it is visible (a no-op on x86, a barrier on arm64).
+        std::sync::atomic::fence(Ordering::Acquire);
         let [a, b] = &self.keys.as_slice()[slot as usize];
         let (a, b) = (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed));
         let mut addr = [0u8; 16];
