@@ -1,7 +1,8 @@
 //! A collector seen from outside, as an operator sees it: signals and how
 //! it exits, `hb status`, `hb detach` and other one-shot commands, what it
 //! leaves on the machine (pins, the state file, the program on the
-//! interface), whether heartbeats reach a socket, and its stderr. `hb` is
+//! interface), whether heartbeats reach a socket, its stderr, and the
+//! timestamps it writes. `hb` is
 //! the binary under test (integration tests pass `env!("CARGO_BIN_EXE_hb")`).
 //! Failures panic, as a test should.
 
@@ -205,4 +206,61 @@ pub fn start_logged(
     });
     seen.push(first.1);
     (c, seen)
+}
+
+/// Milliseconds since the Unix epoch of an RFC 3339 UTC timestamp as hb
+/// writes them (`2026-11-25T02:07:17.636Z`), or `None` if it is not one.
+pub fn timestamp_ms(ts: &str) -> Option<u64> {
+    let (date, time) = ts.strip_suffix('Z')?.split_once('T')?;
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let (hms, ms) = time.split_once('.')?;
+    let t: Vec<i64> = hms
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    let (&[year, month, day], &[h, m, s]) = (d.as_slice(), t.as_slice()) else {
+        return None;
+    };
+    let ms: i64 = ms.parse().ok()?;
+    // Days since the epoch (Howard Hinnant's days_from_civil).
+    let (y, mp) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    u64::try_from((((days * 24 + h) * 60 + m) * 60 + s) * 1000 + ms).ok()
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_hb_timestamps() {
+        assert_eq!(timestamp_ms("1970-01-01T00:00:00.000Z"), Some(0));
+        assert_eq!(
+            timestamp_ms("2026-11-25T02:07:17.636Z"),
+            Some(1_795_572_437_636)
+        );
+        assert_eq!(
+            timestamp_ms("2024-02-29T23:59:59.999Z"),
+            Some(1_709_251_199_999)
+        );
+        assert_eq!(timestamp_ms("2026-11-25 02:07:17"), None);
+    }
 }

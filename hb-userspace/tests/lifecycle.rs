@@ -463,35 +463,10 @@ fn wait_line(
     (None, seen)
 }
 
-/// The RFC 3339 timestamp a text line starts with (`…T02:07:17.636Z`), as
-/// milliseconds since the epoch.
+/// The timestamp a text line starts with, in ms since the epoch.
 fn line_ms(line: &str) -> u64 {
     let ts = line.split_whitespace().next().unwrap_or_default();
-    let parsed = (|| {
-        let (date, time) = ts.strip_suffix('Z')?.split_once('T')?;
-        let d: Vec<i64> = date
-            .split('-')
-            .map(|x| x.parse().ok())
-            .collect::<Option<_>>()?;
-        let (hms, ms) = time.split_once('.')?;
-        let t: Vec<i64> = hms
-            .split(':')
-            .map(|x| x.parse().ok())
-            .collect::<Option<_>>()?;
-        let ms: i64 = ms.parse().ok()?;
-        // Days since the epoch (Howard Hinnant's days_from_civil).
-        let (y, m) = if d[1] <= 2 {
-            (d[0] - 1, d[1] + 9)
-        } else {
-            (d[0], d[1] - 3)
-        };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let doy = (153 * m + 2) / 5 + d[2] - 1;
-        let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
-        Some((((days * 24 + t[0]) * 60 + t[1]) * 60 + t[2]) * 1000 + ms)
-    })();
-    parsed.unwrap_or_else(|| panic!("no timestamp at the start of {line:?}")) as u64
+    control::timestamp_ms(ts).unwrap_or_else(|| panic!("no timestamp at the start of {line:?}"))
 }
 
 #[test]
