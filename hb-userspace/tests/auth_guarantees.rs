@@ -339,9 +339,9 @@ fn a_client_whose_clock_stepped_back_is_replayed_until_it_passes_its_previous_ru
     let log = Log::new("stepback");
     let (c, _) = start(&link, &key, &log, &[]);
 
-    // The client's previous run started at `prev`, 4 s ahead of the clock
+    // The client's previous run started at `prev`, 6 s ahead of the clock
     // it has now (the clock stepped back since).
-    let prev = unix_now().as_secs() + 4;
+    let prev = unix_now().as_secs() + 6;
     let tx = client(&link);
     for n in 0..2 {
         tx.send_to(&signed(0x77, (prev << 32) | n), server(PORT))
