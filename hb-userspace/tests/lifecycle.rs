@@ -667,3 +667,56 @@ fn a_second_run_on_a_watched_interface_is_refused() {
     assert!(summary.is_some(), "the first collector stopped sweeping");
     assert_eq!(first.proc.terminate(), Some(0), "{}", log.read());
 }
+
+#[test]
+fn a_restart_with_a_bad_option_leaves_the_program_as_it_was() {
+    let link = setup("badrestart");
+    let log = Log::new("badrestart");
+    let (mut first, _) = start(&link, &log, &[]);
+    let _a = beat(&link, 2);
+    wait_new(&first, &["198.18.30.2"]);
+    signal(&first.proc.child, libc::SIGUSR2);
+    assert_eq!(
+        wait_exit(&mut first.proc.child, Duration::from_secs(10)),
+        Some(0)
+    );
+    let before = control::status(HB, &link.a, &link.a_if);
+
+    // Another port, and an endpoint address that is on no interface here.
+    let out = control::hb(
+        HB,
+        &link.a,
+        &[
+            "run",
+            "--iface",
+            &link.a_if,
+            "--port",
+            "5000",
+            "--metrics-listen",
+            "198.18.99.99:9760",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("hb: error: "))
+        .collect();
+    assert!(
+        errors.len() == 1 && errors[0].contains("198.18.99.99:9760"),
+        "{stderr}"
+    );
+
+    // The program of the last collector records on, as it was: heartbeats
+    // to its port are taken, the state is the last collector's.
+    assert!(!reaches_socket(&link, 3), "the old port is no longer taken");
+    let after = control::status(HB, &link.a, &link.a_if);
+    assert_eq!(after["collector"], before["collector"], "{after}");
+    assert!(packets(&after, "heartbeat") > packets(&before, "heartbeat"));
+    let (next, mut lines) = start(&link, &log, &[]);
+    lines.extend(next.collect(Duration::from_millis(600)));
+    assert!(
+        !lines.iter().any(|v| is_event(v, "new", "198.18.30.2")),
+        "{lines:?}"
+    );
+}
