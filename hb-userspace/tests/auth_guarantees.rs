@@ -97,7 +97,7 @@ fn client(link: &Link) -> UdpSocket {
         .unwrap()
 }
 
-/// `hb run` with the key and the test timings; `extra` appended.
+/// `hb run` with the key, a timeout no test here waits out, and `extra`.
 fn start(
     link: &Link,
     key: &KeyFile,
@@ -108,7 +108,7 @@ fn start(
         "--iface",
         link.a_if.as_str(),
         "--timeout",
-        "5s",
+        "20s",
         "--sweep",
         "200ms",
         "--key-file",
