@@ -9,12 +9,15 @@
 //!   in plain Rust.
 //! - [`program`]: the XDP program loaded with hb's defaults.
 //! - [`collector`]: `hb run --format json` in a namespace, its lines read.
+//! - [`control`]: a collector seen from outside: signals, exit codes,
+//!   `hb status`, pins, the program on the interface, its stderr.
 //!
 //! Errors: [`netns`] returns them (the load test reports them); the test
-//! helpers ([`program`], [`collector`], the `for_test` constructors) panic
-//! with the cause, as a failed test should.
+//! helpers ([`program`], [`collector`], [`control`], the `for_test`
+//! constructors) panic with the cause, as a failed test should.
 
 pub mod collector;
+pub mod control;
 pub mod frames;
 pub mod netns;
 pub mod program;

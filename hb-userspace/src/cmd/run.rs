@@ -27,10 +27,13 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Signals are routed to the loop before anything is attached, so a
     // Ctrl-C at any point still detaches.
     let mut events = EventLoop::new(args.sweep)?;
+    // Bound before the ingest starts: an address that cannot be served is a
+    // bad option, and must not leave a program attached (or, on a restart,
+    // the last collector's program replaced by this one).
+    let http = args.metrics_listen.map(HttpServer::bind).transpose()?;
     let mut ingest = ingest::start(&args.ingest_config(auth), &mut events)?;
-    let mut http = match args.metrics_listen {
-        Some(addr) => {
-            let mut server = HttpServer::bind(addr)?;
+    let mut http = match http {
+        Some(mut server) => {
             server.start(&mut events)?;
             info!(
                 "serving /metrics and /silent on http://{}",

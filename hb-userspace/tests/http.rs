@@ -1,0 +1,432 @@
+//! The HTTP endpoint's promises (README, "HTTP endpoint"): HEAD answers
+//! with GET's headers and no body; a 5 s deadline on every read; at most
+//! 128 connections, extra ones closed while the collector keeps serving
+//! and sweeping; `/silent` longest silent first, with `silent_since` the
+//! moment the last heartbeat became older than the timeout; and per-host
+//! series only with `--metrics-silent-hosts N`, at most N of them.
+
+use std::{
+    io::{ErrorKind, Read as _, Write as _},
+    net::TcpStream,
+    thread,
+    time::{Duration, Instant},
+};
+
+use hb_testkit::{
+    collector::{self, Collector, Proc, is_event},
+    control::{self, Log, now_ms, signal, start_logged, timestamp_ms, wait_exit},
+    netns::{Link, Netns},
+};
+
+/// The binary under test.
+const HB: &str = env!("CARGO_BIN_EXE_hb");
+
+const SERVER: &str = "198.18.50.1";
+/// The endpoint, on the collector namespace's loopback.
+const LISTEN: &str = "127.0.0.1:9760";
+const PORT: u16 = 9760;
+
+fn setup(tag: &str) -> Link {
+    let link = Link::for_test(tag);
+    link.a
+        .ip(&["addr", "add", &format!("{SERVER}/24"), "dev", &link.a_if])
+        .unwrap();
+    for host in [2, 3, 4] {
+        link.b
+            .ip(&[
+                "addr",
+                "add",
+                &format!("198.18.50.{host}/24"),
+                "dev",
+                &link.b_if,
+            ])
+            .unwrap();
+    }
+    link
+}
+
+/// `hb run` with the endpoint; `timings` are `--timeout` and `--sweep`.
+fn start(
+    link: &Link,
+    log: &Log,
+    timings: (&str, &str),
+    extra: &[&str],
+) -> (Collector, Vec<serde_json::Value>) {
+    let mut args = vec![
+        "--iface",
+        link.a_if.as_str(),
+        "--timeout",
+        timings.0,
+        "--sweep",
+        timings.1,
+        "--metrics-listen",
+        LISTEN,
+    ];
+    args.extend_from_slice(extra);
+    start_logged(HB, &link.a, &args, log)
+}
+
+/// A TCP connection to the endpoint, made in `ns`.
+fn connect(ns: &Netns) -> TcpStream {
+    ns.within(|| TcpStream::connect(("127.0.0.1", PORT)).expect("connecting to the endpoint"))
+        .unwrap()
+}
+
+/// A reply: status, headers (names lower-cased) and body.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn parse(raw: &[u8]) -> Self {
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no end of headers: {:?}", String::from_utf8_lossy(raw)));
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no status line: {head}"));
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Self {
+            status,
+            headers,
+            body: raw[split + 4..].to_vec(),
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn content_length(&self) -> usize {
+        self.header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no Content-Length: {self:?}"))
+    }
+}
+
+/// One request on a new connection; the whole reply, read to EOF.
+fn request(ns: &Netns, req: &str) -> Reply {
+    let mut s = connect(ns);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("reading the reply");
+    Reply::parse(&raw)
+}
+
+fn get(ns: &Netns, path: &str) -> Reply {
+    request(ns, &format!("GET {path} HTTP/1.1\r\nHost: hb\r\n\r\n"))
+}
+
+#[test]
+fn head_answers_with_the_get_headers_and_no_body() {
+    let link = setup("head");
+    let log = Log::new("head");
+    // Long sweeps: the values served change only with a sweep.
+    let (_c, _) = start(&link, &log, ("4s", "2s"), &[]);
+    for path in ["/metrics", "/silent"] {
+        let mut tries = 0;
+        let (get_reply, head) = loop {
+            let before = get(&link.a, path);
+            let head = request(
+                &link.a,
+                &format!("HEAD {path} HTTP/1.1\r\nHost: hb\r\n\r\n"),
+            );
+            let after = get(&link.a, path);
+            tries += 1;
+            // A sweep in between changes the body; try again.
+            if before.body == after.body || tries == 5 {
+                assert_eq!(before.body, after.body, "{path}: every try crossed a sweep");
+                break (after, head);
+            }
+        };
+        assert_eq!(get_reply.status, 200, "{path}");
+        assert!(!get_reply.body.is_empty(), "{path}");
+        assert_eq!(get_reply.content_length(), get_reply.body.len(), "{path}");
+        assert_eq!(head.status, 200, "{path}: {head:?}");
+        assert!(
+            head.body.is_empty(),
+            "{path}: HEAD sent a body: {:?}",
+            String::from_utf8_lossy(&head.body)
+        );
+        assert_eq!(
+            head.content_length(),
+            get_reply.body.len(),
+            "{path}: HEAD's Content-Length is not GET's body length"
+        );
+        assert_eq!(
+            head.header("content-type"),
+            get_reply.header("content-type"),
+            "{path}"
+        );
+    }
+}
+
+/// Reads from `s` until EOF or an error; returns what came and when it
+/// ended (None: nothing within `limit`).
+fn read_until_closed(mut s: TcpStream, limit: Duration) -> (Vec<u8>, Option<Instant>) {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, Some(Instant::now())),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                return (got, Some(Instant::now()));
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return (got, None);
+            }
+            Err(e) => panic!("reading: {e}"),
+        }
+    }
+}
+
+#[test]
+fn silent_and_half_finished_requests_are_closed_after_5_s() {
+    let link = setup("deadline");
+    let log = Log::new("deadline");
+    let (c, _) = start(&link, &log, ("1s", "200ms"), &[]);
+    let silent = connect(&link.a);
+    let silent_since = Instant::now();
+    let mut half = connect(&link.a);
+    half.write_all(b"GET /metrics HTTP/1.1\r\nHost:").unwrap();
+    let half_since = Instant::now();
+    let readers = [(silent, silent_since), (half, half_since)].map(|(s, since)| {
+        thread::spawn(move || {
+            let (got, closed) = read_until_closed(s, Duration::from_secs(12));
+            (got, closed.map(|at| at - since))
+        })
+    });
+    // Sweeps go on meanwhile.
+    let summaries = c
+        .collect(Duration::from_secs(4))
+        .iter()
+        .filter(|v| v["event"] == "summary")
+        .count();
+    assert!(summaries >= 10, "{summaries} sweeps in 4 s");
+    for (what, reader) in ["nothing", "half a request"].into_iter().zip(readers) {
+        let (got, after) = reader.join().unwrap();
+        let after = after.unwrap_or_else(|| panic!("sent {what}: still open after 12 s"));
+        assert!(
+            (Duration::from_millis(4800)..Duration::from_secs(8)).contains(&after),
+            "sent {what}: closed after {after:?}"
+        );
+        assert!(
+            got.is_empty(),
+            "sent {what}: got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    // And the endpoint still answers.
+    assert_eq!(get(&link.a, "/metrics").status, 200);
+}
+
+#[test]
+fn past_128_connections_new_ones_are_closed_and_the_rest_served() {
+    let link = setup("connlimit");
+    let log = Log::new("connlimit");
+    let (c, _) = start(&link, &log, ("1s", "200ms"), &[]);
+    // 128 connections that say nothing (each closed by the deadline 5 s
+    // after it was accepted: what follows must fit in that time).
+    let opened = Instant::now();
+    let mut open: Vec<TcpStream> = link
+        .a
+        .within(|| {
+            (0..128)
+                .map(|_| TcpStream::connect(("127.0.0.1", PORT)).unwrap())
+                .collect()
+        })
+        .unwrap();
+    // The 129th is accepted last (the accept queue is FIFO) and closed at
+    // once, not by the deadline.
+    let extra = connect(&link.a);
+    let connected = Instant::now();
+    let (got, closed) = read_until_closed(extra, Duration::from_secs(3));
+    let closed = closed.expect("the 129th connection was left open");
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    assert!(
+        closed - connected < Duration::from_secs(2),
+        "closed only after {:?}",
+        closed - connected
+    );
+    // The 128th is live and served...
+    let mut last = open.pop().unwrap();
+    last.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    last.write_all(b"GET /metrics HTTP/1.1\r\nHost: hb\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    last.read_to_end(&mut raw).expect("a reply on the 128th");
+    assert_eq!(Reply::parse(&raw).status, 200);
+    // ...and with its slot free again, a new connection is too.
+    assert_eq!(get(&link.a, "/silent").status, 200);
+    assert!(
+        opened.elapsed() < Duration::from_millis(4500),
+        "too slow to tell the limit from the deadline: {:?}",
+        opened.elapsed()
+    );
+    // Sweeping never stopped.
+    let (summary, _) = c.wait_for(Duration::from_secs(2), |v| v["event"] == "summary");
+    assert!(summary.is_some(), "sweeps stopped");
+    drop(open);
+}
+
+/// `hb beat` from 198.18.50.`host` every 100 ms.
+fn beat(link: &Link, host: u8) -> Proc {
+    collector::beat(HB, link, &format!("198.18.50.{host}"), SERVER, "100ms")
+}
+
+fn ms(v: &serde_json::Value, field: &str) -> u64 {
+    v[field]
+        .as_str()
+        .and_then(timestamp_ms)
+        .unwrap_or_else(|| panic!("no timestamp {field} in {v}"))
+}
+
+/// `hb_host_silent_seconds` samples of a scrape: (host label, value).
+fn per_host_series(body: &str) -> Vec<(String, f64)> {
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .expect("Prometheus text format");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "hb_host_silent_seconds")
+        .map(|s| {
+            let v = match s.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                ref other => panic!("{other:?}"),
+            };
+            (s.labels.get("host").unwrap_or_default().to_owned(), v)
+        })
+        .collect()
+}
+
+#[test]
+fn silent_hosts_longest_first_and_per_host_series_only_on_request() {
+    const TIMEOUT_MS: u64 = 1500;
+    const SWEEP_MS: u64 = 200;
+    let link = setup("silent");
+    let log = Log::new("silent");
+    let (mut c, _) = start(&link, &log, ("1500ms", "200ms"), &[]);
+    let hosts = ["198.18.50.2", "198.18.50.3", "198.18.50.4"];
+    let mut clients: Vec<Option<Proc>> = [2, 3, 4].map(|h| Some(beat(&link, h))).into();
+    let mut missing = hosts.to_vec();
+    let (all, seen) = c.wait_for(Duration::from_secs(6), |v| {
+        missing.retain(|h| !is_event(v, "new", h));
+        missing.is_empty()
+    });
+    assert!(all.is_some(), "no `new` for {missing:?}: {seen:?}");
+
+    // They stop 400 ms apart, in order.
+    let mut stopped = Vec::new();
+    for (i, client) in clients.iter_mut().enumerate() {
+        if i > 0 {
+            thread::sleep(Duration::from_millis(400));
+        }
+        drop(client.take());
+        stopped.push(now_ms());
+    }
+    let mut silent_at = [None; 3];
+    let (all, seen) = c.wait_for(Duration::from_secs(6), |v| {
+        for (i, h) in hosts.iter().enumerate() {
+            if is_event(v, "silent", h) {
+                silent_at[i] = Some(ms(v, "ts"));
+            }
+        }
+        silent_at.iter().all(Option::is_some)
+    });
+    assert!(all.is_some(), "not all silent: {seen:?}");
+    let (summary, _) = c.wait_for(Duration::from_secs(2), |v| v["event"] == "summary");
+    assert!(summary.is_some());
+
+    // Longest silent first; silent_since is when the last heartbeat became
+    // older than the timeout, and the `silent` event came within a sweep of it.
+    let page = get(&link.a, "/silent");
+    assert_eq!(page.status, 200);
+    let page: serde_json::Value = serde_json::from_slice(&page.body).unwrap();
+    assert_eq!(page["total"], 3, "{page}");
+    let listed: Vec<&str> = page["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, hosts, "not longest silent first: {page}");
+    let mut previous = u64::MAX;
+    for (i, h) in page["hosts"].as_array().unwrap().iter().enumerate() {
+        let (last_seen, since) = (ms(h, "last_seen"), ms(h, "silent_since"));
+        let silent_for = h["silent_for_ms"].as_u64().unwrap();
+        assert!(silent_for < previous, "{page}");
+        previous = silent_for;
+        // Its last heartbeat was at most a period (and a tick) before it
+        // was stopped.
+        assert!(
+            last_seen + 400 >= stopped[i] && last_seen <= stopped[i] + 50,
+            "{h}: last_seen {last_seen}, stopped at {}",
+            stopped[i]
+        );
+        assert!(
+            (since as i64 - (last_seen + TIMEOUT_MS) as i64).unsigned_abs() <= SWEEP_MS,
+            "{h}: silent_since is not last_seen + timeout"
+        );
+        let reported = silent_at[i].unwrap();
+        assert!(
+            reported + 5 >= since && reported <= since + SWEEP_MS + 500,
+            "{h}: reported silent at {reported}, silent since {since}"
+        );
+    }
+    // `hb status` lists them in the same order.
+    let status = control::status(HB, &link.a, &link.a_if);
+    let listed: Vec<&str> = status["silent_hosts"]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, hosts, "{status}");
+
+    // No per-host series by default.
+    let metrics = get(&link.a, "/metrics");
+    let body = String::from_utf8(metrics.body).unwrap();
+    assert!(
+        !body.contains("hb_host_silent_seconds"),
+        "per-host series without --metrics-silent-hosts:\n{body}"
+    );
+
+    // With --metrics-silent-hosts 2 (after a restart): the two longest
+    // silent, no more.
+    signal(&c.proc.child, libc::SIGUSR2);
+    assert_eq!(
+        wait_exit(&mut c.proc.child, Duration::from_secs(10)),
+        Some(0)
+    );
+    let (_c2, _) = start(
+        &link,
+        &log,
+        ("1500ms", "200ms"),
+        &["--metrics-silent-hosts", "2"],
+    );
+    let body = String::from_utf8(get(&link.a, "/metrics").body).unwrap();
+    let series = per_host_series(&body);
+    let names: Vec<&str> = series.iter().map(|(h, _)| h.as_str()).collect();
+    assert_eq!(names, hosts[..2], "{body}");
+    assert!(
+        series[0].1 > series[1].1 && series[1].1 > TIMEOUT_MS as f64 / 1000.0,
+        "{series:?}"
+    );
+}
