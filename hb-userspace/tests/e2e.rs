@@ -3,7 +3,6 @@
 
 use std::{
     net::UdpSocket,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -17,8 +16,14 @@ const HB: &str = env!("CARGO_BIN_EXE_hb");
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 const SWEEP: Duration = Duration::from_millis(250);
-/// Scheduling slack on a loaded 2-core machine.
+/// Scheduling slack on a loaded 2-core machine, for what the test observes
+/// from outside: the client's end, the line's way through a pipe.
 const SLACK: Duration = Duration::from_millis(1500);
+/// How late hb's own sweep may run beyond `--sweep` on a loaded 2-core
+/// machine (its timer fires late, the sweep takes time), and the coarse
+/// clock's tick. Less than one sweep: a report one sweep late (`silent_for`
+/// beyond `TIMEOUT + 2 * SWEEP`) still fails.
+const SWEEP_LATE: Duration = Duration::from_millis(125);
 
 fn beat(link: &Link, from: &str, to: &str) -> Proc {
     collector::beat(HB, link, from, to, "200ms")
@@ -73,24 +78,28 @@ fn silent_and_recovered_hosts_are_reported_once() {
         "no `new` event for {missing:?}; saw {seen:?}"
     );
 
-    // Stop b: exactly one `silent` for it, within timeout + one sweep.
+    // Stop b: exactly one `silent` for it, within timeout + one sweep of
+    // its last heartbeat (sent before `stopped`). The wait is longer than
+    // the bound, so that a late report fails the bound below rather than
+    // looking like no report at all.
     drop(b);
     let stopped = Instant::now();
-    let (silent, seen) = collector.wait_for(TIMEOUT + SWEEP + SLACK, |v| {
-        is_event(v, "silent", "198.18.0.3")
-    });
+    let (silent, seen) = collector
+        .wait_for(TIMEOUT + SWEEP + SLACK + Duration::from_secs(5), |v| {
+            is_event(v, "silent", "198.18.0.3")
+        });
     let (at, ev) =
         silent.unwrap_or_else(|| panic!("no `silent` event for the stopped client; saw {seen:?}"));
     assert!(
         at - stopped <= TIMEOUT + SWEEP + SLACK,
-        "reported after {:?}",
+        "reported {:?} after the client stopped",
         at - stopped
     );
-    // By construction the sweep that finds it sees it at most timeout +
-    // sweep after its last beat (plus the coarse clock's tick).
+    // The sweep that finds it runs at most a sweep after its last beat
+    // became older than the timeout, give or take the sweep running late.
     let silent_for = Duration::from_millis(ev["silent_for_ms"].as_u64().expect("silent_for_ms"));
     assert!(
-        silent_for > TIMEOUT && silent_for <= TIMEOUT + SWEEP + Duration::from_millis(20),
+        silent_for > TIMEOUT && silent_for <= TIMEOUT + SWEEP + SWEEP_LATE,
         "{silent_for:?}"
     );
     let mut later = seen;
@@ -143,21 +152,18 @@ fn silent_and_recovered_hosts_are_reported_once() {
     assert_eq!(&buf[..n], b"hello", "a heartbeat leaked past XDP");
 
     drop((a, b, c));
+    // Attached while it runs (so the check below can see a program)...
+    assert!(
+        srv.xdp_prog(&link.a_if).unwrap().is_some(),
+        "no XDP program on the interface while hb runs"
+    );
     assert_eq!(
         collector.proc.terminate(),
         Some(0),
         "hb run exits 0 on SIGTERM"
     );
-    // Detached: no XDP program left on the interface.
-    let out = Command::new("ip")
-        .args(["-n", &srv.name, "link", "show", &link.a_if])
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && !shown.contains("xdp"),
-        "still attached: {shown}"
-    );
+    // ...and detached: no XDP program left on the interface.
+    assert_eq!(srv.xdp_prog(&link.a_if).unwrap(), None, "still attached");
 }
 
 #[test]
