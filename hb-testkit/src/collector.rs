@@ -140,11 +140,16 @@ impl Collector {
         let ending = Arc::new(Mutex::new(None));
         let end = Arc::clone(&ending);
         thread::spawn(move || {
-            let why = read_lines(BufReader::new(stdout), &tx);
+            let mut out = BufReader::new(stdout);
+            let why = read_lines(&mut out, &tx);
             *end.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
             // Dropping the sender after the ending is recorded: a receiver
             // that sees the channel closed finds the reason.
             drop(tx);
+            // Whatever follows a bad line is read and dropped, so that the
+            // collector does not fail on a closed pipe: its exit status
+            // stays its own.
+            let _ = std::io::copy(&mut out, &mut std::io::sink());
         });
         Self {
             proc,
