@@ -20,9 +20,9 @@ const SWEEP: Duration = Duration::from_millis(250);
 /// from outside: the client's end, the line's way through a pipe.
 const SLACK: Duration = Duration::from_millis(1500);
 /// How late hb's own sweep may run beyond `--sweep` on a loaded 2-core
-/// machine (its timer fires late, the sweep takes time), and the coarse
-/// clock's tick. Less than one sweep: a report one sweep late (`silent_for`
-/// beyond `TIMEOUT + 2 * SWEEP`) still fails.
+/// machine (its timer fires late, the sweep takes time; plus the coarse
+/// clock's tick) before `silent_for` fails its bound. Half a sweep: a
+/// report a whole sweep late still fails (see where it is used).
 const SWEEP_LATE: Duration = Duration::from_millis(125);
 
 fn beat(link: &Link, from: &str, to: &str) -> Proc {
@@ -79,24 +79,49 @@ fn silent_and_recovered_hosts_are_reported_once() {
     );
 
     // Stop b: exactly one `silent` for it, within timeout + one sweep of
-    // its last heartbeat (sent before `stopped`). The wait is longer than
-    // the bound, so that a late report fails the bound below rather than
-    // looking like no report at all.
+    // its last heartbeat. That last one the test sends itself, just after
+    // a sweep: the timeout is a whole number of sweeps, so its timeout
+    // ends just after a sweep too and the sweep that must report it comes
+    // almost a period later (silent_for near TIMEOUT + SWEEP). A report
+    // one sweep late (near TIMEOUT + 2 * SWEEP) is then past the bound
+    // below whatever the margin for a late sweep, as long as that margin
+    // is under a sweep less the test's reaction time (at most 50 ms).
+    assert!(TIMEOUT.as_millis() % SWEEP.as_millis() == 0);
     drop(b);
-    let stopped = Instant::now();
-    let (silent, seen) = collector
+    let tx_b = link
+        .b
+        .within(|| UdpSocket::bind("198.18.0.3:0").expect("bind in client namespace"))
+        .unwrap();
+    let mut seen = Vec::new();
+    let last_beat = loop {
+        let (summary, lines) = collector.wait_for(SWEEP + SLACK, |v| v["event"] == "summary");
+        seen.extend(lines);
+        let (swept, _) = summary.expect("a summary");
+        tx_b.send_to(b"PyHB", "198.18.0.1:43278").unwrap();
+        let sent = Instant::now();
+        // Too long after that sweep (a queued line, a slow test thread):
+        // try again after the next one.
+        if sent - swept <= Duration::from_millis(50) {
+            break sent;
+        }
+    };
+    // The wait is longer than the bound, so that a late report fails the
+    // bound rather than looking like no report at all.
+    let (silent, lines) = collector
         .wait_for(TIMEOUT + SWEEP + SLACK + Duration::from_secs(5), |v| {
             is_event(v, "silent", "198.18.0.3")
         });
+    seen.extend(lines);
     let (at, ev) =
         silent.unwrap_or_else(|| panic!("no `silent` event for the stopped client; saw {seen:?}"));
     assert!(
-        at - stopped <= TIMEOUT + SWEEP + SLACK,
-        "reported {:?} after the client stopped",
-        at - stopped
+        at - last_beat <= TIMEOUT + SWEEP + SLACK,
+        "reported {:?} after the last heartbeat",
+        at - last_beat
     );
-    // The sweep that finds it runs at most a sweep after its last beat
-    // became older than the timeout, give or take the sweep running late.
+    // hb's own measure: the sweep that finds it runs at most a sweep after
+    // its last beat became older than the timeout, give or take the sweep
+    // running late.
     let silent_for = Duration::from_millis(ev["silent_for_ms"].as_u64().expect("silent_for_ms"));
     assert!(
         silent_for > TIMEOUT && silent_for <= TIMEOUT + SWEEP + SWEEP_LATE,
