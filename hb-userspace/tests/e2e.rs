@@ -79,14 +79,17 @@ fn silent_and_recovered_hosts_are_reported_once() {
     );
 
     // Stop b: exactly one `silent` for it, within timeout + one sweep of
-    // its last heartbeat. That last one the test sends itself, just after
-    // a sweep: the timeout is a whole number of sweeps, so its timeout
-    // ends just after a sweep too and the sweep that must report it comes
-    // almost a period later (silent_for near TIMEOUT + SWEEP). A report
-    // one sweep late (near TIMEOUT + 2 * SWEEP) is then past the bound
-    // below whatever the margin for a late sweep, as long as that margin
-    // is under a sweep less the test's reaction time (at most 50 ms).
+    // its last heartbeat. That last one the test sends itself, a quarter
+    // of a sweep (60-90 ms) after a sweep: the timeout is a whole number
+    // of sweeps, so its timeout ends as far into a sweep period, and the
+    // sweep that must report it comes 160-190 ms later (give or take the
+    // timer's drift of a few ms): silent_for near TIMEOUT + 190 ms. A
+    // report one sweep late (silent_for near TIMEOUT + SWEEP + 160-190 ms)
+    // is then past the bound below in every run, which allows for a sweep
+    // running up to SWEEP_LATE late.
     assert!(TIMEOUT.as_millis() % SWEEP.as_millis() == 0);
+    const AFTER_SWEEP: Duration = Duration::from_millis(60);
+    const RESEND: Duration = Duration::from_millis(30);
     drop(b);
     let tx_b = link
         .b
@@ -97,11 +100,12 @@ fn silent_and_recovered_hosts_are_reported_once() {
         let (summary, lines) = collector.wait_for(SWEEP + SLACK, |v| v["event"] == "summary");
         seen.extend(lines);
         let (swept, _) = summary.expect("a summary");
+        std::thread::sleep((swept + AFTER_SWEEP).saturating_duration_since(Instant::now()));
         tx_b.send_to(b"PyHB", "198.18.0.1:43278").unwrap();
         let sent = Instant::now();
         // Too long after that sweep (a queued line, a slow test thread):
         // try again after the next one.
-        if sent - swept <= Duration::from_millis(50) {
+        if sent - swept <= AFTER_SWEEP + RESEND {
             break sent;
         }
     };
