@@ -87,7 +87,7 @@ fn silent_and_recovered_hosts_are_reported_once() {
     // report one sweep late (silent_for near TIMEOUT + SWEEP + 160-190 ms)
     // is then past the bound below in every run, which allows for a sweep
     // running up to SWEEP_LATE late.
-    assert!(TIMEOUT.as_millis() % SWEEP.as_millis() == 0);
+    assert!(TIMEOUT.as_millis().is_multiple_of(SWEEP.as_millis()));
     const AFTER_SWEEP: Duration = Duration::from_millis(60);
     const RESEND: Duration = Duration::from_millis(30);
     drop(b);
