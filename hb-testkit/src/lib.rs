@@ -8,7 +8,9 @@
 //! - [`reference`](mod@reference): what a correct parser makes of a frame,
 //!   in plain Rust.
 //! - [`program`]: the XDP program loaded with hb's defaults.
-//! - [`collector`]: `hb run --format json` in a namespace, its lines read.
+//! - [`collector`]: `hb run --format json` in a namespace, its lines read
+//!   (a collector that exits, prints junk or stops sweeping fails the
+//!   test), and its `/metrics` parsed.
 //! - [`control`]: a collector seen from outside: signals, exit codes,
 //!   `hb status`, pins, the program on the interface, its stderr.
 //!

@@ -103,6 +103,44 @@ impl Netns {
         Ok(cmd)
     }
 
+    /// The namespace's inode number (what `/proc/<pid>/ns/net` of a process
+    /// inside shows), which names a collector's pins and state file outside
+    /// the host's namespace (`<iface>@netns-<inode>`).
+    pub fn inode(&self) -> Result<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        let path = self.path();
+        Ok(std::fs::metadata(&path)
+            .with_context(|| format!("reading {path}"))?
+            .ino())
+    }
+
+    /// The id of the XDP program attached to `iface` in this namespace, as
+    /// `ip -j link show` reports it; `None` when nothing is attached.
+    pub fn xdp_prog(&self, iface: &str) -> Result<Option<u64>> {
+        let out = Command::new("ip")
+            .args(["-n", &self.name, "-j", "link", "show", "dev", iface])
+            .output()
+            .context("running ip (iproute2)")?;
+        if !out.status.success() {
+            bail!(
+                "ip link show {iface}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let links: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("parsing `ip -j link show`")?;
+        let [link] = links.as_array().map(Vec::as_slice).unwrap_or_default() else {
+            bail!("`ip -j link show dev {iface}` shows not one link: {links}");
+        };
+        match link.get("xdp") {
+            None => Ok(None),
+            Some(xdp) => xdp["prog"]["id"]
+                .as_u64()
+                .map(Some)
+                .with_context(|| format!("no program id in {xdp}")),
+        }
+    }
+
     /// Runs `f` on a thread that has joined this namespace, and waits for
     /// it: sockets it creates live in the namespace and can be used from
     /// any thread.

@@ -1,7 +1,7 @@
 //! Faults and bad input: each has a defined, logged behaviour; nothing
 //! crashes, nothing is left attached by a run that could not start.
 
-use std::{fs::File, process::Stdio, time::Duration};
+use std::{fs::File, path::PathBuf, process::Stdio, time::Duration};
 
 use hb_testkit::{
     collector::{self, Collector, Proc, is_event},
@@ -150,31 +150,42 @@ fn run_fails(ns: &Netns, wrapper: &[&str], args: &[&str]) -> (Option<i32>, Strin
 fn bad_configuration_is_one_clear_line_and_nothing_attached() {
     let link = Link::for_test("cfg");
     let iface = link.a_if.as_str();
-    let cases: [(&[&str], &str); 5] = [
+    // The README: exit status 1, or 2 for options that do not parse.
+    const UNPARSABLE: i32 = 2;
+    const ERROR: i32 = 1;
+    let cases: [(&[&str], i32, &str); 5] = [
         (
             &["--iface", iface, "--port", "0"],
+            UNPARSABLE,
             "is not a UDP port (1-65535)",
         ),
         (
             &["--iface", iface, "--port", "70000"],
+            UNPARSABLE,
             "is not a UDP port (1-65535)",
         ),
         (
             &["--iface", iface, "--timeout", "1s", "--sweep", "1s"],
+            ERROR,
             "--timeout (1s) must be longer than --sweep (1s)",
         ),
         (
             &["--iface", iface, "--timeout", "soon"],
+            UNPARSABLE,
             "expected a duration",
         ),
-        (&["--iface", "nosuch0"], "unknown interface `nosuch0`"),
+        (
+            &["--iface", "nosuch0"],
+            ERROR,
+            "unknown interface `nosuch0`",
+        ),
     ];
-    for (args, message) in cases {
+    for (args, expected, message) in cases {
         let (code, stderr) = run_fails(&link.a, &[], args);
-        assert!(code.is_some_and(|c| c != 0), "{args:?}: exit {code:?}");
+        assert_eq!(code, Some(expected), "{args:?}: {stderr}");
         assert!(stderr.contains(message), "{args:?}: {stderr}");
         // clap adds a usage hint; hb's own errors are one line.
-        if !message.contains("UDP port") && !message.contains("duration") {
+        if expected == ERROR {
             assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
         }
     }
@@ -195,19 +206,30 @@ fn bad_configuration_is_one_clear_line_and_nothing_attached() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("needs root"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    // Nothing attached, nothing pinned.
-    let out = link
-        .a
-        .command("ip")
-        .unwrap()
-        .args(["link", "show", iface])
-        .output()
-        .unwrap();
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("xdp"));
-    let a_if = link.a_if.clone();
-    let pins = link
-        .a
-        .within(move || hb_userspace::xdp::pin_dir(&a_if))
-        .unwrap();
-    assert!(!pins.exists(), "{pins:?} left behind");
+    // Nothing attached, nothing pinned, no state file (where the README
+    // puts them: outside the host's namespace `<iface>` is
+    // `<iface>@netns-<inode>`).
+    let ino = link.a.inode().unwrap();
+    let pins = PathBuf::from(format!("/sys/fs/bpf/hb/{iface}@netns-{ino}"));
+    let state = PathBuf::from(format!("/run/hb/{iface}@netns-{ino}.json"));
+    let nothing_left = || {
+        assert_eq!(link.a.xdp_prog(iface).unwrap(), None, "attached");
+        assert!(!pins.exists(), "{pins:?} left behind");
+        assert!(!state.exists(), "{state:?} left behind");
+    };
+    nothing_left();
+
+    // The same checks see a collector that does start: they can fail.
+    let mut c = Collector::start(
+        HB,
+        &link.a,
+        &["--iface", iface, "--timeout", "1s", "--sweep", "200ms"],
+    );
+    let (first, _) = c.wait_for(Duration::from_secs(10), |v| v["event"] == "summary");
+    assert!(first.is_some(), "collector printed no summary");
+    assert!(link.a.xdp_prog(iface).unwrap().is_some(), "not attached");
+    assert!(pins.join("link").exists(), "no pinned link in {pins:?}");
+    assert!(state.exists(), "no state file {state:?}");
+    assert_eq!(c.proc.terminate(), Some(0));
+    nothing_left();
 }

@@ -4,11 +4,12 @@
 use std::{
     io::{Read as _, Write as _},
     net::{TcpStream, UdpSocket},
+    path::PathBuf,
     time::Duration,
 };
 
 use hb_testkit::{
-    collector::{Collector, Proc, is_event},
+    collector::{Collector, Metrics, Proc, is_event},
     netns::{Link, Netns},
 };
 
@@ -38,25 +39,16 @@ fn get(ns: &Netns, port: u16, request: &str) -> (u16, String) {
     .unwrap()
 }
 
-fn scrape(ns: &Netns, port: u16) -> prometheus_parse::Scrape {
-    let (status, body) = get(ns, port, "GET /metrics HTTP/1.1\r\nHost: hb\r\n\r\n");
-    assert_eq!(status, 200);
-    let lines = body.lines().map(|l| Ok(l.to_owned()));
-    prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text format")
+/// `/metrics`, parsed; every lookup wants exactly one sample.
+fn scrape(ns: &Netns, port: u16) -> Metrics {
+    hb_testkit::collector::scrape(ns, port)
 }
 
-fn value(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
-    let sample = scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-        .unwrap_or_else(|| panic!("no sample {name} {label:?}"));
-    match sample.value {
-        prometheus_parse::Value::Gauge(v)
-        | prometheus_parse::Value::Counter(v)
-        | prometheus_parse::Value::Untyped(v) => v,
-        ref other => panic!("{name}: unexpected value {other:?}"),
-    }
+/// The `key=value` words of a line of `hb status` text, in order.
+fn words(line: &str) -> Vec<(&str, &str)> {
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .collect()
 }
 
 #[test]
@@ -140,33 +132,23 @@ fn metrics_and_silent_endpoints() {
     );
 
     let m = scrape(&link.a, port);
-    assert_eq!(value(&m, "hb_hosts", None), 2.0);
-    assert_eq!(value(&m, "hb_hosts_alive", None), 1.0);
-    assert_eq!(value(&m, "hb_hosts_silent", None), 1.0);
-    assert!(value(&m, "hb_heartbeats_total", None) >= 2.0);
+    assert_eq!(m.value("hb_hosts", &[]), 2.0);
+    assert_eq!(m.value("hb_hosts_alive", &[]), 1.0);
+    assert_eq!(m.value("hb_hosts_silent", &[]), 1.0);
+    assert!(m.value("hb_heartbeats_total", &[]) >= 2.0);
+    assert_eq!(m.value("hb_packets_total", &[("outcome", "new_host")]), 2.0);
+    assert_eq!(m.value("hb_table_capacity", &[]), 4096.0);
+    assert_eq!(m.value("hb_table_used", &[]), 2.0);
+    assert_eq!(m.value("hb_events_total", &[("event", "silent")]), 1.0);
+    assert_eq!(m.value("hb_events_total", &[("event", "new")]), 2.0);
+    assert_eq!(m.value("hb_events_total", &[("event", "recovered")]), 0.0);
+    assert!(m.value("hb_sweep_duration_seconds", &[]) > 0.0);
     assert_eq!(
-        value(&m, "hb_packets_total", Some(("outcome", "new_host"))),
-        2.0
-    );
-    assert_eq!(value(&m, "hb_table_capacity", None), 4096.0);
-    assert_eq!(value(&m, "hb_table_used", None), 2.0);
-    assert_eq!(value(&m, "hb_events_total", Some(("event", "silent"))), 1.0);
-    assert_eq!(value(&m, "hb_events_total", Some(("event", "new"))), 2.0);
-    assert!(value(&m, "hb_sweep_duration_seconds", None) > 0.0);
-    assert_eq!(
-        value(
-            &m,
-            "hb_build_info",
-            Some(("version", env!("CARGO_PKG_VERSION")))
-        ),
+        m.value("hb_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
         1.0
     );
     // Per-host series: the silent host only.
-    let per_host: Vec<_> = m
-        .samples
-        .iter()
-        .filter(|s| s.metric == "hb_host_silent_seconds")
-        .collect();
+    let per_host: Vec<_> = m.samples("hb_host_silent_seconds", &[]).collect();
     assert_eq!(per_host.len(), 1, "{per_host:?}");
     assert_eq!(per_host[0].labels.get("host"), Some("198.18.2.3"));
 
@@ -202,8 +184,23 @@ fn metrics_and_silent_endpoints() {
     assert!(st["packets"]["heartbeat"].as_u64().unwrap() >= 2);
     let (code, out, _) = status("text");
     assert_eq!(code, Some(0));
-    assert!(
-        out.contains("hosts=2 alive=1 silent=1") && out.contains("198.18.2.3"),
+    let counts = out
+        .lines()
+        .find(|l| l.starts_with("hosts="))
+        .unwrap_or_else(|| panic!("no counts line: {out}"));
+    assert_eq!(
+        words(counts)[..3],
+        [("hosts", "2"), ("alive", "1"), ("silent", "1")],
+        "{out}"
+    );
+    let silent_lines: Vec<_> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("198.18."))
+        .collect();
+    assert_eq!(silent_lines.len(), 1, "{out}");
+    assert_eq!(
+        silent_lines[0].split_whitespace().next(),
+        Some("198.18.2.3"),
         "{out}"
     );
 
@@ -260,7 +257,7 @@ fn metrics_and_silent_endpoints() {
     huge.push_str(&"a".repeat(8192 - huge.len()));
     assert_eq!(get(&link.a, port, &huge).0, 431);
     drop(idle);
-    assert!(!scrape(&link.a, port).samples.is_empty());
+    assert_eq!(scrape(&link.a, port).value("hb_hosts", &[]), 2.0);
 
     // Heartbeats are still recorded after all that.
     let tx = link
@@ -273,20 +270,27 @@ fn metrics_and_silent_endpoints() {
     });
     assert!(rec.is_some(), "{seen:?}");
 
+    // Pins and the state file are where the README puts them: outside the
+    // host's namespace `<iface>` is `<iface>@netns-<inode>`...
+    let ino = link.a.inode().unwrap();
+    let pins = PathBuf::from(format!("/sys/fs/bpf/hb/{}@netns-{ino}", link.a_if));
+    let state = PathBuf::from(format!("/run/hb/{}@netns-{ino}.json", link.a_if));
+    assert!(pins.join("link").exists(), "no pinned link in {pins:?}");
+    let maps: Vec<String> = std::fs::read_dir(pins.join("layout-4"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        !maps.is_empty() && maps.iter().all(|m| m.starts_with("HB_")),
+        "pinned maps in {pins:?}/layout-4: {maps:?}"
+    );
+    assert!(state.exists(), "no state file {state:?}");
+    // ...and gone after SIGTERM.
     let mut collector = collector;
     assert_eq!(collector.proc.terminate(), Some(0));
-    // Pins are named after the collector's namespace: look from inside it.
-    let a_if = link.a_if.clone();
-    let (pins, state) = link
-        .a
-        .within(move || {
-            (
-                hb_userspace::xdp::pin_dir(&a_if),
-                hb_userspace::xdp::state_file(&a_if),
-            )
-        })
-        .unwrap();
-    assert!(pins.to_string_lossy().contains("@netns-"), "{pins:?}");
     assert!(!pins.exists(), "pins left behind in {pins:?}");
     assert!(!state.exists(), "state file left behind: {state:?}");
     let out = link

@@ -22,10 +22,14 @@ use hb_testkit::{
 const HB: &str = env!("CARGO_BIN_EXE_hb");
 
 const TIMEOUT: &str = "1500ms";
+const TIMEOUT_D: Duration = Duration::from_millis(1500);
 const SWEEP: &str = "200ms";
+/// The clients' period.
+const PERIOD: Duration = Duration::from_millis(100);
 
 fn beat(link: &Link, from: &str) -> Proc {
-    collector::beat(HB, link, from, "198.18.5.1", "100ms")
+    let period = format!("{}ms", PERIOD.as_millis());
+    collector::beat(HB, link, from, "198.18.5.1", &period)
 }
 
 fn setup(tag: &str) -> Link {
@@ -70,12 +74,57 @@ fn hb(ns: &Netns, args: &[&str]) -> Output {
         .expect("running hb")
 }
 
-/// The collector's pin directory, as named from inside its namespace.
+/// The collector's pin directory, where the README puts it: outside the
+/// host's namespace, `/sys/fs/bpf/hb/<iface>@netns-<inode>`.
 fn pin_dir(link: &Link) -> PathBuf {
-    let iface = link.a_if.clone();
-    link.a
-        .within(move || hb_userspace::xdp::pin_dir(&iface))
-        .unwrap()
+    let ino = link.a.inode().unwrap();
+    PathBuf::from(format!("/sys/fs/bpf/hb/{}@netns-{ino}", link.a_if))
+}
+
+/// The collector's state file: `/run/hb/<iface>@netns-<inode>.json`.
+fn state_file(link: &Link) -> PathBuf {
+    let ino = link.a.inode().unwrap();
+    PathBuf::from(format!("/run/hb/{}@netns-{ino}.json", link.a_if))
+}
+
+/// `hb status --format json` in the collector's namespace.
+fn status(link: &Link) -> serde_json::Value {
+    let out = hb(
+        &link.a,
+        &["status", "--iface", &link.a_if, "--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Polls `hb status` until `done` holds of it (at most 10 s); returns it.
+fn status_until(
+    link: &Link,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = status(link);
+        if done(&st) {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hb status never showed {what}: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The lines up to the first summary: what the collector's first sweep
+/// reported.
+fn first_sweep(lines: &[serde_json::Value]) -> &[serde_json::Value] {
+    let n = lines
+        .iter()
+        .position(|v| v["event"] == "summary")
+        .expect("a summary");
+    &lines[..=n]
 }
 
 /// Whether a heartbeat sent to the collector reaches a socket there, i.e.
@@ -146,17 +195,39 @@ fn restarts_carry_on_without_missing_or_repeating_anything() {
     let status = first.proc.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     assert!(pin_dir(&link).join("link").exists(), "link not pinned");
+    assert!(state_file(&link).exists(), "state file removed");
     assert!(
         !heartbeat_reaches_socket(&link),
         "heartbeats reach the stack: the program was detached"
     );
 
-    // While no collector runs, b stops and falls silent.
+    // While no collector runs, b stops and falls silent (its last
+    // heartbeat, at most a period before it stopped, is older than the
+    // timeout).
     drop(b);
-    std::thread::sleep(Duration::from_millis(2500));
+    let stopped = Instant::now();
+    let st = status_until(&link, "b silent", |st| st["silent"] == 1);
+    assert_eq!(
+        (st["hosts"].as_u64(), st["alive"].as_u64()),
+        (Some(2), Some(1)),
+        "{st}"
+    );
+    // Not sooner than the timeout allows (less a period, and scheduling
+    // slack for the client's last beat): else the next check is void.
+    assert!(
+        stopped.elapsed() + PERIOD + Duration::from_millis(500) >= TIMEOUT_D,
+        "b silent {:?} after it stopped",
+        stopped.elapsed()
+    );
 
     let (mut second, mut lines) = start_seen(&link);
-    // Exactly one event: b went silent in the gap. Nothing is new again.
+    // The first sweep reports b, silent in the gap...
+    assert_eq!(
+        host_events(first_sweep(&lines)),
+        [("silent".to_owned(), "198.18.5.3".to_owned())],
+        "{lines:?}"
+    );
+    // ...and that is all: nothing is new again.
     lines.extend(second.collect(Duration::from_millis(1500)));
     assert_eq!(
         host_events(&lines),
@@ -181,22 +252,24 @@ fn restarts_carry_on_without_missing_or_repeating_anything() {
     second.proc.child.kill().unwrap();
     second.proc.child.wait().unwrap();
     assert!(!heartbeat_reaches_socket(&link));
-    // b comes back while no collector runs.
+    assert!(pin_dir(&link).join("link").exists(), "link not pinned");
+    assert!(state_file(&link).exists(), "state file removed");
+    // b comes back while no collector runs: `hb status` still reads the
+    // table, and says the collector is gone.
     let _b = beat(&link, "198.18.5.3");
-    std::thread::sleep(Duration::from_millis(500));
-    // `hb status` still reads the table, and says the collector is gone.
-    let out = hb(
-        &link.a,
-        &["status", "--iface", &link.a_if, "--format", "json"],
-    );
-    assert!(out.status.success(), "{out:?}");
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status["collector_running"], false, "{status}");
-    assert_eq!(status["hosts"], 2, "{status}");
-    assert_eq!(status["alive"], 2, "{status}");
+    let st = status_until(&link, "b alive again", |st| st["alive"] == 2);
+    assert_eq!(st["collector_running"], false, "{st}");
+    assert_eq!(st["hosts"], 2, "{st}");
+    assert_eq!(st["silent"], 0, "{st}");
 
-    // The next collector reports the recovery that happened in the gap, once.
+    // The next collector's first sweep reports the recovery that happened
+    // in the gap, and nothing else comes.
     let (mut third, mut lines) = start_seen(&link);
+    assert_eq!(
+        host_events(first_sweep(&lines)),
+        [("recovered".to_owned(), "198.18.5.3".to_owned())],
+        "{lines:?}"
+    );
     lines.extend(third.collect(Duration::from_millis(1500)));
     let events = host_events(&lines);
     assert_eq!(
@@ -208,6 +281,7 @@ fn restarts_carry_on_without_missing_or_repeating_anything() {
     // SIGTERM detaches and removes everything.
     assert_eq!(third.proc.terminate(), Some(0));
     assert!(!pin_dir(&link).exists(), "pins left behind");
+    assert!(!state_file(&link).exists(), "state file left behind");
     assert!(heartbeat_reaches_socket(&link), "program still attached");
 }
 
@@ -229,10 +303,13 @@ fn detach_removes_what_a_killed_collector_left() {
     c.proc.child.kill().unwrap();
     c.proc.child.wait().unwrap();
     assert!(!heartbeat_reaches_socket(&link));
+    assert!(pin_dir(&link).join("link").exists(), "link not pinned");
+    assert!(state_file(&link).exists(), "no state file");
     let out = hb(&link.a, &["detach", "--iface", &link.a_if]);
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("detached hb from"));
-    assert!(!pin_dir(&link).exists());
+    assert!(!pin_dir(&link).exists(), "pins left behind");
+    assert!(!state_file(&link).exists(), "state file left behind");
     let deadline = Instant::now() + Duration::from_secs(3);
     while !heartbeat_reaches_socket(&link) {
         assert!(
@@ -256,6 +333,7 @@ fn pins_of_another_layout_are_replaced_not_read() {
     std::fs::create_dir_all(dir.join("layout-1").join("maps")).unwrap();
     let c = start(&link);
     assert!(!dir.join("layout-1").exists(), "old layout kept");
+    assert!(dir.join("layout-4").is_dir(), "this layout not pinned");
     let _a = beat(&link, "198.18.5.2");
     wait_new(&c, &["198.18.5.2"]);
 }

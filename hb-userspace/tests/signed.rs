@@ -13,9 +13,10 @@ use std::{
 
 use hb_common::auth;
 use hb_testkit::{
-    collector::{Collector, Proc, get_metrics, is_event},
+    collector::{Collector, Metrics, Proc, is_event, scrape},
     netns::{Link, Netns},
 };
+use siphasher::sip::SipHasher24;
 
 /// The binary under test.
 const HB: &str = env!("CARGO_BIN_EXE_hb");
@@ -68,21 +69,22 @@ fn beat(link: &Link, from: &str, extra: &[&str]) -> Proc {
     Proc::spawn(cmd)
 }
 
-fn metrics(ns: &Netns) -> String {
-    get_metrics(ns, METRICS_PORT)
+fn metrics(ns: &Netns) -> Metrics {
+    scrape(ns, METRICS_PORT)
 }
 
-fn sample(scrape: &prometheus_parse::Scrape, name: &str, label: (&str, &str)) -> Option<f64> {
-    scrape
-        .samples
+/// The host id `hb beat` should derive on this machine, by the rule of
+/// docs/wire-format.md (SipHash-2-4 under `hb host id v1\0\0\0` of the
+/// trimmed machine id, else of the host name), computed with the reference
+/// `siphasher` crate, not with hb's own code.
+fn expected_default_host_id() -> String {
+    let text = ["/etc/machine-id", "/var/lib/dbus/machine-id"]
         .iter()
-        .find(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            ref other => panic!("{name}: {other:?}"),
-        })
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .find(|id| !id.trim().is_empty())
+        .unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap());
+    let id = SipHasher24::new_with_key(b"hb host id v1\0\0\0").hash(text.trim().as_bytes());
+    format!("{id:016x}")
 }
 
 #[test]
@@ -136,8 +138,7 @@ fn signed_clients_are_recorded_and_bare_ones_ignored() {
         &["--key-file", key_arg, "--host-id", "0x2a"],
     );
     let _c = beat(&link, "198.18.4.4", &[]);
-    let (default_id, _) = hb_userspace::default_host_id().unwrap();
-    let default_id = format!("{default_id:016x}");
+    let default_id = expected_default_host_id();
     let mut missing = vec![
         ("198.18.4.2", default_id.as_str()),
         ("198.18.4.3", "000000000000002a"),
@@ -218,32 +219,24 @@ fn signed_clients_are_recorded_and_bare_ones_ignored() {
     assert_eq!(summary["packets"]["forged"], 0, "{summary}");
 
     // Metrics: the new outcomes, the loss total, ids on per-host series.
-    let reply = metrics(&link.a);
-    let body = reply.split_once("\r\n\r\n").expect("HTTP reply").1;
-    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
-        .expect("Prometheus text format");
-    let lost = scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == "hb_heartbeats_lost_total")
-        .expect("hb_heartbeats_lost_total");
+    let m = metrics(&link.a);
+    let lost = m
+        .samples("hb_heartbeats_lost_total", &[])
+        .map(|s| s.value.clone())
+        .collect::<Vec<_>>();
     assert!(
-        matches!(lost.value, prometheus_parse::Value::Counter(v) if v == 3.0),
+        matches!(lost[..], [prometheus_parse::Value::Counter(v)] if v == 3.0),
         "{lost:?}"
     );
-    assert!(sample(&scrape, "hb_packets_total", ("outcome", "unauthenticated")).unwrap() >= 5.0);
+    assert!(m.value("hb_packets_total", &[("outcome", "unauthenticated")]) >= 5.0);
+    assert_eq!(m.value("hb_packets_total", &[("outcome", "forged")]), 0.0);
+    assert_eq!(m.value("hb_packets_total", &[("outcome", "replayed")]), 0.0);
+    // The lossy client is silent; B recovered, so it has no series.
+    assert!(m.value("hb_host_silent_seconds", &[("host_id", "000000000000004d")]) >= 2.0);
     assert_eq!(
-        sample(&scrape, "hb_packets_total", ("outcome", "forged")),
-        Some(0.0)
-    );
-    assert!(
-        sample(
-            &scrape,
-            "hb_host_silent_seconds",
-            ("host_id", "000000000000004d")
-        )
-        .is_some(),
-        "{body}"
+        m.samples("hb_host_silent_seconds", &[("host_id", "000000000000002a")])
+            .count(),
+        0
     );
 
     // hb status in the collector's namespace names the mode.
@@ -323,28 +316,47 @@ fn bad_key_files_stop_hb_run_with_nothing_attached() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("--key-file FILE"), "{err}");
 
-    // Nothing attached, pinned or recorded.
-    let out = Command::new("ip")
-        .args(["-n", &link.a.name, "link", "show", &link.a_if])
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && !shown.contains("xdp"),
-        "attached: {shown}"
-    );
-    let left = |dir: &str| {
-        std::fs::read_dir(dir)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with(&format!("{}@", link.a_if)))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default()
+    // Nothing attached or pinned: no XDP program on the interface, and
+    // neither pins nor a state file where the README puts them (outside
+    // the host's namespace `<iface>` is `<iface>@netns-<inode>`).
+    let ino = link.a.inode().unwrap();
+    let pins = PathBuf::from(format!("/sys/fs/bpf/hb/{}@netns-{ino}", link.a_if));
+    let state = PathBuf::from(format!("/run/hb/{}@netns-{ino}.json", link.a_if));
+    let nothing_left = || {
+        assert_eq!(link.a.xdp_prog(&link.a_if).unwrap(), None, "attached");
+        assert!(!pins.exists(), "pins left in {pins:?}");
+        assert!(!state.exists(), "state file left: {state:?}");
     };
-    assert!(left("/sys/fs/bpf/hb").is_empty(), "pins left");
-    assert!(left("/run/hb").is_empty(), "state file left");
+    nothing_left();
+
+    // The same checks see a collector that starts with a good key file:
+    // they can fail.
+    let good = dir.file("good.key", KEY_HEX.as_bytes(), 0o600);
+    let mut c = Collector::start(
+        HB,
+        &link.a,
+        &[
+            "--iface",
+            &link.a_if,
+            "--key-file",
+            good.to_str().unwrap(),
+            "--require-auth",
+            "--timeout",
+            "1s",
+            "--sweep",
+            "200ms",
+        ],
+    );
+    let (first, _) = c.wait_for(Duration::from_secs(10), |v| v["event"] == "summary");
+    assert!(first.is_some(), "collector printed no summary");
+    assert!(
+        link.a.xdp_prog(&link.a_if).unwrap().is_some(),
+        "not attached"
+    );
+    assert!(pins.join("link").exists(), "no pinned link in {pins:?}");
+    assert!(state.exists(), "no state file {state:?}");
+    assert_eq!(c.proc.terminate(), Some(0));
+    nothing_left();
 }
 
 #[test]

@@ -2,19 +2,19 @@
 //! the same sweeper, events and endpoints; `--ingest auto` falls back to it
 //! where XDP cannot be used.
 
-use std::{net::UdpSocket, process::Stdio, time::Duration};
+use std::{
+    net::UdpSocket,
+    process::Stdio,
+    time::{Duration, Instant},
+};
 
 use hb_testkit::{
-    collector::{Collector, beat, get_metrics, is_event},
-    netns::{Link, Netns},
+    collector::{Collector, Metrics, beat, is_event, scrape},
+    netns::Link,
 };
 
 /// The binary under test.
 const HB: &str = env!("CARGO_BIN_EXE_hb");
-
-fn metrics(ns: &Netns, port: u16) -> String {
-    get_metrics(ns, port)
-}
 
 fn setup(tag: &str) -> Link {
     let link = Link::for_test(tag);
@@ -82,14 +82,19 @@ fn socket_mode_reports_like_xdp() {
     for payload in [&b"PyHb"[..], b"PyHB!", b""] {
         tx.send_to(payload, "198.18.7.1:43278").unwrap();
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let text = metrics(&link.a, 9751);
-    assert!(text.contains("ingest=\"socket\""), "{text}");
-    assert!(
-        text.contains("hb_packets_total{outcome=\"wrong_payload\"} 3"),
-        "{text}"
-    );
-    assert!(text.contains("hb_hosts 3"), "{text}");
+    // Scrapes show the last sweep: poll until one has counted them.
+    let wrong = |m: &Metrics| m.value("hb_packets_total", &[("outcome", "wrong_payload")]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let m = loop {
+        let m = scrape(&link.a, 9751);
+        if wrong(&m) >= 3.0 || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(wrong(&m), 3.0);
+    assert_eq!(m.value("hb_hosts", &[]), 3.0);
+    assert_eq!(m.value("hb_build_info", &[("ingest", "socket")]), 1.0);
 }
 
 #[test]

@@ -60,19 +60,27 @@ impl Signer {
 /// and stable across renames; hashed because it is meant to stay private),
 /// or of the host name where there is none. Says which.
 pub fn default_host_id() -> Result<(u64, &'static str)> {
-    // Not secret: it only spreads the input over 64 bits.
-    const SALT: [u8; 16] = *b"hb host id v1\0\0\0";
     for path in ["/etc/machine-id", "/var/lib/dbus/machine-id"] {
         if let Ok(id) = std::fs::read_to_string(path)
             && !id.trim().is_empty()
         {
-            return Ok((siphash24(&SALT, id.trim().as_bytes()), path));
+            return Ok((host_id_of(&id), path));
         }
     }
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").context(
         "no /etc/machine-id and no host name to derive a host id from: pass --host-id N",
     )?;
-    Ok((siphash24(&SALT, name.trim().as_bytes()), "the host name"))
+    Ok((host_id_of(&name), "the host name"))
+}
+
+/// The host id derived from a machine id (or host name): SipHash-2-4 under
+/// the key `hb host id v1\0\0\0` of the text without surrounding
+/// whitespace (docs/wire-format.md). Fixed: a host's id must not change
+/// when hb is upgraded.
+pub fn host_id_of(machine_id: &str) -> u64 {
+    // Not secret: it only spreads the input over 64 bits.
+    const SALT: [u8; 16] = *b"hb host id v1\0\0\0";
+    siphash24(&SALT, machine_id.trim().as_bytes())
 }
 
 /// Resolves `server` (`addr`, `addr:port`, `[v6]:port`, `name`, `name:port`).
@@ -229,6 +237,43 @@ mod tests {
         assert!(Signer::new(key, 1, 1_800_000_001).next_seq > s.next_seq + 1_000_000);
     }
 
+    /// The derivation docs/wire-format.md fixes: SipHash-2-4 under the key
+    /// `hb host id v1\0\0\0` of the machine id without surrounding
+    /// whitespace. The expected ids were computed outside hb, with the
+    /// reference `siphasher` crate
+    /// (`SipHasher24::new_with_key(b"hb host id v1\0\0\0").hash(id)`) and
+    /// with a SipHash-2-4 written in Python from the paper (checked against
+    /// the paper's vector); both agree.
+    #[test]
+    fn host_ids_derive_from_the_machine_id_by_a_fixed_rule() {
+        assert_eq!(
+            host_id_of("0123456789abcdef0123456789abcdef\n"),
+            0xcf35_97ae_3dff_4f44
+        );
+        assert_eq!(
+            host_id_of("b08dfa6083e7567a1921a715000001fb"),
+            0x3b2d_54a8_30f7_60ca
+        );
+        // A host name (no machine id), with whitespace around it.
+        assert_eq!(host_id_of(" collector-7\n"), 0x176d_c7d7_b00e_9984);
+    }
+
+    /// `default_host_id` hashes this machine's /etc/machine-id, as the
+    /// reference implementation does by the documented rule.
+    #[test]
+    fn the_default_host_id_is_that_of_etc_machine_id() {
+        let Some(machine_id) = std::fs::read_to_string("/etc/machine-id")
+            .ok()
+            .filter(|id| !id.trim().is_empty())
+        else {
+            eprintln!("no /etc/machine-id here: nothing to compare");
+            return;
+        };
+        let expected = siphasher::sip::SipHasher24::new_with_key(b"hb host id v1\0\0\0")
+            .hash(machine_id.trim().as_bytes());
+        assert_eq!(default_host_id().unwrap(), (expected, "/etc/machine-id"));
+    }
+
     #[test]
     fn sends_signed_datagrams() {
         use std::os::unix::fs::PermissionsExt as _;
@@ -239,7 +284,7 @@ mod tests {
         std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = rx.local_addr().unwrap().port();
-        let started = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
         beat(BeatArgs {
             server: "127.0.0.1".into(),
             port,
@@ -250,6 +295,7 @@ mod tests {
             host_id: Some(7),
         })
         .unwrap();
+        let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         let key: [u8; 16] = core::array::from_fn(|i| (i as u8) * 0x11);
         let mut buf = [0u8; 64];
@@ -264,8 +310,18 @@ mod tests {
             );
             seqs.push(u64::from_be_bytes(buf[16..24].try_into().unwrap()));
         }
-        // The run is the second after the client started; counts from 0.
-        assert_eq!(seqs[0] >> 32, started.as_secs() + 1);
+        // The run is a second that began after the client started (it waits
+        // for a fresh one) and before it finished (it waited until then):
+        // later than `before`'s second, not later than `after`'s. Bounds,
+        // not one value: the clock may pass a second boundary anywhere
+        // between the two readings.
+        let run = seqs[0] >> 32;
+        assert!(
+            before.as_secs() < run && run <= after.as_secs(),
+            "run {run} not in ({}, {}]",
+            before.as_secs(),
+            after.as_secs()
+        );
         assert_eq!(seqs, [seqs[0], seqs[0] + 1]);
         assert_eq!(seqs[0] & 0xffff_ffff, 0);
     }
