@@ -80,7 +80,7 @@ impl XdpIngest {
         };
         if instance.bpffs.private {
             warn!(
-                "the bpffs hb mounted at {} lives only in hb's own mount namespace (e.g. under `ip netns exec`) and goes away with hb: the program detaches when hb stops, and restarts will not be gap-free; run hb in the host's mount namespace (`hb run --netns NAME` instead of `ip netns exec`), or pass --bpffs DIR on a bpffs that outlives hb",
+                "the bpffs hb mounted at {} lives only in hb's own mount namespace (e.g. under `ip netns exec`) and goes away with hb: the program detaches when hb stops, and restarts will not be gap-free; mount bpffs at /sys/fs/bpf in the host's mount namespace and run hb there (`hb run --netns NAME` rather than `ip netns exec`), or pass --bpffs DIR on a bpffs that outlives hb",
                 instance.bpffs.root.display()
             );
         }
