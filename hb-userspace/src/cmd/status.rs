@@ -33,10 +33,22 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
     let inst = pins::Instance::new(iface, Bpffs::find(args.bpffs.as_deref())?)?;
     let running = lock::held(&inst.lock_file())?;
     let attached = link::place(&inst.link(), iface)? == Some(Place::Here);
-    if pins::last_state(&inst).is_none() && !inst.dir().exists() {
+    if pins::last_state(&inst).is_none() {
         if let Some(held) = running {
             eprintln!("hb run ({held}) on {iface} is starting: nothing to show yet");
             return Ok(ExitCode::SUCCESS);
+        }
+        if inst.dir().exists() {
+            eprintln!(
+                "no hb collector is running on {iface}; pins of one are left at {} (program {}), without a state file: `hb detach` removes them",
+                inst.dir().display(),
+                if attached {
+                    "attached and recording"
+                } else {
+                    "not attached"
+                }
+            );
+            return Ok(ExitCode::from(NOT_RUNNING));
         }
         if link::place(&inst.legacy_dir().join("link"), iface)? == Some(Place::Here) {
             eprintln!(
