@@ -182,9 +182,9 @@ fn enter(path: &str) -> Result<()> {
 }
 
 /// Deletes namespace `name`, and what collectors in it left on purpose
-/// (their program stays attached when killed): pins and state files named
-/// `…@netns-<inode>` after the namespace, which would otherwise outlive it.
-/// Never fails: this runs on every exit path.
+/// (their program stays attached when killed): pins, state and lock files
+/// named `…@netns-<inode>` after the namespace, which would otherwise
+/// outlive it. Never fails: this runs on every exit path.
 fn delete(name: &str) {
     use std::os::unix::fs::MetadataExt as _;
     if let Ok(meta) = std::fs::metadata(format!("/run/netns/{name}")) {
@@ -195,7 +195,12 @@ fn delete(name: &str) {
             };
             for entry in entries.flatten() {
                 let file = entry.file_name().to_string_lossy().into_owned();
-                if file.trim_end_matches(".json").ends_with(&suffix) {
+                // `<iface>@netns-<inode>`, then nothing, `.json` or `.lock`.
+                let instance = file
+                    .trim_end_matches(".tmp")
+                    .trim_end_matches(".json")
+                    .trim_end_matches(".lock");
+                if instance.ends_with(&suffix) {
                     let path = entry.path();
                     let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
                 }

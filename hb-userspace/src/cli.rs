@@ -20,6 +20,9 @@ pub use crate::{
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Run in the named network namespace (/run/netns/NAME, or a path), as `ip -n NAME` does: only the network namespace changes, so pins stay in the host's bpffs.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub netns: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -39,6 +42,12 @@ pub struct DetachArgs {
     /// Interface to detach hb from.
     #[arg(long, short = 'i')]
     pub iface: String,
+    /// Detach even while an `hb run` holds the interface's lock (it keeps running, without a program).
+    #[arg(long)]
+    pub force: bool,
+    /// The bpffs `hb run` pinned in, if it was given --bpffs.
+    #[arg(long, value_name = "DIR")]
+    pub bpffs: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -52,6 +61,9 @@ pub struct StatusArgs {
     /// Show at most this many silent hosts (longest silent first).
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
+    /// The bpffs `hb run` pinned in, if it was given --bpffs.
+    #[arg(long, value_name = "DIR")]
+    pub bpffs: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -98,6 +110,9 @@ pub struct RunArgs {
     /// Ignore bare `PyHB` heartbeats (counted as unauthenticated); needs --key-file.
     #[arg(long)]
     pub require_auth: bool,
+    /// Pin the program and maps in the bpffs mounted at DIR (default: /sys/fs/bpf, else the host's through /proc/1/root, else one hb mounts).
+    #[arg(long, value_name = "DIR")]
+    pub bpffs: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -170,6 +185,7 @@ impl RunArgs {
         ingest::Config {
             kind: self.ingest,
             iface: self.iface.clone(),
+            bpffs: self.bpffs.clone(),
             listen: self.listen,
             port: self.port,
             max_hosts: self.max_hosts,
@@ -194,6 +210,11 @@ impl RunArgs {
             }
             if self.key_file.is_some() {
                 return Err("--key-file needs XDP: socket mode does not verify signed heartbeats; use --ingest xdp".into());
+            }
+            if self.bpffs.is_some() {
+                return Err(
+                    "--bpffs is for XDP: in socket mode nothing is pinned, drop the option".into(),
+                );
             }
         }
         if self.timeout <= self.sweep {

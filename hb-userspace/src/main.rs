@@ -1,12 +1,20 @@
+use std::process::ExitCode;
+
 use clap::Parser as _;
 use hb_userspace::Cli;
 
-fn main() {
+fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();
-    if let Err(err) = Cli::parse().command.execute() {
-        eprintln!("hb: error: {err:#}");
-        std::process::exit(1);
+    // clap's own errors: `error: …` and a usage hint, status 2.
+    let cli = Cli::parse();
+    match cli.execute() {
+        Ok(code) => code,
+        Err(err) => {
+            // The same prefix as clap's.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }

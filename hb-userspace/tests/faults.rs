@@ -80,12 +80,18 @@ fn missing_bpffs_is_mounted() {
     connect(&link);
     let log = std::env::temp_dir().join(format!("hb-bpffs-{}.log", std::process::id()));
     // A private mount namespace without bpffs: the host's stays untouched.
+    // Its own PID namespace too, so that no process hb could reach (PID 1,
+    // an ancestor) has a bpffs whose mount namespace hb would join.
     let hb = env!("CARGO_BIN_EXE_hb");
     let mut cmd = link.a.command("unshare").unwrap();
     cmd.args([
         "--mount",
         "--propagation",
         "private",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--kill-child",
         "sh",
         "-c",
         &format!(

@@ -272,7 +272,7 @@ fn hb(ns: Option<&Netns>, args: &[&str]) -> (Option<i32>, String) {
 fn one_line_error(stderr: &str, path: &Path, fix: &str) {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "not one line: {stderr}");
-    assert!(lines[0].starts_with("hb: error: "), "{stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
     assert!(
         lines[0].contains(path.to_str().unwrap()),
         "file not named: {stderr}"

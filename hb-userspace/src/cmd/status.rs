@@ -1,29 +1,83 @@
-//! `hb status`: the running collector's summary and silent hosts, read from
-//! its pinned maps. Read-only: the collector is not disturbed.
+//! `hb status`: the collector's summary and silent hosts, read from its
+//! pinned maps. Read-only: the collector is not disturbed (its lock is
+//! tested, never taken).
+//!
+//! Exit status: 0 while `hb run` runs (it holds the instance's lock); 3
+//! when it does not, whether its program is still attached and recording
+//! (the table is printed) or nothing of hb is there; one line on stderr
+//! says which. Errors (an unknown interface, no permission) are 1.
 
-use std::{fmt::Write as _, time::Duration};
+use std::{fmt::Write as _, process::ExitCode, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use hb_common::Counter;
 use serde_json::json;
 
 use crate::{
     cli::{Format, StatusArgs},
     clock::monotonic_ns,
-    ingest::xdp::pins,
+    ingest::xdp::{
+        Bpffs, check_privileges, if_index,
+        link::{self, Place},
+        lock, pins,
+    },
     track::{silent::silent_page, tracker::Tracker},
 };
 
-pub fn status(args: StatusArgs) -> Result<()> {
-    let (state, table) = pins::open(&args.iface)?;
-    let running = pins::running(&args.iface).is_some();
-    if !running {
-        log::warn!(
-            "hb run on {} (pid {}) is not running: the program is still attached and recording; start `hb run` to carry on reporting, or `hb detach` to remove it",
-            args.iface,
-            state.pid
-        );
+/// `hb status`'s exit status when no `hb run` is running.
+const NOT_RUNNING: u8 = 3;
+
+pub fn status(args: StatusArgs) -> Result<ExitCode> {
+    check_privileges("hb status reads pinned BPF maps, which")?;
+    let iface = &args.iface;
+    let inst = pins::Instance::new(iface, Bpffs::find(args.bpffs.as_deref())?)?;
+    let running = lock::held(&inst.lock_file())?;
+    let attached = link::place(&inst.link(), iface)? == Some(Place::Here);
+    if pins::last_state(&inst).is_none() {
+        if let Some(held) = running {
+            eprintln!("hb run ({held}) on {iface} is starting: nothing to show yet");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if inst.dir().exists() {
+            eprintln!(
+                "no hb collector is running on {iface}; pins of one are left at {} (program {}), without a state file: `hb detach` removes them",
+                inst.dir().display(),
+                if attached {
+                    "attached and recording"
+                } else {
+                    "not attached"
+                }
+            );
+            return Ok(ExitCode::from(NOT_RUNNING));
+        }
+        if link::place(&inst.legacy_dir().join("link"), iface)? == Some(Place::Here) {
+            eprintln!(
+                "no hb collector is running on {iface}; the program of an earlier hb is attached and recording (pinned at {}): start `hb run` to carry on from it, or `hb detach` to remove it",
+                inst.legacy_dir().display()
+            );
+            return Ok(ExitCode::from(NOT_RUNNING));
+        }
+        if if_index(iface).is_none() {
+            bail!(
+                "unknown interface `{iface}`: pick one from `ip link` (in this network namespace)"
+            );
+        }
+        if args.format == Format::Json {
+            println!(
+                "{}",
+                json!({"iface": iface, "collector_running": false, "program_attached": false})
+            );
+        }
+        eprintln!("no hb collector is running on {iface}, and nothing of hb is attached to it");
+        return Ok(ExitCode::from(NOT_RUNNING));
     }
+    let (state, table) = pins::open(&inst).map_err(|e| {
+        if pins::is_permission_error(&e) {
+            e.context("hb status needs root: run it as root or with CAP_BPF and CAP_NET_ADMIN")
+        } else {
+            e
+        }
+    })?;
     let timeout = Duration::from_millis(state.timeout_ms);
     // The same judgement the collector makes, on the same data.
     let mut tracker = Tracker::new(timeout.as_nanos() as u64);
@@ -41,7 +95,8 @@ pub fn status(args: StatusArgs) -> Result<()> {
             json!({
                 "iface": args.iface,
                 "collector": state,
-                "collector_running": running,
+                "collector_running": running.is_some(),
+                "program_attached": attached,
                 "hosts": census.hosts,
                 "alive": census.alive,
                 "silent": census.silent,
@@ -97,5 +152,19 @@ pub fn status(args: StatusArgs) -> Result<()> {
         }
     };
     println!("{text}");
-    Ok(())
+    if running.is_some() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if attached {
+        eprintln!(
+            "hb run on {iface} (pid {}) is not running: its program is still attached and recording; start `hb run` to carry on reporting, or `hb detach` to remove it",
+            state.pid
+        );
+    } else {
+        eprintln!(
+            "hb run on {iface} (pid {}) is not running, and its program is not attached (its interface went away): above is what it recorded; start `hb run` to carry on, or `hb detach` to remove it",
+            state.pid
+        );
+    }
+    Ok(ExitCode::from(NOT_RUNNING))
 }

@@ -55,6 +55,8 @@ pub struct Config {
     pub kind: IngestKind,
     /// The interface heartbeats arrive on (XDP).
     pub iface: Option<String>,
+    /// The bpffs to pin in (`--bpffs`; else found, see `xdp::Bpffs`).
+    pub bpffs: Option<std::path::PathBuf>,
     /// The address socket mode receives on.
     pub listen: IpAddr,
     pub port: u16,

@@ -3,26 +3,29 @@
 //! sweeping (its hosts go silent, which is the truth), and attaches again
 //! when an interface of that name is back.
 
+use std::path::PathBuf;
+
 use log::{info, warn};
 
-use super::{
-    pins,
-    program::{self, AttachMode, Loaded},
-};
+use super::program::{self, AttachMode, Loaded};
 
 pub struct IfaceWatch {
     name: String,
     mode: AttachMode,
+    /// Where the collector's link is pinned.
+    link: PathBuf,
     /// The index attached to, or None while the interface is gone.
     index: Option<u32>,
 }
 
 impl IfaceWatch {
-    /// Watches `name`, to which the program was just attached in `mode`.
-    pub fn new(name: &str, mode: AttachMode) -> Self {
+    /// Watches `name`, to which the program was just attached in `mode`
+    /// through the link pinned at `link`.
+    pub fn new(name: &str, mode: AttachMode, link: PathBuf) -> Self {
         Self {
             name: name.to_owned(),
             mode,
+            link,
             index: if_index(name),
         }
     }
@@ -42,7 +45,7 @@ impl IfaceWatch {
             return;
         }
         // Back (or replaced by a new interface of that name).
-        match program::attach(loaded, iface, self.mode, Some(&pins::link_path(iface))) {
+        match program::attach(loaded, iface, self.mode, Some(&self.link)) {
             Ok(_) => {
                 info!("{iface} is back: attached again");
                 self.index = now;

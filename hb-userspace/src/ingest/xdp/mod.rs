@@ -2,8 +2,11 @@
 //! mapped into the collector, and its state pinned so that it outlives the
 //! process (see `pins`).
 
+mod bpffs;
 mod counters;
 mod iface;
+pub mod link;
+pub mod lock;
 pub mod pins;
 pub mod program;
 pub mod table;
@@ -14,8 +17,11 @@ use anyhow::{Result, bail};
 use hb_common::AuthMode;
 use log::{info, warn};
 
+pub use bpffs::{Bpffs, join_host_mounts};
+pub use iface::if_index;
 pub use program::{
-    AttachMode, AuthSettings, Loaded, Settings, auth_mode, check_environment, probe,
+    AttachMode, AuthSettings, Loaded, Settings, auth_mode, check_environment, check_privileges,
+    probe,
 };
 pub use table::HostTable;
 
@@ -28,18 +34,27 @@ use crate::{
         tracker::{Tracker, Words},
     },
 };
-use iface::{IfaceWatch, if_index};
+use iface::IfaceWatch;
+use lock::Lock;
+use pins::{Created, Instance};
+use program::Attached;
 
 type KernelLog = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 pub struct XdpIngest {
-    iface: String,
+    instance: Instance,
+    /// Held for the process's lifetime: no other `hb run` on this instance.
+    lock: Option<Lock>,
     loaded: Loaded,
     kernel_log: Option<KernelLog>,
     watch: IfaceWatch,
-    /// While set, dropping this removes the pins: a failure during start-up
-    /// must leave nothing behind.
-    pins_armed: bool,
+    /// While set, dropping this undoes what this start created: a failure
+    /// during start-up leaves nothing of its own behind, and never removes
+    /// what an earlier collector left to carry on from.
+    created: Option<Created>,
+    /// Whether the program outlives this process: its link is pinned, in a
+    /// bpffs that outlives it.
+    outlives: bool,
     /// Whether `finish` detaches (SIGINT, SIGTERM) or leaves the program
     /// recording for the next collector (SIGUSR2).
     detach: bool,
@@ -49,42 +64,55 @@ impl XdpIngest {
     /// Loads the program (carrying on from pinned maps where a collector
     /// left them) and attaches it to `iface`.
     pub fn start(config: &Config, iface: &str, ev: &mut EventLoop) -> Result<Self> {
-        if let Some(other) = pins::running(iface)
-            && other.pid != std::process::id()
-        {
-            bail!(
-                "another hb run (pid {}) is already watching {iface}: stop it first",
-                other.pid
-            );
-        }
         // Unknown interfaces fail here, before anything is pinned for them.
         if if_index(iface).is_none() {
             bail!(
                 "unknown interface `{iface}`: pick one from `ip link` (in this network namespace)"
             );
         }
-        let resuming = pins::prepare(iface)?;
-        // Until the loop runs, a failure undoes what this run pinned, but
-        // never what an earlier collector left to carry on from.
-        let loaded = load(config, iface).inspect_err(|_| {
-            if !resuming {
-                pins::remove(iface);
-            }
-        })?;
+        let bpffs = Bpffs::find_or_mount(config.bpffs.as_deref())?;
+        let instance = Instance::new(iface, bpffs)?;
+        let lock = match Lock::acquire(&instance.lock_file())? {
+            Ok(lock) => lock,
+            Err(held) => bail!(
+                "another hb run ({held}) is already watching {iface} in this network namespace: stop it first (`hb status --iface {iface}` shows it)"
+            ),
+        };
+        if instance.bpffs.private {
+            warn!(
+                "the bpffs hb mounted at {} lives only in hb's own mount namespace (e.g. under `ip netns exec`) and goes away with hb: the program detaches when hb stops, and restarts will not be gap-free; mount bpffs at /sys/fs/bpf in the host's mount namespace and run hb there (`hb run --netns NAME` rather than `ip netns exec`), or pass --bpffs DIR on a bpffs that outlives hb",
+                instance.bpffs.root.display()
+            );
+        }
+        let created = pins::prepare(&instance)?;
+        let loaded = load(config, &instance).inspect_err(|_| pins::undo(&instance, &created))?;
+        let link = instance.link();
         let mut this = Self {
-            iface: iface.to_owned(),
             loaded,
             kernel_log: None,
             // Watched from the index attached to (set again below).
-            watch: IfaceWatch::new(iface, config.attach_mode),
-            pins_armed: !resuming,
+            watch: IfaceWatch::new(iface, config.attach_mode, link.clone()),
+            created: Some(created),
+            outlives: false,
             detach: true,
+            lock: Some(lock),
+            instance,
         };
         this.kernel_log = kernel_log(&mut this.loaded, ev)?;
-        let link = pins::link_path(iface);
-        program::attach(&mut this.loaded, iface, config.attach_mode, Some(&link))?;
-        this.watch = IfaceWatch::new(iface, config.attach_mode);
-        pins::write_state(iface, &state(config))?;
+        let attached = program::attach(&mut this.loaded, iface, config.attach_mode, Some(&link))?;
+        let created = this.created.as_mut().expect("set above");
+        match attached {
+            Attached::TookOver => created.took_over = true,
+            Attached::Fresh { pinned, .. } => created.link = pinned,
+        }
+        this.outlives = !this.instance.bpffs.private
+            && matches!(
+                attached,
+                Attached::TookOver | Attached::Fresh { pinned: true, .. }
+            );
+        this.watch = IfaceWatch::new(iface, config.attach_mode, link);
+        created.state = !this.instance.state_file().exists();
+        pins::write_state(&this.instance, &state(config, &this.instance))?;
         info!(
             "watching UDP port {} on {iface}: timeout {}, sweep every {}, up to {} hosts, {}",
             config.port,
@@ -101,14 +129,14 @@ impl XdpIngest {
     }
 }
 
-/// Loads the program with `config`'s settings, its maps pinned for `iface`.
-fn load(config: &Config, iface: &str) -> Result<Loaded> {
+/// Loads the program with `config`'s settings, its maps pinned for `inst`.
+fn load(config: &Config, inst: &Instance) -> Result<Loaded> {
     let settings = Settings {
         port: config.port,
         pass_heartbeats: config.pass_heartbeats,
         max_hosts: config.max_hosts,
     };
-    program::load_with(settings, config.auth.as_ref(), Some(&pins::maps_dir(iface)))
+    program::load_with(settings, config.auth.as_ref(), Some(&inst.maps_dir()))
 }
 
 /// The program's own log lines, forwarded to hb's log when its fd is
@@ -127,7 +155,7 @@ fn kernel_log(loaded: &mut Loaded, ev: &mut EventLoop) -> Result<Option<KernelLo
 }
 
 /// What `hb status` reads about this collector.
-fn state(config: &Config) -> pins::State {
+fn state(config: &Config, inst: &Instance) -> pins::State {
     pins::State {
         pid: std::process::id(),
         layout: pins::LAYOUT_VERSION,
@@ -137,6 +165,7 @@ fn state(config: &Config) -> pins::State {
         max_hosts: config.max_hosts,
         started: timestamp(std::time::SystemTime::now()),
         auth: auth_name(config.auth.as_ref()).to_owned(),
+        netns_cookie: inst.netns_cookie,
     }
 }
 
@@ -161,10 +190,10 @@ impl Ingest for XdpIngest {
             let census = tracker.census();
             info!(
                 "carrying on from the last collector on {}: {} hosts known, {} silent; only changes since its last sweep are reported",
-                self.iface, census.hosts, census.silent
+                self.instance.iface, census.hosts, census.silent
             );
         }
-        self.pins_armed = false;
+        self.created = None;
         Ok(tracker)
     }
 
@@ -190,14 +219,18 @@ impl Ingest for XdpIngest {
     }
 
     fn on_stop(&mut self, signal: &str) {
-        if signal == "SIGUSR2" {
+        let iface = &self.instance.iface;
+        if signal != "SIGUSR2" {
+            info!("{signal}: detaching from {iface}");
+        } else if self.outlives {
             info!(
-                "SIGUSR2: stopping for a restart; the program stays attached to {} and keeps recording, the next `hb run` carries on",
-                self.iface
+                "SIGUSR2: stopping for a restart; the program stays attached to {iface} and keeps recording, the next `hb run` carries on"
             );
             self.detach = false;
         } else {
-            info!("{signal}: detaching from {}", self.iface);
+            info!(
+                "SIGUSR2: stopping; the program cannot outlive hb here (see the warning at start), so it detaches from {iface} and the next `hb run` starts from an empty table"
+            );
         }
     }
 
@@ -205,18 +238,21 @@ impl Ingest for XdpIngest {
     /// the last ones: dropping the program detaches it) and removes the
     /// pins; without, leaves the program recording for the next collector.
     fn finish(mut self: Box<Self>) {
-        self.pins_armed = false;
+        self.created = None;
         drop(self.kernel_log.take());
         if self.detach {
-            pins::remove(&self.iface);
+            pins::remove(&self.instance);
+            if let Some(lock) = self.lock.take() {
+                lock.remove();
+            }
         }
     }
 }
 
 impl Drop for XdpIngest {
     fn drop(&mut self) {
-        if self.pins_armed {
-            pins::remove(&self.iface);
+        if let Some(created) = self.created.take() {
+            pins::undo(&self.instance, &created);
         }
     }
 }

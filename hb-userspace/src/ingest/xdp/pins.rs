@@ -1,17 +1,27 @@
-//! A collector's state outside its process, so that it survives the process:
+//! A collector's state outside its process, so that it survives the process.
+//! A collector is an *instance*: an interface in a network namespace, named
+//! `<iface>@netns-<inode>` (the namespace's inode, as `ls -i /run/netns/X`
+//! or `readlink /proc/PID/ns/net` show it), because interface names are
+//! only unique within a namespace while bpffs and /run are shared (by
+//! containers too). The name never depends on which process is PID 1.
 //!
-//! - `/sys/fs/bpf/hb/<iface>/link`: the XDP link, pinned. The program stays
+//! - `<bpffs>/hb/<instance>/link`: the XDP link, pinned. The program stays
 //!   attached and keeps stamping heartbeats while no `hb run` is alive (after
 //!   SIGKILL, a crash, or a restart), until `hb run` stops on SIGINT/SIGTERM
-//!   or `hb detach` removes it.
-//! - `/sys/fs/bpf/hb/<iface>/layout-<N>/`: every map, pinned. A new `hb run`
+//!   or `hb detach` removes it. Adopted only if it is attached to this
+//!   interface in this namespace (see `link`).
+//! - `<bpffs>/hb/<instance>/layout-<N>/`: every map, pinned. A new `hb run`
 //!   reuses them: the table, counters and tracker state carry on. `N` is the
 //!   map layout version: pins of another layout are never read as this one.
-//! - `/run/hb/<iface>.json`: pid and settings, for `hb status`.
+//! - `/run/hb/<instance>.json`: pid and settings, for `hb status`.
+//! - `/run/hb/<instance>.lock`: held by the live collector (see `lock`).
 //!
-//! Outside the host's network namespace, `<iface>` is `<iface>@netns-<inode>`.
+//! `<bpffs>` is chosen by `bpffs`. Pins of an hb from before instance names
+//! (`<bpffs>/hb/<iface>`, `/run/hb/<iface>.json`) are adopted by the first
+//! `hb run` whose interface their link is attached to.
 use std::{
-    fs,
+    fs, io,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
 
@@ -21,11 +31,15 @@ use hb_common::{
     ALLOC_MAP, AUTH_MAP, BEATS_MAP, COUNTERS_MAP, HINTS_MAP, LAST_SEEN_MAP, SLOT_KEYS_MAP,
     SLOTS_MAP, TRACKER_MAP,
 };
+use log::{info, warn};
 use serde::{Deserialize, Serialize};
 
-use super::table::{HostTable, TableMaps};
+use super::{
+    bpffs::Bpffs,
+    link::{self, Place},
+    table::{HostTable, TableMaps},
+};
 
-const BPFFS: &str = "/sys/fs/bpf";
 const RUN_DIR: &str = "/run/hb";
 /// Changes whenever the pinned maps' layout (names, types, sizes, meaning)
 /// changes. 3: slot hints, tracker state, replay state (`HB_AUTH`), keys
@@ -60,85 +74,142 @@ pub struct State {
     /// gets the layout message.
     #[serde(default)]
     pub auth: String,
+    /// The collector's network namespace cookie (never reused until
+    /// reboot, unlike its inode): pins named after a namespace that is
+    /// gone, whose inode a new one reuses, are not carried on from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_cookie: Option<u64>,
 }
 
-pub fn pin_dir(iface: &str) -> PathBuf {
-    Path::new(BPFFS).join("hb").join(instance(iface))
+/// One collector's names: an interface in this network namespace.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub iface: String,
+    /// `<iface>@netns-<inode>`.
+    pub name: String,
+    pub bpffs: Bpffs,
+    /// This namespace's cookie, where the kernel tells it.
+    pub netns_cookie: Option<u64>,
 }
 
-/// Where this build's maps are pinned.
-pub fn maps_dir(iface: &str) -> PathBuf {
-    pin_dir(iface).join(format!("layout-{LAYOUT_VERSION}"))
-}
+impl Instance {
+    /// The collector on `iface` in the calling thread's network namespace,
+    /// its pins in `bpffs`.
+    pub fn new(iface: &str, bpffs: Bpffs) -> Result<Self> {
+        let ino = ["/proc/thread-self/ns/net", "/proc/self/ns/net"]
+            .iter()
+            .find_map(|p| fs::metadata(p).ok())
+            .context("cannot tell this network namespace: /proc/self/ns/net is unreadable (is /proc mounted?)")?
+            .ino();
+        Ok(Self {
+            iface: iface.to_owned(),
+            name: format!("{iface}@netns-{ino}"),
+            bpffs,
+            netns_cookie: netns_cookie(),
+        })
+    }
 
-/// Where the XDP link is pinned.
-pub fn link_path(iface: &str) -> PathBuf {
-    pin_dir(iface).join("link")
-}
+    /// The collector's pin directory.
+    pub fn dir(&self) -> PathBuf {
+        self.bpffs.root.join("hb").join(&self.name)
+    }
 
-pub fn state_file(iface: &str) -> PathBuf {
-    Path::new(RUN_DIR).join(format!("{}.json", instance(iface)))
-}
+    /// Where this build's maps are pinned.
+    pub fn maps_dir(&self) -> PathBuf {
+        self.dir().join(format!("layout-{LAYOUT_VERSION}"))
+    }
 
-/// The name of the collector on `iface`: the interface name, qualified by
-/// the network namespace outside the host's own, because interface names
-/// are only unique within a namespace while bpffs and /run are shared.
-/// `hb status` run in the same namespace finds the same name.
-fn instance(iface: &str) -> String {
-    use std::os::unix::fs::MetadataExt as _;
-    let ino = |p: &str| fs::metadata(p).map(|m| m.ino()).ok();
-    match (ino("/proc/thread-self/ns/net"), ino("/proc/1/ns/net")) {
-        (Some(own), Some(init)) if own == init => iface.to_owned(),
-        // Not the host's namespace, or it cannot be told (pid 1 hidden).
-        (Some(own), _) => format!("{iface}@netns-{own}"),
-        (None, _) => iface.to_owned(),
+    /// Where the XDP link is pinned.
+    pub fn link(&self) -> PathBuf {
+        self.dir().join("link")
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        Path::new(RUN_DIR).join(format!("{}.json", self.name))
+    }
+
+    pub fn lock_file(&self) -> PathBuf {
+        Path::new(RUN_DIR).join(format!("{}.lock", self.name))
+    }
+
+    /// Where an hb from before instance names pinned for `iface`.
+    pub fn legacy_dir(&self) -> PathBuf {
+        self.bpffs.root.join("hb").join(&self.iface)
+    }
+
+    fn legacy_state_file(&self) -> PathBuf {
+        Path::new(RUN_DIR).join(format!("{}.json", self.iface))
     }
 }
 
-/// Mounts bpffs at /sys/fs/bpf if nothing is mounted there.
-pub fn ensure_bpffs() -> Result<()> {
-    let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-    if mounts.lines().any(|l| {
-        l.split_whitespace().nth(1) == Some(BPFFS) && l.split_whitespace().nth(2) == Some("bpf")
-    }) {
-        return Ok(());
+/// This network namespace's cookie (SO_NETNS_COOKIE, Linux 5.14+).
+fn netns_cookie() -> Option<u64> {
+    // SAFETY: plain socket call.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
     }
-    fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
-    let (src, target, fstype) = (c"bpffs", c"/sys/fs/bpf", c"bpf");
-    // SAFETY: valid C strings; no data argument.
+    // SAFETY: a new fd that nothing else owns.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut cookie = 0u64;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt into a live u64 of the given length.
     let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
         )
     };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .context("bpffs is not mounted at /sys/fs/bpf and mounting it failed; mount it with `mount -t bpf bpffs /sys/fs/bpf`");
-    }
-    log::info!("mounted bpffs at {BPFFS}");
-    Ok(())
+    (rc == 0).then_some(cookie)
 }
 
-/// Gets the pin directory ready for this build: creates it, and removes
+/// What a start of `hb run` created, so that a failed start removes that
+/// and nothing else.
+#[derive(Debug, Default)]
+pub struct Created {
+    dir: bool,
+    maps_dir: bool,
+    /// Map pins that were not there before.
+    maps: Vec<&'static str>,
+    /// The link pin (a new attachment).
+    pub link: bool,
+    /// The program replaced another on a pinned link: the maps it records
+    /// into now back the interface's filter, and stay.
+    pub took_over: bool,
+    pub state: bool,
+}
+
+/// Gets the pin directory ready for this build: adopts the pins of an hb
+/// from before instance names, drops those of a namespace that is gone,
+/// refuses a link attached elsewhere, creates the directories, and removes
 /// maps pinned by an hb with another map layout (their contents cannot be
 /// read as this layout's). A pinned link is kept: the new program replaces
-/// the old one on it without a gap. Returns whether this layout's maps are
-/// already there (state to carry on from).
-pub fn prepare(iface: &str) -> Result<bool> {
-    ensure_bpffs()?;
-    let dir = pin_dir(iface);
+/// the old one on it without a gap. Call with the instance's lock held.
+pub fn prepare(inst: &Instance) -> Result<Created> {
+    adopt_legacy(inst)?;
+    forget_stale(inst)?;
+    if let Some(Place::Elsewhere { ifindex, program }) = link::place(&inst.link(), &inst.iface)? {
+        bail!(
+            "{} is attached to another interface (index {ifindex}, program {program}), not to {} in this network namespace: hb leaves it alone. If no collector uses it, remove {} by hand",
+            inst.link().display(),
+            inst.iface,
+            inst.dir().display()
+        );
+    }
+    let mut created = Created::default();
+    let dir = inst.dir();
+    created.dir = !dir.exists();
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let ours = maps_dir(iface);
+    let ours = inst.maps_dir();
     for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
-        if path == ours || path == link_path(iface) {
+        if path == ours || path == inst.link() {
             continue;
         }
-        log::warn!(
+        warn!(
             "{} was pinned by an hb build with another map layout (this one uses layout {LAYOUT_VERSION}): replacing it; the hosts it knew will be reported as new",
             path.display()
         );
@@ -149,44 +220,168 @@ pub fn prepare(iface: &str) -> Result<bool> {
         };
         removed.with_context(|| format!("removing {}", path.display()))?;
     }
+    created.maps_dir = !ours.exists();
     fs::create_dir_all(&ours).with_context(|| format!("creating {}", ours.display()))?;
-    Ok(ours.join(SLOTS_MAP).exists())
+    created.maps = PINNED_MAPS
+        .into_iter()
+        .filter(|m| !ours.join(m).exists())
+        .collect();
+    Ok(created)
 }
 
-pub fn write_state(iface: &str, state: &State) -> Result<()> {
+/// Undoes a failed start: removes what `created` says it made, and only
+/// that (never what an earlier collector left to carry on from).
+pub fn undo(inst: &Instance, created: &Created) {
+    if created.link {
+        let _ = fs::remove_file(inst.link());
+    }
+    if !created.took_over {
+        for map in &created.maps {
+            let _ = fs::remove_file(inst.maps_dir().join(map));
+        }
+    }
+    // Only if empty.
+    if created.maps_dir {
+        let _ = fs::remove_dir(inst.maps_dir());
+    }
+    if created.dir {
+        let _ = fs::remove_dir(inst.dir());
+    }
+    if created.state {
+        let _ = fs::remove_file(inst.state_file());
+    }
+}
+
+/// Pins of an hb from before instance names, under the bare interface
+/// name. That name was shared by every namespace whose PID 1 was in it
+/// (containers, too), so they are adopted only if their link is attached
+/// to this interface in this namespace: renamed to this instance's name,
+/// so the table, counters and tracker state carry on and no host is lost.
+fn adopt_legacy(inst: &Instance) -> Result<()> {
+    let old = inst.legacy_dir();
+    if inst.dir().exists() || !old.is_dir() {
+        return Ok(());
+    }
+    match link::place(&old.join("link"), &inst.iface)? {
+        Some(Place::Here) => {}
+        Some(Place::Elsewhere { .. }) => {
+            info!(
+                "{} belongs to an earlier hb on another interface named {} (in another network namespace): left alone",
+                old.display(),
+                inst.iface
+            );
+            return Ok(());
+        }
+        Some(Place::Gone) | None => {
+            info!(
+                "{} was left by an earlier hb whose program is attached nowhere, so hb cannot tell whose it is: left alone (remove it by hand if no collector uses it)",
+                old.display()
+            );
+            return Ok(());
+        }
+    }
+    if let Some(pid) = legacy_alive(inst) {
+        bail!(
+            "an earlier hb run (pid {pid}) is watching {}: stop it with SIGUSR2 (its program stays attached) and start this one again, which carries on from it",
+            inst.iface
+        );
+    }
+    fs::rename(&old, inst.dir())
+        .with_context(|| format!("renaming {} to {}", old.display(), inst.dir().display()))?;
+    let _ = fs::remove_file(inst.legacy_state_file());
+    info!(
+        "adopted the pins an earlier hb left at {} (now {}): carrying on from its table, no host lost",
+        old.display(),
+        inst.dir().display()
+    );
+    Ok(())
+}
+
+/// The pid of a live earlier hb that wrote the legacy state file (earlier
+/// builds hold no lock: its pid is all there is).
+fn legacy_alive(inst: &Instance) -> Option<u32> {
+    let state: State = serde_json::from_slice(&fs::read(inst.legacy_state_file()).ok()?).ok()?;
+    let stat = fs::read_to_string(format!("/proc/{}/stat", state.pid)).ok()?;
+    // "pid (comm) S ...": a zombie is not watching anything.
+    let (comm, rest) = stat.split_once(") ")?;
+    (comm.ends_with("(hb") && !rest.starts_with('Z')).then_some(state.pid)
+}
+
+/// Pins named after a network namespace that is gone, whose inode this one
+/// reuses: their table is not this namespace's, so they are removed
+/// (unless their link is attached somewhere, which `prepare` refuses).
+fn forget_stale(inst: &Instance) -> Result<()> {
+    let Some(state) = last_state(inst) else {
+        return Ok(());
+    };
+    let (Some(theirs), Some(ours)) = (state.netns_cookie, inst.netns_cookie) else {
+        return Ok(());
+    };
+    if theirs == ours || !inst.dir().exists() {
+        return Ok(());
+    }
+    if matches!(
+        link::place(&inst.link(), &inst.iface)?,
+        Some(Place::Elsewhere { .. })
+    ) {
+        return Ok(());
+    }
+    warn!(
+        "{} was left by a collector in a network namespace that is gone (this one reuses its number): removing it; this collector starts from an empty table",
+        inst.dir().display()
+    );
+    fs::remove_dir_all(inst.dir()).with_context(|| format!("removing {}", inst.dir().display()))?;
+    let _ = fs::remove_file(inst.state_file());
+    Ok(())
+}
+
+pub fn write_state(inst: &Instance, state: &State) -> Result<()> {
     fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
-    let path = state_file(iface);
+    let path = inst.state_file();
     let tmp = path.with_extension("json.tmp");
     fs::write(&tmp, serde_json::to_vec(state)?)
         .with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
 }
 
-/// The collector on `iface`, if one is running.
-pub fn running(iface: &str) -> Option<State> {
-    last_state(iface).filter(|state| Path::new(&format!("/proc/{}", state.pid)).exists())
+/// The state file of the last collector of `inst`, running or not.
+pub fn last_state(inst: &Instance) -> Option<State> {
+    serde_json::from_slice(&fs::read(inst.state_file()).ok()?).ok()
 }
 
-/// The state file of the last collector on `iface`, running or not.
-pub fn last_state(iface: &str) -> Option<State> {
-    serde_json::from_slice(&fs::read(state_file(iface)).ok()?).ok()
+/// Detaches the program (at once, even if a process holds its link) and
+/// removes the link, the pinned maps and the state file.
+pub fn remove(inst: &Instance) {
+    if let Err(e) = link::detach(&inst.link()) {
+        warn!("{e:#}: removing its pin detaches it once no process holds it");
+    }
+    let _ = fs::remove_file(inst.link());
+    let _ = fs::remove_dir_all(inst.dir());
+    let _ = fs::remove_file(inst.state_file());
 }
 
-/// Detaches the program (unpins its link: the last reference, once this
-/// process lets go of it) and removes the pinned maps and the state file.
-pub fn remove(iface: &str) {
-    let _ = fs::remove_file(link_path(iface));
-    let _ = fs::remove_dir_all(pin_dir(iface));
-    let _ = fs::remove_file(state_file(iface));
+/// Removes what an earlier hb pinned under the bare interface name, if its
+/// link is attached to this interface here; whether it did.
+pub fn remove_legacy(inst: &Instance) -> Result<bool> {
+    let old = inst.legacy_dir();
+    if link::place(&old.join("link"), &inst.iface)? != Some(Place::Here) {
+        return Ok(false);
+    }
+    link::detach(&old.join("link"))?;
+    let _ = fs::remove_file(old.join("link"));
+    fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+    let _ = fs::remove_file(inst.legacy_state_file());
+    Ok(true)
 }
 
-/// Opens the pinned table (with its counters) of the collector on `iface`,
+/// Opens the pinned table (with its counters) of `inst`'s collector,
 /// whether its `hb run` is alive or not (the program records without it).
-pub fn open(iface: &str) -> Result<(State, HostTable)> {
-    let Some(state) = last_state(iface) else {
+pub fn open(inst: &Instance) -> Result<(State, HostTable)> {
+    let iface = &inst.iface;
+    let Some(state) = last_state(inst) else {
         bail!(
-            "no hb collector is running on {iface} (no state in {})",
-            state_file(iface).display()
+            "no state of a collector on {iface} in {}",
+            inst.state_file().display()
         );
     };
     if state.layout != LAYOUT_VERSION {
@@ -196,13 +391,7 @@ pub fn open(iface: &str) -> Result<(State, HostTable)> {
             state.layout
         );
     }
-    let dir = maps_dir(iface);
-    if !dir.join(SLOTS_MAP).exists() {
-        bail!(
-            "no hb collector is running on {iface} (nothing pinned in {})",
-            dir.display()
-        );
-    }
+    let dir = inst.maps_dir();
     let load = |name: &str| {
         MapData::from_pin(dir.join(name))
             .with_context(|| format!("opening pinned {name} in {}", dir.display()))
@@ -217,4 +406,41 @@ pub fn open(iface: &str) -> Result<(State, HostTable)> {
         counters: Map::PerCpuArray(load(COUNTERS_MAP)?),
     })?;
     Ok((state, table))
+}
+
+/// Whether `e` (anywhere in its chain) is the kernel refusing permission.
+pub fn is_permission_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>().is_some_and(|io| {
+            io.kind() == io::ErrorKind::PermissionDenied
+                || matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+        })
+    })
+}
+
+/// For tests and tools: the names `hb run` on `iface` uses from the calling
+/// thread's network namespace, with bpffs chosen as `hb run` chooses it.
+fn here(iface: &str) -> Instance {
+    let bpffs = Bpffs::find(None).expect("no --bpffs: never fails");
+    Instance::new(iface, bpffs).expect("/proc/self/ns/net")
+}
+
+/// The pin directory of the collector on `iface` in this namespace.
+pub fn pin_dir(iface: &str) -> PathBuf {
+    here(iface).dir()
+}
+
+/// Where the XDP link of the collector on `iface` is pinned.
+pub fn link_path(iface: &str) -> PathBuf {
+    here(iface).link()
+}
+
+/// The state file of the collector on `iface` in this namespace.
+pub fn state_file(iface: &str) -> PathBuf {
+    here(iface).state_file()
+}
+
+/// Mounts bpffs at /sys/fs/bpf if none is mounted there.
+pub fn ensure_bpffs() -> Result<()> {
+    Bpffs::find_or_mount(None).map(drop)
 }

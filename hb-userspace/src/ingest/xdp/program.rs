@@ -20,6 +20,7 @@ use hb_common::{
 use log::{info, warn};
 
 use super::{
+    link::{self, Place},
     pins,
     table::{HostTable, TableMaps, TrackerWords},
 };
@@ -63,6 +64,16 @@ pub enum AttachMode {
 pub enum AttachError {
     #[error("unknown interface `{0}`: pick one from `ip link` (in this network namespace)")]
     UnknownInterface(String),
+    #[error(
+        "{} is attached to another interface (index {ifindex}, program {program}), not to {iface} in this network namespace: hb leaves it alone",
+        pin.display()
+    )]
+    Foreign {
+        pin: std::path::PathBuf,
+        iface: String,
+        ifindex: u32,
+        program: u32,
+    },
     #[error("attaching XDP ({mode:?} mode) to {iface}")]
     Refused {
         iface: String,
@@ -194,9 +205,14 @@ pub fn load_with(
             loader.map_pin_path(name, dir.join(name));
         }
     }
-    let mut ebpf = loader
-        .load(OBJECT)
-        .context("loading the eBPF object (are you root, on a kernel with BPF and BTF?)")?;
+    let mut ebpf = loader.load(OBJECT).map_err(|e| {
+        let e = anyhow::Error::new(e);
+        if pins::is_permission_error(&e) {
+            e.context("loading the eBPF object needs root: run hb as root or with CAP_BPF and CAP_NET_ADMIN")
+        } else {
+            e.context("loading the eBPF object (hb needs a kernel with BPF, XDP and BTF)")
+        }
+    })?;
     let program: &mut Xdp = xdp_program(&mut ebpf)?;
     program
         .load()
@@ -258,16 +274,19 @@ pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
 /// How the program came to be attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attached {
-    /// Attached anew in this mode.
-    Fresh(XdpMode),
+    /// Attached anew in this mode; `pinned`: its link is pinned (else it
+    /// detaches when this process ends).
+    Fresh { mode: XdpMode, pinned: bool },
     /// Replaced the program on a pinned link in one step: the interface was
     /// never without a heartbeat filter.
     TookOver,
 }
 
 /// Attaches to `iface`. With `link_pin`, a link pinned there by an earlier
-/// collector gets this program in its place atomically; otherwise the new
-/// link is pinned there, so that the program outlives this process.
+/// collector gets this program in its place atomically, if it is attached
+/// to `iface` in this network namespace (a link attached elsewhere is left
+/// alone, and attaching fails); otherwise the new link is pinned there, so
+/// that the program outlives this process.
 pub fn attach(
     loaded: &mut Loaded,
     iface: &str,
@@ -275,19 +294,38 @@ pub fn attach(
     link_pin: Option<&Path>,
 ) -> Result<Attached> {
     let program = xdp_program(&mut loaded.ebpf)?;
-    if let Some(pin) = link_pin.filter(|p| p.exists()) {
-        match take_over(program, pin) {
-            Ok(()) => {
-                info!("took over the program attached to {iface}: no heartbeat missed");
-                return Ok(Attached::TookOver);
-            }
-            Err(e) => {
-                warn!(
-                    "cannot take over the pinned link {} ({e:#}): attaching anew",
+    if let Some(pin) = link_pin {
+        match link::place(pin, iface)? {
+            Some(Place::Here) => match take_over(program, pin) {
+                Ok(()) => {
+                    info!("took over the program attached to {iface}: no heartbeat missed");
+                    return Ok(Attached::TookOver);
+                }
+                Err(e) => {
+                    warn!(
+                        "cannot take over the pinned link {} ({e:#}): detaching it and attaching anew; heartbeats arriving meanwhile reach the stack",
+                        pin.display()
+                    );
+                    let _ = std::fs::remove_file(pin);
+                }
+            },
+            Some(Place::Gone) => {
+                info!(
+                    "the link pinned at {} lost its interface (deleted since): attaching anew",
                     pin.display()
                 );
                 let _ = std::fs::remove_file(pin);
             }
+            Some(Place::Elsewhere { ifindex, program }) => {
+                return Err(AttachError::Foreign {
+                    pin: pin.to_owned(),
+                    iface: iface.into(),
+                    ifindex,
+                    program,
+                }
+                .into());
+            }
+            None => {}
         }
     }
     let try_mode = |program: &mut Xdp, m: XdpMode| {
@@ -321,6 +359,7 @@ pub fn attach(
         },
     };
     info!("attached to {iface} in {} mode", mode_name(mode));
+    let mut pinned = false;
     if let Some(pin) = link_pin {
         let link = program.take_link(id)?;
         match FdLink::try_from(link) {
@@ -329,13 +368,14 @@ pub fn attach(
                 fd_link
                     .pin(pin)
                     .with_context(|| format!("pinning the XDP link at {}", pin.display()))?;
+                pinned = true;
             }
             Err(e) => warn!(
                 "the XDP program is attached through netlink ({e}), which cannot be pinned: it detaches when hb stops, and a restart misses heartbeats"
             ),
         }
     }
-    Ok(Attached::Fresh(mode))
+    Ok(Attached::Fresh { mode, pinned })
 }
 
 fn take_over(program: &mut Xdp, pin: &Path) -> Result<()> {
@@ -368,16 +408,39 @@ pub fn probe() -> Result<()> {
 
 /// Fails early with a clear message where hb cannot work at all.
 pub fn check_environment() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "hb run loads an XDP program, which needs root (or CAP_BPF and CAP_NET_ADMIN): run it with sudo"
-        );
-    }
+    check_privileges("hb run loads an XDP program, which")?;
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
         bail!(
             "this kernel exposes no BTF (/sys/kernel/btf/vmlinux): hb needs a kernel with CONFIG_DEBUG_INFO_BTF and XDP"
         );
     }
     Ok(())
+}
+
+/// Fails, naming the fix, unless this process may use BPF and XDP: root,
+/// or CAP_BPF (CAP_SYS_ADMIN before Linux 5.8) and CAP_NET_ADMIN. `what`
+/// starts the message ("hb status, which").
+pub fn check_privileges(what: &str) -> Result<()> {
+    if !may_use_bpf() {
+        bail!("{what} needs root: run it as root or with CAP_BPF and CAP_NET_ADMIN");
+    }
+    Ok(())
+}
+
+fn may_use_bpf() -> bool {
+    const NET_ADMIN: u64 = 1 << 12;
+    const SYS_ADMIN: u64 = 1 << 21;
+    const BPF: u64 = 1 << 39;
+    let effective = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|caps| u64::from_str_radix(caps.trim(), 16).ok())
+        });
+    match effective {
+        Some(caps) => caps & NET_ADMIN != 0 && caps & (BPF | SYS_ADMIN) != 0,
+        // SAFETY: geteuid has no preconditions.
+        None => (unsafe { libc::geteuid() }) == 0,
+    }
 }
