@@ -21,6 +21,8 @@ pub struct RingWriter {
     inflight: Vec<u8>,
     written: usize,
     busy: bool,
+    /// Bytes written since the start.
+    total: u64,
 }
 
 impl RingWriter {
@@ -36,7 +38,13 @@ impl RingWriter {
             inflight: Vec::new(),
             written: 0,
             busy: false,
+            total: 0,
         }
+    }
+
+    /// Bytes written since the start, of all that was queued.
+    pub fn bytes_written(&self) -> u64 {
+        self.total
     }
 
     /// Queues complete lines and starts writing if idle.
@@ -79,6 +87,7 @@ impl RingWriter {
             bail!("writing events to stdout: wrote nothing");
         }
         self.written += result as usize;
+        self.total += result as u64;
         if self.written < self.inflight.len() {
             return self.submit(ev);
         }
@@ -121,6 +130,7 @@ impl RingWriter {
         });
         out.write_all(&self.pending)
             .context("writing events to stdout")?;
+        self.total += self.pending.len() as u64;
         self.pending.clear();
         Ok(())
     }
