@@ -80,13 +80,18 @@ impl Told {
             Transition::Silent { host, .. } => (host, What::Silent),
             Transition::Recovered { host, .. } => (host, What::Recovered),
         };
-        Self { at, slot, what }
+        // 0 in the words means "nothing told".
+        Self {
+            at: at.max(1),
+            slot,
+            what,
+        }
     }
 
     /// The summary line of the sweep at `at`.
     pub fn swept(at: u64) -> Self {
         Self {
-            at,
+            at: at.max(1),
             slot: 0,
             what: What::Swept,
         }
