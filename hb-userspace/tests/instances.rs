@@ -18,7 +18,7 @@
 
 use std::{
     fs::{self, File},
-    net::{TcpListener, UdpSocket},
+    net::UdpSocket,
     path::PathBuf,
     process::{Command, Stdio},
     thread,
@@ -643,49 +643,27 @@ fn a_failed_start_removes_only_what_it_created() {
     assert_eq!(wait_exit(&mut c.proc, Duration::from_secs(10)), Some(0));
     // As after an upgrade from another map layout: the link stays, the
     // maps are new.
-    let (dir, _) = names(&link.a, iface);
+    let (dir, state) = names(&link.a, iface);
     fs::rename(dir.join("layout-4"), dir.join("layout-3")).unwrap();
 
-    // Fails after attaching: the metrics address is taken.
-    let busy = link
-        .a
-        .within(|| TcpListener::bind("127.0.0.1:0").unwrap())
-        .unwrap();
-    let port = busy.local_addr().unwrap().port().to_string();
-    let (code, _, err) = hb(
-        &link.a,
-        &[
-            "run",
-            "--iface",
-            iface,
-            "--metrics-listen",
-            &format!("127.0.0.1:{port}"),
-        ],
-    );
+    // Fails after attaching: its state file cannot be written (a
+    // directory stands in its place; options and the metrics address are
+    // all checked before anything is attached).
+    let _ = fs::remove_file(&state);
+    fs::create_dir(&state).unwrap();
+    let (code, _, err) = hb(&link.a, &["run", "--iface", iface]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("took over"), "{err}");
     assert!(dir.join("link").exists(), "link removed: {err}");
     assert!(!heartbeat_reaches_socket(&link), "program detached: {err}");
 
     // A fresh start on a fresh interface that fails removes all it made.
-    drop(busy);
+    fs::remove_dir(&state).unwrap();
     let (code, _, err) = hb(&link.a, &["detach", "--iface", iface]);
     assert_eq!(code, Some(0), "{err}");
-    let busy = link
-        .a
-        .within(|| TcpListener::bind("127.0.0.1:0").unwrap())
-        .unwrap();
-    let port = busy.local_addr().unwrap().port().to_string();
-    let (code, _, err) = hb(
-        &link.a,
-        &[
-            "run",
-            "--iface",
-            iface,
-            "--metrics-listen",
-            &format!("127.0.0.1:{port}"),
-        ],
-    );
+    fs::create_dir(&state).unwrap();
+    let (code, _, err) = hb(&link.a, &["run", "--iface", iface]);
+    let _ = fs::remove_dir(&state);
     assert_eq!(code, Some(1), "{err}");
     assert!(!dir.exists(), "{dir:?} left behind: {err}");
     assert!(heartbeat_reaches_socket(&link), "{err}");

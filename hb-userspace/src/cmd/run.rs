@@ -56,6 +56,8 @@ pub fn run(args: RunArgs) -> Result<()> {
                 ingest.on_tick(&mut events)?;
                 sweeper.sweep(ingest.table())?;
                 stdout.write(&mut events, sweeper.lines())?;
+                // Settles at once where nothing more will be written.
+                sweeper.written(stdout.bytes_written());
                 continue;
             }
             Wake::Stop(signal) => break signal,
@@ -72,7 +74,10 @@ pub fn run(args: RunArgs) -> Result<()> {
             } => (token, result, flags),
         };
         match token {
-            Token::Stdout => stdout.complete(&mut events, result)?,
+            Token::Stdout => {
+                stdout.complete(&mut events, result)?;
+                sweeper.written(stdout.bytes_written());
+            }
             Token::Ingest(op) => ingest.complete(&mut events, op, result, flags)?,
             Token::Http { conn, op } => {
                 if let Some(server) = http.as_mut() {
@@ -88,6 +93,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     ingest.on_stop(signal);
     // Lines already queued are written before exiting.
     stdout.drain(&mut events)?;
+    sweeper.written(stdout.bytes_written());
     ingest.finish();
     Ok(())
 }

@@ -25,6 +25,8 @@ pub struct RingWriter {
     busy: bool,
     /// A write failed: lines are no longer written.
     failed: bool,
+    /// Bytes written since the start.
+    total: u64,
 }
 
 impl RingWriter {
@@ -41,7 +43,15 @@ impl RingWriter {
             written: 0,
             busy: false,
             failed: false,
+            total: 0,
         }
+    }
+
+    /// Bytes written since the start, of all that was queued. Once writing
+    /// failed, everything counts as written: those lines are given up, and
+    /// what they tell must not wait for them forever.
+    pub fn bytes_written(&self) -> u64 {
+        if self.failed { u64::MAX } else { self.total }
     }
 
     /// Queues complete lines and starts writing if idle.
@@ -89,6 +99,7 @@ impl RingWriter {
             return Ok(());
         }
         self.written += result as usize;
+        self.total += result as u64;
         if self.written < self.inflight.len() {
             return self.submit(ev);
         }
@@ -144,6 +155,7 @@ impl RingWriter {
         });
         out.write_all(&self.pending)
             .context("writing events to stdout")?;
+        self.total += self.pending.len() as u64;
         self.pending.clear();
         Ok(())
     }

@@ -1,6 +1,9 @@
 //! One sweep: read the table, update host states, write events and a summary.
 
-use std::time::{Instant, SystemTime};
+use std::{
+    collections::VecDeque,
+    time::{Instant, SystemTime},
+};
 
 use anyhow::Result;
 use hb_common::Counter;
@@ -11,7 +14,7 @@ use crate::clock::monotonic_ns;
 use super::{
     events::{Event, Format, Summary, format_event, timestamp},
     table::Table,
-    tracker::{Tracker, Transition},
+    tracker::{Told, Tracker, Transition},
 };
 
 /// Host events reported since the start.
@@ -30,6 +33,12 @@ pub struct Sweeper {
     out: Vec<u8>,
     last_packets: [u64; Counter::COUNT],
     summary: Summary,
+    /// Bytes of every line reported so far (the sweeps' `lines`, one after
+    /// the other).
+    reported: u64,
+    /// Lines not yet known to be written, where the tracker keeps what the
+    /// output was told: where each ends in those bytes, and what it told.
+    untold: VecDeque<(u64, Told)>,
 }
 
 impl Sweeper {
@@ -45,12 +54,29 @@ impl Sweeper {
             out: Vec::new(),
             last_packets: [0; Counter::COUNT],
             summary: Summary::default(),
+            reported: 0,
+            untold: VecDeque::new(),
         }
     }
 
-    /// The lines the last sweep reported, each ending in a newline.
+    /// The lines the last sweep reported, each ending in a newline. Hand
+    /// every sweep's lines to the output, in order, and say how far the
+    /// output got with `written`.
     pub fn lines(&self) -> &[u8] {
         &self.out
+    }
+
+    /// The output has written the first `bytes` bytes of all the lines
+    /// reported: what the lines written whole told is recorded with the
+    /// tracker (a restarted collector does not report it again; what was
+    /// not written, it reports).
+    pub fn written(&mut self, bytes: u64) {
+        while let Some(&(end, told)) = self.untold.front()
+            && end <= bytes
+        {
+            self.tracker.told(told);
+            self.untold.pop_front();
+        }
     }
 
     /// Host events reported since the start.
@@ -60,6 +86,11 @@ impl Sweeper {
 
     pub fn tracker(&self) -> &Tracker {
         &self.tracker
+    }
+
+    #[cfg(test)]
+    fn into_tracker(self) -> Tracker {
+        self.tracker
     }
 
     /// What the last sweep found.
@@ -81,20 +112,34 @@ impl Sweeper {
             format,
             out,
             events,
+            reported,
+            untold,
             ..
         } = self;
         let ts = timestamp(wall);
+        let keep = tracker.keeps_told();
         tracker.sweep(table.last_seen(), now, |t| {
             match t {
                 Transition::New { .. } => events.new += 1,
                 Transition::Silent { .. } => events.silent += 1,
                 Transition::Recovered { .. } => events.recovered += 1,
             }
+            let told = Told::transition(&t, now);
             let t = t.with_host(table.host(*t.host()));
             push_line(out, &format_event(*format, &ts, &Event::Host(t)));
+            if keep {
+                untold.push_back((*reported + out.len() as u64, told));
+            }
         });
 
-        let packets = table.counters()?;
+        let packets = match table.counters() {
+            Ok(packets) => packets,
+            Err(e) => {
+                // The lines so far are still this sweep's.
+                self.reported += self.out.len() as u64;
+                return Err(e);
+            }
+        };
         let delta = |c: Counter| packets[c as usize].saturating_sub(self.last_packets[c as usize]);
         let table_full = delta(Counter::TableFull);
         if table_full > 0 {
@@ -115,6 +160,10 @@ impl Sweeper {
         self.last_packets = packets;
         let line = format_event(self.format, &ts, &Event::Summary(&self.summary));
         push_line(&mut self.out, &line);
+        self.reported += self.out.len() as u64;
+        if keep {
+            self.untold.push_back((self.reported, Told::swept(now)));
+        }
         Ok(())
     }
 }
@@ -122,4 +171,106 @@ impl Sweeper {
 fn push_line(out: &mut Vec<u8>, line: &str) {
     out.extend_from_slice(line.as_bytes());
     out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::atomic::AtomicU64, time::UNIX_EPOCH};
+
+    use hb_common::HostKey;
+
+    use super::*;
+    use crate::track::{
+        events::Host,
+        table::Counts,
+        tracker::{Words, state_words},
+    };
+
+    const S: u64 = 1_000_000_000;
+    const SLOTS: usize = 8;
+
+    struct Fake(Vec<AtomicU64>);
+
+    impl Table for Fake {
+        fn last_seen(&self) -> &[AtomicU64] {
+            &self.0
+        }
+        fn host(&self, slot: u32) -> Host {
+            Host::addr(&HostKey::from_ipv4([198, 18, 0, slot as u8]))
+        }
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn capacity(&self) -> usize {
+            SLOTS
+        }
+        fn counters(&self) -> Result<Counts> {
+            Ok([0; Counter::COUNT])
+        }
+    }
+
+    fn fake(seen: &[u64]) -> Fake {
+        Fake(seen.iter().map(|&t| AtomicU64::new(t)).collect())
+    }
+
+    /// Where each line of `out` ends.
+    fn ends(out: &[u8]) -> Vec<u64> {
+        (0..out.len())
+            .filter(|&i| out[i] == b'\n')
+            .map(|i| i as u64 + 1)
+            .collect()
+    }
+
+    /// Two sweeps of a collector whose output took `bytes` of their lines;
+    /// then the hosts the next collector reports new.
+    fn next_reports_new(bytes: impl FnOnce(&[u64], &[u64]) -> u64) -> Vec<u32> {
+        let words = Words::Heap(vec![0; state_words(SLOTS)]);
+        let first = fake(&[10 * S, 10 * S, 10 * S]);
+        let tracker = Tracker::resume(15 * S, words, SLOTS, first.last_seen());
+        let mut sweeper = Sweeper::with_tracker(tracker, Format::Json);
+        sweeper.sweep_at(&first, 10 * S, UNIX_EPOCH).unwrap();
+        let one = ends(sweeper.lines());
+        let second = fake(&[11 * S, 11 * S, 11 * S, 11 * S]);
+        sweeper.sweep_at(&second, 11 * S, UNIX_EPOCH).unwrap();
+        let base = *one.last().unwrap();
+        let two: Vec<u64> = ends(sweeper.lines()).iter().map(|e| base + e).collect();
+        assert_eq!(
+            (one.len(), two.len()),
+            (4, 2),
+            "3 new and a summary, 1 new and a summary"
+        );
+        // Said in steps, as write completions do.
+        let bytes = bytes(&one, &two);
+        sweeper.written(bytes / 2);
+        sweeper.written(bytes);
+        let words = sweeper.into_tracker().into_words().unwrap();
+        let mut next = Tracker::resume(15 * S, words, SLOTS, second.last_seen());
+        let mut new = Vec::new();
+        next.sweep(second.last_seen(), 12 * S, |t| {
+            if let Transition::New { host, .. } = t {
+                new.push(host)
+            }
+        });
+        new
+    }
+
+    #[test]
+    fn only_lines_written_whole_are_told() {
+        assert_eq!(next_reports_new(|_, _| 0), [0, 1, 2, 3]);
+        assert_eq!(next_reports_new(|one, _| one[0] - 1), [0, 1, 2, 3]);
+        assert_eq!(next_reports_new(|one, _| one[0]), [1, 2, 3]);
+        assert_eq!(next_reports_new(|one, _| one[2] + 5), [3]);
+        assert_eq!(next_reports_new(|_, two| two[0] - 1), [3]);
+        assert!(next_reports_new(|_, two| two[0]).is_empty());
+        assert!(next_reports_new(|_, two| two[1]).is_empty());
+    }
+
+    #[test]
+    fn a_tracker_that_keeps_nothing_queues_nothing() {
+        let table = fake(&[10 * S; 3]);
+        let mut sweeper = Sweeper::new(15 * S, Format::Text);
+        sweeper.sweep_at(&table, 10 * S, UNIX_EPOCH).unwrap();
+        assert_eq!(ends(sweeper.lines()).len(), 4);
+        assert!(sweeper.untold.is_empty());
+    }
 }

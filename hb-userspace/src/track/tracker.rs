@@ -5,8 +5,16 @@
 //! State is slot-indexed too: two bits per host (known, silent) plus an entry
 //! per *silent* host, so alive hosts cost userspace a quarter of a byte, and
 //! a sweep is one linear pass over the last-seen array.
+//!
+//! A collector that is stopped for good mid-sweep (SIGKILL) must leave state
+//! the next one can carry on from without missing anything. So the bits a
+//! sweep works on are the tracker's own; the state that outlives the
+//! process (the pinned `HB_TRACKER` words) records only what the output has
+//! been *told*: a line's transition is applied there (`Tracker::told`) once
+//! the line is written. Whatever was decided but not yet written when the
+//! process died is decided again, and reported, by the next collector.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering, compiler_fence};
 
 use hashbrown::HashMap;
 
@@ -46,6 +54,50 @@ impl<H> Transition<H> {
     }
 }
 
+/// What one line of output told: a sweep's transition, or the end of a
+/// sweep (its summary). Handed to `Tracker::told` once the line is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Told {
+    /// The sweep's time (CLOCK_MONOTONIC).
+    at: u64,
+    slot: u32,
+    what: What,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum What {
+    New,
+    Silent,
+    Recovered,
+    Swept,
+}
+
+impl Told {
+    /// The line reporting `t`, found by the sweep at `at`.
+    pub fn transition(t: &Transition<u32>, at: u64) -> Self {
+        let (slot, what) = match *t {
+            Transition::New { host, .. } => (host, What::New),
+            Transition::Silent { host, .. } => (host, What::Silent),
+            Transition::Recovered { host, .. } => (host, What::Recovered),
+        };
+        // 0 in the words means "nothing told".
+        Self {
+            at: at.max(1),
+            slot,
+            what,
+        }
+    }
+
+    /// The summary line of the sweep at `at`.
+    pub fn swept(at: u64) -> Self {
+        Self {
+            at: at.max(1),
+            slot: 0,
+            what: What::Swept,
+        }
+    }
+}
+
 /// Counts at the end of a sweep.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Census {
@@ -54,8 +106,9 @@ pub struct Census {
     pub silent: u64,
 }
 
-/// Where the tracker's state words live: its own heap, or memory shared
-/// with something that outlives the process (the pinned `HB_TRACKER` map).
+/// Where the state told to the output is kept: memory of the caller's, or
+/// memory shared with something that outlives the process (the pinned
+/// `HB_TRACKER` map).
 pub enum Words {
     Heap(Vec<u64>),
     Shared(Box<dyn std::ops::DerefMut<Target = [u64]> + Send>),
@@ -77,10 +130,16 @@ impl Words {
 }
 
 // The state words: a header, then `known` and `silent` bits, each
-// `bitmap_words(slots)` long.
+// `bitmap_words(slots)` long. `LAST_SWEEP`: the time of the last sweep
+// whose every line was told; `TOLD_AT`: of the latest sweep any line of
+// which was told (0, 0: nothing told yet; an older hb leaves `TOLD_AT` 0);
+// `READY_UPTO`: every slot below is known; `HOSTS`: known bits set. The two
+// counts are kept for an older hb that trusts them; this one derives them
+// from the bits when it resumes.
 const LAST_SWEEP: usize = 0;
 const READY_UPTO: usize = 1;
 const HOSTS: usize = 2;
+const TOLD_AT: usize = 3;
 const HEADER: usize = 4;
 
 /// Words of state a tracker needs for `slots` slots.
@@ -92,30 +151,82 @@ fn bitmap_words(slots: usize) -> usize {
     slots.div_ceil(64)
 }
 
+const KNOWN: usize = 0;
+const SILENT: usize = 1;
+
+#[inline]
+fn get_bit(bits: &[u64], i: usize) -> bool {
+    bits[i / 64] & (1 << (i % 64)) != 0
+}
+
+#[inline]
+fn put_bit(bits: &mut [u64], i: usize, v: bool) {
+    let w = &mut bits[i / 64];
+    if v {
+        *w |= 1 << (i % 64)
+    } else {
+        *w &= !(1 << (i % 64))
+    }
+}
+
+/// The first slot whose bit in `known` is clear, from `from` on.
+fn first_unknown(known: &[u64], from: usize) -> usize {
+    let mut i = from / 64;
+    if i >= known.len() {
+        return from;
+    }
+    // Bits of the first word below `from` count as set.
+    let mut word = known[i] | ((1u64 << (from % 64)) - 1);
+    while word == u64::MAX {
+        i += 1;
+        match known.get(i) {
+            Some(&w) => word = w,
+            None => return i * 64,
+        }
+    }
+    i * 64 + word.trailing_ones() as usize
+}
+
 pub struct Tracker {
     timeout_ns: u64,
-    /// Header, known bits, silent bits (see `state_words`).
-    words: Words,
-    /// Length of each bitmap, in words.
+    /// Known bits, then silent bits, `bitmap` words each: the state the
+    /// sweeps decided.
+    bits: Vec<u64>,
     bitmap: usize,
+    /// Every slot below this is known.
+    ready_upto: usize,
+    /// Known hosts: the known bits set.
+    hosts: u64,
     /// Silent hosts: slot -> last-seen time when they went silent.
     silent: HashMap<u32, u64>,
+    /// What the output has been told, where it outlives this tracker
+    /// (header, known bits, silent bits; see `state_words`); `told_bitmap`
+    /// words a bitmap.
+    told: Option<Words>,
+    told_bitmap: usize,
 }
 
 impl Tracker {
+    /// A tracker that keeps nothing beyond its own life.
     pub fn new(timeout_ns: u64) -> Self {
         Self {
             timeout_ns,
-            words: Words::Heap(vec![0; HEADER]),
+            bits: Vec::new(),
             bitmap: 0,
+            ready_upto: 0,
+            hosts: 0,
             silent: HashMap::new(),
+            told: None,
+            told_bitmap: 0,
         }
     }
 
-    /// A tracker whose state lives in `words` (`state_words(slots)` long),
-    /// carrying on from the state a previous tracker left there, if any:
-    /// hosts it knew are not new, hosts it reported silent are still silent.
-    /// `last_seen` is the table as it is now.
+    /// A tracker that records what the output has been told in `words`
+    /// (`state_words(slots)` long), carrying on from what a previous tracker
+    /// told there, if anything: hosts it reported are not new, hosts it
+    /// reported silent are still silent. Whatever else the previous tracker
+    /// decided (its process died before the lines were written) is decided
+    /// again. `last_seen` is the table as it is now.
     ///
     /// A silent host that beat again while no tracker ran is reported
     /// recovered by the next sweep; the time it last beat before that is
@@ -130,79 +241,145 @@ impl Tracker {
         let bitmap = bitmap_words(slots);
         let w = words.get_mut();
         assert!(w.len() >= state_words(slots), "tracker state too small");
-        let last_sweep = w[LAST_SWEEP];
-        let mut silent = HashMap::new();
-        if last_sweep != 0 {
-            let silent_bits = &w[HEADER + bitmap..HEADER + 2 * bitmap];
-            let before_gap = last_sweep.saturating_sub(timeout_ns);
-            for (i, &word) in silent_bits.iter().enumerate() {
-                let mut bits = word;
-                while bits != 0 {
-                    let slot = i * 64 + bits.trailing_zeros() as usize;
-                    bits &= bits - 1;
-                    let seen = last_seen.get(slot).map_or(0, |t| t.load(Ordering::Relaxed));
-                    // Beat since the last sweep: the stamp it went silent
-                    // with is overwritten; before_gap differs from `seen`,
-                    // so the next sweep reports the recovery.
-                    let went_silent_at = if seen > last_sweep { before_gap } else { seen };
-                    silent.insert(slot as u32, went_silent_at);
-                }
-            }
-        } else {
+        if w[LAST_SWEEP] == 0 && w[TOLD_AT] == 0 {
+            // Nothing told: bits here are an older hb's, stopped in its
+            // first sweep before it wrote them out.
             w.fill(0);
         }
+        // Whether a silent host beat since: after the last sweep told whole
+        // (or the first sweep, told in part).
+        let last_sweep = match w[LAST_SWEEP] {
+            0 => w[TOLD_AT],
+            t => t,
+        };
+        let (header, rest) = w.split_at_mut(HEADER);
+        let (known, rest) = rest.split_at_mut(bitmap);
+        let silent_bits = &mut rest[..bitmap];
+        // The counts follow from the bits, whatever the header says (an
+        // older hb killed in a sweep left them behind its bits). Only a
+        // known host can be silent.
+        let mut hosts = 0;
+        for (s, k) in silent_bits.iter_mut().zip(known.iter()) {
+            *s &= *k;
+            hosts += u64::from(k.count_ones());
+        }
+        let ready_upto = first_unknown(known, 0).min(slots);
+        header[READY_UPTO] = ready_upto as u64;
+        header[HOSTS] = hosts;
+        let mut silent = HashMap::new();
+        let before_gap = last_sweep.saturating_sub(timeout_ns);
+        for (i, &word) in silent_bits.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let slot = i * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let seen = last_seen.get(slot).map_or(0, |t| t.load(Ordering::Relaxed));
+                // Beat since the last sweep: the stamp it went silent with
+                // is overwritten; before_gap differs from `seen`, so the next
+                // sweep reports the recovery.
+                let went_silent_at = if seen > last_sweep { before_gap } else { seen };
+                silent.insert(slot as u32, went_silent_at);
+            }
+        }
+        let mut bits = Vec::with_capacity(2 * bitmap);
+        bits.extend_from_slice(known);
+        bits.extend_from_slice(silent_bits);
         Self {
             timeout_ns,
-            words,
+            bits,
             bitmap,
+            ready_upto,
+            hosts,
             silent,
+            told: Some(words),
+            told_bitmap: bitmap,
         }
     }
 
-    /// The state words, for a later `resume`.
-    pub fn into_words(self) -> Words {
-        self.words
+    /// The words of what the output was told, for a later `resume`.
+    pub fn into_words(self) -> Option<Words> {
+        self.told
     }
 
     /// Whether this tracker carries on from an earlier one's state.
     pub fn resumed(&self) -> bool {
-        self.words.get()[LAST_SWEEP] != 0
+        self.told
+            .as_ref()
+            .is_some_and(|w| w.get()[LAST_SWEEP] != 0 || w.get()[TOLD_AT] != 0)
     }
 
-    /// Makes room for `n` slots (heap state only; shared state is sized
-    /// for the whole table up front).
+    /// Whether this tracker records what the output is told (`told`).
+    pub fn keeps_told(&self) -> bool {
+        self.told.is_some()
+    }
+
+    /// Records that the output has been told `what`: the line is written.
+    /// Lines are told in the order their sweeps reported them. Each step
+    /// leaves the words a state to resume from: a process that dies here
+    /// has told a prefix of its lines.
+    pub fn told(&mut self, what: Told) {
+        let b = self.told_bitmap;
+        let Some(words) = self.told.as_mut() else {
+            return;
+        };
+        let w = words.get_mut();
+        // First: a resuming tracker trusts bits only once this is set. The
+        // fences keep the compiler from moving these stores across each
+        // other or across lines: a process may die between any two.
+        if what.at > w[TOLD_AT] {
+            w[TOLD_AT] = what.at;
+            compiler_fence(Ordering::SeqCst);
+        }
+        let slot = what.slot as usize;
+        let (header, bits) = w.split_at_mut(HEADER);
+        let (known, silent) = bits.split_at_mut(b);
+        match what.what {
+            What::New => {
+                if !get_bit(known, slot) {
+                    put_bit(known, slot, true);
+                    header[HOSTS] += 1;
+                    let ready = header[READY_UPTO] as usize;
+                    if ready == slot {
+                        header[READY_UPTO] = first_unknown(known, ready).min(b * 64) as u64;
+                    }
+                }
+            }
+            What::Silent => put_bit(&mut silent[..b], slot, true),
+            What::Recovered => put_bit(&mut silent[..b], slot, false),
+            What::Swept => header[LAST_SWEEP] = what.at,
+        }
+        compiler_fence(Ordering::SeqCst);
+    }
+
+    /// Makes room for `n` slots (a tracker that keeps its told state has it
+    /// sized for the whole table up front).
     fn grow(&mut self, n: usize) {
         let need = bitmap_words(n);
         if need <= self.bitmap {
             return;
         }
-        let Words::Heap(old) = &self.words else {
-            panic!("{n} slots do not fit the shared tracker state");
-        };
+        assert!(
+            self.told.is_none() || need <= self.told_bitmap,
+            "{n} slots do not fit the shared tracker state"
+        );
         let need = need.max(self.bitmap * 2);
-        let mut new = vec![0; HEADER + 2 * need];
         let b = self.bitmap;
-        new[..HEADER].copy_from_slice(&old[..HEADER]);
-        new[HEADER..HEADER + b].copy_from_slice(&old[HEADER..HEADER + b]);
-        new[HEADER + need..HEADER + need + b].copy_from_slice(&old[HEADER + b..HEADER + 2 * b]);
-        self.words = Words::Heap(new);
+        let mut new = vec![0; 2 * need];
+        new[..b].copy_from_slice(&self.bits[..b]);
+        new[need..need + b].copy_from_slice(&self.bits[b..2 * b]);
+        self.bits = new;
         self.bitmap = need;
     }
 
     #[inline]
     fn bit(&self, map: usize, i: usize) -> bool {
-        self.words.get()[HEADER + map * self.bitmap + i / 64] & (1 << (i % 64)) != 0
+        get_bit(&self.bits[map * self.bitmap..], i)
     }
 
     #[inline]
     fn set_bit(&mut self, map: usize, i: usize, v: bool) {
         let b = self.bitmap;
-        let w = &mut self.words.get_mut()[HEADER + map * b + i / 64];
-        if v {
-            *w |= 1 << (i % 64)
-        } else {
-            *w &= !(1 << (i % 64))
-        }
+        put_bit(&mut self.bits[map * b..], i, v)
     }
 
     /// One sweep over `last_seen` (indexed by slot; 0 = slot not ready).
@@ -212,16 +389,12 @@ impl Tracker {
         now_ns: u64,
         mut emit: impl FnMut(Transition<u32>),
     ) {
-        const KNOWN: usize = 0;
-        const SILENT: usize = 1;
         let n = last_seen.len();
         self.grow(n);
         let load = |slot: usize| last_seen[slot].load(Ordering::Relaxed);
 
         // Slots handed out since the last sweep (or not ready then).
-        let mut ready_upto = self.words.get()[READY_UPTO] as usize;
-        let mut hosts = self.words.get()[HOSTS];
-        for slot in ready_upto..n {
+        for slot in self.ready_upto..n {
             if self.bit(KNOWN, slot) {
                 continue;
             }
@@ -230,14 +403,14 @@ impl Tracker {
                 continue;
             }
             self.set_bit(KNOWN, slot, true);
-            hosts += 1;
+            self.hosts += 1;
             emit(Transition::New {
                 host: slot as u32,
                 age_ns: now_ns.saturating_sub(seen),
             });
         }
-        while ready_upto < n && self.bit(KNOWN, ready_upto) {
-            ready_upto += 1;
+        while self.ready_upto < n && self.bit(KNOWN, self.ready_upto) {
+            self.ready_upto += 1;
         }
 
         // Silent hosts that beat again: few, so checked one by one.
@@ -274,19 +447,20 @@ impl Tracker {
                 });
             }
         }
-        let w = self.words.get_mut();
-        w[READY_UPTO] = ready_upto as u64;
-        w[HOSTS] = hosts;
-        // Last: a tracker resuming from here trusts the bits above it.
-        w[LAST_SWEEP] = now_ns.max(1);
     }
 
+    /// Counts as of the last sweep. Silent hosts are known hosts, so
+    /// `alive + silent == hosts`.
     pub fn census(&self) -> Census {
         let silent = self.silent.len() as u64;
-        let hosts = self.words.get()[HOSTS];
+        debug_assert!(
+            silent <= self.hosts,
+            "{silent} silent of {} hosts",
+            self.hosts
+        );
         Census {
-            hosts,
-            alive: hosts - silent,
+            hosts: self.hosts,
+            alive: self.hosts.saturating_sub(silent),
             silent,
         }
     }
@@ -298,11 +472,11 @@ impl Tracker {
 
     /// Heap bytes of the tracker's state (for the memory figure).
     pub fn heap_bytes(&self) -> usize {
-        let words = match &self.words {
-            Words::Heap(v) => v.capacity() * 8,
-            Words::Shared(_) => 0,
+        let told = match &self.told {
+            Some(Words::Heap(v)) => v.capacity() * 8,
+            Some(Words::Shared(_)) | None => 0,
         };
-        words + self.silent.allocation_size()
+        self.bits.capacity() * 8 + told + self.silent.allocation_size()
     }
 }
 
@@ -501,24 +675,34 @@ mod tests {
         );
     }
 
+    /// A sweep whose every line reaches the output: each transition, then
+    /// the summary, told in order.
+    fn sweep_written(t: &mut Tracker, seen: &[u64], now: u64) -> Vec<Transition<u32>> {
+        let out = sweep(t, seen, now);
+        for tr in &out {
+            t.told(Told::transition(tr, now));
+        }
+        t.told(Told::swept(now));
+        out
+    }
+
+    fn heap(words: Option<Words>) -> Vec<u64> {
+        match words {
+            Some(Words::Heap(v)) => v,
+            _ => panic!("expected heap words"),
+        }
+    }
+
     #[test]
     fn a_resumed_tracker_reports_only_what_happened_in_the_gap() {
         let slots = 4;
         let words = Words::Heap(vec![0; state_words(slots)]);
-        let table4 = |v: [u64; 4]| table(&v);
-        let mut a = Tracker::resume(15 * S, words, slots, &table4([0; 4]));
+        let mut a = Tracker::resume(15 * S, words, slots, &table(&[0; 4]));
         assert!(!a.resumed());
-        let mut events = Vec::new();
-        a.sweep(&table(&[10 * S, 10 * S, 10 * S]), 10 * S, |t| {
-            events.push(t)
-        });
+        let events = sweep_written(&mut a, &[10 * S, 10 * S, 10 * S], 10 * S);
         assert_eq!(events.len(), 3);
-        events.clear();
-        a.sweep(&table(&[30 * S, 10 * S, 28 * S]), 30 * S, |t| {
-            events.push(t)
-        });
         assert_eq!(
-            events,
+            sweep_written(&mut a, &[30 * S, 10 * S, 28 * S], 30 * S),
             [Transition::Silent {
                 host: 1,
                 silent_for_ns: 20 * S
@@ -526,16 +710,14 @@ mod tests {
         );
         // The collector stops. While it is gone: host 1 beats again, host 2
         // falls silent, host 3 appears, host 0 carries on.
-        let words = a.into_words();
-        let now = table4([49 * S, 45 * S, 28 * S, 46 * S]);
-        let mut b = Tracker::resume(15 * S, words, slots, &now);
+        let words = a.into_words().unwrap();
+        let now = [49 * S, 45 * S, 28 * S, 46 * S];
+        let mut b = Tracker::resume(15 * S, words, slots, &table(&now));
         assert!(b.resumed());
         assert_eq!(b.census().hosts, 3);
         assert_eq!(b.census().silent, 1);
-        events.clear();
-        b.sweep(&now, 50 * S, |t| events.push(t));
         assert_eq!(
-            events,
+            sweep_written(&mut b, &now, 50 * S),
             [
                 Transition::New {
                     host: 3,
@@ -562,13 +744,284 @@ mod tests {
             }
         );
         // A host still silent across a restart is not reported again.
-        let words = b.into_words();
-        let later = table4([60 * S, 60 * S, 28 * S, 60 * S]);
-        let mut c = Tracker::resume(15 * S, words, slots, &later);
-        events.clear();
-        c.sweep(&later, 61 * S, |t| events.push(t));
-        assert!(events.is_empty(), "{events:?}");
+        let words = b.into_words().unwrap();
+        let later = [60 * S, 60 * S, 28 * S, 60 * S];
+        let mut c = Tracker::resume(15 * S, words, slots, &table(&later));
+        assert!(sweep(&mut c, &later, 61 * S).is_empty());
         assert_eq!(c.census().silent, 1);
+    }
+
+    #[test]
+    fn what_was_never_written_is_reported_again() {
+        let slots = 4;
+        let words = Words::Heap(vec![0; state_words(slots)]);
+        let mut a = Tracker::resume(15 * S, words, slots, &table(&[]));
+        sweep_written(&mut a, &[10 * S, 10 * S], 10 * S);
+        // Decided, but the process dies before the lines are written.
+        assert_eq!(sweep(&mut a, &[10 * S, 30 * S, 30 * S], 30 * S).len(), 2);
+        assert_eq!(a.census().hosts, 3);
+        let now = [10 * S, 31 * S, 31 * S];
+        let mut b = Tracker::resume(15 * S, a.into_words().unwrap(), slots, &table(&now));
+        assert_eq!(b.census().hosts, 2);
+        assert_eq!(
+            sweep(&mut b, &now, 31 * S),
+            [
+                Transition::New { host: 2, age_ns: 0 },
+                Transition::Silent {
+                    host: 0,
+                    silent_for_ns: 21 * S
+                }
+            ]
+        );
+        assert_eq!(
+            b.census(),
+            Census {
+                hosts: 3,
+                alive: 2,
+                silent: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_first_sweep_written_in_part_is_carried_on() {
+        let slots = 4;
+        let words = Words::Heap(vec![0; state_words(slots)]);
+        let mut a = Tracker::resume(15 * S, words, slots, &table(&[]));
+        // New 0, 1, 2, silent 0, silent 1; the process dies after the
+        // silent line of host 0, before its first summary.
+        let events = sweep(&mut a, &[10 * S, 10 * S, 99 * S], 100 * S);
+        assert_eq!(events.len(), 5);
+        for t in &events[..4] {
+            a.told(Told::transition(t, 100 * S));
+        }
+        // Host 0 beats again before the next collector starts.
+        let now = [103 * S, 10 * S, 103 * S];
+        let mut b = Tracker::resume(15 * S, a.into_words().unwrap(), slots, &table(&now));
+        assert!(b.resumed());
+        assert_eq!(
+            b.census(),
+            Census {
+                hosts: 3,
+                alive: 2,
+                silent: 1
+            }
+        );
+        assert_eq!(
+            sweep(&mut b, &now, 104 * S),
+            [
+                // Silent since at least the sweep it was reported by, minus
+                // the timeout: 103 - (100 - 15).
+                Transition::Recovered {
+                    host: 0,
+                    silent_for_ns: 18 * S
+                },
+                Transition::Silent {
+                    host: 1,
+                    silent_for_ns: 94 * S
+                }
+            ]
+        );
+    }
+
+    /// Memory that outlives a tracker, as the pinned map does; a test reads
+    /// it at any moment, as a SIGKILL would leave it.
+    struct Pinned {
+        ptr: *mut u64,
+        len: usize,
+    }
+
+    // SAFETY: a test's memory, leaked: valid for the whole run.
+    unsafe impl Send for Pinned {}
+
+    impl Pinned {
+        fn new(words: Vec<u64>) -> (Words, Self) {
+            let mem: &'static mut [u64] = Box::leak(words.into_boxed_slice());
+            let (ptr, len) = (mem.as_mut_ptr(), mem.len());
+            (
+                Words::Shared(Box::new(Self { ptr, len })),
+                Self { ptr, len },
+            )
+        }
+
+        fn snapshot(&self) -> Vec<u64> {
+            self.to_vec()
+        }
+    }
+
+    impl std::ops::Deref for Pinned {
+        type Target = [u64];
+        fn deref(&self) -> &[u64] {
+            // SAFETY: leaked memory of `len` words; the tracker and the test
+            // take turns, on one thread.
+            unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        }
+    }
+
+    impl std::ops::DerefMut for Pinned {
+        fn deref_mut(&mut self) -> &mut [u64] {
+            // SAFETY: as above.
+            unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+        }
+    }
+
+    const TIMEOUT: u64 = 15 * S;
+    /// Hosts a collector knew before the sweep that is cut.
+    const OLD: usize = 100;
+    /// The cut sweep's time, and the next collector's first sweep.
+    const CUT_AT: u64 = 60 * S;
+    const NEXT_AT: u64 = 61 * S;
+
+    /// A collector's history: `OLD` hosts, 30 of them silent, every line
+    /// written. Returns its pinned words, and the table at `CUT_AT`: `new`
+    /// more hosts (every third long silent), 20 more known hosts silent, 10
+    /// silent ones back.
+    fn history(new: usize) -> (Vec<u64>, Vec<u64>) {
+        let slots = OLD + new;
+        let mut a = Tracker::resume(
+            TIMEOUT,
+            Words::Heap(vec![0; state_words(slots)]),
+            slots,
+            &table(&[]),
+        );
+        let mut seen = vec![10 * S; OLD];
+        sweep_written(&mut a, &seen, 10 * S);
+        seen[30..].fill(39 * S);
+        assert_eq!(sweep_written(&mut a, &seen, 40 * S).len(), 30);
+        seen[..10].fill(59 * S);
+        seen[50..].fill(59 * S);
+        seen.extend((0..new).map(|i| if i % 3 == 0 { 20 * S } else { 59 * S }));
+        (heap(a.into_words()), seen)
+    }
+
+    /// (event, host) of each transition, in a canonical order.
+    fn kinds(events: &[Transition<u32>]) -> Vec<(u8, u32)> {
+        let mut v: Vec<(u8, u32)> = events
+            .iter()
+            .map(|t| match *t {
+                Transition::New { host, .. } => (0, host),
+                Transition::Silent { host, .. } => (1, host),
+                Transition::Recovered { host, .. } => (2, host),
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The next collector, resumed from `words` left by one cut at
+    /// `CUT_AT`, whose lines `written` reached the output: together they
+    /// report what one uninterrupted sweep reports (`full`), each event
+    /// once, and count the same.
+    fn check_next(
+        words: Vec<u64>,
+        seen: &[u64],
+        written: &[Transition<u32>],
+        full: &[Transition<u32>],
+        census: Census,
+    ) {
+        let mut b = Tracker::resume(TIMEOUT, Words::Heap(words), seen.len(), &table(seen));
+        let c = b.census();
+        assert_eq!(c.alive + c.silent, c.hosts, "{c:?} on resuming");
+        let mut both = written.to_vec();
+        both.extend(sweep(&mut b, seen, NEXT_AT));
+        assert_eq!(kinds(&both), kinds(full), "{} lines written", written.len());
+        assert_eq!(b.census(), census, "{} lines written", written.len());
+    }
+
+    #[test]
+    fn a_kill_anywhere_in_a_sweep_leaves_a_state_that_misses_nothing() {
+        // The memory the tracker tells is read at every transition of the
+        // cut sweep (a SIGKILL there: none of its lines are written yet,
+        // they go out after the sweep), and once after it.
+        let (before, seen) = history(1000);
+        let (words, pinned) = Pinned::new(before);
+        let mut a = Tracker::resume(TIMEOUT, words, seen.len(), &table(&seen));
+        let mut full = Vec::new();
+        let mut left = vec![pinned.snapshot()];
+        a.sweep(&table(&seen), CUT_AT, |t| {
+            full.push(t);
+            left.push(pinned.snapshot());
+        });
+        left.push(pinned.snapshot());
+        let census = a.census();
+        assert_eq!(
+            census,
+            Census {
+                hosts: 1100,
+                alive: 10 + 50 + 666,
+                silent: 20 + 20 + 334
+            }
+        );
+        // New for all 1000, silent for the 334 stale ones and 20 known
+        // ones, recovered for 10.
+        assert_eq!(full.len(), 1000 + 334 + 20 + 10);
+        for words in left {
+            check_next(words, &seen, &[], &full, census);
+        }
+    }
+
+    #[test]
+    fn lines_written_up_to_a_kill_are_not_reported_again() {
+        // The cut sweep's lines are written one by one (its transitions,
+        // then its summary); the process dies after any of them.
+        let (before, seen) = history(40);
+        let cut = || {
+            let words = Words::Heap(before.clone());
+            let mut a = Tracker::resume(TIMEOUT, words, seen.len(), &table(&seen));
+            let events = sweep(&mut a, &seen, CUT_AT);
+            (a, events)
+        };
+        let (a, full) = cut();
+        let census = a.census();
+        // 40 new, 14 of them silent, 20 known gone silent, 10 back.
+        assert_eq!(full.len(), 40 + 14 + 20 + 10);
+        for written in 0..=full.len() + 1 {
+            let (mut a, events) = cut();
+            assert_eq!(kinds(&events), kinds(&full));
+            let lines = events
+                .iter()
+                .map(|t| Told::transition(t, CUT_AT))
+                .chain([Told::swept(CUT_AT)]);
+            for told in lines.take(written) {
+                a.told(told);
+            }
+            let shown = &events[..written.min(events.len())];
+            check_next(heap(a.into_words()), &seen, shown, &full, census);
+        }
+    }
+
+    #[test]
+    fn the_census_follows_the_bits_not_the_header() {
+        // Left by an older hb killed in a sweep: 200 hosts known, 150 of
+        // them silent, and a header that counts 2; a silent bit on a slot
+        // that is not known.
+        let slots = 256;
+        let mut words = vec![0; state_words(slots)];
+        let bitmap = bitmap_words(slots);
+        words[LAST_SWEEP] = 100 * S;
+        words[READY_UPTO] = 2;
+        words[HOSTS] = 2;
+        for slot in 0..200 {
+            put_bit(&mut words[HEADER..], slot, true);
+        }
+        for slot in (0..150).chain([230]) {
+            put_bit(&mut words[HEADER + bitmap..], slot, true);
+        }
+        let seen: Vec<u64> = (0..200)
+            .map(|i| if i < 150 { 10 * S } else { 99 * S })
+            .collect();
+        let mut t = Tracker::resume(TIMEOUT, Words::Heap(words), slots, &table(&seen));
+        let expect = Census {
+            hosts: 200,
+            alive: 50,
+            silent: 150,
+        };
+        assert_eq!(t.census(), expect);
+        assert!(sweep(&mut t, &seen, 101 * S).is_empty());
+        assert_eq!(t.census(), expect);
+        let words = heap(t.into_words());
+        assert_eq!(words[HOSTS], 200);
+        assert_eq!(words[READY_UPTO], 200);
     }
 
     #[test]
