@@ -16,6 +16,8 @@
 
 pub mod collector;
 pub mod frames;
+pub mod maps;
 pub mod netns;
 pub mod program;
+pub mod race;
 pub mod reference;
