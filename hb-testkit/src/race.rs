@@ -7,10 +7,7 @@
 //! busy machine may well take turns on one CPU.
 
 use std::{
-    sync::{
-        Barrier,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     thread,
 };
 
@@ -96,18 +93,18 @@ pub fn on_cpus<T: Send>(
     cpus: &[usize],
     work: impl Fn(usize, &Lockstep) -> T + Sync,
 ) -> Vec<(Span, T)> {
-    let start = Barrier::new(cpus.len());
     let lockstep = Lockstep::new(cpus.len());
     thread::scope(|s| {
         let threads: Vec<_> = cpus
             .iter()
             .enumerate()
             .map(|(i, &cpu)| {
-                let (start, lockstep, work) = (&start, &lockstep, &work);
+                let (lockstep, work) = (&lockstep, &work);
                 s.spawn(move || {
+                    let _failing = PoisonOnPanic(lockstep);
                     pin_to(cpu);
                     assert_eq!(current_cpu(), cpu, "thread {i} not on its CPU");
-                    start.wait();
+                    lockstep.wait();
                     let start_ns = clock_ns(libc::CLOCK_MONOTONIC);
                     let out = work(i, lockstep);
                     let end_ns = clock_ns(libc::CLOCK_MONOTONIC);
@@ -182,6 +179,8 @@ pub fn assert_raced(
 pub struct Lockstep {
     threads: usize,
     arrived: AtomicUsize,
+    /// A thread failed: the others stop waiting for it.
+    failed: AtomicBool,
 }
 
 impl Lockstep {
@@ -189,15 +188,21 @@ impl Lockstep {
         Self {
             threads,
             arrived: AtomicUsize::new(0),
+            failed: AtomicBool::new(false),
         }
     }
 
-    /// Waits for every thread to arrive at this round.
+    /// Waits for every thread to arrive at this round; panics if one of
+    /// them failed instead.
     pub fn wait(&self) {
         let me = self.arrived.fetch_add(1, Ordering::AcqRel) + 1;
         let target = me.div_ceil(self.threads) * self.threads;
         let mut spins = 0u32;
         while self.arrived.load(Ordering::Acquire) < target {
+            assert!(
+                !self.failed.load(Ordering::Relaxed),
+                "another racing thread failed"
+            );
             spins += 1;
             if spins < 10_000 {
                 std::hint::spin_loop();
@@ -206,6 +211,18 @@ impl Lockstep {
                 // whatever runs here go first.
                 thread::yield_now();
             }
+        }
+    }
+}
+
+/// Tells the other threads of a [`Lockstep`] when this one panics, so that
+/// they fail too instead of waiting for it forever.
+struct PoisonOnPanic<'a>(&'a Lockstep);
+
+impl Drop for PoisonOnPanic<'_> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            self.0.failed.store(true, Ordering::Relaxed);
         }
     }
 }
