@@ -118,10 +118,16 @@ pub fn on_cpus<T: Send>(
                 })
             })
             .collect();
-        threads
-            .into_iter()
-            .map(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
+        let joined: Vec<_> = threads.into_iter().map(|t| t.join()).collect();
+        if joined.iter().any(Result::is_err) {
+            // A thread's own failure rather than another's "one failed".
+            let first = joined.into_iter().filter_map(Result::err).min_by_key(|e| {
+                e.downcast_ref::<String>().map(String::as_str) == Some(FAILED)
+                    || e.downcast_ref::<&str>() == Some(&FAILED)
+            });
+            std::panic::resume_unwind(first.expect("a failure"));
+        }
+        joined.into_iter().map(Result::unwrap).collect()
     })
 }
 
@@ -172,6 +178,9 @@ pub fn assert_raced(
     }
 }
 
+/// What the other threads of a failed race fail with.
+const FAILED: &str = "another racing thread failed";
+
 /// A spinning barrier for rounds: no thread starts round `n + 1` before
 /// every thread has finished round `n`, and all start a round within
 /// nanoseconds of each other (a sleeping barrier's wake-ups are tens of
@@ -199,10 +208,7 @@ impl Lockstep {
         let target = me.div_ceil(self.threads) * self.threads;
         let mut spins = 0u32;
         while self.arrived.load(Ordering::Acquire) < target {
-            assert!(
-                !self.failed.load(Ordering::Relaxed),
-                "another racing thread failed"
-            );
+            assert!(!self.failed.load(Ordering::Relaxed), "{FAILED}");
             spins += 1;
             if spins < 10_000 {
                 std::hint::spin_loop();
