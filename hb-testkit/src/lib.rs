@@ -8,6 +8,10 @@
 //! - [`reference`](mod@reference): what a correct parser makes of a frame,
 //!   in plain Rust.
 //! - [`program`]: the XDP program loaded with hb's defaults.
+//! - [`maps`]: the program's own maps, found through it: the outcome
+//!   counters CPU by CPU, the slot hints.
+//! - [`race`]: threads pinned to CPUs of their own, racing the program in
+//!   lockstep, and the proof that they raced.
 //! - [`collector`]: `hb run --format json` in a namespace, its lines read.
 //!
 //! Errors: [`netns`] returns them (the load test reports them); the test
