@@ -70,29 +70,26 @@ pub fn hb(ctx: XdpContext) -> u32 {
             return xdp_action::XDP_PASS;
         }
     };
-    // SAFETY: as for HB_PORT.
-    let mode = unsafe { core::ptr::read_volatile(&HB_AUTH_MODE) };
     let fresh;
     let key = match beat.signed {
         None => {
-            if mode == AuthMode::Required as u8 {
-                count(Counter::Unauthenticated);
-                return heartbeat_verdict();
-            }
             // An IPv6 multicast source is no host's, and would claim the
-            // key space of host ids.
+            // key space of host ids: forged in every mode.
             if beat.src.words()[0] & 0xff == 0xff {
                 count(Counter::Forged);
+                return heartbeat_verdict();
+            }
+            // SAFETY: as for HB_PORT.
+            let mode = unsafe { core::ptr::read_volatile(&HB_AUTH_MODE) };
+            if mode == AuthMode::Required as u8 {
+                count(Counter::Unauthenticated);
                 return heartbeat_verdict();
             }
             fresh = None;
             beat.src
         }
+        // Only with a key (the parser's doing).
         Some(s) => {
-            if mode == AuthMode::Off as u8 {
-                count(Counter::WrongPayload);
-                return xdp_action::XDP_PASS;
-            }
             if s.header != SIGNED_HEADER || !verified(s.host_id, s.seq, s.mac) {
                 count(Counter::Forged);
                 return heartbeat_verdict();
@@ -130,6 +127,13 @@ pub fn hb(ctx: XdpContext) -> u32 {
         }
     }
     heartbeat_verdict()
+}
+
+/// Whether a fleet key is configured (signed heartbeats are verified).
+#[inline(always)]
+fn keyed() -> bool {
+    // SAFETY: as for HB_PORT.
+    unsafe { core::ptr::read_volatile(&HB_AUTH_MODE) != AuthMode::Off as u8 }
 }
 
 /// Heartbeats, and datagrams posing as one, are consumed here unless

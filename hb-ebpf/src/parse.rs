@@ -212,9 +212,11 @@ fn ipv4(frame: &Frame, off: usize, port: u64) -> Result<Beat, Miss> {
     if vihl >> 4 != 4 {
         return Err(Counter::NotIp);
     }
+    // A header shorter than its fixed part is no IPv4 header (RFC 791), as
+    // a wrong version is not: the frame itself may well go on.
     let ihl = ((vihl & 0x0f) as usize) * 4;
     if ihl < IPV4_HLEN {
-        return Err(Counter::Truncated);
+        return Err(Counter::NotIp);
     }
     // MF set or a non-zero offset: part of a fragmented datagram.
     if load!(u16, p, 6) & net16(FRAGMENT_BITS) != 0 {
@@ -303,8 +305,9 @@ fn udp_to(frame: &Frame, off: usize, port: u64) -> Result<usize, Miss> {
 }
 
 /// Checks that the datagram whose UDP header is at `off` carries exactly
-/// `PyHB` (returns `None`) or a 32-byte payload starting with `PyHB` (returns
-/// its words). `ip_udp_len` is the UDP length the IP layer implies.
+/// `PyHB` (returns `None`) or, with a key, a 32-byte payload starting with
+/// `PyHB` (returns its words). `ip_udp_len` is the UDP length the IP layer
+/// implies.
 #[inline(always)]
 fn heartbeat_payload(frame: &Frame, off: usize, ip_udp_len: usize) -> Result<Option<Signed>, Miss> {
     // The payload's length comes from the UDP and IP headers, never from the
@@ -321,7 +324,10 @@ fn heartbeat_payload(frame: &Frame, off: usize, ip_udp_len: usize) -> Result<Opt
         }
         return Ok(None);
     }
-    if udp_len != net16(SIGNED_UDP_LEN) || ip_udp_len != SIGNED_UDP_LEN as usize {
+    // Without a key a signed payload is a wrong one like any other, cut
+    // short or not.
+    if udp_len != net16(SIGNED_UDP_LEN) || ip_udp_len != SIGNED_UDP_LEN as usize || !crate::keyed()
+    {
         return Err(Counter::WrongPayload);
     }
     let h = frame.at(off, UDP_HLEN + auth::LEN)?;

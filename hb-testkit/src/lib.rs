@@ -8,6 +8,10 @@
 //! - [`reference`](mod@reference): what a correct parser makes of a frame,
 //!   in plain Rust.
 //! - [`program`]: the XDP program loaded with hb's defaults.
+//! - [`maps`]: the program's own maps, found through it: the outcome
+//!   counters CPU by CPU, the slot hints.
+//! - [`race`]: threads pinned to CPUs of their own, racing the program in
+//!   lockstep, and the proof that they raced.
 //! - [`collector`]: `hb run --format json` in a namespace, its lines read
 //!   (a collector that exits, prints junk or stops sweeping fails the
 //!   test), and its `/metrics` parsed.
@@ -21,6 +25,8 @@
 pub mod collector;
 pub mod control;
 pub mod frames;
+pub mod maps;
 pub mod netns;
 pub mod program;
+pub mod race;
 pub mod reference;

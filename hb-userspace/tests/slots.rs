@@ -1,57 +1,81 @@
-//! Slot allocation under concurrency: many new hosts from several threads at
-//! once (each BPF_PROG_TEST_RUN runs on the calling thread's CPU), and many
-//! threads racing on the *same* new host. No slot may be lost or shared.
+//! Slot allocation under concurrency: new hosts from several CPUs at once,
+//! each CPU's thread pinned to it (a BPF_PROG_TEST_RUN runs on its caller's
+//! CPU), in lockstep rounds so that every round's test runs overlap: the
+//! same new host on every CPU, and a different new host on each. No slot
+//! may be lost or shared. That the runs really overlapped on several CPUs
+//! is shown, not assumed: by the threads' intervals and by the program's
+//! per-CPU counters.
 
-use std::{collections::HashSet, sync::Barrier};
+use std::collections::HashSet;
 
-use aya::programs::{TestRun as _, TestRunOptions};
+use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use hb_common::{Counter, HostKey, net::XDP_DROP};
 use hb_testkit::{
     frames::{hb4, src_addr},
+    maps::{Hints, PerCpuCounters},
     program as kit,
+    race::{self, Span},
 };
 use hb_userspace::xdp;
 
+fn beat(prog: &Xdp, frame: &[u8]) {
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::new()
+        })
+        .unwrap();
+    assert_eq!(r.return_value, XDP_DROP);
+}
+
 #[test]
 fn concurrent_new_hosts_get_distinct_slots() {
-    const THREADS: u32 = 4;
-    const PER_THREAD: u32 = 20_000;
+    let Some(cpus) = race::cpus_to_race_on(4) else {
+        return;
+    };
+    let threads = cpus.len() as u32;
+    const ROUNDS: u32 = 10_000;
     // Room for every host: the point is allocation, not a full table.
     let mut loaded = kit::load(1 << 17);
     let prog = xdp::program(&mut loaded.ebpf).unwrap();
-    let barrier = Barrier::new(THREADS as usize);
-    std::thread::scope(|s| {
-        for _ in 0..THREADS {
-            let (prog, barrier) = (&*prog, &barrier);
-            s.spawn(move || {
-                barrier.wait();
-                // Every thread walks the same new hosts in the same order,
-                // so each is first seen on several CPUs at about once.
-                for i in 0..PER_THREAD {
-                    let frame = hb4(&[], src_addr(i));
-                    let r = prog
-                        .test_run(TestRunOptions {
-                            data_in: Some(&frame),
-                            ..TestRunOptions::new()
-                        })
-                        .unwrap();
-                    assert_eq!(r.return_value, XDP_DROP);
-                }
-            });
+    let per_cpu = PerCpuCounters::of(prog);
+    let before = per_cpu.read();
+    // Round r: every thread sends host r (a new host first seen on every
+    // CPU at once: one insert wins), then a host of its own (new hosts on
+    // every CPU at once: each takes a slot from the same counter).
+    let own = |t: u32, r: u32| ROUNDS + r * threads + t;
+    let spans: Vec<Span> = race::on_cpus(&cpus, |t, step| {
+        for r in 0..ROUNDS {
+            step.wait();
+            beat(prog, &hb4(&[], src_addr(r)));
+            step.wait();
+            beat(prog, &hb4(&[], src_addr(own(t as u32, r))));
         }
-    });
-    let distinct = PER_THREAD;
+    })
+    .into_iter()
+    .map(|(span, ())| span)
+    .collect();
+    let after = per_cpu.read();
+    race::assert_raced(
+        &spans,
+        &before,
+        &after,
+        &[Counter::Heartbeat],
+        2 * ROUNDS as u64,
+    );
+
+    let distinct = ROUNDS * (1 + threads);
     let table = &loaded.table;
     assert_eq!(
         table.len(),
         distinct as usize,
         "slots handed out != distinct hosts"
     );
-    let counters = loaded.table.counters().unwrap();
+    let counters = table.counters().unwrap();
     assert_eq!(counters[Counter::NewHost as usize], distinct as u64);
     assert_eq!(
         counters[Counter::Heartbeat as usize],
-        (PER_THREAD * THREADS) as u64
+        (2 * ROUNDS * threads) as u64
     );
     // Every slot holds a distinct host, and the hash map points back to it.
     let mut keys = HashSet::new();
@@ -74,8 +98,22 @@ fn concurrent_new_hosts_get_distinct_slots() {
     assert_eq!(keys, expected);
     // A heartbeat that loses the race for a new host's first stamp is
     // counted as a heartbeat but not in the host's beat count.
-    assert!(beats <= (PER_THREAD * THREADS) as u64);
+    let sent = (2 * ROUNDS * threads) as u64;
+    assert!(beats <= sent);
     assert!(beats >= distinct as u64, "{beats}");
+    // And the CPUs did race on one new host, not only at about one time.
+    assert!(
+        beats < sent,
+        "no heartbeat ever lost a race for a new host's first stamp"
+    );
+    let new_by_cpu: Vec<u64> = spans
+        .iter()
+        .map(|s| after[s.cpu][Counter::NewHost as usize] - before[s.cpu][Counter::NewHost as usize])
+        .collect();
+    println!(
+        "new hosts by CPU {new_by_cpu:?}; {} heartbeats lost a race for a new host's first stamp",
+        sent - beats
+    );
 }
 
 #[test]
@@ -105,36 +143,60 @@ fn a_full_table_refuses_new_hosts_without_losing_slots() {
     assert_eq!(keys.len(), 64);
 }
 
-/// The hint slot the program looks at first for `key` (its hash, as in
-/// hb-ebpf's table.rs), for a hint array of `mask + 1` entries.
-fn hint_index(key: &HostKey, mask: u32) -> u32 {
-    let [a, b] = key.words();
-    ((a ^ b).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32 & mask
+/// The hint a host's slot is remembered at, derived here from
+/// docs/design.md and hb-ebpf's table.rs rather than taken from hb: the
+/// address's 16 bytes as two little-endian words (the program loads them
+/// in memory order on a little-endian CPU), XORed, times the 64-bit golden
+/// ratio constant 0x9e3779b97f4a7c15, the top 32 bits of the product,
+/// masked to the hint array's size (a power of two at least `--max-hosts`).
+fn hint_of(addr: [u8; 16], hints: u32) -> u32 {
+    assert!(hints.is_power_of_two());
+    let a = u64::from_le_bytes(addr[..8].try_into().unwrap());
+    let b = u64::from_le_bytes(addr[8..].try_into().unwrap());
+    ((a ^ b).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32 & (hints - 1)
+}
+
+/// An IPv4 address as the table keys it: `::ffff:a.b.c.d`.
+fn mapped([a, b, c, d]: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d]
 }
 
 #[test]
 fn hosts_sharing_a_hint_are_each_stamped_in_their_own_slot() {
     // 16 hosts, 16 hints: find hosts whose hints collide, then interleave
     // their heartbeats so that each finds the other's slot in the hint.
+    const HINTS: u32 = 16;
     let mut loaded = kit::load(16);
-    let mask = 15;
-    let first = HostKey::from_ipv4(src_addr(1));
+    let hint = hint_of(mapped(src_addr(1)), HINTS);
     let sharing: Vec<u32> = (1..10_000)
-        .filter(|&i| hint_index(&HostKey::from_ipv4(src_addr(i)), mask) == hint_index(&first, mask))
+        .filter(|&i| hint_of(mapped(src_addr(i)), HINTS) == hint)
         .take(3)
         .collect();
     assert_eq!(sharing.len(), 3, "no colliding hosts found");
     let prog = xdp::program(&mut loaded.ebpf).unwrap();
+    // The program's own hints show that they really collide: after each
+    // heartbeat, the one hint set is that hint, holding that host's slot.
+    let hints = Hints::of(prog);
+    assert_eq!(hints.read().len(), HINTS as usize, "hint array size");
     let rounds = 5u64;
-    for _ in 0..rounds {
+    for round in 0..rounds {
         for &i in &sharing {
-            let r = prog
-                .test_run(TestRunOptions {
-                    data_in: Some(&hb4(&[], src_addr(i))),
-                    ..TestRunOptions::new()
-                })
-                .unwrap();
-            assert_eq!(r.return_value, XDP_DROP);
+            beat(prog, &hb4(&[], src_addr(i)));
+            let slot = loaded
+                .table
+                .slot(&HostKey::from_ipv4(src_addr(i)))
+                .expect("host in the table");
+            let set: Vec<(usize, u32)> = hints
+                .read()
+                .into_iter()
+                .enumerate()
+                .filter(|&(_, h)| h != 0)
+                .collect();
+            assert_eq!(
+                set,
+                [(hint as usize, slot + 1)],
+                "round {round}, host {i}: hints set (index, slot + 1)"
+            );
         }
     }
     assert_eq!(loaded.table.len(), sharing.len());
