@@ -2,6 +2,8 @@
 //! and stop cleanly on a signal. Each part owns its completions; this is
 //! only the wiring.
 
+use std::time::{Duration, Instant};
+
 use anyhow::{Result, anyhow};
 use log::info;
 
@@ -30,7 +32,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Bound before the ingest starts: an address that cannot be served is a
     // bad option, and must not leave a program attached (or, on a restart,
     // the last collector's program replaced by this one).
-    let http = args.metrics_listen.map(HttpServer::bind).transpose()?;
+    let http = args.metrics_listen.map(bind_http).transpose()?;
     let mut ingest = ingest::start(&args.ingest_config(auth), &mut events)?;
     let mut http = match http {
         Some(mut server) => {
@@ -96,4 +98,23 @@ pub fn run(args: RunArgs) -> Result<()> {
     sweeper.written(stdout.bytes_written());
     ingest.finish();
     Ok(())
+}
+
+/// Binds the endpoint, waiting a little while the address is in use: the
+/// collector this one replaces lets go of it only once the kernel has torn
+/// down its ring, a moment after it exited.
+fn bind_http(addr: std::net::SocketAddr) -> Result<HttpServer> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match HttpServer::bind(addr) {
+            Err(e)
+                if Instant::now() < deadline
+                    && e.downcast_ref::<std::io::Error>()
+                        .is_some_and(|e| e.kind() == std::io::ErrorKind::AddrInUse) =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            bound => return bound,
+        }
+    }
 }
