@@ -647,7 +647,7 @@ fn a_second_run_on_a_watched_interface_is_refused() {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "not one line: {stderr}");
     assert!(
-        lines[0].starts_with("hb: error: ")
+        lines[0].starts_with("error: ")
             && lines[0].contains(&link.a_if)
             && lines[0].contains(&pid.to_string()),
         "the message names neither the interface nor the collector: {stderr}"
@@ -706,7 +706,7 @@ fn a_restart_with_a_bad_option_leaves_the_program_as_it_was() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let errors: Vec<&str> = stderr
         .lines()
-        .filter(|l| l.starts_with("hb: error: "))
+        .filter(|l| l.starts_with("error: "))
         .collect();
     assert!(
         errors.len() == 1 && errors[0].contains("198.18.99.99:9760"),
