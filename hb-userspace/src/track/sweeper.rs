@@ -10,6 +10,7 @@ use crate::clock::monotonic_ns;
 
 use super::{
     events::{Event, Format, Summary, format_event, timestamp},
+    silent::SilentOrder,
     table::Table,
     tracker::{Tracker, Transition},
 };
@@ -25,6 +26,10 @@ pub struct EventTotals {
 pub struct Sweeper {
     events: EventTotals,
     tracker: Tracker,
+    /// The tracker's silent hosts, longest silent first.
+    silent: SilentOrder,
+    /// Slots of the table in use at the last sweep.
+    table_used: usize,
     format: Format,
     /// The last sweep's event lines and summary.
     out: Vec<u8>,
@@ -40,6 +45,8 @@ impl Sweeper {
     pub fn with_tracker(tracker: Tracker, format: Format) -> Self {
         Self {
             events: EventTotals::default(),
+            silent: SilentOrder::of(&tracker),
+            table_used: 0,
             tracker,
             format,
             out: Vec::new(),
@@ -62,6 +69,16 @@ impl Sweeper {
         &self.tracker
     }
 
+    /// The silent hosts of the last sweep, longest silent first.
+    pub fn silent(&self) -> &SilentOrder {
+        &self.silent
+    }
+
+    /// Slots of the table in use at the last sweep.
+    pub fn table_used(&self) -> usize {
+        self.table_used
+    }
+
     /// What the last sweep found.
     pub fn summary(&self) -> &Summary {
         &self.summary
@@ -78,21 +95,36 @@ impl Sweeper {
         self.out.clear();
         let Self {
             tracker,
+            silent,
             format,
             out,
             events,
             ..
         } = self;
         let ts = timestamp(wall);
-        tracker.sweep(table.last_seen(), now, |t| {
+        let last_seen = table.last_seen();
+        tracker.sweep(last_seen, now, |t| {
             match t {
                 Transition::New { .. } => events.new += 1,
-                Transition::Silent { .. } => events.silent += 1,
-                Transition::Recovered { .. } => events.recovered += 1,
+                Transition::Silent {
+                    host,
+                    silent_for_ns,
+                } => {
+                    events.silent += 1;
+                    // silent_for_ns is `now` less its last-seen time.
+                    silent.went_silent(host, now - silent_for_ns);
+                }
+                Transition::Recovered { host, .. } => {
+                    events.recovered += 1;
+                    silent.recovered(host);
+                }
             }
             let t = t.with_host(table.host(*t.host()));
             push_line(out, &format_event(*format, &ts, &Event::Host(t)));
         });
+        silent.settle(tracker);
+        // The slots this sweep read: those in use when it began.
+        self.table_used = last_seen.len();
 
         let packets = table.counters()?;
         let delta = |c: Counter| packets[c as usize].saturating_sub(self.last_packets[c as usize]);
