@@ -24,11 +24,13 @@ mod track;
 pub use cli::{Cli, parse_duration, parse_port};
 pub use clock::monotonic_ns;
 pub use cmd::{Signer, default_host_id, parse_key};
+pub use http::{Request, Response, Site};
 pub use track::{
-    events::{Format, timestamp},
+    events::{Format, Host, timestamp},
+    silent::SilentOrder,
     sweeper::Sweeper,
     table::{Counts, Table},
-    tracker::{Tracker, Words},
+    tracker::{Tracker, Transition, Words},
 };
 
 /// The XDP program: loading it as the collector does, its host table, and

@@ -1,13 +1,20 @@
 //! The HTTP endpoint's promises (README, "HTTP endpoint"): HEAD answers
-//! with GET's headers and no body; a 5 s deadline on every read; at most
-//! 128 connections, extra ones closed while the collector keeps serving
-//! and sweeping; `/silent` longest silent first, with `silent_since` the
+//! with GET's headers and no body; a request is closed 5 s after it was
+//! accepted, however its bytes trickle in; one client holds at most 8
+//! connections; past 128 connections the oldest idle one makes room, so a
+//! scrape is answered while slow clients hold every slot, and sweeps go on
+//! throughout; `/silent` longest silent first, with `silent_since` the
 //! moment the last heartbeat became older than the timeout; and per-host
 //! series only with `--metrics-silent-hosts N`, at most N of them.
 
 use std::{
     io::{ErrorKind, Read as _, Write as _},
-    net::TcpStream,
+    net::{Ipv4Addr, TcpStream},
+    os::fd::{AsRawFd as _, FromRawFd as _},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -197,8 +204,22 @@ fn read_until_closed(mut s: TcpStream, limit: Duration) -> (Vec<u8>, Option<Inst
     }
 }
 
+/// Sends one byte of a request header every `period`, for at most
+/// `limit`, or until the endpoint closes.
+fn trickle(mut s: TcpStream, period: Duration, limit: Duration) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            thread::sleep(period);
+            if s.write_all(b"a").is_err() {
+                return;
+            }
+        }
+    })
+}
+
 #[test]
-fn silent_and_half_finished_requests_are_closed_after_5_s() {
+fn silent_half_finished_and_trickling_requests_are_closed_5_s_after_accept() {
     let link = setup("deadline");
     let log = Log::new("deadline");
     let (c, _) = start(&link, &log, ("1s", "200ms"), &[]);
@@ -207,7 +228,22 @@ fn silent_and_half_finished_requests_are_closed_after_5_s() {
     let mut half = connect(&link.a);
     half.write_all(b"GET /metrics HTTP/1.1\r\nHost:").unwrap();
     let half_since = Instant::now();
-    let readers = [(silent, silent_since), (half, half_since)].map(|(s, since)| {
+    // A header that never ends, a byte every 500 ms (for 12 s at most).
+    let mut slow = connect(&link.a);
+    let slow_since = Instant::now();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
+        .unwrap();
+    let trickler = trickle(
+        slow.try_clone().unwrap(),
+        Duration::from_millis(500),
+        Duration::from_secs(12),
+    );
+    let readers = [
+        (silent, silent_since),
+        (half, half_since),
+        (slow, slow_since),
+    ]
+    .map(|(s, since)| {
         thread::spawn(move || {
             let (got, closed) = read_until_closed(s, Duration::from_secs(12));
             (got, closed.map(|at| at - since))
@@ -220,11 +256,12 @@ fn silent_and_half_finished_requests_are_closed_after_5_s() {
         .filter(|v| v["event"] == "summary")
         .count();
     assert!(summaries >= 10, "{summaries} sweeps in 4 s");
-    for (what, reader) in ["nothing", "half a request"].into_iter().zip(readers) {
+    let sent = ["nothing", "half a request", "a byte every 500 ms"];
+    for (what, reader) in sent.into_iter().zip(readers) {
         let (got, after) = reader.join().unwrap();
         let after = after.unwrap_or_else(|| panic!("sent {what}: still open after 12 s"));
         assert!(
-            (Duration::from_millis(4800)..Duration::from_secs(8)).contains(&after),
+            (Duration::from_millis(4800)..Duration::from_secs(7)).contains(&after),
             "sent {what}: closed after {after:?}"
         );
         assert!(
@@ -233,57 +270,271 @@ fn silent_and_half_finished_requests_are_closed_after_5_s() {
             String::from_utf8_lossy(&got)
         );
     }
+    trickler.join().unwrap();
     // And the endpoint still answers.
     assert_eq!(get(&link.a, "/metrics").status, 200);
 }
 
+/// A TCP connection to the endpoint from `src`, an address of the
+/// loopback (127.0.0.0/8), made on the calling thread's namespace.
+fn connect_from(src: Ipv4Addr) -> TcpStream {
+    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a new socket, owned by the stream from here on.
+    let stream = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        TcpStream::from_raw_fd(fd)
+    };
+    let (local, remote) = (sockaddr(src, 0), sockaddr(Ipv4Addr::LOCALHOST, PORT));
+    let fd = stream.as_raw_fd();
+    // SAFETY: sockaddr_in values of the length given, on our own socket.
+    unsafe {
+        assert_eq!(
+            libc::bind(fd, (&raw const local).cast(), len),
+            0,
+            "binding {src}: {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(
+            libc::connect(fd, (&raw const remote).cast(), len),
+            0,
+            "connecting from {src}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    stream
+}
+
+/// Connections to the endpoint from each of `from`, in that order, made
+/// in `ns`.
+fn open(ns: &Netns, from: Vec<Ipv4Addr>) -> Vec<TcpStream> {
+    ns.within(move || from.into_iter().map(connect_from).collect())
+        .expect("running in the namespace")
+}
+
+/// 127.0.1.`i`: client number `i` (a client is an address).
+fn client(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 1, u8::try_from(i).unwrap())
+}
+
+/// `GET path` from `from`, or what went wrong.
+fn get_from(ns: &Netns, from: Ipv4Addr, path: &str) -> Result<Reply, String> {
+    let mut s = open(ns, vec![from]).remove(0);
+    reply_to(&mut s, path)
+}
+
+/// Sends `GET path` on `s` and reads the reply.
+fn reply_to(s: &mut TcpStream, path: &str) -> Result<Reply, String> {
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: hb\r\n\r\n").as_bytes())
+        .map_err(|e| format!("sending: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .map_err(|e| format!("reading: {e}"))?;
+    if raw.is_empty() {
+        return Err("closed without a reply".into());
+    }
+    Ok(Reply::parse(&raw))
+}
+
+/// Which of `conns` the endpoint has closed (end of file or reset); `seen`
+/// keeps what earlier calls found.
+fn closed(conns: &[TcpStream], seen: &mut Vec<bool>) {
+    seen.resize(conns.len(), false);
+    for (s, seen) in conns.iter().zip(seen.iter_mut()) {
+        if *seen {
+            continue;
+        }
+        s.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 256];
+        *seen = match (&*s).read(&mut buf) {
+            Ok(0) => true,
+            Ok(n) => panic!("an idle connection got {n} bytes"),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => true,
+            Err(e) => panic!("reading: {e}"),
+        };
+        s.set_nonblocking(false).unwrap();
+    }
+}
+
+/// Polls `conns` for up to `within` until `done` holds of which are
+/// closed; returns which are.
+fn closed_within(
+    conns: &[TcpStream],
+    within: Duration,
+    done: impl Fn(&[bool]) -> bool,
+) -> Vec<bool> {
+    let until = Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        closed(conns, &mut seen);
+        if done(&seen) || Instant::now() > until {
+            return seen;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Summaries the collector has printed since `since` (its lines read so
+/// far).
+fn summaries_since(c: &Collector, since: Instant) -> usize {
+    c.lines
+        .try_iter()
+        .filter(|(at, v)| *at >= since && v["event"] == "summary")
+        .count()
+}
+
+/// Sweeps went on since `since`: at least half of those due every 200 ms.
+fn assert_sweeping(c: &Collector, since: Instant) {
+    // The last line may still be on its way.
+    thread::sleep(Duration::from_millis(300));
+    let due = since.elapsed().as_millis() / 200;
+    let seen = summaries_since(c, since);
+    assert!(
+        seen as u128 >= due / 2,
+        "{seen} sweeps in {:?} (sweep 200ms)",
+        since.elapsed()
+    );
+}
+
 #[test]
-fn past_128_connections_new_ones_are_closed_and_the_rest_served() {
+fn one_client_holds_at_most_8_connections_its_oldest_idle_ones_make_room() {
+    let link = setup("perpeer");
+    let log = Log::new("perpeer");
+    let (c, _) = start(&link, &log, ("1s", "200ms"), &[]);
+    // One client opens as many connections as there are slots, and says
+    // nothing (each would be closed by the deadline 5 s after it was
+    // accepted: what follows must fit in that time).
+    let opened = Instant::now();
+    let mut conns = open(&link.a, vec![client(1); 128]);
+    // Its oldest are closed at once to make room for its newer ones: it
+    // keeps 8.
+    let gone = closed_within(&conns, Duration::from_secs(3), |gone| {
+        gone.iter().filter(|g| **g).count() >= 120
+    });
+    let kept: Vec<usize> = (0..128).filter(|&i| !gone[i]).collect();
+    assert_eq!(
+        kept,
+        (120..128).collect::<Vec<_>>(),
+        "connections of one client still open {:?} after it opened 128",
+        opened.elapsed()
+    );
+    // Another client is served beside it...
+    let reply = get_from(&link.a, client(2), "/metrics").expect("another client's scrape");
+    assert_eq!(reply.status, 200);
+    // ...and so is this one, on the 8 it kept and on a new connection.
+    let newest = conns.last_mut().unwrap();
+    assert_eq!(reply_to(newest, "/metrics").unwrap().status, 200);
+    let reply = get_from(&link.a, client(1), "/silent").expect("a new connection of the client");
+    assert_eq!(reply.status, 200);
+    assert!(
+        opened.elapsed() < Duration::from_millis(4500),
+        "too slow to tell the cap from the deadline: {:?}",
+        opened.elapsed()
+    );
+    assert_sweeping(&c, opened);
+}
+
+/// 16 clients with 8 connections each, in order (client 1's first): every
+/// slot taken.
+fn fill_every_slot(ns: &Netns) -> Vec<TcpStream> {
+    open(ns, (0..128).map(|i| client(1 + i / 8)).collect())
+}
+
+#[test]
+fn with_every_slot_held_by_trickling_clients_a_scrape_is_answered() {
+    let link = setup("crowd");
+    let log = Log::new("crowd");
+    let (c, _) = start(&link, &log, ("1s", "200ms"), &[]);
+    let opened = Instant::now();
+    let mut crowd = fill_every_slot(&link.a);
+    // Each starts a request and adds a byte to it every 500 ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    for s in &mut crowd {
+        s.write_all(b"GET /metrics HTTP/1.1\r\nX-Slow: ").unwrap();
+    }
+    let trickler = {
+        let crowd: Vec<TcpStream> = crowd.iter().map(|s| s.try_clone().unwrap()).collect();
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            for _ in 0..20 {
+                thread::sleep(Duration::from_millis(500));
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                for mut s in &crowd {
+                    let _ = s.write_all(b"a");
+                }
+            }
+        })
+    };
+    // A Prometheus scrapes, and is answered every time, at once.
+    for scrape in 1..=5 {
+        let asked = Instant::now();
+        let reply = get_from(&link.a, Ipv4Addr::new(127, 0, 0, 1), "/metrics")
+            .unwrap_or_else(|e| panic!("scrape {scrape} while every slot is held: {e}"));
+        assert_eq!(reply.status, 200);
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "scrape {scrape} answered after {:?}",
+            asked.elapsed()
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        opened.elapsed() < Duration::from_millis(4500),
+        "too slow to tell room made from slots freed by the deadline: {:?}",
+        opened.elapsed()
+    );
+    assert_sweeping(&c, opened);
+    stop.store(true, Ordering::Relaxed);
+    trickler.join().unwrap();
+}
+
+#[test]
+fn past_128_connections_the_oldest_idle_one_makes_room_and_the_rest_are_served() {
     let link = setup("connlimit");
     let log = Log::new("connlimit");
     let (c, _) = start(&link, &log, ("1s", "200ms"), &[]);
-    // 128 connections that say nothing (each closed by the deadline 5 s
-    // after it was accepted: what follows must fit in that time).
+    // 128 connections that say nothing, from 16 clients (each at its cap).
     let opened = Instant::now();
-    let mut open: Vec<TcpStream> = link
-        .a
-        .within(|| {
-            (0..128)
-                .map(|_| TcpStream::connect(("127.0.0.1", PORT)).unwrap())
-                .collect()
-        })
-        .unwrap();
-    // The 129th is accepted last (the accept queue is FIFO) and closed at
-    // once, not by the deadline.
-    let extra = connect(&link.a);
-    let connected = Instant::now();
-    let (got, closed) = read_until_closed(extra, Duration::from_secs(3));
-    let closed = closed.expect("the 129th connection was left open");
-    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    let mut conns = fill_every_slot(&link.a);
+    // The 129th, from a 17th client, is accepted last (the accept queue is
+    // FIFO) and served...
+    let reply = get_from(&link.a, client(17), "/metrics").expect("the 129th connection");
+    assert_eq!(reply.status, 200);
+    // ...the oldest was closed for it at once, not by the deadline, and
+    // only that one.
+    let gone = closed_within(&conns, Duration::from_secs(2), |gone| gone[0]);
     assert!(
-        closed - connected < Duration::from_secs(2),
-        "closed only after {:?}",
-        closed - connected
+        gone[0],
+        "the oldest connection still open {:?} after it was opened",
+        opened.elapsed()
     );
-    // The 128th is live and served...
-    let mut last = open.pop().unwrap();
-    last.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    last.write_all(b"GET /metrics HTTP/1.1\r\nHost: hb\r\n\r\n")
-        .unwrap();
-    let mut raw = Vec::new();
-    last.read_to_end(&mut raw).expect("a reply on the 128th");
-    assert_eq!(Reply::parse(&raw).status, 200);
-    // ...and with its slot free again, a new connection is too.
-    assert_eq!(get(&link.a, "/silent").status, 200);
+    let others: Vec<usize> = (1..128).filter(|&i| gone[i]).collect();
+    assert!(others.is_empty(), "also closed: {others:?}");
+    // The second oldest and the newest are live and served.
+    for i in [1, 127] {
+        let reply =
+            reply_to(&mut conns[i], "/metrics").unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!(reply.status, 200, "connection {i}");
+    }
     assert!(
         opened.elapsed() < Duration::from_millis(4500),
-        "too slow to tell the limit from the deadline: {:?}",
+        "too slow to tell room made from slots freed by the deadline: {:?}",
         opened.elapsed()
     );
     // Sweeping never stopped.
-    let (summary, _) = c.wait_for(Duration::from_secs(2), |v| v["event"] == "summary");
-    assert!(summary.is_some(), "sweeps stopped");
-    drop(open);
+    assert_sweeping(&c, opened);
 }
 
 /// `hb beat` from 198.18.50.`host` every 100 ms.

@@ -1,6 +1,7 @@
 //! What the HTTP endpoint serves: `GET /metrics` (Prometheus text
 //! exposition) and `GET /silent` (silent hosts as JSON, paged). Rendered from
-//! the last sweep's state: a scrape never reads the table itself.
+//! the last sweep's state; the table is read only for the hosts a page
+//! shows (their addresses), so a request costs what it returns.
 
 use std::{fmt::Write as _, time::Duration};
 
@@ -11,10 +12,9 @@ use crate::{
     clock::monotonic_ns,
     track::{
         events::{Summary, host_id},
-        silent::{longest_silent, silent_page},
+        silent::SilentOrder,
         sweeper::{EventTotals, Sweeper},
         table::Table,
-        tracker::Tracker,
     },
 };
 
@@ -33,12 +33,14 @@ pub struct Site {
 }
 
 impl Site {
-    /// Answers `req` from the last sweep's state and the table.
+    /// Answers `req` from the last sweep's state, and from the table the
+    /// addresses of the silent hosts it shows.
     pub fn handle(&self, req: &Request<'_>, sweeper: &Sweeper, table: &dyn Table) -> Response {
         let ctx = Context {
             summary: sweeper.summary(),
             events: sweeper.totals(),
-            tracker: sweeper.tracker(),
+            silent: sweeper.silent(),
+            table_used: sweeper.table_used(),
             table,
             site: self,
         };
@@ -49,7 +51,8 @@ impl Site {
 struct Context<'a> {
     summary: &'a Summary,
     events: &'a EventTotals,
-    tracker: &'a Tracker,
+    silent: &'a SilentOrder,
+    table_used: usize,
     table: &'a dyn Table,
     site: &'a Site,
 }
@@ -148,7 +151,7 @@ fn metrics(ctx: &Context<'_>) -> String {
         "gauge",
         "Slots of the table in use.",
     );
-    let _ = writeln!(out, "hb_table_used {}", ctx.table.len());
+    let _ = writeln!(out, "hb_table_used {}", ctx.table_used);
     metric(
         &mut out,
         "hb_sweep_duration_seconds",
@@ -184,10 +187,8 @@ fn metrics(ctx: &Context<'_>) -> String {
             "Seconds since the last heartbeat, for silent hosts only (capped by --metrics-silent-hosts).",
         );
         let now = monotonic_ns();
-        for (host, last_seen) in longest_silent(ctx.tracker, ctx.table)
-            .into_iter()
-            .take(ctx.site.silent_series)
-        {
+        for (slot, last_seen) in ctx.silent.range(0, ctx.site.silent_series) {
+            let host = ctx.table.host(slot);
             let secs = now.saturating_sub(last_seen) as f64 / 1e9;
             let id = host
                 .id
@@ -217,10 +218,111 @@ fn silent(req: &Request<'_>, ctx: &Context<'_>) -> Response {
         }
         (Err(e), _) | (_, Err(e)) => return Response::error(400, &e),
     };
-    let page = silent_page(ctx.tracker, ctx.table, ctx.site.timeout, offset, limit);
+    let page = ctx.silent.page(ctx.table, ctx.site.timeout, offset, limit);
     Response::new(
         200,
         "application/json",
         serde_json::to_vec(&page).expect("plain structs serialize"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        cell::Cell,
+        sync::atomic::AtomicU64,
+        time::{Duration, UNIX_EPOCH},
+    };
+
+    use anyhow::Result;
+    use hb_common::HostKey;
+
+    use super::*;
+    use crate::track::{
+        events::{Format, Host},
+        table::Counts,
+    };
+
+    const S: u64 = 1_000_000_000;
+
+    /// Hosts 10.0.x.y, slot i last seen at i ms; counts the addresses read.
+    struct Counting {
+        seen: Vec<AtomicU64>,
+        reads: Cell<usize>,
+    }
+
+    impl Table for Counting {
+        fn last_seen(&self) -> &[AtomicU64] {
+            &self.seen
+        }
+        fn host(&self, slot: u32) -> Host {
+            self.reads.set(self.reads.get() + 1);
+            let [_, _, a, b] = slot.to_be_bytes();
+            Host::addr(&HostKey::from_ipv4([10, 0, a, b]))
+        }
+        fn len(&self) -> usize {
+            self.seen.len()
+        }
+        fn capacity(&self) -> usize {
+            self.seen.len()
+        }
+        fn counters(&self) -> Result<Counts> {
+            Ok(Default::default())
+        }
+    }
+
+    fn get(site: &Site, target: &str, sweeper: &Sweeper, table: &dyn Table) -> Response {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let req = Request {
+            method: "GET",
+            path,
+            query,
+        };
+        site.handle(&req, sweeper, table)
+    }
+
+    #[test]
+    fn a_page_reads_the_table_only_for_the_hosts_it_shows() {
+        let n = 10_000u64;
+        // Slot i last seen at 1 s + i ms: slot 0 is the longest silent.
+        let table = Counting {
+            seen: (0..n).map(|i| AtomicU64::new(S + i * 1_000_000)).collect(),
+            reads: Cell::new(0),
+        };
+        let mut sweeper = Sweeper::new(15 * S, Format::Json);
+        sweeper
+            .sweep_at(&table, 100 * S, UNIX_EPOCH + Duration::from_secs(1000))
+            .unwrap();
+        assert_eq!(sweeper.summary().silent, n);
+        let site = Site {
+            ingest: "xdp",
+            timeout: Duration::from_secs(15),
+            silent_series: 10,
+        };
+
+        table.reads.set(0);
+        let page = get(&site, "/silent?limit=100&offset=5000", &sweeper, &table);
+        assert_eq!(page.status, 200);
+        assert_eq!(table.reads.get(), 100, "addresses read for a page of 100");
+        let page: serde_json::Value = serde_json::from_slice(&page.body).unwrap();
+        assert_eq!(page["total"], n);
+        let hosts = page["hosts"].as_array().unwrap();
+        assert_eq!(hosts.len(), 100);
+        // Slot 5000 is 10.0.19.136.
+        assert_eq!(hosts[0]["host"], "10.0.19.136");
+
+        table.reads.set(0);
+        let metrics = get(&site, "/metrics", &sweeper, &table);
+        assert_eq!(metrics.status, 200);
+        assert_eq!(table.reads.get(), 10, "addresses read for 10 series");
+        let body = String::from_utf8(metrics.body).unwrap();
+        assert!(
+            body.contains("hb_host_silent_seconds{host=\"10.0.0.0\"}"),
+            "{body}"
+        );
+        assert!(body.contains(&format!("hb_table_used {n}\n")), "{body}");
+    }
 }

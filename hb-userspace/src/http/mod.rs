@@ -5,4 +5,4 @@ mod endpoints;
 mod server;
 
 pub use endpoints::Site;
-pub use server::HttpServer;
+pub use server::{HttpServer, Request, Response};

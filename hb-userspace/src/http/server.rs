@@ -1,11 +1,20 @@
 //! A small HTTP/1.1 endpoint on the collector's io_uring: accept, recv and
 //! send are ring operations, so a slow or silent client never blocks a sweep
 //! and there is no thread per connection. One request per connection
-//! (`Connection: close`), bounded request size, bounded connection count,
-//! and a deadline on every read and write.
+//! (`Connection: close`), bounded request size, and:
+//!
+//! - a deadline per request, from accept to the last byte sent, however the
+//!   bytes trickle in or out;
+//! - at most `MAX_PER_PEER` connections per client address (per /64 for
+//!   IPv6), `MAX_CONNS` in all;
+//! - when a new connection finds no room (its peer at its cap, or every
+//!   slot taken), the oldest idle connection (of that peer, or of all)
+//!   makes room: one that has not sent a whole request yet. Connections
+//!   sending a reply are never cut short; only when all of them are, is the
+//!   new one closed.
 
 use std::{
-    net::{SocketAddr, TcpListener},
+    net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::Duration,
 };
@@ -14,11 +23,24 @@ use anyhow::{Context as _, Result};
 use io_uring::{opcode, squeue, types};
 use log::debug;
 
-use crate::io::{EventLoop, HttpOp, Token};
+use crate::{
+    clock::monotonic_ns,
+    io::{EventLoop, HttpOp, Token},
+};
 
+/// Connections served at once.
 const MAX_CONNS: usize = 128;
+/// Connections one client may hold. A Prometheus scrape uses one; eight
+/// leave room for a pair of Prometheus servers, a federation and a few
+/// people with curl behind one NAT, while one client holds at most 1/16 of
+/// the slots (filling them takes 16 addresses).
+const MAX_PER_PEER: usize = 8;
 const MAX_REQUEST: usize = 8 * 1024;
-const IO_DEADLINE: Duration = Duration::from_secs(5);
+/// From accept to the last byte of the reply.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// Room for the connections being closed to make room (each until its
+/// pending receive completes, at once) beside the live ones.
+const SLOTS: usize = 2 * MAX_CONNS;
 
 /// A parsed request: only what the endpoints use.
 #[derive(Debug, PartialEq, Eq)]
@@ -74,18 +96,42 @@ impl Response {
     }
 }
 
+/// Where a connection is in its one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Receiving the request: idle, it can make room for a new connection.
+    Reading,
+    /// Sending the reply.
+    Sending,
+    /// Shut down to make room; freed when its receive completes.
+    Closing,
+}
+
 struct Conn {
-    fd: OwnedFd,
+    stream: TcpStream,
+    peer: IpAddr,
+    /// Accept order: the lowest is the oldest.
+    serial: u64,
+    phase: Phase,
     buf: Box<[u8]>,
     filled: usize,
     out: Vec<u8>,
     sent: usize,
+    /// The request's deadline (CLOCK_MONOTONIC, absolute), given to every
+    /// receive and send.
     deadline: Box<types::Timespec>,
+}
+
+impl Conn {
+    fn live(&self) -> bool {
+        self.phase != Phase::Closing
+    }
 }
 
 pub struct HttpServer {
     listener: TcpListener,
     conns: Vec<Option<Conn>>,
+    accepted: u64,
 }
 
 fn token(id: usize, op: HttpOp) -> u64 {
@@ -96,12 +142,23 @@ fn token(id: usize, op: HttpOp) -> u64 {
     .encode()
 }
 
+/// Whom the per-peer cap counts a connection against: its address, or
+/// for IPv6 the /64 it is in (a host usually holds a whole /64 to pick
+/// addresses from). IPv4-mapped addresses count as IPv4.
+fn peer_of(addr: SocketAddr) -> IpAddr {
+    match addr.ip().to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u64::MAX as u128))),
+        v4 => v4,
+    }
+}
+
 impl HttpServer {
     pub fn bind(addr: SocketAddr) -> Result<Self> {
         let listener = TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
         Ok(Self {
             listener,
-            conns: (0..MAX_CONNS).map(|_| None).collect(),
+            conns: (0..SLOTS).map(|_| None).collect(),
+            accepted: 0,
         })
     }
 
@@ -141,22 +198,7 @@ impl HttpServer {
                 if result >= 0 {
                     // SAFETY: a successful accept returns a new fd we own.
                     let fd = unsafe { OwnedFd::from_raw_fd(result) };
-                    match self.conns.iter().position(Option::is_none) {
-                        Some(free) => {
-                            self.conns[free] = Some(Conn {
-                                fd,
-                                buf: vec![0; MAX_REQUEST].into_boxed_slice(),
-                                filled: 0,
-                                out: Vec::new(),
-                                sent: 0,
-                                deadline: Box::new(deadline()),
-                            });
-                            self.arm_recv(ev, free)?;
-                        }
-                        // Too many open connections: closing this one is
-                        // the back-pressure.
-                        None => debug!("http: connection limit reached, closing a new connection"),
-                    }
+                    self.admit(ev, TcpStream::from(fd))?;
                 } else {
                     debug!(
                         "http: accept failed: {}",
@@ -169,8 +211,9 @@ impl HttpServer {
                 let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else {
                     return Ok(());
                 };
-                if result <= 0 {
-                    // Closed by the peer, failed, or the deadline fired.
+                if result <= 0 || conn.phase != Phase::Reading {
+                    // Closed by the peer, failed, past the deadline, or
+                    // shut down to make room.
                     self.conns[id] = None;
                     return Ok(());
                 }
@@ -191,6 +234,7 @@ impl HttpServer {
                     None => self.arm_recv(ev, id),
                     Some((response, head_only)) => {
                         conn.out = response.encode(head_only);
+                        conn.phase = Phase::Sending;
                         self.arm_send(ev, id)
                     }
                 }
@@ -217,11 +261,84 @@ impl HttpServer {
         }
     }
 
+    /// Takes a new connection in, making room for it if needed; closes it
+    /// if there is none to make.
+    fn admit(&mut self, ev: &mut EventLoop, stream: TcpStream) -> Result<()> {
+        // A peer already gone leaves no address: nothing to serve.
+        let Ok(addr) = stream.peer_addr() else {
+            return Ok(());
+        };
+        let peer = peer_of(addr);
+        let live = self.conns.iter().flatten().filter(|c| c.live());
+        let (all, mine) = live.fold((0, 0), |(all, mine), c| {
+            (all + 1, mine + usize::from(c.peer == peer))
+        });
+        let room = if mine >= MAX_PER_PEER {
+            Some(self.oldest_idle(|c| c.peer == peer))
+        } else if all >= MAX_CONNS {
+            Some(self.oldest_idle(|_| true))
+        } else {
+            None
+        };
+        match room {
+            Some(None) => {
+                debug!("http: no room for a connection from {addr}: closed");
+                return Ok(());
+            }
+            Some(Some(oldest)) => self.make_room(oldest),
+            None => {}
+        }
+        let Some(free) = self.conns.iter().position(Option::is_none) else {
+            debug!("http: every slot is closing: a connection from {addr} closed");
+            return Ok(());
+        };
+        self.accepted += 1;
+        let at = monotonic_ns() + REQUEST_DEADLINE.as_nanos() as u64;
+        self.conns[free] = Some(Conn {
+            stream,
+            peer,
+            serial: self.accepted,
+            phase: Phase::Reading,
+            buf: vec![0; MAX_REQUEST].into_boxed_slice(),
+            filled: 0,
+            out: Vec::new(),
+            sent: 0,
+            deadline: Box::new(
+                types::Timespec::new()
+                    .sec(at / 1_000_000_000)
+                    .nsec((at % 1_000_000_000) as u32),
+            ),
+        });
+        self.arm_recv(ev, free)
+    }
+
+    /// The oldest connection still reading its request, among those
+    /// `which` picks.
+    fn oldest_idle(&self, which: impl Fn(&Conn) -> bool) -> Option<usize> {
+        self.conns
+            .iter()
+            .enumerate()
+            .filter_map(|(id, c)| Some((id, c.as_ref()?)))
+            .filter(|(_, c)| c.phase == Phase::Reading && which(c))
+            .min_by_key(|(_, c)| c.serial)
+            .map(|(id, _)| id)
+    }
+
+    /// Closes idle connection `id` for a new one: its pending receive
+    /// completes at once (end of file), and that frees the slot.
+    fn make_room(&mut self, id: usize) {
+        let conn = self.conns[id].as_mut().expect("live connection");
+        debug!("http: closing the oldest idle connection to make room");
+        // Fails only if the peer is gone already: then it completes anyway.
+        let _ = conn.stream.shutdown(Shutdown::Both);
+        conn.phase = Phase::Closing;
+    }
+
     fn arm_recv(&mut self, ev: &mut EventLoop, id: usize) -> Result<()> {
         let conn = self.conns[id].as_mut().expect("live connection");
         let free = &mut conn.buf[conn.filled..];
         let op = opcode::Recv::new(
-            types::Fd(conn.fd.as_raw_fd()),
+            types::Fd(conn.stream.as_raw_fd()),
             free.as_mut_ptr(),
             free.len() as u32,
         )
@@ -235,7 +352,7 @@ impl HttpServer {
         let conn = self.conns[id].as_mut().expect("live connection");
         let rest = &conn.out[conn.sent..];
         let op = opcode::Send::new(
-            types::Fd(conn.fd.as_raw_fd()),
+            types::Fd(conn.stream.as_raw_fd()),
             rest.as_ptr(),
             rest.len() as u32,
         )
@@ -246,24 +363,18 @@ impl HttpServer {
         Self::with_deadline(ev, conn, id, op)
     }
 
-    fn with_deadline(
-        ev: &mut EventLoop,
-        conn: &mut Conn,
-        id: usize,
-        op: squeue::Entry,
-    ) -> Result<()> {
-        *conn.deadline = deadline();
+    /// Submits `op` linked to the request's deadline: the same moment for
+    /// every receive and send of the request.
+    fn with_deadline(ev: &mut EventLoop, conn: &Conn, id: usize, op: squeue::Entry) -> Result<()> {
+        // ABS timeouts use CLOCK_MONOTONIC, the clock of `monotonic_ns`.
         let timeout = opcode::LinkTimeout::new(&*conn.deadline)
+            .flags(types::TimeoutFlags::ABS)
             .build()
             .user_data(token(id, HttpOp::Deadline));
         // SAFETY: the buffers belong to the connection, which is dropped
         // only after this operation's completion.
         unsafe { ev.submit(&[op, timeout]) }
     }
-}
-
-fn deadline() -> types::Timespec {
-    types::Timespec::from(IO_DEADLINE)
 }
 
 enum Parsed<'a> {
@@ -329,6 +440,18 @@ mod tests {
             Parsed::Partial
         ));
         assert!(matches!(parse(b"\x00\x01garbage\r\n\r\n"), Parsed::Bad));
+    }
+
+    #[test]
+    fn a_peer_is_an_ipv4_address_or_an_ipv6_64() {
+        let peer = |a: &str| peer_of(a.parse().unwrap()).to_string();
+        assert_eq!(peer("198.18.0.7:4000"), "198.18.0.7");
+        assert_eq!(peer("[::ffff:198.18.0.7]:4000"), "198.18.0.7");
+        assert_eq!(
+            peer("[2001:db8:1:2:aaaa:bbbb:cccc:dddd]:4000"),
+            "2001:db8:1:2::"
+        );
+        assert_eq!(peer("[::1]:4000"), "::");
     }
 
     #[test]

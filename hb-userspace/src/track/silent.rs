@@ -1,5 +1,9 @@
 //! The silent hosts, longest silent first, paged: what `GET /silent`, the
 //! per-host series and `hb status` show.
+//!
+//! The order is kept by the sweep ([`SilentOrder`]), not made per request:
+//! a page costs the hosts it shows (their addresses are read from the
+//! table then, for those hosts only), whatever the number of silent hosts.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -8,22 +12,164 @@ use serde::Serialize;
 use crate::clock::monotonic_ns;
 
 use super::{
-    events::{Host, host_id, timestamp},
+    events::{host_id, timestamp},
     table::Table,
     tracker::Tracker,
 };
 
-/// Silent hosts, longest silent first (stable order for paging).
-pub fn longest_silent(tracker: &Tracker, table: &dyn Table) -> Vec<(Host, u64)> {
-    let mut slots: Vec<(u64, u32)> = tracker
-        .silent_hosts()
-        .map(|(slot, seen)| (seen, slot))
-        .collect();
-    slots.sort_unstable();
-    slots
-        .into_iter()
-        .map(|(seen, slot)| (table.host(slot), seen))
-        .collect()
+/// Silent hosts, longest silent first: by last-seen time, then slot (a
+/// stable order for paging). The sweeper keeps it from the tracker's
+/// transitions: hosts that went silent are sorted among themselves and
+/// appended (a host goes silent later than those before it, so they
+/// normally come after them), hosts that recovered are taken out in one
+/// pass (marked in a bitmap of slots: a bit a slot of the table, kept).
+#[derive(Debug, Default)]
+pub struct SilentOrder {
+    /// (last seen, slot), ascending.
+    hosts: Vec<(u64, u32)>,
+    /// Went silent in the sweep under way.
+    added: Vec<(u64, u32)>,
+    /// Recovered in the sweep under way...
+    recovered: Vec<u32>,
+    /// ...and their bits, set while they are taken out.
+    marks: Vec<u64>,
+}
+
+impl SilentOrder {
+    /// The tracker's silent hosts, sorted (once: `hb status`, and a
+    /// collector carrying on from the last one's state).
+    pub fn of(tracker: &Tracker) -> Self {
+        let mut order = Self::default();
+        order.rebuild(tracker);
+        order
+    }
+
+    fn rebuild(&mut self, tracker: &Tracker) {
+        self.hosts.clear();
+        self.hosts
+            .extend(tracker.silent_hosts().map(|(slot, seen)| (seen, slot)));
+        self.hosts.sort_unstable();
+    }
+
+    /// `slot`, last seen at `last_seen`, went silent in this sweep.
+    pub fn went_silent(&mut self, slot: u32, last_seen: u64) {
+        self.added.push((last_seen, slot));
+    }
+
+    /// `slot` recovered in this sweep.
+    pub fn recovered(&mut self, slot: u32) {
+        self.recovered.push(slot);
+    }
+
+    /// The sweep is over: applies its transitions. Costs O(k log k) for
+    /// the k hosts that went silent, plus one pass over the list when
+    /// hosts recovered, or when one went silent with an earlier last-seen
+    /// time than the list's last (first seen already silent, as after a
+    /// restart). `tracker` is the one whose transitions were fed in, and
+    /// the order was made of it (`of`) or kept since its first sweep.
+    pub fn settle(&mut self, tracker: &Tracker) {
+        if let Some(&last) = self.recovered.iter().max() {
+            let words = last as usize / 64 + 1;
+            if self.marks.len() < words {
+                self.marks.resize(words, 0);
+            }
+            for &slot in &self.recovered {
+                self.marks[slot as usize / 64] |= 1 << (slot % 64);
+            }
+            let marks = &self.marks;
+            let kept = |&(_, slot): &(u64, u32)| {
+                marks
+                    .get(slot as usize / 64)
+                    .is_none_or(|w| w & (1 << (slot % 64)) == 0)
+            };
+            self.hosts.retain(kept);
+            self.added.retain(kept);
+            for slot in self.recovered.drain(..) {
+                self.marks[slot as usize / 64] = 0;
+            }
+        }
+        self.added.sort_unstable();
+        let in_order = match (self.hosts.last(), self.added.first()) {
+            (Some(last), Some(first)) => last < first,
+            _ => true,
+        };
+        self.hosts.append(&mut self.added);
+        if !in_order {
+            // Two sorted runs: the stable sort merges them in one pass.
+            self.hosts.sort();
+        }
+        let silent = tracker.census().silent;
+        if self.hosts.len() as u64 != silent {
+            // A bug: never seen. Pages stay right, at the cost of a sort.
+            debug_assert_eq!(self.hosts.len() as u64, silent, "silent order lost track");
+            log::warn!("the order of silent hosts lost track of the tracker; sorted again");
+            self.rebuild(tracker);
+        }
+    }
+
+    /// Silent hosts.
+    pub fn len(&self) -> usize {
+        self.hosts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+
+    /// Hosts `offset..offset + limit` of the order: (slot, last seen).
+    pub fn range(&self, offset: usize, limit: usize) -> impl Iterator<Item = (u32, u64)> + '_ {
+        let start = offset.min(self.hosts.len());
+        let end = start.saturating_add(limit).min(self.hosts.len());
+        self.hosts[start..end]
+            .iter()
+            .map(|&(seen, slot)| (slot, seen))
+    }
+
+    /// A page: `limit` hosts from `offset`, silent for as long as they have
+    /// been by now.
+    pub fn page(
+        &self,
+        table: &dyn Table,
+        timeout: Duration,
+        offset: usize,
+        limit: usize,
+    ) -> SilentPage {
+        let (now, wall) = (monotonic_ns(), SystemTime::now());
+        self.page_at(table, timeout, (offset, limit), now, wall)
+    }
+
+    /// As `page`, at monotonic time `now` and wall time `wall`.
+    fn page_at(
+        &self,
+        table: &dyn Table,
+        timeout: Duration,
+        (offset, limit): (usize, usize),
+        now: u64,
+        wall: SystemTime,
+    ) -> SilentPage {
+        let hosts = self
+            .range(offset, limit)
+            .map(|(slot, seen)| {
+                let host = table.host(slot);
+                let ago = Duration::from_nanos(now.saturating_sub(seen));
+                let last_seen = earlier(wall, ago);
+                SilentHost {
+                    host: host.ip.to_string(),
+                    host_id: host.id.map(host_id),
+                    lost: host.lost,
+                    silent_since: timestamp(last_seen + timeout),
+                    last_seen: timestamp(last_seen),
+                    silent_for_ms: ago.as_millis() as u64,
+                }
+            })
+            .collect();
+        SilentPage {
+            total: self.len(),
+            offset,
+            limit,
+            hosts,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -47,7 +193,8 @@ pub struct SilentPage {
     pub hosts: Vec<SilentHost>,
 }
 
-/// A page of the silent hosts, longest silent first.
+/// A page of the tracker's silent hosts, longest silent first (sorted for
+/// this page: for a tracker no sweeper keeps an order for, as `hb status`'s).
 pub fn silent_page(
     tracker: &Tracker,
     table: &dyn Table,
@@ -55,43 +202,7 @@ pub fn silent_page(
     offset: usize,
     limit: usize,
 ) -> SilentPage {
-    let (now, wall) = (monotonic_ns(), SystemTime::now());
-    silent_page_at(tracker, table, timeout, (offset, limit), now, wall)
-}
-
-/// As `silent_page`, at monotonic time `now` and wall time `wall`.
-fn silent_page_at(
-    tracker: &Tracker,
-    table: &dyn Table,
-    timeout: Duration,
-    (offset, limit): (usize, usize),
-    now: u64,
-    wall: SystemTime,
-) -> SilentPage {
-    let all = longest_silent(tracker, table);
-    let hosts = all
-        .iter()
-        .skip(offset)
-        .take(limit)
-        .map(|(host, seen)| {
-            let ago = Duration::from_nanos(now.saturating_sub(*seen));
-            let last_seen = earlier(wall, ago);
-            SilentHost {
-                host: host.ip.to_string(),
-                host_id: host.id.map(host_id),
-                lost: host.lost,
-                silent_since: timestamp(last_seen + timeout),
-                last_seen: timestamp(last_seen),
-                silent_for_ms: ago.as_millis() as u64,
-            }
-        })
-        .collect();
-    SilentPage {
-        total: all.len(),
-        offset,
-        limit,
-        hosts,
-    }
+    SilentOrder::of(tracker).page(table, timeout, offset, limit)
 }
 
 /// `ago` before `wall`, or the epoch where that would be earlier: a wall
@@ -105,13 +216,13 @@ fn earlier(wall: SystemTime, ago: Duration) -> SystemTime {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     use anyhow::Result;
     use hb_common::HostKey;
 
     use super::*;
-    use crate::track::table::Counts;
+    use crate::track::{events::Host, table::Counts, tracker::Transition};
 
     /// One host, last seen at monotonic 1 s.
     struct OneHost([AtomicU64; 1]);
@@ -143,18 +254,86 @@ mod tests {
         tracker.sweep(table.last_seen(), now, |_| {});
         // Silent for 999 s, on a clock that reads 10 s after the epoch.
         let wall = UNIX_EPOCH + Duration::from_secs(10);
-        let page = silent_page_at(
-            &tracker,
-            &table,
-            Duration::from_secs(15),
-            (0, 10),
-            now,
-            wall,
-        );
+        let page =
+            SilentOrder::of(&tracker).page_at(&table, Duration::from_secs(15), (0, 10), now, wall);
         assert_eq!(page.total, 1);
         let h = &page.hosts[0];
         assert_eq!(h.last_seen, "1970-01-01T00:00:00.000Z");
         assert_eq!(h.silent_since, "1970-01-01T00:00:15.000Z");
         assert_eq!(h.silent_for_ms, 999_000);
+    }
+
+    /// Drives `order` as the sweeper does: one tracker sweep, its
+    /// transitions fed in, then settled.
+    fn sweep(tracker: &mut Tracker, order: &mut SilentOrder, seen: &[AtomicU64], now: u64) {
+        tracker.sweep(seen, now, |t| match t {
+            Transition::Silent {
+                host,
+                silent_for_ns,
+            } => order.went_silent(host, now - silent_for_ns),
+            Transition::Recovered { host, .. } => order.recovered(host),
+            Transition::New { .. } => {}
+        });
+        order.settle(tracker);
+    }
+
+    #[test]
+    fn the_order_kept_by_the_sweep_is_the_order_sorted_from_scratch() {
+        const S: u64 = 1_000_000_000;
+        let n = 2_000;
+        let seen: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+        let mut tracker = Tracker::new(15 * S);
+        let mut order = SilentOrder::default();
+        // A small xorshift: every sweep, hosts beat, stop, come back, and
+        // new ones appear already silent (first seen long ago).
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut rand = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut stopped = vec![false; n];
+        for round in 1..=200u64 {
+            let now = 100 * S + round * S / 2;
+            for (slot, t) in seen.iter().enumerate() {
+                let r = rand() % 1000;
+                let stamp = t.load(Ordering::Relaxed);
+                if stamp == 0 {
+                    if r < 20 {
+                        // First seen: mostly alive, sometimes long ago.
+                        let age = if r < 5 { 20 * S + rand() % (60 * S) } else { 0 };
+                        t.store(now - age, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+                if r < 3 {
+                    stopped[slot] = !stopped[slot];
+                }
+                if !stopped[slot] && r < 500 {
+                    t.store(now - rand() % S, Ordering::Relaxed);
+                }
+            }
+            sweep(&mut tracker, &mut order, &seen, now);
+            let fresh = SilentOrder::of(&tracker);
+            assert_eq!(order.hosts, fresh.hosts, "round {round}");
+        }
+        assert!(order.len() > 100, "the test made too few silent hosts");
+        assert!(order.len() < n / 2, "the test made too few alive hosts");
+    }
+
+    #[test]
+    fn a_range_past_the_end_is_empty_or_short() {
+        let order = SilentOrder {
+            hosts: (0..10).map(|i| (100 + i, i as u32)).collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            order.range(0, 3).collect::<Vec<_>>(),
+            [(0, 100), (1, 101), (2, 102)]
+        );
+        assert_eq!(order.range(8, 5).count(), 2);
+        assert_eq!(order.range(10, 5).count(), 0);
+        assert_eq!(order.range(usize::MAX, usize::MAX).count(), 0);
     }
 }

@@ -13,6 +13,7 @@ use crate::clock::monotonic_ns;
 
 use super::{
     events::{Event, Format, Summary, format_event, timestamp},
+    silent::SilentOrder,
     table::Table,
     tracker::{Told, Tracker, Transition},
 };
@@ -28,6 +29,10 @@ pub struct EventTotals {
 pub struct Sweeper {
     events: EventTotals,
     tracker: Tracker,
+    /// The tracker's silent hosts, longest silent first.
+    silent: SilentOrder,
+    /// Slots of the table in use at the last sweep.
+    table_used: usize,
     format: Format,
     /// The last sweep's event lines and summary.
     out: Vec<u8>,
@@ -49,6 +54,8 @@ impl Sweeper {
     pub fn with_tracker(tracker: Tracker, format: Format) -> Self {
         Self {
             events: EventTotals::default(),
+            silent: SilentOrder::of(&tracker),
+            table_used: 0,
             tracker,
             format,
             out: Vec::new(),
@@ -93,6 +100,16 @@ impl Sweeper {
         self.tracker
     }
 
+    /// The silent hosts of the last sweep, longest silent first.
+    pub fn silent(&self) -> &SilentOrder {
+        &self.silent
+    }
+
+    /// Slots of the table in use at the last sweep.
+    pub fn table_used(&self) -> usize {
+        self.table_used
+    }
+
     /// What the last sweep found.
     pub fn summary(&self) -> &Summary {
         &self.summary
@@ -109,6 +126,7 @@ impl Sweeper {
         self.out.clear();
         let Self {
             tracker,
+            silent,
             format,
             out,
             events,
@@ -118,11 +136,22 @@ impl Sweeper {
         } = self;
         let ts = timestamp(wall);
         let keep = tracker.keeps_told();
-        tracker.sweep(table.last_seen(), now, |t| {
+        let last_seen = table.last_seen();
+        tracker.sweep(last_seen, now, |t| {
             match t {
                 Transition::New { .. } => events.new += 1,
-                Transition::Silent { .. } => events.silent += 1,
-                Transition::Recovered { .. } => events.recovered += 1,
+                Transition::Silent {
+                    host,
+                    silent_for_ns,
+                } => {
+                    events.silent += 1;
+                    // silent_for_ns is `now` less its last-seen time.
+                    silent.went_silent(host, now - silent_for_ns);
+                }
+                Transition::Recovered { host, .. } => {
+                    events.recovered += 1;
+                    silent.recovered(host);
+                }
             }
             let told = Told::transition(&t, now);
             let t = t.with_host(table.host(*t.host()));
@@ -131,6 +160,9 @@ impl Sweeper {
                 untold.push_back((*reported + out.len() as u64, told));
             }
         });
+        silent.settle(tracker);
+        // The slots this sweep read: those in use when it began.
+        self.table_used = last_seen.len();
 
         let packets = match table.counters() {
             Ok(packets) => packets,
