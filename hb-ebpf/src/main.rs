@@ -19,8 +19,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use hb_common::{
-    AuthMode, Counter, DEFAULT_PORT, HostKey, auth,
-    sip::{SipState, mac_after_header},
+    AuthMode, Counter, DEFAULT_PORT, HostKey, auth, auth::mac_after_header, sip::SipState,
 };
 
 use crate::{

@@ -7,7 +7,10 @@ use std::path::PathBuf;
 
 use log::{info, warn};
 
-use super::program::{self, AttachMode, Loaded};
+use super::{
+    link::if_index,
+    program::{self, AttachMode, Loaded},
+};
 
 pub struct IfaceWatch {
     name: String,
@@ -54,12 +57,4 @@ impl IfaceWatch {
             Err(e) => warn!("attaching to {iface} again: {e:#}"),
         }
     }
-}
-
-/// The interface's index in this network namespace, if it exists.
-pub fn if_index(iface: &str) -> Option<u32> {
-    let name = std::ffi::CString::new(iface).ok()?;
-    // SAFETY: a valid C string.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    (index != 0).then_some(index)
 }

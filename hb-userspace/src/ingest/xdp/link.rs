@@ -19,8 +19,6 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use super::iface::if_index;
-
 /// Where the link pinned at a path is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Place {
@@ -227,6 +225,14 @@ fn attributes(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
         b = b.get(len.next_multiple_of(4)..).unwrap_or(&[]);
         Some((kind, value))
     })
+}
+
+/// The interface's index in this network namespace, if it exists.
+pub fn if_index(iface: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(iface).ok()?;
+    // SAFETY: a valid C string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
 }
 
 #[cfg(test)]

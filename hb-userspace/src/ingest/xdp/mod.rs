@@ -18,7 +18,7 @@ use hb_common::AuthMode;
 use log::{info, warn};
 
 pub use bpffs::{Bpffs, join_host_mounts};
-pub use iface::if_index;
+pub use link::if_index;
 pub use program::{
     AttachMode, AuthSettings, Loaded, Settings, auth_mode, check_environment, check_privileges,
     probe,

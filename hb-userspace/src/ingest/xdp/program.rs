@@ -15,7 +15,8 @@ use aya::{
 use hb_common::{
     ALLOC_MAP, AUTH_MAP, AUTH_MODE_GLOBAL, AuthMode, BEATS_MAP, COUNTERS_MAP, HINT_MASK_GLOBAL,
     HINTS_MAP, HOST_MAPS, LAST_SEEN_MAP, PASS_GLOBAL, PORT_GLOBAL, PROGRAM, SIP_STATE_GLOBAL,
-    SLOT_KEYS_MAP, SLOTS_MAP, TRACKER_MAP, auth::KEY_LEN, sip::SipState,
+    SLOT_KEYS_MAP, SLOTS_MAP, TRACKER_MAP,
+    auth::{self, KEY_LEN},
 };
 use log::{info, warn};
 
@@ -185,7 +186,7 @@ pub fn load_with(
     let mode = auth_mode(auth) as u8;
     // The key itself never reaches the kernel, only SipHash's state after
     // it (from which the key follows, so it is as secret).
-    let sip = auth.map_or([0; 4], |a| SipState::after_header(&a.key).0);
+    let sip = auth.map_or([0; 4], |a| auth::state_after_header(&a.key).0);
     let mut loader = EbpfLoader::new();
     loader
         .override_global(PORT_GLOBAL, &port_net, true)
