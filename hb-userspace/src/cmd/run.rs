@@ -19,13 +19,7 @@ use crate::{
 pub fn run(args: RunArgs) -> Result<()> {
     args.validate().map_err(|e| anyhow!(e))?;
     // Before anything is loaded: a bad key file leaves nothing behind.
-    let auth = match &args.key_file {
-        Some(path) => Some(AuthSettings {
-            key: key::read(path)?,
-            require: args.require_auth,
-        }),
-        None => None,
-    };
+    let auth = auth_settings(&args)?;
     // Signals are routed to the loop before anything is attached, so a
     // Ctrl-C at any point still detaches.
     let mut events = EventLoop::new(args.sweep)?;
@@ -34,17 +28,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     // the last collector's program replaced by this one).
     let http = args.metrics_listen.map(bind_http).transpose()?;
     let mut ingest = ingest::start(&args.ingest_config(auth), &mut events)?;
-    let mut http = match http {
-        Some(mut server) => {
-            server.start(&mut events)?;
-            info!(
-                "serving /metrics and /silent on http://{}",
-                server.local_addr()?
-            );
-            Some(server)
-        }
-        None => None,
-    };
+    let mut http = http.map(|s| s.serve(&mut events)).transpose()?;
     let site = Site {
         ingest: ingest.kind(),
         timeout: args.timeout,
@@ -117,4 +101,14 @@ fn bind_http(addr: std::net::SocketAddr) -> Result<HttpServer> {
             bound => return bound,
         }
     }
+}
+
+fn auth_settings(args: &RunArgs) -> Result<Option<AuthSettings>> {
+    let Some(path) = &args.key_file else {
+        return Ok(None);
+    };
+    Ok(Some(AuthSettings {
+        key: key::read(path)?,
+        require: args.require_auth,
+    }))
 }

@@ -170,6 +170,16 @@ impl HttpServer {
         self.arm_accept(ev)
     }
 
+    /// Starts accepting, and says where.
+    pub fn serve(mut self, ev: &mut EventLoop) -> Result<Self> {
+        self.start(ev)?;
+        log::info!(
+            "serving /metrics and /silent on http://{}",
+            self.local_addr()?
+        );
+        Ok(self)
+    }
+
     fn arm_accept(&mut self, ev: &mut EventLoop) -> Result<()> {
         let sqe = opcode::Accept::new(
             types::Fd(self.listener.as_raw_fd()),
