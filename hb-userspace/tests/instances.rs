@@ -577,6 +577,13 @@ fn zombies_and_recycled_pids_never_count_as_running() {
     let mut c = start(&link, &log);
     let seen = wait_summary(&c, &log);
     wait_new(&c, &seen, HOST, &log);
+    // Two more summaries: the write holding the `new` has completed, so the
+    // host is recorded as reported (one reported just before a kill is
+    // reported again: at least once).
+    for _ in 0..2 {
+        let (s, _) = c.wait_for(Duration::from_secs(5), |v| v["event"] == "summary");
+        assert!(s.is_some(), "no summary; stderr:\n{}", log.text());
+    }
     // Killed, not reaped: a zombie.
     let pid = c.proc.child.id();
     signal(pid, libc::SIGKILL);
