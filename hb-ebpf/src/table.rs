@@ -281,10 +281,18 @@ fn advance(slot: u32, f: &Fresh) -> bool {
     if unsafe { cmpxchg(seq, last, f.seq) } != last {
         return false;
     }
-    // Loss only within one client run: the top 32 bits are the run's start
-    // (see README), a new run's numbers jump and lose nothing.
-    let gap = f.seq - last - 1;
-    if gap != 0 && f.seq >> 32 == last >> 32 {
+    // Loss is a gap in the client's count, the low 32 bits (see
+    // docs/wire-format.md): it rises by one a heartbeat across the run
+    // changes of one client process; a count that does not rise is a
+    // restarted client (it counts from 0 again), which loses nothing. A
+    // forgotten host (`hb forget`: last 0) starts its count afresh.
+    let (count, was) = (f.seq as u32, last as u32);
+    let gap = if last != 0 && count > was {
+        u64::from(count - was - 1)
+    } else {
+        0
+    };
+    if gap != 0 {
         // SAFETY: valid, aligned map value; several CPUs may add at once.
         unsafe {
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*a).lost, gap);

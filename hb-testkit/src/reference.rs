@@ -318,7 +318,7 @@ pub enum Owner {
 pub struct Replay {
     /// The last accepted sequence number.
     pub seq: u64,
-    /// Heartbeats missing from the accepted numbers within a client run.
+    /// Heartbeats missing from the client's count (docs/wire-format.md).
     pub lost: u64,
     /// Where the last accepted heartbeat came from.
     pub src: [u8; 16],
@@ -338,8 +338,8 @@ pub struct Slot {
 /// works"): a known host's heartbeat is recorded in its slot; a new host
 /// takes the next slot while there is one, and is refused (`table_full`)
 /// after; a signed heartbeat is recorded only if its sequence number is
-/// newer than its host id's last (`replayed` otherwise), and a gap within
-/// one client run (same upper 32 bits) counts as lost.
+/// newer than its host id's last (`replayed` otherwise), and a rise of more
+/// than one in the client's count (the low 32 bits) counts as lost.
 pub struct Table {
     capacity: usize,
     slots: Vec<Slot>,
@@ -413,8 +413,12 @@ impl Table {
                 if new.seq <= last.seq {
                     return Applied::Counted(Counter::Replayed);
                 }
-                if new.seq >> 32 == last.seq >> 32 {
-                    let gap = new.seq - last.seq - 1;
+                // The client's count is the low 32 bits; a count that
+                // does not rise is a restart, a forgotten host (0) starts
+                // afresh.
+                let (count, was) = (new.seq as u32, last.seq as u32);
+                if last.seq != 0 && count > was {
+                    let gap = u64::from(count - was - 1);
                     last.lost += gap;
                     self.counts[Counter::Lost as usize] += gap;
                 }
@@ -479,15 +483,24 @@ mod tests {
             }
         );
         assert_eq!(t.slots()[1].replay.unwrap().lost, 2);
+        // A run change of the same process (its count goes on): 2 lost.
+        assert_eq!(
+            t.apply(s((6 << 32) | 3)),
+            Applied::Recorded {
+                slot: 1,
+                new: false
+            }
+        );
+        assert_eq!(t.slots()[1].replay.unwrap().lost, 4);
         assert_eq!(
             t.apply(Judged::Bare([3; 16])),
             Applied::Counted(Counter::TableFull)
         );
         let c = t.counts();
-        assert_eq!(c[Counter::Heartbeat as usize], 5);
+        assert_eq!(c[Counter::Heartbeat as usize], 6);
         assert_eq!(c[Counter::NewHost as usize], 2);
         assert_eq!(c[Counter::Replayed as usize], 2);
         assert_eq!(c[Counter::TableFull as usize], 1);
-        assert_eq!(c[Counter::Lost as usize], 2);
+        assert_eq!(c[Counter::Lost as usize], 4);
     }
 }
