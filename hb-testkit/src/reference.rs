@@ -474,7 +474,7 @@ mod tests {
             }
         );
         assert_eq!(t.slots()[1].replay.unwrap().lost, 2);
-        // A new run: no loss.
+        // A restart (the count starts again from 0): no loss.
         assert_eq!(
             t.apply(s(5 << 32)),
             Applied::Recorded {
