@@ -35,6 +35,21 @@ pub enum Command {
     Status(StatusArgs),
     /// Detach the program that `hb run` left attached (after SIGUSR2, SIGKILL or a crash) and remove its pinned state.
     Detach(DetachArgs),
+    /// Clear one signed host's replay state, so that its next valid heartbeat is accepted whatever its sequence number.
+    Forget(ForgetArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ForgetArgs {
+    /// Interface the collector watches.
+    #[arg(long, short = 'i')]
+    pub iface: String,
+    /// Host id whose replay state to clear, decimal or 0x-hex.
+    #[arg(long, value_name = "N", value_parser = parse_host_id)]
+    pub host_id: u64,
+    /// The bpffs `hb run` pinned in, if it was given --bpffs.
+    #[arg(long, value_name = "DIR")]
+    pub bpffs: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

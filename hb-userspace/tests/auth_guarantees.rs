@@ -389,6 +389,60 @@ fn a_client_whose_clock_stepped_back_heals_within_its_run_once_the_clock_passes(
     assert!(host_events(&lines).is_empty(), "{lines:?}");
 }
 
+/// `hb forget` clears one host id's replay state in the pinned maps while
+/// the collector runs: a host shut out by a huge sequence number is
+/// accepted again at its next valid heartbeat, and counts no loss from
+/// the cleared state; an unknown host id is refused in one line.
+#[test]
+fn hb_forget_lets_a_host_shut_out_by_a_huge_sequence_number_in_again() {
+    let link = setup("forget");
+    let key = KeyFile::new("forget");
+    let log = Log::new("forget");
+    let (c, _) = start(&link, &key, &log, &[]);
+    let tx = client(&link);
+    let send = |seq| {
+        tx.send_to(&signed(0x55, seq), server(PORT)).unwrap();
+    };
+    send(u64::MAX - 1);
+    let mut lines = wait_new_id(&c, "0000000000000055");
+    send(RUN + 7);
+    let want = [("replayed", 1), ("heartbeat", 1)];
+    let (s, seen) = summary_reaching(&c, &want);
+    lines.extend(seen);
+    assert_eq!(counts(&s, &want), expected(&want), "{s}");
+
+    let out = control::hb(
+        HB,
+        &link.a,
+        &["forget", "--iface", &link.a_if, "--host-id", "0x55"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    send(RUN + 7);
+    send(RUN + 8);
+    let want = [("replayed", 1), ("heartbeat", 3), ("forged", 0)];
+    let (s, seen) = summary_reaching(&c, &want);
+    lines.extend(seen);
+    assert_eq!(counts(&s, &want), expected(&want), "{s}");
+    assert_eq!(lost_in(&lines), 0, "{lines:?}");
+    // Forgotten once: the old number is a replay again only if sent after.
+    send(RUN + 8);
+    let want = [("replayed", 2)];
+    summary_reaching(&c, &want);
+
+    let out = control::hb(
+        HB,
+        &link.a,
+        &["forget", "--iface", &link.a_if, "--host-id", "0x56"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("no signed host with host id 0000000000000056"),
+        "{err}"
+    );
+}
+
 #[test]
 fn pass_heartbeats_passes_forged_replayed_and_unauthenticated_ones_counted() {
     let link = setup("passauth");

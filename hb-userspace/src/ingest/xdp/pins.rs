@@ -408,6 +408,13 @@ pub fn open(inst: &Instance) -> Result<(State, HostTable)> {
     Ok((state, table))
 }
 
+/// The pinned replay state (`HB_AUTH`) of `inst`'s collector, for writing
+/// (`hb forget`).
+pub fn auth_map(inst: &Instance) -> Result<MapData> {
+    let path = inst.maps_dir().join(AUTH_MAP);
+    MapData::from_pin(&path).with_context(|| format!("opening pinned {}", path.display()))
+}
+
 /// Whether `e` (anywhere in its chain) is the kernel refusing permission.
 pub fn is_permission_error(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
