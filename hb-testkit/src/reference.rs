@@ -337,11 +337,15 @@ pub struct Slot {
 /// What the table does with a judged frame (docs/design.md, "How the table
 /// works"): a known host's heartbeat is recorded in its slot; a new host
 /// takes the next slot while there is one, and is refused (`table_full`)
-/// after; a signed heartbeat is recorded only if its sequence number is
+/// after, a bare one also once bare hosts hold their share
+/// (`--max-bare-hosts`); a signed heartbeat is recorded only if its sequence number is
 /// newer than its host id's last (`replayed` otherwise), and a rise of more
 /// than one in the client's count (the low 32 bits) counts as lost.
 pub struct Table {
     capacity: usize,
+    /// How many of the slots bare hosts may take (`--max-bare-hosts`).
+    max_bare: usize,
+    bare: usize,
     slots: Vec<Slot>,
     by_owner: HashMap<Owner, u32>,
     counts: [u64; Counter::COUNT],
@@ -367,9 +371,28 @@ impl Applied {
 }
 
 impl Table {
+    /// A table whose bare hosts may take every slot (no key, or
+    /// `--require-auth`, by default).
     pub fn new(capacity: usize) -> Self {
+        Self::with_max_bare(capacity, capacity)
+    }
+
+    /// The table `hb run --max-hosts capacity` starts with in `auth`'s
+    /// mode, by the README: bare hosts take at most half of it (rounded
+    /// up) with a key that still accepts them, all of it otherwise.
+    pub fn for_mode(capacity: usize, auth: Auth) -> Self {
+        match auth {
+            Auth::Optional(_) => Self::with_max_bare(capacity, capacity.div_ceil(2)),
+            Auth::Off | Auth::Required(_) => Self::new(capacity),
+        }
+    }
+
+    /// A table whose bare hosts take at most `max_bare` slots.
+    pub fn with_max_bare(capacity: usize, max_bare: usize) -> Self {
         Self {
             capacity,
+            max_bare,
+            bare: 0,
             slots: Vec::new(),
             by_owner: HashMap::new(),
             counts: [0; Counter::COUNT],
@@ -428,8 +451,13 @@ impl Table {
             s.beats += 1;
             return Applied::Recorded { slot, new: false };
         }
-        if self.slots.len() == self.capacity {
+        // A new bare host beyond its share is refused as one beyond the
+        // table: signed hosts keep the rest.
+        if self.slots.len() == self.capacity || (fresh.is_none() && self.bare == self.max_bare) {
             return Applied::Counted(Counter::TableFull);
+        }
+        if fresh.is_none() {
+            self.bare += 1;
         }
         let slot = self.slots.len() as u32;
         self.slots.push(Slot {
@@ -502,5 +530,35 @@ mod tests {
         assert_eq!(c[Counter::Replayed as usize], 2);
         assert_eq!(c[Counter::TableFull as usize], 1);
         assert_eq!(c[Counter::Lost as usize], 4);
+    }
+
+    #[test]
+    fn bare_hosts_take_their_share_signed_ones_the_rest() {
+        let mut t = Table::for_mode(3, Auth::Optional([0; 16]));
+        let bare = |b| Judged::Bare([b; 16]);
+        let signed = |id| Judged::Signed {
+            host_id: id,
+            seq: 1,
+            src: [9; 16],
+        };
+        assert!(matches!(
+            t.apply(bare(1)),
+            Applied::Recorded { new: true, .. }
+        ));
+        assert!(matches!(
+            t.apply(bare(2)),
+            Applied::Recorded { new: true, .. }
+        ));
+        assert_eq!(t.apply(bare(3)), Applied::Counted(Counter::TableFull));
+        // A known bare host still beats.
+        assert!(matches!(
+            t.apply(bare(1)),
+            Applied::Recorded { new: false, .. }
+        ));
+        assert!(matches!(
+            t.apply(signed(7)),
+            Applied::Recorded { new: true, .. }
+        ));
+        assert_eq!(t.apply(signed(8)), Applied::Counted(Counter::TableFull));
     }
 }

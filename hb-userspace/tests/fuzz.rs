@@ -447,7 +447,7 @@ fn fuzz_mode(name: &str, auth: Auth, frames: u64, mut rng: Rng, total: u64, repr
     let prog = xdp::program(&mut loaded.ebpf).unwrap();
     let table = &loaded.table;
     let mut model = Model {
-        table: Table::new(table.capacity()),
+        table: Table::for_mode(table.capacity(), auth),
         last_seen: Vec::new(),
     };
     let mut signer = Signer::new();
