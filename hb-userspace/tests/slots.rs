@@ -326,3 +326,42 @@ fn concurrent_new_bare_hosts_never_overshoot_the_cap() {
     let c = loaded.table.counters().unwrap();
     assert_eq!(c[Counter::NewHost as usize], u64::from(CAP) + 1);
 }
+
+/// The bare hosts' count is pinned with the table: a program loaded again
+/// on the same pins (a restarted collector) keeps the share as filled.
+#[test]
+fn the_bare_share_survives_a_reload_on_the_pinned_maps() {
+    xdp::ensure_bpffs().unwrap();
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/hb-test-bare-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let load = || {
+        xdp::load_with(
+            xdp::Settings {
+                max_bare_hosts: Some(2),
+                ..kit::settings(8)
+            },
+            Some(&xdp::AuthSettings {
+                key: KEY,
+                require: false,
+            }),
+            Some(&dir),
+        )
+        .expect("loading the program on pinned maps")
+    };
+    let mut first = load();
+    let prog = xdp::program(&mut first.ebpf).unwrap();
+    beat(prog, &hb4(&[], src_addr(1)));
+    beat(prog, &hb4(&[], src_addr(2)));
+    drop(first);
+    let mut again = load();
+    let prog = xdp::program(&mut again.ebpf).unwrap();
+    beat(prog, &hb4(&[], src_addr(3)));
+    beat(prog, &hb4(&[], src_addr(1)));
+    signed_beat(prog, 5, 1);
+    let c = again.table.counters().unwrap();
+    drop(again);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(c[Counter::NewHost as usize], 3, "{c:?}");
+    assert_eq!(c[Counter::TableFull as usize], 1, "{c:?}");
+    assert_eq!(c[Counter::Heartbeat as usize], 4, "{c:?}");
+}
