@@ -85,7 +85,7 @@ pub struct AuthSlot {
     /// Sequence number of the last accepted heartbeat.
     pub seq: u64,
     /// Heartbeats missing from the accepted sequence numbers (gaps within
-    /// one client run; see README).
+    /// a client's heartbeat count; see docs/wire-format.md).
     pub lost: u64,
     /// Source address of the last accepted heartbeat.
     pub addr: HostKey,

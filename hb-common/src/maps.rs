@@ -22,6 +22,11 @@ pub const HINT_MASK_GLOBAL: &str = "HB_HINT_MASK";
 pub const TRACKER_MAP: &str = "HB_TRACKER";
 /// `BPF_F_MMAPABLE` array of one `u64`: the next free slot.
 pub const ALLOC_MAP: &str = "HB_ALLOC";
+/// `BPF_F_MMAPABLE` array of one `u64`: bare hosts (known by address) in
+/// the table.
+pub const BARE_MAP: &str = "HB_BARE";
+/// Global (`u32`): how many bare hosts the table takes (`--max-bare-hosts`).
+pub const MAX_BARE_GLOBAL: &str = "HB_MAX_BARE";
 /// `BPF_F_MMAPABLE` array of [`AuthSlot`](crate::AuthSlot), by slot: replay
 /// and loss state of hosts that send authenticated heartbeats.
 /// `--max-hosts` long when a key is configured, one entry (unused) otherwise.

@@ -115,7 +115,7 @@ pub fn hb(ctx: XdpContext) -> u32 {
             if n & (n - 1) == 0 {
                 warn!(
                     &ctx,
-                    "host table full: heartbeat from {:i} not recorded ({} so far on this CPU)",
+                    "no room for a new host (host table or bare hosts' share full): heartbeat from {:i} not recorded ({} so far on this CPU)",
                     beat.src.addr,
                     n
                 );

@@ -7,7 +7,9 @@
 //! handed out by an atomic counter, only by the CPU whose insert of the key
 //! succeeded, so two CPUs racing on the same new host never take two slots,
 //! and no slot is ever lost. Hosts are never removed: a full table refuses
-//! new hosts instead of evicting watched ones.
+//! new hosts instead of evicting watched ones. Bare hosts (known by their
+//! address) take at most `HB_MAX_BARE` slots, counted in `HB_BARE`, so that
+//! signed hosts find room whatever spoofed `PyHB` arrives.
 //!
 //! A known host's slot is found through a hint first: a u32 array indexed
 //! by a multiplicative hash of the address, checked against the slot's key.
@@ -61,6 +63,15 @@ static TRACKER: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 static AUTH: Array<AuthSlot> = Array::with_max_entries(DEFAULT_MAX_HOSTS, BPF_F_MMAPABLE);
 #[map(name = "HB_ALLOC")]
 static ALLOC: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+/// Bare hosts (known by address) in the table, at most `HB_MAX_BARE`:
+/// pinned with the table, so the cap holds across restarts.
+#[map(name = "HB_BARE")]
+static BARE: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// How many bare hosts the table takes (`--max-bare-hosts`); set by
+/// userspace at load time.
+#[unsafe(no_mangle)]
+static HB_MAX_BARE: u32 = DEFAULT_MAX_HOSTS;
 
 const EEXIST: i32 = 17;
 
@@ -140,21 +151,36 @@ pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
         }
         return Stamped::Known;
     }
+    // A new bare host takes a place in the bare hosts' share first, so
+    // that spoofed sources cannot crowd signed hosts out of the table.
+    let bare = if fresh.is_none() {
+        match take_bare() {
+            Some(b) => Some(b),
+            None => return Stamped::TableFull,
+        }
+    } else {
+        None
+    };
     match SLOTS.insert(key, &SLOT_PENDING, BPF_NOEXIST as u64) {
         Ok(()) => {}
         // Another CPU inserted it between our lookup and insert: it owns the
         // slot allocation and stamps the same time (signed: as above).
         Err(e) if e == -EEXIST => {
+            give_back(bare);
             return if fresh.is_some() {
                 Stamped::Replayed
             } else {
                 Stamped::Known
             };
         }
-        Err(_) => return Stamped::TableFull,
+        Err(_) => {
+            give_back(bare);
+            return Stamped::TableFull;
+        }
     }
     let Some(next) = ALLOC.get_ptr_mut(0) else {
         let _ = SLOTS.remove(key);
+        give_back(bare);
         return Stamped::TableFull;
     };
     // SAFETY: valid map value pointer.
@@ -166,6 +192,7 @@ pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
     ) else {
         // Only if the arrays are smaller than the hash map: refuse the host.
         let _ = SLOTS.remove(key);
+        give_back(bare);
         return Stamped::TableFull;
     };
     if let Some(f) = fresh {
@@ -207,6 +234,41 @@ pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
         unsafe { core::ptr::write_volatile(h, slot + 1) };
     }
     Stamped::New
+}
+
+/// Takes a place in the bare hosts' share (`HB_MAX_BARE`) for a new bare
+/// host; `None` when it is full. Atomic: of CPUs racing for the last
+/// places, only as many as there are get one (each adds one and keeps it
+/// only if the count before was below the cap, else takes it back), so the
+/// cap never overshoots. A CPU taking one back may make another's attempt
+/// fail at that moment: that heartbeat is refused once, the next one
+/// finds its place.
+#[inline(always)]
+fn take_bare() -> Option<*mut u64> {
+    let n = BARE.get_ptr_mut(0)?;
+    // SAFETY: read_volatile keeps the load-time constant out of the code.
+    let cap = u64::from(unsafe { core::ptr::read_volatile(&HB_MAX_BARE) });
+    // A full share is seen with a plain load: a flood of new sources past
+    // the cap does not bounce the counter's cache line between CPUs.
+    // SAFETY: pointer from a successful array lookup.
+    if unsafe { core::ptr::read_volatile(n) } >= cap {
+        return None;
+    }
+    // SAFETY: valid, aligned map value.
+    if unsafe { fetch_add(n, 1) } >= cap {
+        give_back(Some(n));
+        return None;
+    }
+    Some(n)
+}
+
+/// Gives back a place taken by `take_bare`, if any.
+#[inline(always)]
+fn give_back(bare: Option<*mut u64>) {
+    if let Some(n) = bare {
+        // SAFETY: valid, aligned map value; adding 2^64 - 1 subtracts one.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, u64::MAX) };
+    }
 }
 
 /// The `which`th (0 or 1) u32 of a hint pair. The addition is written in
@@ -281,10 +343,18 @@ fn advance(slot: u32, f: &Fresh) -> bool {
     if unsafe { cmpxchg(seq, last, f.seq) } != last {
         return false;
     }
-    // Loss only within one client run: the top 32 bits are the run's start
-    // (see README), a new run's numbers jump and lose nothing.
-    let gap = f.seq - last - 1;
-    if gap != 0 && f.seq >> 32 == last >> 32 {
+    // Loss is a gap in the client's count, the low 32 bits (see
+    // docs/wire-format.md): it rises by one a heartbeat across the run
+    // changes of one client process; a count that does not rise is a
+    // restarted client (it counts from 0 again), which loses nothing. A
+    // forgotten host (`hb forget`: last 0) starts its count afresh.
+    let (count, was) = (f.seq as u32, last as u32);
+    let gap = if last != 0 && count > was {
+        u64::from(count - was - 1)
+    } else {
+        0
+    };
+    if gap != 0 {
         // SAFETY: valid, aligned map value; several CPUs may add at once.
         unsafe {
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*a).lost, gap);

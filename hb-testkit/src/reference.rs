@@ -318,7 +318,7 @@ pub enum Owner {
 pub struct Replay {
     /// The last accepted sequence number.
     pub seq: u64,
-    /// Heartbeats missing from the accepted numbers within a client run.
+    /// Heartbeats missing from the client's count (docs/wire-format.md).
     pub lost: u64,
     /// Where the last accepted heartbeat came from.
     pub src: [u8; 16],
@@ -337,11 +337,15 @@ pub struct Slot {
 /// What the table does with a judged frame (docs/design.md, "How the table
 /// works"): a known host's heartbeat is recorded in its slot; a new host
 /// takes the next slot while there is one, and is refused (`table_full`)
-/// after; a signed heartbeat is recorded only if its sequence number is
-/// newer than its host id's last (`replayed` otherwise), and a gap within
-/// one client run (same upper 32 bits) counts as lost.
+/// after, a bare one also once bare hosts hold their share
+/// (`--max-bare-hosts`); a signed heartbeat is recorded only if its sequence number is
+/// newer than its host id's last (`replayed` otherwise), and a rise of more
+/// than one in the client's count (the low 32 bits) counts as lost.
 pub struct Table {
     capacity: usize,
+    /// How many of the slots bare hosts may take (`--max-bare-hosts`).
+    max_bare: usize,
+    bare: usize,
     slots: Vec<Slot>,
     by_owner: HashMap<Owner, u32>,
     counts: [u64; Counter::COUNT],
@@ -367,9 +371,28 @@ impl Applied {
 }
 
 impl Table {
+    /// A table whose bare hosts may take every slot (no key, or
+    /// `--require-auth`, by default).
     pub fn new(capacity: usize) -> Self {
+        Self::with_max_bare(capacity, capacity)
+    }
+
+    /// The table `hb run --max-hosts capacity` starts with in `auth`'s
+    /// mode, by the README: bare hosts take at most half of it (rounded
+    /// up) with a key that still accepts them, all of it otherwise.
+    pub fn for_mode(capacity: usize, auth: Auth) -> Self {
+        match auth {
+            Auth::Optional(_) => Self::with_max_bare(capacity, capacity.div_ceil(2)),
+            Auth::Off | Auth::Required(_) => Self::new(capacity),
+        }
+    }
+
+    /// A table whose bare hosts take at most `max_bare` slots.
+    pub fn with_max_bare(capacity: usize, max_bare: usize) -> Self {
         Self {
             capacity,
+            max_bare,
+            bare: 0,
             slots: Vec::new(),
             by_owner: HashMap::new(),
             counts: [0; Counter::COUNT],
@@ -413,8 +436,12 @@ impl Table {
                 if new.seq <= last.seq {
                     return Applied::Counted(Counter::Replayed);
                 }
-                if new.seq >> 32 == last.seq >> 32 {
-                    let gap = new.seq - last.seq - 1;
+                // The client's count is the low 32 bits; a count that
+                // does not rise is a restart, a forgotten host (0) starts
+                // afresh.
+                let (count, was) = (new.seq as u32, last.seq as u32);
+                if last.seq != 0 && count > was {
+                    let gap = u64::from(count - was - 1);
                     last.lost += gap;
                     self.counts[Counter::Lost as usize] += gap;
                 }
@@ -424,8 +451,13 @@ impl Table {
             s.beats += 1;
             return Applied::Recorded { slot, new: false };
         }
-        if self.slots.len() == self.capacity {
+        // A new bare host beyond its share is refused as one beyond the
+        // table: signed hosts keep the rest.
+        if self.slots.len() == self.capacity || (fresh.is_none() && self.bare == self.max_bare) {
             return Applied::Counted(Counter::TableFull);
+        }
+        if fresh.is_none() {
+            self.bare += 1;
         }
         let slot = self.slots.len() as u32;
         self.slots.push(Slot {
@@ -470,7 +502,7 @@ mod tests {
             }
         );
         assert_eq!(t.slots()[1].replay.unwrap().lost, 2);
-        // A new run: no loss.
+        // A restart (the count starts again from 0): no loss.
         assert_eq!(
             t.apply(s(5 << 32)),
             Applied::Recorded {
@@ -479,15 +511,54 @@ mod tests {
             }
         );
         assert_eq!(t.slots()[1].replay.unwrap().lost, 2);
+        // A run change of the same process (its count goes on): 2 lost.
+        assert_eq!(
+            t.apply(s((6 << 32) | 3)),
+            Applied::Recorded {
+                slot: 1,
+                new: false
+            }
+        );
+        assert_eq!(t.slots()[1].replay.unwrap().lost, 4);
         assert_eq!(
             t.apply(Judged::Bare([3; 16])),
             Applied::Counted(Counter::TableFull)
         );
         let c = t.counts();
-        assert_eq!(c[Counter::Heartbeat as usize], 5);
+        assert_eq!(c[Counter::Heartbeat as usize], 6);
         assert_eq!(c[Counter::NewHost as usize], 2);
         assert_eq!(c[Counter::Replayed as usize], 2);
         assert_eq!(c[Counter::TableFull as usize], 1);
-        assert_eq!(c[Counter::Lost as usize], 2);
+        assert_eq!(c[Counter::Lost as usize], 4);
+    }
+
+    #[test]
+    fn bare_hosts_take_their_share_signed_ones_the_rest() {
+        let mut t = Table::for_mode(3, Auth::Optional([0; 16]));
+        let bare = |b| Judged::Bare([b; 16]);
+        let signed = |id| Judged::Signed {
+            host_id: id,
+            seq: 1,
+            src: [9; 16],
+        };
+        assert!(matches!(
+            t.apply(bare(1)),
+            Applied::Recorded { new: true, .. }
+        ));
+        assert!(matches!(
+            t.apply(bare(2)),
+            Applied::Recorded { new: true, .. }
+        ));
+        assert_eq!(t.apply(bare(3)), Applied::Counted(Counter::TableFull));
+        // A known bare host still beats.
+        assert!(matches!(
+            t.apply(bare(1)),
+            Applied::Recorded { new: false, .. }
+        ));
+        assert!(matches!(
+            t.apply(signed(7)),
+            Applied::Recorded { new: true, .. }
+        ));
+        assert_eq!(t.apply(signed(8)), Applied::Counted(Counter::TableFull));
     }
 }

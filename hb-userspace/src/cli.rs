@@ -35,6 +35,21 @@ pub enum Command {
     Status(StatusArgs),
     /// Detach the program that `hb run` left attached (after SIGUSR2, SIGKILL or a crash) and remove its pinned state.
     Detach(DetachArgs),
+    /// Clear one signed host's replay state, so that its next valid heartbeat is accepted whatever its sequence number.
+    Forget(ForgetArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ForgetArgs {
+    /// Interface the collector watches.
+    #[arg(long, short = 'i')]
+    pub iface: String,
+    /// Host id whose replay state to clear, decimal or 0x-hex.
+    #[arg(long, value_name = "N", value_parser = parse_host_id)]
+    pub host_id: u64,
+    /// The bpffs `hb run` pinned in, if it was given --bpffs.
+    #[arg(long, value_name = "DIR")]
+    pub bpffs: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -95,6 +110,9 @@ pub struct RunArgs {
     /// Capacity of the host table; heartbeats from further new hosts are counted as table_full.
     #[arg(long, default_value_t = DEFAULT_MAX_HOSTS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_hosts: u32,
+    /// How many hosts known by address (bare PyHB) the table takes; further new ones are counted as table_full. Default: half of --max-hosts with --key-file (signed hosts always find the other half), all of it otherwise.
+    #[arg(long, value_name = "N")]
+    pub max_bare_hosts: Option<u32>,
     /// Output format of events and summaries on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -189,6 +207,7 @@ impl RunArgs {
             listen: self.listen,
             port: self.port,
             max_hosts: self.max_hosts,
+            max_bare_hosts: self.max_bare_hosts,
             pass_heartbeats: self.pass_heartbeats,
             attach_mode: self.xdp_mode,
             auth,
@@ -211,11 +230,22 @@ impl RunArgs {
             if self.key_file.is_some() {
                 return Err("--key-file needs XDP: socket mode does not verify signed heartbeats; use --ingest xdp".into());
             }
+            if self.max_bare_hosts.is_some() {
+                return Err("--max-bare-hosts is for XDP: socket mode accepts only bare hosts, drop the option".into());
+            }
             if self.bpffs.is_some() {
                 return Err(
                     "--bpffs is for XDP: in socket mode nothing is pinned, drop the option".into(),
                 );
             }
+        }
+        if let Some(n) = self.max_bare_hosts
+            && n > self.max_hosts
+        {
+            return Err(format!(
+                "--max-bare-hosts ({n}) cannot exceed --max-hosts ({}): it is the bare hosts' share of the table",
+                self.max_hosts
+            ));
         }
         if self.timeout <= self.sweep {
             return Err(format!(

@@ -135,12 +135,19 @@ impl Signer {
     fn payload(&mut self, rng: &mut Rng) -> Vec<u8> {
         let i = rng.below(IDS);
         let p = match rng.below(100) {
-            // The next heartbeat, sometimes after a gap or in a new run.
+            // The next heartbeat, sometimes after a gap, in a new run, or
+            // with a run change.
             0..55 => {
                 let seq = &mut self.seqs[i];
                 *seq = match rng.below(20) {
                     0 => ((*seq >> 32) + 1 + rng.below(3) as u64) << 32,
                     1 => *seq + 2 + rng.below(50) as u64,
+                    // A run change of the same client: the count goes on,
+                    // sometimes after a gap.
+                    2 => {
+                        let count = (*seq as u32).wrapping_add(1 + rng.below(3) as u32);
+                        (((*seq >> 32) + 1) << 32) | u64::from(count)
+                    }
                     _ => *seq + 1,
                 };
                 sign(&KEY, HEADER, host_id(i), *seq)
@@ -440,7 +447,7 @@ fn fuzz_mode(name: &str, auth: Auth, frames: u64, mut rng: Rng, total: u64, repr
     let prog = xdp::program(&mut loaded.ebpf).unwrap();
     let table = &loaded.table;
     let mut model = Model {
-        table: Table::new(table.capacity()),
+        table: Table::for_mode(table.capacity(), auth),
         last_seen: Vec::new(),
     };
     let mut signer = Signer::new();

@@ -368,10 +368,17 @@ fn bad_key_files_stop_hb_beat_before_it_sends() {
     let server = rx.local_addr().unwrap().to_string();
     let short = dir.file("short.key", b"abc", 0o600);
     let open = dir.file("open.key", KEY_HEX.as_bytes(), 0o666);
+    // Group bits alone are refused too, and so is a file of another user
+    // (the tests run as root, hb as root: uid 0 is "the one running hb").
+    let group = dir.file("group.key", KEY_HEX.as_bytes(), 0o640);
+    let theirs = dir.file("theirs.key", KEY_HEX.as_bytes(), 0o600);
+    std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
     for (file, fix) in [
         (dir.0.join("missing.key"), "head -c 16 /dev/urandom"),
         (short, "found 3 bytes"),
         (open, "chmod 600"),
+        (group, "chmod 600"),
+        (theirs, "chown 0"),
     ] {
         let (code, err) = hb(
             None,

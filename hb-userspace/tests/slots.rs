@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use hb_common::{Counter, HostKey, net::XDP_DROP};
 use hb_testkit::{
-    frames::{hb4, src_addr},
+    frames::{PORT, hb4, ipv4_udp, signed_with, src_addr},
     maps::{Hints, PerCpuCounters},
     program as kit,
     race::{self, Span},
@@ -206,4 +206,162 @@ fn hosts_sharing_a_hint_are_each_stamped_in_their_own_slot() {
         assert_eq!(loaded.table.key(slot), key);
         assert_eq!(loaded.table.entry(slot).beats, rounds, "host {i}");
     }
+}
+
+const KEY: [u8; 16] = *b"slots: fleet key";
+
+/// The program with a key that still accepts bare `PyHB`, a table of
+/// `max_hosts` and bare hosts capped at `max_bare` (`None`: the default).
+fn load_keyed(max_hosts: u32, max_bare: Option<u32>) -> xdp::Loaded {
+    xdp::load_auth(
+        xdp::Settings {
+            max_bare_hosts: max_bare,
+            ..kit::settings(max_hosts)
+        },
+        Some(xdp::AuthSettings {
+            key: KEY,
+            require: false,
+        }),
+    )
+    .expect("loading the XDP program")
+}
+
+fn signed_beat(prog: &Xdp, host_id: u64, seq: u64) {
+    let payload = signed_with(&KEY, 1, host_id, seq);
+    beat(prog, &ipv4_udp([198, 18, 9, 9], PORT, &payload));
+}
+
+/// README: with a key (bare `PyHB` still accepted), bare hosts take at most
+/// `--max-bare-hosts` slots (by default half the table), so that signed
+/// hosts always find the rest; a new bare host beyond that is `table_full`,
+/// a known one keeps beating. Without a key bare hosts take the whole
+/// table.
+#[test]
+fn bare_hosts_are_capped_so_signed_hosts_find_room() {
+    for (max_bare, cap) in [(None, 8), (Some(3), 3)] {
+        let mut loaded = load_keyed(16, max_bare);
+        let prog = xdp::program(&mut loaded.ebpf).unwrap();
+        for i in 0..12 {
+            beat(prog, &hb4(&[], src_addr(i)));
+        }
+        beat(prog, &hb4(&[], src_addr(0)));
+        for id in 0..(16 - cap) as u64 {
+            signed_beat(prog, id, 1);
+        }
+        let c = loaded.table.counters().unwrap();
+        assert_eq!(
+            c[Counter::TableFull as usize],
+            12 - cap as u64,
+            "{max_bare:?}"
+        );
+        assert_eq!(c[Counter::NewHost as usize], 16, "{max_bare:?}");
+        assert_eq!(c[Counter::Heartbeat as usize], 16 + 1, "{max_bare:?}");
+        assert_eq!(loaded.table.len(), 16);
+        // Every signed host found room; the bare ones are the first `cap`.
+        for id in 0..(16 - cap) as u64 {
+            assert!(
+                loaded.table.slot(&HostKey::from_host_id(id)).is_some(),
+                "{max_bare:?}: signed host {id} found no room"
+            );
+        }
+        for i in 0..12 {
+            let known = loaded
+                .table
+                .slot(&HostKey::from_ipv4(src_addr(i)))
+                .is_some();
+            assert_eq!(known, i < cap, "{max_bare:?}: bare host {i}");
+        }
+    }
+    // Without a key: the whole table.
+    let mut loaded = kit::load(16);
+    let prog = xdp::program(&mut loaded.ebpf).unwrap();
+    for i in 0..17 {
+        beat(prog, &hb4(&[], src_addr(i)));
+    }
+    let c = loaded.table.counters().unwrap();
+    assert_eq!(c[Counter::NewHost as usize], 16);
+    assert_eq!(c[Counter::TableFull as usize], 1);
+}
+
+/// New bare hosts from several CPUs at once never take more than the cap:
+/// each round every CPU sends a host of its own, far more than the cap in
+/// all.
+#[test]
+fn concurrent_new_bare_hosts_never_overshoot_the_cap() {
+    let Some(cpus) = race::cpus_to_race_on(4) else {
+        return;
+    };
+    let threads = cpus.len() as u32;
+    const ROUNDS: u32 = 5_000;
+    const CAP: u32 = 1_000;
+    let mut loaded = load_keyed(1 << 16, Some(CAP));
+    let prog = xdp::program(&mut loaded.ebpf).unwrap();
+    let per_cpu = PerCpuCounters::of(prog);
+    let before = per_cpu.read();
+    let spans: Vec<Span> = race::on_cpus(&cpus, |t, step| {
+        for r in 0..ROUNDS {
+            step.wait();
+            beat(prog, &hb4(&[], src_addr(r * threads + t as u32)));
+        }
+    })
+    .into_iter()
+    .map(|(span, ())| span)
+    .collect();
+    let after = per_cpu.read();
+    race::assert_raced(
+        &spans,
+        &before,
+        &after,
+        &[Counter::Heartbeat, Counter::TableFull],
+        ROUNDS as u64,
+    );
+    let sent = u64::from(ROUNDS * threads);
+    let c = loaded.table.counters().unwrap();
+    assert_eq!(c[Counter::NewHost as usize], u64::from(CAP));
+    assert_eq!(c[Counter::Heartbeat as usize], u64::from(CAP));
+    assert_eq!(c[Counter::TableFull as usize], sent - u64::from(CAP));
+    assert_eq!(loaded.table.len(), CAP as usize);
+    // And signed hosts still find room.
+    signed_beat(prog, 1, 1);
+    let c = loaded.table.counters().unwrap();
+    assert_eq!(c[Counter::NewHost as usize], u64::from(CAP) + 1);
+}
+
+/// The bare hosts' count is pinned with the table: a program loaded again
+/// on the same pins (a restarted collector) keeps the share as filled.
+#[test]
+fn the_bare_share_survives_a_reload_on_the_pinned_maps() {
+    xdp::ensure_bpffs().unwrap();
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/hb-test-bare-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let load = || {
+        xdp::load_with(
+            xdp::Settings {
+                max_bare_hosts: Some(2),
+                ..kit::settings(8)
+            },
+            Some(&xdp::AuthSettings {
+                key: KEY,
+                require: false,
+            }),
+            Some(&dir),
+        )
+        .expect("loading the program on pinned maps")
+    };
+    let mut first = load();
+    let prog = xdp::program(&mut first.ebpf).unwrap();
+    beat(prog, &hb4(&[], src_addr(1)));
+    beat(prog, &hb4(&[], src_addr(2)));
+    drop(first);
+    let mut again = load();
+    let prog = xdp::program(&mut again.ebpf).unwrap();
+    beat(prog, &hb4(&[], src_addr(3)));
+    beat(prog, &hb4(&[], src_addr(1)));
+    signed_beat(prog, 5, 1);
+    let c = again.table.counters().unwrap();
+    drop(again);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(c[Counter::NewHost as usize], 3, "{c:?}");
+    assert_eq!(c[Counter::TableFull as usize], 1, "{c:?}");
+    assert_eq!(c[Counter::Heartbeat as usize], 4, "{c:?}");
 }

@@ -15,15 +15,21 @@ use log::{info, warn};
 use super::key;
 use crate::{cli::BeatArgs, track::events::host_id};
 
-/// Signs heartbeats: sequence numbers are `run << 32 | n`, `run` the Unix
-/// second this client run started in and `n` its heartbeat count, so they
-/// keep rising across restarts (one run per second at most: `start` waits
-/// for a fresh second) and the collector tells lost heartbeats (a gap in
-/// `n`) from a restart (a new `run`).
+/// Signs heartbeats: sequence numbers are `run << 32 | n`, `n` this
+/// process's heartbeat count and `run` a Unix second: the second the
+/// process started in (`start` waits for a fresh one, so a restarted client
+/// never reuses numbers), moved on to the wall clock's second whenever that
+/// passes it. So each number is `max(previous + 1, clock)` with the count
+/// carried along: a client whose clock was ahead on an earlier run is
+/// accepted again, without a restart, once its clock has passed that run;
+/// and the collector counts a gap in `n` as lost heartbeats, a count that
+/// starts again from 0 as a restart (docs/wire-format.md).
 pub struct Signer {
     key: [u8; auth::KEY_LEN],
     host_id: u64,
-    next_seq: u64,
+    run: u32,
+    /// The next heartbeat's `n`.
+    n: u32,
 }
 
 impl Signer {
@@ -31,7 +37,8 @@ impl Signer {
         Self {
             key,
             host_id,
-            next_seq: u64::from(run) << 32,
+            run,
+            n: 0,
         }
     }
 
@@ -48,10 +55,31 @@ impl Signer {
         Ok(Self::new(key, host_id, run))
     }
 
-    /// The next heartbeat's payload.
+    /// The next heartbeat's payload, numbered by the wall clock now.
     pub fn sign_next(&mut self) -> [u8; auth::LEN] {
-        let p = auth::payload(&self.key, self.host_id, self.next_seq);
-        self.next_seq += 1;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.sign_at(now)
+    }
+
+    /// The next heartbeat's payload when the wall clock reads `now` (Unix
+    /// seconds): a later second than the run moves the run on, the count
+    /// goes on either way.
+    pub fn sign_at(&mut self, now: u64) -> [u8; auth::LEN] {
+        if let Ok(now) = u32::try_from(now)
+            && now > self.run
+        {
+            self.run = now;
+        }
+        let seq = u64::from(self.run) << 32 | u64::from(self.n);
+        let p = auth::payload(&self.key, self.host_id, seq);
+        // After 2^32 heartbeats the count wraps: a new run keeps the
+        // numbers rising (the collector sees a restart).
+        self.n = self.n.wrapping_add(1);
+        if self.n == 0 {
+            self.run = self.run.saturating_add(1);
+        }
         p
     }
 }
@@ -223,18 +251,49 @@ mod tests {
     #[test]
     fn signs_with_rising_sequence_numbers() {
         let key = *b"fleet key 16 byt";
-        let mut s = Signer::new(key, 0x0102_0304_0506_0708, 1_800_000_000);
-        let run = 1_800_000_000u64 << 32;
+        let run = 1_800_000_000u64;
+        let mut s = Signer::new(key, 0x0102_0304_0506_0708, run as u32);
+        let seq = |p: &[u8; 32]| u64::from_be_bytes(p[16..24].try_into().unwrap());
         for n in 0..3 {
-            let p = s.sign_next();
+            // The clock still in the run's second, or behind it.
+            let p = s.sign_at(run - n);
             assert_eq!(&p[..8], b"PyHB\x01\0\0\0");
             assert_eq!(p[8..16], 0x0102_0304_0506_0708u64.to_be_bytes());
-            assert_eq!(p[16..24], (run + n).to_be_bytes());
+            assert_eq!(seq(&p), (run << 32) + n);
             let mac = siphasher::sip::SipHasher24::new_with_key(&key).hash(&p[..24]);
             assert_eq!(p[24..], mac.to_le_bytes(), "beat {n}");
         }
-        // A later run's first number is above every number of this one.
-        assert!(Signer::new(key, 1, 1_800_000_001).next_seq > s.next_seq + 1_000_000);
+        // The clock passes the run: a new run, the count goes on.
+        assert_eq!(seq(&s.sign_at(run + 5)), (run + 5) << 32 | 3);
+        assert_eq!(seq(&s.sign_at(run + 5)), (run + 5) << 32 | 4);
+        // A clock that steps back changes nothing: the numbers still rise.
+        assert_eq!(seq(&s.sign_at(run)), (run + 5) << 32 | 5);
+        assert_eq!(seq(&s.sign_at(run + 7)), (run + 7) << 32 | 6);
+        // A count that wraps moves to the next run.
+        s.n = u32::MAX;
+        assert_eq!(seq(&s.sign_at(run)), (run + 7) << 32 | u64::from(u32::MAX));
+        assert_eq!(seq(&s.sign_at(run)), (run + 8) << 32);
+    }
+
+    /// The promise of docs/wire-format.md: a client started while its clock
+    /// is behind an earlier run's numbers sends `max(previous + 1, clock)`,
+    /// so its first number after the clock passes that run is above all of
+    /// the earlier run's.
+    #[test]
+    fn a_client_behind_an_earlier_run_passes_it_once_its_clock_does() {
+        let key = *b"fleet key 16 byt";
+        let earlier = (1_800_000_100u64 << 32) | 1_000_000;
+        let mut s = Signer::new(key, 1, 1_800_000_000);
+        let seq = |p: [u8; 32]| u64::from_be_bytes(p[16..24].try_into().unwrap());
+        let mut clock = 1_800_000_000;
+        let mut last = 0;
+        while clock <= 1_800_000_100 {
+            last = seq(s.sign_at(clock));
+            assert!(last < earlier, "{last:x} before the clock passed");
+            clock += 5;
+        }
+        let healed = seq(s.sign_at(clock));
+        assert!(healed > earlier && healed > last, "{healed:x}");
     }
 
     /// The derivation docs/wire-format.md fixes: SipHash-2-4 under the key

@@ -1,9 +1,15 @@
 //! The fleet key file shared by `hb run` and `hb beat`: 32 hex digits
 //! (16 bytes, optionally followed by a newline) or 16 raw bytes. Refused
-//! when other users may read or write it: whoever holds the key can make
+//! when anyone but its owner may read or write it, or when it belongs to
+//! another user than the one running hb: whoever holds the key can make
 //! any host look alive.
 
-use std::{fs, os::unix::fs::PermissionsExt as _, path::Path};
+use std::{
+    fs,
+    io::Read as _,
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    path::Path,
+};
 
 use anyhow::{Result, bail};
 use hb_common::auth::KEY_LEN;
@@ -20,23 +26,43 @@ fn fix(path: &Path) -> String {
 /// names the file, the problem and the fix.
 pub fn read(path: &Path) -> Result<[u8; KEY_LEN]> {
     let shown = path.display();
-    let meta = match fs::metadata(path) {
+    // Every check is on the opened file (fstat on its descriptor): a file
+    // swapped in between a check by name and the read cannot slip through.
+    // O_NONBLOCK: a FIFO put in its place must not hang hb (a regular
+    // file's reads ignore it).
+    let mut file = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) => bail!("cannot read key file {shown}: {e}; {}", fix(path)),
+    };
+    let meta = match file.metadata() {
         Ok(m) => m,
         Err(e) => bail!("cannot read key file {shown}: {e}; {}", fix(path)),
     };
     if !meta.is_file() {
         bail!("key file {shown} is not a regular file; {}", fix(path));
     }
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o006 != 0 {
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
         bail!(
-            "key file {shown} is accessible to every user (mode {mode:04o}), so anyone could forge heartbeats: restrict it with `chmod 600 {shown}`"
+            "key file {shown} is open to its group or other users (mode {mode:04o}), so they could forge heartbeats: restrict it with `chmod 600 {shown}`"
         );
     }
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) => bail!("cannot read key file {shown}: {e}; {}", fix(path)),
-    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        bail!(
+            "key file {shown} belongs to uid {}, not to uid {me} that runs hb, so that user could change the key: `chown {me} {shown}` (or run hb as its owner)",
+            meta.uid()
+        );
+    }
+    let mut bytes = Vec::new();
+    if let Err(e) = file.read_to_end(&mut bytes) {
+        bail!("cannot read key file {shown}: {e}; {}", fix(path));
+    }
     parse(&bytes).map_err(|problem| anyhow::anyhow!("key file {shown}: {problem}; {}", fix(path)))
 }
 
@@ -109,6 +135,7 @@ mod tests {
     }
 
     fn temp(name: &str, content: &[u8], mode: u32) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
         let dir = std::env::temp_dir().join(format!("hb-key-test-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let p = dir.join(name);
@@ -121,8 +148,19 @@ mod tests {
     fn files() {
         let good = temp("good", HEX.as_bytes(), 0o600);
         assert_eq!(read(&good).unwrap(), KEY);
-        let group = temp("group", HEX.as_bytes(), 0o640);
-        assert_eq!(read(&group).unwrap(), KEY);
+        let owner_only = temp("owner-only", HEX.as_bytes(), 0o400);
+        assert_eq!(read(&owner_only).unwrap(), KEY);
+        // Any group or other bit, read, write or execute, is refused.
+        for mode in [0o640, 0o620, 0o610, 0o604, 0o602, 0o601, 0o660, 0o644] {
+            let f = temp(&format!("mode-{mode:o}"), HEX.as_bytes(), mode);
+            let e = format!("{:#}", read(&f).unwrap_err());
+            assert!(
+                e.contains("chmod 600") && e.contains(&format!("{mode:04o}")),
+                "{e}"
+            );
+            assert!(e.contains(&f.display().to_string()), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
 
         let open = temp("open", HEX.as_bytes(), 0o644);
         let e = format!("{:#}", read(&open).unwrap_err());
@@ -146,6 +184,24 @@ mod tests {
 
         let e = format!("{:#}", read(good.parent().unwrap()).unwrap_err());
         assert!(e.contains("not a regular file"), "{e}");
+
+        // Owned by another user than the one running hb (tests run as root,
+        // which can give a file away; others cannot make one to check).
+        // SAFETY: no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let theirs = temp("theirs", HEX.as_bytes(), 0o600);
+            std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+            let e = format!("{:#}", read(&theirs).unwrap_err());
+            assert!(
+                e.contains("chown 0")
+                    && e.contains("uid 65534")
+                    && e.contains(&theirs.display().to_string()),
+                "{e}"
+            );
+            assert!(!e.contains('\n'), "{e}");
+        } else {
+            eprintln!("not root: cannot give a key file to another user here");
+        }
         fs::remove_dir_all(good.parent().unwrap()).unwrap();
     }
 }

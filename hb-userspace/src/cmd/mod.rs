@@ -2,6 +2,7 @@
 
 mod beat;
 mod detach;
+mod forget;
 mod key;
 mod netns;
 mod run;
@@ -9,6 +10,7 @@ mod status;
 
 pub use beat::{Signer, beat, default_host_id};
 pub use detach::detach;
+pub use forget::forget;
 pub use key::parse as parse_key;
 pub use run::run;
 pub use status::status;
@@ -39,6 +41,7 @@ impl Cli {
             Command::Run(a) => a.bpffs.is_none() && a.ingest != IngestKind::Socket,
             Command::Status(a) => a.bpffs.is_none(),
             Command::Detach(a) => a.bpffs.is_none(),
+            Command::Forget(a) => a.bpffs.is_none(),
             Command::Beat(_) => false,
         };
         if pins_here && let Some(pid) = join_host_mounts()? {
@@ -62,6 +65,7 @@ impl Command {
             Self::Beat(args) => beat(args).map(|()| ExitCode::SUCCESS),
             Self::Status(args) => status(args),
             Self::Detach(args) => detach(args).map(|()| ExitCode::SUCCESS),
+            Self::Forget(args) => forget(args).map(|()| ExitCode::SUCCESS),
         }
     }
 }

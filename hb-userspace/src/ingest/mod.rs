@@ -61,6 +61,8 @@ pub struct Config {
     pub listen: IpAddr,
     pub port: u16,
     pub max_hosts: u32,
+    /// `--max-bare-hosts` (XDP); `None`: the default for the mode.
+    pub max_bare_hosts: Option<u32>,
     pub pass_heartbeats: bool,
     pub attach_mode: AttachMode,
     /// The fleet key, for signed heartbeats (XDP only).

@@ -176,7 +176,7 @@ impl Sweeper {
         let table_full = delta(Counter::TableFull);
         if table_full > 0 {
             warn!(
-                "host table full: {table_full} heartbeats from new hosts were not recorded since the last sweep; raise --max-hosts"
+                "host table full: {table_full} heartbeats from new hosts were not recorded since the last sweep; raise --max-hosts (for bare PyHB hosts, --max-bare-hosts)"
             );
         }
         let census = self.tracker.census();

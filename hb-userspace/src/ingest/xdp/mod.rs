@@ -135,6 +135,7 @@ fn load(config: &Config, inst: &Instance) -> Result<Loaded> {
         port: config.port,
         pass_heartbeats: config.pass_heartbeats,
         max_hosts: config.max_hosts,
+        max_bare_hosts: config.max_bare_hosts,
     };
     program::load_with(settings, config.auth.as_ref(), Some(&inst.maps_dir()))
 }

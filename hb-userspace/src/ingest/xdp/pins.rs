@@ -28,8 +28,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Map, MapData};
 use hb_common::{
-    ALLOC_MAP, AUTH_MAP, BEATS_MAP, COUNTERS_MAP, HINTS_MAP, LAST_SEEN_MAP, SLOT_KEYS_MAP,
-    SLOTS_MAP, TRACKER_MAP,
+    ALLOC_MAP, AUTH_MAP, BARE_MAP, BEATS_MAP, COUNTERS_MAP, HINTS_MAP, LAST_SEEN_MAP,
+    SLOT_KEYS_MAP, SLOTS_MAP, TRACKER_MAP,
 };
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
@@ -43,16 +43,18 @@ use super::{
 const RUN_DIR: &str = "/run/hb";
 /// Changes whenever the pinned maps' layout (names, types, sizes, meaning)
 /// changes. 3: slot hints, tracker state, replay state (`HB_AUTH`), keys
-/// of signed hosts. 4: two hints an array element.
-pub const LAYOUT_VERSION: u32 = 4;
+/// of signed hosts. 4: two hints an array element. 5: the bare host count
+/// (`HB_BARE`).
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Every map of the object that is pinned (all but aya-log's buffer).
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 10] = [
     SLOTS_MAP,
     LAST_SEEN_MAP,
     BEATS_MAP,
     SLOT_KEYS_MAP,
     ALLOC_MAP,
+    BARE_MAP,
     HINTS_MAP,
     AUTH_MAP,
     TRACKER_MAP,
@@ -406,6 +408,13 @@ pub fn open(inst: &Instance) -> Result<(State, HostTable)> {
         counters: Map::PerCpuArray(load(COUNTERS_MAP)?),
     })?;
     Ok((state, table))
+}
+
+/// The pinned replay state (`HB_AUTH`) of `inst`'s collector, for writing
+/// (`hb forget`).
+pub fn auth_map(inst: &Instance) -> Result<MapData> {
+    let path = inst.maps_dir().join(AUTH_MAP);
+    MapData::from_pin(&path).with_context(|| format!("opening pinned {}", path.display()))
 }
 
 /// Whether `e` (anywhere in its chain) is the kernel refusing permission.

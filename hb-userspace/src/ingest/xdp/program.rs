@@ -14,8 +14,8 @@ use aya::{
 };
 use hb_common::{
     ALLOC_MAP, AUTH_MAP, AUTH_MODE_GLOBAL, AuthMode, BEATS_MAP, COUNTERS_MAP, HINT_MASK_GLOBAL,
-    HINTS_MAP, HOST_MAPS, LAST_SEEN_MAP, PASS_GLOBAL, PORT_GLOBAL, PROGRAM, SIP_STATE_GLOBAL,
-    SLOT_KEYS_MAP, SLOTS_MAP, TRACKER_MAP,
+    HINTS_MAP, HOST_MAPS, LAST_SEEN_MAP, MAX_BARE_GLOBAL, PASS_GLOBAL, PORT_GLOBAL, PROGRAM,
+    SIP_STATE_GLOBAL, SLOT_KEYS_MAP, SLOTS_MAP, TRACKER_MAP,
     auth::{self, KEY_LEN},
 };
 use log::{info, warn};
@@ -36,6 +36,20 @@ pub struct Settings {
     pub port: u16,
     pub pass_heartbeats: bool,
     pub max_hosts: u32,
+    /// How many bare hosts (known by address) the table takes; `None`:
+    /// see [`default_max_bare_hosts`].
+    pub max_bare_hosts: Option<u32>,
+}
+
+/// The bare hosts' share of a table of `max_hosts` by default: half with a
+/// key that still accepts bare `PyHB` (so signed hosts always find the
+/// other half, whatever spoofed sources send), the whole table otherwise
+/// (without a key every host is bare; with `--require-auth` none is).
+pub fn default_max_bare_hosts(max_hosts: u32, mode: AuthMode) -> u32 {
+    match mode {
+        AuthMode::Optional => max_hosts.div_ceil(2),
+        AuthMode::Off | AuthMode::Required => max_hosts,
+    }
 }
 
 impl Default for Settings {
@@ -45,6 +59,7 @@ impl Default for Settings {
             port: hb_common::DEFAULT_PORT,
             pass_heartbeats: false,
             max_hosts: hb_common::DEFAULT_MAX_HOSTS,
+            max_bare_hosts: None,
         }
     }
 }
@@ -183,7 +198,12 @@ pub fn load_with(
     let tracker_entries = u32::try_from(tracker_words).context("--max-hosts too large")?;
     let port_net = settings.port.to_be();
     let pass = u8::from(settings.pass_heartbeats);
-    let mode = auth_mode(auth) as u8;
+    let mode = auth_mode(auth);
+    let max_bare = settings
+        .max_bare_hosts
+        .unwrap_or_else(|| default_max_bare_hosts(max_hosts, mode))
+        .min(max_hosts);
+    let mode = mode as u8;
     // The key itself never reaches the kernel, only SipHash's state after
     // it (from which the key follows, so it is as secret).
     let sip = auth.map_or([0; 4], |a| auth::state_after_header(&a.key).0);
@@ -192,6 +212,7 @@ pub fn load_with(
         .override_global(PORT_GLOBAL, &port_net, true)
         .override_global(PASS_GLOBAL, &pass, true)
         .override_global(HINT_MASK_GLOBAL, &hint_mask, true)
+        .override_global(MAX_BARE_GLOBAL, &max_bare, true)
         .override_global(AUTH_MODE_GLOBAL, &mode, true)
         .override_global(SIP_STATE_GLOBAL, &sip, true)
         // Two hints an element (see hb-ebpf's table.rs).

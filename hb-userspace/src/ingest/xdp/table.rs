@@ -275,6 +275,28 @@ impl HostTable {
         Some(self.auth.as_slice().get(slot as usize)?[0].load(Ordering::Relaxed))
     }
 
+    /// Clears the replay state of the host known by host id `id`, through
+    /// `auth`, the pinned `HB_AUTH` map of this table: its last accepted
+    /// sequence number becomes 0, so its next valid signed heartbeat is
+    /// accepted and starts its count afresh (the program counts no loss
+    /// from 0). Returns the number it held; `None` if no such host.
+    pub fn forget(&self, auth: &MapData, id: u64) -> Result<Option<u64>> {
+        let Some(slot) = self.slot(&HostKey::from_host_id(id)) else {
+            return Ok(None);
+        };
+        let len = auth.info()?.max_entries() as usize;
+        if slot as usize >= len {
+            return Ok(None);
+        }
+        let auth: Mapped<[AtomicU64; 4]> =
+            Mapped::map(auth, len, "auth array", libc::PROT_READ | libc::PROT_WRITE)?;
+        // An atomic store: the program's compare-and-swap on the same word
+        // either ran before (and is forgotten) or sees 0.
+        Ok(Some(
+            auth.as_slice()[slot as usize][0].swap(0, Ordering::AcqRel),
+        ))
+    }
+
     pub fn beats(&self, slot: u32) -> u64 {
         self.beats.as_slice()[slot as usize].load(Ordering::Relaxed)
     }
