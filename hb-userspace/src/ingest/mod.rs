@@ -62,6 +62,8 @@ pub struct Config {
     pub port: u16,
     pub max_hosts: u32,
     pub pass_heartbeats: bool,
+    /// `--any-destination` (XDP).
+    pub any_destination: bool,
     pub attach_mode: AttachMode,
     /// The fleet key, for signed heartbeats (XDP only).
     pub auth: Option<AuthSettings>,

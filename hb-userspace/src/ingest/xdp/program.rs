@@ -13,14 +13,16 @@ use aya::{
     },
 };
 use hb_common::{
-    ALLOC_MAP, AUTH_MAP, AUTH_MODE_GLOBAL, AuthMode, BEATS_MAP, COUNTERS_MAP, HINT_MASK_GLOBAL,
-    HINTS_MAP, HOST_MAPS, LAST_SEEN_MAP, PASS_GLOBAL, PORT_GLOBAL, PROGRAM, SIP_STATE_GLOBAL,
-    SLOT_KEYS_MAP, SLOTS_MAP, TRACKER_MAP, auth::KEY_LEN, sip::SipState,
+    ALLOC_MAP, ANY_DEST_GLOBAL, AUTH_MAP, AUTH_MODE_GLOBAL, AuthMode, BEATS_MAP, COUNTERS_MAP,
+    HINT_MASK_GLOBAL, HINTS_MAP, HOST_MAPS, LAST_SEEN_MAP, LOCAL_ADDRS_MAP, LOCAL_MAC_MAP,
+    PASS_GLOBAL, PORT_GLOBAL, PROGRAM, SIP_STATE_GLOBAL, SLOT_KEYS_MAP, SLOTS_MAP, TRACKER_MAP,
+    auth::KEY_LEN, sip::SipState,
 };
 use log::{info, warn};
 
 use super::{
     link::{self, Place},
+    local::LocalMaps,
     pins,
     table::{HostTable, TableMaps, TrackerWords},
 };
@@ -35,6 +37,8 @@ pub struct Settings {
     pub port: u16,
     pub pass_heartbeats: bool,
     pub max_hosts: u32,
+    /// `--any-destination`: heartbeats to any MAC and address are taken.
+    pub any_destination: bool,
 }
 
 impl Default for Settings {
@@ -44,6 +48,7 @@ impl Default for Settings {
             port: hb_common::DEFAULT_PORT,
             pass_heartbeats: false,
             max_hosts: hb_common::DEFAULT_MAX_HOSTS,
+            any_destination: false,
         }
     }
 }
@@ -118,6 +123,8 @@ pub struct Loaded {
     /// The tracker's state map (`HB_TRACKER`), `tracker_words` long.
     pub tracker: Option<Map>,
     pub tracker_words: usize,
+    /// What the program takes as addressed to this collector.
+    pub local: LocalMaps,
 }
 
 /// Loads and verifies the program; does not attach it.
@@ -182,6 +189,7 @@ pub fn load_with(
     let tracker_entries = u32::try_from(tracker_words).context("--max-hosts too large")?;
     let port_net = settings.port.to_be();
     let pass = u8::from(settings.pass_heartbeats);
+    let any_dest = u8::from(settings.any_destination);
     let mode = auth_mode(auth) as u8;
     // The key itself never reaches the kernel, only SipHash's state after
     // it (from which the key follows, so it is as secret).
@@ -190,6 +198,7 @@ pub fn load_with(
     loader
         .override_global(PORT_GLOBAL, &port_net, true)
         .override_global(PASS_GLOBAL, &pass, true)
+        .override_global(ANY_DEST_GLOBAL, &any_dest, true)
         .override_global(HINT_MASK_GLOBAL, &hint_mask, true)
         .override_global(AUTH_MODE_GLOBAL, &mode, true)
         .override_global(SIP_STATE_GLOBAL, &sip, true)
@@ -231,12 +240,14 @@ pub fn load_with(
         counters: take(COUNTERS_MAP)?,
     };
     let tracker = Some(take(TRACKER_MAP)?);
+    let local = LocalMaps::new(take(LOCAL_MAC_MAP)?, take(LOCAL_ADDRS_MAP)?)?;
     let table = HostTable::new(maps)?;
     Ok(Loaded {
         ebpf,
         table,
         tracker,
         tracker_words,
+        local,
     })
 }
 
