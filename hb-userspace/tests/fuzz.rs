@@ -536,7 +536,7 @@ fn fuzz_mode(name: &str, auth: Auth, frames: u64, mut rng: Rng, total: u64, repr
         let reachable = |c: Counter| match auth {
             Auth::Off => !matches!(
                 c,
-                Counter::Replayed | Counter::Unauthenticated | Counter::Lost
+                Counter::Forged | Counter::Replayed | Counter::Unauthenticated | Counter::Lost
             ),
             Auth::Optional(_) => c != Counter::Unauthenticated,
             Auth::Required(_) => true,
