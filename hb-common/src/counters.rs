@@ -26,7 +26,7 @@ pub enum Counter {
     /// A valid heartbeat from a new host that did not fit in the table.
     TableFull = 8,
     /// A signed heartbeat whose MAC does not verify, or of an unknown version
-    /// or flags; or a bare `PyHB` from an IPv6 multicast source.
+    /// or flags.
     Forged = 9,
     /// A signed heartbeat whose sequence number is not newer than the last
     /// one accepted from its host.
@@ -36,13 +36,39 @@ pub enum Counter {
     /// Not a packet outcome: heartbeats missing from the sequence numbers of
     /// accepted signed heartbeats (added per gap).
     Lost = 12,
+    /// A heartbeat to another MAC (not broadcast or multicast) or to an
+    /// address that is not the collector's (passed untouched).
+    NotForUs = 13,
+    /// A heartbeat from a source no host has: unspecified, loopback,
+    /// multicast, broadcast, IPv4-mapped or -compatible IPv6.
+    BadSource = 14,
+    /// A heartbeat whose IPv4 header checksum is wrong (passed: the kernel
+    /// drops and counts it).
+    BadChecksum = 15,
 }
 
 impl Counter {
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 16;
     /// The packet outcomes: every packet lands in exactly one of them
-    /// (`NewHost` counts a subset of `Heartbeat`).
-    pub const PACKETS: &'static [Counter] = Self::ALL.split_at(Self::COUNT - 1).0;
+    /// (`NewHost` counts a subset of `Heartbeat`), in the order output
+    /// lists them.
+    pub const PACKETS: &'static [Counter] = &[
+        Counter::Heartbeat,
+        Counter::NewHost,
+        Counter::NotIp,
+        Counter::NotUdp,
+        Counter::OtherPort,
+        Counter::WrongPayload,
+        Counter::Truncated,
+        Counter::Fragment,
+        Counter::NotForUs,
+        Counter::BadChecksum,
+        Counter::BadSource,
+        Counter::TableFull,
+        Counter::Forged,
+        Counter::Replayed,
+        Counter::Unauthenticated,
+    ];
     pub const ALL: [Counter; Self::COUNT] = [
         Counter::Heartbeat,
         Counter::NewHost,
@@ -57,6 +83,9 @@ impl Counter {
         Counter::Replayed,
         Counter::Unauthenticated,
         Counter::Lost,
+        Counter::NotForUs,
+        Counter::BadSource,
+        Counter::BadChecksum,
     ];
 
     /// Name used in output and metrics (snake_case).
@@ -75,6 +104,9 @@ impl Counter {
             Counter::Replayed => "replayed",
             Counter::Unauthenticated => "unauthenticated",
             Counter::Lost => "lost",
+            Counter::NotForUs => "not_for_us",
+            Counter::BadSource => "bad_source",
+            Counter::BadChecksum => "bad_checksum",
         }
     }
 }

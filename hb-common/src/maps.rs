@@ -58,3 +58,31 @@ pub const BASELINE_PROGRAM: &str = "hb_baseline";
 
 /// Default capacity of the host table, in hosts.
 pub const DEFAULT_MAX_HOSTS: u32 = 1 << 20;
+
+/// Array of one `u64`: the interface's MAC, its 6 bytes as the program
+/// loads them (little-endian, in the low 48 bits). Written by userspace,
+/// kept current as the interface changes.
+pub const LOCAL_MAC_MAP: &str = "HB_LOCAL_MAC";
+/// Array of [`LocalBucket`]s, [`LOCAL_BUCKETS`] of them: the addresses of
+/// the collector's network namespace, each in the bucket
+/// [`local_bucket`] names (IPv4 as `::ffff:a.b.c.d`; empty places are
+/// zero). Written by userspace, kept current from netlink.
+pub const LOCAL_ADDRS_MAP: &str = "HB_LOCAL_ADDRS";
+/// Buckets of the local address set (a power of two).
+pub const LOCAL_BUCKETS: u32 = 1024;
+/// Addresses a bucket holds.
+pub const LOCAL_WAYS: usize = 4;
+/// One bucket of the local address set.
+pub type LocalBucket = [crate::HostKey; LOCAL_WAYS];
+/// Global (`u8`, 0 or 1): `--any-destination`, heartbeats to any MAC and
+/// any address are taken (mirror and SPAN ports).
+pub const ANY_DEST_GLOBAL: &str = "HB_ANY_DESTINATION";
+
+/// The bucket of the local address set that holds `words` (an address as
+/// [`HostKey::words`](crate::HostKey::words) reads it): a multiplicative
+/// hash, one multiply and a shift in the program.
+#[inline(always)]
+pub const fn local_bucket(words: [u64; 2]) -> u32 {
+    ((words[0] ^ words[1]).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54) as u32
+}
+const _: () = assert!(LOCAL_BUCKETS == 1 << (64 - 54));

@@ -14,12 +14,13 @@ mod table;
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::PerCpuArray,
+    maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
 use aya_log_ebpf::warn;
 use hb_common::{
-    AuthMode, Counter, DEFAULT_PORT, HostKey, auth, auth::mac_after_header, sip::SipState,
+    AuthMode, Counter, DEFAULT_PORT, HostKey, LOCAL_BUCKETS, LocalBucket, auth,
+    auth::mac_after_header, local_bucket, sip::SipState,
 };
 
 use crate::{
@@ -45,6 +46,18 @@ static HB_AUTH_MODE: u8 = AuthMode::Off as u8;
 #[unsafe(no_mangle)]
 static HB_SIP_STATE: [u64; 4] = [0; 4];
 
+/// Non-zero: `--any-destination`, heartbeats to any MAC and address.
+#[unsafe(no_mangle)]
+static HB_ANY_DESTINATION: u8 = 0;
+
+/// The interface's MAC, as loaded (see hb-common's `LOCAL_MAC_MAP`).
+#[map(name = "HB_LOCAL_MAC")]
+static LOCAL_MAC: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The namespace's addresses (see hb-common's `LOCAL_ADDRS_MAP`).
+#[map(name = "HB_LOCAL_ADDRS")]
+static LOCAL_ADDRS: Array<LocalBucket> = Array::with_max_entries(LOCAL_BUCKETS, 0);
+
 /// The header word of a version 1 payload, as loaded from the wire.
 const SIGNED_HEADER: u64 = u64::from_le_bytes(auth::HEADER);
 /// `HostKey::from_host_id`'s first word, as loaded.
@@ -69,15 +82,22 @@ pub fn hb(ctx: XdpContext) -> u32 {
             return xdp_action::XDP_PASS;
         }
     };
+    // Someone else's heartbeat (a bridge, a router, a hypervisor's uplink)
+    // is theirs: passed untouched.
+    // SAFETY: as for HB_PORT.
+    if unsafe { core::ptr::read_volatile(&HB_ANY_DESTINATION) } == 0 && !for_us(&frame, &beat.dst) {
+        count(Counter::NotForUs);
+        return xdp_action::XDP_PASS;
+    }
+    // No host sends from there; an IPv6 multicast source would also claim
+    // the key space of host ids.
+    if beat.bad_src {
+        count(Counter::BadSource);
+        return heartbeat_verdict();
+    }
     let fresh;
     let key = match beat.signed {
         None => {
-            // An IPv6 multicast source is no host's, and would claim the
-            // key space of host ids: forged in every mode.
-            if beat.src.words()[0] & 0xff == 0xff {
-                count(Counter::Forged);
-                return heartbeat_verdict();
-            }
             // SAFETY: as for HB_PORT.
             let mode = unsafe { core::ptr::read_volatile(&HB_AUTH_MODE) };
             if mode == AuthMode::Required as u8 {
@@ -126,6 +146,28 @@ pub fn hb(ctx: XdpContext) -> u32 {
         }
     }
     heartbeat_verdict()
+}
+
+/// Whether the frame is addressed to this collector: to the interface's
+/// MAC or a group (broadcast, multicast) MAC, and to an address of its
+/// network namespace.
+#[inline(always)]
+fn for_us(frame: &Frame, dst: &HostKey) -> bool {
+    let Some(mac) = parse::dst_mac(frame) else {
+        return false;
+    };
+    // The group bit is the first byte's lowest.
+    if mac & 1 == 0 && LOCAL_MAC.get(0).copied() != Some(mac) {
+        return false;
+    }
+    let [a, b] = dst.words();
+    let Some(bucket) = LOCAL_ADDRS.get_ptr(local_bucket([a, b])) else {
+        return false;
+    };
+    // SAFETY: pointer from a successful array lookup.
+    let bucket = unsafe { &*bucket };
+    // Empty places are zero: `::` is never local.
+    (a | b) != 0 && bucket.iter().any(|k| k.words() == [a, b])
 }
 
 /// Whether a fleet key is configured (signed heartbeats are verified).

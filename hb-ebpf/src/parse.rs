@@ -55,11 +55,16 @@ const fn net16(v: u16) -> u64 {
 /// Why a frame is not a heartbeat.
 pub type Miss = Counter;
 
-/// A heartbeat-shaped datagram: its source address, and for the 32-byte
-/// signed form the payload's words after the magic (loaded little-endian,
-/// as SipHash reads them; unverified).
+/// A heartbeat-shaped datagram (its IPv4 header checksum verified): its
+/// source and destination addresses, whether the source is one no host has,
+/// and for the 32-byte signed form the payload's words after the magic
+/// (loaded little-endian, as SipHash reads them; unverified).
 pub struct Beat {
     pub src: HostKey,
+    pub dst: HostKey,
+    /// Unspecified, loopback, multicast, broadcast, IPv4-mapped or
+    /// -compatible IPv6: never a host's.
+    pub bad_src: bool,
     pub signed: Option<Signed>,
 }
 
@@ -96,6 +101,16 @@ impl Frame {
         let p = self.at(off, 2)?;
         Ok(load!(u16, p, 0))
     }
+}
+
+/// The frame's destination MAC, its 6 bytes loaded little-endian.
+#[inline(always)]
+pub fn dst_mac(frame: &Frame) -> Option<u64> {
+    if frame.start + 6 > frame.end {
+        return None;
+    }
+    let p = frame.start as *const u8;
+    Some(load!(u32, p, 0) | load!(u16, p, 4) << 32)
 }
 
 /// Returns the source address (and signed fields) of a heartbeat to `port`,
@@ -176,6 +191,7 @@ fn fast<const TAGS: usize>(frame: &Frame, proto: u64, port: u64) -> Option<Resul
             ip,
             IPV4_HLEN,
             TAGS + ETH_HLEN + IPV4_HLEN,
+            0,
         ));
     }
     if proto == net16(ETH_P_IPV6) {
@@ -226,21 +242,58 @@ fn ipv4(frame: &Frame, off: usize, port: u64) -> Result<Beat, Miss> {
         return Err(Counter::NotUdp);
     }
     let udp = udp_to(frame, off + ihl, port)?;
-    ipv4_datagram(frame, p, ihl, udp)
+    // The options' share of the header checksum (the UDP header after them
+    // is in the frame, so they are too).
+    let mut options = 0u64;
+    for i in 0..MAX_IPV4_OPTION_WORDS {
+        let at = IPV4_HLEN + 4 * i;
+        if at >= ihl {
+            break;
+        }
+        let w = frame.at(off + at, 4)?;
+        options += load!(u32, w, 0);
+    }
+    ipv4_datagram(frame, p, ihl, udp, options)
 }
+
+/// Words of IPv4 options at most (IHL 15).
+const MAX_IPV4_OPTION_WORDS: usize = 10;
 
 /// The rest of an IPv4 datagram to the heartbeat port: `p` is its header
 /// (20 bytes checked), `ihl` that header's length, `udp` the UDP header's
-/// offset in the frame.
+/// offset in the frame, `options` the sum of the options' 32-bit words.
 #[inline(always)]
-fn ipv4_datagram(frame: &Frame, p: *const u8, ihl: usize, udp: usize) -> Result<Beat, Miss> {
+fn ipv4_datagram(
+    frame: &Frame,
+    p: *const u8,
+    ihl: usize,
+    udp: usize,
+    options: u64,
+) -> Result<Beat, Miss> {
     let total_len = (load!(u16, p, 2) as u16).swap_bytes() as usize;
     let signed = heartbeat_payload(frame, udp, total_len.wrapping_sub(ihl))?;
-    // Loaded in memory order, stored back the same way: ::ffff:a.b.c.d as
-    // words, bytes 10 and 11 are 0xff, 12..16 the address.
+    // The header checksum (RFC 1071), summed in 32-bit words as loaded:
+    // the ones' complement sum of a correct header is 0xffff whatever the
+    // word size and byte order. Under 2^36, two folds bring it to at most
+    // 0x1000f, where 0xffff is its only non-zero multiple.
     let src = load!(u32, p, 12);
+    let dst = load!(u32, p, 16);
+    let mut sum = load!(u32, p, 0) + load!(u32, p, 4) + load!(u32, p, 8) + src + dst + options;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    if sum != 0xffff {
+        return Err(Counter::BadChecksum);
+    }
+    // Loaded in memory order, stored back the same way: ::ffff:a.b.c.d as
+    // words, bytes 10 and 11 are 0xff, 12..16 the address. The first byte
+    // is the low one: 0.0.0.0/8, 127.0.0.0/8, 224.0.0.0/4 (multicast) and
+    // 255.255.255.255 are no host's.
+    let first = src & 0xff;
+    let bad_src = first == 0 || first == 127 || first & 0xf0 == 0xe0 || src == 0xffff_ffff;
     Ok(Beat {
         src: HostKey::from_words([0, 0xffff_0000 | (src << 32)]),
+        dst: HostKey::from_words([0, 0xffff_0000 | (dst << 32)]),
+        bad_src,
         signed,
     })
 }
@@ -288,10 +341,31 @@ fn ipv6(frame: &Frame, off: usize, port: u64) -> Result<Beat, Miss> {
 fn ipv6_datagram(frame: &Frame, p: *const u8, ext_len: usize, udp: usize) -> Result<Beat, Miss> {
     let payload_len = (load!(u16, p, 4) as u16).swap_bytes() as usize;
     let signed = heartbeat_payload(frame, udp, payload_len.wrapping_sub(ext_len))?;
+    let (a, b) = (load!(u64, p, 8), load!(u64, p, 16));
+    // Loaded little-endian: multicast (ff00::/8) has 0xff as `a`'s low
+    // byte; ::/96 (unspecified, loopback, IPv4-compatible) and
+    // ::ffff:0:0/96 (IPv4-mapped) have `a` zero and bytes 8..12 as `b`'s
+    // low half.
+    let b_low = b & 0xffff_ffff;
+    let bad_src = a & 0xff == 0xff || (a == 0 && (b_low == 0 || b_low == 0xffff_0000));
     Ok(Beat {
-        src: HostKey::from_words([load!(u64, p, 8), load!(u64, p, 16)]),
+        src: HostKey::from_words([a, b]),
+        dst: HostKey::from_words(ipv6_dst(load!(u64, p, 24), load!(u64, p, 32))),
+        bad_src,
         signed,
     })
+}
+
+/// An IPv6 destination as the local address set is looked up with: an
+/// IPv4-mapped one would be taken for the IPv4 address (which the set holds
+/// in that form), so it becomes `::`, which is never local.
+#[inline(always)]
+fn ipv6_dst(a: u64, b: u64) -> [u64; 2] {
+    if a == 0 && b & 0xffff_ffff == 0xffff_0000 {
+        [0, 0]
+    } else {
+        [a, b]
+    }
 }
 
 /// The offset of the UDP header at `off` if it is addressed to `port`.

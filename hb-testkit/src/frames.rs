@@ -4,8 +4,8 @@
 //!
 //! Unless told otherwise a frame goes from [`SRC_MAC`] to [`DST_MAC`], from
 //! port [`SPORT`] to [`DST_V4`] or [`DST_V6`], port [`PORT`], with
-//! consistent lengths and a correct IPv4 header checksum (hb checks
-//! neither, but a realistic frame has them right). UDP checksums are 0 (none,
+//! consistent lengths and a correct IPv4 header checksum (hb checks it).
+//! UDP checksums are 0 (none,
 //! as IPv4 allows), except in [`write_udp`]'s frames, which the kernel's own
 //! stack must accept.
 
@@ -381,10 +381,20 @@ pub fn signed_with(key: &[u8; auth::KEY_LEN], version: u8, host_id: u64, seq: u6
     p
 }
 
-/// Overwrites the IPv4 source address of an untagged frame (the header
-/// checksum is not updated: hb does not check it).
+/// Overwrites the IPv4 source address of an untagged frame, and updates
+/// the header checksum (RFC 1624: hb checks it).
 #[inline]
 pub fn set_ipv4_src(frame: &mut [u8], src: [u8; 4]) {
+    const CHECKSUM: usize = ETH_HLEN + 10;
+    let old = sum_words(0, &frame[IPV4_SRC_OFFSET..IPV4_SRC_OFFSET + 4]);
+    let new = sum_words(0, &src);
+    let hc = u16::from_be_bytes([frame[CHECKSUM], frame[CHECKSUM + 1]]);
+    // HC' = ~(~HC + ~m + m'), m and m' the 16-bit words, folded.
+    let mut sum = u32::from(!hc) + (0x1fffe - old) + new;
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    frame[CHECKSUM..CHECKSUM + 2].copy_from_slice(&(!(sum as u16)).to_be_bytes());
     frame[IPV4_SRC_OFFSET..IPV4_SRC_OFFSET + 4].copy_from_slice(&src);
 }
 
@@ -488,6 +498,7 @@ mod tests {
         );
         let mut f = f;
         set_ipv4_src(&mut f, src_addr(0x01_0203));
+        assert_eq!(f, hb4(&[], [10, 1, 2, 3]), "checksum updated");
         assert_eq!(&f[26..30], &[10, 1, 2, 3]);
     }
 

@@ -45,20 +45,27 @@
 //!    32 too with a key), it is `wrong_payload` without a look at the
 //!    payload, "like any other payload". Bytes after the datagram
 //!    (Ethernet padding) never matter.
-//! 6. **A signed heartbeat** (with a key, 32 bytes starting with `PyHB`):
+//! 6. **Then the addressing, outside in** (docs/design.md, "What the XDP
+//!    program accepts"): an IPv4 header whose checksum (RFC 1071, over the
+//!    whole header, options included) is wrong is `bad_checksum`; then,
+//!    unless `--any-destination`, a destination MAC that is neither the
+//!    interface's nor a group MAC (lowest bit of the first byte), or a
+//!    destination address that is not one of the collector's (IPv6 to an
+//!    IPv4-mapped address is to none), is `not_for_us`; then a source no host has is `bad_source`: IPv4
+//!    0.0.0.0/8, 127.0.0.0/8, 224.0.0.0/4, 255.255.255.255; IPv6 ::/96
+//!    (unspecified, loopback, IPv4-compatible), ::ffff:0:0/96 (IPv4-mapped),
+//!    ff00::/8 (multicast). This holds for signed and bare heartbeats, in
+//!    every mode.
+//! 7. **A signed heartbeat** (with a key, 32 bytes starting with `PyHB`):
 //!    version 1, flags 0 and reserved 0, and a MAC that verifies, or it is
 //!    `forged`; then `replayed` unless its sequence number is newer than its
 //!    host id's last accepted one (the table decides, see [`Table`]). 32
 //!    bytes not starting with `PyHB` are no heartbeat: `wrong_payload`.
-//! 7. **A bare `PyHB` from an IPv6 multicast source (ff00::/8) is `forged`
-//!    in every mode**: no host sends from there, and host ids are keyed
-//!    under such a prefix. Every other source is a host's (IPv4 multicast,
-//!    broadcast, unspecified, loopback and IPv4-mapped sources included:
-//!    the docs exclude none of them). Then, under `--require-auth`, a bare
-//!    `PyHB` is `unauthenticated`.
+//! 8. **A bare `PyHB`** under `--require-auth` is `unauthenticated`.
 //!
-//! `heartbeat`, `table_full`, `forged`, `replayed` and `unauthenticated`
-//! frames are dropped (passed with `--pass-heartbeats`); all others pass.
+//! `heartbeat`, `table_full`, `bad_source`, `forged`, `replayed` and
+//! `unauthenticated` frames are dropped (passed with `--pass-heartbeats`);
+//! all others pass.
 
 use std::collections::HashMap;
 
@@ -94,6 +101,28 @@ impl Auth {
     }
 }
 
+/// Where the collector is: which heartbeats are addressed to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dest {
+    /// `--any-destination`: every heartbeat is.
+    pub any: bool,
+    /// The interface's MAC.
+    pub mac: [u8; 6],
+    /// The addresses of its network namespace (IPv4 as `::ffff:a.b.c.d`).
+    pub addrs: Vec<[u8; 16]>,
+}
+
+impl Dest {
+    /// `--any-destination`.
+    pub fn any() -> Self {
+        Self {
+            any: true,
+            mac: [0; 6],
+            addrs: Vec::new(),
+        }
+    }
+}
+
 /// What one frame is, judged on its own (before the table has its say).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Judged {
@@ -111,16 +140,16 @@ pub enum Judged {
 }
 
 /// What a correct program makes of `f` with heartbeats on `port`, under
-/// `auth`; see the [rules](self).
-pub fn judge(f: &[u8], port: u16, auth: Auth) -> Judged {
-    match walk(f, port, auth) {
+/// `auth`, for the collector at `dest`; see the [rules](self).
+pub fn judge(f: &[u8], port: u16, auth: Auth, dest: &Dest) -> Judged {
+    match walk(f, port, auth, dest) {
         Ok(j) | Err(j) => j,
     }
 }
 
 /// As [`judge`] without a key: the source of a heartbeat, or its counter.
-pub fn classify(f: &[u8], port: u16) -> Result<HostKey, Counter> {
-    match judge(f, port, Auth::Off) {
+pub fn classify(f: &[u8], port: u16, dest: &Dest) -> Result<HostKey, Counter> {
+    match judge(f, port, Auth::Off, dest) {
         Judged::Bare(addr) => Ok(HostKey { addr }),
         Judged::Counted(c) => Err(c),
         Judged::Signed { .. } => unreachable!("no key, no signed heartbeats"),
@@ -133,6 +162,7 @@ pub fn dropped(c: Counter) -> bool {
         c,
         Counter::Heartbeat
             | Counter::TableFull
+            | Counter::BadSource
             | Counter::Forged
             | Counter::Replayed
             | Counter::Unauthenticated
@@ -140,7 +170,7 @@ pub fn dropped(c: Counter) -> bool {
 }
 
 /// Outcomes of signed heartbeats and loss accounting, which a program
-/// without a key never reaches, apart from `forged` (multicast sources).
+/// without a key never reaches.
 pub fn auth_only(c: Counter) -> bool {
     matches!(
         c,
@@ -169,11 +199,16 @@ fn be16(b: &[u8], at: usize) -> u16 {
 /// its own headers).
 struct Ip {
     src: [u8; 16],
+    dst: [u8; 16],
+    /// IPv4: whether the header checksum is right (IPv6 has none).
+    checksum_ok: bool,
+    /// A source no host has (rule 6).
+    bad_src: bool,
     udp_at: usize,
     ip_udp_len: i64,
 }
 
-fn walk(f: &[u8], port: u16, auth: Auth) -> Step<Judged> {
+fn walk(f: &[u8], port: u16, auth: Auth, dest: &Dest) -> Step<Judged> {
     // Ethernet: destination, source, then the EtherType or up to two tags.
     let mut at = 12;
     let mut ethertype = be16(bytes(f, at, 2)?, 0);
@@ -192,6 +227,16 @@ fn walk(f: &[u8], port: u16, auth: Auth) -> Step<Judged> {
         _ => return Err(counted(Counter::NotIp)),
     };
     let payload = payload(f, &ip, port, auth)?;
+    if !ip.checksum_ok {
+        return Err(counted(Counter::BadChecksum));
+    }
+    let group = f[0] & 1 != 0;
+    if !dest.any && (!(group || f[..6] == dest.mac) || !dest.addrs.contains(&ip.dst)) {
+        return Err(counted(Counter::NotForUs));
+    }
+    if ip.bad_src {
+        return Err(counted(Counter::BadSource));
+    }
     Ok(heartbeat(payload, ip.src, auth))
 }
 
@@ -210,11 +255,29 @@ fn ipv4(f: &[u8], at: usize) -> Step<Ip> {
     if h[9] != 17 {
         return Err(counted(Counter::NotUdp));
     }
-    let mut src = [0u8; 16];
-    src[10..12].copy_from_slice(&[0xff, 0xff]);
-    src[12..].copy_from_slice(&h[12..16]);
+    let mapped = |a: &[u8]| {
+        let mut m = [0u8; 16];
+        m[10..12].copy_from_slice(&[0xff, 0xff]);
+        m[12..].copy_from_slice(a);
+        m
+    };
+    // RFC 1071: the ones' complement sum of the header's 16-bit words,
+    // options included (read only once the UDP header behind them is known
+    // to be in the frame: a frame cut short is judged before).
+    let checksum_ok = f.get(at..at + words * 4).is_some_and(|header| {
+        let mut sum: u32 = header.chunks(2).map(|w| u32::from(be16(w, 0))).sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum == 0xffff
+    });
+    let s = &h[12..16];
+    let bad_src = s[0] == 0 || s[0] == 127 || s[0] >> 4 == 0xe || s == [255; 4];
     Ok(Ip {
-        src,
+        src: mapped(s),
+        dst: mapped(&h[16..20]),
+        checksum_ok,
+        bad_src,
         udp_at: at + words * 4,
         ip_udp_len: i64::from(be16(h, 2)) - (words * 4) as i64,
     })
@@ -245,8 +308,19 @@ fn ipv6(f: &[u8], at: usize) -> Step<Ip> {
     }
     let mut src = [0u8; 16];
     src.copy_from_slice(&h[8..24]);
+    let mut dst = [0u8; 16];
+    dst.copy_from_slice(&h[24..40]);
+    // IPv6 to an IPv4-mapped address is to no address of the collector's.
+    if dst[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
+        dst = [0; 16];
+    }
+    let compatible = src[..12] == [0; 12];
+    let mapped = src[..10] == [0; 10] && src[10..12] == [0xff, 0xff];
     Ok(Ip {
         src,
+        dst,
+        checksum_ok: true,
+        bad_src: src[0] == 0xff || compatible || mapped,
         udp_at: l4,
         ip_udp_len: i64::from(be16(h, 4)) - (l4 - (at + 40)) as i64,
     })
@@ -278,9 +352,6 @@ fn heartbeat(p: &[u8], src: [u8; 16], auth: Auth) -> Judged {
         && p.len() == SIGNED_LEN
     {
         return signed(p, src, key);
-    }
-    if src[0] == 0xff {
-        return counted(Counter::Forged);
     }
     if matches!(auth, Auth::Required(_)) {
         return counted(Counter::Unauthenticated);

@@ -107,6 +107,9 @@ pub struct RunArgs {
     /// Let heartbeats continue to sockets after they are recorded.
     #[arg(long)]
     pub pass_heartbeats: bool,
+    /// Take heartbeats to any MAC and IP address (mirror and SPAN ports); by default only those addressed to this host.
+    #[arg(long)]
+    pub any_destination: bool,
     /// Capacity of the host table; heartbeats from further new hosts are counted as table_full.
     #[arg(long, default_value_t = DEFAULT_MAX_HOSTS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_hosts: u32,
@@ -209,6 +212,7 @@ impl RunArgs {
             max_hosts: self.max_hosts,
             max_bare_hosts: self.max_bare_hosts,
             pass_heartbeats: self.pass_heartbeats,
+            any_destination: self.any_destination,
             attach_mode: self.xdp_mode,
             auth,
             timeout: self.timeout,
@@ -226,6 +230,9 @@ impl RunArgs {
         if self.ingest == IngestKind::Socket {
             if self.pass_heartbeats {
                 return Err("--pass-heartbeats is for XDP: in socket mode heartbeats are not filtered, drop the option".into());
+            }
+            if self.any_destination {
+                return Err("--any-destination is for XDP: a socket only receives what is addressed to this host, drop the option".into());
             }
             if self.key_file.is_some() {
                 return Err("--key-file needs XDP: socket mode does not verify signed heartbeats; use --ingest xdp".into());

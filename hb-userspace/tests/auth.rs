@@ -297,9 +297,9 @@ fn without_a_key_signed_payloads_are_not_heartbeats() {
 }
 
 #[test]
-fn bare_heartbeats_from_multicast_sources_are_forged_in_every_mode() {
+fn bare_heartbeats_from_multicast_sources_are_bad_sources_in_every_mode() {
     // No host sends from an IPv6 multicast address, and host ids are keyed
-    // under one: such a `PyHB` is `forged` (README, packet counters) in
+    // under one: such a `PyHB` is `bad_source` (README, packet counters) in
     // every mode, `--require-auth` included, where the source is judged
     // before the mode; never recorded.
     let posing = HostKey::from_host_id(7).addr;
@@ -310,7 +310,7 @@ fn bare_heartbeats_from_multicast_sources_are_forged_in_every_mode() {
         ("--require-auth", Some(true)),
     ] {
         let mut c = Case::new(auth);
-        let mut expected = vec![(Counter::Forged, 2)];
+        let mut expected = vec![(Counter::BadSource, 2)];
         let before = auth.map(|_| {
             assert_eq!(c.send(&ipv4([198, 18, 0, 2], &signed(7, RUN))), XDP_DROP);
             expected.extend([(Counter::Heartbeat, 1), (Counter::NewHost, 1)]);
@@ -336,7 +336,7 @@ fn bare_heartbeats_from_multicast_sources_are_forged_in_every_mode() {
             let key = HostKey::from_ipv6(v6.octets());
             assert!(c.loaded.table.get(&key).is_some(), "{mode}");
         }
-        assert_eq!(c.count(Counter::Forged), 2, "{mode}");
+        assert_eq!(c.count(Counter::BadSource), 2, "{mode}");
     }
 }
 

@@ -283,7 +283,7 @@ fn a_reserved_field_other_than_zero_is_forged() {
         );
     }
     // With --pass-heartbeats it is still counted forged, and passed.
-    let mut loaded = xdp::load_auth(
+    let loaded = xdp::load_auth(
         xdp::Settings {
             pass_heartbeats: true,
             ..kit::settings(64)
@@ -294,6 +294,7 @@ fn a_reserved_field_other_than_zero_is_forged() {
         }),
     )
     .unwrap();
+    let mut loaded = kit::addressed(loaded);
     let f = ipv4_udp([198, 18, 40, 2], PORT, &signed_reserved(3, RUN, [0, 1]));
     assert_eq!(run(&mut loaded, &f), XDP_PASS);
     assert_eq!(

@@ -286,8 +286,10 @@ fn maps_dir(link: &Link) -> PathBuf {
 
 /// The program loaded on the pinned maps (not attached).
 fn load_pinned(link: &Link) -> xdp::Loaded {
-    xdp::load_with(kit::settings(1 << 20), None, Some(&maps_dir(link)))
-        .expect("loading the program on the pinned maps")
+    kit::addressed(
+        xdp::load_with(kit::settings(1 << 20), None, Some(&maps_dir(link)))
+            .expect("loading the program on the pinned maps"),
+    )
 }
 
 /// A heartbeat from each host `i` in `hosts`, stamped into the pinned table.

@@ -451,6 +451,7 @@ fn fuzz_mode(name: &str, auth: Auth, frames: u64, mut rng: Rng, total: u64, repr
         last_seen: Vec::new(),
     };
     let mut signer = Signer::new();
+    let dest = kit::kit_dest();
     let keyed = auth != Auth::Off;
     let mut refused_by_kernel = 0u64;
     let mut window: Window = Vec::with_capacity(WINDOW);
@@ -458,7 +459,7 @@ fn fuzz_mode(name: &str, auth: Auth, frames: u64, mut rng: Rng, total: u64, repr
 
     for n in 0..frames {
         let frame = generate(&mut rng, &mut signer, keyed);
-        let judged = judge(&frame, PORT, auth);
+        let judged = judge(&frame, PORT, auth, &dest);
         let ctx = |applied: Option<Applied>| {
             format!(
                 "{name}, frame {n} ({repro}): {}, reference {judged:?} {applied:?}",
@@ -542,7 +543,7 @@ fn fuzz_mode(name: &str, auth: Auth, frames: u64, mut rng: Rng, total: u64, repr
         let reachable = |c: Counter| match auth {
             Auth::Off => !matches!(
                 c,
-                Counter::Replayed | Counter::Unauthenticated | Counter::Lost
+                Counter::Forged | Counter::Replayed | Counter::Unauthenticated | Counter::Lost
             ),
             Auth::Optional(_) => c != Counter::Unauthenticated,
             Auth::Required(_) => true,

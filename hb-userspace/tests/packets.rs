@@ -7,7 +7,7 @@ use aya::programs::{ProgramError, TestRun as _, TestRunOptions};
 use hb_common::{Counter, HostEntry, HostKey, MAGIC, net::*};
 use hb_testkit::{
     frames::*,
-    program::{clock_ns, settings},
+    program::{self as kit, addressed, clock_ns, settings},
     reference::{Auth, Judged, classify, dropped, judge},
 };
 use hb_userspace::xdp::{self, AuthSettings, Loaded, Settings};
@@ -27,12 +27,14 @@ struct Snapshot {
 
 impl Rig {
     fn new(port: u16, pass_heartbeats: bool, max_hosts: u32) -> Self {
-        let loaded = xdp::load(Settings {
-            port,
-            pass_heartbeats,
-            ..settings(max_hosts)
-        })
-        .expect("loading the XDP program");
+        let loaded = addressed(
+            xdp::load(Settings {
+                port,
+                pass_heartbeats,
+                ..settings(max_hosts)
+            })
+            .expect("loading the XDP program"),
+        );
         Self {
             loaded,
             pass_heartbeats,
@@ -54,7 +56,7 @@ impl Rig {
             Auth::Required(key) => Some(AuthSettings { key, require: true }),
         };
         Self {
-            loaded: xdp::load_auth(settings(64), auth).expect("loading the XDP program"),
+            loaded: addressed(xdp::load_auth(settings(64), auth).expect("loading the XDP program")),
             pass_heartbeats: false,
         }
     }
@@ -248,7 +250,7 @@ fn key4(a: [u8; 4]) -> HostKey {
 /// judges frames the way these cases do.
 fn agree(frame: &[u8], port: u16, expected: Result<HostKey, Counter>) {
     assert_eq!(
-        classify(frame, port),
+        classify(frame, port, &kit::kit_dest()),
         expected,
         "reference classifier on {}",
         hex(frame)
@@ -758,7 +760,7 @@ fn truncated_heartbeats_pass_at_every_length() {
     ];
     for (name, frame) in &shapes {
         // The whole frame is a heartbeat; every proper prefix is truncated.
-        assert!(classify(frame, PORT).is_ok(), "{name}");
+        assert!(classify(frame, PORT, &kit::kit_dest()).is_ok(), "{name}");
         for len in 0..frame.len() {
             agree(&frame[..len], PORT, Err(Counter::Truncated));
             rig.miss(
@@ -915,7 +917,7 @@ fn run_cases(cases: &[Case]) {
                 Want::Counted(c) => Judged::Counted(c),
             };
             assert_eq!(
-                judge(frame, PORT, *auth),
+                judge(frame, PORT, *auth, &kit::kit_dest()),
                 expected,
                 "reference on {what}: {}",
                 hex(frame)
@@ -1320,35 +1322,52 @@ fn disputed_ports_and_lengths() {
 #[test]
 fn disputed_sources() {
     let mut cases: Vec<Case> = Vec::new();
-    // Any source is a host's (the docs exclude none), but for IPv6
-    // multicast: forged in every mode.
+    // A source no host has is bad_source in every mode (the source is
+    // judged before the mode); any other is a host's.
     for (name, src) in [
         ("IPv4 multicast 224.0.0.1", [224, 0, 0, 1]),
         ("IPv4 multicast 239.255.255.255", [239, 255, 255, 255]),
         ("IPv4 broadcast", [255, 255, 255, 255]),
         ("IPv4 unspecified", [0, 0, 0, 0]),
+        ("IPv4 this network 0.1.2.3", [0, 1, 2, 3]),
         ("IPv4 loopback", [127, 0, 0, 1]),
+        ("IPv4 loopback 127.255.0.9", [127, 255, 0, 9]),
+    ] {
+        cases.push((name.into(), hb4(&[], src), every(Counter::BadSource)));
+    }
+    for (name, src) in [
         ("IPv4 198.18.7.9", [198, 18, 7, 9]),
+        ("IPv4 240.0.0.1, reserved", [240, 0, 0, 1]),
+        ("IPv4 223.255.255.255", [223, 255, 255, 255]),
+        ("IPv4 1.0.0.0", [1, 0, 0, 0]),
     ] {
         cases.push((name.into(), hb4(&[], src), bare(mapped(src))));
     }
     for (name, src) in [
-        ("IPv6 unspecified", v6([0; 8])),
-        ("IPv6 loopback", v6([0, 0, 0, 0, 0, 0, 0, 1])),
         ("IPv6 link-local", v6([0xfe80, 0, 0, 0, 0, 0, 0, 1])),
         (
             "IPv6 feff::1, just below multicast",
             v6([0xfeff, 0, 0, 0, 0, 0, 0, 1]),
         ),
-        // The same host as IPv4 198.18.7.9: one address, one key.
         (
-            "IPv4-mapped ::ffff:198.18.7.9 over IPv6",
-            mapped([198, 18, 7, 9]),
+            "IPv6 ::1:0:0:1, just past ::/96",
+            v6([0, 0, 0, 0, 1, 0, 0, 1]),
+        ),
+        (
+            "IPv6 ::fffe:1.2.3.4",
+            v6([0, 0, 0, 0, 0, 0xfffe, 0x102, 0x304]),
         ),
     ] {
         cases.push((name.into(), hb6(&[], src), bare(src)));
     }
     for (name, src) in [
+        ("IPv6 unspecified", v6([0; 8])),
+        ("IPv6 loopback", v6([0, 0, 0, 0, 0, 0, 0, 1])),
+        (
+            "IPv4-compatible ::198.18.7.9",
+            v6([0, 0, 0, 0, 0, 0, 0xc612, 0x709]),
+        ),
+        ("IPv4-mapped ::ffff:198.18.7.9", mapped([198, 18, 7, 9])),
         ("IPv6 multicast ff02::1", v6([0xff02, 0, 0, 0, 0, 0, 0, 1])),
         (
             "IPv6 multicast ff0e::4842",
@@ -1367,9 +1386,17 @@ fn disputed_sources() {
         cases.push((
             name.into(),
             hb6(&[ETH_P_8021Q], src),
-            every(Counter::Forged),
+            every(Counter::BadSource),
         ));
     }
+    // A signed heartbeat from such a source too (without a key, its
+    // payload is a wrong one).
+    let signed = signed_with(&KEY, 1, 7, 1 << 32 | 1);
+    let name = "signed, from IPv4 loopback";
+    let frame = ipv4_udp([127, 0, 0, 1], PORT, &signed);
+    let wrong = Want::Counted(Counter::WrongPayload);
+    let bad = Want::Counted(Counter::BadSource);
+    cases.push((name.into(), frame, [wrong, bad, bad]));
     // The source matters only for a heartbeat.
     let mcast = v6([0xff02, 0, 0, 0, 0, 0, 0, 1]);
     let name = "IPv6 multicast, a wrong payload";
@@ -1379,4 +1406,146 @@ fn disputed_sources() {
     let frame = v6_frame(V6::new(mcast), &udp(SPORT, 53, &MAGIC));
     cases.push((name.into(), frame, every(Counter::OtherPort)));
     run_cases(&cases);
+}
+
+/// `f` with its destination MAC replaced.
+fn to_mac(mut f: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
+    f[..6].copy_from_slice(&mac);
+    f
+}
+
+#[test]
+fn only_heartbeats_addressed_to_this_collector() {
+    let hb = udp(SPORT, PORT, &MAGIC);
+    let mut cases: Vec<Case> = Vec::new();
+    let src = [198, 18, 9, 1];
+    let other_mac = [0x02, 0, 0, 0, 0, 0x09];
+    let not_for_us = every(Counter::NotForUs);
+    cases.push((
+        "IPv4, another MAC".into(),
+        to_mac(hb4(&[], src), other_mac),
+        not_for_us,
+    ));
+    let name = "IPv6, another MAC (the interface's but one bit)";
+    let frame = to_mac(hb6(&[], src6()), [0x02, 0, 0, 0, 0, 0x03]);
+    cases.push((name.into(), frame, not_for_us));
+    let name = "IPv4, broadcast MAC";
+    cases.push((
+        name.into(),
+        to_mac(hb4(&[], src), [0xff; 6]),
+        bare(mapped(src)),
+    ));
+    let name = "IPv4, multicast MAC";
+    let frame = to_mac(hb4(&[], src), [0x01, 0, 0x5e, 0, 0, 1]);
+    cases.push((name.into(), frame, bare(mapped(src))));
+    let name = "IPv6, multicast MAC, VLAN";
+    let frame = to_mac(hb6(&[ETH_P_8021Q], src6()), [0x33, 0x33, 0, 0, 0, 1]);
+    cases.push((name.into(), frame, bare(src6())));
+    let mut ip = V4::new(src);
+    ip.dst = [198, 18, 0, 2];
+    cases.push((
+        "IPv4, another address".into(),
+        v4_frame(ip, &hb),
+        not_for_us,
+    ));
+    let mut ip = V4::new(src);
+    ip.dst = [255, 255, 255, 255];
+    let name = "IPv4, to the broadcast address, broadcast MAC";
+    cases.push((
+        name.into(),
+        to_mac(v4_frame(ip, &hb), [0xff; 6]),
+        not_for_us,
+    ));
+    let mut ip = V6::new(src6());
+    ip.dst = v6([0xfd00, 0x4842, 0, 0, 0, 0, 0, 2]);
+    cases.push((
+        "IPv6, another address".into(),
+        v6_frame(ip, &hb),
+        not_for_us,
+    ));
+    let mut ip = V6::new(src6());
+    ip.dst = mapped(DST_V4);
+    let name = "IPv6 to ::ffff: and the IPv4 address";
+    cases.push((name.into(), v6_frame(ip, &hb), not_for_us));
+    let mut ip = V6::new(src6());
+    ip.dst = [0; 16];
+    cases.push(("IPv6, to ::".into(), v6_frame(ip, &hb), not_for_us));
+    // Another collector's, from a source no host has: not ours to judge.
+    let frame = to_mac(hb4(&[], [127, 0, 0, 1]), other_mac);
+    cases.push(("loopback source, another MAC".into(), frame, not_for_us));
+    // Non-heartbeats to another MAC are what they were.
+    let frame = to_mac(ipv4_udp(src, 53, &MAGIC), other_mac);
+    cases.push((
+        "another port, another MAC".into(),
+        frame,
+        every(Counter::OtherPort),
+    ));
+    run_cases(&cases);
+}
+
+/// `f` (untagged IPv4) with one bit of its header checksum flipped.
+fn bad_checksum(mut f: Vec<u8>) -> Vec<u8> {
+    f[ETH_HLEN + 11] ^= 0x10;
+    f
+}
+
+#[test]
+fn ipv4_header_checksum_is_verified() {
+    let mut cases: Vec<Case> = Vec::new();
+    let src = [198, 18, 9, 2];
+    let bad = every(Counter::BadChecksum);
+    cases.push(("a bad checksum".into(), bad_checksum(hb4(&[], src)), bad));
+    // A corrupted source address: no phantom host.
+    let mut f = hb4(&[], src);
+    f[IPV4_SRC_OFFSET + 3] ^= 0x40;
+    cases.push(("a corrupted source".into(), f, bad));
+    let mut ip = V4::new(src);
+    ip.options = v4_options(3);
+    let mut f = v4_frame(ip, &udp(SPORT, PORT, &MAGIC));
+    cases.push(("with options".into(), f.clone(), bare(mapped(src))));
+    // A corrupted option word counts.
+    f[ETH_HLEN + IPV4_HLEN + 5] ^= 1;
+    cases.push(("with a corrupted option".into(), f, bad));
+    // Before the destination and the source are judged: they are corrupt.
+    let f = bad_checksum(to_mac(hb4(&[], [127, 0, 0, 1]), [2, 0, 0, 0, 0, 9]));
+    cases.push(("another MAC, loopback source".into(), f, bad));
+    // Only heartbeats are checked: others are what they were.
+    let f = bad_checksum(ipv4_udp(src, 53, &MAGIC));
+    cases.push(("another port".into(), f, every(Counter::OtherPort)));
+    let f = bad_checksum(ipv4_udp(src, PORT, b"PyHb"));
+    cases.push(("a wrong payload".into(), f, every(Counter::WrongPayload)));
+    run_cases(&cases);
+}
+
+#[test]
+fn any_destination_takes_heartbeats_to_anyone() {
+    let mut rig = Rig {
+        loaded: xdp::load(Settings {
+            any_destination: true,
+            ..settings(64)
+        })
+        .expect("loading the XDP program"),
+        pass_heartbeats: false,
+    };
+    let any = hb_testkit::reference::Dest::any();
+    let src = [198, 18, 9, 3];
+    let other_mac = [0x02, 0, 0, 0, 0, 0x09];
+    let mut ip = V4::new(src);
+    ip.dst = [198, 18, 0, 2];
+    let f = to_mac(v4_frame(ip, &udp(SPORT, PORT, &MAGIC)), other_mac);
+    assert_eq!(classify(&f, PORT, &any), Ok(key4(src)));
+    rig.beat("IPv4 to another MAC and address", &f, key4(src));
+    let mut ip = V6::new(src6());
+    ip.dst = v6([0xfd00, 0x4842, 0, 0, 0, 0, 0, 2]);
+    let f = to_mac(v6_frame(ip, &udp(SPORT, PORT, &MAGIC)), other_mac);
+    let key = HostKey { addr: src6() };
+    assert_eq!(classify(&f, PORT, &any), Ok(key));
+    rig.beat("IPv6 to another MAC and address", &f, key);
+    // Sources and checksums are judged as always.
+    let f = to_mac(hb4(&[], [127, 0, 0, 1]), other_mac);
+    assert_eq!(classify(&f, PORT, &any), Err(Counter::BadSource));
+    rig.consumed("loopback source", &f, Counter::BadSource);
+    let f = bad_checksum(to_mac(hb4(&[], src), other_mac));
+    assert_eq!(classify(&f, PORT, &any), Err(Counter::BadChecksum));
+    rig.miss("bad checksum", &f, Counter::BadChecksum);
 }

@@ -64,6 +64,8 @@ pub struct Config {
     /// `--max-bare-hosts` (XDP); `None`: the default for the mode.
     pub max_bare_hosts: Option<u32>,
     pub pass_heartbeats: bool,
+    /// `--any-destination` (XDP).
+    pub any_destination: bool,
     pub attach_mode: AttachMode,
     /// The fleet key, for signed heartbeats (XDP only).
     pub auth: Option<AuthSettings>,

@@ -6,6 +6,7 @@ mod bpffs;
 mod counters;
 mod iface;
 pub mod link;
+pub mod local;
 pub mod lock;
 pub mod pins;
 pub mod program;
@@ -35,6 +36,7 @@ use crate::{
     },
 };
 use iface::IfaceWatch;
+use local::LocalWatch;
 use lock::Lock;
 use pins::{Created, Instance};
 use program::Attached;
@@ -48,6 +50,9 @@ pub struct XdpIngest {
     loaded: Loaded,
     kernel_log: Option<KernelLog>,
     watch: IfaceWatch,
+    /// Keeps the program's local MAC and addresses current (none with
+    /// `--any-destination`).
+    local: Option<LocalWatch>,
     /// While set, dropping this undoes what this start created: a failure
     /// during start-up leaves nothing of its own behind, and never removes
     /// what an earlier collector left to carry on from.
@@ -85,13 +90,25 @@ impl XdpIngest {
             );
         }
         let created = pins::prepare(&instance)?;
-        let loaded = load(config, &instance).inspect_err(|_| pins::undo(&instance, &created))?;
+        let mut loaded =
+            load(config, &instance).inspect_err(|_| pins::undo(&instance, &created))?;
+        // Before attaching: the program takes no heartbeat for someone else's.
+        let local = if config.any_destination {
+            info!("--any-destination: heartbeats to any MAC and address are taken");
+            None
+        } else {
+            Some(
+                LocalWatch::start(iface, &mut loaded.local)
+                    .inspect_err(|_| pins::undo(&instance, &created))?,
+            )
+        };
         let link = instance.link();
         let mut this = Self {
             loaded,
             kernel_log: None,
             // Watched from the index attached to (set again below).
             watch: IfaceWatch::new(iface, config.attach_mode, link.clone()),
+            local,
             created: Some(created),
             outlives: false,
             detach: true,
@@ -136,6 +153,7 @@ fn load(config: &Config, inst: &Instance) -> Result<Loaded> {
         pass_heartbeats: config.pass_heartbeats,
         max_hosts: config.max_hosts,
         max_bare_hosts: config.max_bare_hosts,
+        any_destination: config.any_destination,
     };
     program::load_with(settings, config.auth.as_ref(), Some(&inst.maps_dir()))
 }
@@ -200,6 +218,9 @@ impl Ingest for XdpIngest {
 
     fn on_tick(&mut self, _ev: &mut EventLoop) -> Result<()> {
         self.watch.check(&mut self.loaded);
+        if let Some(local) = self.local.as_mut() {
+            local.check(&mut self.loaded.local);
+        }
         Ok(())
     }
 

@@ -44,10 +44,12 @@ const RUN_DIR: &str = "/run/hb";
 /// Changes whenever the pinned maps' layout (names, types, sizes, meaning)
 /// changes. 3: slot hints, tracker state, replay state (`HB_AUTH`), keys
 /// of signed hosts. 4: two hints an array element. 5: the bare host count
-/// (`HB_BARE`).
+/// (`HB_BARE`), and three more outcome counters (`not_for_us`,
+/// `bad_source`, `bad_checksum`).
 pub const LAYOUT_VERSION: u32 = 5;
 
-/// Every map of the object that is pinned (all but aya-log's buffer).
+/// Every map of the object that is pinned (all but aya-log's buffer and
+/// the local MAC and addresses, which each collector writes afresh).
 pub const PINNED_MAPS: [&str; 10] = [
     SLOTS_MAP,
     LAST_SEEN_MAP,

@@ -13,15 +13,17 @@ use aya::{
     },
 };
 use hb_common::{
-    ALLOC_MAP, AUTH_MAP, AUTH_MODE_GLOBAL, AuthMode, BEATS_MAP, COUNTERS_MAP, HINT_MASK_GLOBAL,
-    HINTS_MAP, HOST_MAPS, LAST_SEEN_MAP, MAX_BARE_GLOBAL, PASS_GLOBAL, PORT_GLOBAL, PROGRAM,
-    SIP_STATE_GLOBAL, SLOT_KEYS_MAP, SLOTS_MAP, TRACKER_MAP,
+    ALLOC_MAP, ANY_DEST_GLOBAL, AUTH_MAP, AUTH_MODE_GLOBAL, AuthMode, BEATS_MAP, COUNTERS_MAP,
+    HINT_MASK_GLOBAL, HINTS_MAP, HOST_MAPS, LAST_SEEN_MAP, LOCAL_ADDRS_MAP, LOCAL_MAC_MAP,
+    MAX_BARE_GLOBAL, PASS_GLOBAL, PORT_GLOBAL, PROGRAM, SIP_STATE_GLOBAL, SLOT_KEYS_MAP, SLOTS_MAP,
+    TRACKER_MAP,
     auth::{self, KEY_LEN},
 };
 use log::{info, warn};
 
 use super::{
     link::{self, Place},
+    local::LocalMaps,
     pins,
     table::{HostTable, TableMaps, TrackerWords},
 };
@@ -39,6 +41,8 @@ pub struct Settings {
     /// How many bare hosts (known by address) the table takes; `None`:
     /// see [`default_max_bare_hosts`].
     pub max_bare_hosts: Option<u32>,
+    /// `--any-destination`: heartbeats to any MAC and address are taken.
+    pub any_destination: bool,
 }
 
 /// The bare hosts' share of a table of `max_hosts` by default: half with a
@@ -60,6 +64,7 @@ impl Default for Settings {
             pass_heartbeats: false,
             max_hosts: hb_common::DEFAULT_MAX_HOSTS,
             max_bare_hosts: None,
+            any_destination: false,
         }
     }
 }
@@ -134,6 +139,8 @@ pub struct Loaded {
     /// The tracker's state map (`HB_TRACKER`), `tracker_words` long.
     pub tracker: Option<Map>,
     pub tracker_words: usize,
+    /// What the program takes as addressed to this collector.
+    pub local: LocalMaps,
 }
 
 /// Loads and verifies the program; does not attach it.
@@ -198,6 +205,7 @@ pub fn load_with(
     let tracker_entries = u32::try_from(tracker_words).context("--max-hosts too large")?;
     let port_net = settings.port.to_be();
     let pass = u8::from(settings.pass_heartbeats);
+    let any_dest = u8::from(settings.any_destination);
     let mode = auth_mode(auth);
     let max_bare = settings
         .max_bare_hosts
@@ -211,6 +219,7 @@ pub fn load_with(
     loader
         .override_global(PORT_GLOBAL, &port_net, true)
         .override_global(PASS_GLOBAL, &pass, true)
+        .override_global(ANY_DEST_GLOBAL, &any_dest, true)
         .override_global(HINT_MASK_GLOBAL, &hint_mask, true)
         .override_global(MAX_BARE_GLOBAL, &max_bare, true)
         .override_global(AUTH_MODE_GLOBAL, &mode, true)
@@ -253,12 +262,14 @@ pub fn load_with(
         counters: take(COUNTERS_MAP)?,
     };
     let tracker = Some(take(TRACKER_MAP)?);
+    let local = LocalMaps::new(take(LOCAL_MAC_MAP)?, take(LOCAL_ADDRS_MAP)?)?;
     let table = HostTable::new(maps)?;
     Ok(Loaded {
         ebpf,
         table,
         tracker,
         tracker_words,
+        local,
     })
 }
 
