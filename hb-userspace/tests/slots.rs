@@ -213,17 +213,19 @@ const KEY: [u8; 16] = *b"slots: fleet key";
 /// The program with a key that still accepts bare `PyHB`, a table of
 /// `max_hosts` and bare hosts capped at `max_bare` (`None`: the default).
 fn load_keyed(max_hosts: u32, max_bare: Option<u32>) -> xdp::Loaded {
-    xdp::load_auth(
-        xdp::Settings {
-            max_bare_hosts: max_bare,
-            ..kit::settings(max_hosts)
-        },
-        Some(xdp::AuthSettings {
-            key: KEY,
-            require: false,
-        }),
+    kit::addressed(
+        xdp::load_auth(
+            xdp::Settings {
+                max_bare_hosts: max_bare,
+                ..kit::settings(max_hosts)
+            },
+            Some(xdp::AuthSettings {
+                key: KEY,
+                require: false,
+            }),
+        )
+        .expect("loading the XDP program"),
     )
-    .expect("loading the XDP program")
 }
 
 fn signed_beat(prog: &Xdp, host_id: u64, seq: u64) {
@@ -335,18 +337,20 @@ fn the_bare_share_survives_a_reload_on_the_pinned_maps() {
     let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/hb-test-bare-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let load = || {
-        xdp::load_with(
-            xdp::Settings {
-                max_bare_hosts: Some(2),
-                ..kit::settings(8)
-            },
-            Some(&xdp::AuthSettings {
-                key: KEY,
-                require: false,
-            }),
-            Some(&dir),
+        kit::addressed(
+            xdp::load_with(
+                xdp::Settings {
+                    max_bare_hosts: Some(2),
+                    ..kit::settings(8)
+                },
+                Some(&xdp::AuthSettings {
+                    key: KEY,
+                    require: false,
+                }),
+                Some(&dir),
+            )
+            .expect("loading the program on pinned maps"),
         )
-        .expect("loading the program on pinned maps")
     };
     let mut first = load();
     let prog = xdp::program(&mut first.ebpf).unwrap();
