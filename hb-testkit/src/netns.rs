@@ -283,6 +283,28 @@ impl Link {
         Self::new(a, b, &format!("hb{tag}0"), &format!("hb{tag}1"), None)
             .unwrap_or_else(|e| panic!("creating a veth pair: {e:#}"))
     }
+
+    /// As `for_test`, with IPv4 addresses in the /24 `net` (e.g.
+    /// `"198.18.30"`): `net.1` on `a`'s end (the collector), `net.N` on
+    /// `b`'s end for each N of `clients`.
+    pub fn for_test_on(tag: &str, net: &str, clients: &[u8]) -> Self {
+        let link = Self::for_test(tag);
+        link.address(net, clients);
+        link
+    }
+
+    /// Adds `net.1/24` on `a`'s end and `net.N/24` on `b`'s for each N of
+    /// `clients` (panics on failure: for tests).
+    pub fn address(&self, net: &str, clients: &[u8]) {
+        let add = |ns: &Netns, iface: &str, host: u8| {
+            ns.ip(&["addr", "add", &format!("{net}.{host}/24"), "dev", iface])
+                .unwrap_or_else(|e| panic!("adding {net}.{host}: {e:#}"))
+        };
+        add(&self.a, &self.a_if, 1);
+        for &host in clients {
+            add(&self.b, &self.b_if, host);
+        }
+    }
 }
 
 /// A MAC address as `ip` takes it.

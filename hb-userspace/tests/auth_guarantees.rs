@@ -81,14 +81,7 @@ fn server(port: u16) -> SocketAddr {
 }
 
 fn setup(tag: &str) -> Link {
-    let link = Link::for_test(tag);
-    link.a
-        .ip(&["addr", "add", &format!("{SERVER}/24"), "dev", &link.a_if])
-        .unwrap();
-    link.b
-        .ip(&["addr", "add", "198.18.40.2/24", "dev", &link.b_if])
-        .unwrap();
-    link
+    Link::for_test_on(tag, "198.18.40", &[2])
 }
 
 /// A UDP socket on the client's address.

@@ -34,22 +34,7 @@ const LISTEN: &str = "127.0.0.1:9760";
 const PORT: u16 = 9760;
 
 fn setup(tag: &str) -> Link {
-    let link = Link::for_test(tag);
-    link.a
-        .ip(&["addr", "add", &format!("{SERVER}/24"), "dev", &link.a_if])
-        .unwrap();
-    for host in [2, 3, 4] {
-        link.b
-            .ip(&[
-                "addr",
-                "add",
-                &format!("198.18.50.{host}/24"),
-                "dev",
-                &link.b_if,
-            ])
-            .unwrap();
-    }
-    link
+    Link::for_test_on(tag, "198.18.50", &[2, 3, 4])
 }
 
 /// `hb run` with the endpoint; `timings` are `--timeout` and `--sweep`.

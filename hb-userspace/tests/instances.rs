@@ -17,7 +17,7 @@
 //! also when a test fails.
 
 use std::{
-    fs::{self, File},
+    fs,
     net::UdpSocket,
     path::PathBuf,
     process::{Command, Stdio},
@@ -27,6 +27,7 @@ use std::{
 
 use hb_testkit::{
     collector::{self, Collector, Proc, is_event},
+    control::Log,
     netns::{Link, Netns},
 };
 
@@ -47,29 +48,6 @@ impl Drop for RemoveOnDrop {
         for p in &self.0 {
             let _ = fs::remove_dir_all(p).or_else(|_| fs::remove_file(p));
         }
-    }
-}
-
-/// A log file for a process's stderr, removed on drop.
-struct Log(PathBuf);
-
-impl Log {
-    fn new(tag: &str) -> Self {
-        Self(std::env::temp_dir().join(format!("hb-inst-{}-{tag}.log", std::process::id())))
-    }
-
-    fn file(&self) -> File {
-        File::create(&self.0).unwrap()
-    }
-
-    fn text(&self) -> String {
-        fs::read_to_string(&self.0).unwrap_or_default()
-    }
-}
-
-impl Drop for Log {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
     }
 }
 
@@ -118,7 +96,7 @@ fn run_args(iface: &str) -> Vec<String> {
 /// Starts `cmd` (which runs `hb run … --format json`) as a collector, its
 /// stderr in `log`.
 fn spawn(mut cmd: Command, log: &Log) -> Collector {
-    cmd.stdout(Stdio::piped()).stderr(log.file());
+    cmd.stdout(Stdio::piped()).stderr(log.stdio());
     Collector::spawn(cmd)
 }
 
@@ -133,7 +111,7 @@ fn start(link: &Link, log: &Log) -> Collector {
 /// Waits for the collector's first summary: it is running.
 fn wait_summary(c: &Collector, log: &Log) -> Vec<serde_json::Value> {
     let (first, mut seen) = c.wait_for(Duration::from_secs(10), |v| v["event"] == "summary");
-    let first = first.unwrap_or_else(|| panic!("no summary; stderr:\n{}", log.text()));
+    let first = first.unwrap_or_else(|| panic!("no summary; stderr:\n{}", log.read()));
     seen.push(first.1);
     seen
 }
@@ -149,7 +127,7 @@ fn wait_new(c: &Collector, before: &[serde_json::Value], host: &str, log: &Log) 
         new.is_some(),
         "no `new` for {host}: {:?}\nstderr:\n{}",
         host_events(&seen),
-        log.text()
+        log.read()
     );
 }
 
@@ -166,10 +144,10 @@ fn host_events(lines: &[serde_json::Value]) -> Vec<String> {
 fn output(mut cmd: Command) -> (Option<i32>, String, String) {
     let tag = format!("out-{:?}", Instant::now());
     let (out, err) = (Log::new(&format!("{tag}-1")), Log::new(&format!("{tag}-2")));
-    cmd.stdout(out.file()).stderr(err.file());
+    cmd.stdout(out.stdio()).stderr(err.stdio());
     let mut proc = Proc::spawn(cmd);
     let code = wait_exit(&mut proc, Duration::from_secs(20));
-    (code, out.text(), err.text())
+    (code, out.read(), err.read())
 }
 
 /// `hb ARGS` in `ns` (network namespace only).
@@ -304,7 +282,7 @@ fn same_interface_name_in_two_containers_never_touch_each_other() {
     let _b2 = beat(&two);
     // Each collector hears its own interface.
     wait_new(&c2, &seen, HOST, &log2);
-    assert!(!log2.text().contains("took over"), "{}", log2.text());
+    assert!(!log2.read().contains("took over"), "{}", log2.read());
     assert_ne!(names(&one.a, &name).0, names(&two.a, &name).0);
 
     // Stopping the second one detaches only its own program.
@@ -362,7 +340,7 @@ fn pins_of_an_earlier_hb_are_adopted_only_where_attached() {
     let seen = wait_summary(&c2, &log2);
     let _b2 = beat(&two);
     wait_new(&c2, &seen, HOST, &log2);
-    assert!(legacy.join("link").exists(), "{}", log2.text());
+    assert!(legacy.join("link").exists(), "{}", log2.read());
     assert_eq!(c2.proc.terminate(), Some(0));
     assert!(
         !heartbeat_reaches_socket(&one),
@@ -374,9 +352,9 @@ fn pins_of_an_earlier_hb_are_adopted_only_where_attached() {
     let mut c3 = start(&one, &log3);
     let mut lines = wait_summary(&c3, &log3);
     lines.extend(c3.collect(Duration::from_millis(1500)));
-    assert_eq!(host_events(&lines), Vec::<String>::new(), "{}", log3.text());
-    assert!(log3.text().contains("adopted"), "{}", log3.text());
-    assert!(log2.text().contains("left alone"), "{}", log2.text());
+    assert_eq!(host_events(&lines), Vec::<String>::new(), "{}", log3.read());
+    assert!(log3.read().contains("adopted"), "{}", log3.read());
+    assert!(log2.read().contains("left alone"), "{}", log2.read());
     assert!(!legacy.exists() && !legacy_state.exists());
     assert_eq!(c3.proc.terminate(), Some(0));
     assert!(!dir.exists(), "pins left behind");
@@ -412,7 +390,7 @@ fn ip_netns_exec_and_netns_behave_as_in_the_hosts_mount_namespace() {
     // SIGUSR2: the program stays, as the log line says.
     signal(c.proc.child.id(), libc::SIGUSR2);
     assert_eq!(wait_exit(&mut c.proc, Duration::from_secs(10)), Some(0));
-    assert!(log.text().contains("stays attached"), "{}", log.text());
+    assert!(log.read().contains("stays attached"), "{}", log.read());
     assert!(
         !heartbeat_reaches_socket(&link),
         "program gone after SIGUSR2"
@@ -426,8 +404,8 @@ fn ip_netns_exec_and_netns_behave_as_in_the_hosts_mount_namespace() {
     let mut c = spawn(ip_netns_exec(ns, &run), &log2);
     let mut lines = wait_summary(&c, &log2);
     lines.extend(c.collect(Duration::from_millis(1500)));
-    assert_eq!(host_events(&lines), Vec::<String>::new(), "{}", log2.text());
-    assert!(log2.text().contains("took over"), "{}", log2.text());
+    assert_eq!(host_events(&lines), Vec::<String>::new(), "{}", log2.read());
+    assert!(log2.read().contains("took over"), "{}", log2.read());
 
     // SIGKILL: the program stays; --netns sees it from the host.
     c.proc.child.kill().unwrap();
@@ -492,7 +470,7 @@ fn a_private_bpffs_is_said_and_never_claimed_to_outlive_hb() {
     let seen = wait_summary(&c, &log);
     let _b = beat(&link);
     wait_new(&c, &seen, HOST, &log);
-    let text = log.text();
+    let text = log.read();
     let warnings: Vec<_> = text
         .lines()
         .filter(|l| l.contains("restarts will not be gap-free"))
@@ -502,7 +480,7 @@ fn a_private_bpffs_is_said_and_never_claimed_to_outlive_hb() {
 
     signal(hb_under(c.proc.child.id()), libc::SIGUSR2);
     assert_eq!(wait_exit(&mut c.proc, Duration::from_secs(10)), Some(0));
-    let text = log.text();
+    let text = log.read();
     assert!(!text.contains("stays attached"), "{text}");
     assert!(text.contains("SIGUSR2"), "{text}");
     assert!(heartbeat_reaches_socket(&link), "{text}");
@@ -532,7 +510,7 @@ fn simultaneous_starts_one_runs_the_others_say_why() {
             }
             thread::sleep(Duration::from_millis(20));
         }
-        let texts: Vec<_> = logs.iter().map(Log::text).collect();
+        let texts: Vec<_> = logs.iter().map(Log::read).collect();
         assert_eq!(exited.len(), 3, "round {round}: {exited:?}\n{texts:#?}");
         for (i, code) in &exited {
             assert_eq!(*code, Some(1), "{}", texts[*i]);
@@ -582,7 +560,7 @@ fn zombies_and_recycled_pids_never_count_as_running() {
     // reported again: at least once).
     for _ in 0..2 {
         let (s, _) = c.wait_for(Duration::from_secs(5), |v| v["event"] == "summary");
-        assert!(s.is_some(), "no summary; stderr:\n{}", log.text());
+        assert!(s.is_some(), "no summary; stderr:\n{}", log.read());
     }
     // Killed, not reaped: a zombie.
     let pid = c.proc.child.id();

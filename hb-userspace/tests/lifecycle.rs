@@ -40,20 +40,7 @@ fn addr(host: u8, port: u16) -> SocketAddr {
 }
 
 fn setup_link(link: &Link) {
-    link.a
-        .ip(&["addr", "add", &format!("{SERVER}/24"), "dev", &link.a_if])
-        .unwrap();
-    for host in [2, 3, 4] {
-        link.b
-            .ip(&[
-                "addr",
-                "add",
-                &format!("198.18.30.{host}/24"),
-                "dev",
-                &link.b_if,
-            ])
-            .unwrap();
-    }
+    link.address("198.18.30", &[2, 3, 4]);
 }
 
 fn setup(tag: &str) -> Link {

@@ -33,14 +33,7 @@ fn beat(link: &Link, from: &str) -> Proc {
 }
 
 fn setup(tag: &str) -> Link {
-    let link = Link::for_test(tag);
-    link.a
-        .ip(&["addr", "add", "198.18.5.1/24", "dev", &link.a_if])
-        .unwrap();
-    for a in ["198.18.5.2/24", "198.18.5.3/24"] {
-        link.b.ip(&["addr", "add", a, "dev", &link.b_if]).unwrap();
-    }
-    link
+    Link::for_test_on(tag, "198.18.5", &[2, 3])
 }
 
 /// Starts a collector; returns it with its lines up to the first summary.

@@ -56,13 +56,7 @@ fn sighup_is_logged_and_ignored() {
 
 #[test]
 fn socket_mode_hears_ipv4_hosts_where_sockets_are_ipv6_only() {
-    let link = Link::for_test("v6only");
-    link.a
-        .ip(&["addr", "add", "198.18.9.1/24", "dev", &link.a_if])
-        .unwrap();
-    link.b
-        .ip(&["addr", "add", "198.18.9.2/24", "dev", &link.b_if])
-        .unwrap();
+    let link = Link::for_test_on("v6only", "198.18.9", &[2]);
     // Per namespace: `[::]` sockets bound here take IPv6 only by default.
     link.a
         .within(|| std::fs::write("/proc/sys/net/ipv6/bindv6only", "1"))
@@ -86,13 +80,7 @@ fn socket_mode_hears_ipv4_hosts_where_sockets_are_ipv6_only() {
 
 #[test]
 fn a_collector_whose_stdout_reader_is_gone_keeps_recording_and_serving() {
-    let link = Link::for_test("nostdout");
-    link.a
-        .ip(&["addr", "add", "198.18.10.1/24", "dev", &link.a_if])
-        .unwrap();
-    link.b
-        .ip(&["addr", "add", "198.18.10.2/24", "dev", &link.b_if])
-        .unwrap();
+    let link = Link::for_test_on("nostdout", "198.18.10", &[2]);
     let mut cmd = link.a.command(HB).unwrap();
     cmd.args([
         "run",
