@@ -441,11 +441,6 @@ pub fn pin_dir(iface: &str) -> PathBuf {
     here(iface).dir()
 }
 
-/// Where the XDP link of the collector on `iface` is pinned.
-pub fn link_path(iface: &str) -> PathBuf {
-    here(iface).link()
-}
-
 /// The state file of the collector on `iface` in this namespace.
 pub fn state_file(iface: &str) -> PathBuf {
     here(iface).state_file()
