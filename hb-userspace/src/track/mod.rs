@@ -3,6 +3,7 @@
 //! Pure logic over a `Table`, whichever path fills it.
 
 pub mod events;
+pub mod fleet;
 pub mod silent;
 pub mod sweeper;
 pub mod table;

@@ -44,6 +44,7 @@ pub struct Sweeper {
     /// Lines not yet known to be written, where the tracker keeps what the
     /// output was told: where each ends in those bytes, and what it told.
     untold: VecDeque<(u64, Told)>,
+    fleet: super::fleet::Fleet,
 }
 
 impl Sweeper {
@@ -63,6 +64,7 @@ impl Sweeper {
             summary: Summary::default(),
             reported: 0,
             untold: VecDeque::new(),
+            fleet: Default::default(),
         }
     }
 
@@ -84,6 +86,17 @@ impl Sweeper {
             self.tracker.told(told);
             self.untold.pop_front();
         }
+    }
+
+    /// Adopts the fleet (inventory, names, group timeouts) for the sweeps
+    /// from now on; at start and at every reload.
+    // SKELETON: the inventory work makes the sweep use it.
+    pub fn set_fleet(&mut self, fleet: super::fleet::Fleet) {
+        self.fleet = fleet;
+    }
+
+    pub fn fleet(&self) -> &super::fleet::Fleet {
+        &self.fleet
     }
 
     /// Host events reported since the start.
