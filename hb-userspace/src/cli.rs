@@ -138,9 +138,9 @@ pub struct RunArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct BeatArgs {
-    /// Collector address: an IPv4 or IPv6 address or a host name, optionally with :port.
-    #[arg(long, short = 's')]
-    pub server: String,
+    /// Collector address: an IPv4 or IPv6 address or a host name, optionally with :port. Repeat it to beat to several collectors (an HA pair): each gets every heartbeat.
+    #[arg(long, short = 's', required = true)]
+    pub server: Vec<String>,
     /// Collector UDP port (when --server has none).
     #[arg(long, default_value_t = DEFAULT_PORT, value_parser = parse_port)]
     pub port: u16,

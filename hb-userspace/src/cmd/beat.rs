@@ -131,23 +131,57 @@ pub fn resolve(server: &str, default_port: u16) -> Result<SocketAddr> {
         .with_context(|| format!("`{server}` resolves to no address"))
 }
 
+/// One socket per address family the collectors need, so an IPv4 and an
+/// IPv6 collector can both be beaten to (the same payload to each).
+struct Sockets {
+    v4: Option<UdpSocket>,
+    v6: Option<UdpSocket>,
+}
+
+impl Sockets {
+    fn bind(bind: Option<IpAddr>, servers: &[SocketAddr]) -> Result<Self> {
+        let open = |unspecified: IpAddr| -> Result<UdpSocket> {
+            let local = SocketAddr::new(bind.unwrap_or(unspecified), 0);
+            UdpSocket::bind(local).with_context(|| format!("binding to {local}"))
+        };
+        if let Some(ip) = bind
+            && let Some(other) = servers.iter().find(|s| s.is_ipv4() != ip.is_ipv4())
+        {
+            bail!("--bind {ip} and collector {other} are of different address families");
+        }
+        Ok(Self {
+            v4: servers
+                .iter()
+                .any(SocketAddr::is_ipv4)
+                .then(|| open(Ipv4Addr::UNSPECIFIED.into()))
+                .transpose()?,
+            v6: servers
+                .iter()
+                .any(SocketAddr::is_ipv6)
+                .then(|| open(Ipv6Addr::UNSPECIFIED.into()))
+                .transpose()?,
+        })
+    }
+
+    fn send_to(&self, payload: &[u8], server: SocketAddr) -> std::io::Result<usize> {
+        let socket = if server.is_ipv4() { &self.v4 } else { &self.v6 };
+        socket
+            .as_ref()
+            .expect("a socket for every collector's family")
+            .send_to(payload, server)
+    }
+}
+
 pub fn beat(args: BeatArgs) -> Result<()> {
     args.validate().map_err(|e| anyhow!(e))?;
     // Read first: a bad key file is reported before anything is sent.
     let key = args.key_file.as_deref().map(key::read).transpose()?;
-    let server = resolve(&args.server, args.port)?;
-    let local = match (args.bind, server) {
-        (Some(ip), _) => SocketAddr::new(ip, 0),
-        (None, SocketAddr::V4(_)) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-        (None, SocketAddr::V6(_)) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
-    };
-    if local.is_ipv4() != server.is_ipv4() {
-        bail!(
-            "--bind {} and collector {server} are of different address families",
-            local.ip()
-        );
-    }
-    let socket = UdpSocket::bind(local).with_context(|| format!("binding to {local}"))?;
+    let servers = args
+        .server
+        .iter()
+        .map(|s| resolve(s, args.port))
+        .collect::<Result<Vec<_>>>()?;
+    let sockets = Sockets::bind(args.bind, &servers)?;
     let mut signer = match key {
         Some(key) => {
             let id = match args.host_id {
@@ -163,8 +197,13 @@ pub fn beat(args: BeatArgs) -> Result<()> {
         None => None,
     };
     info!(
-        "sending {} heartbeats to {server} every {}",
+        "sending {} heartbeats to {} every {}",
         if signer.is_some() { "signed" } else { "PyHB" },
+        servers
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" and "),
         humantime::format_duration(args.period)
     );
     let mut sent = 0u64;
@@ -178,10 +217,13 @@ pub fn beat(args: BeatArgs) -> Result<()> {
             }
             None => &MAGIC,
         };
-        // A collector that is down or unreachable must not stop the client:
-        // it keeps beating and the collector sees it when it is back.
-        if let Err(e) = socket.send_to(payload, server) {
-            warn!("sending to {server}: {e}");
+        // A collector that is down or unreachable must not stop the client
+        // (nor keep the others from hearing it): it keeps beating and the
+        // collector sees it when it is back.
+        for &server in &servers {
+            if let Err(e) = sockets.send_to(payload, server) {
+                warn!("sending to {server}: {e}");
+            }
         }
         sent += 1;
         if args.count.is_some_and(|n| sent >= n) {
@@ -232,7 +274,7 @@ mod tests {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = rx.local_addr().unwrap().port();
         beat(BeatArgs {
-            server: "127.0.0.1".into(),
+            server: vec!["127.0.0.1".into()],
             port,
             period: std::time::Duration::from_millis(1),
             bind: None,
@@ -246,6 +288,53 @@ mod tests {
             let n = rx.recv(&mut buf).unwrap();
             assert_eq!(&buf[..n], b"PyHB");
         }
+    }
+
+    #[test]
+    fn beats_to_every_collector_given() {
+        let v4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let v6 = UdpSocket::bind("[::1]:0").unwrap();
+        // A third collector that is not there must not keep the others
+        // from hearing every heartbeat.
+        let gone = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let gone_addr = gone.local_addr().unwrap();
+        drop(gone);
+        beat(BeatArgs {
+            server: vec![
+                gone_addr.to_string(),
+                v4.local_addr().unwrap().to_string(),
+                v6.local_addr().unwrap().to_string(),
+            ],
+            port: 43278,
+            period: std::time::Duration::from_millis(1),
+            bind: None,
+            count: Some(3),
+            key_file: None,
+            host_id: None,
+        })
+        .unwrap();
+        for rx in [&v4, &v6] {
+            rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 16];
+            for _ in 0..3 {
+                let n = rx.recv(&mut buf).unwrap();
+                assert_eq!(&buf[..n], b"PyHB");
+            }
+        }
+    }
+
+    #[test]
+    fn a_bind_address_of_the_other_family_is_refused() {
+        let err = Sockets::bind(
+            Some("127.0.0.1".parse().unwrap()),
+            &["127.0.0.1:1".parse().unwrap(), "[::1]:1".parse().unwrap()],
+        )
+        .err()
+        .unwrap();
+        assert!(
+            err.to_string().contains("different address families"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -345,7 +434,7 @@ mod tests {
         let port = rx.local_addr().unwrap().port();
         let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
         beat(BeatArgs {
-            server: "127.0.0.1".into(),
+            server: vec!["127.0.0.1".into()],
             port,
             period: std::time::Duration::from_millis(1),
             bind: None,
