@@ -77,6 +77,19 @@ pub fn ensure(groups: &[&[Need]]) -> Result<()> {
             packages.join(" ")
         );
     }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "{} missing: run this command as root, so that apt-get can install {}, \
+             or install them yourself",
+            missing
+                .iter()
+                .map(|n| n.programs[0])
+                .collect::<Vec<_>>()
+                .join(", "),
+            packages.join(" ")
+        );
+    }
     for need in &missing {
         eprintln!(
             "xtask: `{}` is missing ({}): installing {}",
