@@ -325,6 +325,20 @@ impl Prometheus {
         yaml
     }
 
+    /// The `alerting:` section that sends alerts to the Alertmanagers on
+    /// these loopback ports (all of them, as Prometheus does with a
+    /// cluster), to append to a [`Prometheus::config`].
+    pub fn alerting(alertmanager_ports: &[u16]) -> String {
+        let targets: Vec<String> = alertmanager_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!(
+            "alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: {}\n",
+            serde_json::to_string(&targets).expect("strings serialize")
+        )
+    }
+
     /// Starts Prometheus in `ns` on 127.0.0.1:`port` with `config` (YAML)
     /// and waits until it is ready.
     #[track_caller]

@@ -27,6 +27,7 @@ const HB: &str = env!("CARGO_BIN_EXE_hb");
 /// own namespace.
 const HB_PORT: u16 = 9743;
 const PROM_PORT: u16 = 9090;
+const AM_PORT: u16 = 9093;
 
 /// Metrics the dashboard and the rules may query before hb exports them:
 /// the Alertmanager client's (issue 13) and the per-group gauge (fleet
@@ -211,12 +212,12 @@ fn prometheus_scrapes_a_collector_and_fires_the_shipped_rules() {
     // Half the table: not nearly full.
     let mut beats: Vec<Proc> = clients[..5].iter().map(|&c| beat(&link, NET, c)).collect();
 
+    // Prometheus sends what fires to a real Alertmanager.
+    let am = Alertmanager::start(&link.a, AM_PORT, Cluster::Single, WEBHOOK_CONFIG);
     let rules = contrib("prometheus/hb-rules.yml");
-    let prom = Prometheus::start(
-        &link.a,
-        PROM_PORT,
-        &Prometheus::config("hb", std::slice::from_ref(&listen), "1s", &[&rules]),
-    );
+    let config = Prometheus::config("hb", std::slice::from_ref(&listen), "1s", &[&rules])
+        + &Prometheus::alerting(&[AM_PORT]);
+    let prom = Prometheus::start(&link.a, PROM_PORT, &config);
 
     // What Prometheus stored is what the collector serves, and what the
     // test set up: 5 hosts, a table of --max-hosts, sweeps every 500 ms.
@@ -286,6 +287,26 @@ fn prometheus_scrapes_a_collector_and_fires_the_shipped_rules() {
         firing["annotations"]["summary"],
         format!("hb table of {listen} is 100% full")
     );
+    // Alertmanager has it, labels and all, from Prometheus.
+    let delivered = am.wait_for(
+        Duration::from_secs(15),
+        "HbTableNearlyFull from Prometheus",
+        |am| {
+            let alerts = am.api("alerts");
+            alerts
+                .as_array()
+                .and_then(|a| {
+                    a.iter()
+                        .find(|a| a["labels"]["alertname"] == "HbTableNearlyFull")
+                        .cloned()
+                })
+                .ok_or_else(|| alerts.to_string())
+        },
+    );
+    assert_eq!(delivered["labels"]["instance"], listen.as_str());
+    assert_eq!(delivered["labels"]["severity"], "warning");
+    assert_eq!(delivered["status"]["state"], "active", "{delivered}");
+
     // And it is the only one firing.
     let firing: Vec<_> = prom
         .alerts()
