@@ -77,8 +77,7 @@ pub fn ensure(groups: &[&[Need]]) -> Result<()> {
             packages.join(" ")
         );
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         bail!(
             "{} missing: run this command as root, so that apt-get can install {}, \
              or install them yourself",
@@ -122,6 +121,11 @@ pub fn ensure(groups: &[&[Need]]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 fn apt_get(args: &[&str]) -> Result<()> {
