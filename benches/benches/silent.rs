@@ -178,6 +178,7 @@ fn site(silent_series: usize) -> Site {
     Site {
         ingest: "xdp",
         timeout: Duration::from_nanos(TIMEOUT_NS),
+        sweep: Duration::from_secs(1),
         silent_series,
     }
 }

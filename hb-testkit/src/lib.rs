@@ -17,6 +17,8 @@
 //!   test), and its `/metrics` parsed.
 //! - [`control`]: a collector seen from outside: signals, exit codes,
 //!   `hb status`, pins, the program on the interface, its stderr.
+//! - [`prom`]: Prometheus and Alertmanager (Debian's packages) run for real
+//!   in a test namespace, with their HTTP APIs and `promtool`/`amtool`.
 //!
 //! Errors: [`netns`] returns them (the load test reports them); the test
 //! helpers ([`program`], [`collector`], [`control`], the `for_test`
@@ -28,5 +30,6 @@ pub mod frames;
 pub mod maps;
 pub mod netns;
 pub mod program;
+pub mod prom;
 pub mod race;
 pub mod reference;

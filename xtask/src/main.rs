@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's build, run, test and bench entry points. Each
 //! one installs what it needs first (see `toolchain`).
 
+mod packages;
 mod toolchain;
 
 use std::{
@@ -20,7 +21,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install rust-src and a bpf-linker matching the toolchain's LLVM.
+    /// Install rust-src and a bpf-linker matching the toolchain's LLVM, and
+    /// the Debian packages the tests run (iproute2, prometheus,
+    /// prometheus-alertmanager) when missing.
     Setup,
     /// Build everything in release mode into target/release/hb.
     Build,
@@ -109,6 +112,14 @@ fn real_main() -> Result<()> {
     let root = workspace_root()?;
     match cli.command {
         Cmd::Setup => {
+            // Without root the packages cannot be installed, but the
+            // toolchain (all that build and run need) still can.
+            if let Err(err) = packages::ensure(&[packages::IPROUTE2, packages::PROMETHEUS]) {
+                if packages::is_root() {
+                    return Err(err);
+                }
+                eprintln!("xtask: warning: the tests will need: {err:#}");
+            }
             let tc = toolchain::ensure()?;
             eprintln!(
                 "xtask: eBPF toolchain {}, bpf-linker in {}",
@@ -137,7 +148,8 @@ fn real_main() -> Result<()> {
                 );
             }
             report_weakened(&weakened);
-            ensure_iproute2()?;
+            // One apt-get run for everything missing.
+            packages::ensure(&[packages::IPROUTE2, packages::PROMETHEUS])?;
             let tc = toolchain::ensure()?;
             let mut cmd = cargo(&root, &tc);
             cmd.args(["test", "--workspace", "--exclude", "hb-ebpf"])
@@ -162,7 +174,7 @@ fn real_main() -> Result<()> {
                 toolchain::run(&mut cmd)?;
             }
             if !bench.no_load {
-                ensure_iproute2()?;
+                packages::ensure(&[packages::IPROUTE2])?;
                 build(&root)?;
                 let mut cmd = cargo(&root, &tc);
                 cmd.args(["build", "--release", "-p", "hb-benches", "--bin", "hb-load"]);
@@ -266,21 +278,4 @@ fn require_bpf() -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The integration tests drive network namespaces with `ip` from iproute2.
-fn ensure_iproute2() -> Result<()> {
-    if Command::new("ip").arg("-V").output().is_ok() {
-        return Ok(());
-    }
-    if Command::new("apt-get").arg("--version").output().is_ok() {
-        eprintln!("xtask: installing iproute2 (the tests need `ip netns`)");
-        toolchain::run(Command::new("apt-get").arg("update").arg("-q"))?;
-        return toolchain::run(
-            Command::new("apt-get")
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args(["install", "-y", "-q", "iproute2"]),
-        );
-    }
-    bail!("`ip` (iproute2) is not installed: install iproute2 and run the tests again")
 }

@@ -32,6 +32,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let site = Site {
         ingest: ingest.kind(),
         timeout: args.timeout,
+        sweep: args.sweep,
         silent_series: args.metrics_silent_hosts,
     };
     let mut sweeper = Sweeper::with_tracker(ingest.begin(args.timeout)?, args.format);

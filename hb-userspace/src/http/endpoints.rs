@@ -28,6 +28,8 @@ pub struct Site {
     /// Which path fills the table: "xdp" or "socket".
     pub ingest: &'static str,
     pub timeout: Duration,
+    /// `--sweep`: exported so that a rule can compare a sweep's duration with it.
+    pub sweep: Duration,
     /// Per-host series for at most this many silent hosts (0: none).
     pub silent_series: usize,
 }
@@ -159,6 +161,17 @@ fn metrics(ctx: &Context<'_>) -> String {
         "Duration of the last sweep.",
     );
     let _ = writeln!(out, "hb_sweep_duration_seconds {}", s.sweep.as_secs_f64());
+    metric(
+        &mut out,
+        "hb_sweep_period_seconds",
+        "gauge",
+        "The sweep period (--sweep).",
+    );
+    let _ = writeln!(
+        out,
+        "hb_sweep_period_seconds {}",
+        ctx.site.sweep.as_secs_f64()
+    );
     metric(
         &mut out,
         "hb_events_total",
@@ -300,6 +313,7 @@ mod tests {
         let site = Site {
             ingest: "xdp",
             timeout: Duration::from_secs(15),
+            sweep: Duration::from_secs(1),
             silent_series: 10,
         };
 
@@ -324,5 +338,6 @@ mod tests {
             "{body}"
         );
         assert!(body.contains(&format!("hb_table_used {n}\n")), "{body}");
+        assert!(body.contains("hb_sweep_period_seconds 1\n"), "{body}");
     }
 }
