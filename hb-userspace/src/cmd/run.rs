@@ -13,6 +13,7 @@ use crate::{
     http::{HttpServer, Site},
     ingest::{self, xdp::AuthSettings},
     io::{EventLoop, RingWriter, Token, Wake},
+    notify::Notifier,
     track::sweeper::Sweeper,
 };
 
@@ -36,6 +37,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let mut sweeper = Sweeper::with_tracker(ingest.begin(args.timeout)?, args.format);
     let mut stdout = RingWriter::stdout();
+    let mut notify = Notifier::from_env(args.sweep);
     let signal = loop {
         let (token, result, flags) = match events.wait()? {
             Wake::Tick => {
@@ -44,13 +46,17 @@ pub fn run(args: RunArgs) -> Result<()> {
                 stdout.write(&mut events, sweeper.lines())?;
                 // Settles at once where nothing more will be written.
                 sweeper.written(stdout.bytes_written());
+                // READY=1 after the first sweep, then watchdog pings.
+                notify.swept();
                 continue;
             }
             Wake::Stop(signal) => break signal,
             Wake::Hangup => {
+                notify.reloading();
                 info!(
                     "SIGHUP: ignored, hb has nothing to reload; stop it with SIGTERM (detach) or SIGUSR2 (restart)"
                 );
+                notify.reloaded();
                 continue;
             }
             Wake::Done {
@@ -76,6 +82,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             Token::Tick | Token::Signal => {}
         }
     };
+    notify.stopping();
     ingest.on_stop(signal);
     // Lines already queued are written before exiting.
     stdout.drain(&mut events)?;
