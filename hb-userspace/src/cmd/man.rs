@@ -66,7 +66,23 @@ pub fn render() -> std::io::Result<Vec<u8>> {
         }
     }
     man.render_version_section(&mut out)?;
-    Ok(out)
+    Ok(once_preamble(&out))
+}
+
+/// Every piece roff renders starts with the same two lines (defining the
+/// apostrophe string): the page needs them once.
+fn once_preamble(page: &[u8]) -> Vec<u8> {
+    let page = String::from_utf8_lossy(page);
+    let mut seen = std::collections::HashSet::new();
+    let mut out = String::with_capacity(page.len());
+    for line in page.lines() {
+        let preamble = line.starts_with(".ie \\n(.g .ds Aq") || line.starts_with(".el .ds Aq");
+        if !preamble || seen.insert(line) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.into_bytes()
 }
 
 /// `OPTIONS` as `Options`, for a subsection heading.
