@@ -103,9 +103,15 @@ impl Notifier {
         self.send(&msg);
     }
 
-    /// `STOPPING=1`: the collector is on its way out.
-    pub fn stopping(&mut self) {
-        self.send("STOPPING=1");
+    /// `STOPPING=1` when `signal` stops the collector. Not for SIGUSR2,
+    /// which ends this process for the next to carry on: told nothing,
+    /// systemd sees a process that exited on its own, and `Restart=always`
+    /// starts the next one (`systemctl stop` is the only stop it never
+    /// restarts).
+    pub fn stopping(&mut self, signal: &str) {
+        if signal != "SIGUSR2" {
+            self.send("STOPPING=1");
+        }
     }
 
     fn send(&mut self, msg: &str) {

@@ -22,7 +22,7 @@ use std::{
 use clap::{CommandFactory as _, ValueEnum as _};
 use hb_testkit::{
     collector::{self, Collector, is_event},
-    control::{Log, signal, wait_exit, xdp_attached},
+    control::{self, Log, signal, wait_exit, xdp_attached},
     netns::Link,
 };
 use hb_userspace::Cli;
@@ -48,8 +48,8 @@ impl NotifySocket {
     fn at_path(tag: &str) -> Self {
         let path = std::env::temp_dir().join(format!("hb-notify-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let sock = UnixDatagram::bind(&path)
-            .unwrap_or_else(|e| panic!("binding {}: {e}", path.display()));
+        let sock =
+            UnixDatagram::bind(&path).unwrap_or_else(|e| panic!("binding {}: {e}", path.display()));
         Self::listen(sock, path.display().to_string(), Some(path))
     }
 
@@ -228,18 +228,20 @@ fn ready_after_the_first_sweep_then_watchdog_pings_then_stopping() {
     // SIGHUP: RELOADING=1 (with the time it began), then READY=1.
     signal(&c.proc.child, libc::SIGHUP);
     let mut after_hup = Vec::new();
-    while let Some((_, m)) = notify.next(Duration::from_secs(3)) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while after_hup.len() < 2
+        && let Some((_, m)) = notify.next(deadline.saturating_duration_since(Instant::now()))
+    {
         if m != "WATCHDOG=1" {
             after_hup.push(m);
-        }
-        if after_hup.len() == 2 {
-            break;
         }
     }
     assert_eq!(after_hup.len(), 2, "after SIGHUP: {after_hup:?}");
     assert!(
         after_hup[0].lines().any(|l| l == "RELOADING=1")
-            && after_hup[0].lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
+            && after_hup[0]
+                .lines()
+                .any(|l| l.starts_with("MONOTONIC_USEC=")),
         "after SIGHUP: {after_hup:?}"
     );
     assert_eq!(after_hup[1], "READY=1", "after SIGHUP: {after_hup:?}");
@@ -258,7 +260,7 @@ fn ready_after_the_first_sweep_then_watchdog_pings_then_stopping() {
 }
 
 #[test]
-fn watchdog_pings_only_for_the_watched_pid() {
+fn watchdog_pings_only_for_the_watched_pid_and_sigusr2_is_no_stop() {
     let link = Link::for_test_on("svcpid", "198.18.42", &[]);
     let log = Log::new("svc-pid");
     let notify = NotifySocket::at_path("pid");
@@ -272,8 +274,20 @@ fn watchdog_pings_only_for_the_watched_pid() {
     let msgs = notify.collect(Duration::from_secs(3));
     assert!(msgs.is_empty(), "WATCHDOG_PID=1, yet: {msgs:?}");
     let _ = c.collect(Duration::from_millis(100));
-    signal(&c.proc.child, libc::SIGTERM);
-    assert_eq!(wait_exit(&mut c.proc.child, Duration::from_secs(10)), Some(0));
+
+    // SIGUSR2: hb exits 0 with its program attached, and without
+    // STOPPING=1, which would tell systemd a stop was under way: to it
+    // this is a process that exited on its own, and Restart=always starts
+    // the next one.
+    signal(&c.proc.child, libc::SIGUSR2);
+    let code = wait_exit(&mut c.proc.child, Duration::from_secs(10));
+    let after = notify.collect(Duration::from_millis(500));
+    let attached = xdp_attached(&link.a, &link.a_if);
+    let detached = control::hb(HB, &link.a, &["detach", "--iface", &link.a_if]);
+    assert_eq!(code, Some(0), "exit status after SIGUSR2");
+    assert!(attached, "SIGUSR2 left no program attached");
+    assert!(after.is_empty(), "after SIGUSR2: {after:?}");
+    assert!(detached.status.success(), "hb detach: {detached:?}");
 }
 
 #[test]
@@ -315,7 +329,10 @@ fn an_abstract_notify_socket_and_none() {
         .unwrap_or_else(|| panic!("no READY=1 on {}; stderr:\n{}", notify.name, log.read()));
     assert_eq!(msg, "READY=1");
     signal(&c.proc.child, libc::SIGTERM);
-    assert_eq!(wait_exit(&mut c.proc.child, Duration::from_secs(10)), Some(0));
+    assert_eq!(
+        wait_exit(&mut c.proc.child, Duration::from_secs(10)),
+        Some(0)
+    );
     assert_eq!(
         notify.next(Duration::from_secs(2)).map(|m| m.1).as_deref(),
         Some("STOPPING=1")
@@ -326,7 +343,10 @@ fn an_abstract_notify_socket_and_none() {
     let _ = c.wait_for(Duration::from_secs(5), |v| v["event"] == "summary");
     let _ = c.collect(Duration::from_millis(600));
     signal(&c.proc.child, libc::SIGTERM);
-    assert_eq!(wait_exit(&mut c.proc.child, Duration::from_secs(10)), Some(0));
+    assert_eq!(
+        wait_exit(&mut c.proc.child, Duration::from_secs(10)),
+        Some(0)
+    );
     assert!(notify.next(Duration::from_millis(300)).is_none());
     assert!(!log.read().contains("NOTIFY_SOCKET"), "{}", log.read());
 }
@@ -354,7 +374,10 @@ fn the_unit_verifies_and_says_what_operations_md_says() {
     // What docs/operations.md promises of it.
     assert_eq!(get("Type"), "notify");
     assert_eq!(get("ExecReload"), "/bin/kill -HUP $MAINPID");
-    assert_eq!(get("ExecStart"), "/usr/local/bin/hb run --config /etc/hb/hb.toml");
+    assert_eq!(
+        get("ExecStart"),
+        "/usr/local/bin/hb run --config /etc/hb/hb.toml"
+    );
     // SIGUSR2 exits 0, so only `always` restarts it (systemctl stop never).
     assert_eq!(get("Restart"), "always");
     assert!(get("RequiresMountsFor").contains("/sys/fs/bpf"));
@@ -363,7 +386,10 @@ fn the_unit_verifies_and_says_what_operations_md_says() {
     assert_eq!(get("RuntimeDirectory"), "hb");
     // More than twice hb's default sweep (1 s), which pings.
     let watchdog = humantime::parse_duration(&get("WatchdogSec")).unwrap();
-    assert!(watchdog > Duration::from_secs(2), "WatchdogSec={watchdog:?}");
+    assert!(
+        watchdog > Duration::from_secs(2),
+        "WatchdogSec={watchdog:?}"
+    );
 
     let Some(analyze) = which("systemd-analyze") else {
         eprintln!("SKIPPED: systemd-analyze is not installed, the unit was not verified");
@@ -380,8 +406,8 @@ fn the_unit_verifies_and_says_what_operations_md_says() {
         .output()
         .expect("running systemd-analyze");
     let _ = std::fs::remove_dir_all(&dir);
-    let said = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     // verify exits 0 on unknown keys and bad values, and only says so.
     assert!(
         out.status.success() && said.trim().is_empty(),
@@ -507,8 +533,15 @@ fn completions_name_every_subcommand_and_option() {
             }
         }
     }
-    let bad = Command::new(HB).args(["completions", "cmd"]).output().unwrap();
-    assert_eq!(bad.status.code(), Some(2), "an unknown shell is a usage error");
+    let bad = Command::new(HB)
+        .args(["completions", "cmd"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
 }
 
 #[test]
@@ -575,9 +608,17 @@ fn the_man_page_renders_every_subcommand_and_option() {
             if let Some(help) = arg.get_help() {
                 // The option's help, as the page words it.
                 let first = help.to_string();
-                let first = first.split_whitespace().take(4).collect::<Vec<_>>().join(" ");
+                let first = first
+                    .split_whitespace()
+                    .take(4)
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 assert!(
-                    section.split_whitespace().collect::<Vec<_>>().join(" ").contains(&first),
+                    section
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                        .contains(&first),
                     "section {heading} lacks {first:?}"
                 );
             }

@@ -82,7 +82,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             Token::Tick | Token::Signal => {}
         }
     };
-    notify.stopping();
+    notify.stopping(signal);
     ingest.on_stop(signal);
     // Lines already queued are written before exiting.
     stdout.drain(&mut events)?;
