@@ -625,3 +625,250 @@ fn the_man_page_renders_every_subcommand_and_option() {
         }
     }
 }
+
+/// systemd as PID 1 of its own pid, mount, uts, ipc and network namespaces
+/// (as in a container), with only the units of `dir`
+/// (`SYSTEMD_UNIT_PATH`). Killed, with everything it started, on drop.
+struct Systemd {
+    unshare: std::process::Child,
+    /// Its pid outside its namespace.
+    pid1: u32,
+}
+
+impl Systemd {
+    const BINARY: &str = "/lib/systemd/systemd";
+
+    fn boot(units: &Path) -> Self {
+        let script = format!(
+            "mount -t tmpfs tmpfs /run && exec env container=hb-test SYSTEMD_UNIT_PATH={} {} --system --unit=hbtest.target",
+            units.display(),
+            Self::BINARY
+        );
+        let unshare = Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child=SIGKILL", "--mount-proc"])
+            .args(["--mount", "--uts", "--ipc", "--net", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("running unshare");
+        let children = format!("/proc/{0}/task/{0}/children", unshare.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pid1 = loop {
+            let found = std::fs::read_to_string(&children)
+                .ok()
+                .and_then(|c| c.split_whitespace().next()?.parse::<u32>().ok());
+            if let Some(pid) = found
+                && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "systemd")
+            {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "systemd did not start");
+            thread::sleep(Duration::from_millis(50));
+        };
+        let this = Self { unshare, pid1 };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let state = this.systemctl(&["is-system-running"]);
+            let state = String::from_utf8_lossy(&state.stdout);
+            if matches!(state.trim(), "running" | "degraded") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "systemd in a namespace is `{}` after 30 s",
+                state.trim()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        this
+    }
+
+    /// `systemctl ARGS` against this systemd (bounded: 30 s).
+    fn systemctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new("timeout")
+            .args(["30", "nsenter", "-t", &self.pid1.to_string(), "-m", "-p"])
+            .args(["--", "systemctl", "--no-pager"])
+            .args(args)
+            .output()
+            .expect("running nsenter systemctl")
+    }
+
+    /// `systemctl ARGS`, which must succeed.
+    fn ok(&self, args: &[&str]) {
+        let out = self.systemctl(args);
+        assert!(out.status.success(), "systemctl {args:?}: {out:?}");
+    }
+
+    /// A property of hb.service.
+    fn show(&self, property: &str) -> String {
+        let out = self.systemctl(&["show", "-p", property, "--value", "hb.service"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Waits up to `within` for hb.service to run a main process other than
+    /// `old` and be active again; returns it.
+    fn restarted(&self, old: &str, within: Duration, mut meanwhile: impl FnMut()) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            meanwhile();
+            let pid = self.show("MainPID");
+            if pid != old && pid != "0" && self.show("ActiveState") == "active" {
+                return pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hb.service not running again within {within:?}: {}",
+                self.show("ActiveState")
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Systemd {
+    fn drop(&mut self) {
+        // unshare's death kills systemd (--kill-child), and with PID 1 the
+        // whole pid namespace.
+        let _ = self.unshare.kill();
+        let _ = self.unshare.wait();
+    }
+}
+
+/// Lines of `path` (hb's stdout, JSON) that are `event` for `host`.
+fn events_in(path: &Path, event: &str, host: &str) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| is_event(v, event, host))
+        .count()
+}
+
+/// The unit under a real systemd: start returns once hb is ready, reload
+/// returns, SIGUSR2 is an upgrade without a gap (restarted by systemd, the
+/// program attached throughout, no host `new` again), a loop that stops
+/// ticking is killed by the watchdog and restarted the same way, and
+/// `systemctl stop` detaches and is not restarted.
+#[test]
+fn the_unit_under_systemd() {
+    if !Path::new(Systemd::BINARY).exists() || which("unshare").is_none() {
+        eprintln!(
+            "SKIPPED: no {} or unshare to run the unit under",
+            Systemd::BINARY
+        );
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("hb-systemd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("hb.service.d")).unwrap();
+    struct RemoveDir(PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _dir = RemoveDir(dir.clone());
+    let unit = std::fs::read_to_string(UNIT).unwrap();
+    std::fs::write(
+        dir.join("hb.service"),
+        unit.replace("/usr/local/bin/hb", HB),
+    )
+    .unwrap();
+    std::fs::write(dir.join("hbtest.target"), "[Unit]\nDescription=hb test\n").unwrap();
+    let (out, err) = (dir.join("hb.out"), dir.join("hb.err"));
+    let iface = "hbsvcsd0";
+    // Only the units above exist: no sysinit.target to depend on. The
+    // command line instead of a config file, and a short watchdog.
+    std::fs::write(
+        dir.join("hb.service.d/test.conf"),
+        format!(
+            "[Unit]\nDefaultDependencies=no\n[Service]\nExecStart=\nExecStart={HB} run --iface {iface} --ingest xdp --timeout 3s --sweep {}ms --format json\nWatchdogSec=3s\nStandardOutput=append:{}\nStandardError=append:{}\n",
+            SWEEP.as_millis(),
+            out.display(),
+            err.display()
+        ),
+    )
+    .unwrap();
+
+    let systemd = Systemd::boot(&dir);
+    // Its network namespace, named, for the test link.
+    let a = format!("hbt-{}-svcsda", std::process::id());
+    hb_testkit::netns::ip(&["netns", "attach", &a, &systemd.pid1.to_string()])
+        .expect("naming systemd's network namespace");
+    let a = hb_testkit::netns::Netns { name: a };
+    let b = hb_testkit::netns::Netns::for_test("svcsdb");
+    let link = Link::new(a, b, iface, "hbsvcsd1", None).expect("a veth pair");
+    link.address("198.18.44", &[2]);
+    let stderr = || std::fs::read_to_string(&err).unwrap_or_default();
+
+    // Start: returns once READY=1 came, after the first sweep.
+    let t0 = Instant::now();
+    systemd.ok(&["start", "hb.service"]);
+    let took = t0.elapsed();
+    assert_eq!(systemd.show("ActiveState"), "active", "{}", stderr());
+    assert!(
+        took >= SWEEP,
+        "systemctl start returned after {took:?}, before a sweep"
+    );
+    assert!(xdp_attached(&link.a, iface));
+    assert_eq!(systemd.show("WatchdogUSec"), "3s");
+
+    let _beat = collector::beat(HB, &link, "198.18.44.2", "198.18.44.1", "100ms");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events_in(&out, "new", "198.18.44.2") == 0 {
+        assert!(Instant::now() < deadline, "no `new`; stderr:\n{}", stderr());
+        thread::sleep(Duration::from_millis(50));
+    }
+    systemd.ok(&["reload", "hb.service"]);
+    assert_eq!(systemd.show("ActiveState"), "active");
+
+    // The upgrade: SIGUSR2, and systemd starts it again.
+    let first = systemd.show("MainPID");
+    systemd.ok(&["kill", "-s", "USR2", "--kill-whom=main", "hb.service"]);
+    let mut detached = false;
+    let second = systemd.restarted(&first, Duration::from_secs(15), || {
+        detached |= !xdp_attached(&link.a, iface);
+    });
+    assert!(!detached, "the program was detached during the restart");
+    assert_eq!(systemd.show("NRestarts"), "1");
+
+    // A loop that stops ticking: SIGSTOP, and the watchdog (3 s) kills it.
+    thread::sleep(Duration::from_secs(1));
+    systemd.ok(&["kill", "-s", "STOP", "--kill-whom=main", "hb.service"]);
+    let stopped = Instant::now();
+    let _third = systemd.restarted(&second, Duration::from_secs(20), || {
+        detached |= !xdp_attached(&link.a, iface);
+    });
+    let after = stopped.elapsed();
+    assert!(
+        !detached,
+        "the program was detached during the watchdog restart"
+    );
+    assert!(
+        after >= Duration::from_millis(1500) && after <= Duration::from_secs(12),
+        "restarted {after:?} after the loop stopped, with WatchdogSec=3s"
+    );
+    assert_eq!(systemd.show("NRestarts"), "2");
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        events_in(&out, "new", "198.18.44.2"),
+        1,
+        "a host reported `new` again across restarts"
+    );
+
+    // Stop: SIGTERM detaches, and systemd leaves it stopped.
+    systemd.ok(&["stop", "hb.service"]);
+    assert!(
+        control::xdp_gone_within(&link.a, iface, Duration::from_secs(3)),
+        "still attached after systemctl stop"
+    );
+    thread::sleep(Duration::from_secs(1));
+    // Well past RestartSec (100 ms): not restarting (systemd resets
+    // NRestarts on a stop).
+    assert_eq!(systemd.show("ActiveState"), "inactive");
+    assert_eq!(systemd.show("SubState"), "dead");
+    assert_eq!(systemd.show("Result"), "success");
+    drop(link);
+}
