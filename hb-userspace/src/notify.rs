@@ -104,10 +104,11 @@ impl Notifier {
     }
 
     /// `STOPPING=1` when `signal` stops the collector. Not for SIGUSR2,
-    /// which ends this process for the next to carry on: told nothing,
-    /// systemd sees a process that exited on its own, and `Restart=always`
-    /// starts the next one (`systemctl stop` is the only stop it never
-    /// restarts).
+    /// which ends this process for the next to carry on, the service
+    /// staying up: told nothing, systemd sees a process that exited on its
+    /// own and `Restart=always` starts the next one, without the unit
+    /// passing through "deactivating". (systemd 252 restarts it after
+    /// `STOPPING=1` too; only `systemctl stop` forbids the restart.)
     pub fn stopping(&mut self, signal: &str) {
         if signal != "SIGUSR2" {
             self.send("STOPPING=1");

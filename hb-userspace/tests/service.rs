@@ -276,9 +276,8 @@ fn watchdog_pings_only_for_the_watched_pid_and_sigusr2_is_no_stop() {
     let _ = c.collect(Duration::from_millis(100));
 
     // SIGUSR2: hb exits 0 with its program attached, and without
-    // STOPPING=1, which would tell systemd a stop was under way: to it
-    // this is a process that exited on its own, and Restart=always starts
-    // the next one.
+    // STOPPING=1 (docs/operations.md): the service is not stopping, its
+    // process is replaced (Restart=always, see the_unit_under_systemd).
     signal(&c.proc.child, libc::SIGUSR2);
     let code = wait_exit(&mut c.proc.child, Duration::from_secs(10));
     let after = notify.collect(Duration::from_millis(500));
