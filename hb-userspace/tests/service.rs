@@ -185,10 +185,11 @@ fn ready_after_the_first_sweep_then_watchdog_pings_then_stopping() {
     );
     let (summary, seen) = c.wait_for(Duration::from_secs(5), |v| v["event"] == "summary");
     let (summary_at, _) = summary.unwrap_or_else(|| panic!("no summary; saw {seen:?}"));
+    // Written in the same tick; read by two threads of a loaded machine.
+    let apart = summary_at.max(ready_at) - summary_at.min(ready_at);
     assert!(
-        summary_at.max(ready_at) - summary_at.min(ready_at) < SWEEP,
-        "READY=1 and the first summary are {:?} apart: not the same sweep",
-        summary_at.max(ready_at) - summary_at.min(ready_at)
+        apart < collector::SWEEP_SLACK,
+        "READY=1 and the first summary are {apart:?} apart: not the same sweep"
     );
 
     // The collector works while it pings.
@@ -198,7 +199,7 @@ fn ready_after_the_first_sweep_then_watchdog_pings_then_stopping() {
     });
     assert!(new.is_some(), "no `new`; saw {seen:?}");
 
-    // Watchdog pings: at most half the watchdog apart (a sweep's lateness
+    // Watchdog pings: at most half the watchdog apart (a late tick
     // allowed), and not on every sweep. The first comes with READY=1.
     let window = Duration::from_secs(9);
     let msgs = notify.collect(window);
@@ -216,11 +217,11 @@ fn ready_after_the_first_sweep_then_watchdog_pings_then_stopping() {
     for pair in pings.windows(2) {
         let gap = pair[1] - pair[0];
         assert!(
-            gap <= half + Duration::from_millis(400),
+            gap <= half + collector::SWEEP_SLACK,
             "pings {gap:?} apart, more than half the watchdog ({half:?})"
         );
         assert!(
-            gap >= half - SWEEP - Duration::from_millis(200),
+            gap >= half - SWEEP - Duration::from_millis(500),
             "pings {gap:?} apart: more often than needed for a {watchdog:?} watchdog"
         );
     }
