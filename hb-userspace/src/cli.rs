@@ -37,6 +37,13 @@ pub enum Command {
     Detach(DetachArgs),
     /// Clear one signed host's replay state, so that its next valid heartbeat is accepted whatever its sequence number.
     Forget(ForgetArgs),
+    /// Print a shell's completion script, e.g. `hb completions bash > /etc/bash_completion.d/hb`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print hb's man page (roff), e.g. `hb man > /usr/local/share/man/man1/hb.1`.
+    Man,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -19,6 +19,7 @@ mod cmd;
 mod http;
 mod ingest;
 mod io;
+mod notify;
 mod track;
 
 pub use cli::{Cli, parse_duration, parse_port};

@@ -1,17 +1,21 @@
 //! The subcommands, one file each.
 
 mod beat;
+mod completions;
 mod detach;
 mod forget;
 mod key;
+mod man;
 mod netns;
 mod run;
 mod status;
 
 pub use beat::{Signer, beat, default_host_id};
+pub use completions::completions;
 pub use detach::detach;
 pub use forget::forget;
 pub use key::parse as parse_key;
+pub use man::man;
 pub use run::run;
 pub use status::status;
 
@@ -42,7 +46,7 @@ impl Cli {
             Command::Status(a) => a.bpffs.is_none(),
             Command::Detach(a) => a.bpffs.is_none(),
             Command::Forget(a) => a.bpffs.is_none(),
-            Command::Beat(_) => false,
+            Command::Beat(_) | Command::Completions { .. } | Command::Man => false,
         };
         if pins_here && let Some(pid) = join_host_mounts()? {
             let why = format!(
@@ -66,6 +70,8 @@ impl Command {
             Self::Status(args) => status(args),
             Self::Detach(args) => detach(args).map(|()| ExitCode::SUCCESS),
             Self::Forget(args) => forget(args).map(|()| ExitCode::SUCCESS),
+            Self::Completions { shell } => completions(shell).map(|()| ExitCode::SUCCESS),
+            Self::Man => man().map(|()| ExitCode::SUCCESS),
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::{
     http::{HttpServer, Site},
     ingest::{self, xdp::AuthSettings},
     io::{EventLoop, RingWriter, Token, Wake},
+    notify::Notifier,
     track::sweeper::Sweeper,
 };
 
@@ -37,6 +38,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     let mut sweeper = Sweeper::with_tracker(ingest.begin(args.timeout)?, args.format);
     let mut stdout = RingWriter::stdout();
+    let mut notify = Notifier::from_env(args.sweep);
     let signal = loop {
         let (token, result, flags) = match events.wait()? {
             Wake::Tick => {
@@ -45,13 +47,17 @@ pub fn run(args: RunArgs) -> Result<()> {
                 stdout.write(&mut events, sweeper.lines())?;
                 // Settles at once where nothing more will be written.
                 sweeper.written(stdout.bytes_written());
+                // READY=1 after the first sweep, then watchdog pings.
+                notify.swept();
                 continue;
             }
             Wake::Stop(signal) => break signal,
             Wake::Hangup => {
+                notify.reloading();
                 info!(
                     "SIGHUP: ignored, hb has nothing to reload; stop it with SIGTERM (detach) or SIGUSR2 (restart)"
                 );
+                notify.reloaded();
                 continue;
             }
             Wake::Done {
@@ -77,6 +83,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             Token::Tick | Token::Signal => {}
         }
     };
+    notify.stopping(signal);
     ingest.on_stop(signal);
     // Lines already queued are written before exiting.
     stdout.drain(&mut events)?;
