@@ -45,6 +45,12 @@ pub struct Sweeper {
     /// output was told: where each ends in those bytes, and what it told.
     untold: VecDeque<(u64, Told)>,
     fleet: super::fleet::Fleet,
+    /// A summary line every this many sweeps; 0: none.
+    summary_every: u32,
+    /// Sweeps until the next summary line (0: this one).
+    summary_in: u32,
+    /// Heartbeats and lost heartbeats since the last summary line.
+    unsummed: (u64, u64),
 }
 
 impl Sweeper {
@@ -65,7 +71,23 @@ impl Sweeper {
             reported: 0,
             untold: VecDeque::new(),
             fleet: Default::default(),
+            summary_every: 1,
+            summary_in: 0,
+            unsummed: (0, 0),
         }
+    }
+
+    /// Writes the summary line every `sweeps` sweeps (0: never; the
+    /// default is every sweep); the first sweep from now on writes one.
+    /// `summary()` is every sweep's all the same.
+    pub fn set_summary_every(&mut self, sweeps: u32) {
+        self.summary_every = sweeps;
+        self.summary_in = self.summary_in.min(sweeps.saturating_sub(1));
+    }
+
+    /// A new timeout for the sweeps from now on (a reload).
+    pub fn set_timeout(&mut self, timeout_ns: u64) {
+        self.tracker.set_timeout(timeout_ns);
     }
 
     /// The lines the last sweep reported, each ending in a newline. Hand
@@ -203,9 +225,29 @@ impl Sweeper {
             sweep: started.elapsed(),
         };
         self.last_packets = packets;
-        let line = format_event(self.format, &ts, &Event::Summary(&self.summary));
-        push_line(&mut self.out, &line);
+        self.unsummed.0 += self.summary.heartbeats;
+        self.unsummed.1 += self.summary.lost;
+        if self.summary_every > 0 {
+            if self.summary_in == 0 {
+                // The line counts heartbeats since the last line, not
+                // since the last sweep.
+                let (heartbeats, lost) = std::mem::take(&mut self.unsummed);
+                let summed = Summary {
+                    heartbeats,
+                    lost,
+                    ..self.summary.clone()
+                };
+                let line = format_event(self.format, &ts, &Event::Summary(&summed));
+                push_line(&mut self.out, &line);
+                self.summary_in = self.summary_every - 1;
+            } else {
+                self.summary_in -= 1;
+            }
+        }
         self.reported += self.out.len() as u64;
+        // The sweep is told once its last line is written, summary or not
+        // (a sweep without lines: at once). A restarted collector takes a
+        // silent host that beat after it to have recovered meanwhile.
         if keep {
             self.untold.push_back((self.reported, Told::swept(now)));
         }

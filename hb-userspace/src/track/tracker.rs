@@ -296,6 +296,13 @@ impl Tracker {
         }
     }
 
+    /// A new timeout, for the sweeps from now on (a reload). A silent host
+    /// stays silent until it beats again, even if the longer timeout would
+    /// cover its last heartbeat: nothing is reported that did not happen.
+    pub fn set_timeout(&mut self, timeout_ns: u64) {
+        self.timeout_ns = timeout_ns;
+    }
+
     /// The words of what the output was told, for a later `resume`.
     pub fn into_words(self) -> Option<Words> {
         self.told
