@@ -76,6 +76,10 @@ fn given(matches: &ArgMatches) -> BTreeSet<String> {
 }
 
 #[derive(Subcommand, Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; boxing would only add noise"
+)]
 pub enum Command {
     /// Attach the XDP collector to an interface and report silent hosts.
     Run(RunArgs),

@@ -196,6 +196,8 @@ fn a_crash_after_start_up_leaves_the_program_recording() {
         TIMEOUT,
         "--sweep",
         SWEEP,
+        "--summary-every",
+        SWEEP,
         "--format",
         "json",
     ])

@@ -26,7 +26,7 @@ fn ipv4(table: &str) -> Option<String> {
             let flags = u32::from_str_radix(flags, 16).ok()?;
             let default = *dest == "00000000" && *mask == "00000000";
             (default && flags & RTF_UP != 0 && flags & RTF_REJECT == 0)
-                .then(|| Some((u32::from_str_radix(metric, 10).ok()?, iface.to_string())))?
+                .then(|| Some((metric.parse::<u32>().ok()?, iface.to_string())))?
         })
         .min()
         .map(|(_, iface)| iface)

@@ -360,4 +360,60 @@ mod tests {
         assert_eq!(ends(sweeper.lines()).len(), 4);
         assert!(sweeper.untold.is_empty());
     }
+
+    /// Which of `n` sweeps (1-based) wrote a summary line.
+    fn summary_sweeps(every: u32, n: u64) -> Vec<u64> {
+        let table = fake(&[10 * S]);
+        let mut sweeper = Sweeper::new(15 * S, Format::Json);
+        sweeper.set_summary_every(every);
+        (1..=n)
+            .filter(|&i| {
+                sweeper.sweep_at(&table, 10 * S + i, UNIX_EPOCH).unwrap();
+                String::from_utf8_lossy(sweeper.lines()).contains("\"summary\"")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn summary_lines_at_most_every_n_sweeps() {
+        assert_eq!(summary_sweeps(1, 4), [1, 2, 3, 4]);
+        assert_eq!(summary_sweeps(3, 8), [1, 4, 7]);
+        assert!(summary_sweeps(0, 5).is_empty());
+    }
+
+    /// A collector whose host went silent, then a sweep with nothing to
+    /// say, every line written; the host beats again while no collector
+    /// runs: what the next collector reports.
+    fn recovered_after_restart(summary_every: u32) -> Vec<Transition<u32>> {
+        let words = Words::Heap(vec![0; state_words(SLOTS)]);
+        let table = fake(&[10 * S]);
+        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let mut sweeper = Sweeper::with_tracker(tracker, Format::Json);
+        sweeper.set_summary_every(summary_every);
+        let mut bytes = 0;
+        for now in [10 * S, 30 * S, 40 * S] {
+            sweeper.sweep_at(&table, now, UNIX_EPOCH).unwrap();
+            bytes += sweeper.lines().len() as u64;
+            sweeper.written(bytes);
+        }
+        let words = sweeper.into_tracker().into_words().unwrap();
+        let now = fake(&[45 * S]);
+        let mut next = Tracker::resume(15 * S, words, SLOTS, now.last_seen());
+        let mut out = Vec::new();
+        next.sweep(now.last_seen(), 46 * S, |t| out.push(t));
+        out
+    }
+
+    #[test]
+    fn without_summary_lines_a_restart_carries_on_the_same() {
+        // Silent since at least the last sweep before the gap (40 s) less
+        // the timeout: 45 - (40 - 15).
+        let expected = [Transition::Recovered {
+            host: 0,
+            silent_for_ns: 20 * S,
+        }];
+        assert_eq!(recovered_after_restart(1), expected);
+        assert_eq!(recovered_after_restart(0), expected);
+        assert_eq!(recovered_after_restart(5), expected);
+    }
 }
