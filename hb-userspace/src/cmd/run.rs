@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
-use log::info;
+use log::{debug, info};
 
 use super::{default_route, join_mounts, key, reload::Reloader};
 use crate::{
@@ -39,6 +39,7 @@ pub fn run(config: RunConfig, command_line: CommandLine) -> Result<()> {
     if args.bpffs.is_none() && args.ingest != IngestKind::Socket {
         join_mounts(true)?;
     }
+    debug!("running with {args:?}");
     // Before anything is loaded: a bad key file or inventory leaves nothing
     // behind.
     let auth = auth_settings(args)?;
