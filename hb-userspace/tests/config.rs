@@ -104,7 +104,11 @@ fn check_config_says_what_is_wrong_with_the_line() {
             ":2:17: ",
             "\"ignore\"",
         ),
-        ("[groups.web]\ntimeout = \"5\"\n", ":2:11: ", "groups.web.timeout"),
+        (
+            "[groups.web]\ntimeout = \"5\"\n",
+            ":2:11: ",
+            "groups.web.timeout",
+        ),
         ("[groups.web]\ntimout = \"5s\"\n", ":2:1: ", "timout"),
         ("port = 0\n", ":1:8: ", "port"),
         ("sweep = \"2s\"\ntimeout = \"1s\"\n", ": ", "--timeout"),
@@ -116,7 +120,10 @@ fn check_config_says_what_is_wrong_with_the_line() {
         assert!(out.is_empty(), "{out}");
         let line = one_error(&err);
         let prefix = format!("error: {}{at}", file.display());
-        assert!(line.starts_with(&prefix), "{text:?}: {line} (expected {prefix})");
+        assert!(
+            line.starts_with(&prefix),
+            "{text:?}: {line} (expected {prefix})"
+        );
         assert!(line.contains(what), "{text:?}: {line}");
     }
     let (code, _, err) = check(&dir.0.join("missing.toml"));
@@ -230,7 +237,10 @@ fn command_line_options_override_the_file() {
     // The file's sweep applies: the stderr's first line says so.
     let stderr = log.read();
     assert!(stderr.contains("sweep every 200ms"), "{stderr}");
-    assert!(stderr.contains(&link.a_if) && !stderr.contains("nosuch0"), "{stderr}");
+    assert!(
+        stderr.contains(&link.a_if) && !stderr.contains("nosuch0"),
+        "{stderr}"
+    );
 }
 
 fn thread_sleep(d: Duration) {
@@ -239,7 +249,12 @@ fn thread_sleep(d: Duration) {
 
 /// Lines of `hb run ARGS --format json` in `ns` (stdout read in a thread)
 /// for `window`; the collector is stopped after.
-fn lines_for(ns: &Netns, args: &[&str], window: Duration, beat: impl FnOnce() -> Proc) -> Vec<(Instant, serde_json::Value)> {
+fn lines_for(
+    ns: &Netns,
+    args: &[&str],
+    window: Duration,
+    beat: impl FnOnce() -> Proc,
+) -> Vec<(Instant, serde_json::Value)> {
     let mut cmd = ns.command(HB).unwrap();
     cmd.arg("run")
         .args(args)
@@ -284,7 +299,9 @@ fn summary_every_spaces_the_summary_lines() {
     // 0: no summary line at all, events still.
     let lines = run("0");
     assert!(
-        lines.iter().any(|(_, v)| is_event(v, "new", "198.18.120.2")),
+        lines
+            .iter()
+            .any(|(_, v)| is_event(v, "new", "198.18.120.2")),
         "{lines:?}"
     );
     assert!(
@@ -294,8 +311,10 @@ fn summary_every_spaces_the_summary_lines() {
     // 1s at a 200 ms sweep: one line a second (not five), the first at the
     // first sweep; each counts the heartbeats since the previous line.
     let lines = run("1s");
-    let summaries: Vec<&(Instant, serde_json::Value)> =
-        lines.iter().filter(|(_, v)| v["event"] == "summary").collect();
+    let summaries: Vec<&(Instant, serde_json::Value)> = lines
+        .iter()
+        .filter(|(_, v)| v["event"] == "summary")
+        .collect();
     assert!(
         (3..=5).contains(&summaries.len()),
         "{} summaries in 4.2 s: {summaries:?}",
@@ -360,7 +379,14 @@ fn log_level_warn_hides_info() {
     let (c, _) = start_logged(
         HB,
         &link.a,
-        &["--iface", &link.a_if, "--sweep", "200ms", "--log-level", "warn"],
+        &[
+            "--iface",
+            &link.a_if,
+            "--sweep",
+            "200ms",
+            "--log-level",
+            "warn",
+        ],
         &log,
     );
     drop(c);
@@ -395,5 +421,8 @@ fn without_iface_or_default_route_hb_asks_for_iface() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     let line = one_error(&err);
-    assert!(line.contains("--iface") && line.contains("default route"), "{line}");
+    assert!(
+        line.contains("--iface") && line.contains("default route"),
+        "{line}"
+    );
 }

@@ -498,6 +498,8 @@ fn settings_change_across_a_restart_but_the_table_size() {
         "3s",
         "--sweep",
         "600ms",
+        "--summary-every",
+        "600ms",
         "--max-hosts",
         "128",
         "--format",

@@ -33,7 +33,8 @@ struct File(PathBuf);
 
 impl File {
     fn new(tag: &str, text: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("hb-reload-{tag}-{}.toml", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("hb-reload-{tag}-{}.toml", std::process::id()));
         std::fs::write(&path, text).unwrap();
         Self(path)
     }
@@ -68,7 +69,14 @@ fn start(link: &Link, file: &File, log: &Log) -> Collector {
     let (c, _) = start_logged(
         HB,
         &link.a,
-        &["--config", file.arg(), "--iface", &link.a_if, "--sweep", "200ms"],
+        &[
+            "--config",
+            file.arg(),
+            "--iface",
+            &link.a_if,
+            "--sweep",
+            "200ms",
+        ],
         log,
     );
     c
@@ -81,7 +89,10 @@ fn wait_log(c: &Collector, log: &Log, from: usize, needle: &str) -> Vec<serde_js
     let mut seen = Vec::new();
     loop {
         let text = log.read();
-        if let Some(line) = text.get(from..).and_then(|t| t.lines().find(|l| l.contains(needle))) {
+        if let Some(line) = text
+            .get(from..)
+            .and_then(|t| t.lines().find(|l| l.contains(needle)))
+        {
             eprintln!("log: {line}");
             return seen;
         }
@@ -140,8 +151,14 @@ fn sighup_adopts_a_new_timeout_without_a_restart_or_spurious_events() {
 
     // The new timeout: silent about 1 s after the last heartbeat, not 6.
     let (after, silent_for) = silent_after_stop(&c, client, HOST);
-    assert!(after < Duration::from_millis(2500), "silent after {after:?}");
-    assert!((1000..1800).contains(&silent_for), "silent_for_ms {silent_for}");
+    assert!(
+        after < Duration::from_millis(2500),
+        "silent after {after:?}"
+    );
+    assert!(
+        (1000..1800).contains(&silent_for),
+        "silent_for_ms {silent_for}"
+    );
     // The same process all along.
     assert_eq!(c.proc.child.id(), pid);
     assert!(c.proc.child.try_wait().unwrap().is_none(), "hb exited");
@@ -173,8 +190,14 @@ fn an_invalid_file_at_reload_keeps_the_running_configuration() {
     );
     assert!(host_events(&seen).is_empty(), "spurious events: {seen:?}");
     let (after, silent_for) = silent_after_stop(&c, client, HOST);
-    assert!(after < Duration::from_millis(2500), "silent after {after:?}");
-    assert!((1000..1800).contains(&silent_for), "silent_for_ms {silent_for}");
+    assert!(
+        after < Duration::from_millis(2500),
+        "silent after {after:?}"
+    );
+    assert!(
+        (1000..1800).contains(&silent_for),
+        "silent_for_ms {silent_for}"
+    );
 }
 
 #[test]
@@ -203,7 +226,10 @@ fn a_change_that_needs_reattaching_is_refused() {
     let _other = beat(&link, OTHER);
     wait_new(&c, OTHER);
     let (after, _) = silent_after_stop(&c, client, HOST);
-    assert!(after < Duration::from_millis(2500), "silent after {after:?}");
+    assert!(
+        after < Duration::from_millis(2500),
+        "silent after {after:?}"
+    );
 }
 
 #[test]
