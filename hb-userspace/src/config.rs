@@ -45,6 +45,9 @@ pub enum ConfigError {
     /// Settings that do not go together (no one line to blame).
     #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
+    /// Options that do not go together, without a config file.
+    #[error("{0}")]
+    Options(String),
     #[error("inventory: {0}")]
     Fleet(#[from] FleetError),
 }
@@ -124,6 +127,8 @@ pub struct FileSettings {
     pub unknown_hosts: Option<UnknownHosts>,
     pub forget_after: Option<Duration>,
     pub groups: BTreeMap<String, GroupPolicy>,
+    /// The file's text, to point at a key when settings clash.
+    text: String,
 }
 
 /// The file being read: to turn spans into lines and columns.
@@ -200,6 +205,37 @@ impl Source<'_> {
             .ok_or(())
             .map_err(|_| self.at(span, format!("{key}: {} is not {what}", v.get_ref())))
     }
+}
+
+/// Line and column of `key` (`timeout`, `inventory.grace`,
+/// `groups.web.timeout`) in the TOML `text`: set at the top, dotted, or in
+/// its table. Good enough to point at; the parser has checked the file.
+fn locate(text: &str, key: &str) -> Option<(usize, usize)> {
+    let mut table = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if let Some(header) = t.strip_prefix('[') {
+            table = header
+                .split(']')
+                .next()
+                .unwrap_or_default()
+                .replace([' ', '"'], "");
+            continue;
+        }
+        let Some((name, _)) = t.split_once('=') else {
+            continue;
+        };
+        let name = name.trim().replace([' ', '"'], "");
+        let full = if table.is_empty() {
+            name
+        } else {
+            format!("{table}.{name}")
+        };
+        if full == key {
+            return Some((i + 1, line.len() - t.len() + 1));
+        }
+    }
+    None
 }
 
 /// 1-based line and column (in characters) of byte `offset` of `text`.
@@ -304,6 +340,36 @@ impl FileSettings {
             unknown_hosts: src.choice("inventory.unknown_hosts", inventory.unknown_hosts)?,
             forget_after: src.duration("forget_after", raw.forget_after)?,
             groups,
+            text: text.to_owned(),
+        })
+    }
+
+    /// `args` (this file applied) checked together; what does not go
+    /// together is said at the line of the first key it names (`--timeout`
+    /// is `timeout`) that the file sets and the command line does not.
+    pub fn validate(&self, path: &Path, args: &RunArgs) -> Result<(), ConfigError> {
+        let Err(message) = args.validate() else {
+            return Ok(());
+        };
+        let blamed = message
+            .split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == ':')
+            .filter_map(|word| match word.strip_prefix("--") {
+                Some(option) => Some(option.replace('-', "_")),
+                None => word.starts_with("groups.").then(|| word.to_owned()),
+            })
+            .filter(|key| !args.gave(key))
+            .find_map(|key| locate(&self.text, &key));
+        Err(match blamed {
+            Some((line, column)) => ConfigError::At {
+                path: path.to_owned(),
+                line,
+                column,
+                message,
+            },
+            None => ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+            },
         })
     }
 
@@ -383,15 +449,10 @@ impl CommandLine {
         if let Some(path) = &self.args.config {
             file = FileSettings::read(path)?;
             file.apply(&mut args);
+            file.validate(path, &args)?;
+        } else {
+            args.validate().map_err(ConfigError::Options)?;
         }
-        args.validate().map_err(|message| ConfigError::Invalid {
-            path: self
-                .args
-                .config
-                .clone()
-                .unwrap_or_else(|| "command line".into()),
-            message,
-        })?;
         Ok(RunConfig {
             args,
             log_level: self.log_level.or(file.log_level),
@@ -522,6 +583,51 @@ mod tests {
         assert_eq!(f.groups["web"].grace, None);
         let f = parse("inventory.file = \"/srv/hosts.csv\"\n").unwrap();
         assert_eq!(f.inventory, Some(PathBuf::from("/srv/hosts.csv")));
+    }
+
+    #[test]
+    fn settings_that_clash_are_said_at_a_line_the_file_sets() {
+        let check = |text: &str, cli: &[&str]| {
+            let f = parse(text).unwrap();
+            let mut args = run(cli);
+            f.apply(&mut args);
+            f.validate(Path::new("/etc/hb/hb.toml"), &args)
+                .map(|()| String::new())
+                .unwrap_or_else(|e| e.to_string())
+        };
+        let err = check(
+            "port = 1
+sweep = \"2s\"\n  timeout = \"1s\"\n",
+            &[],
+        );
+        assert!(err.starts_with("/etc/hb/hb.toml:3:3: --timeout"), "{err}");
+        // The command line gave the timeout: the file's sweep is to blame.
+        let err = check(
+            "port = 1
+sweep = \"2s\"\n",
+            &["--timeout", "1s"],
+        );
+        assert!(err.starts_with("/etc/hb/hb.toml:2:1: --timeout"), "{err}");
+        let err = check(
+            "[groups.\"web\"]\ngrace = \"1m\"\ntimeout = \"500ms\"\n",
+            &[],
+        );
+        assert!(
+            err.starts_with("/etc/hb/hb.toml:3:1: groups.web.timeout"),
+            "{err}"
+        );
+        let err = check("ingest = \"socket\"\n\npass_heartbeats = true\n", &[]);
+        assert!(
+            err.starts_with("/etc/hb/hb.toml:3:1: --pass-heartbeats"),
+            "{err}"
+        );
+        // Nothing the file sets is named: the file, without a line.
+        let err = check("ingest = \"socket\"\n", &["--pass-heartbeats"]);
+        assert!(
+            err.starts_with("/etc/hb/hb.toml: --pass-heartbeats"),
+            "{err}"
+        );
+        assert_eq!(check("timeout = \"20s\"\n", &[]), "");
     }
 
     #[test]

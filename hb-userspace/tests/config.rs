@@ -111,7 +111,12 @@ fn check_config_says_what_is_wrong_with_the_line() {
         ),
         ("[groups.web]\ntimout = \"5s\"\n", ":2:1: ", "timout"),
         ("port = 0\n", ":1:8: ", "port"),
-        ("sweep = \"2s\"\ntimeout = \"1s\"\n", ": ", "--timeout"),
+        ("sweep = \"2s\"\ntimeout = \"1s\"\n", ":2:1: ", "--timeout"),
+        (
+            "[groups.web]\ntimeout = \"500ms\"\n",
+            ":2:1: ",
+            "groups.web.timeout",
+        ),
     ];
     for (i, (text, at, what)) in cases.iter().enumerate() {
         let file = dir.write(&format!("bad{i}.toml"), text);

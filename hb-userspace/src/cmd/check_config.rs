@@ -18,8 +18,7 @@ pub fn check_config(path: &Path) -> Result<ExitCode> {
         unreachable!("hb run parses as run")
     };
     file.apply(&mut args);
-    args.validate()
-        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    file.validate(path, &args)?;
     Fleet::load(&args.fleet_config()).map_err(|e| anyhow!("inventory: {e}"))?;
     let iface = match (&args.iface, args.ingest) {
         (Some(i), _) => format!("interface {i}"),
@@ -30,12 +29,16 @@ pub fn check_config(path: &Path) -> Result<ExitCode> {
         Some(p) => format!("inventory {}", p.display()),
         None => "no inventory".into(),
     };
+    let groups = match args.groups.len() {
+        0 => "no groups".to_owned(),
+        1 => "1 group".to_owned(),
+        n => format!("{n} groups"),
+    };
     println!(
-        "{}: ok: {iface}, timeout {}, sweep {}, {inventory}, {} group(s)",
+        "{}: ok: {iface}, timeout {}, sweep {}, {inventory}, {groups}",
         path.display(),
         humantime::format_duration(args.timeout),
         humantime::format_duration(args.sweep),
-        args.groups.len()
     );
     Ok(ExitCode::SUCCESS)
 }

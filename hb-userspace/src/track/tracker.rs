@@ -88,7 +88,8 @@ impl Told {
         }
     }
 
-    /// The summary line of the sweep at `at`.
+    /// The end of the sweep at `at`: told once its last line (its summary
+    /// line, or its last event where no summary is written) is written.
     pub fn swept(at: u64) -> Self {
         Self {
             at: at.max(1),
