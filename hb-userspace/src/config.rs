@@ -462,22 +462,23 @@ impl CommandLine {
     }
 }
 
+/// The config key of `hb run`'s long option `long`.
+#[cfg(test)]
+pub(crate) fn key_of(long: &str) -> String {
+    match long {
+        "inventory" => "inventory.file".into(),
+        "grace" => "inventory.grace".into(),
+        "unknown-hosts" => "inventory.unknown_hosts".into(),
+        other => other.replace('-', "_"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory as _;
 
     use super::*;
     use crate::cli::{Cli, Command};
-
-    /// The config key of `hb run`'s long option `long`.
-    fn key_of(long: &str) -> String {
-        match long {
-            "inventory" => "inventory.file".into(),
-            "grace" => "inventory.grace".into(),
-            "unknown-hosts" => "inventory.unknown_hosts".into(),
-            other => other.replace('-', "_"),
-        }
-    }
 
     fn parse(text: &str) -> Result<FileSettings, String> {
         FileSettings::parse(Path::new("/etc/hb/hb.toml"), text).map_err(|e| e.to_string())

@@ -127,83 +127,196 @@ impl Reloader {
     }
 }
 
+/// Settings a reload cannot change: they need the program re-attached, or
+/// the process restarted.
+const FIXED: &[&str] = &[
+    "iface",
+    "port",
+    "ingest",
+    "listen",
+    "xdp_mode",
+    "max_hosts",
+    "max_bare_hosts",
+    "bpffs",
+    "key_file",
+    "require_auth",
+    "any_destination",
+    "pass_heartbeats",
+    "metrics_listen",
+    "sweep",
+    "format",
+    "netns",
+];
+
+/// Settings a reload changes, at the next sweep.
+const RELOADABLE: &[&str] = &[
+    "timeout",
+    "summary_every",
+    "metrics_silent_hosts",
+    "log_level",
+    "log_format",
+    "inventory.file",
+    "inventory.grace",
+    "inventory.unknown_hosts",
+    "forget_after",
+    "groups",
+];
+
+/// Setting `key` (a config key) of `c`, as a reload's log line says it;
+/// `None`: no such setting.
+fn value(key: &str, c: &RunConfig) -> Option<String> {
+    let a = &c.args;
+    let d = |d: Duration| humantime::format_duration(d).to_string();
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+    let path = |p: &Option<std::path::PathBuf>| opt(p.as_ref().map(|p| p.display().to_string()));
+    let name = |v: &dyn std::fmt::Debug| format!("{v:?}").to_lowercase();
+    Some(match key {
+        "iface" => opt(a.iface.clone()),
+        "port" => a.port.to_string(),
+        "ingest" => name(&a.ingest),
+        "listen" => a.listen.to_string(),
+        "xdp_mode" => name(&a.xdp_mode),
+        "max_hosts" => a.max_hosts.to_string(),
+        "max_bare_hosts" => opt(a.max_bare_hosts.map(|n| n.to_string())),
+        "bpffs" => path(&a.bpffs),
+        "key_file" => path(&a.key_file),
+        "require_auth" => a.require_auth.to_string(),
+        "any_destination" => a.any_destination.to_string(),
+        "pass_heartbeats" => a.pass_heartbeats.to_string(),
+        "metrics_listen" => opt(a.metrics_listen.map(|m| m.to_string())),
+        "sweep" => d(a.sweep),
+        "format" => name(&a.format),
+        "netns" => opt(c.netns.clone()),
+        "timeout" => d(a.timeout),
+        "summary_every" => d(a.summary_every),
+        "metrics_silent_hosts" => a.metrics_silent_hosts.to_string(),
+        "log_level" => c.log_level.map_or("default".into(), |l| name(&l)),
+        "log_format" => name(&c.log_format),
+        "inventory.file" => path(&a.inventory),
+        "inventory.grace" => d(a.grace),
+        "inventory.unknown_hosts" => name(&a.unknown_hosts),
+        "forget_after" => d(a.forget_after),
+        "groups" => {
+            let groups: Vec<String> = a
+                .groups
+                .iter()
+                .map(|(n, g)| {
+                    let t = g.timeout.map_or("-".into(), d);
+                    let gr = g.grace.map_or("-".into(), d);
+                    format!("{n}(timeout {t}, grace {gr})")
+                })
+                .collect();
+            format!("[{}]", groups.join(" "))
+        }
+        _ => return None,
+    })
+}
+
+/// The keys of `keys` whose settings differ.
+fn differ<'k>(keys: &[&'k str], old: &RunConfig, new: &RunConfig) -> Vec<&'k str> {
+    keys.iter()
+        .copied()
+        .filter(|k| value(k, old) != value(k, new))
+        .collect()
+}
+
 /// The settings that differ and cannot change without re-attaching.
 fn fixed_changes(old: &RunConfig, new: &RunConfig) -> Vec<&'static str> {
-    let (a, b) = (&old.args, &new.args);
-    let mut refused = Vec::new();
-    macro_rules! fixed {
-        ($($key:ident),*) => {$(
-            if a.$key != b.$key {
-                refused.push(stringify!($key));
-            }
-        )*};
-    }
-    fixed!(
-        iface,
-        port,
-        ingest,
-        listen,
-        xdp_mode,
-        max_hosts,
-        max_bare_hosts,
-        bpffs,
-        key_file,
-        require_auth,
-        any_destination,
-        pass_heartbeats,
-        metrics_listen,
-        sweep,
-        format
-    );
-    if old.netns != new.netns {
-        refused.push("netns");
-    }
-    refused
+    differ(FIXED, old, new)
 }
 
 /// What the reload changes, one `key old -> new` each.
 fn changes(old: &RunConfig, new: &RunConfig) -> Vec<String> {
-    let (a, b) = (&old.args, &new.args);
-    let d = |d: Duration| humantime::format_duration(d).to_string();
-    let mut out = Vec::new();
-    let mut change = |key: &str, was: String, is: String| {
-        if was != is {
-            out.push(format!("{key} {was} -> {is}"));
+    differ(RELOADABLE, old, new)
+        .into_iter()
+        .map(|k| {
+            let v = |c| value(k, c).unwrap_or_default();
+            format!("{k} {} -> {}", v(old), v(new))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+    use crate::{
+        cli::{Cli, Command},
+        config::{CommandLine, key_of},
+    };
+
+    /// Every option of `hb run` is either reloadable or refused at a
+    /// reload, and a reload sees it change: a new option cannot be
+    /// forgotten here.
+    #[test]
+    fn every_option_is_reloadable_or_refused() {
+        let mut cli = Cli::command();
+        cli.build();
+        let run = cli.find_subcommand("run").expect("hb run");
+        let Command::Run(args) = Cli::try_parse_noting(["hb", "run"]).unwrap().command else {
+            panic!("not run")
+        };
+        let config = CommandLine {
+            args,
+            log_level: None,
+            log_format: None,
+            netns: None,
         }
-    };
-    change("timeout", d(a.timeout), d(b.timeout));
-    change("summary_every", d(a.summary_every), d(b.summary_every));
-    change(
-        "metrics_silent_hosts",
-        a.metrics_silent_hosts.to_string(),
-        b.metrics_silent_hosts.to_string(),
-    );
-    let level = |c: &RunConfig| {
-        c.log_level
-            .map_or("default".into(), |l| format!("{l:?}").to_lowercase())
-    };
-    change("log_level", level(old), level(new));
-    change(
-        "log_format",
-        format!("{:?}", old.log_format).to_lowercase(),
-        format!("{:?}", new.log_format).to_lowercase(),
-    );
-    let path = |p: &Option<std::path::PathBuf>| {
-        p.as_ref()
-            .map_or("none".into(), |p| p.display().to_string())
-    };
-    change("inventory", path(&a.inventory), path(&b.inventory));
-    change("inventory.grace", d(a.grace), d(b.grace));
-    change(
-        "inventory.unknown_hosts",
-        format!("{:?}", a.unknown_hosts).to_lowercase(),
-        format!("{:?}", b.unknown_hosts).to_lowercase(),
-    );
-    change("forget_after", d(a.forget_after), d(b.forget_after));
-    if a.groups != b.groups {
-        let names =
-            |c: &crate::cli::RunArgs| c.groups.keys().cloned().collect::<Vec<_>>().join(" ");
-        out.push(format!("groups [{}] -> [{}]", names(a), names(b)));
+        .resolve()
+        .unwrap();
+        let mut walked = 0;
+        for arg in run.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version" | "config") {
+                continue;
+            }
+            let key = key_of(long);
+            let kinds = [FIXED, RELOADABLE]
+                .iter()
+                .filter(|l| l.contains(&key.as_str()))
+                .count();
+            assert_eq!(
+                kinds, 1,
+                "--{long} ({key}): in {kinds} of FIXED and RELOADABLE"
+            );
+            assert!(
+                value(&key, &config).is_some(),
+                "--{long}: no value for `{key}`"
+            );
+            walked += 1;
+        }
+        assert_eq!(
+            walked,
+            FIXED.len() + RELOADABLE.len() - 1,
+            "(groups has no option)"
+        );
     }
-    out
+
+    #[test]
+    fn a_reload_says_what_changes_and_what_it_refuses() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["hb", "run"];
+            all.extend_from_slice(args);
+            let Command::Run(args) = Cli::try_parse_noting(all).unwrap().command else {
+                panic!("not run")
+            };
+            CommandLine {
+                args,
+                log_level: None,
+                log_format: None,
+                netns: None,
+            }
+            .resolve()
+            .unwrap()
+        };
+        let old = parse(&["--timeout", "15s"]);
+        let new = parse(&["--timeout", "5s", "--summary-every", "0", "--port", "5000"]);
+        assert_eq!(fixed_changes(&old, &new), ["port"]);
+        assert_eq!(
+            changes(&old, &new),
+            ["timeout 15s -> 5s", "summary_every 1m -> 0s"]
+        );
+        assert!(fixed_changes(&old, &old).is_empty() && changes(&old, &old).is_empty());
+    }
 }
