@@ -12,7 +12,7 @@ use std::{
 
 use hb_testkit::{
     collector::{self, Collector, Proc, is_event},
-    control::{Log, signal, start_logged},
+    control::{self, Log, signal, start_logged},
     netns::Link,
 };
 
@@ -137,6 +137,8 @@ fn sighup_adopts_a_new_timeout_without_a_restart_or_spurious_events() {
     let pid = c.proc.child.id();
     let client = beat(&link, HOST);
     wait_new(&c, HOST);
+    let timeout_ms = || control::status(HB, &link.a, &link.a_if)["collector"]["timeout_ms"].clone();
+    assert_eq!(timeout_ms(), 6000);
 
     file.write(&config("1s", ""));
     let from = log.read().len();
@@ -159,6 +161,9 @@ fn sighup_adopts_a_new_timeout_without_a_restart_or_spurious_events() {
         (1000..1800).contains(&silent_for),
         "silent_for_ms {silent_for}"
     );
+    // `hb status` judges by the new timeout too.
+    assert_eq!(timeout_ms(), 1000);
+    assert_eq!(control::status(HB, &link.a, &link.a_if)["silent"], 1);
     // The same process all along.
     assert_eq!(c.proc.child.id(), pid);
     assert!(c.proc.child.try_wait().unwrap().is_none(), "hb exited");

@@ -71,6 +71,7 @@ pub fn run(config: RunConfig, command_line: CommandLine) -> Result<()> {
                 if let Some(new) = reloader.poll() {
                     let a = &new.config.args;
                     sweeper.set_timeout(a.timeout.as_nanos() as u64);
+                    ingest.set_timeout(a.timeout);
                     sweeper.set_summary_every(summary_sweeps(a));
                     sweeper.set_fleet(new.fleet);
                     site.timeout = a.timeout;
