@@ -118,7 +118,12 @@ impl Reloader {
         }
         let changes = changes(&self.running, &config);
         if changes.is_empty() {
-            info!("reloaded {source}: no setting changed (inventory read again)");
+            let inventory = if config.args.inventory.is_some() {
+                " (inventory read again)"
+            } else {
+                ""
+            };
+            info!("reloaded {source}: no setting changed{inventory}");
         } else {
             info!("reloaded {source}: {}", changes.join(", "));
         }
