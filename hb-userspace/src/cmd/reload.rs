@@ -324,4 +324,57 @@ mod tests {
         );
         assert!(fixed_changes(&old, &old).is_empty() && changes(&old, &old).is_empty());
     }
+
+    /// A SIGHUP while a reload loads: another load once it is in, so that
+    /// the file as it is last is the one adopted.
+    #[test]
+    fn a_sighup_while_loading_loads_again() {
+        let path = std::env::temp_dir().join(format!("hb-reload-unit-{}.toml", std::process::id()));
+        std::fs::write(&path, "timeout = \"15s\"\n").unwrap();
+        let config = path.to_str().unwrap().to_owned();
+        let Command::Run(args) = Cli::try_parse_noting(["hb", "run", "--config", &config])
+            .unwrap()
+            .command
+        else {
+            panic!("not run")
+        };
+        let command_line = CommandLine {
+            args,
+            log_level: None,
+            log_format: None,
+            netns: None,
+        };
+        let running = command_line.resolve().unwrap();
+        let mut r = Reloader::new(command_line, running);
+        let adopted = |r: &mut Reloader| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(a) = r.poll() {
+                    return a.config.args.timeout;
+                }
+                assert!(std::time::Instant::now() < deadline, "no reload adopted");
+                thread::sleep(Duration::from_millis(5));
+            }
+        };
+        std::fs::write(&path, "timeout = \"5s\"\n").unwrap();
+        r.hangup();
+        r.hangup();
+        assert!(r.again);
+        assert_eq!(adopted(&mut r), Duration::from_secs(5));
+        // The second load started as the first was adopted.
+        assert!(r.loading.is_some() && !r.again);
+        // Whole or not at all: the load may read it at any moment.
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, "timeout = \"7s\"\n").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        let second = adopted(&mut r);
+        // It read the file before or after this last write: either way
+        // nothing is lost, the next SIGHUP takes the rest.
+        assert!(
+            [5, 7].map(Duration::from_secs).contains(&second),
+            "{second:?}"
+        );
+        assert!(r.loading.is_none());
+        let _ = std::fs::remove_file(&path);
+    }
 }

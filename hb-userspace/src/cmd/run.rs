@@ -162,3 +162,29 @@ fn auth_settings(args: &RunArgs) -> Result<Option<AuthSettings>> {
         require: args.require_auth,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn sweeps(args: &[&str]) -> u32 {
+        let mut all = vec!["hb", "run"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all).unwrap().command {
+            Command::Run(r) => summary_sweeps(&r),
+            _ => panic!("not run"),
+        }
+    }
+
+    #[test]
+    fn summary_lines_at_most_every_summary_every() {
+        assert_eq!(sweeps(&[]), 60);
+        assert_eq!(sweeps(&["--summary-every", "0"]), 0);
+        assert_eq!(sweeps(&["--summary-every", "1500ms"]), 2);
+        assert_eq!(sweeps(&["--summary-every", "100ms"]), 1);
+        assert_eq!(sweeps(&["--sweep", "200ms", "--summary-every", "1s"]), 5);
+    }
+}
