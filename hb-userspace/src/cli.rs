@@ -33,13 +33,25 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Run in the named network namespace (/run/netns/NAME, or a path), as `ip -n NAME` does: only the network namespace changes, so pins stay in the host's bpffs.
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, global = true, value_name = "NAME", display_order = 1000)]
     pub netns: Option<String>,
     /// Diagnostics on stderr up to this level (default info; overrides RUST_LOG).
-    #[arg(long, global = true, value_enum, value_name = "LEVEL")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "LEVEL",
+        display_order = 1000
+    )]
     pub log_level: Option<LogLevel>,
     /// Diagnostics on stderr as text, or as JSON lines (ts, level, target, message).
-    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        display_order = 1000
+    )]
     pub log_format: Option<LogFormat>,
 }
 
