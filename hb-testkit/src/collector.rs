@@ -9,7 +9,9 @@
 //! exit status, instead of waiting out its window as if nothing happened.
 //! And once the collector has printed its first summary, every window also
 //! checks that it is still sweeping: summaries keep arriving, one per
-//! `--sweep` period, at most [`SWEEP_SLACK`] late.
+//! `--sweep` period, at most [`SWEEP_SLACK`] late. (hb writes a summary
+//! line every `--summary-every`, 60 s by default: the harness asks for one
+//! every sweep.)
 
 use std::{
     cell::Cell,
@@ -121,14 +123,18 @@ impl Collector {
         let mut cmd = ns.command(hb).expect("entering the namespace");
         cmd.arg("run").args(args).args(["--format", "json"]);
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        // (`spawn` adds --summary-every.)
         Self::spawn(cmd)
     }
 
     /// Runs `cmd` (an `hb run --format json`, stdout piped) as a collector.
     /// Its sweep period is read from `--sweep` among the arguments (also
     /// inside one, as in `sh -c "… hb run --sweep 200ms …"`); 1 s without.
-    pub fn spawn(cmd: Command) -> Self {
+    /// A summary line every sweep is asked for (`--summary-every`, added
+    /// at the end of the command line unless it has one).
+    pub fn spawn(mut cmd: Command) -> Self {
         let sweep = sweep_of(&cmd);
+        summary_every_sweep(&mut cmd, sweep);
         Self::spawn_sweeping(cmd, sweep)
     }
 
@@ -330,15 +336,7 @@ fn wait_exit(pid: u32, patience: Duration) -> Option<String> {
 /// The `--sweep` value among `cmd`'s arguments, or inside one of them (a
 /// shell command line); hb's default without.
 fn sweep_of(cmd: &Command) -> Duration {
-    let words: Vec<String> = cmd
-        .get_args()
-        .flat_map(|a| {
-            a.to_string_lossy()
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let words = words_of(cmd);
     let mut value = None;
     for (i, w) in words.iter().enumerate() {
         if let Some(v) = w.strip_prefix("--sweep=") {
@@ -348,6 +346,35 @@ fn sweep_of(cmd: &Command) -> Duration {
         }
     }
     value.map_or(DEFAULT_SWEEP, |v| parse_ms_or_s(&v))
+}
+
+/// Adds `--summary-every` (one summary line every `sweep`) to `cmd`, an
+/// `hb run` whose arguments end its command line, unless it has one.
+pub fn summary_every_sweep(cmd: &mut Command, sweep: Duration) {
+    let words = words_of(cmd);
+    if words
+        .iter()
+        .any(|w| w == "--summary-every" || w.starts_with("--summary-every="))
+    {
+        return;
+    }
+    assert!(
+        !cmd.get_args().any(|a| a.to_string_lossy().contains(' ')),
+        "a collector run through a shell command line must say --summary-every itself: {cmd:?}"
+    );
+    cmd.args(["--summary-every", &format!("{}ms", sweep.as_millis())]);
+}
+
+/// Every word of `cmd`'s arguments, also inside one (a shell command line).
+fn words_of(cmd: &Command) -> Vec<String> {
+    cmd.get_args()
+        .flat_map(|a| {
+            a.to_string_lossy()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// `250ms` or `2s`: the forms the tests write. Not hb's own parser: the

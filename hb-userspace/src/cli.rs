@@ -1,14 +1,26 @@
 //! Command-line interface (clap derive).
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::PathBuf,
+    time::Duration,
+};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{
+    ArgMatches, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand,
+    parser::ValueSource,
+};
 use hb_common::{DEFAULT_MAX_HOSTS, DEFAULT_PORT};
 
 use crate::ingest::{self, xdp::AuthSettings};
 pub use crate::{
     ingest::{IngestKind, xdp::AttachMode},
-    track::events::Format,
+    logging::{LogFormat, LogLevel},
+    track::{
+        events::Format,
+        fleet::{FleetConfig, GroupPolicy, UnknownHosts},
+    },
 };
 
 #[derive(Parser, Debug)]
@@ -21,11 +33,65 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Run in the named network namespace (/run/netns/NAME, or a path), as `ip -n NAME` does: only the network namespace changes, so pins stay in the host's bpffs.
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, global = true, value_name = "NAME", display_order = 1000)]
     pub netns: Option<String>,
+    /// Diagnostics on stderr up to this level (default info; overrides RUST_LOG).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "LEVEL",
+        display_order = 1000
+    )]
+    pub log_level: Option<LogLevel>,
+    /// Diagnostics on stderr as text, or as JSON lines (ts, level, target, message).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        display_order = 1000
+    )]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Cli {
+    /// Parses `args` (the program name first), noting which `hb run`
+    /// options the command line gave: those override the config file.
+    pub fn try_parse_noting<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        if let (Command::Run(run), Some(("run", sub))) = (&mut cli.command, matches.subcommand()) {
+            run.given = given(sub);
+        }
+        Ok(cli)
+    }
+
+    /// `try_parse_noting` of the process's arguments; on an error, clap's
+    /// message and exit (status 2), as `Cli::parse` does.
+    pub fn parse_noting() -> Self {
+        Self::try_parse_noting(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+}
+
+/// The ids of the options the command line gave in `matches`.
+fn given(matches: &ArgMatches) -> BTreeSet<String> {
+    matches
+        .ids()
+        .filter(|id| matches.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+        .map(|id| id.as_str().to_owned())
+        .collect()
 }
 
 #[derive(Subcommand, Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; boxing would only add noise"
+)]
 pub enum Command {
     /// Attach the XDP collector to an interface and report silent hosts.
     Run(RunArgs),
@@ -44,6 +110,14 @@ pub enum Command {
     },
     /// Print hb's man page (roff), e.g. `hb man > /usr/local/share/man/man1/hb.1`.
     Man,
+    /// Check an `hb run` config file (and the inventory it names): say what is wrong, with the line.
+    CheckConfig(CheckConfigArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckConfigArgs {
+    /// The TOML file `hb run --config` would read.
+    pub file: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -90,7 +164,10 @@ pub struct StatusArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Interface that receives the heartbeats (XDP; not needed with --ingest socket).
+    /// Read settings from this TOML file; options given here override it. SIGHUP re-reads it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Interface that receives the heartbeats (XDP; default: the interface of the default route; not needed with --ingest socket).
     #[arg(long, short = 'i')]
     pub iface: Option<String>,
     /// How heartbeats come in: xdp (in the kernel, before any socket), socket (a UDP socket through io_uring), or auto (xdp, else socket with a warning).
@@ -141,6 +218,27 @@ pub struct RunArgs {
     /// Pin the program and maps in the bpffs mounted at DIR (default: /sys/fs/bpf, else the host's through /proc/1/root, else one hb mounts).
     #[arg(long, value_name = "DIR")]
     pub bpffs: Option<PathBuf>,
+    /// Print the summary line on stdout at most this often (0: never); sweeps, metrics and `hb status` are unaffected.
+    #[arg(long, value_name = "D", default_value = "60s", value_parser = parse_interval)]
+    pub summary_every: Duration,
+    /// The hosts expected to beat: a CSV file (`address` or `host_id`, optional `name`, labels).
+    #[arg(long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
+    /// An inventoried host not heard this long after start (or after it is added) is `missing`.
+    #[arg(long, value_name = "D", default_value = "30s", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Hosts outside the inventory: track (reported `new`) or ignore (counted only).
+    #[arg(long, value_enum, default_value_t = UnknownHosts::Track)]
+    pub unknown_hosts: UnknownHosts,
+    /// Hosts outside the inventory are forgotten after this long silent.
+    #[arg(long, value_name = "D", default_value = "7d", value_parser = parse_duration)]
+    pub forget_after: Duration,
+    /// `[groups.NAME]` of the config file (no option).
+    #[arg(skip)]
+    pub groups: BTreeMap<String, GroupPolicy>,
+    /// The ids of the options the command line gave (`Cli::try_parse_noting`).
+    #[arg(skip)]
+    pub given: BTreeSet<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -176,6 +274,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("must be longer than zero".into());
     }
     Ok(d)
+}
+
+/// A period that may be zero: `0` (or `0s`) turns the thing off.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (expected a duration such as 10s or 5m, or 0 for never)"))
 }
 
 pub fn parse_port(s: &str) -> Result<u16, String> {
@@ -227,13 +334,26 @@ impl RunArgs {
         }
     }
 
-    /// Checks that options make sense together.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.iface.is_none() && self.ingest != IngestKind::Socket {
-            return Err(
-                "--iface is required: the interface heartbeats arrive on (or --ingest socket to receive them on a UDP socket)".into(),
-            );
+    /// What the configuration says about the fleet.
+    pub fn fleet_config(&self) -> FleetConfig {
+        FleetConfig {
+            inventory: self.inventory.clone(),
+            grace: self.grace,
+            unknown_hosts: self.unknown_hosts,
+            forget_after: self.forget_after,
+            groups: self.groups.clone(),
         }
+    }
+
+    /// Whether the command line gave option `id` (it then overrides the
+    /// config file).
+    pub fn gave(&self, id: &str) -> bool {
+        self.given.contains(id)
+    }
+
+    /// Checks that options make sense together. (Without --iface, XDP
+    /// takes the default route's interface: see `cmd::run`.)
+    pub fn validate(&self) -> Result<(), String> {
         if self.ingest == IngestKind::Socket {
             if self.pass_heartbeats {
                 return Err("--pass-heartbeats is for XDP: in socket mode heartbeats are not filtered, drop the option".into());
@@ -267,6 +387,17 @@ impl RunArgs {
                 humantime::format_duration(self.timeout),
                 humantime::format_duration(self.sweep)
             ));
+        }
+        for (name, group) in &self.groups {
+            if let Some(t) = group.timeout
+                && t <= self.sweep
+            {
+                return Err(format!(
+                    "groups.{name}.timeout ({}) must be longer than --sweep ({})",
+                    humantime::format_duration(t),
+                    humantime::format_duration(self.sweep)
+                ));
+            }
         }
         if self.require_auth && self.key_file.is_none() {
             return Err(

@@ -16,9 +16,11 @@
 mod cli;
 mod clock;
 mod cmd;
+mod config;
 mod http;
 mod ingest;
 mod io;
+mod logging;
 mod notify;
 mod track;
 
@@ -26,6 +28,7 @@ pub use cli::{Cli, parse_duration, parse_port};
 pub use clock::monotonic_ns;
 pub use cmd::{Signer, default_host_id, parse_key};
 pub use http::{Request, Response, Site};
+pub use logging::init as init_logging;
 pub use track::{
     events::{Format, Host, timestamp},
     silent::SilentOrder,

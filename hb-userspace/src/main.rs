@@ -1,14 +1,13 @@
 use std::process::ExitCode;
 
-use clap::Parser as _;
-use hb_userspace::Cli;
+use hb_userspace::{Cli, init_logging};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
     // clap's own errors: `error: …` and a usage hint, status 2.
-    let cli = Cli::parse();
+    let cli = Cli::parse_noting();
+    // `hb run --config` settles the level and format again once it has read
+    // the file.
+    init_logging(cli.log_level, cli.log_format.unwrap_or_default());
     match cli.execute() {
         Ok(code) => code,
         Err(err) => {

@@ -167,7 +167,14 @@ impl Run {
     fn start(link: &Link) -> Self {
         let mut cmd: Command = link.a.command(HB).expect("entering the namespace");
         cmd.args(["run", "--iface", &link.a_if, "--timeout", TIMEOUT])
-            .args(["--sweep", SWEEP, "--format", "json"])
+            .args([
+                "--sweep",
+                SWEEP,
+                "--summary-every",
+                SWEEP,
+                "--format",
+                "json",
+            ])
             .args(["--metrics-listen", &format!("127.0.0.1:{METRICS_PORT}")])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

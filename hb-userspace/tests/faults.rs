@@ -95,7 +95,7 @@ fn missing_bpffs_is_mounted() {
         "sh",
         "-c",
         &format!(
-            "umount -l /sys/fs/bpf 2>/dev/null; exec {hb} run --iface {} --timeout 1s --sweep 200ms --format json",
+            "umount -l /sys/fs/bpf 2>/dev/null; exec {hb} run --iface {} --timeout 1s --sweep 200ms --summary-every 200ms --format json",
             link.a_if
         ),
     ])

@@ -86,6 +86,8 @@ fn run_args(iface: &str) -> Vec<String> {
         TIMEOUT,
         "--sweep",
         SWEEP,
+        "--summary-every",
+        SWEEP,
         "--format",
         "json",
     ]

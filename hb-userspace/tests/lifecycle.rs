@@ -196,6 +196,8 @@ fn a_crash_after_start_up_leaves_the_program_recording() {
         TIMEOUT,
         "--sweep",
         SWEEP,
+        "--summary-every",
+        SWEEP,
         "--format",
         "json",
     ])
@@ -495,6 +497,8 @@ fn settings_change_across_a_restart_but_the_table_size() {
         "--timeout",
         "3s",
         "--sweep",
+        "600ms",
+        "--summary-every",
         "600ms",
         "--max-hosts",
         "128",

@@ -144,8 +144,9 @@ fn start(
 ) -> (Collector, Instant) {
     let pid = watchdog_pid.map_or("$$".to_string(), |p| p.to_string());
     let script = format!(
-        "export WATCHDOG_PID={pid}; exec {HB} run --iface {} --ingest xdp --timeout 3s --sweep {}ms --format json",
+        "export WATCHDOG_PID={pid}; exec {HB} run --iface {} --ingest xdp --timeout 3s --sweep {}ms --summary-every {}ms --format json",
         link.a_if,
+        SWEEP.as_millis(),
         SWEEP.as_millis()
     );
     let mut cmd = link.a.command("sh").expect("entering the namespace");

@@ -27,7 +27,7 @@ enum Cmd {
     Setup,
     /// Build everything in release mode into target/release/hb.
     Build,
-    /// Build, then run the collector: `cargo xtask run -- --iface eth0 [hb run options]`.
+    /// Build, then run the collector: `cargo xtask run [-- hb run options]` (without --iface: the default route's interface).
     Run {
         /// Options passed to `hb run` (see `hb run --help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

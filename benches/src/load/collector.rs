@@ -63,6 +63,15 @@ pub fn supports_ingest(hb: &Path) -> Result<bool> {
     Ok(help.contains("--ingest") && help.contains("socket"))
 }
 
+/// Does this `hb` have `hb run --summary-every`?
+fn supports_summary_every(hb: &Path) -> Result<bool> {
+    let out = Command::new(hb)
+        .args(["run", "--help"])
+        .output()
+        .with_context(|| format!("running {} run --help", hb.display()))?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains("--summary-every"))
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub hb: PathBuf,
@@ -235,6 +244,11 @@ impl Collector {
             .args(["--metrics-listen", METRICS_ADDR]);
         if let Some(ingest) = s.ingest {
             cmd.args(["--ingest", ingest.name()]);
+        }
+        // A summary line every sweep (they are counted as sweeps), from an
+        // hb that otherwise writes one a minute.
+        if supports_summary_every(&s.hb)? {
+            cmd.args(["--summary-every", &ms(s.sweep)]);
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -1,26 +1,50 @@
 //! `hb run`: start the ingest, sweep on every tick, serve the endpoints,
-//! and stop cleanly on a signal. Each part owns its completions; this is
-//! only the wiring.
+//! reload on SIGHUP, and stop cleanly on a signal. Each part owns its
+//! completions; this is only the wiring.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow};
-use log::info;
+use anyhow::{Result, anyhow, bail};
+use log::{debug, info};
 
-use super::key;
+use super::{default_route, join_mounts, key, reload::Reloader};
 use crate::{
-    cli::RunArgs,
+    cli::{IngestKind, RunArgs},
+    config::{CommandLine, RunConfig},
     http::{HttpServer, Site},
     ingest::{self, xdp::AuthSettings},
     io::{EventLoop, RingWriter, Token, Wake},
+    logging,
     notify::Notifier,
-    track::sweeper::Sweeper,
+    track::{fleet::Fleet, sweeper::Sweeper},
 };
 
-pub fn run(args: RunArgs) -> Result<()> {
-    args.validate().map_err(|e| anyhow!(e))?;
-    // Before anything is loaded: a bad key file leaves nothing behind.
-    let auth = auth_settings(&args)?;
+/// Runs the collector with `config`; `command_line` is what a reload
+/// applies the config file to again.
+pub fn run(config: RunConfig, command_line: CommandLine) -> Result<()> {
+    let args = &config.args;
+    // Said first, before anything else is logged.
+    let iface = match (&args.iface, args.ingest) {
+        (Some(iface), _) => Some(iface.clone()),
+        (None, IngestKind::Socket) => None,
+        (None, _) => {
+            let Some(iface) = default_route::interface() else {
+                bail!(
+                    "no --iface given and no default route to take the interface from: give --iface IF (the interface heartbeats arrive on), or --ingest socket"
+                );
+            };
+            info!("no --iface given: watching {iface}, the interface of the default route");
+            Some(iface)
+        }
+    };
+    if args.bpffs.is_none() && args.ingest != IngestKind::Socket {
+        join_mounts(true)?;
+    }
+    debug!("running with {args:?}");
+    // Before anything is loaded: a bad key file or inventory leaves nothing
+    // behind.
+    let auth = auth_settings(args)?;
+    let fleet = Fleet::load(&args.fleet_config()).map_err(|e| anyhow!("inventory: {e}"))?;
     // Signals are routed to the loop before anything is attached, so a
     // Ctrl-C at any point still detaches.
     let mut events = EventLoop::new(args.sweep)?;
@@ -28,20 +52,39 @@ pub fn run(args: RunArgs) -> Result<()> {
     // bad option, and must not leave a program attached (or, on a restart,
     // the last collector's program replaced by this one).
     let http = args.metrics_listen.map(bind_http).transpose()?;
-    let mut ingest = ingest::start(&args.ingest_config(auth), &mut events)?;
+    let mut ingest_config = args.ingest_config(auth);
+    ingest_config.iface = iface;
+    let mut ingest = ingest::start(&ingest_config, &mut events)?;
     let mut http = http.map(|s| s.serve(&mut events)).transpose()?;
-    let site = Site {
+    let mut site = Site {
         ingest: ingest.kind(),
         timeout: args.timeout,
         sweep: args.sweep,
         silent_series: args.metrics_silent_hosts,
     };
     let mut sweeper = Sweeper::with_tracker(ingest.begin(args.timeout)?, args.format);
+    sweeper.set_summary_every(summary_sweeps(args));
+    sweeper.set_fleet(fleet);
     let mut stdout = RingWriter::stdout();
     let mut notify = Notifier::from_env(args.sweep);
+    let mut reloader = Reloader::new(command_line, config);
     let signal = loop {
         let (token, result, flags) = match events.wait()? {
             Wake::Tick => {
+                let reloading = reloader.busy();
+                if let Some(new) = reloader.poll() {
+                    let a = &new.config.args;
+                    sweeper.set_timeout(a.timeout.as_nanos() as u64);
+                    ingest.set_timeout(a.timeout);
+                    sweeper.set_summary_every(summary_sweeps(a));
+                    sweeper.set_fleet(new.fleet);
+                    site.timeout = a.timeout;
+                    site.silent_series = a.metrics_silent_hosts;
+                    logging::set(new.config.log_level, new.config.log_format);
+                }
+                if reloading && !reloader.busy() {
+                    notify.reloaded();
+                }
                 ingest.on_tick(&mut events)?;
                 sweeper.sweep(ingest.table())?;
                 stdout.write(&mut events, sweeper.lines())?;
@@ -53,11 +96,12 @@ pub fn run(args: RunArgs) -> Result<()> {
             }
             Wake::Stop(signal) => break signal,
             Wake::Hangup => {
+                // READY=1 again once the reload is adopted or refused.
                 notify.reloading();
-                info!(
-                    "SIGHUP: ignored, hb has nothing to reload; stop it with SIGTERM (detach) or SIGUSR2 (restart)"
-                );
-                notify.reloaded();
+                reloader.hangup();
+                if !reloader.busy() {
+                    notify.reloaded();
+                }
                 continue;
             }
             Wake::Done {
@@ -92,6 +136,19 @@ pub fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// Sweeps between summary lines: at most one per `--summary-every` (0:
+/// none), at least one sweep apart.
+fn summary_sweeps(args: &RunArgs) -> u32 {
+    if args.summary_every.is_zero() {
+        return 0;
+    }
+    let sweeps = args
+        .summary_every
+        .as_nanos()
+        .div_ceil(args.sweep.as_nanos());
+    sweeps.clamp(1, u32::MAX.into()) as u32
+}
+
 /// Binds the endpoint, waiting a little while the address is in use: the
 /// collector this one replaces lets go of it only once the kernel has torn
 /// down its ring, a moment after it exited.
@@ -119,4 +176,30 @@ fn auth_settings(args: &RunArgs) -> Result<Option<AuthSettings>> {
         key: key::read(path)?,
         require: args.require_auth,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn sweeps(args: &[&str]) -> u32 {
+        let mut all = vec!["hb", "run"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all).unwrap().command {
+            Command::Run(r) => summary_sweeps(&r),
+            _ => panic!("not run"),
+        }
+    }
+
+    #[test]
+    fn summary_lines_at_most_every_summary_every() {
+        assert_eq!(sweeps(&[]), 60);
+        assert_eq!(sweeps(&["--summary-every", "0"]), 0);
+        assert_eq!(sweeps(&["--summary-every", "1500ms"]), 2);
+        assert_eq!(sweeps(&["--summary-every", "100ms"]), 1);
+        assert_eq!(sweeps(&["--sweep", "200ms", "--summary-every", "1s"]), 5);
+    }
 }

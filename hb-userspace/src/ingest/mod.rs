@@ -27,6 +27,9 @@ pub trait Ingest {
     /// last collector's state where there is one. From here on, what the
     /// ingest leaves in place is for the next collector.
     fn begin(&mut self, timeout: Duration) -> Result<Tracker>;
+    /// A reload changed the timeout: where the ingest tells `hb status`
+    /// the collector's settings, it tells the new one.
+    fn set_timeout(&mut self, _timeout: Duration) {}
     /// Called before every sweep.
     fn on_tick(&mut self, _ev: &mut EventLoop) -> Result<()> {
         Ok(())

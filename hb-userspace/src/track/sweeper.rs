@@ -45,6 +45,12 @@ pub struct Sweeper {
     /// output was told: where each ends in those bytes, and what it told.
     untold: VecDeque<(u64, Told)>,
     fleet: super::fleet::Fleet,
+    /// A summary line every this many sweeps; 0: none.
+    summary_every: u32,
+    /// Sweeps until the next summary line (0: this one).
+    summary_in: u32,
+    /// Heartbeats and lost heartbeats since the last summary line.
+    unsummed: (u64, u64),
 }
 
 impl Sweeper {
@@ -65,7 +71,23 @@ impl Sweeper {
             reported: 0,
             untold: VecDeque::new(),
             fleet: Default::default(),
+            summary_every: 1,
+            summary_in: 0,
+            unsummed: (0, 0),
         }
+    }
+
+    /// Writes the summary line every `sweeps` sweeps (0: never; the
+    /// default is every sweep); the first sweep from now on writes one.
+    /// `summary()` is every sweep's all the same.
+    pub fn set_summary_every(&mut self, sweeps: u32) {
+        self.summary_every = sweeps;
+        self.summary_in = self.summary_in.min(sweeps.saturating_sub(1));
+    }
+
+    /// A new timeout for the sweeps from now on (a reload).
+    pub fn set_timeout(&mut self, timeout_ns: u64) {
+        self.tracker.set_timeout(timeout_ns);
     }
 
     /// The lines the last sweep reported, each ending in a newline. Hand
@@ -203,9 +225,29 @@ impl Sweeper {
             sweep: started.elapsed(),
         };
         self.last_packets = packets;
-        let line = format_event(self.format, &ts, &Event::Summary(&self.summary));
-        push_line(&mut self.out, &line);
+        self.unsummed.0 += self.summary.heartbeats;
+        self.unsummed.1 += self.summary.lost;
+        if self.summary_every > 0 {
+            if self.summary_in == 0 {
+                // The line counts heartbeats since the last line, not
+                // since the last sweep.
+                let (heartbeats, lost) = std::mem::take(&mut self.unsummed);
+                let summed = Summary {
+                    heartbeats,
+                    lost,
+                    ..self.summary.clone()
+                };
+                let line = format_event(self.format, &ts, &Event::Summary(&summed));
+                push_line(&mut self.out, &line);
+                self.summary_in = self.summary_every - 1;
+            } else {
+                self.summary_in -= 1;
+            }
+        }
         self.reported += self.out.len() as u64;
+        // The sweep is told once its last line is written, summary or not
+        // (a sweep without lines: at once). A restarted collector takes a
+        // silent host that beat after it to have recovered meanwhile.
         if keep {
             self.untold.push_back((self.reported, Told::swept(now)));
         }
@@ -317,5 +359,61 @@ mod tests {
         sweeper.sweep_at(&table, 10 * S, UNIX_EPOCH).unwrap();
         assert_eq!(ends(sweeper.lines()).len(), 4);
         assert!(sweeper.untold.is_empty());
+    }
+
+    /// Which of `n` sweeps (1-based) wrote a summary line.
+    fn summary_sweeps(every: u32, n: u64) -> Vec<u64> {
+        let table = fake(&[10 * S]);
+        let mut sweeper = Sweeper::new(15 * S, Format::Json);
+        sweeper.set_summary_every(every);
+        (1..=n)
+            .filter(|&i| {
+                sweeper.sweep_at(&table, 10 * S + i, UNIX_EPOCH).unwrap();
+                String::from_utf8_lossy(sweeper.lines()).contains("\"summary\"")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn summary_lines_at_most_every_n_sweeps() {
+        assert_eq!(summary_sweeps(1, 4), [1, 2, 3, 4]);
+        assert_eq!(summary_sweeps(3, 8), [1, 4, 7]);
+        assert!(summary_sweeps(0, 5).is_empty());
+    }
+
+    /// A collector whose host went silent, then a sweep with nothing to
+    /// say, every line written; the host beats again while no collector
+    /// runs: what the next collector reports.
+    fn recovered_after_restart(summary_every: u32) -> Vec<Transition<u32>> {
+        let words = Words::Heap(vec![0; state_words(SLOTS)]);
+        let table = fake(&[10 * S]);
+        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let mut sweeper = Sweeper::with_tracker(tracker, Format::Json);
+        sweeper.set_summary_every(summary_every);
+        let mut bytes = 0;
+        for now in [10 * S, 30 * S, 40 * S] {
+            sweeper.sweep_at(&table, now, UNIX_EPOCH).unwrap();
+            bytes += sweeper.lines().len() as u64;
+            sweeper.written(bytes);
+        }
+        let words = sweeper.into_tracker().into_words().unwrap();
+        let now = fake(&[45 * S]);
+        let mut next = Tracker::resume(15 * S, words, SLOTS, now.last_seen());
+        let mut out = Vec::new();
+        next.sweep(now.last_seen(), 46 * S, |t| out.push(t));
+        out
+    }
+
+    #[test]
+    fn without_summary_lines_a_restart_carries_on_the_same() {
+        // Silent since at least the last sweep before the gap (40 s) less
+        // the timeout: 45 - (40 - 15).
+        let expected = [Transition::Recovered {
+            host: 0,
+            silent_for_ns: 20 * S,
+        }];
+        assert_eq!(recovered_after_restart(1), expected);
+        assert_eq!(recovered_after_restart(0), expected);
+        assert_eq!(recovered_after_restart(5), expected);
     }
 }

@@ -88,7 +88,8 @@ impl Told {
         }
     }
 
-    /// The summary line of the sweep at `at`.
+    /// The end of the sweep at `at`: told once its last line (its summary
+    /// line, or its last event where no summary is written) is written.
     pub fn swept(at: u64) -> Self {
         Self {
             at: at.max(1),
@@ -294,6 +295,13 @@ impl Tracker {
             told: Some(words),
             told_bitmap: bitmap,
         }
+    }
+
+    /// A new timeout, for the sweeps from now on (a reload). A silent host
+    /// stays silent until it beats again, even if the longer timeout would
+    /// cover its last heartbeat: nothing is reported that did not happen.
+    pub fn set_timeout(&mut self, timeout_ns: u64) {
+        self.timeout_ns = timeout_ns;
     }
 
     /// The words of what the output was told, for a later `resume`.

@@ -197,6 +197,16 @@ impl Ingest for XdpIngest {
         &self.loaded.table
     }
 
+    fn set_timeout(&mut self, timeout: Duration) {
+        let Some(mut state) = pins::last_state(&self.instance) else {
+            return;
+        };
+        state.timeout_ms = timeout.as_millis() as u64;
+        if let Err(e) = pins::write_state(&self.instance, &state) {
+            warn!("{e:#}: hb status judges by the old timeout");
+        }
+    }
+
     fn begin(&mut self, timeout: Duration) -> Result<Tracker> {
         let words = self.loaded.take_tracker_words()?;
         let tracker = Tracker::resume(
