@@ -19,6 +19,8 @@ use std::{
 
 use hashbrown::HashMap;
 use hb_common::HostKey;
+
+pub mod roll;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 /// Hosts the inventory does not list.
@@ -337,10 +339,7 @@ impl Inventory {
                 },
                 csv::ErrorKind::UnequalLengths {
                     expected_len, len, ..
-                } => err(
-                    line,
-                    format!("{len} fields, the header has {expected_len}"),
-                ),
+                } => err(line, format!("{len} fields, the header has {expected_len}")),
                 csv::ErrorKind::Utf8 { .. } => err(line, "not UTF-8".into()),
                 kind => err(line, format!("{kind:?}")),
             }
@@ -437,14 +436,14 @@ impl Inventory {
                         format!("address `{cell}`: not an IPv4 or IPv6 address"),
                     )
                 })?,
-                KeyColumn::HostId => HostKey::from_host_id(parse_host_id(cell).ok_or_else(
-                    || {
+                KeyColumn::HostId => {
+                    HostKey::from_host_id(parse_host_id(cell).ok_or_else(|| {
                         err(
                             line,
                             format!("host_id `{cell}`: not a 64-bit number (decimal or 0x-hex)"),
                         )
-                    },
-                )?),
+                    })?)
+                }
             };
             if inv.keys.len() >= u32::MAX as usize - 1 {
                 return Err(err(line, "too many hosts".into()));
@@ -501,8 +500,7 @@ impl Inventory {
         inv.names.shrink_to_fit();
         inv.name_ends.shrink_to_fit();
         inv.label_of.shrink_to_fit();
-        inv.build_index()
-        .map_err(|(dup, first)| {
+        inv.build_index().map_err(|(dup, first)| {
             err(
                 lines[dup] as usize,
                 format!(
@@ -572,7 +570,11 @@ impl Inventory {
 
     pub fn name(&self, entry: u32) -> Option<&str> {
         let e = entry as usize;
-        let start = if e == 0 { 0 } else { self.name_ends[e - 1] as usize };
+        let start = if e == 0 {
+            0
+        } else {
+            self.name_ends[e - 1] as usize
+        };
         let name = &self.names[start..self.name_ends[e] as usize];
         (!name.is_empty()).then_some(name)
     }
@@ -683,8 +685,14 @@ mod tests {
     #[test]
     fn host_ids_decimal_and_hex() {
         let (inv, _) = read("host_id,name\n42,a\n0x2b,b\n").unwrap();
-        assert_eq!(inv.name(inv.entry(&HostKey::from_host_id(42)).unwrap()), Some("a"));
-        assert_eq!(inv.name(inv.entry(&HostKey::from_host_id(43)).unwrap()), Some("b"));
+        assert_eq!(
+            inv.name(inv.entry(&HostKey::from_host_id(42)).unwrap()),
+            Some("a")
+        );
+        assert_eq!(
+            inv.name(inv.entry(&HostKey::from_host_id(43)).unwrap()),
+            Some("b")
+        );
         assert!(inv.entry(&HostKey::from_ipv4([0, 0, 0, 42])).is_none());
     }
 
@@ -706,7 +714,11 @@ mod tests {
         assert_eq!(line_error("address,host_id\n").0, 1);
         assert_eq!(line_error("address,address\n").0, 1);
         assert_eq!(line_error("address,dc,dc\n").0, 1);
-        assert!(line_error("address,data-center\n").1.contains("data-center"));
+        assert!(
+            line_error("address,data-center\n")
+                .1
+                .contains("data-center")
+        );
         assert_eq!(line_error("address,__x\n").0, 1);
         assert_eq!(line_error("address,1dc\n").0, 1);
         assert_eq!(line_error("address,host\n").0, 1);
@@ -745,7 +757,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hb-fleet-g-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("hosts.csv");
-        std::fs::write(&path, "address,group\n10.0.0.1,web\n10.0.0.2,db\n10.0.0.3,\n").unwrap();
+        std::fs::write(
+            &path,
+            "address,group\n10.0.0.1,web\n10.0.0.2,db\n10.0.0.3,\n",
+        )
+        .unwrap();
         let mut groups = BTreeMap::new();
         groups.insert(
             "db".to_owned(),
@@ -766,7 +782,10 @@ mod tests {
         let class = |ip| inv.class(inv.entry(&HostKey::from_ipv4(ip)).unwrap()) as usize;
         let c = fleet.classes();
         assert_eq!(c[class([10, 0, 0, 2])].group, "db");
-        assert_eq!(c[class([10, 0, 0, 2])].timeout, Some(Duration::from_secs(60)));
+        assert_eq!(
+            c[class([10, 0, 0, 2])].timeout,
+            Some(Duration::from_secs(60))
+        );
         assert_eq!(c[class([10, 0, 0, 2])].grace, Duration::from_secs(300));
         assert_eq!(c[class([10, 0, 0, 1])].group, "web");
         assert_eq!(c[class([10, 0, 0, 1])].timeout, None);
@@ -779,11 +798,7 @@ mod tests {
         let mut text = String::from("address,name,group,dc\n");
         for i in 0..10_000u32 {
             let [_, _, a, b] = i.to_be_bytes();
-            text.push_str(&format!(
-                "10.9.{a}.{b},h{i},g{},dc{}\n",
-                i % 4,
-                i % 3
-            ));
+            text.push_str(&format!("10.9.{a}.{b},h{i},g{},dc{}\n", i % 4, i % 3));
         }
         let (inv, _) = read(&text).unwrap();
         assert_eq!(inv.len(), 10_000);

@@ -12,10 +12,14 @@ use log::warn;
 use crate::clock::monotonic_ns;
 
 use super::{
-    events::{Event, Format, Summary, format_event, timestamp},
+    events::{Event, FleetCounts, Format, Summary, format_event, timestamp},
+    fleet::{
+        Fleet, Ident, MUTED,
+        roll::{IGNORED, Roll, UNLISTED},
+    },
     silent::SilentOrder,
     table::Table,
-    tracker::{Told, Tracker, Transition},
+    tracker::{Observer, Told, Tracker, Transition},
 };
 
 /// Host events reported since the start.
@@ -24,6 +28,14 @@ pub struct EventTotals {
     pub new: u64,
     pub silent: u64,
     pub recovered: u64,
+    pub missing: u64,
+}
+
+/// What a fleet set carries on from the one before (see `Roll::expect`).
+#[derive(Default)]
+struct Carry {
+    waiting: Vec<(hb_common::HostKey, u64)>,
+    missing: Vec<(hb_common::HostKey, u64)>,
 }
 
 pub struct Sweeper {
@@ -44,7 +56,10 @@ pub struct Sweeper {
     /// Lines not yet known to be written, where the tracker keeps what the
     /// output was told: where each ends in those bytes, and what it told.
     untold: VecDeque<(u64, Told)>,
-    fleet: super::fleet::Fleet,
+    fleet: Fleet,
+    roll: Roll,
+    /// The fleet was set: the next sweep holds the table against it.
+    adopt: Option<Carry>,
 }
 
 impl Sweeper {
@@ -65,6 +80,8 @@ impl Sweeper {
             reported: 0,
             untold: VecDeque::new(),
             fleet: Default::default(),
+            roll: Roll::default(),
+            adopt: Some(Carry::default()),
         }
     }
 
@@ -89,14 +106,83 @@ impl Sweeper {
     }
 
     /// Adopts the fleet (inventory, names, group timeouts) for the sweeps
-    /// from now on; at start and at every reload.
-    // SKELETON: the inventory work makes the sweep use it.
-    pub fn set_fleet(&mut self, fleet: super::fleet::Fleet) {
+    /// from now on; at start and at every reload. The next sweep holds the
+    /// table against it: hosts keep their state (alive, silent, missing or
+    /// waiting out their grace) with no event; hosts it adds that were
+    /// never heard start their grace then.
+    pub fn set_fleet(&mut self, fleet: Fleet) {
+        let (waiting, missing) = self.roll.carry(&self.fleet);
         self.fleet = fleet;
+        self.adopt = Some(Carry { waiting, missing });
     }
 
-    pub fn fleet(&self) -> &super::fleet::Fleet {
+    pub fn fleet(&self) -> &Fleet {
         &self.fleet
+    }
+
+    /// The name and labels of the host in `slot`, if inventoried.
+    pub fn ident(&self, slot: u32) -> Option<Ident<'_>> {
+        let e = self.roll.entry(slot);
+        if e >= IGNORED {
+            return None;
+        }
+        Some(self.fleet.inventory()?.ident(e))
+    }
+
+    /// The roll call of the fleet over the table (missing hosts, counts
+    /// by group).
+    pub fn roll(&self) -> &Roll {
+        &self.roll
+    }
+
+    /// Whether the fleet asks for more than the defaults: an inventory or
+    /// groups.
+    fn fleet_active(&self) -> bool {
+        self.fleet.inventory().is_some() || self.fleet.classes().len() > 1
+    }
+
+    /// Holds the table against a fleet just set (see `set_fleet`).
+    fn adopt(&mut self, table: &dyn Table, now: u64, carry: Carry) {
+        let active = self.fleet_active();
+        self.roll = Roll::new(&self.fleet);
+        if !active {
+            self.tracker.set_timeouts(Vec::new());
+            return;
+        }
+        let default = self.tracker.timeout_ns();
+        let mut timeouts = vec![default; 256];
+        for (c, policy) in self.fleet.classes().iter().enumerate() {
+            timeouts[c] = policy.timeout.map_or(default, |t| t.as_nanos() as u64);
+        }
+        timeouts[MUTED as usize] = u64::MAX;
+        self.tracker.set_timeouts(timeouts);
+        let keep = self.tracker.keeps_told();
+        for slot in 0..table.len() as u32 {
+            if !self.tracker.is_known(slot) {
+                continue;
+            }
+            let r = self
+                .roll
+                .resolve(&self.fleet, slot, &table.host(slot).key());
+            self.tracker.set_class(slot, r.class);
+            if !self.tracker.is_silent(slot) {
+                continue;
+            }
+            if r.class == MUTED {
+                // No longer watched: out of the silent hosts, quietly.
+                if let Some(told) = self.tracker.unsilence(slot, now) {
+                    self.silent.recovered(slot);
+                    if keep {
+                        self.untold
+                            .push_back((self.reported + self.out.len() as u64, told));
+                    }
+                }
+            } else if r.entry != UNLISTED {
+                self.roll.silent_changed(r.class, true);
+            }
+        }
+        self.roll
+            .expect(&self.fleet, now, &carry.waiting, &carry.missing);
     }
 
     /// Host events reported since the start.
@@ -137,6 +223,9 @@ impl Sweeper {
     pub fn sweep_at(&mut self, table: &dyn Table, now: u64, wall: SystemTime) -> Result<()> {
         let started = Instant::now();
         self.out.clear();
+        if let Some(carry) = self.adopt.take() {
+            self.adopt(table, now, carry);
+        }
         let Self {
             tracker,
             silent,
@@ -150,29 +239,41 @@ impl Sweeper {
         let ts = timestamp(wall);
         let keep = tracker.keeps_told();
         let last_seen = table.last_seen();
-        tracker.sweep(last_seen, now, |t| {
-            match t {
-                Transition::New { .. } => events.new += 1,
-                Transition::Silent {
-                    host,
-                    silent_for_ns,
-                } => {
-                    events.silent += 1;
-                    // silent_for_ns is `now` less its last-seen time.
-                    silent.went_silent(host, now - silent_for_ns);
-                }
-                Transition::Recovered { host, .. } => {
-                    events.recovered += 1;
-                    silent.recovered(host);
-                }
-            }
-            let told = Told::transition(&t, now);
-            let t = t.with_host(table.host(*t.host()));
-            push_line(out, &format_event(*format, &ts, &Event::Host(t)));
-            if keep {
-                untold.push_back((*reported + out.len() as u64, told));
-            }
-        });
+        let active = self.fleet.inventory().is_some() || self.fleet.classes().len() > 1;
+        let mut obs = Obs {
+            fleet: &self.fleet,
+            roll: &mut self.roll,
+            active,
+            table,
+            silent,
+            events,
+            out,
+            untold,
+            reported: *reported,
+            keep,
+            format: *format,
+            ts: &ts,
+            now,
+        };
+        tracker.sweep(last_seen, now, &mut obs);
+        let Obs {
+            roll,
+            out,
+            events,
+            fleet,
+            ..
+        } = obs;
+        if let Some(inv) = fleet.inventory() {
+            roll.check_grace(fleet, now, |e, since| {
+                events.missing += 1;
+                let event = Event::Missing {
+                    host: inv.key(e),
+                    ident: inv.ident(e),
+                    for_ns: now.saturating_sub(since),
+                };
+                push_line(out, &format_event(*format, &ts, &event));
+            });
+        }
         silent.settle(tracker);
         // The slots this sweep read: those in use when it began.
         self.table_used = last_seen.len();
@@ -193,10 +294,16 @@ impl Sweeper {
             );
         }
         let census = self.tracker.census();
+        // Hosts not tracked are not counted as hosts.
+        let ignored = self.roll.ignored();
         self.summary = Summary {
-            hosts: census.hosts,
-            alive: census.alive,
+            hosts: census.hosts.saturating_sub(ignored),
+            alive: census.alive.saturating_sub(ignored),
             silent: census.silent,
+            fleet: self.fleet.inventory().map(|_| FleetCounts {
+                missing: self.roll.missing_count(),
+                unknown_hosts: self.roll.unlisted(),
+            }),
             heartbeats: delta(Counter::Heartbeat),
             lost: delta(Counter::Lost),
             packets,
@@ -210,6 +317,96 @@ impl Sweeper {
             self.untold.push_back((self.reported, Told::swept(now)));
         }
         Ok(())
+    }
+}
+
+/// A sweep's observer: resolves hosts first heard against the fleet, and
+/// writes the lines of the transitions the output is to see (an
+/// inventoried host's first heartbeat is expected: no line, unless it was
+/// reported missing; an ignored host has none). Every transition is told
+/// to the tracker in turn with the lines, written or not.
+struct Obs<'a> {
+    fleet: &'a Fleet,
+    roll: &'a mut Roll,
+    active: bool,
+    table: &'a dyn Table,
+    silent: &'a mut SilentOrder,
+    events: &'a mut EventTotals,
+    out: &'a mut Vec<u8>,
+    untold: &'a mut VecDeque<(u64, Told)>,
+    reported: u64,
+    keep: bool,
+    format: Format,
+    ts: &'a str,
+    now: u64,
+}
+
+impl Observer for &mut Obs<'_> {
+    fn classify(&mut self, slot: u32) -> u8 {
+        if !self.active {
+            return 0;
+        }
+        let key = self.table.host(slot).key();
+        self.roll.resolve(self.fleet, slot, &key).class
+    }
+
+    fn emit(&mut self, t: Transition<u32>) {
+        let now = self.now;
+        let told = Told::transition(&t, now);
+        let slot = *t.host();
+        let entry = if self.active {
+            self.roll.entry(slot)
+        } else {
+            UNLISTED
+        };
+        let inv = self.fleet.inventory().filter(|_| entry < IGNORED);
+        let class = inv.map_or(0, |inv| inv.class(entry));
+        let line = match t {
+            Transition::New { .. } => match inv {
+                // Expected: a line only if it was reported missing.
+                Some(_) => self.roll.found(entry, class).map(|since| {
+                    self.events.recovered += 1;
+                    Transition::Recovered {
+                        host: slot,
+                        silent_for_ns: now.saturating_sub(since),
+                    }
+                }),
+                None if entry == IGNORED => None,
+                None => {
+                    self.events.new += 1;
+                    Some(t)
+                }
+            },
+            Transition::Silent {
+                host,
+                silent_for_ns,
+            } => {
+                // silent_for_ns is `now` less its last-seen time.
+                self.silent.went_silent(host, now - silent_for_ns);
+                if inv.is_some() {
+                    self.roll.silent_changed(class, true);
+                }
+                self.events.silent += u64::from(entry != IGNORED);
+                (entry != IGNORED).then_some(t)
+            }
+            Transition::Recovered { host, .. } => {
+                self.silent.recovered(host);
+                if inv.is_some() {
+                    self.roll.silent_changed(class, false);
+                }
+                self.events.recovered += u64::from(entry != IGNORED);
+                (entry != IGNORED).then_some(t)
+            }
+        };
+        if let Some(line) = line {
+            let ident = inv.map(|inv| inv.ident(entry));
+            let event = Event::Host(line.with_host(self.table.host(slot)), ident);
+            push_line(self.out, &format_event(self.format, self.ts, &event));
+        }
+        if self.keep {
+            self.untold
+                .push_back((self.reported + self.out.len() as u64, told));
+        }
     }
 }
 
@@ -317,5 +514,251 @@ mod tests {
         sweeper.sweep_at(&table, 10 * S, UNIX_EPOCH).unwrap();
         assert_eq!(ends(sweeper.lines()).len(), 4);
         assert!(sweeper.untold.is_empty());
+    }
+
+    /// A fleet from an inventory `csv`, with `grace`, unknown hosts and
+    /// groups as given.
+    fn fleet(
+        csv: &str,
+        grace: u64,
+        unknown: crate::track::fleet::UnknownHosts,
+        groups: &[(&str, u64)],
+    ) -> Fleet {
+        use crate::track::fleet::{FleetConfig, GroupPolicy};
+        use std::sync::atomic::AtomicUsize;
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "hb-sweeper-{}-{}.csv",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::write(&path, csv).unwrap();
+        let config = FleetConfig {
+            inventory: Some(path.clone()),
+            grace: std::time::Duration::from_nanos(grace),
+            unknown_hosts: unknown,
+            groups: groups
+                .iter()
+                .map(|&(g, t)| {
+                    (
+                        g.to_owned(),
+                        GroupPolicy {
+                            timeout: Some(std::time::Duration::from_nanos(t)),
+                            grace: None,
+                        },
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let fleet = Fleet::load(&config).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        fleet
+    }
+
+    /// (event, host) of each line, and the lines as JSON.
+    fn events(sweeper: &Sweeper) -> Vec<serde_json::Value> {
+        std::str::from_utf8(sweeper.lines())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["event"] != "summary")
+            .collect()
+    }
+
+    fn kinds(sweeper: &Sweeper) -> Vec<(String, String)> {
+        events(sweeper)
+            .iter()
+            .map(|v| {
+                (
+                    v["event"].as_str().unwrap().to_owned(),
+                    v["host"].as_str().unwrap_or("?").to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn pair(e: &str, h: &str) -> (String, String) {
+        (e.to_owned(), h.to_owned())
+    }
+
+    fn summary(sweeper: &Sweeper) -> serde_json::Value {
+        let text = std::str::from_utf8(sweeper.lines()).unwrap();
+        serde_json::from_str(text.lines().last().unwrap()).unwrap()
+    }
+
+    const INVENTORY: &str = "address,name,group,dc\n\
+        198.18.0.0,web-0,web,fra\n\
+        198.18.0.1,web-1,web,fra\n\
+        198.18.0.2,db-2,db,ams\n\
+        198.18.0.9,web-9,web,fra\n";
+
+    #[test]
+    fn inventoried_hosts_are_expected_missing_then_recovered() {
+        use crate::track::fleet::UnknownHosts;
+        let mut sw = Sweeper::new(15 * S, Format::Json);
+        sw.set_fleet(fleet(INVENTORY, 5 * S, UnknownHosts::Track, &[]));
+        // Slots 0, 1 (inventoried) and 3 (not) beat; 2 and 9 are not heard.
+        let table = fake(&[10 * S, 10 * S, 0, 10 * S]);
+        sw.sweep_at(&table, 10 * S, UNIX_EPOCH).unwrap();
+        assert_eq!(kinds(&sw), [pair("new", "198.18.0.3")]);
+        let s = summary(&sw);
+        assert_eq!(
+            (s["hosts"].as_u64(), s["missing"].as_u64()),
+            (Some(3), Some(0))
+        );
+        assert_eq!(s["unknown_hosts"], 1);
+        sw.sweep_at(&table, 14 * S, UNIX_EPOCH).unwrap();
+        assert!(kinds(&sw).is_empty(), "within the grace");
+        sw.sweep_at(&table, 15 * S, UNIX_EPOCH).unwrap();
+        let ev = events(&sw);
+        assert_eq!(
+            kinds(&sw),
+            [pair("missing", "198.18.0.2"), pair("missing", "198.18.0.9")]
+        );
+        assert_eq!(ev[0]["name"], "db-2");
+        assert_eq!(
+            ev[0]["labels"],
+            serde_json::json!({"group": "db", "dc": "ams"})
+        );
+        assert_eq!(ev[0]["missing_for_ms"], 5000);
+        assert_eq!(summary(&sw)["missing"], 2);
+        sw.sweep_at(&table, 16 * S, UNIX_EPOCH).unwrap();
+        assert!(kinds(&sw).is_empty(), "missing is reported once");
+        // Host 2 starts beating.
+        let table = fake(&[17 * S, 17 * S, 17 * S, 17 * S]);
+        sw.sweep_at(&table, 17 * S, UNIX_EPOCH).unwrap();
+        let ev = events(&sw);
+        assert_eq!(kinds(&sw), [pair("recovered", "198.18.0.2")]);
+        assert_eq!(ev[0]["name"], "db-2");
+        assert_eq!(ev[0]["silent_for_ms"], 7000);
+        assert_eq!(summary(&sw)["missing"], 1);
+        assert_eq!(sw.roll().missing().count(), 1);
+        // Host 0 falls silent: named.
+        let table = fake(&[17 * S, 40 * S, 40 * S, 40 * S]);
+        sw.sweep_at(&table, 40 * S, UNIX_EPOCH).unwrap();
+        let ev = events(&sw);
+        assert_eq!(kinds(&sw), [pair("silent", "198.18.0.0")]);
+        assert_eq!(ev[0]["name"], "web-0");
+        assert_eq!(ev[0]["labels"]["group"], "web");
+        assert_eq!(sw.totals().new, 1);
+        assert_eq!(sw.totals().missing, 2);
+        let web = &sw.roll().by_class()[1];
+        assert_eq!((web.hosts, web.silent, web.missing), (2, 1, 1));
+    }
+
+    #[test]
+    fn ignored_hosts_are_counted_not_tracked() {
+        use crate::track::fleet::UnknownHosts;
+        let mut sw = Sweeper::new(15 * S, Format::Json);
+        sw.set_fleet(fleet(INVENTORY, 60 * S, UnknownHosts::Ignore, &[]));
+        let table = fake(&[10 * S, 10 * S, 10 * S, 10 * S, 10 * S]);
+        sw.sweep_at(&table, 10 * S, UNIX_EPOCH).unwrap();
+        assert!(kinds(&sw).is_empty());
+        let s = summary(&sw);
+        assert_eq!(
+            (s["hosts"].as_u64(), s["unknown_hosts"].as_u64()),
+            (Some(3), Some(2))
+        );
+        // Everyone stops: only the inventoried go silent.
+        sw.sweep_at(&table, 30 * S, UNIX_EPOCH).unwrap();
+        assert_eq!(
+            kinds(&sw),
+            [
+                pair("silent", "198.18.0.0"),
+                pair("silent", "198.18.0.1"),
+                pair("silent", "198.18.0.2")
+            ]
+        );
+        assert_eq!(summary(&sw)["silent"], 3);
+        assert_eq!(sw.silent().len(), 3);
+    }
+
+    #[test]
+    fn a_group_has_its_own_timeout() {
+        use crate::track::fleet::UnknownHosts;
+        let mut sw = Sweeper::new(15 * S, Format::Json);
+        sw.set_fleet(fleet(
+            INVENTORY,
+            100 * S,
+            UnknownHosts::Track,
+            &[("db", 40 * S)],
+        ));
+        let table = fake(&[10 * S, 10 * S, 10 * S, 10 * S]);
+        sw.sweep_at(&table, 10 * S, UNIX_EPOCH).unwrap();
+        sw.sweep_at(&table, 30 * S, UNIX_EPOCH).unwrap();
+        assert_eq!(
+            kinds(&sw),
+            [
+                pair("silent", "198.18.0.0"),
+                pair("silent", "198.18.0.1"),
+                pair("silent", "198.18.0.3")
+            ]
+        );
+        sw.sweep_at(&table, 50 * S, UNIX_EPOCH).unwrap();
+        assert!(kinds(&sw).is_empty(), "db: 40 s");
+        sw.sweep_at(&table, 51 * S, UNIX_EPOCH).unwrap();
+        assert_eq!(kinds(&sw), [pair("silent", "198.18.0.2")]);
+        // Back within the group's timeout, though past the default's.
+        let table = fake(&[10 * S, 10 * S, 40 * S, 10 * S]);
+        sw.sweep_at(&table, 70 * S, UNIX_EPOCH).unwrap();
+        assert_eq!(kinds(&sw), [pair("recovered", "198.18.0.2")]);
+    }
+
+    #[test]
+    fn a_new_fleet_adopts_hosts_as_they_are() {
+        use crate::track::fleet::UnknownHosts;
+        let mut sw = Sweeper::new(15 * S, Format::Json);
+        sw.set_fleet(fleet(INVENTORY, 5 * S, UnknownHosts::Track, &[]));
+        // 0 alive, 1 silent, 3 unknown and silent; 2 and 9 missing.
+        let table = fake(&[10 * S, 10 * S, 0, 10 * S]);
+        sw.sweep_at(&table, 10 * S, UNIX_EPOCH).unwrap();
+        let table = fake(&[29 * S, 10 * S, 0, 10 * S]);
+        sw.sweep_at(&table, 30 * S, UNIX_EPOCH).unwrap();
+        assert_eq!(kinds(&sw).len(), 2 + 2, "2 missing, 2 silent");
+        // The new inventory drops 1 and 9, adds 3 (silent) and 7 (never
+        // heard), keeps 0 and 2 (missing).
+        let next = "address,name\n198.18.0.0,a\n198.18.0.2,b\n198.18.0.3,c\n198.18.0.7,d\n";
+        sw.set_fleet(fleet(next, 5 * S, UnknownHosts::Track, &[]));
+        sw.sweep_at(&table, 31 * S, UNIX_EPOCH).unwrap();
+        assert!(kinds(&sw).is_empty(), "{:?}", kinds(&sw));
+        let s = summary(&sw);
+        assert_eq!(s["missing"], 1, "2 is still missing");
+        assert_eq!(s["silent"], 2);
+        assert_eq!(s["unknown_hosts"], 1, "1 is no longer listed");
+        assert_eq!(sw.ident(3).unwrap().name, Some("c"));
+        // 7's grace started at the reload.
+        sw.sweep_at(&table, 35 * S, UNIX_EPOCH).unwrap();
+        assert!(kinds(&sw).is_empty());
+        sw.sweep_at(&table, 36 * S, UNIX_EPOCH).unwrap();
+        assert_eq!(kinds(&sw), [pair("missing", "198.18.0.7")]);
+        // 2 comes: recovered, missing since the first fleet's start.
+        let table = fake(&[36 * S, 10 * S, 36 * S, 10 * S]);
+        sw.sweep_at(&table, 37 * S, UNIX_EPOCH).unwrap();
+        let ev = events(&sw);
+        assert_eq!(kinds(&sw), [pair("recovered", "198.18.0.2")]);
+        assert_eq!(ev[0]["silent_for_ms"], 27_000);
+    }
+
+    #[test]
+    fn an_inventoried_host_first_heard_is_told_without_a_line() {
+        // Its first heartbeat writes nothing, but a restarted collector
+        // must not take it as new either: the tracker is told.
+        use crate::track::fleet::UnknownHosts;
+        let words = Words::Heap(vec![0; state_words(SLOTS)]);
+        let table = fake(&[10 * S, 10 * S, 10 * S, 10 * S]);
+        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let mut sw = Sweeper::with_tracker(tracker, Format::Json);
+        sw.set_fleet(fleet(INVENTORY, 5 * S, UnknownHosts::Track, &[]));
+        sw.sweep_at(&table, 10 * S, UNIX_EPOCH).unwrap();
+        assert_eq!(kinds(&sw), [pair("new", "198.18.0.3")]);
+        sw.written(sw.lines().len() as u64);
+        let words = sw.into_tracker().into_words().unwrap();
+        let mut next = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let mut new = 0;
+        next.sweep(table.last_seen(), 11 * S, |t| {
+            new += u32::from(matches!(t, Transition::New { .. }))
+        });
+        assert_eq!(new, 0);
     }
 }
