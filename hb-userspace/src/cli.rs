@@ -8,7 +8,10 @@ use hb_common::{DEFAULT_MAX_HOSTS, DEFAULT_PORT};
 use crate::ingest::{self, xdp::AuthSettings};
 pub use crate::{
     ingest::{IngestKind, xdp::AttachMode},
-    track::events::Format,
+    track::{
+        events::Format,
+        fleet::{FleetConfig, UnknownHosts},
+    },
 };
 
 #[derive(Parser, Debug)]
@@ -73,9 +76,12 @@ pub struct StatusArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// Show at most this many silent hosts (longest silent first).
+    /// Show at most this many silent hosts (longest silent first), and as many missing ones.
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
+    /// The collector's inventory (CSV): names and labels of the hosts shown, and the inventoried hosts not heard (missing).
+    #[arg(long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
     /// The bpffs `hb run` pinned in, if it was given --bpffs.
     #[arg(long, value_name = "DIR")]
     pub bpffs: Option<PathBuf>,
@@ -134,6 +140,18 @@ pub struct RunArgs {
     /// Pin the program and maps in the bpffs mounted at DIR (default: /sys/fs/bpf, else the host's through /proc/1/root, else one hb mounts).
     #[arg(long, value_name = "DIR")]
     pub bpffs: Option<PathBuf>,
+    /// Inventory of the hosts expected (CSV with a header: `address` or `host_id`, optional `name`, other columns are labels).
+    #[arg(long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
+    /// An inventoried host not heard within this after the start is reported missing.
+    #[arg(long, value_name = "D", default_value = "30s", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Hosts the inventory does not list: track (reported new, as without an inventory) or ignore (counted only).
+    #[arg(long, value_enum, default_value_t = UnknownHosts::Track)]
+    pub unknown_hosts: UnknownHosts,
+    /// Hosts outside the inventory (all hosts, without one) are forgotten after this much silence.
+    #[arg(long, value_name = "D", default_value = "7d", value_parser = parse_duration)]
+    pub forget_after: Duration,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -201,6 +219,17 @@ impl BeatArgs {
 }
 
 impl RunArgs {
+    /// The fleet the options describe (no groups: those come from a config file).
+    pub fn fleet_config(&self) -> FleetConfig {
+        FleetConfig {
+            inventory: self.inventory.clone(),
+            grace: self.grace,
+            unknown_hosts: self.unknown_hosts,
+            forget_after: self.forget_after,
+            groups: Default::default(),
+        }
+    }
+
     /// What the ingest is started with.
     pub fn ingest_config(&self, auth: Option<AuthSettings>) -> ingest::Config {
         ingest::Config {

@@ -27,6 +27,7 @@ pub use cmd::{Signer, default_host_id, parse_key};
 pub use http::{Request, Response, Site};
 pub use track::{
     events::{Format, Host, timestamp},
+    fleet::{Fleet, FleetConfig, FleetError, GroupPolicy, UnknownHosts},
     silent::SilentOrder,
     sweeper::Sweeper,
     table::{Counts, Table},

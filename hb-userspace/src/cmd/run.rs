@@ -13,13 +13,23 @@ use crate::{
     http::{HttpServer, Site},
     ingest::{self, xdp::AuthSettings},
     io::{EventLoop, RingWriter, Token, Wake},
-    track::sweeper::Sweeper,
+    track::{fleet::Fleet, sweeper::Sweeper},
 };
 
 pub fn run(args: RunArgs) -> Result<()> {
     args.validate().map_err(|e| anyhow!(e))?;
-    // Before anything is loaded: a bad key file leaves nothing behind.
+    // Before anything is loaded: a bad key file or inventory leaves
+    // nothing behind.
     let auth = auth_settings(&args)?;
+    let fleet = Fleet::load(&args.fleet_config())?;
+    if let Some(inv) = fleet.inventory() {
+        info!(
+            "inventory {}: {} hosts, {} label sets",
+            inv.path().display(),
+            inv.len(),
+            inv.label_sets()
+        );
+    }
     // Signals are routed to the loop before anything is attached, so a
     // Ctrl-C at any point still detaches.
     let mut events = EventLoop::new(args.sweep)?;
@@ -35,6 +45,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         silent_series: args.metrics_silent_hosts,
     };
     let mut sweeper = Sweeper::with_tracker(ingest.begin(args.timeout)?, args.format);
+    sweeper.set_fleet(fleet);
     let mut stdout = RingWriter::stdout();
     let signal = loop {
         let (token, result, flags) = match events.wait()? {
