@@ -311,9 +311,17 @@ fn label_name_ok(s: &str) -> bool {
 /// Labels hb's own series and events use: a column may not take them.
 const RESERVED: &[&str] = &["host", "host_id", "state", "event", "ts"];
 
+/// Mixes every bit of the key into every bit of the hash (murmur3's
+/// finalizer): the varying bytes of an IPv4 key are its top ones, which a
+/// bare multiplication would leave out of the index's bits.
 fn hash(key: &HostKey) -> u64 {
     let [a, b] = key.words();
-    (a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b).wrapping_mul(0xff51_afd7_ed55_8ccd)
+    let mut h = a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b;
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 impl Inventory {
@@ -520,7 +528,7 @@ impl Inventory {
         self.index = vec![0; size];
         let mask = size - 1;
         for (e, key) in self.keys.iter().enumerate() {
-            let mut i = (hash(key) >> 32) as usize & mask;
+            let mut i = hash(key) as usize & mask;
             loop {
                 match self.index[i] {
                     0 => {
@@ -538,7 +546,7 @@ impl Inventory {
     /// The entry of the host `key`, if listed.
     pub fn entry(&self, key: &HostKey) -> Option<u32> {
         let mask = self.index.len().checked_sub(1)?;
-        let mut i = (hash(key) >> 32) as usize & mask;
+        let mut i = hash(key) as usize & mask;
         loop {
             match self.index[i] {
                 0 => return None,

@@ -22,6 +22,9 @@ use super::{
     tracker::{Observer, Told, Tracker, Transition},
 };
 
+/// Bytes of the output buffer kept from one sweep to the next.
+const OUT_KEEP: usize = 1 << 20;
+
 /// Host events reported since the start.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EventTotals {
@@ -223,6 +226,11 @@ impl Sweeper {
     pub fn sweep_at(&mut self, table: &dyn Table, now: u64, wall: SystemTime) -> Result<()> {
         let started = Instant::now();
         self.out.clear();
+        // A sweep that reported a million new hosts leaves a buffer of
+        // 100 MB: not kept for the quiet sweeps that follow.
+        if self.out.capacity() > OUT_KEEP {
+            self.out.shrink_to(OUT_KEEP);
+        }
         if let Some(carry) = self.adopt.take() {
             self.adopt(table, now, carry);
         }
