@@ -311,3 +311,85 @@ fn a_restarted_collector_reports_nothing_again() {
     // SIGTERM detaches and removes the pins.
     assert_eq!(second.proc.terminate(), Some(0));
 }
+
+#[test]
+fn silent_hosts_are_forgotten_and_their_slots_reused() {
+    // Without an inventory, every host silent for --forget-after is
+    // forgotten: no event, no longer counted, its slot handed to the next
+    // new host (the table's used slots do not grow), and it is new again
+    // when it comes back.
+    let net = "198.18.43";
+    let link = Link::for_test_on("fgt", net, &[2, 3]);
+    let port = 9752;
+    let listen = format!("127.0.0.1:{port}");
+    let mut collector = Collector::start(
+        HB,
+        &link.a,
+        &[
+            "--iface",
+            &link.a_if,
+            "--timeout",
+            "1s",
+            "--sweep",
+            "200ms",
+            "--max-hosts",
+            "4096",
+            "--forget-after",
+            "2s",
+            "--metrics-listen",
+            &listen,
+        ],
+    );
+    let mut a = beat(&link, net, 2);
+    let (new, seen) = collector.wait_for(Duration::from_secs(5), |v| {
+        is_event(v, "new", "198.18.43.2")
+    });
+    assert!(new.is_some(), "{seen:?}");
+    a.terminate();
+    let (silent, seen) = collector.wait_for(Duration::from_secs(4), |v| {
+        is_event(v, "silent", "198.18.43.2")
+    });
+    assert!(silent.is_some(), "{seen:?}");
+    // Silent for 2 s more (and a look, a quarter of that apart): gone.
+    let (gone, seen) = collector.wait_for(Duration::from_secs(6), |v| {
+        v["event"] == "summary" && v["hosts"] == 0
+    });
+    assert!(gone.is_some(), "never forgotten: {seen:?}");
+    assert!(
+        seen.iter().all(|v| v["event"] == "summary"),
+        "forgetting is no event: {seen:?}"
+    );
+    let m = scrape(&link.a, port);
+    assert_eq!(m.value("hb_hosts_forgotten_total", &[]), 1.0);
+    assert_eq!(m.value("hb_hosts_silent", &[]), 0.0);
+    assert_eq!(m.value("hb_table_used", &[]), 1.0);
+
+    // A new host takes the freed slot (once it is freed: a sweep later).
+    collector.collect(Duration::from_millis(600));
+    let _b = beat(&link, net, 3);
+    let (new, seen) = collector.wait_for(Duration::from_secs(5), |v| {
+        is_event(v, "new", "198.18.43.3")
+    });
+    assert!(new.is_some(), "{seen:?}");
+    collector.wait_for(Duration::from_secs(2), |v| v["event"] == "summary");
+    let m = scrape(&link.a, port);
+    assert_eq!(
+        m.value("hb_table_used", &[]),
+        1.0,
+        "the slot was not reused"
+    );
+    assert_eq!(m.value("hb_hosts", &[]), 1.0);
+    assert_eq!(m.value("hb_packets_total", &[("outcome", "new_host")]), 2.0);
+
+    // The forgotten host comes back: new again, in a slot of its own.
+    let _a = beat(&link, net, 2);
+    let (new, seen) = collector.wait_for(Duration::from_secs(5), |v| {
+        is_event(v, "new", "198.18.43.2")
+    });
+    assert!(new.is_some(), "{seen:?}");
+    collector.wait_for(Duration::from_secs(2), |v| v["event"] == "summary");
+    let m = scrape(&link.a, port);
+    assert_eq!(m.value("hb_table_used", &[]), 2.0);
+    assert_eq!(m.value("hb_hosts", &[]), 2.0);
+    assert_eq!(collector.proc.terminate(), Some(0));
+}

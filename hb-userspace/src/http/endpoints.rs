@@ -181,6 +181,13 @@ fn metrics(ctx: &Context<'_>) -> String {
     ] {
         let _ = writeln!(out, "hb_events_total{{event=\"{event}\"}} {n}");
     }
+    metric(
+        &mut out,
+        "hb_hosts_forgotten_total",
+        "counter",
+        "Hosts forgotten (dropped from the inventory, or silent for --forget-after): their slots freed for new hosts.",
+    );
+    let _ = writeln!(out, "hb_hosts_forgotten_total {}", ctx.sweeper.forgotten());
     if ctx.fleet.inventory().is_some() {
         metric(
             &mut out,

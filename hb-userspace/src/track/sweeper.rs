@@ -39,7 +39,30 @@ pub struct EventTotals {
 struct Carry {
     waiting: Vec<(hb_common::HostKey, u64)>,
     missing: Vec<(hb_common::HostKey, u64)>,
+    /// Slots of hosts the new inventory no longer lists: forgotten.
+    removed: Vec<u32>,
 }
+
+/// Forgetting hosts, which frees their slots for new ones (see
+/// `Table::forget`): hosts a reload drops from the inventory, and hosts
+/// outside it (every host, without one) silent for `forget_after`. A slot
+/// is forgotten in the table and the tracker at one sweep, and freed (the
+/// told state says it is unknown, the table may hand it out) at a later
+/// one, once no line about it is in flight: a heartbeat in flight when it
+/// was forgotten cannot land on the next host's slot.
+#[derive(Default)]
+struct Forgetting {
+    /// To forget at the next sweep.
+    doomed: Vec<u32>,
+    /// Forgotten, to free at the next sweep.
+    dying: Vec<u32>,
+    /// When to look for hosts silent for `forget_after`.
+    next_scan: u64,
+    total: u64,
+}
+
+/// The longest between two looks for hosts to forget.
+const FORGET_SCAN: u64 = 60_000_000_000;
 
 pub struct Sweeper {
     events: EventTotals,
@@ -63,6 +86,7 @@ pub struct Sweeper {
     roll: Roll,
     /// The fleet was set: the next sweep holds the table against it.
     adopt: Option<Carry>,
+    forgetting: Forgetting,
 }
 
 impl Sweeper {
@@ -85,6 +109,7 @@ impl Sweeper {
             fleet: Default::default(),
             roll: Roll::default(),
             adopt: Some(Carry::default()),
+            forgetting: Forgetting::default(),
         }
     }
 
@@ -115,8 +140,26 @@ impl Sweeper {
     /// never heard start their grace then.
     pub fn set_fleet(&mut self, fleet: Fleet) {
         let (waiting, missing) = self.roll.carry(&self.fleet);
+        let removed = match (self.fleet.inventory(), fleet.inventory()) {
+            (Some(old), Some(new)) => self
+                .roll
+                .listed()
+                .filter(|&(_, e)| new.entry(old.key(e)).is_none())
+                .map(|(slot, _)| slot)
+                .collect(),
+            _ => Vec::new(),
+        };
         self.fleet = fleet;
-        self.adopt = Some(Carry { waiting, missing });
+        self.adopt = Some(Carry {
+            waiting,
+            missing,
+            removed,
+        });
+    }
+
+    /// Hosts forgotten since the start.
+    pub fn forgotten(&self) -> u64 {
+        self.forgetting.total
     }
 
     pub fn fleet(&self) -> &Fleet {
@@ -148,6 +191,14 @@ impl Sweeper {
     fn adopt(&mut self, table: &dyn Table, now: u64, carry: Carry) {
         let active = self.fleet_active();
         self.roll = Roll::new(&self.fleet);
+        // Forgotten by a collector that stopped before freeing them.
+        let dying = &self.forgetting.dying;
+        self.forgetting
+            .doomed
+            .extend((0..table.len() as u32).filter(|&s| {
+                self.tracker.is_known(s) && table.forgotten(s) && !dying.contains(&s)
+            }));
+        self.forgetting.doomed.extend(carry.removed.iter().copied());
         if !active {
             self.tracker.set_timeouts(Vec::new());
             return;
@@ -186,6 +237,72 @@ impl Sweeper {
         }
         self.roll
             .expect(&self.fleet, now, &carry.waiting, &carry.missing);
+    }
+
+    /// One sweep's forgetting (see `Forgetting`): frees the slots
+    /// forgotten at an earlier sweep, forgets those doomed since.
+    fn forget(&mut self, table: &dyn Table, now: u64) {
+        let f = &mut self.forgetting;
+        if !f.dying.is_empty() && self.untold.is_empty() {
+            for slot in f.dying.drain(..) {
+                table.release(slot);
+                self.tracker.free(slot);
+                if let Err(e) = table.reuse(slot) {
+                    warn!("slot {slot} of a forgotten host not freed: {e:#}");
+                }
+            }
+        }
+        if now >= f.next_scan {
+            let after = self.fleet.config.forget_after.as_nanos() as u64;
+            f.next_scan = now + (after / 4).clamp(1, FORGET_SCAN);
+            let roll = &self.roll;
+            for (slot, t) in table.last_seen().iter().enumerate() {
+                let seen = t.load(std::sync::atomic::Ordering::Relaxed);
+                if seen != 0
+                    && now.saturating_sub(seen) > after
+                    && roll.entry(slot as u32) >= IGNORED
+                    && self.tracker.is_known(slot as u32)
+                {
+                    f.doomed.push(slot as u32);
+                }
+            }
+        }
+        if f.doomed.is_empty() {
+            return;
+        }
+        let mut doomed = std::mem::take(&mut f.doomed);
+        doomed.sort_unstable();
+        doomed.dedup();
+        let dying: hashbrown::HashSet<u32> = f.dying.iter().copied().collect();
+        let before = f.total;
+        for slot in doomed {
+            if dying.contains(&slot) || !self.tracker.is_known(slot) {
+                continue;
+            }
+            match table.forget(slot) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    warn!("forgetting the host in slot {slot}: {e:#}");
+                    continue;
+                }
+            }
+            let was_silent = self.tracker.is_silent(slot);
+            if was_silent {
+                self.silent.recovered(slot);
+            }
+            self.tracker.forgetting(slot);
+            self.roll.forget(&self.fleet, slot, was_silent);
+            let f = &mut self.forgetting;
+            f.dying.push(slot);
+            f.total += 1;
+        }
+        let n = self.forgetting.total - before;
+        if n > 0 {
+            log::info!(
+                "forgot {n} hosts (dropped from the inventory, or silent for --forget-after): their slots are freed"
+            );
+        }
     }
 
     /// Host events reported since the start.
@@ -234,6 +351,7 @@ impl Sweeper {
         if let Some(carry) = self.adopt.take() {
             self.adopt(table, now, carry);
         }
+        self.forget(table, now);
         let Self {
             tracker,
             silent,

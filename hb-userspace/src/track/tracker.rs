@@ -553,6 +553,56 @@ impl Tracker {
         ))
     }
 
+    /// Forgets `slot`'s host, first step (the table's `forget` is taken):
+    /// no longer counted nor silent. Its known bit stays until `free`, so
+    /// that a heartbeat in flight is not taken for a new host.
+    pub fn forgetting(&mut self, slot: u32) {
+        let s = slot as usize;
+        if s >= self.bitmap * 64 || !self.bit(KNOWN, s) {
+            return;
+        }
+        if self.silent.remove(&slot).is_some() {
+            self.set_bit(SILENT, s, false);
+        }
+        self.hosts = self.hosts.saturating_sub(1);
+    }
+
+    /// Forgets `slot`'s host, last step before the slot is handed out
+    /// again: the slot is unknown, here and in the told state, so the
+    /// host that takes it next is first seen. The told state is written
+    /// directly (there is no line): call it with no line about `slot` in
+    /// flight.
+    pub fn free(&mut self, slot: u32) {
+        let s = slot as usize;
+        if s >= self.bitmap * 64 {
+            return;
+        }
+        self.set_bit(KNOWN, s, false);
+        self.set_bit(SILENT, s, false);
+        self.ready_upto = self.ready_upto.min(s);
+        let b = self.told_bitmap;
+        let Some(words) = self.told.as_mut() else {
+            return;
+        };
+        let w = words.get_mut();
+        let (header, bits) = w.split_at_mut(HEADER);
+        let (known, silent) = bits.split_at_mut(b);
+        if s >= b * 64 {
+            return;
+        }
+        // Silent first: a process that dies between the two leaves a
+        // known, alive host, which the next one finds forgotten (its key)
+        // and frees again.
+        put_bit(&mut silent[..b], s, false);
+        compiler_fence(Ordering::SeqCst);
+        if get_bit(known, s) {
+            put_bit(known, s, false);
+            header[HOSTS] = header[HOSTS].saturating_sub(1);
+        }
+        header[READY_UPTO] = header[READY_UPTO].min(s as u64);
+        compiler_fence(Ordering::SeqCst);
+    }
+
     /// Counts as of the last sweep. Silent hosts are known hosts, so
     /// `alive + silent == hosts`.
     pub fn census(&self) -> Census {

@@ -128,6 +128,45 @@ impl Roll {
             .unwrap_or(UNLISTED)
     }
 
+    /// `slot`'s host is forgotten (`was_silent`: it was silent): no longer
+    /// counted.
+    pub fn forget(&mut self, fleet: &Fleet, slot: u32, was_silent: bool) {
+        let Some(e) = self.slot_entry.get_mut(slot as usize) else {
+            return;
+        };
+        let entry = std::mem::replace(e, UNLISTED);
+        match (entry, fleet.inventory()) {
+            (UNLISTED | IGNORED, Some(_)) => {
+                self.unlisted = self.unlisted.saturating_sub(1);
+                if entry == IGNORED {
+                    self.ignored = self.ignored.saturating_sub(1);
+                }
+            }
+            (UNLISTED | IGNORED, None) => {}
+            (e, Some(inv)) => {
+                if let Some(w) = self.heard.get_mut(e as usize / 64) {
+                    *w &= !(1 << (e % 64));
+                }
+                if let Some(c) = self.by_class.get_mut(inv.class(e) as usize) {
+                    c.hosts = c.hosts.saturating_sub(1);
+                    if was_silent {
+                        c.silent = c.silent.saturating_sub(1);
+                    }
+                }
+            }
+            (_, None) => {}
+        }
+    }
+
+    /// Slots resolved to an inventoried host: (slot, entry).
+    pub fn listed(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.slot_entry
+            .iter()
+            .enumerate()
+            .filter(|&(_, &e)| e < IGNORED)
+            .map(|(s, &e)| (s as u32, e))
+    }
+
     /// `entry` was reported missing: since when hb expected it. Taken out.
     pub fn found(&mut self, entry: u32, class: Class) -> Option<u64> {
         let since = self.missing.remove(&entry)?;
