@@ -15,7 +15,7 @@ use super::{
     events::{Event, FleetCounts, Format, Summary, format_event, timestamp},
     fleet::{
         Fleet, Ident, MUTED,
-        roll::{IGNORED, Roll, UNLISTED},
+        roll::{IGNORED, Roll, Timed, UNLISTED},
     },
     silent::SilentOrder,
     table::Table,
@@ -37,8 +37,8 @@ pub struct EventTotals {
 /// What a fleet set carries on from the one before (see `Roll::expect`).
 #[derive(Default)]
 struct Carry {
-    waiting: Vec<(hb_common::HostKey, u64)>,
-    missing: Vec<(hb_common::HostKey, u64)>,
+    waiting: Vec<Timed>,
+    missing: Vec<Timed>,
     /// Slots of hosts the new inventory no longer lists: forgotten.
     removed: Vec<u32>,
 }
@@ -886,5 +886,163 @@ mod tests {
             new += u32::from(matches!(t, Transition::New { .. }))
         });
         assert_eq!(new, 0);
+    }
+
+    /// A table that forgets as the XDP one does: a forgotten slot reads 0
+    /// and is handed out again once reused.
+    struct Forgetful {
+        seen: Vec<AtomicU64>,
+        forgotten: std::cell::RefCell<Vec<bool>>,
+        reused: std::cell::RefCell<Vec<u32>>,
+    }
+
+    impl Forgetful {
+        fn new(seen: &[u64]) -> Self {
+            Self {
+                seen: seen.iter().map(|&t| AtomicU64::new(t)).collect(),
+                forgotten: std::cell::RefCell::new(vec![false; seen.len()]),
+                reused: Default::default(),
+            }
+        }
+        fn stamp(&self, slot: usize, t: u64) {
+            self.seen[slot].store(t, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    impl Table for Forgetful {
+        fn last_seen(&self) -> &[AtomicU64] {
+            &self.seen
+        }
+        fn host(&self, slot: u32) -> Host {
+            Host::addr(&HostKey::from_ipv4([198, 18, 0, slot as u8]))
+        }
+        fn len(&self) -> usize {
+            self.seen.len()
+        }
+        fn capacity(&self) -> usize {
+            SLOTS
+        }
+        fn counters(&self) -> Result<Counts> {
+            Ok([0; Counter::COUNT])
+        }
+        fn forget(&self, slot: u32) -> Result<bool> {
+            self.forgotten.borrow_mut()[slot as usize] = true;
+            self.stamp(slot as usize, 0);
+            Ok(true)
+        }
+        fn release(&self, slot: u32) {
+            self.stamp(slot as usize, 0);
+        }
+        fn reuse(&self, slot: u32) -> Result<()> {
+            self.forgotten.borrow_mut()[slot as usize] = false;
+            self.reused.borrow_mut().push(slot);
+            Ok(())
+        }
+        fn forgotten(&self, slot: u32) -> bool {
+            self.forgotten.borrow()[slot as usize]
+        }
+    }
+
+    /// A sweep whose lines are all written.
+    fn swept(sw: &mut Sweeper, table: &dyn Table, now: u64) -> Vec<(String, String)> {
+        sw.sweep_at(table, now, UNIX_EPOCH).unwrap();
+        sw.written(sw.reported);
+        kinds(sw)
+    }
+
+    fn forgetting_after(secs: u64) -> Fleet {
+        Fleet::load(&crate::track::fleet::FleetConfig {
+            forget_after: std::time::Duration::from_secs(secs),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_host_silent_for_forget_after_is_forgotten_and_its_slot_reused() {
+        let words = Words::Heap(vec![0; state_words(SLOTS)]);
+        let table = Forgetful::new(&[10 * S, 10 * S]);
+        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let mut sw = Sweeper::with_tracker(tracker, Format::Json);
+        sw.set_fleet(forgetting_after(20));
+        assert_eq!(swept(&mut sw, &table, 10 * S).len(), 2);
+        table.stamp(0, 30 * S);
+        assert_eq!(
+            swept(&mut sw, &table, 30 * S),
+            [pair("silent", "198.18.0.1")]
+        );
+        // Silent for 20 s, not more: kept. (Looked at every 5 s: a
+        // quarter of forget_after.)
+        table.stamp(0, 30 * S);
+        assert!(swept(&mut sw, &table, 30 * S).is_empty());
+        assert!(!table.forgotten(1));
+        // Silent for 26 s, at the next look: forgotten, without a line.
+        table.stamp(0, 36 * S);
+        assert!(swept(&mut sw, &table, 36 * S).is_empty());
+        assert!(table.forgotten(1));
+        assert_eq!(sw.forgotten(), 1);
+        let s = summary(&sw);
+        assert_eq!(
+            (s["hosts"].as_u64(), s["silent"].as_u64()),
+            (Some(1), Some(0))
+        );
+        assert!(table.reused.borrow().is_empty(), "freed a sweep later");
+        table.stamp(0, 37 * S);
+        assert!(swept(&mut sw, &table, 37 * S).is_empty());
+        assert_eq!(*table.reused.borrow(), [1]);
+        // Unknown in the told state: a restarted collector agrees.
+        let words = sw.into_tracker().into_words().unwrap();
+        let again = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        assert_eq!(again.census().hosts, 1);
+        assert!(!again.is_known(1));
+        // The slot's next host is new.
+        let mut sw = Sweeper::with_tracker(again, Format::Json);
+        table.stamp(0, 38 * S);
+        table.stamp(1, 38 * S);
+        assert_eq!(swept(&mut sw, &table, 38 * S), [pair("new", "198.18.0.1")]);
+    }
+
+    #[test]
+    fn a_collector_killed_between_the_steps_finishes_forgetting() {
+        let words = Words::Heap(vec![0; state_words(SLOTS)]);
+        let table = Forgetful::new(&[10 * S, 10 * S]);
+        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let mut sw = Sweeper::with_tracker(tracker, Format::Json);
+        sw.set_fleet(forgetting_after(20));
+        swept(&mut sw, &table, 10 * S);
+        table.stamp(0, 35 * S);
+        swept(&mut sw, &table, 35 * S);
+        assert!(table.forgotten(1));
+        // Killed here: the next collector finds the slot known, forgotten.
+        let words = sw.into_tracker().into_words().unwrap();
+        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        assert!(tracker.is_known(1));
+        let mut sw = Sweeper::with_tracker(tracker, Format::Json);
+        sw.set_fleet(forgetting_after(20));
+        assert!(swept(&mut sw, &table, 36 * S).is_empty());
+        assert_eq!(summary(&sw)["hosts"], 1);
+        assert!(swept(&mut sw, &table, 37 * S).is_empty());
+        assert_eq!(*table.reused.borrow(), [1]);
+        assert!(!sw.tracker().is_known(1));
+    }
+
+    #[test]
+    fn a_host_dropped_from_the_inventory_is_forgotten_at_the_reload() {
+        use crate::track::fleet::UnknownHosts;
+        let table = Forgetful::new(&[10 * S, 10 * S, 10 * S]);
+        let mut sw = Sweeper::new(15 * S, Format::Json);
+        sw.set_fleet(fleet(INVENTORY, 5 * S, UnknownHosts::Track, &[]));
+        assert!(swept(&mut sw, &table, 10 * S).is_empty());
+        let next = "address,name\n198.18.0.0,a\n198.18.0.2,c\n";
+        sw.set_fleet(fleet(next, 5 * S, UnknownHosts::Track, &[]));
+        assert!(swept(&mut sw, &table, 11 * S).is_empty());
+        assert!(table.forgotten(1) && !table.forgotten(0) && !table.forgotten(2));
+        let s = summary(&sw);
+        assert_eq!(
+            (s["hosts"].as_u64(), s["unknown_hosts"].as_u64()),
+            (Some(2), Some(0))
+        );
+        assert!(swept(&mut sw, &table, 12 * S).is_empty());
+        assert_eq!(*table.reused.borrow(), [1]);
     }
 }

@@ -17,6 +17,9 @@ pub const UNLISTED: u32 = u32::MAX;
 /// ... and that is not tracked (`unknown_hosts = ignore`).
 pub const IGNORED: u32 = u32::MAX - 1;
 
+/// A host by key, with a time (since when hb expected it).
+pub type Timed = (HostKey, u64);
+
 /// Hosts of one group by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GroupCount {
@@ -190,13 +193,7 @@ impl Roll {
     /// `carried`: (key, since) of hosts an earlier fleet was already
     /// waiting for, and `missing` those it had reported: they keep their
     /// times. Call once every slot the table has heard is resolved.
-    pub fn expect(
-        &mut self,
-        fleet: &Fleet,
-        since: u64,
-        carried: &[(HostKey, u64)],
-        missing: &[(HostKey, u64)],
-    ) {
+    pub fn expect(&mut self, fleet: &Fleet, since: u64, carried: &[Timed], missing: &[Timed]) {
         let Some(inv) = fleet.inventory() else {
             return;
         };
@@ -307,7 +304,7 @@ impl Roll {
 
     /// What a new fleet carries on from this roll: hosts being waited for
     /// and hosts missing, by key, with their times.
-    pub fn carry(&self, fleet: &Fleet) -> (Vec<(HostKey, u64)>, Vec<(HostKey, u64)>) {
+    pub fn carry(&self, fleet: &Fleet) -> (Vec<Timed>, Vec<Timed>) {
         let Some(inv) = fleet.inventory() else {
             return Default::default();
         };
