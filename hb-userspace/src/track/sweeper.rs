@@ -191,13 +191,12 @@ impl Sweeper {
     fn adopt(&mut self, table: &dyn Table, now: u64, carry: Carry) {
         let active = self.fleet_active();
         self.roll = Roll::new(&self.fleet);
-        // Forgotten by a collector that stopped before freeing them.
-        let dying = &self.forgetting.dying;
+        // Forgotten by a collector that stopped before freeing them (those
+        // this one is freeing are found too: `forget` skips them).
+        let tracker = &self.tracker;
         self.forgetting
             .doomed
-            .extend((0..table.len() as u32).filter(|&s| {
-                self.tracker.is_known(s) && table.forgotten(s) && !dying.contains(&s)
-            }));
+            .extend((0..table.len() as u32).filter(|&s| tracker.is_known(s) && table.forgotten(s)));
         self.forgetting.doomed.extend(carry.removed.iter().copied());
         if !active {
             self.tracker.set_timeouts(Vec::new());

@@ -172,6 +172,9 @@ impl Roll {
 
     /// `entry` was reported missing: since when hb expected it. Taken out.
     pub fn found(&mut self, entry: u32, class: Class) -> Option<u64> {
+        if self.missing.is_empty() {
+            return None;
+        }
         let since = self.missing.remove(&entry)?;
         self.found = true;
         self.by_class[class as usize].missing -= 1;
