@@ -192,6 +192,26 @@ fn inventoried_hosts_are_expected_named_and_missed() {
     assert_eq!(st["silent_hosts"]["hosts"][0]["name"], "db-3", "{st}");
     assert_eq!(st["missing"], 1, "{st}");
     assert_eq!(st["missing_hosts"][0]["name"], "web-9", "{st}");
+    let out = link
+        .a
+        .command(HB)
+        .unwrap()
+        .args(["status", "--iface", &link.a_if, "--inventory", csv.arg()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |host: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(host))
+            .unwrap_or_else(|| panic!("no line for {host}: {text}"))
+            .to_owned()
+    };
+    assert!(line("198.18.40.3").ends_with(" db-3 group=db"), "{text}");
+    assert!(
+        line("198.18.40.9").ends_with(" web-9 group=web dc=fra"),
+        "{text}"
+    );
+    assert!(text.contains("missing hosts"), "{text}");
 
     // web-9 starts: recovered, not new.
     let _late = beat(&link, net, 9);
