@@ -7,12 +7,12 @@
 //! handed out by an atomic counter, only by the CPU whose insert of the key
 //! succeeded, so two CPUs racing on the same new host never take two slots,
 //! and no slot is ever lost. Hosts are removed only by userspace, which
-//! forgets a retired host (see hb-userspace's `HostTable::forget`) and
-//! queues its slot in `HB_FREE`: a new host takes a queued slot before a
-//! never-used one. A full table refuses new hosts instead of evicting
-//! watched ones. Bare hosts (known by their
-//! address) take at most `HB_MAX_BARE` slots, counted in `HB_BARE`, so that
-//! signed hosts find room whatever spoofed `PyHB` arrives.
+//! forgets a retired host (see hb-userspace's `HostTable::forget_slot`)
+//! and queues its slot in `HB_FREE`: a new host takes a queued slot before
+//! a never-used one. A full table refuses new hosts instead of evicting
+//! watched ones. Bare hosts (known by their address) take at most
+//! `HB_MAX_BARE` slots, counted in `HB_BARE`, so that signed hosts find
+//! room whatever spoofed `PyHB` arrives.
 //!
 //! A known host's slot is found through a hint first: a u32 array indexed
 //! by a multiplicative hash of the address, checked against the slot's key.
