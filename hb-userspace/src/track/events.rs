@@ -525,4 +525,63 @@ mod tests {
             "{line}"
         );
     }
+
+    #[test]
+    fn inventoried_hosts_are_named_in_both_formats() {
+        let path = std::env::temp_dir().join(format!("hb-events-{}.csv", std::process::id()));
+        std::fs::write(
+            &path,
+            "address,name,group,dc\n10.1.2.3,web-17,web,fra\n10.1.2.4,,db,\n",
+        )
+        .unwrap();
+        let fleet = crate::track::fleet::Fleet::load(&crate::track::fleet::FleetConfig {
+            inventory: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let inv = fleet.inventory().unwrap();
+        let key = HostKey::from_ipv4([10, 1, 2, 3]);
+        let ident = inv.ident(inv.entry(&key).unwrap());
+        let silent = Event::Host(
+            Transition::Silent {
+                host: Host::addr(&key),
+                silent_for_ns: 15_210_000_000,
+            },
+            Some(ident),
+        );
+        let ts = timestamp(at());
+        assert_eq!(
+            format_event(Format::Json, &ts, &silent),
+            r#"{"ts":"2026-11-24T10:00:00.123Z","event":"silent","host":"10.1.2.3","name":"web-17","labels":{"group":"web","dc":"fra"},"silent_for_ms":15210}"#
+        );
+        assert_eq!(
+            format_event(Format::Text, &ts, &silent),
+            "2026-11-24T10:00:00.123Z silent    10.1.2.3 web-17 group=web dc=fra (silent for 15s 210ms)"
+        );
+        let other = HostKey::from_ipv4([10, 1, 2, 4]);
+        let missing = Event::Missing {
+            host: &other,
+            ident: inv.ident(inv.entry(&other).unwrap()),
+            for_ns: 30_000_000_000,
+        };
+        assert_eq!(
+            format_event(Format::Json, &ts, &missing),
+            r#"{"ts":"2026-11-24T10:00:00.123Z","event":"missing","host":"10.1.2.4","labels":{"group":"db"},"missing_for_ms":30000}"#
+        );
+        assert_eq!(
+            format_event(Format::Text, &ts, &missing),
+            "2026-11-24T10:00:00.123Z missing   10.1.2.4 group=db (not heard for 30s)"
+        );
+        let by_id = HostKey::from_host_id(42);
+        let id_missing = Event::Missing {
+            host: &by_id,
+            ident: inv.ident(0),
+            for_ns: 1_000_000_000,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&format_event(Format::Json, &ts, &id_missing)).unwrap();
+        assert_eq!(v["host_id"], "000000000000002a");
+        assert!(v.get("host").is_none());
+    }
 }
