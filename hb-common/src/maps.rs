@@ -31,8 +31,16 @@ pub const MAX_BARE_GLOBAL: &str = "HB_MAX_BARE";
 /// and loss state of hosts that send authenticated heartbeats.
 /// `--max-hosts` long when a key is configured, one entry (unused) otherwise.
 pub const AUTH_MAP: &str = "HB_AUTH";
+/// Queue of `u32`: slots userspace freed (forgotten hosts), handed out to
+/// new hosts before never-used ones. `--max-hosts` long.
+pub const FREE_MAP: &str = "HB_FREE";
+/// First word of the key of a forgotten host's slot (`SLOT_KEYS`): no
+/// address or host id key has it (an IPv6 address in `ff00::/8` with
+/// that tail is multicast, never a heartbeat's source), so a hint to the
+/// slot never matches again.
+pub const FORGOTTEN_KEY_WORD: u64 = u64::MAX;
 /// Every map sized by `--max-hosts` (the auth array only with a key).
-pub const HOST_MAPS: [&str; 4] = [SLOTS_MAP, LAST_SEEN_MAP, BEATS_MAP, SLOT_KEYS_MAP];
+pub const HOST_MAPS: [&str; 5] = [SLOTS_MAP, LAST_SEEN_MAP, BEATS_MAP, SLOT_KEYS_MAP, FREE_MAP];
 /// Map flag: the array can be mmapped into userspace.
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// Slot value of a host whose first heartbeat is being recorded right now.

@@ -6,10 +6,13 @@
 //! (about 1000x faster than walking a hash map entry by entry). Slots are
 //! handed out by an atomic counter, only by the CPU whose insert of the key
 //! succeeded, so two CPUs racing on the same new host never take two slots,
-//! and no slot is ever lost. Hosts are never removed: a full table refuses
-//! new hosts instead of evicting watched ones. Bare hosts (known by their
-//! address) take at most `HB_MAX_BARE` slots, counted in `HB_BARE`, so that
-//! signed hosts find room whatever spoofed `PyHB` arrives.
+//! and no slot is ever lost. Hosts are removed only by userspace, which
+//! forgets a retired host (see hb-userspace's `HostTable::forget_slot`)
+//! and queues its slot in `HB_FREE`: a new host takes a queued slot before
+//! a never-used one. A full table refuses new hosts instead of evicting
+//! watched ones. Bare hosts (known by their address) take at most
+//! `HB_MAX_BARE` slots, counted in `HB_BARE`, so that signed hosts find
+//! room whatever spoofed `PyHB` arrives.
 //!
 //! A known host's slot is found through a hint first: a u32 array indexed
 //! by a multiplicative hash of the address, checked against the slot's key.
@@ -34,7 +37,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_ktime_get_coarse_ns,
     macros::map,
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, Queue},
 };
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use hb_common::{AuthSlot, BPF_F_MMAPABLE, DEFAULT_MAX_HOSTS, HostKey, SLOT_PENDING};
@@ -63,6 +66,10 @@ static TRACKER: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 static AUTH: Array<AuthSlot> = Array::with_max_entries(DEFAULT_MAX_HOSTS, BPF_F_MMAPABLE);
 #[map(name = "HB_ALLOC")]
 static ALLOC: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+/// Slots of forgotten hosts, queued by userspace once nothing can stamp
+/// them any more; taken by new hosts first.
+#[map(name = "HB_FREE")]
+static FREE: Queue<u32> = Queue::with_max_entries(DEFAULT_MAX_HOSTS, 0);
 /// Bare hosts (known by address) in the table, at most `HB_MAX_BARE`:
 /// pinned with the table, so the cap holds across restarts.
 #[map(name = "HB_BARE")]
@@ -125,7 +132,8 @@ pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
         }
     }
     if let Some(slot) = SLOTS.get_ptr(key) {
-        // SAFETY: pointer from a successful lookup; entries are never deleted.
+        // SAFETY: pointer from a successful lookup (a deleted entry's
+        // memory outlives this program run: RCU).
         let slot = unsafe { core::ptr::read_volatile(slot) };
         // SLOT_PENDING: another CPU is recording this host's first heartbeat
         // at this very moment; it stamps the same time. A signed heartbeat
@@ -178,13 +186,20 @@ pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
             return Stamped::TableFull;
         }
     }
-    let Some(next) = ALLOC.get_ptr_mut(0) else {
-        let _ = SLOTS.remove(key);
-        give_back(bare);
-        return Stamped::TableFull;
+    // A freed slot first (only this CPU pops it); else the next never
+    // used. A pop refused under contention leaves the slot queued.
+    let slot = match FREE.pop() {
+        Ok(Some(slot)) => slot,
+        _ => {
+            let Some(next) = ALLOC.get_ptr_mut(0) else {
+                let _ = SLOTS.remove(key);
+                give_back(bare);
+                return Stamped::TableFull;
+            };
+            // SAFETY: valid map value pointer.
+            (unsafe { fetch_add(next, 1) }) as u32
+        }
     };
-    // SAFETY: valid map value pointer.
-    let slot = unsafe { fetch_add(next, 1) } as u32;
     let (Some(k), Some(b), Some(t)) = (
         SLOT_KEYS.get_ptr_mut(slot),
         BEATS.get_ptr_mut(slot),

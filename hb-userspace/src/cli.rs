@@ -154,9 +154,12 @@ pub struct StatusArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// Show at most this many silent hosts (longest silent first).
+    /// Show at most this many silent hosts (longest silent first), and as many missing ones.
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
+    /// The collector's inventory (CSV): names and labels of the hosts shown, and the inventoried hosts not heard (missing).
+    #[arg(long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
     /// The bpffs `hb run` pinned in, if it was given --bpffs.
     #[arg(long, value_name = "DIR")]
     pub bpffs: Option<PathBuf>,

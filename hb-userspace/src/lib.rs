@@ -31,6 +31,7 @@ pub use http::{Request, Response, Site};
 pub use logging::init as init_logging;
 pub use track::{
     events::{Format, Host, timestamp},
+    fleet::{Fleet, FleetConfig, FleetError, GroupPolicy, UnknownHosts},
     silent::SilentOrder,
     sweeper::Sweeper,
     table::{Counts, Table},

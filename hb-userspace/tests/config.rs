@@ -147,7 +147,6 @@ fn the_sample_config_is_valid() {
 /// Needs the inventory loader (the fleet work, `Fleet::load` in
 /// track/fleet.rs): until then `Fleet::load` refuses every inventory.
 #[test]
-#[ignore = "depends on the fleet work: Fleet::load still refuses any inventory"]
 fn check_config_reports_a_bad_inventory_address_with_its_csv_line() {
     let dir = Dir::new("inventory");
     dir.write(

@@ -45,6 +45,14 @@ pub fn run(config: RunConfig, command_line: CommandLine) -> Result<()> {
     // behind.
     let auth = auth_settings(args)?;
     let fleet = Fleet::load(&args.fleet_config()).map_err(|e| anyhow!("inventory: {e}"))?;
+    if let Some(inv) = fleet.inventory() {
+        info!(
+            "inventory {}: {} hosts, {} label sets",
+            inv.path().display(),
+            inv.len(),
+            inv.label_sets()
+        );
+    }
     // Signals are routed to the loop before anything is attached, so a
     // Ctrl-C at any point still detaches.
     let mut events = EventLoop::new(args.sweep)?;

@@ -21,7 +21,12 @@ use crate::{
         link::{self, Place},
         lock, pins,
     },
-    track::{silent::silent_page, tracker::Tracker},
+    track::{
+        events::{host_id, host_ip},
+        fleet::{Fleet, FleetConfig, Inventory},
+        silent::{OwnedLabels, silent_page},
+        tracker::Tracker,
+    },
 };
 
 /// `hb status`'s exit status when no `hb run` is running.
@@ -84,7 +89,23 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
     tracker.sweep(table.last_seen(), monotonic_ns(), |_| {});
     let census = tracker.census();
     let packets = table.counters()?;
-    let page = silent_page(&tracker, &table, timeout, 0, args.limit);
+    let fleet = args
+        .inventory
+        .as_ref()
+        .map(|path| {
+            Fleet::load(&FleetConfig {
+                inventory: Some(path.clone()),
+                ..Default::default()
+            })
+        })
+        .transpose()?;
+    let inv = fleet.as_ref().and_then(Fleet::inventory);
+    let names = |slot: u32| {
+        let inv = inv?;
+        inv.entry(&table.host(slot).key()).map(|e| inv.ident(e))
+    };
+    let page = silent_page(&tracker, &table, &names, timeout, 0, args.limit);
+    let missing = inv.map(|inv| not_heard(inv, &table, args.limit));
     let packets_lost = packets[Counter::Lost as usize];
     let text = match args.format {
         Format::Json => {
@@ -105,6 +126,8 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
                 "lost": packets_lost,
                 "packets": packets,
                 "silent_hosts": page,
+                "missing": missing.as_ref().map(|m| m.0),
+                "missing_hosts": missing.as_ref().map(|m| &m.1),
             })
             .to_string()
         }
@@ -146,6 +169,18 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
                     if let (Some(id), Some(lost)) = (&h.host_id, h.lost) {
                         let _ = write!(out, " id={id}, {lost} lost");
                     }
+                    named(&mut out, h.name.as_deref(), h.labels.as_ref());
+                }
+            }
+            if let Some((total, hosts)) = &missing {
+                let _ = write!(
+                    out,
+                    "\nmissing hosts (inventoried, never heard by this collector; {} of {total}):",
+                    hosts.len()
+                );
+                for h in hosts {
+                    let _ = write!(out, "\n  {:<39}", h.host);
+                    named(&mut out, h.name.as_deref(), h.labels.as_ref());
                 }
             }
             out
@@ -167,4 +202,56 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::from(NOT_RUNNING))
+}
+
+/// ` web-17 group=web dc=fra` after a host's line.
+fn named(out: &mut String, name: Option<&str>, labels: Option<&OwnedLabels>) {
+    if let Some(name) = name {
+        let _ = write!(out, " {name}");
+    }
+    for (k, v) in labels.iter().flat_map(|l| &l.0) {
+        let _ = write!(out, " {k}={v}");
+    }
+}
+
+#[derive(serde::Serialize)]
+struct NotHeard {
+    host: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    labels: Option<OwnedLabels>,
+}
+
+/// Inventoried hosts the table has no slot for: how many, and the first
+/// `limit` in the inventory's order.
+fn not_heard(
+    inv: &Inventory,
+    table: &crate::ingest::xdp::HostTable,
+    limit: usize,
+) -> (usize, Vec<NotHeard>) {
+    let mut heard = vec![false; inv.len()];
+    table.for_each(|key, _| {
+        if let Some(e) = inv.entry(&key) {
+            heard[e as usize] = true;
+        }
+    });
+    let missing = (0..inv.len() as u32).filter(|&e| !heard[e as usize]);
+    let total = missing.clone().count();
+    let hosts = missing
+        .take(limit)
+        .map(|e| {
+            let key = inv.key(e);
+            let ident = inv.ident(e);
+            NotHeard {
+                host: match key.host_id() {
+                    Some(id) => format!("id={}", host_id(id)),
+                    None => host_ip(key).to_string(),
+                },
+                name: ident.name.map(str::to_owned),
+                labels: OwnedLabels::of(&ident),
+            }
+        })
+        .collect();
+    (total, hosts)
 }

@@ -11,8 +11,9 @@ use super::server::{Request, Response, query_param};
 use crate::{
     clock::monotonic_ns,
     track::{
-        events::{Summary, host_id},
-        silent::SilentOrder,
+        events::{Summary, host_id, host_ip, timestamp},
+        fleet::{Fleet, Ident, roll::Roll},
+        silent::{OwnedLabels, SilentOrder},
         sweeper::{EventTotals, Sweeper},
         table::Table,
     },
@@ -39,6 +40,9 @@ impl Site {
     /// addresses of the silent hosts it shows.
     pub fn handle(&self, req: &Request<'_>, sweeper: &Sweeper, table: &dyn Table) -> Response {
         let ctx = Context {
+            sweeper,
+            fleet: sweeper.fleet(),
+            roll: sweeper.roll(),
             summary: sweeper.summary(),
             events: sweeper.totals(),
             silent: sweeper.silent(),
@@ -51,6 +55,9 @@ impl Site {
 }
 
 struct Context<'a> {
+    sweeper: &'a Sweeper,
+    fleet: &'a Fleet,
+    roll: &'a Roll,
     summary: &'a Summary,
     events: &'a EventTotals,
     silent: &'a SilentOrder,
@@ -67,12 +74,13 @@ fn handle(req: &Request<'_>, ctx: &Context<'_>) -> Response {
             metrics(ctx),
         ),
         "/silent" => silent(req, ctx),
+        "/missing" => missing(req, ctx),
         "/" => Response::new(
             200,
             "text/plain; charset=utf-8",
-            "hb: GET /metrics, GET /silent?limit=N&offset=M\n",
+            "hb: GET /metrics, GET /silent?limit=N&offset=M, GET /missing?limit=N&offset=M\n",
         ),
-        _ => Response::error(404, "not found: try /metrics or /silent"),
+        _ => Response::error(404, "not found: try /metrics, /silent or /missing"),
     }
 }
 
@@ -182,8 +190,54 @@ fn metrics(ctx: &Context<'_>) -> String {
         ("new", ctx.events.new),
         ("silent", ctx.events.silent),
         ("recovered", ctx.events.recovered),
+        ("missing", ctx.events.missing),
     ] {
         let _ = writeln!(out, "hb_events_total{{event=\"{event}\"}} {n}");
+    }
+    metric(
+        &mut out,
+        "hb_hosts_forgotten_total",
+        "counter",
+        "Hosts forgotten (dropped from the inventory, or silent for --forget-after): their slots freed for new hosts.",
+    );
+    let _ = writeln!(out, "hb_hosts_forgotten_total {}", ctx.sweeper.forgotten());
+    if ctx.fleet.inventory().is_some() {
+        metric(
+            &mut out,
+            "hb_hosts_missing",
+            "gauge",
+            "Inventoried hosts not heard within their grace.",
+        );
+        let _ = writeln!(out, "hb_hosts_missing {}", ctx.roll.missing_count());
+        metric(
+            &mut out,
+            "hb_unknown_hosts",
+            "gauge",
+            "Hosts heard that the inventory does not list (tracked or ignored, as unknown_hosts says).",
+        );
+        let _ = writeln!(out, "hb_unknown_hosts {}", ctx.roll.unlisted());
+    }
+    let classes = ctx.fleet.classes();
+    if classes.len() > 1 {
+        metric(
+            &mut out,
+            "hb_group_hosts",
+            "gauge",
+            "Inventoried hosts by group (their group label) and state.",
+        );
+        for (policy, count) in classes.iter().zip(ctx.roll.by_class()).skip(1) {
+            let group = escape(&policy.group);
+            for (state, n) in [
+                ("alive", count.hosts.saturating_sub(count.silent)),
+                ("silent", count.silent),
+                ("missing", count.missing),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "hb_group_hosts{{group=\"{group}\",state=\"{state}\"}} {n}"
+                );
+            }
+        }
     }
     metric(&mut out, "hb_build_info", "gauge", "Build information.");
     let _ = writeln!(
@@ -207,9 +261,14 @@ fn metrics(ctx: &Context<'_>) -> String {
                 .id
                 .map(|id| format!(",host_id=\"{}\"", host_id(id)))
                 .unwrap_or_default();
+            let named = ctx
+                .sweeper
+                .ident(slot)
+                .map(|i| series_labels(&i))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "hb_host_silent_seconds{{host=\"{}\"{id}}} {secs:.3}",
+                "hb_host_silent_seconds{{host=\"{}\"{id}{named}}} {secs:.3}",
                 host.ip
             );
         }
@@ -217,21 +276,121 @@ fn metrics(ctx: &Context<'_>) -> String {
     out
 }
 
-fn silent(req: &Request<'_>, ctx: &Context<'_>) -> Response {
+/// A label value in the exposition format: backslash, quote and newline
+/// escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// `,name="…",group="…",…` for a per-host series.
+fn series_labels(ident: &Ident<'_>) -> String {
+    let mut s = String::new();
+    if let Some(name) = ident.name {
+        let _ = write!(s, ",name=\"{}\"", escape(name));
+    }
+    for (k, v) in ident.labels.iter() {
+        let _ = write!(s, ",{k}=\"{}\"", escape(v));
+    }
+    s
+}
+
+/// `offset` and `limit` of a paged request.
+fn paging(req: &Request<'_>) -> Result<(usize, usize), Response> {
     let parse = |name: &str, default: usize| match query_param(req.query, name) {
         None => Ok(default),
         Some(v) => v
             .parse::<usize>()
             .map_err(|_| format!("{name} must be a non-negative integer")),
     };
-    let (offset, limit) = match (parse("offset", 0), parse("limit", SILENT_PAGE)) {
-        (Ok(o), Ok(l)) if l <= SILENT_PAGE_MAX => (o, l),
-        (Ok(_), Ok(_)) => {
-            return Response::error(400, &format!("limit must be at most {SILENT_PAGE_MAX}"));
-        }
-        (Err(e), _) | (_, Err(e)) => return Response::error(400, &e),
+    match (parse("offset", 0), parse("limit", SILENT_PAGE)) {
+        (Ok(o), Ok(l)) if l <= SILENT_PAGE_MAX => Ok((o, l)),
+        (Ok(_), Ok(_)) => Err(Response::error(
+            400,
+            &format!("limit must be at most {SILENT_PAGE_MAX}"),
+        )),
+        (Err(e), _) | (_, Err(e)) => Err(Response::error(400, &e)),
+    }
+}
+
+#[derive(serde::Serialize)]
+struct MissingHost {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    labels: Option<OwnedLabels>,
+    /// When hb started expecting it (its grace began).
+    expected_since: String,
+    missing_for_ms: u64,
+}
+
+#[derive(serde::Serialize)]
+struct MissingPage {
+    total: usize,
+    offset: usize,
+    limit: usize,
+    hosts: Vec<MissingHost>,
+}
+
+/// `GET /missing`: inventoried hosts not heard within their grace, in the
+/// order they were reported.
+fn missing(req: &Request<'_>, ctx: &Context<'_>) -> Response {
+    let (offset, limit) = match paging(req) {
+        Ok(p) => p,
+        Err(r) => return r,
     };
-    let page = ctx.silent.page(ctx.table, ctx.site.timeout, offset, limit);
+    let (now, wall) = (monotonic_ns(), std::time::SystemTime::now());
+    let all = ctx.roll.missing();
+    let total = all.len();
+    let hosts = match ctx.fleet.inventory() {
+        None => Vec::new(),
+        Some(inv) => all
+            .skip(offset)
+            .take(limit)
+            .map(|(e, since)| {
+                let key = inv.key(e);
+                let ident = inv.ident(e);
+                let ago = Duration::from_nanos(now.saturating_sub(since));
+                MissingHost {
+                    host: key.host_id().is_none().then(|| host_ip(key).to_string()),
+                    host_id: key.host_id().map(host_id),
+                    name: ident.name.map(str::to_owned),
+                    labels: OwnedLabels::of(&ident),
+                    expected_since: timestamp(
+                        wall.checked_sub(ago).unwrap_or(std::time::UNIX_EPOCH),
+                    ),
+                    missing_for_ms: ago.as_millis() as u64,
+                }
+            })
+            .collect(),
+    };
+    let page = MissingPage {
+        total,
+        offset,
+        limit,
+        hosts,
+    };
+    Response::new(
+        200,
+        "application/json",
+        serde_json::to_vec(&page).expect("plain structs serialize"),
+    )
+}
+
+fn silent(req: &Request<'_>, ctx: &Context<'_>) -> Response {
+    let (offset, limit) = match paging(req) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let names = |slot| ctx.sweeper.ident(slot);
+    let page = ctx
+        .silent
+        .page(ctx.table, &names, ctx.site.timeout, offset, limit);
     Response::new(
         200,
         "application/json",

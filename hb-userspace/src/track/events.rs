@@ -10,7 +10,7 @@ use std::{
 use hb_common::{Counter, HostKey};
 use serde::Serialize;
 
-use super::tracker::Transition;
+use super::{fleet::Ident, tracker::Transition};
 
 /// How event lines are written.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +32,6 @@ pub fn host_ip(key: &HostKey) -> IpAddr {
 
 /// The key of an address: IPv4 (also IPv4-mapped IPv6, as a dual-stack
 /// socket reports IPv4 senders) maps into IPv6, as the XDP program keys it.
-#[cfg(test)]
 pub fn host_key(ip: IpAddr) -> HostKey {
     match ip {
         IpAddr::V4(v4) => HostKey::from_ipv4(v4.octets()),
@@ -51,6 +50,14 @@ pub struct Host {
 }
 
 impl Host {
+    /// Its key in the table: the host id's, else the address's.
+    pub fn key(&self) -> HostKey {
+        match self.id {
+            Some(id) => HostKey::from_host_id(id),
+            None => host_key(self.ip),
+        }
+    }
+
     /// A host known by its address only.
     pub fn addr(key: &HostKey) -> Self {
         Self {
@@ -80,10 +87,27 @@ pub struct Summary {
     /// Cumulative packet counters since the program was loaded.
     pub packets: [u64; Counter::COUNT],
     pub sweep: Duration,
+    /// With an inventory: inventoried hosts reported missing, and hosts
+    /// heard that it does not list.
+    pub fleet: Option<FleetCounts>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct FleetCounts {
+    pub missing: u64,
+    pub unknown_hosts: u64,
 }
 
 pub enum Event<'a> {
-    Host(Transition<Host>),
+    /// A host's transition; with its name and labels if inventoried.
+    Host(Transition<Host>, Option<Ident<'a>>),
+    /// An inventoried host not heard within its grace: `host` is its
+    /// address or host id key; `for_ns` since hb expected it.
+    Missing {
+        host: &'a HostKey,
+        ident: Ident<'a>,
+        for_ns: u64,
+    },
     Summary(&'a Summary),
 }
 
@@ -91,9 +115,16 @@ pub enum Event<'a> {
 struct HostJson<'a> {
     ts: &'a str,
     event: &'static str,
-    host: IpAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<IpAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     host_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    labels: Option<super::fleet::Labels<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    missing_for_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     silent_for_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -113,6 +144,8 @@ struct SummaryJson<'a> {
     lost: u64,
     packets: serde_json::Map<String, serde_json::Value>,
     sweep_ms: f64,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    fleet: Option<FleetCounts>,
 }
 
 fn ms(ns: u64) -> u64 {
@@ -136,7 +169,23 @@ pub fn format_event(format: Format, ts: &str, event: &Event<'_>) -> String {
 
 fn json(ts: &str, event: &Event<'_>) -> String {
     let line = match *event {
-        Event::Host(t) => {
+        Event::Missing {
+            host,
+            ident,
+            for_ns,
+        } => serde_json::to_string(&HostJson {
+            ts,
+            event: "missing",
+            host: host.host_id().is_none().then(|| host_ip(host)),
+            host_id: host.host_id().map(host_id),
+            name: ident.name,
+            labels: (!ident.labels.is_empty()).then_some(ident.labels),
+            missing_for_ms: Some(ms(for_ns)),
+            silent_for_ms: None,
+            last_seen_ago_ms: None,
+            lost: None,
+        }),
+        Event::Host(t, ident) => {
             let (event, host, silent_for, ago) = match t {
                 Transition::New { host, age_ns } => ("new", host, None, Some(ms(age_ns))),
                 Transition::Silent {
@@ -151,8 +200,11 @@ fn json(ts: &str, event: &Event<'_>) -> String {
             serde_json::to_string(&HostJson {
                 ts,
                 event,
-                host: host.ip,
+                host: Some(host.ip),
                 host_id: host.id.map(host_id),
+                name: ident.and_then(|i| i.name),
+                labels: ident.map(|i| i.labels).filter(|l| !l.is_empty()),
+                missing_for_ms: None,
                 silent_for_ms: silent_for,
                 last_seen_ago_ms: ago,
                 lost: host.lost,
@@ -173,6 +225,7 @@ fn json(ts: &str, event: &Event<'_>) -> String {
                 lost: s.lost,
                 packets,
                 sweep_ms: s.sweep.as_secs_f64() * 1e3,
+                fleet: s.fleet,
             })
         }
     };
@@ -180,24 +233,68 @@ fn json(ts: &str, event: &Event<'_>) -> String {
 }
 
 fn text(ts: &str, event: &Event<'_>) -> String {
-    let (kind, host, what, ns, after) = match *event {
-        Event::Host(Transition::New { host, age_ns }) => {
-            ("new      ", host, "last heartbeat ", age_ns, " ago")
+    let (kind, host, what, ns, after, ident) = match *event {
+        Event::Host(Transition::New { host, age_ns }, ident) => {
+            ("new      ", host, "last heartbeat ", age_ns, " ago", ident)
         }
-        Event::Host(Transition::Silent {
+        Event::Host(
+            Transition::Silent {
+                host,
+                silent_for_ns,
+            },
+            ident,
+        ) => ("silent   ", host, "silent for ", silent_for_ns, "", ident),
+        Event::Host(
+            Transition::Recovered {
+                host,
+                silent_for_ns,
+            },
+            ident,
+        ) => (
+            "recovered",
             host,
+            "was silent for ",
             silent_for_ns,
-        }) => ("silent   ", host, "silent for ", silent_for_ns, ""),
-        Event::Host(Transition::Recovered {
+            "",
+            ident,
+        ),
+        Event::Missing {
             host,
-            silent_for_ns,
-        }) => ("recovered", host, "was silent for ", silent_for_ns, ""),
+            ident,
+            for_ns,
+        } => {
+            let mut line = format!("{ts} missing   ");
+            match host.host_id() {
+                Some(id) => {
+                    let _ = write!(line, "id={}", host_id(id));
+                }
+                None => {
+                    let _ = write!(line, "{}", host_ip(host));
+                }
+            }
+            let shown = ident.to_string();
+            if !shown.is_empty() {
+                let _ = write!(line, " {shown}");
+            }
+            let _ = write!(
+                line,
+                " (not heard for {})",
+                humantime::format_duration(Duration::from_millis(ms(for_ns)))
+            );
+            return line;
+        }
         Event::Summary(s) => return text_summary(ts, s),
     };
     let mut line = String::with_capacity(96);
     let _ = write!(line, "{ts} {kind} {}", host.ip);
     if let Some(id) = host.id {
         let _ = write!(line, " id={}", host_id(id));
+    }
+    if let Some(ident) = ident {
+        let shown = ident.to_string();
+        if !shown.is_empty() {
+            let _ = write!(line, " {shown}");
+        }
     }
     let _ = write!(
         line,
@@ -221,6 +318,13 @@ fn text_summary(ts: &str, s: &Summary) -> String {
         s.lost,
         s.sweep.as_secs_f64() * 1e3
     );
+    if let Some(f) = s.fleet {
+        let _ = write!(
+            line,
+            " missing={} unknown_hosts={}",
+            f.missing, f.unknown_hosts
+        );
+    }
     for &c in Counter::PACKETS {
         let _ = write!(line, " {}={}", c.name(), s.packets[c as usize]);
     }
@@ -260,26 +364,35 @@ mod tests {
     #[test]
     fn json_host_events() {
         let host = Host::addr(&HostKey::from_ipv4([10, 1, 2, 3]));
-        let silent = Event::Host(Transition::Silent {
-            host,
-            silent_for_ns: 15_210_000_000,
-        });
+        let silent = Event::Host(
+            Transition::Silent {
+                host,
+                silent_for_ns: 15_210_000_000,
+            },
+            None,
+        );
         assert_eq!(
             format_event(Format::Json, &timestamp(at()), &silent),
             r#"{"ts":"2026-11-24T10:00:00.123Z","event":"silent","host":"10.1.2.3","silent_for_ms":15210}"#
         );
-        let new = Event::Host(Transition::New {
-            host,
-            age_ns: 2_000_000,
-        });
+        let new = Event::Host(
+            Transition::New {
+                host,
+                age_ns: 2_000_000,
+            },
+            None,
+        );
         assert_eq!(
             format_event(Format::Json, &timestamp(at()), &new),
             r#"{"ts":"2026-11-24T10:00:00.123Z","event":"new","host":"10.1.2.3","last_seen_ago_ms":2}"#
         );
-        let rec = Event::Host(Transition::Recovered {
-            host,
-            silent_for_ns: 20_000_000_000,
-        });
+        let rec = Event::Host(
+            Transition::Recovered {
+                host,
+                silent_for_ns: 20_000_000_000,
+            },
+            None,
+        );
         let v: serde_json::Value =
             serde_json::from_str(&format_event(Format::Json, &timestamp(at()), &rec)).unwrap();
         assert_eq!(v["event"], "recovered");
@@ -335,22 +448,28 @@ mod tests {
 
     #[test]
     fn json_signed_host_events() {
-        let silent = Event::Host(Transition::Silent {
-            host: signed_host(),
-            silent_for_ns: 15_210_000_000,
-        });
+        let silent = Event::Host(
+            Transition::Silent {
+                host: signed_host(),
+                silent_for_ns: 15_210_000_000,
+            },
+            None,
+        );
         assert_eq!(
             format_event(Format::Json, &timestamp(at()), &silent),
             r#"{"ts":"2026-11-24T10:00:00.123Z","event":"silent","host":"198.18.0.2","host_id":"000000000000002a","silent_for_ms":15210,"lost":3}"#
         );
-        let rec = Event::Host(Transition::Recovered {
-            host: Host {
-                id: Some(u64::MAX),
-                lost: Some(0),
-                ..signed_host()
+        let rec = Event::Host(
+            Transition::Recovered {
+                host: Host {
+                    id: Some(u64::MAX),
+                    lost: Some(0),
+                    ..signed_host()
+                },
+                silent_for_ns: 20_000_000_000,
             },
-            silent_for_ns: 20_000_000_000,
-        });
+            None,
+        );
         let v: serde_json::Value =
             serde_json::from_str(&format_event(Format::Json, &timestamp(at()), &rec)).unwrap();
         assert_eq!(v["host_id"], "ffffffffffffffff");
@@ -363,10 +482,13 @@ mod tests {
             format_event(
                 Format::Text,
                 &timestamp(at()),
-                &Event::Host(Transition::Recovered {
-                    host: signed_host(),
-                    silent_for_ns: 20_000_000_000
-                })
+                &Event::Host(
+                    Transition::Recovered {
+                        host: signed_host(),
+                        silent_for_ns: 20_000_000_000
+                    },
+                    None
+                )
             ),
             "2026-11-24T10:00:00.123Z recovered 198.18.0.2 id=000000000000002a (was silent for 20s, 3 lost)"
         );
@@ -379,10 +501,13 @@ mod tests {
             format_event(
                 Format::Text,
                 &timestamp(at()),
-                &Event::Host(Transition::Silent {
-                    host,
-                    silent_for_ns: 15_210_000_000
-                })
+                &Event::Host(
+                    Transition::Silent {
+                        host,
+                        silent_for_ns: 15_210_000_000
+                    },
+                    None
+                )
             ),
             "2026-11-24T10:00:00.123Z silent    10.1.2.3 (silent for 15s 210ms)"
         );
@@ -399,5 +524,64 @@ mod tests {
             line.ends_with("table_full=0 forged=0 replayed=0 unauthenticated=0"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn inventoried_hosts_are_named_in_both_formats() {
+        let path = std::env::temp_dir().join(format!("hb-events-{}.csv", std::process::id()));
+        std::fs::write(
+            &path,
+            "address,name,group,dc\n10.1.2.3,web-17,web,fra\n10.1.2.4,,db,\n",
+        )
+        .unwrap();
+        let fleet = crate::track::fleet::Fleet::load(&crate::track::fleet::FleetConfig {
+            inventory: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let inv = fleet.inventory().unwrap();
+        let key = HostKey::from_ipv4([10, 1, 2, 3]);
+        let ident = inv.ident(inv.entry(&key).unwrap());
+        let silent = Event::Host(
+            Transition::Silent {
+                host: Host::addr(&key),
+                silent_for_ns: 15_210_000_000,
+            },
+            Some(ident),
+        );
+        let ts = timestamp(at());
+        assert_eq!(
+            format_event(Format::Json, &ts, &silent),
+            r#"{"ts":"2026-11-24T10:00:00.123Z","event":"silent","host":"10.1.2.3","name":"web-17","labels":{"group":"web","dc":"fra"},"silent_for_ms":15210}"#
+        );
+        assert_eq!(
+            format_event(Format::Text, &ts, &silent),
+            "2026-11-24T10:00:00.123Z silent    10.1.2.3 web-17 group=web dc=fra (silent for 15s 210ms)"
+        );
+        let other = HostKey::from_ipv4([10, 1, 2, 4]);
+        let missing = Event::Missing {
+            host: &other,
+            ident: inv.ident(inv.entry(&other).unwrap()),
+            for_ns: 30_000_000_000,
+        };
+        assert_eq!(
+            format_event(Format::Json, &ts, &missing),
+            r#"{"ts":"2026-11-24T10:00:00.123Z","event":"missing","host":"10.1.2.4","labels":{"group":"db"},"missing_for_ms":30000}"#
+        );
+        assert_eq!(
+            format_event(Format::Text, &ts, &missing),
+            "2026-11-24T10:00:00.123Z missing   10.1.2.4 group=db (not heard for 30s)"
+        );
+        let by_id = HostKey::from_host_id(42);
+        let id_missing = Event::Missing {
+            host: &by_id,
+            ident: inv.ident(0),
+            for_ns: 1_000_000_000,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&format_event(Format::Json, &ts, &id_missing)).unwrap();
+        assert_eq!(v["host_id"], "000000000000002a");
+        assert!(v.get("host").is_none());
     }
 }

@@ -13,9 +13,20 @@ use crate::clock::monotonic_ns;
 
 use super::{
     events::{host_id, timestamp},
+    fleet::Ident,
     table::Table,
     tracker::Tracker,
 };
+
+/// How a page names a slot's host beyond its address: its inventory name
+/// and labels, if any.
+pub type Names<'f> = &'f dyn Fn(u32) -> Option<Ident<'f>>;
+
+/// No inventory: no names.
+#[cfg(test)]
+pub fn no_names(_: u32) -> Option<Ident<'static>> {
+    None
+}
 
 /// Silent hosts, longest silent first: by last-seen time, then slot (a
 /// stable order for paging). The sweeper keeps it from the tracker's
@@ -130,18 +141,20 @@ impl SilentOrder {
     pub fn page(
         &self,
         table: &dyn Table,
+        names: Names<'_>,
         timeout: Duration,
         offset: usize,
         limit: usize,
     ) -> SilentPage {
         let (now, wall) = (monotonic_ns(), SystemTime::now());
-        self.page_at(table, timeout, (offset, limit), now, wall)
+        self.page_at(table, names, timeout, (offset, limit), now, wall)
     }
 
     /// As `page`, at monotonic time `now` and wall time `wall`.
     fn page_at(
         &self,
         table: &dyn Table,
+        names: Names<'_>,
         timeout: Duration,
         (offset, limit): (usize, usize),
         now: u64,
@@ -153,9 +166,12 @@ impl SilentOrder {
                 let host = table.host(slot);
                 let ago = Duration::from_nanos(now.saturating_sub(seen));
                 let last_seen = earlier(wall, ago);
+                let ident = names(slot);
                 SilentHost {
                     host: host.ip.to_string(),
                     host_id: host.id.map(host_id),
+                    name: ident.and_then(|i| i.name.map(str::to_owned)),
+                    labels: ident.and_then(|i| OwnedLabels::of(&i)),
                     lost: host.lost,
                     silent_since: timestamp(last_seen + timeout),
                     last_seen: timestamp(last_seen),
@@ -172,11 +188,42 @@ impl SilentOrder {
     }
 }
 
+/// A host's labels, for a page: serialized as a JSON object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OwnedLabels(pub Vec<(String, String)>);
+
+impl OwnedLabels {
+    /// The labels of `ident`; `None` if it has none.
+    pub fn of(ident: &Ident<'_>) -> Option<Self> {
+        let v: Vec<_> = ident
+            .labels
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        (!v.is_empty()).then_some(Self(v))
+    }
+}
+
+impl Serialize for OwnedLabels {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
 #[derive(Serialize)]
 pub struct SilentHost {
     pub host: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<OwnedLabels>,
     /// When its last heartbeat became older than the timeout.
     pub silent_since: String,
     pub last_seen: String,
@@ -198,11 +245,12 @@ pub struct SilentPage {
 pub fn silent_page(
     tracker: &Tracker,
     table: &dyn Table,
+    names: Names<'_>,
     timeout: Duration,
     offset: usize,
     limit: usize,
 ) -> SilentPage {
-    SilentOrder::of(tracker).page(table, timeout, offset, limit)
+    SilentOrder::of(tracker).page(table, names, timeout, offset, limit)
 }
 
 /// `ago` before `wall`, or the epoch where that would be earlier: a wall
@@ -254,8 +302,14 @@ mod tests {
         tracker.sweep(table.last_seen(), now, |_| {});
         // Silent for 999 s, on a clock that reads 10 s after the epoch.
         let wall = UNIX_EPOCH + Duration::from_secs(10);
-        let page =
-            SilentOrder::of(&tracker).page_at(&table, Duration::from_secs(15), (0, 10), now, wall);
+        let page = SilentOrder::of(&tracker).page_at(
+            &table,
+            &no_names,
+            Duration::from_secs(15),
+            (0, 10),
+            now,
+            wall,
+        );
         assert_eq!(page.total, 1);
         let h = &page.hosts[0];
         assert_eq!(h.last_seen, "1970-01-01T00:00:00.000Z");

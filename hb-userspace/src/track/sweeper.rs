@@ -12,11 +12,18 @@ use log::warn;
 use crate::clock::monotonic_ns;
 
 use super::{
-    events::{Event, Format, Summary, format_event, timestamp},
+    events::{Event, FleetCounts, Format, Summary, format_event, timestamp},
+    fleet::{
+        Fleet, Ident, MUTED,
+        roll::{IGNORED, Roll, Timed, UNLISTED},
+    },
     silent::SilentOrder,
     table::Table,
-    tracker::{Told, Tracker, Transition},
+    tracker::{Observer, Told, Tracker, Transition},
 };
+
+/// Bytes of the output buffer kept from one sweep to the next.
+const OUT_KEEP: usize = 1 << 20;
 
 /// Host events reported since the start.
 #[derive(Debug, Clone, Copy, Default)]
@@ -24,7 +31,38 @@ pub struct EventTotals {
     pub new: u64,
     pub silent: u64,
     pub recovered: u64,
+    pub missing: u64,
 }
+
+/// What a fleet set carries on from the one before (see `Roll::expect`).
+#[derive(Default)]
+struct Carry {
+    waiting: Vec<Timed>,
+    missing: Vec<Timed>,
+    /// Slots of hosts the new inventory no longer lists: forgotten.
+    removed: Vec<u32>,
+}
+
+/// Forgetting hosts, which frees their slots for new ones (see
+/// `Table::forget`): hosts a reload drops from the inventory, and hosts
+/// outside it (every host, without one) silent for `forget_after`. A slot
+/// is forgotten in the table and the tracker at one sweep, and freed (the
+/// told state says it is unknown, the table may hand it out) at a later
+/// one, once no line about it is in flight: a heartbeat in flight when it
+/// was forgotten cannot land on the next host's slot.
+#[derive(Default)]
+struct Forgetting {
+    /// To forget at the next sweep.
+    doomed: Vec<u32>,
+    /// Forgotten, to free at the next sweep.
+    dying: Vec<u32>,
+    /// When to look for hosts silent for `forget_after`.
+    next_scan: u64,
+    total: u64,
+}
+
+/// The longest between two looks for hosts to forget.
+const FORGET_SCAN: u64 = 60_000_000_000;
 
 pub struct Sweeper {
     events: EventTotals,
@@ -44,13 +82,17 @@ pub struct Sweeper {
     /// Lines not yet known to be written, where the tracker keeps what the
     /// output was told: where each ends in those bytes, and what it told.
     untold: VecDeque<(u64, Told)>,
-    fleet: super::fleet::Fleet,
     /// A summary line every this many sweeps; 0: none.
     summary_every: u32,
     /// Sweeps until the next summary line (0: this one).
     summary_in: u32,
     /// Heartbeats and lost heartbeats since the last summary line.
     unsummed: (u64, u64),
+    fleet: Fleet,
+    roll: Roll,
+    /// The fleet was set: the next sweep holds the table against it.
+    adopt: Option<Carry>,
+    forgetting: Forgetting,
 }
 
 impl Sweeper {
@@ -74,6 +116,9 @@ impl Sweeper {
             summary_every: 1,
             summary_in: 0,
             unsummed: (0, 0),
+            roll: Roll::default(),
+            adopt: Some(Carry::default()),
+            forgetting: Forgetting::default(),
         }
     }
 
@@ -111,14 +156,174 @@ impl Sweeper {
     }
 
     /// Adopts the fleet (inventory, names, group timeouts) for the sweeps
-    /// from now on; at start and at every reload.
-    // SKELETON: the inventory work makes the sweep use it.
-    pub fn set_fleet(&mut self, fleet: super::fleet::Fleet) {
+    /// from now on; at start and at every reload. The next sweep holds the
+    /// table against it: hosts keep their state (alive, silent, missing or
+    /// waiting out their grace) with no event; hosts it adds that were
+    /// never heard start their grace then.
+    pub fn set_fleet(&mut self, fleet: Fleet) {
+        let (waiting, missing) = self.roll.carry(&self.fleet);
+        let removed = match (self.fleet.inventory(), fleet.inventory()) {
+            (Some(old), Some(new)) => self
+                .roll
+                .listed()
+                .filter(|&(_, e)| new.entry(old.key(e)).is_none())
+                .map(|(slot, _)| slot)
+                .collect(),
+            _ => Vec::new(),
+        };
         self.fleet = fleet;
+        self.adopt = Some(Carry {
+            waiting,
+            missing,
+            removed,
+        });
     }
 
-    pub fn fleet(&self) -> &super::fleet::Fleet {
+    /// Hosts forgotten since the start.
+    pub fn forgotten(&self) -> u64 {
+        self.forgetting.total
+    }
+
+    pub fn fleet(&self) -> &Fleet {
         &self.fleet
+    }
+
+    /// The name and labels of the host in `slot`, if inventoried.
+    pub fn ident(&self, slot: u32) -> Option<Ident<'_>> {
+        let e = self.roll.entry(slot);
+        if e >= IGNORED {
+            return None;
+        }
+        Some(self.fleet.inventory()?.ident(e))
+    }
+
+    /// The roll call of the fleet over the table (missing hosts, counts
+    /// by group).
+    pub fn roll(&self) -> &Roll {
+        &self.roll
+    }
+
+    /// Whether the fleet asks for more than the defaults: an inventory or
+    /// groups.
+    fn fleet_active(&self) -> bool {
+        self.fleet.inventory().is_some() || self.fleet.classes().len() > 1
+    }
+
+    /// Holds the table against a fleet just set (see `set_fleet`).
+    fn adopt(&mut self, table: &dyn Table, now: u64, carry: Carry) {
+        let active = self.fleet_active();
+        self.roll = Roll::new(&self.fleet);
+        // Forgotten by a collector that stopped before freeing them (those
+        // this one is freeing are found too: `forget` skips them).
+        let tracker = &self.tracker;
+        self.forgetting
+            .doomed
+            .extend((0..table.len() as u32).filter(|&s| tracker.is_known(s) && table.forgotten(s)));
+        self.forgetting.doomed.extend(carry.removed.iter().copied());
+        if !active {
+            self.tracker.set_timeouts(Vec::new());
+            return;
+        }
+        let default = self.tracker.timeout_ns();
+        let mut timeouts = vec![default; 256];
+        for (c, policy) in self.fleet.classes().iter().enumerate() {
+            timeouts[c] = policy.timeout.map_or(default, |t| t.as_nanos() as u64);
+        }
+        timeouts[MUTED as usize] = u64::MAX;
+        self.tracker.set_timeouts(timeouts);
+        let keep = self.tracker.keeps_told();
+        for slot in 0..table.len() as u32 {
+            if !self.tracker.is_known(slot) {
+                continue;
+            }
+            let r = self
+                .roll
+                .resolve(&self.fleet, slot, &table.host(slot).key());
+            self.tracker.set_class(slot, r.class);
+            if !self.tracker.is_silent(slot) {
+                continue;
+            }
+            if r.class == MUTED {
+                // No longer watched: out of the silent hosts, quietly.
+                if let Some(told) = self.tracker.unsilence(slot, now) {
+                    self.silent.recovered(slot);
+                    if keep {
+                        self.untold
+                            .push_back((self.reported + self.out.len() as u64, told));
+                    }
+                }
+            } else if r.entry != UNLISTED {
+                self.roll.silent_changed(r.class, true);
+            }
+        }
+        self.roll
+            .expect(&self.fleet, now, &carry.waiting, &carry.missing);
+    }
+
+    /// One sweep's forgetting (see `Forgetting`): frees the slots
+    /// forgotten at an earlier sweep, forgets those doomed since.
+    fn forget(&mut self, table: &dyn Table, now: u64) {
+        let f = &mut self.forgetting;
+        if !f.dying.is_empty() && self.untold.is_empty() {
+            for slot in f.dying.drain(..) {
+                table.release(slot);
+                self.tracker.free(slot);
+                if let Err(e) = table.reuse(slot) {
+                    warn!("slot {slot} of a forgotten host not freed: {e:#}");
+                }
+            }
+        }
+        if now >= f.next_scan {
+            let after = self.fleet.config.forget_after.as_nanos() as u64;
+            f.next_scan = now + (after / 4).clamp(1, FORGET_SCAN);
+            let roll = &self.roll;
+            for (slot, t) in table.last_seen().iter().enumerate() {
+                let seen = t.load(std::sync::atomic::Ordering::Relaxed);
+                if seen != 0
+                    && now.saturating_sub(seen) > after
+                    && roll.entry(slot as u32) >= IGNORED
+                    && self.tracker.is_known(slot as u32)
+                {
+                    f.doomed.push(slot as u32);
+                }
+            }
+        }
+        if f.doomed.is_empty() {
+            return;
+        }
+        let mut doomed = std::mem::take(&mut f.doomed);
+        doomed.sort_unstable();
+        doomed.dedup();
+        let dying: hashbrown::HashSet<u32> = f.dying.iter().copied().collect();
+        let before = f.total;
+        for slot in doomed {
+            if dying.contains(&slot) || !self.tracker.is_known(slot) {
+                continue;
+            }
+            match table.forget(slot) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    warn!("forgetting the host in slot {slot}: {e:#}");
+                    continue;
+                }
+            }
+            let was_silent = self.tracker.is_silent(slot);
+            if was_silent {
+                self.silent.recovered(slot);
+            }
+            self.tracker.forgetting(slot);
+            self.roll.forget(&self.fleet, slot, was_silent);
+            let f = &mut self.forgetting;
+            f.dying.push(slot);
+            f.total += 1;
+        }
+        let n = self.forgetting.total - before;
+        if n > 0 {
+            log::info!(
+                "forgot {n} hosts (dropped from the inventory, or silent for --forget-after): their slots are freed"
+            );
+        }
     }
 
     /// Host events reported since the start.
@@ -159,6 +364,15 @@ impl Sweeper {
     pub fn sweep_at(&mut self, table: &dyn Table, now: u64, wall: SystemTime) -> Result<()> {
         let started = Instant::now();
         self.out.clear();
+        // A sweep that reported a million new hosts leaves a buffer of
+        // 100 MB: not kept for the quiet sweeps that follow.
+        if self.out.capacity() > OUT_KEEP {
+            self.out.shrink_to(OUT_KEEP);
+        }
+        if let Some(carry) = self.adopt.take() {
+            self.adopt(table, now, carry);
+        }
+        self.forget(table, now);
         let Self {
             tracker,
             silent,
@@ -172,29 +386,41 @@ impl Sweeper {
         let ts = timestamp(wall);
         let keep = tracker.keeps_told();
         let last_seen = table.last_seen();
-        tracker.sweep(last_seen, now, |t| {
-            match t {
-                Transition::New { .. } => events.new += 1,
-                Transition::Silent {
-                    host,
-                    silent_for_ns,
-                } => {
-                    events.silent += 1;
-                    // silent_for_ns is `now` less its last-seen time.
-                    silent.went_silent(host, now - silent_for_ns);
-                }
-                Transition::Recovered { host, .. } => {
-                    events.recovered += 1;
-                    silent.recovered(host);
-                }
-            }
-            let told = Told::transition(&t, now);
-            let t = t.with_host(table.host(*t.host()));
-            push_line(out, &format_event(*format, &ts, &Event::Host(t)));
-            if keep {
-                untold.push_back((*reported + out.len() as u64, told));
-            }
-        });
+        let active = self.fleet.inventory().is_some() || self.fleet.classes().len() > 1;
+        let mut obs = Obs {
+            fleet: &self.fleet,
+            roll: &mut self.roll,
+            active,
+            table,
+            silent,
+            events,
+            out,
+            untold,
+            reported: *reported,
+            keep,
+            format: *format,
+            ts: &ts,
+            now,
+        };
+        tracker.sweep(last_seen, now, &mut obs);
+        let Obs {
+            roll,
+            out,
+            events,
+            fleet,
+            ..
+        } = obs;
+        if let Some(inv) = fleet.inventory() {
+            roll.check_grace(fleet, now, |e, since| {
+                events.missing += 1;
+                let event = Event::Missing {
+                    host: inv.key(e),
+                    ident: inv.ident(e),
+                    for_ns: now.saturating_sub(since),
+                };
+                push_line(out, &format_event(*format, &ts, &event));
+            });
+        }
         silent.settle(tracker);
         // The slots this sweep read: those in use when it began.
         self.table_used = last_seen.len();
@@ -215,10 +441,16 @@ impl Sweeper {
             );
         }
         let census = self.tracker.census();
+        // Hosts not tracked are not counted as hosts.
+        let ignored = self.roll.ignored();
         self.summary = Summary {
-            hosts: census.hosts,
-            alive: census.alive,
+            hosts: census.hosts.saturating_sub(ignored),
+            alive: census.alive.saturating_sub(ignored),
             silent: census.silent,
+            fleet: self.fleet.inventory().map(|_| FleetCounts {
+                missing: self.roll.missing_count(),
+                unknown_hosts: self.roll.unlisted(),
+            }),
             heartbeats: delta(Counter::Heartbeat),
             lost: delta(Counter::Lost),
             packets,
@@ -252,6 +484,96 @@ impl Sweeper {
             self.untold.push_back((self.reported, Told::swept(now)));
         }
         Ok(())
+    }
+}
+
+/// A sweep's observer: resolves hosts first heard against the fleet, and
+/// writes the lines of the transitions the output is to see (an
+/// inventoried host's first heartbeat is expected: no line, unless it was
+/// reported missing; an ignored host has none). Every transition is told
+/// to the tracker in turn with the lines, written or not.
+struct Obs<'a> {
+    fleet: &'a Fleet,
+    roll: &'a mut Roll,
+    active: bool,
+    table: &'a dyn Table,
+    silent: &'a mut SilentOrder,
+    events: &'a mut EventTotals,
+    out: &'a mut Vec<u8>,
+    untold: &'a mut VecDeque<(u64, Told)>,
+    reported: u64,
+    keep: bool,
+    format: Format,
+    ts: &'a str,
+    now: u64,
+}
+
+impl Observer for &mut Obs<'_> {
+    fn classify(&mut self, slot: u32) -> u8 {
+        if !self.active {
+            return 0;
+        }
+        let key = self.table.host(slot).key();
+        self.roll.resolve(self.fleet, slot, &key).class
+    }
+
+    fn emit(&mut self, t: Transition<u32>) {
+        let now = self.now;
+        let told = Told::transition(&t, now);
+        let slot = *t.host();
+        let entry = if self.active {
+            self.roll.entry(slot)
+        } else {
+            UNLISTED
+        };
+        let inv = self.fleet.inventory().filter(|_| entry < IGNORED);
+        let class = inv.map_or(0, |inv| inv.class(entry));
+        let line = match t {
+            Transition::New { .. } => match inv {
+                // Expected: a line only if it was reported missing.
+                Some(_) => self.roll.found(entry, class).map(|since| {
+                    self.events.recovered += 1;
+                    Transition::Recovered {
+                        host: slot,
+                        silent_for_ns: now.saturating_sub(since),
+                    }
+                }),
+                None if entry == IGNORED => None,
+                None => {
+                    self.events.new += 1;
+                    Some(t)
+                }
+            },
+            Transition::Silent {
+                host,
+                silent_for_ns,
+            } => {
+                // silent_for_ns is `now` less its last-seen time.
+                self.silent.went_silent(host, now - silent_for_ns);
+                if inv.is_some() {
+                    self.roll.silent_changed(class, true);
+                }
+                self.events.silent += u64::from(entry != IGNORED);
+                (entry != IGNORED).then_some(t)
+            }
+            Transition::Recovered { host, .. } => {
+                self.silent.recovered(host);
+                if inv.is_some() {
+                    self.roll.silent_changed(class, false);
+                }
+                self.events.recovered += u64::from(entry != IGNORED);
+                (entry != IGNORED).then_some(t)
+            }
+        };
+        if let Some(line) = line {
+            let ident = inv.map(|inv| inv.ident(entry));
+            let event = Event::Host(line.with_host(self.table.host(slot)), ident);
+            push_line(self.out, &format_event(self.format, self.ts, &event));
+        }
+        if self.keep {
+            self.untold
+                .push_back((self.reported + self.out.len() as u64, told));
+        }
     }
 }
 
@@ -374,6 +696,68 @@ mod tests {
             .collect()
     }
 
+    /// A fleet from an inventory `csv`, with `grace`, unknown hosts and
+    /// groups as given.
+    fn fleet(
+        csv: &str,
+        grace: u64,
+        unknown: crate::track::fleet::UnknownHosts,
+        groups: &[(&str, u64)],
+    ) -> Fleet {
+        use crate::track::fleet::{FleetConfig, GroupPolicy};
+        use std::sync::atomic::AtomicUsize;
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "hb-sweeper-{}-{}.csv",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::write(&path, csv).unwrap();
+        let config = FleetConfig {
+            inventory: Some(path.clone()),
+            grace: std::time::Duration::from_nanos(grace),
+            unknown_hosts: unknown,
+            groups: groups
+                .iter()
+                .map(|&(g, t)| {
+                    (
+                        g.to_owned(),
+                        GroupPolicy {
+                            timeout: Some(std::time::Duration::from_nanos(t)),
+                            grace: None,
+                        },
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let fleet = Fleet::load(&config).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        fleet
+    }
+
+    /// (event, host) of each line, and the lines as JSON.
+    fn events(sweeper: &Sweeper) -> Vec<serde_json::Value> {
+        std::str::from_utf8(sweeper.lines())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["event"] != "summary")
+            .collect()
+    }
+
+    fn kinds(sweeper: &Sweeper) -> Vec<(String, String)> {
+        events(sweeper)
+            .iter()
+            .map(|v| {
+                (
+                    v["event"].as_str().unwrap().to_owned(),
+                    v["host"].as_str().unwrap_or("?").to_owned(),
+                )
+            })
+            .collect()
+    }
+
     #[test]
     fn summary_lines_at_most_every_n_sweeps() {
         assert_eq!(summary_sweeps(1, 4), [1, 2, 3, 4]);
@@ -415,5 +799,347 @@ mod tests {
         assert_eq!(recovered_after_restart(1), expected);
         assert_eq!(recovered_after_restart(0), expected);
         assert_eq!(recovered_after_restart(5), expected);
+    }
+
+    fn pair(e: &str, h: &str) -> (String, String) {
+        (e.to_owned(), h.to_owned())
+    }
+
+    fn summary(sweeper: &Sweeper) -> serde_json::Value {
+        let text = std::str::from_utf8(sweeper.lines()).unwrap();
+        serde_json::from_str(text.lines().last().unwrap()).unwrap()
+    }
+
+    const INVENTORY: &str = "address,name,group,dc\n\
+        198.18.0.0,web-0,web,fra\n\
+        198.18.0.1,web-1,web,fra\n\
+        198.18.0.2,db-2,db,ams\n\
+        198.18.0.9,web-9,web,fra\n";
+
+    #[test]
+    fn inventoried_hosts_are_expected_missing_then_recovered() {
+        use crate::track::fleet::UnknownHosts;
+        let mut sw = Sweeper::new(15 * S, Format::Json);
+        sw.set_fleet(fleet(INVENTORY, 5 * S, UnknownHosts::Track, &[]));
+        // Slots 0, 1 (inventoried) and 3 (not) beat; 2 and 9 are not heard.
+        let table = fake(&[10 * S, 10 * S, 0, 10 * S]);
+        sw.sweep_at(&table, 10 * S, UNIX_EPOCH).unwrap();
+        assert_eq!(kinds(&sw), [pair("new", "198.18.0.3")]);
+        let s = summary(&sw);
+        assert_eq!(
+            (s["hosts"].as_u64(), s["missing"].as_u64()),
+            (Some(3), Some(0))
+        );
+        assert_eq!(s["unknown_hosts"], 1);
+        sw.sweep_at(&table, 14 * S, UNIX_EPOCH).unwrap();
+        assert!(kinds(&sw).is_empty(), "within the grace");
+        sw.sweep_at(&table, 15 * S, UNIX_EPOCH).unwrap();
+        let ev = events(&sw);
+        assert_eq!(
+            kinds(&sw),
+            [pair("missing", "198.18.0.2"), pair("missing", "198.18.0.9")]
+        );
+        assert_eq!(ev[0]["name"], "db-2");
+        assert_eq!(
+            ev[0]["labels"],
+            serde_json::json!({"group": "db", "dc": "ams"})
+        );
+        assert_eq!(ev[0]["missing_for_ms"], 5000);
+        assert_eq!(summary(&sw)["missing"], 2);
+        sw.sweep_at(&table, 16 * S, UNIX_EPOCH).unwrap();
+        assert!(kinds(&sw).is_empty(), "missing is reported once");
+        // Host 2 starts beating.
+        let table = fake(&[17 * S, 17 * S, 17 * S, 17 * S]);
+        sw.sweep_at(&table, 17 * S, UNIX_EPOCH).unwrap();
+        let ev = events(&sw);
+        assert_eq!(kinds(&sw), [pair("recovered", "198.18.0.2")]);
+        assert_eq!(ev[0]["name"], "db-2");
+        assert_eq!(ev[0]["silent_for_ms"], 7000);
+        assert_eq!(summary(&sw)["missing"], 1);
+        assert_eq!(sw.roll().missing().count(), 1);
+        // Host 0 falls silent: named.
+        let table = fake(&[17 * S, 40 * S, 40 * S, 40 * S]);
+        sw.sweep_at(&table, 40 * S, UNIX_EPOCH).unwrap();
+        let ev = events(&sw);
+        assert_eq!(kinds(&sw), [pair("silent", "198.18.0.0")]);
+        assert_eq!(ev[0]["name"], "web-0");
+        assert_eq!(ev[0]["labels"]["group"], "web");
+        assert_eq!(sw.totals().new, 1);
+        assert_eq!(sw.totals().missing, 2);
+        let web = &sw.roll().by_class()[1];
+        assert_eq!((web.hosts, web.silent, web.missing), (2, 1, 1));
+    }
+
+    #[test]
+    fn ignored_hosts_are_counted_not_tracked() {
+        use crate::track::fleet::UnknownHosts;
+        let mut sw = Sweeper::new(15 * S, Format::Json);
+        sw.set_fleet(fleet(INVENTORY, 60 * S, UnknownHosts::Ignore, &[]));
+        let table = fake(&[10 * S, 10 * S, 10 * S, 10 * S, 10 * S]);
+        sw.sweep_at(&table, 10 * S, UNIX_EPOCH).unwrap();
+        assert!(kinds(&sw).is_empty());
+        let s = summary(&sw);
+        assert_eq!(
+            (s["hosts"].as_u64(), s["unknown_hosts"].as_u64()),
+            (Some(3), Some(2))
+        );
+        // Everyone stops: only the inventoried go silent.
+        sw.sweep_at(&table, 30 * S, UNIX_EPOCH).unwrap();
+        assert_eq!(
+            kinds(&sw),
+            [
+                pair("silent", "198.18.0.0"),
+                pair("silent", "198.18.0.1"),
+                pair("silent", "198.18.0.2")
+            ]
+        );
+        assert_eq!(summary(&sw)["silent"], 3);
+        assert_eq!(sw.silent().len(), 3);
+    }
+
+    #[test]
+    fn a_group_has_its_own_timeout() {
+        use crate::track::fleet::UnknownHosts;
+        let mut sw = Sweeper::new(15 * S, Format::Json);
+        sw.set_fleet(fleet(
+            INVENTORY,
+            100 * S,
+            UnknownHosts::Track,
+            &[("db", 40 * S)],
+        ));
+        let table = fake(&[10 * S, 10 * S, 10 * S, 10 * S]);
+        sw.sweep_at(&table, 10 * S, UNIX_EPOCH).unwrap();
+        sw.sweep_at(&table, 30 * S, UNIX_EPOCH).unwrap();
+        assert_eq!(
+            kinds(&sw),
+            [
+                pair("silent", "198.18.0.0"),
+                pair("silent", "198.18.0.1"),
+                pair("silent", "198.18.0.3")
+            ]
+        );
+        sw.sweep_at(&table, 50 * S, UNIX_EPOCH).unwrap();
+        assert!(kinds(&sw).is_empty(), "db: 40 s");
+        sw.sweep_at(&table, 51 * S, UNIX_EPOCH).unwrap();
+        assert_eq!(kinds(&sw), [pair("silent", "198.18.0.2")]);
+        // Back within the group's timeout, though past the default's.
+        let table = fake(&[10 * S, 10 * S, 40 * S, 10 * S]);
+        sw.sweep_at(&table, 70 * S, UNIX_EPOCH).unwrap();
+        assert_eq!(kinds(&sw), [pair("recovered", "198.18.0.2")]);
+    }
+
+    #[test]
+    fn a_new_fleet_adopts_hosts_as_they_are() {
+        use crate::track::fleet::UnknownHosts;
+        let mut sw = Sweeper::new(15 * S, Format::Json);
+        sw.set_fleet(fleet(INVENTORY, 5 * S, UnknownHosts::Track, &[]));
+        // 0 alive, 1 silent, 3 unknown and silent; 2 and 9 missing.
+        let table = fake(&[10 * S, 10 * S, 0, 10 * S]);
+        sw.sweep_at(&table, 10 * S, UNIX_EPOCH).unwrap();
+        let table = fake(&[29 * S, 10 * S, 0, 10 * S]);
+        sw.sweep_at(&table, 30 * S, UNIX_EPOCH).unwrap();
+        assert_eq!(kinds(&sw).len(), 2 + 2, "2 missing, 2 silent");
+        // The new inventory drops 1 and 9, adds 3 (silent) and 7 (never
+        // heard), keeps 0 and 2 (missing).
+        let next = "address,name\n198.18.0.0,a\n198.18.0.2,b\n198.18.0.3,c\n198.18.0.7,d\n";
+        sw.set_fleet(fleet(next, 5 * S, UnknownHosts::Track, &[]));
+        sw.sweep_at(&table, 31 * S, UNIX_EPOCH).unwrap();
+        assert!(kinds(&sw).is_empty(), "{:?}", kinds(&sw));
+        let s = summary(&sw);
+        assert_eq!(s["missing"], 1, "2 is still missing");
+        assert_eq!(s["silent"], 2);
+        assert_eq!(s["unknown_hosts"], 1, "1 is no longer listed");
+        assert_eq!(sw.ident(3).unwrap().name, Some("c"));
+        // 7's grace started at the reload.
+        sw.sweep_at(&table, 35 * S, UNIX_EPOCH).unwrap();
+        assert!(kinds(&sw).is_empty());
+        sw.sweep_at(&table, 36 * S, UNIX_EPOCH).unwrap();
+        assert_eq!(kinds(&sw), [pair("missing", "198.18.0.7")]);
+        // 2 comes: recovered, missing since the first fleet's start.
+        let table = fake(&[36 * S, 10 * S, 36 * S, 10 * S]);
+        sw.sweep_at(&table, 37 * S, UNIX_EPOCH).unwrap();
+        let ev = events(&sw);
+        assert_eq!(kinds(&sw), [pair("recovered", "198.18.0.2")]);
+        assert_eq!(ev[0]["silent_for_ms"], 27_000);
+    }
+
+    #[test]
+    fn an_inventoried_host_first_heard_is_told_without_a_line() {
+        // Its first heartbeat writes nothing, but a restarted collector
+        // must not take it as new either: the tracker is told.
+        use crate::track::fleet::UnknownHosts;
+        let words = Words::Heap(vec![0; state_words(SLOTS)]);
+        let table = fake(&[10 * S, 10 * S, 10 * S, 10 * S]);
+        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let mut sw = Sweeper::with_tracker(tracker, Format::Json);
+        sw.set_fleet(fleet(INVENTORY, 5 * S, UnknownHosts::Track, &[]));
+        sw.sweep_at(&table, 10 * S, UNIX_EPOCH).unwrap();
+        assert_eq!(kinds(&sw), [pair("new", "198.18.0.3")]);
+        sw.written(sw.lines().len() as u64);
+        let words = sw.into_tracker().into_words().unwrap();
+        let mut next = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let mut new = 0;
+        next.sweep(table.last_seen(), 11 * S, |t| {
+            new += u32::from(matches!(t, Transition::New { .. }))
+        });
+        assert_eq!(new, 0);
+    }
+
+    /// A table that forgets as the XDP one does: a forgotten slot reads 0
+    /// and is handed out again once reused.
+    struct Forgetful {
+        seen: Vec<AtomicU64>,
+        forgotten: std::cell::RefCell<Vec<bool>>,
+        reused: std::cell::RefCell<Vec<u32>>,
+    }
+
+    impl Forgetful {
+        fn new(seen: &[u64]) -> Self {
+            Self {
+                seen: seen.iter().map(|&t| AtomicU64::new(t)).collect(),
+                forgotten: std::cell::RefCell::new(vec![false; seen.len()]),
+                reused: Default::default(),
+            }
+        }
+        fn stamp(&self, slot: usize, t: u64) {
+            self.seen[slot].store(t, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    impl Table for Forgetful {
+        fn last_seen(&self) -> &[AtomicU64] {
+            &self.seen
+        }
+        fn host(&self, slot: u32) -> Host {
+            Host::addr(&HostKey::from_ipv4([198, 18, 0, slot as u8]))
+        }
+        fn len(&self) -> usize {
+            self.seen.len()
+        }
+        fn capacity(&self) -> usize {
+            SLOTS
+        }
+        fn counters(&self) -> Result<Counts> {
+            Ok([0; Counter::COUNT])
+        }
+        fn forget(&self, slot: u32) -> Result<bool> {
+            self.forgotten.borrow_mut()[slot as usize] = true;
+            self.stamp(slot as usize, 0);
+            Ok(true)
+        }
+        fn release(&self, slot: u32) {
+            self.stamp(slot as usize, 0);
+        }
+        fn reuse(&self, slot: u32) -> Result<()> {
+            self.forgotten.borrow_mut()[slot as usize] = false;
+            self.reused.borrow_mut().push(slot);
+            Ok(())
+        }
+        fn forgotten(&self, slot: u32) -> bool {
+            self.forgotten.borrow()[slot as usize]
+        }
+    }
+
+    /// A sweep whose lines are all written.
+    fn swept(sw: &mut Sweeper, table: &dyn Table, now: u64) -> Vec<(String, String)> {
+        sw.sweep_at(table, now, UNIX_EPOCH).unwrap();
+        sw.written(sw.reported);
+        kinds(sw)
+    }
+
+    fn forgetting_after(secs: u64) -> Fleet {
+        Fleet::load(&crate::track::fleet::FleetConfig {
+            forget_after: std::time::Duration::from_secs(secs),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_host_silent_for_forget_after_is_forgotten_and_its_slot_reused() {
+        let words = Words::Heap(vec![0; state_words(SLOTS)]);
+        let table = Forgetful::new(&[10 * S, 10 * S]);
+        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let mut sw = Sweeper::with_tracker(tracker, Format::Json);
+        sw.set_fleet(forgetting_after(20));
+        assert_eq!(swept(&mut sw, &table, 10 * S).len(), 2);
+        table.stamp(0, 30 * S);
+        assert_eq!(
+            swept(&mut sw, &table, 30 * S),
+            [pair("silent", "198.18.0.1")]
+        );
+        // Silent for 20 s, not more: kept. (Looked at every 5 s: a
+        // quarter of forget_after.)
+        table.stamp(0, 30 * S);
+        assert!(swept(&mut sw, &table, 30 * S).is_empty());
+        assert!(!table.forgotten(1));
+        // Silent for 26 s, at the next look: forgotten, without a line.
+        table.stamp(0, 36 * S);
+        assert!(swept(&mut sw, &table, 36 * S).is_empty());
+        assert!(table.forgotten(1));
+        assert_eq!(sw.forgotten(), 1);
+        let s = summary(&sw);
+        assert_eq!(
+            (s["hosts"].as_u64(), s["silent"].as_u64()),
+            (Some(1), Some(0))
+        );
+        assert!(table.reused.borrow().is_empty(), "freed a sweep later");
+        table.stamp(0, 37 * S);
+        assert!(swept(&mut sw, &table, 37 * S).is_empty());
+        assert_eq!(*table.reused.borrow(), [1]);
+        // Unknown in the told state: a restarted collector agrees.
+        let words = sw.into_tracker().into_words().unwrap();
+        let again = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        assert_eq!(again.census().hosts, 1);
+        assert!(!again.is_known(1));
+        // The slot's next host is new.
+        let mut sw = Sweeper::with_tracker(again, Format::Json);
+        table.stamp(0, 38 * S);
+        table.stamp(1, 38 * S);
+        assert_eq!(swept(&mut sw, &table, 38 * S), [pair("new", "198.18.0.1")]);
+    }
+
+    #[test]
+    fn a_collector_killed_between_the_steps_finishes_forgetting() {
+        let words = Words::Heap(vec![0; state_words(SLOTS)]);
+        let table = Forgetful::new(&[10 * S, 10 * S]);
+        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let mut sw = Sweeper::with_tracker(tracker, Format::Json);
+        sw.set_fleet(forgetting_after(20));
+        swept(&mut sw, &table, 10 * S);
+        table.stamp(0, 35 * S);
+        swept(&mut sw, &table, 35 * S);
+        assert!(table.forgotten(1));
+        // Killed here: the next collector finds the slot known, forgotten.
+        let words = sw.into_tracker().into_words().unwrap();
+        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        assert!(tracker.is_known(1));
+        let mut sw = Sweeper::with_tracker(tracker, Format::Json);
+        sw.set_fleet(forgetting_after(20));
+        assert!(swept(&mut sw, &table, 36 * S).is_empty());
+        assert_eq!(summary(&sw)["hosts"], 1);
+        assert!(swept(&mut sw, &table, 37 * S).is_empty());
+        assert_eq!(*table.reused.borrow(), [1]);
+        assert!(!sw.tracker().is_known(1));
+    }
+
+    #[test]
+    fn a_host_dropped_from_the_inventory_is_forgotten_at_the_reload() {
+        use crate::track::fleet::UnknownHosts;
+        let table = Forgetful::new(&[10 * S, 10 * S, 10 * S]);
+        let mut sw = Sweeper::new(15 * S, Format::Json);
+        sw.set_fleet(fleet(INVENTORY, 5 * S, UnknownHosts::Track, &[]));
+        assert!(swept(&mut sw, &table, 10 * S).is_empty());
+        let next = "address,name\n198.18.0.0,a\n198.18.0.2,c\n";
+        sw.set_fleet(fleet(next, 5 * S, UnknownHosts::Track, &[]));
+        assert!(swept(&mut sw, &table, 11 * S).is_empty());
+        assert!(table.forgotten(1) && !table.forgotten(0) && !table.forgotten(2));
+        let s = summary(&sw);
+        assert_eq!(
+            (s["hosts"].as_u64(), s["unknown_hosts"].as_u64()),
+            (Some(2), Some(0))
+        );
+        assert!(swept(&mut sw, &table, 12 * S).is_empty());
+        assert_eq!(*table.reused.borrow(), [1]);
     }
 }

@@ -25,4 +25,24 @@ pub trait Table {
     fn capacity(&self) -> usize;
     /// Outcome counters since the table was created.
     fn counters(&self) -> Result<Counts>;
+
+    // Forgetting a host frees its slot for a new one, in three steps, a
+    // sweep apart at least between the first two (see the sweeper's
+    // `Forgetting`): a table that cannot forget does nothing.
+
+    /// First step: the host's heartbeats no longer reach `slot`, whose
+    /// last-seen time reads 0. False: this table does not forget.
+    fn forget(&self, _slot: u32) -> Result<bool> {
+        Ok(false)
+    }
+    /// Second step: clears what a heartbeat in flight at the first wrote.
+    fn release(&self, _slot: u32) {}
+    /// Last step: the slot may be handed to a new host.
+    fn reuse(&self, _slot: u32) -> Result<()> {
+        Ok(())
+    }
+    /// Whether `slot`'s host was forgotten (first step taken).
+    fn forgotten(&self, _slot: u32) -> bool {
+        false
+    }
 }

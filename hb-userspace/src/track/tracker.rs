@@ -54,6 +54,22 @@ impl<H> Transition<H> {
     }
 }
 
+/// What a sweep tells its caller: each transition, and for a slot seen
+/// for the first time, its policy class (see `track::fleet::Class`).
+pub trait Observer {
+    /// `slot` was seen for the first time; called before its `New`.
+    fn classify(&mut self, _slot: u32) -> u8 {
+        0
+    }
+    fn emit(&mut self, t: Transition<u32>);
+}
+
+impl<F: FnMut(Transition<u32>)> Observer for F {
+    fn emit(&mut self, t: Transition<u32>) {
+        self(t)
+    }
+}
+
 /// What one line of output told: a sweep's transition, or the end of a
 /// sweep (its summary). Handed to `Tracker::told` once the line is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +204,15 @@ fn first_unknown(known: &[u64], from: usize) -> usize {
     i * 64 + word.trailing_ones() as usize
 }
 
+/// The timeout of `slot`: its class's, or `default` without classes.
+#[inline]
+fn timeout_of(class: &[u8], timeouts: &[u64], default: u64, slot: usize) -> u64 {
+    match class.get(slot) {
+        Some(&c) => timeouts[c as usize],
+        None => default,
+    }
+}
+
 pub struct Tracker {
     timeout_ns: u64,
     /// Known bits, then silent bits, `bitmap` words each: the state the
@@ -205,6 +230,10 @@ pub struct Tracker {
     /// words a bitmap.
     told: Option<Words>,
     told_bitmap: usize,
+    /// Per-slot policy class, and the timeout of each class: empty while
+    /// every host has `timeout_ns` (no groups, nothing muted).
+    class: Vec<u8>,
+    timeouts: Vec<u64>,
 }
 
 impl Tracker {
@@ -219,6 +248,8 @@ impl Tracker {
             silent: HashMap::new(),
             told: None,
             told_bitmap: 0,
+            class: Vec::new(),
+            timeouts: Vec::new(),
         }
     }
 
@@ -294,6 +325,8 @@ impl Tracker {
             silent,
             told: Some(words),
             told_bitmap: bitmap,
+            class: Vec::new(),
+            timeouts: Vec::new(),
         }
     }
 
@@ -391,31 +424,40 @@ impl Tracker {
     }
 
     /// One sweep over `last_seen` (indexed by slot; 0 = slot not ready).
-    pub fn sweep(
-        &mut self,
-        last_seen: &[AtomicU64],
-        now_ns: u64,
-        mut emit: impl FnMut(Transition<u32>),
-    ) {
+    pub fn sweep(&mut self, last_seen: &[AtomicU64], now_ns: u64, mut obs: impl Observer) {
         let n = last_seen.len();
         self.grow(n);
+        if !self.timeouts.is_empty() && self.class.len() < n {
+            self.class
+                .resize(n.max(self.class.len() * 2).min(self.bitmap * 64), 0);
+        }
         let load = |slot: usize| last_seen[slot].load(Ordering::Relaxed);
 
-        // Slots handed out since the last sweep (or not ready then).
-        for slot in self.ready_upto..n {
-            if self.bit(KNOWN, slot) {
-                continue;
+        // Slots handed out since the last sweep (or not ready then, or
+        // freed and handed out again): the first unknown ones, a word of
+        // bits at a time.
+        let mut slot = self.ready_upto;
+        loop {
+            slot = first_unknown(&self.bits[..self.bitmap], slot);
+            if slot >= n {
+                break;
             }
             let seen = load(slot);
             if seen == 0 {
+                slot += 1;
                 continue;
             }
             self.set_bit(KNOWN, slot, true);
             self.hosts += 1;
-            emit(Transition::New {
+            let class = obs.classify(slot as u32);
+            if !self.timeouts.is_empty() {
+                self.class[slot] = class;
+            }
+            obs.emit(Transition::New {
                 host: slot as u32,
                 age_ns: now_ns.saturating_sub(seen),
             });
+            slot += 1;
         }
         while self.ready_upto < n && self.bit(KNOWN, self.ready_upto) {
             self.ready_upto += 1;
@@ -423,12 +465,14 @@ impl Tracker {
 
         // Silent hosts that beat again: few, so checked one by one.
         let timeout = self.timeout_ns;
+        let (class, timeouts) = (&self.class, &self.timeouts);
+        let of = |slot: usize| timeout_of(class, timeouts, timeout, slot);
         let mut recovered = Vec::new();
         self.silent.retain(|&slot, &mut went_silent_at| {
             let seen = load(slot as usize);
-            if seen != went_silent_at && now_ns.saturating_sub(seen) <= timeout {
+            if seen != went_silent_at && now_ns.saturating_sub(seen) <= of(slot as usize) {
                 recovered.push(slot);
-                emit(Transition::Recovered {
+                obs.emit(Transition::Recovered {
                     host: slot,
                     silent_for_ns: seen.saturating_sub(went_silent_at),
                 });
@@ -443,18 +487,128 @@ impl Tracker {
 
         // Hosts that just went silent: the one pass over every slot. Age >
         // timeout is `seen < now - timeout`; the rare hit checks the bits.
-        let threshold = now_ns.saturating_sub(timeout);
+        // With classes, the shortest timeout is the pass's; a hit checks
+        // the slot's own.
+        let shortest = self.timeouts.iter().copied().min().unwrap_or(timeout);
+        let threshold = now_ns.saturating_sub(shortest);
         for (slot, t) in last_seen.iter().enumerate() {
             let seen = t.load(Ordering::Relaxed);
-            if seen < threshold && seen != 0 && !self.bit(SILENT, slot) && self.bit(KNOWN, slot) {
+            if seen < threshold
+                && seen != 0
+                && !self.bit(SILENT, slot)
+                && self.bit(KNOWN, slot)
+                && (self.timeouts.is_empty()
+                    || now_ns - seen > timeout_of(&self.class, &self.timeouts, timeout, slot))
+            {
                 self.set_bit(SILENT, slot, true);
                 self.silent.insert(slot as u32, seen);
-                emit(Transition::Silent {
+                obs.emit(Transition::Silent {
                     host: slot as u32,
                     silent_for_ns: now_ns - seen,
                 });
             }
         }
+    }
+
+    /// Timeouts by class (index: the class; `u64::MAX`: never silent), or
+    /// none: every host has the tracker's timeout. Slots keep their class
+    /// (`set_class`; a new slot gets the sweep observer's).
+    pub fn set_timeouts(&mut self, timeouts: Vec<u64>) {
+        if timeouts.is_empty() {
+            self.class = Vec::new();
+        } else if self.class.is_empty() {
+            self.class = vec![0; self.bitmap * 64];
+        }
+        self.timeouts = timeouts;
+    }
+
+    /// The timeout every host has unless its class says otherwise.
+    pub fn timeout_ns(&self) -> u64 {
+        self.timeout_ns
+    }
+
+    pub fn set_class(&mut self, slot: u32, class: u8) {
+        if let Some(c) = self.class.get_mut(slot as usize) {
+            *c = class;
+        }
+    }
+
+    pub fn class(&self, slot: u32) -> u8 {
+        self.class.get(slot as usize).copied().unwrap_or(0)
+    }
+
+    /// Whether a sweep has seen `slot`.
+    pub fn is_known(&self, slot: u32) -> bool {
+        (slot as usize) < self.bitmap * 64 && self.bit(KNOWN, slot as usize)
+    }
+
+    pub fn is_silent(&self, slot: u32) -> bool {
+        (slot as usize) < self.bitmap * 64 && self.bit(SILENT, slot as usize)
+    }
+
+    /// Takes silent `slot` out of the silent hosts without a line (a host
+    /// no longer watched): returns what the output is to be told, in
+    /// turn with the lines, as for a reported recovery.
+    pub fn unsilence(&mut self, slot: u32, at: u64) -> Option<Told> {
+        self.silent.remove(&slot)?;
+        self.set_bit(SILENT, slot as usize, false);
+        Some(Told::transition(
+            &Transition::Recovered {
+                host: slot,
+                silent_for_ns: 0,
+            },
+            at,
+        ))
+    }
+
+    /// Forgets `slot`'s host, first step (the table's `forget` is taken):
+    /// no longer counted nor silent. Its known bit stays until `free`, so
+    /// that a heartbeat in flight is not taken for a new host.
+    pub fn forgetting(&mut self, slot: u32) {
+        let s = slot as usize;
+        if s >= self.bitmap * 64 || !self.bit(KNOWN, s) {
+            return;
+        }
+        if self.silent.remove(&slot).is_some() {
+            self.set_bit(SILENT, s, false);
+        }
+        self.hosts = self.hosts.saturating_sub(1);
+    }
+
+    /// Forgets `slot`'s host, last step before the slot is handed out
+    /// again: the slot is unknown, here and in the told state, so the
+    /// host that takes it next is first seen. The told state is written
+    /// directly (there is no line): call it with no line about `slot` in
+    /// flight.
+    pub fn free(&mut self, slot: u32) {
+        let s = slot as usize;
+        if s >= self.bitmap * 64 {
+            return;
+        }
+        self.set_bit(KNOWN, s, false);
+        self.set_bit(SILENT, s, false);
+        self.ready_upto = self.ready_upto.min(s);
+        let b = self.told_bitmap;
+        let Some(words) = self.told.as_mut() else {
+            return;
+        };
+        let w = words.get_mut();
+        let (header, bits) = w.split_at_mut(HEADER);
+        let (known, silent) = bits.split_at_mut(b);
+        if s >= b * 64 {
+            return;
+        }
+        // Silent first: a process that dies between the two leaves a
+        // known, alive host, which the next one finds forgotten (its key)
+        // and frees again.
+        put_bit(&mut silent[..b], s, false);
+        compiler_fence(Ordering::SeqCst);
+        if get_bit(known, s) {
+            put_bit(known, s, false);
+            header[HOSTS] = header[HOSTS].saturating_sub(1);
+        }
+        header[READY_UPTO] = header[READY_UPTO].min(s as u64);
+        compiler_fence(Ordering::SeqCst);
     }
 
     /// Counts as of the last sweep. Silent hosts are known hosts, so
@@ -484,7 +638,11 @@ impl Tracker {
             Some(Words::Heap(v)) => v.capacity() * 8,
             Some(Words::Shared(_)) | None => 0,
         };
-        self.bits.capacity() * 8 + told + self.silent.allocation_size()
+        self.bits.capacity() * 8
+            + told
+            + self.silent.allocation_size()
+            + self.class.capacity()
+            + self.timeouts.capacity() * 8
     }
 }
 

@@ -1,8 +1,12 @@
 //! Socket mode's host table, with the kernel table's semantics: one slot per
 //! host, never evicted, last-seen times in a flat array the sweeper scans,
-//! a full table counts `table_full`.
+//! a full table counts `table_full`; a host the sweeper forgets leaves the
+//! table at the next datagram, and its slot goes to a later new host.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::{
+    cell::RefCell,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use anyhow::Result;
 use hashbrown::HashMap;
@@ -20,6 +24,13 @@ pub struct SocketTable {
     keys: Vec<HostKey>,
     capacity: usize,
     counters: Counts,
+    /// Forgotten by the sweeper (which sees the table shared): their keys
+    /// leave `slots` at the next datagram.
+    forgotten: RefCell<Vec<u32>>,
+    /// Slots freed, for new hosts first.
+    free: RefCell<Vec<u32>>,
+    /// Whether a slot's host was forgotten (until its slot is reused).
+    gone: RefCell<Vec<bool>>,
 }
 
 impl SocketTable {
@@ -35,6 +46,9 @@ impl SocketTable {
             keys: Vec::with_capacity(capacity),
             capacity,
             counters: [0; Counter::COUNT],
+            forgotten: RefCell::default(),
+            free: RefCell::default(),
+            gone: RefCell::default(),
         }
     }
 
@@ -44,8 +58,22 @@ impl SocketTable {
             self.counters[Counter::WrongPayload as usize] += 1;
             return;
         }
+        if !self.forgotten.get_mut().is_empty() {
+            for slot in self.forgotten.get_mut().drain(..) {
+                self.slots.remove(&self.keys[slot as usize]);
+            }
+        }
         let slot = match self.slots.get(&key) {
             Some(&slot) => slot as usize,
+            None if let Some(slot) = self.free.get_mut().pop() => {
+                let s = slot as usize;
+                self.slots.insert(key, slot);
+                self.keys[s] = key;
+                self.beats[s] = 0;
+                self.gone.get_mut()[s] = false;
+                self.counters[Counter::NewHost as usize] += 1;
+                s
+            }
             None if self.keys.len() >= self.capacity => {
                 self.counters[Counter::TableFull as usize] += 1;
                 return;
@@ -87,6 +115,36 @@ impl Table for SocketTable {
     fn counters(&self) -> Result<Counts> {
         Ok(self.counters)
     }
+    fn forget(&self, slot: u32) -> Result<bool> {
+        let s = slot as usize;
+        if s >= self.keys.len() || self.forgotten(slot) {
+            return Ok(true);
+        }
+        let mut gone = self.gone.borrow_mut();
+        if gone.len() < self.keys.len() {
+            gone.resize(self.keys.len(), false);
+        }
+        gone[s] = true;
+        self.forgotten.borrow_mut().push(slot);
+        self.last_seen[s].store(0, Ordering::Relaxed);
+        Ok(true)
+    }
+    fn release(&self, slot: u32) {
+        if let Some(t) = self.last_seen.get(slot as usize) {
+            t.store(0, Ordering::Relaxed);
+        }
+    }
+    fn reuse(&self, slot: u32) -> Result<()> {
+        self.free.borrow_mut().push(slot);
+        Ok(())
+    }
+    fn forgotten(&self, slot: u32) -> bool {
+        self.gone
+            .borrow()
+            .get(slot as usize)
+            .copied()
+            .unwrap_or(false)
+    }
 }
 
 #[cfg(test)]
@@ -94,7 +152,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::track::events::host_key;
+    use crate::track::events::{host_ip, host_key};
 
     #[test]
     fn records_like_the_kernel_table() {
@@ -125,6 +183,36 @@ mod tests {
         assert_eq!(seen, [20, 30]);
         assert_eq!(t.host(0).ip, a);
         assert_eq!(t.host(1).ip, b);
+    }
+
+    #[test]
+    fn a_forgotten_host_leaves_and_its_slot_goes_to_the_next() {
+        let mut t = SocketTable::new(2);
+        let (a, b, c) = (
+            HostKey::from_ipv4([198, 18, 0, 2]),
+            HostKey::from_ipv4([198, 18, 0, 3]),
+            HostKey::from_ipv4([198, 18, 0, 4]),
+        );
+        t.record(a, b"PyHB", 10);
+        t.record(b, b"PyHB", 10);
+        assert!(t.forget(0).unwrap());
+        assert!(t.forgotten(0));
+        assert_eq!(t.last_seen()[0].load(Ordering::Relaxed), 0);
+        // A heartbeat in flight lands before the key leaves (at the next
+        // datagram, this one); the release clears it.
+        t.record(c, b"PyHB", 20);
+        assert_eq!(t.counters().unwrap()[Counter::TableFull as usize], 1);
+        t.release(0);
+        t.reuse(0).unwrap();
+        t.record(c, b"PyHB", 30);
+        assert_eq!(t.host(0).ip, host_ip(&c));
+        assert!(!t.forgotten(0));
+        assert_eq!(Table::len(&t), 2);
+        assert_eq!(t.last_seen()[0].load(Ordering::Relaxed), 30);
+        // The forgotten host is a new host: the table is full again.
+        t.record(a, b"PyHB", 40);
+        assert_eq!(t.counters().unwrap()[Counter::TableFull as usize], 2);
+        assert_eq!(t.beats(&a), None);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Map, MapData};
 use hb_common::{
-    ALLOC_MAP, AUTH_MAP, BARE_MAP, BEATS_MAP, COUNTERS_MAP, HINTS_MAP, LAST_SEEN_MAP,
+    ALLOC_MAP, AUTH_MAP, BARE_MAP, BEATS_MAP, COUNTERS_MAP, FREE_MAP, HINTS_MAP, LAST_SEEN_MAP,
     SLOT_KEYS_MAP, SLOTS_MAP, TRACKER_MAP,
 };
 use log::{info, warn};
@@ -50,8 +50,9 @@ pub const LAYOUT_VERSION: u32 = 5;
 
 /// Every map of the object that is pinned (all but aya-log's buffer and
 /// the local MAC and addresses, which each collector writes afresh).
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 11] = [
     SLOTS_MAP,
+    FREE_MAP,
     LAST_SEEN_MAP,
     BEATS_MAP,
     SLOT_KEYS_MAP,
@@ -408,6 +409,7 @@ pub fn open(inst: &Instance) -> Result<(State, HostTable)> {
         alloc: Map::Array(load(ALLOC_MAP)?),
         auth: Map::Array(load(AUTH_MAP)?),
         counters: Map::PerCpuArray(load(COUNTERS_MAP)?),
+        forgetting: None,
     })?;
     Ok((state, table))
 }

@@ -4,14 +4,14 @@
 
 use std::{
     io,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     ptr::NonNull,
     sync::atomic::{AtomicU64, Ordering},
 };
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{HashMap, Map, MapData};
-use hb_common::{HostEntry, HostKey, SLOT_PENDING};
+use hb_common::{FORGOTTEN_KEY_WORD, HostEntry, HostKey, SLOT_PENDING};
 
 use super::counters::Counters;
 use crate::{
@@ -143,6 +143,18 @@ impl Table for HostTable {
     fn counters(&self) -> Result<Counts> {
         HostTable::counters(self)
     }
+    fn forget(&self, slot: u32) -> Result<bool> {
+        self.forget_slot(slot)
+    }
+    fn release(&self, slot: u32) {
+        self.release_slot(slot)
+    }
+    fn reuse(&self, slot: u32) -> Result<()> {
+        self.reuse_slot(slot)
+    }
+    fn forgotten(&self, slot: u32) -> bool {
+        self.slot_forgotten(slot)
+    }
 }
 
 /// Raw maps of the table, as taken from the loaded object.
@@ -154,7 +166,58 @@ pub struct TableMaps {
     pub alloc: Map,
     pub auth: Map,
     pub counters: Map,
+    /// The free-slot queue and the bare hosts' count, for a table that
+    /// forgets hosts (the collector's; `hb status` only reads).
+    pub forgetting: Option<(Map, Map)>,
 }
+
+/// What forgetting a host writes to, besides the arrays (then mapped
+/// writable).
+struct Forgetting {
+    /// The slot hash map's fd, for deleting a key.
+    slots: OwnedFd,
+    /// `HB_FREE`: freed slots, for the program to hand out again.
+    free: MapData,
+    /// `HB_BARE`: bare hosts in the table.
+    bare: Mapped<AtomicU64>,
+}
+
+/// `bpf(2)` on a map element: `cmd` with `key` and `value` pointers.
+fn map_elem(fd: i32, cmd: libc::c_long, key: u64, value: u64) -> io::Result<()> {
+    // union bpf_attr's map element command layout.
+    #[repr(C)]
+    struct Attr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let attr = Attr {
+        map_fd: fd as u32,
+        _pad: 0,
+        key,
+        value,
+        flags: 0,
+    };
+    // SAFETY: a valid bpf_attr for the command, pointers the caller's.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            &raw const attr,
+            size_of::<Attr>() as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 
 pub struct HostTable {
     slots: HashMap<MapData, HostKey, u32>,
@@ -169,13 +232,38 @@ pub struct HostTable {
     auth: Mapped<[AtomicU64; 4]>,
     counters: Counters,
     capacity: usize,
+    forgetting: Option<Forgetting>,
 }
 
 impl HostTable {
     pub fn new(maps: TableMaps) -> Result<Self> {
-        let capacity = match &maps.slots {
-            Map::HashMap(data) => data.info()?.max_entries() as usize,
+        let (capacity, slots_fd) = match &maps.slots {
+            Map::HashMap(data) => (
+                data.info()?.max_entries() as usize,
+                data.fd().as_fd().try_clone_to_owned()?,
+            ),
             _ => bail!("the slot map is not a hash map"),
+        };
+        // Forgetting writes the arrays (the program never reads a slot
+        // userspace writes: see `forget`).
+        let prot = match maps.forgetting {
+            Some(_) => libc::PROT_READ | libc::PROT_WRITE,
+            None => libc::PROT_READ,
+        };
+        let forgetting = match maps.forgetting {
+            Some((free, bare)) => {
+                let free = match free {
+                    Map::Queue(data) => data,
+                    _ => bail!("the free-slot map is not a queue"),
+                };
+                let bare = array_data(bare, "bare hosts' count")?;
+                Some(Forgetting {
+                    slots: slots_fd,
+                    free,
+                    bare: Mapped::map(&bare, 1, "bare hosts' count", prot)?,
+                })
+            }
+            None => None,
         };
         let slots: HashMap<MapData, HostKey, u32> =
             HashMap::try_from(maps.slots).context("slot map has an unexpected type")?;
@@ -196,14 +284,15 @@ impl HostTable {
             }
         }
         Ok(Self {
-            last_seen: Mapped::new(&last_seen, capacity, "last-seen array")?,
-            beats: Mapped::new(&beats, capacity, "beats array")?,
-            keys: Mapped::new(&keys, capacity, "slot keys array")?,
+            last_seen: Mapped::map(&last_seen, capacity, "last-seen array", prot)?,
+            beats: Mapped::map(&beats, capacity, "beats array", prot)?,
+            keys: Mapped::map(&keys, capacity, "slot keys array", prot)?,
             alloc: Mapped::new(&alloc, 1, "slot allocator")?,
-            auth: Mapped::new(&auth, auth_len, "auth array")?,
+            auth: Mapped::map(&auth, auth_len, "auth array", prot)?,
             counters: Counters::new(maps.counters)?,
             slots,
             capacity,
+            forgetting,
         })
     }
 
@@ -295,6 +384,84 @@ impl HostTable {
         Ok(Some(
             auth.as_slice()[slot as usize][0].swap(0, Ordering::AcqRel),
         ))
+    }
+
+    /// Forgets the host in `slot`, first step: the slot's key no longer
+    /// matches any host (a hint to it misses), the host's key leaves the
+    /// hash map (its next heartbeat makes it a new host, in another slot)
+    /// and its bare share is given back; its last-seen time is cleared.
+    /// A CPU that found the slot just before may still stamp it once:
+    /// `release`, a sweep later, clears what it wrote. False: this table
+    /// does not forget (`hb status`'s).
+    pub fn forget_slot(&self, slot: u32) -> Result<bool> {
+        let Some(f) = &self.forgetting else {
+            return Ok(false);
+        };
+        let s = slot as usize;
+        if s >= self.capacity || self.slot_forgotten(slot) {
+            return Ok(true);
+        }
+        let key = self.key(slot);
+        let [first, second] = &self.keys.as_slice()[s];
+        first.store(FORGOTTEN_KEY_WORD, Ordering::Release);
+        second.store(0, Ordering::Release);
+        match map_elem(
+            f.slots.as_raw_fd(),
+            BPF_MAP_DELETE_ELEM,
+            (&raw const key) as u64,
+            0,
+        ) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
+                return Err(e).context("deleting a forgotten host's key");
+            }
+            _ => {}
+        }
+        if key.host_id().is_none() {
+            // Never below zero, whatever an older hb left.
+            let bare = &f.bare.as_slice()[0];
+            let _ = bare.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
+        self.last_seen.as_slice()[s].store(0, Ordering::Release);
+        Ok(true)
+    }
+
+    /// Forgets `slot`, second step (a sweep after `forget`): clears what a
+    /// late heartbeat may have stamped, and the slot's counts.
+    pub fn release_slot(&self, slot: u32) {
+        let s = slot as usize;
+        if self.forgetting.is_none() || s >= self.capacity {
+            return;
+        }
+        self.last_seen.as_slice()[s].store(0, Ordering::Release);
+        self.beats.as_slice()[s].store(0, Ordering::Relaxed);
+        if let Some(a) = self.auth.as_slice().get(s) {
+            for w in a {
+                w.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Forgets `slot`, last step: queues it for the program to hand to a
+    /// new host.
+    pub fn reuse_slot(&self, slot: u32) -> Result<()> {
+        let Some(f) = &self.forgetting else {
+            return Ok(());
+        };
+        map_elem(
+            f.free.fd().as_fd().as_raw_fd(),
+            BPF_MAP_UPDATE_ELEM,
+            0,
+            (&raw const slot) as u64,
+        )
+        .context("queueing a forgotten host's slot")
+    }
+
+    /// Whether `slot` holds a forgotten host (freed or about to be).
+    pub fn slot_forgotten(&self, slot: u32) -> bool {
+        self.keys
+            .as_slice()
+            .get(slot as usize)
+            .is_some_and(|[a, _]| a.load(Ordering::Acquire) == FORGOTTEN_KEY_WORD)
     }
 
     pub fn beats(&self, slot: u32) -> u64 {
