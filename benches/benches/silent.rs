@@ -179,6 +179,7 @@ fn site(silent_series: usize) -> Site {
         ingest: "xdp",
         timeout: Duration::from_nanos(TIMEOUT_NS),
         silent_series,
+        alerts: None,
     }
 }
 

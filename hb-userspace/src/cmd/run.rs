@@ -9,6 +9,7 @@ use log::info;
 
 use super::key;
 use crate::{
+    alert::{self, Notifier},
     cli::RunArgs,
     http::{HttpServer, Site},
     ingest::{self, xdp::AuthSettings},
@@ -29,10 +30,12 @@ pub fn run(args: RunArgs) -> Result<()> {
     let http = args.metrics_listen.map(bind_http).transpose()?;
     let mut ingest = ingest::start(&args.ingest_config(auth), &mut events)?;
     let mut http = http.map(|s| s.serve(&mut events)).transpose()?;
+    let mut alerts = notifier(&args, ingest.kind())?;
     let site = Site {
         ingest: ingest.kind(),
         timeout: args.timeout,
         silent_series: args.metrics_silent_hosts,
+        alerts: alerts.as_ref().map(Notifier::stats),
     };
     let mut sweeper = Sweeper::with_tracker(ingest.begin(args.timeout)?, args.format);
     let mut stdout = RingWriter::stdout();
@@ -41,6 +44,9 @@ pub fn run(args: RunArgs) -> Result<()> {
             Wake::Tick => {
                 ingest.on_tick(&mut events)?;
                 sweeper.sweep(ingest.table())?;
+                if let Some(alerts) = alerts.as_mut() {
+                    alerts.feed(&sweeper, ingest.table());
+                }
                 stdout.write(&mut events, sweeper.lines())?;
                 // Settles at once where nothing more will be written.
                 sweeper.written(stdout.bytes_written());
@@ -81,7 +87,32 @@ pub fn run(args: RunArgs) -> Result<()> {
     stdout.drain(&mut events)?;
     sweeper.written(stdout.bytes_written());
     ingest.finish();
+    if let Some(alerts) = alerts {
+        alerts.finish();
+    }
     Ok(())
+}
+
+/// The Alertmanager notifier, with --alertmanager.
+fn notifier(args: &RunArgs, ingest: &str) -> Result<Option<Notifier>> {
+    if args.alertmanager.is_empty() {
+        return Ok(None);
+    }
+    let name = alert::hostname();
+    let generator_url = args.metrics_listen.map(|a| match a.ip().is_unspecified() {
+        true => format!("http://{name}:{}/silent", a.port()),
+        false => format!("http://{a}/silent"),
+    });
+    let collector = alert::Collector {
+        name,
+        watches: args.iface.clone().unwrap_or_else(|| format!("socket:{}", args.port)),
+    };
+    let mut settings = alert::Settings::new(args.alertmanager.clone(), args.alert_resend);
+    settings.generator_url = generator_url;
+    // The interface's state tells blindness in XDP mode only: a socket
+    // listens on all of them.
+    let iface = args.iface.clone().filter(|_| ingest == "xdp");
+    Notifier::start(settings, collector, args.timeout, args.sweep, iface).map(Some)
 }
 
 /// Binds the endpoint, waiting a little while the address is in use: the

@@ -3,12 +3,17 @@
 //! the last sweep's state; the table is read only for the hosts a page
 //! shows (their addresses), so a request costs what it returns.
 
-use std::{fmt::Write as _, time::Duration};
+use std::{
+    fmt::Write as _,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use hb_common::Counter;
 
 use super::server::{Request, Response, query_param};
 use crate::{
+    alert,
     clock::monotonic_ns,
     track::{
         events::{Summary, host_id},
@@ -30,6 +35,8 @@ pub struct Site {
     pub timeout: Duration,
     /// Per-host series for at most this many silent hosts (0: none).
     pub silent_series: usize,
+    /// The alert delivery's counters, with --alertmanager.
+    pub alerts: Option<Arc<alert::Stats>>,
 }
 
 impl Site {
@@ -172,6 +179,9 @@ fn metrics(ctx: &Context<'_>) -> String {
     ] {
         let _ = writeln!(out, "hb_events_total{{event=\"{event}\"}} {n}");
     }
+    if let Some(a) = &ctx.site.alerts {
+        alert_metrics(&mut out, a);
+    }
     metric(&mut out, "hb_build_info", "gauge", "Build information.");
     let _ = writeln!(
         out,
@@ -202,6 +212,32 @@ fn metrics(ctx: &Context<'_>) -> String {
         }
     }
     out
+}
+
+fn alert_metrics(out: &mut String, a: &alert::Stats) {
+    metric(
+        out,
+        "hb_alerts_sent_total",
+        "counter",
+        "Alerts an Alertmanager accepted (each Alertmanager counts).",
+    );
+    let sent = a.sent.load(Ordering::Relaxed);
+    let _ = writeln!(out, "hb_alerts_sent_total {sent}");
+    metric(
+        out,
+        "hb_alert_delivery_failures_total",
+        "counter",
+        "POSTs to an Alertmanager that failed (no connection, timeout, or an error status).",
+    );
+    let failures = a.failures.load(Ordering::Relaxed);
+    let _ = writeln!(out, "hb_alert_delivery_failures_total {failures}");
+    metric(
+        out,
+        "hb_alert_queue_length",
+        "gauge",
+        "Alerts waiting to be delivered, summed over the Alertmanagers.",
+    );
+    let _ = writeln!(out, "hb_alert_queue_length {}", a.queue_length());
 }
 
 fn silent(req: &Request<'_>, ctx: &Context<'_>) -> Response {
@@ -301,6 +337,7 @@ mod tests {
             ingest: "xdp",
             timeout: Duration::from_secs(15),
             silent_series: 10,
+            alerts: None,
         };
 
         table.reads.set(0);

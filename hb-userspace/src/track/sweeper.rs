@@ -45,6 +45,8 @@ pub struct Sweeper {
     /// output was told: where each ends in those bytes, and what it told.
     untold: VecDeque<(u64, Told)>,
     fleet: super::fleet::Fleet,
+    /// The last sweep's transitions, by slot.
+    transitions: Vec<Transition<u32>>,
 }
 
 impl Sweeper {
@@ -65,6 +67,7 @@ impl Sweeper {
             reported: 0,
             untold: VecDeque::new(),
             fleet: Default::default(),
+            transitions: Vec::new(),
         }
     }
 
@@ -118,6 +121,11 @@ impl Sweeper {
         &self.silent
     }
 
+    /// The last sweep's transitions, hosts by slot (alerts follow them).
+    pub fn last_transitions(&self) -> &[Transition<u32>] {
+        &self.transitions
+    }
+
     /// Slots of the table in use at the last sweep.
     pub fn table_used(&self) -> usize {
         self.table_used
@@ -137,6 +145,7 @@ impl Sweeper {
     pub fn sweep_at(&mut self, table: &dyn Table, now: u64, wall: SystemTime) -> Result<()> {
         let started = Instant::now();
         self.out.clear();
+        self.transitions.clear();
         let Self {
             tracker,
             silent,
@@ -145,12 +154,14 @@ impl Sweeper {
             events,
             reported,
             untold,
+            transitions,
             ..
         } = self;
         let ts = timestamp(wall);
         let keep = tracker.keeps_told();
         let last_seen = table.last_seen();
         tracker.sweep(last_seen, now, |t| {
+            transitions.push(t);
             match t {
                 Transition::New { .. } => events.new += 1,
                 Transition::Silent {
