@@ -15,8 +15,7 @@ mod sight;
 use std::{
     sync::{
         Arc,
-        atomic::Ordering,
-        mpsc::{self, SyncSender, TrySendError},
+        mpsc::{self, TrySendError},
     },
     thread,
     time::{Duration, SystemTime},
@@ -31,7 +30,7 @@ pub use self::{
     shape::Collector,
 };
 use self::{
-    delivery::{Change, Delivery, Message},
+    delivery::{Change, Delivery, Message, Queue},
     shape::{Alert, Key, collector_blind, host_silent},
     sight::{Blindness, Facts, Sight},
 };
@@ -47,7 +46,7 @@ const QUEUE: usize = 64;
 const FINISH: Duration = Duration::from_secs(5);
 
 pub struct Notifier {
-    tx: Option<SyncSender<Message>>,
+    queue: Option<Queue>,
     done: mpsc::Receiver<()>,
     stats: Arc<Stats>,
     sight: Sight,
@@ -83,7 +82,7 @@ impl Notifier {
             })
             .context("starting the alert delivery thread")?;
         Ok(Self {
-            tx: Some(tx),
+            queue: Some(Queue::new(tx, Arc::clone(&stats))),
             done,
             stats,
             sight: Sight::new(timeout, sweep),
@@ -193,14 +192,10 @@ impl Notifier {
     }
 
     fn hand_over(&mut self, message: Message) {
-        let Some(tx) = &self.tx else { return };
-        let n = message.len() as u64;
-        // Counted before the thread can take it (and count it out).
-        self.stats.handed.fetch_add(n, Ordering::Relaxed);
-        match tx.try_send(message) {
+        let Some(queue) = &self.queue else { return };
+        match queue.try_send(message) {
             Ok(()) => self.resync = false,
             Err(e) => {
-                self.stats.handed.fetch_sub(n, Ordering::Relaxed);
                 if !self.resync {
                     let why = match e {
                         TrySendError::Full(_) => "its queue is full",
@@ -218,7 +213,7 @@ impl Notifier {
     /// Stops the delivery thread after a last attempt at what is pending,
     /// waiting for it a few seconds at most.
     pub fn finish(mut self) {
-        drop(self.tx.take());
+        drop(self.queue.take());
         if self.done.recv_timeout(FINISH).is_err() {
             warn!("alert delivery still busy after {FINISH:?}: not waiting");
         }
