@@ -144,9 +144,9 @@ pub struct RunArgs {
 
 /// An Alertmanager base URL: http only (hb speaks no TLS; put a local proxy in between).
 pub fn parse_alertmanager_url(s: &str) -> Result<String, String> {
-    let rest = s
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("`{s}`: expected http://HOST:PORT (https is not supported: use a local TLS proxy)"))?;
+    let rest = s.strip_prefix("http://").ok_or_else(|| {
+        format!("`{s}`: expected http://HOST:PORT (https is not supported: use a local TLS proxy)")
+    })?;
     if rest.is_empty() || rest.starts_with('/') {
         return Err(format!("`{s}`: no host"));
     }
@@ -334,7 +334,10 @@ mod tests {
             "10s",
         ])
         .unwrap();
-        assert_eq!(r.alertmanager, ["http://127.0.0.1:9093", "http://[::1]:9094"]);
+        assert_eq!(
+            r.alertmanager,
+            ["http://127.0.0.1:9093", "http://[::1]:9094"]
+        );
         assert_eq!(r.alert_resend, Duration::from_secs(10));
         assert!(run(&["--alertmanager", "https://am:9093"]).is_err());
         assert!(run(&["--alertmanager", "am:9093"]).is_err());

@@ -307,9 +307,8 @@ impl Delivery {
             }
         }
         let targets = &self.targets;
-        self.entries.retain(|k, e| {
-            e.resolved.is_none() || targets.iter().any(|t| t.pending.contains(k))
-        });
+        self.entries
+            .retain(|k, e| e.resolved.is_none() || targets.iter().any(|t| t.pending.contains(k)));
         self.count_pending();
     }
 
@@ -331,9 +330,10 @@ impl Delivery {
         let ends_firing = SystemTime::now() + 4 * self.settings.resend;
         for chunk in keys.chunks(self.settings.batch.max(1)) {
             let body = postable(
-                chunk.iter().filter_map(|k| self.entries.get(k)).map(|e| {
-                    (&e.alert, e.resolved.unwrap_or(ends_firing))
-                }),
+                chunk
+                    .iter()
+                    .filter_map(|k| self.entries.get(k))
+                    .map(|e| (&e.alert, e.resolved.unwrap_or(ends_firing))),
                 self.settings.generator_url.as_deref(),
             );
             let t = &mut self.targets[i];
@@ -397,11 +397,7 @@ mod tests {
     use std::{
         io::{BufRead, BufReader, Read, Write},
         net::{SocketAddr, TcpListener, TcpStream},
-        sync::{
-            Mutex,
-            atomic::AtomicU16,
-            mpsc::sync_channel,
-        },
+        sync::{Mutex, atomic::AtomicU16, mpsc::sync_channel},
         thread,
     };
 
@@ -669,8 +665,11 @@ mod tests {
         am.wait("two firing", |a| a.len() >= 2);
         am.status.store(500, Ordering::Relaxed);
         let recovered = SystemTime::now();
-        tx.try_send(Message::Changes(vec![Change::Resolve(Key::Host(0), recovered)]))
-            .unwrap();
+        tx.try_send(Message::Changes(vec![Change::Resolve(
+            Key::Host(0),
+            recovered,
+        )]))
+        .unwrap();
         while stats.failures.load(Ordering::Relaxed) < 2 {
             thread::sleep(Duration::from_millis(10));
         }
@@ -679,7 +678,10 @@ mod tests {
             a.iter().any(|(_, a)| is(a, 0) && resolved(a))
         });
         let alerts = am.alerts();
-        let (_, r) = alerts.iter().find(|(_, a)| is(a, 0) && resolved(a)).unwrap();
+        let (_, r) = alerts
+            .iter()
+            .find(|(_, a)| is(a, 0) && resolved(a))
+            .unwrap();
         // endsAt is the recovery (to the millisecond), not the delivery.
         let off = ends_at(r).duration_since(recovered).unwrap_or_default();
         assert!(off < Duration::from_millis(1), "{off:?}");
@@ -731,7 +733,8 @@ mod tests {
         tx.try_send(fire(0..3)).unwrap();
         am.wait("three", |a| a.len() >= 3);
         // The queue overflowed meanwhile: 0 recovered, 1 and 3 are silent.
-        tx.try_send(Message::Snapshot(vec![silent(1), silent(3)])).unwrap();
+        tx.try_send(Message::Snapshot(vec![silent(1), silent(3)]))
+            .unwrap();
         am.wait("0 resolved and 3 firing", |a| {
             a.iter().any(|(_, a)| is(a, 0) && resolved(a))
                 && a.iter().any(|(_, a)| is(a, 3) && !resolved(a))

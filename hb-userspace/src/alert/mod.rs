@@ -25,14 +25,14 @@ use anyhow::{Context as _, Result};
 use hashbrown::HashMap;
 use log::warn;
 
-pub use self::{
-    delivery::{Settings, Stats},
-    shape::Collector,
-};
 use self::{
     delivery::{Change, Delivery, Message, Queue},
     shape::{Alert, Key, collector_blind, host_silent},
     sight::{Blindness, Facts, Sight},
+};
+pub use self::{
+    delivery::{Settings, Stats},
+    shape::Collector,
 };
 use crate::{
     clock::monotonic_ns,

@@ -105,7 +105,10 @@ fn notifier(args: &RunArgs, ingest: &str) -> Result<Option<Notifier>> {
     });
     let collector = alert::Collector {
         name,
-        watches: args.iface.clone().unwrap_or_else(|| format!("socket:{}", args.port)),
+        watches: args
+            .iface
+            .clone()
+            .unwrap_or_else(|| format!("socket:{}", args.port)),
     };
     let mut settings = alert::Settings::new(args.alertmanager.clone(), args.alert_resend);
     settings.generator_url = generator_url;
