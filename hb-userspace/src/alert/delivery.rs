@@ -724,6 +724,18 @@ mod tests {
         b.status.store(200, Ordering::Relaxed);
         b.wait("five on b", |x| x.len() >= 5);
         assert_eq!(stats.sent.load(Ordering::Relaxed), 10);
+        // Changes go to both at once (a minute before the next resend).
+        tx.try_send(Message::Changes(vec![Change::Resolve(
+            Key::Host(0),
+            SystemTime::now(),
+        )]))
+        .unwrap();
+        tx.try_send(fire(5..6)).unwrap();
+        for am in [&a, &b] {
+            am.wait("0 resolved and 5 firing", |x| {
+                x.iter().any(|(_, a)| is(a, 0) && resolved(a)) && x.iter().any(|(_, a)| is(a, 5))
+            });
+        }
     }
 
     #[test]
