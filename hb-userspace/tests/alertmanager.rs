@@ -364,3 +364,47 @@ fn an_alert_raised_while_alertmanager_is_down_is_delivered_when_it_starts() {
     metric_becomes(&link.a, "hb_alert_queue_length", 0.0);
     assert_eq!(collector.proc.terminate(), Some(0));
 }
+
+#[test]
+fn a_collector_whose_link_goes_down_raises_collector_blind_not_host_alerts() {
+    let link = Link::for_test_on("amblind", "198.18.43", &[2, 3]);
+    let hook = Webhook::start(&link.a);
+    let _am = Alertmanager::start(&link.a, &hook, "blind");
+    let collector = start_collector(&link);
+    let _a = beat(&link, "198.18.43.2", "198.18.43.1");
+    let _b = beat(&link, "198.18.43.3", "198.18.43.1");
+    let mut missing = vec!["198.18.43.2", "198.18.43.3"];
+    let (all, seen) = collector.wait_for(Duration::from_secs(5), |v| {
+        missing.retain(|h| !is_event(v, "new", h));
+        missing.is_empty()
+    });
+    assert!(all.is_some(), "no `new` for {missing:?}; saw {seen:?}");
+
+    link.a.ip(&["link", "set", &link.a_if, "down"]).unwrap();
+    let blind = hook.wait(Duration::from_secs(10), "firing CollectorBlind", |a| {
+        a["labels"]["alertname"] == "CollectorBlind" && a["status"] == "firing"
+    });
+    assert_eq!(blind["labels"]["interface"], link.a_if.as_str());
+    // Both hosts fall silent on stdout (what hb sees), and no host alert
+    // goes out (what hb cannot trust).
+    let mut missing = vec!["198.18.43.2", "198.18.43.3"];
+    let (all, seen) = collector.wait_for(Duration::from_secs(6), |v| {
+        missing.retain(|h| !is_event(v, "silent", h));
+        missing.is_empty()
+    });
+    assert!(all.is_some(), "no `silent` for {missing:?}; saw {seen:?}");
+    // Past Alertmanager's group_wait for an alert sent with them.
+    thread::sleep(Duration::from_secs(2));
+
+    link.a.ip(&["link", "set", &link.a_if, "up"]).unwrap();
+    hook.wait(Duration::from_secs(15), "resolved CollectorBlind", |a| {
+        a["labels"]["alertname"] == "CollectorBlind" && a["status"] == "resolved"
+    });
+    thread::sleep(Duration::from_secs(1));
+    let host_alerts: Vec<Value> = hook
+        .all()
+        .into_iter()
+        .filter(|a| a["labels"]["alertname"] == "HostSilent")
+        .collect();
+    assert!(host_alerts.is_empty(), "host alerts while blind: {host_alerts:?}");
+}
