@@ -406,5 +406,8 @@ fn a_collector_whose_link_goes_down_raises_collector_blind_not_host_alerts() {
         .into_iter()
         .filter(|a| a["labels"]["alertname"] == "HostSilent")
         .collect();
-    assert!(host_alerts.is_empty(), "host alerts while blind: {host_alerts:?}");
+    assert!(
+        host_alerts.is_empty(),
+        "host alerts while blind: {host_alerts:?}"
+    );
 }

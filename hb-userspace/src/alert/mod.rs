@@ -81,8 +81,23 @@ impl Notifier {
                 let _ = done_tx.send(());
             })
             .context("starting the alert delivery thread")?;
-        Ok(Self {
-            queue: Some(Queue::new(tx, Arc::clone(&stats))),
+        let queue = Queue::new(tx, Arc::clone(&stats));
+        Ok(Self::new(
+            queue, done, stats, collector, timeout, sweep, iface,
+        ))
+    }
+
+    fn new(
+        queue: Queue,
+        done: mpsc::Receiver<()>,
+        stats: Arc<Stats>,
+        collector: Collector,
+        timeout: Duration,
+        sweep: Duration,
+        iface: Option<String>,
+    ) -> Self {
+        Self {
+            queue: Some(queue),
             done,
             stats,
             sight: Sight::new(timeout, sweep),
@@ -94,7 +109,7 @@ impl Notifier {
             // The first hand-over is the whole state: a collector carrying
             // on from another one's table has hosts silent already.
             resync: true,
-        })
+        }
     }
 
     pub fn stats(&self) -> Arc<Stats> {
@@ -103,15 +118,27 @@ impl Notifier {
 
     /// Takes in the sweep just done; `table` names its hosts.
     pub fn feed(&mut self, sweeper: &Sweeper, table: &dyn Table) {
-        let now = monotonic_ns();
-        let wall = SystemTime::now();
+        let link_up = self.iface.as_deref().and_then(link_up);
+        self.feed_at(sweeper, table, monotonic_ns(), SystemTime::now(), link_up);
+    }
+
+    /// `feed` at monotonic time `now`, wall time `wall`, with the
+    /// interface's state.
+    fn feed_at(
+        &mut self,
+        sweeper: &Sweeper,
+        table: &dyn Table,
+        now: u64,
+        wall: SystemTime,
+        link_up: Option<bool>,
+    ) {
         let wall_of = |mono: u64| wall - Duration::from_nanos(now.saturating_sub(mono));
         let summary = sweeper.summary();
         let blind = self.sight.observe(Facts {
             now,
             heartbeats: summary.heartbeats,
             alive: summary.alive,
-            link_up: self.iface.as_deref().and_then(link_up),
+            link_up,
         });
         let mut changes = Vec::new();
         for t in sweeper.last_transitions() {
@@ -262,4 +289,174 @@ pub fn hostname() -> String {
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        cell::Cell,
+        sync::atomic::{AtomicU64, Ordering},
+        time::UNIX_EPOCH,
+    };
+
+    use hb_common::{Counter, HostKey};
+
+    use super::*;
+    use crate::track::{
+        events::{Format, Host},
+        table::Counts,
+    };
+
+    const S: u64 = 1_000_000_000;
+
+    /// A table whose hosts beat when told to.
+    struct Fake {
+        seen: Vec<AtomicU64>,
+        heartbeats: Cell<u64>,
+    }
+
+    impl Fake {
+        fn new(hosts: usize) -> Self {
+            Self {
+                seen: (0..hosts).map(|_| AtomicU64::new(0)).collect(),
+                heartbeats: Cell::new(0),
+            }
+        }
+
+        fn beat(&self, slot: usize, at: u64) {
+            self.seen[slot].store(at, Ordering::Relaxed);
+            self.heartbeats.set(self.heartbeats.get() + 1);
+        }
+    }
+
+    impl Table for Fake {
+        fn last_seen(&self) -> &[AtomicU64] {
+            &self.seen
+        }
+        fn host(&self, slot: u32) -> Host {
+            Host::addr(&HostKey::from_ipv4([198, 18, 0, slot as u8]))
+        }
+        fn len(&self) -> usize {
+            self.seen.len()
+        }
+        fn capacity(&self) -> usize {
+            self.seen.len()
+        }
+        fn counters(&self) -> anyhow::Result<Counts> {
+            let mut c = [0; Counter::COUNT];
+            c[Counter::Heartbeat as usize] = self.heartbeats.get();
+            Ok(c)
+        }
+    }
+
+    /// A notifier (timeout 10 s, sweep 1 s) whose queue of `depth` the
+    /// test reads, and its sweeper.
+    fn notifier(depth: usize) -> (Notifier, mpsc::Receiver<Message>, Sweeper) {
+        let stats = Arc::new(Stats::default());
+        let (tx, rx) = mpsc::sync_channel(depth);
+        let (_, done) = mpsc::channel();
+        let n = Notifier::new(
+            Queue::new(tx, Arc::clone(&stats)),
+            done,
+            stats,
+            Collector::default(),
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+            None,
+        );
+        (n, rx, Sweeper::new(10 * S, Format::Json))
+    }
+
+    fn sweep(n: &mut Notifier, sw: &mut Sweeper, table: &Fake, t: u64, link_up: bool) {
+        let wall = UNIX_EPOCH + Duration::from_secs(1_000_000 + t);
+        sw.sweep_at(table, t * S, wall).unwrap();
+        n.feed_at(sw, table, t * S, wall, Some(link_up));
+    }
+
+    /// What a message says: keys fired, keys resolved (sorted); a
+    /// snapshot's keys count as fired.
+    fn said(m: Message) -> (bool, Vec<Key>, Vec<Key>) {
+        match m {
+            Message::Snapshot(s) => (true, s.into_iter().map(|(k, _)| k).collect(), vec![]),
+            Message::Changes(c) => {
+                let (mut fired, mut resolved) = (vec![], vec![]);
+                for c in c {
+                    match c {
+                        Change::Fire(k, _) => fired.push(k),
+                        Change::Resolve(k, _) => resolved.push(k),
+                    }
+                }
+                fired.sort();
+                resolved.sort();
+                (false, fired, resolved)
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_queue_is_followed_by_the_whole_state() {
+        let (mut n, rx, mut sw) = notifier(1);
+        let table = Fake::new(1);
+        table.beat(0, S);
+        // The one host goes silent at 12 s (trusted: it was the only one)
+        // while the queue still holds the first hand-over.
+        for t in 1..=12 {
+            sweep(&mut n, &mut sw, &table, t, true);
+        }
+        assert_eq!(said(rx.try_recv().unwrap()), (true, vec![], vec![]));
+        assert!(rx.try_recv().is_err(), "the change did not fit");
+        sweep(&mut n, &mut sw, &table, 13, true);
+        assert_eq!(
+            said(rx.try_recv().unwrap()),
+            (true, vec![Key::Host(0)], vec![])
+        );
+        // Then changes again.
+        table.beat(0, 14 * S);
+        sweep(&mut n, &mut sw, &table, 14, true);
+        assert_eq!(
+            said(rx.try_recv().unwrap()),
+            (false, vec![], vec![Key::Host(0)])
+        );
+    }
+
+    #[test]
+    fn hosts_silent_while_blind_are_held_and_alerted_once_it_sees() {
+        let (mut n, rx, mut sw) = notifier(64);
+        let table = Fake::new(3);
+        for t in 1..=10 {
+            (0..3).for_each(|h| table.beat(h, t * S));
+            sweep(&mut n, &mut sw, &table, t, true);
+        }
+        assert_eq!(said(rx.try_recv().unwrap()), (true, vec![], vec![]));
+        sweep(&mut n, &mut sw, &table, 11, false);
+        assert_eq!(
+            said(rx.try_recv().unwrap()),
+            (false, vec![Key::Blind], vec![])
+        );
+        // All three go silent at 21 s: held, the link back up or not.
+        for t in 12..=39 {
+            sweep(&mut n, &mut sw, &table, t, t >= 22);
+        }
+        assert_eq!(sw.silent().len(), 3);
+        // Only the reason changes: the link is up, nothing is heard.
+        assert_eq!(
+            said(rx.try_recv().unwrap()),
+            (false, vec![Key::Blind], vec![])
+        );
+        let more: Vec<_> = rx.try_iter().map(said).collect();
+        assert!(more.is_empty(), "no host alerted while blind: {more:?}");
+        // Host 0 is heard again: the collector can hear, and sees again a
+        // timeout later; hosts 1 and 2, silent all along, are alerted then.
+        table.beat(0, 40 * S);
+        for t in 40..=48 {
+            sweep(&mut n, &mut sw, &table, t, true);
+            table.beat(0, t * S);
+        }
+        assert!(rx.try_recv().is_err(), "still blind until a timeout after");
+        sweep(&mut n, &mut sw, &table, 49, true);
+        assert_eq!(
+            said(rx.try_recv().unwrap()),
+            (false, vec![Key::Host(1), Key::Host(2)], vec![Key::Blind])
+        );
+    }
 }
