@@ -24,7 +24,7 @@ use std::{
 use hashbrown::{HashMap, HashSet};
 use log::{debug, warn};
 
-use super::shape::{Alert, Key, postable};
+use super::shape::{Alert, Collector, Ends, Key, Raise, postable};
 
 /// What the event loop hands over.
 #[derive(Debug)]
@@ -33,12 +33,12 @@ pub enum Message {
     Changes(Vec<Change>),
     /// The whole current state: these alerts fire, and no others (after
     /// the queue overflowed, changes were lost).
-    Snapshot(Vec<(Key, Alert)>),
+    Snapshot(Vec<(Key, Raise)>),
 }
 
 #[derive(Debug)]
 pub enum Change {
-    Fire(Key, Alert),
+    Fire(Key, Raise),
     /// Resolved at that time.
     Resolve(Key, SystemTime),
 }
@@ -108,6 +108,8 @@ pub struct Settings {
     /// Bound on one POST.
     pub request_timeout: Duration,
     pub generator_url: Option<String>,
+    /// Who raises the alerts (their annotations).
+    pub collector: Collector,
 }
 
 impl Settings {
@@ -120,6 +122,7 @@ impl Settings {
             max_backoff: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
             generator_url: None,
+            collector: Collector::default(),
         }
     }
 }
@@ -210,7 +213,10 @@ impl Delivery {
             Message::Changes(changes) => {
                 for c in changes {
                     match c {
-                        Change::Fire(key, alert) => self.fire(key, alert),
+                        Change::Fire(key, raise) => {
+                            let alert = raise.alert(&self.settings.collector);
+                            self.fire(key, alert)
+                        }
                         Change::Resolve(key, at) => self.resolve(key, at),
                     }
                 }
@@ -227,7 +233,8 @@ impl Delivery {
                 for key in gone {
                     self.resolve(key, now);
                 }
-                for (key, alert) in firing {
+                for (key, raise) in firing {
+                    let alert = raise.alert(&self.settings.collector);
                     let same = self
                         .entries
                         .get(&key)
@@ -333,7 +340,8 @@ impl Delivery {
                 chunk
                     .iter()
                     .filter_map(|k| self.entries.get(k))
-                    .map(|e| (&e.alert, e.resolved.unwrap_or(ends_firing))),
+                    .map(|e| (&e.alert, e.resolved.map_or(Ends::Firing, Ends::At))),
+                ends_firing,
                 self.settings.generator_url.as_deref(),
             );
             let t = &mut self.targets[i];
@@ -404,7 +412,7 @@ mod tests {
     use hb_common::HostKey;
     use serde_json::Value;
 
-    use super::{super::shape::host_silent, *};
+    use super::*;
     use crate::track::events::Host;
 
     /// An Alertmanager stand-in for the delivery's own logic: records every
@@ -549,12 +557,16 @@ mod tests {
         format!("10.0.{a}.{b}")
     }
 
-    fn silent(i: u32) -> (Key, Alert) {
+    fn silent(i: u32) -> (Key, Raise) {
         let ip: std::net::Ipv4Addr = host(i).parse().unwrap();
-        let h = Host::addr(&HostKey::from_ipv4(ip.octets()));
+        let host = Host::addr(&HostKey::from_ipv4(ip.octets()));
         let t = SystemTime::now();
-        let c = super::super::shape::Collector::default();
-        (Key::Host(i), host_silent(&h, t, t, &c))
+        let raise = Raise::HostSilent {
+            host,
+            last_seen: t,
+            silent_since: t,
+        };
+        (Key::Host(i), raise)
     }
 
     fn fire(range: std::ops::Range<u32>) -> Message {

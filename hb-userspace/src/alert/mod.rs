@@ -27,7 +27,7 @@ use log::warn;
 
 use self::{
     delivery::{Change, Delivery, Message, Queue},
-    shape::{Alert, Key, collector_blind, host_silent},
+    shape::{Key, Raise},
     sight::{Blindness, Facts, Sight},
 };
 pub use self::{
@@ -50,7 +50,6 @@ pub struct Notifier {
     done: mpsc::Receiver<()>,
     stats: Arc<Stats>,
     sight: Sight,
-    collector: Collector,
     timeout: Duration,
     /// The interface whose state is checked (XDP mode).
     iface: Option<String>,
@@ -65,7 +64,6 @@ impl Notifier {
     /// Starts the delivery thread.
     pub fn start(
         settings: Settings,
-        collector: Collector,
         timeout: Duration,
         sweep: Duration,
         iface: Option<String>,
@@ -82,16 +80,13 @@ impl Notifier {
             })
             .context("starting the alert delivery thread")?;
         let queue = Queue::new(tx, Arc::clone(&stats));
-        Ok(Self::new(
-            queue, done, stats, collector, timeout, sweep, iface,
-        ))
+        Ok(Self::new(queue, done, stats, timeout, sweep, iface))
     }
 
     fn new(
         queue: Queue,
         done: mpsc::Receiver<()>,
         stats: Arc<Stats>,
-        collector: Collector,
         timeout: Duration,
         sweep: Duration,
         iface: Option<String>,
@@ -101,7 +96,6 @@ impl Notifier {
             done,
             stats,
             sight: Sight::new(timeout, sweep),
-            collector,
             timeout,
             iface,
             held: HashMap::new(),
@@ -158,14 +152,10 @@ impl Notifier {
             }
         }
         let timeout = self.timeout;
-        let collector = &self.collector;
-        let silent = |slot: u32, last_seen: u64| {
-            host_silent(
-                &table.host(slot),
-                wall_of(last_seen),
-                wall_of(last_seen) + timeout,
-                collector,
-            )
+        let silent = |slot: u32, last_seen: u64| Raise::HostSilent {
+            host: table.host(slot),
+            last_seen: wall_of(last_seen),
+            silent_since: wall_of(last_seen) + timeout,
         };
         if blind.is_none() && !self.held.is_empty() {
             let sight = &self.sight;
@@ -187,7 +177,7 @@ impl Notifier {
                     );
                     let since = self.blind.map_or(wall, |b| b.1);
                     self.blind = Some((why, since));
-                    changes.push(Change::Fire(Key::Blind, self.blind_alert().unwrap()));
+                    changes.push(Change::Fire(Key::Blind, self.blind_raise().unwrap()));
                 }
                 None => {
                     warn!("the collector sees its hosts again");
@@ -197,13 +187,13 @@ impl Notifier {
             }
         }
         let message = if self.resync {
-            let mut firing: Vec<(Key, Alert)> = sweeper
+            let mut firing: Vec<(Key, Raise)> = sweeper
                 .silent()
                 .range(0, usize::MAX)
                 .filter(|(slot, _)| !self.held.contains_key(slot))
                 .map(|(slot, last_seen)| (Key::Host(slot), silent(slot, last_seen)))
                 .collect();
-            firing.extend(self.blind_alert().map(|a| (Key::Blind, a)));
+            firing.extend(self.blind_raise().map(|a| (Key::Blind, a)));
             Message::Snapshot(firing)
         } else if changes.is_empty() {
             return;
@@ -213,9 +203,11 @@ impl Notifier {
         self.hand_over(message);
     }
 
-    fn blind_alert(&self) -> Option<Alert> {
-        self.blind
-            .map(|(why, since)| collector_blind(why.reason(), since, &self.collector))
+    fn blind_raise(&self) -> Option<Raise> {
+        self.blind.map(|(why, since)| Raise::CollectorBlind {
+            why: why.reason(),
+            since,
+        })
     }
 
     fn hand_over(&mut self, message: Message) {
@@ -359,7 +351,6 @@ mod tests {
             Queue::new(tx, Arc::clone(&stats)),
             done,
             stats,
-            Collector::default(),
             Duration::from_secs(10),
             Duration::from_secs(1),
             None,

@@ -7,9 +7,7 @@
 //! HA pair's alerts de-duplicate. Whatever tells the collectors apart (the
 //! collector's name and interface) goes in the annotations.
 
-use std::{collections::BTreeMap, time::SystemTime};
-
-use serde::Serialize;
+use std::{collections::BTreeMap, fmt::Write as _, time::SystemTime};
 
 use crate::track::events::{Host, host_id, timestamp};
 
@@ -23,6 +21,35 @@ pub type Labels = BTreeMap<&'static str, String>;
 pub enum Key {
     Host(u32),
     Blind,
+}
+
+/// What the sweep says to raise: the few facts an alert is made of, so
+/// that the event loop hands over a mass outage cheaply and the delivery
+/// thread makes the alerts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Raise {
+    HostSilent {
+        host: Host,
+        last_seen: SystemTime,
+        silent_since: SystemTime,
+    },
+    CollectorBlind {
+        why: &'static str,
+        since: SystemTime,
+    },
+}
+
+impl Raise {
+    pub fn alert(&self, collector: &Collector) -> Alert {
+        match *self {
+            Self::HostSilent {
+                ref host,
+                last_seen,
+                silent_since,
+            } => host_silent(host, last_seen, silent_since, collector),
+            Self::CollectorBlind { why, since } => collector_blind(why, since, collector),
+        }
+    }
 }
 
 /// One alert as Alertmanager takes it (without `endsAt`, which the
@@ -108,33 +135,77 @@ pub fn collector_blind(why: &str, since: SystemTime, collector: &Collector) -> A
     }
 }
 
-#[derive(Serialize)]
-struct Postable<'a> {
-    labels: &'a Labels,
-    annotations: &'a Labels,
-    #[serde(rename = "startsAt")]
-    starts_at: String,
-    #[serde(rename = "endsAt")]
-    ends_at: String,
-    #[serde(rename = "generatorURL", skip_serializing_if = "Option::is_none")]
-    generator_url: Option<&'a str>,
+/// When an alert sent now ends: `Firing` ones some time ahead (the same
+/// for a whole POST, formatted once), resolved ones at their recovery.
+pub enum Ends {
+    Firing,
+    At(SystemTime),
 }
 
-/// A JSON array of postable alerts, each with its `endsAt`.
+/// A JSON array of postable alerts, each with its end; `firing_ends` is
+/// the `endsAt` of firing alerts. Written by hand: a mass outage is 100k
+/// alerts, and this is the one loop over all of them.
 pub fn postable<'a>(
-    alerts: impl Iterator<Item = (&'a Alert, SystemTime)>,
+    alerts: impl Iterator<Item = (&'a Alert, Ends)>,
+    firing_ends: SystemTime,
     generator_url: Option<&str>,
 ) -> Vec<u8> {
-    let alerts: Vec<Postable<'_>> = alerts
-        .map(|(a, ends_at)| Postable {
-            labels: &a.labels,
-            annotations: &a.annotations,
-            starts_at: timestamp(a.starts_at),
-            ends_at: timestamp(ends_at.max(a.starts_at)),
-            generator_url,
-        })
-        .collect();
-    serde_json::to_vec(&alerts).expect("serializing plain structs cannot fail")
+    let firing_ends = timestamp(firing_ends);
+    let mut out = String::with_capacity(64 * 1024);
+    out.push('[');
+    for (n, (a, ends)) in alerts.enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"labels\":");
+        object(&mut out, &a.labels);
+        out.push_str(",\"annotations\":");
+        object(&mut out, &a.annotations);
+        out.push_str(",\"startsAt\":\"");
+        out.push_str(&timestamp(a.starts_at));
+        out.push_str("\",\"endsAt\":\"");
+        match ends {
+            Ends::Firing => out.push_str(&firing_ends),
+            Ends::At(t) => out.push_str(&timestamp(t.max(a.starts_at))),
+        }
+        out.push('"');
+        if let Some(url) = generator_url {
+            out.push_str(",\"generatorURL\":");
+            string(&mut out, url);
+        }
+        out.push('}');
+    }
+    out.push(']');
+    out.into_bytes()
+}
+
+fn object(out: &mut String, map: &Labels) {
+    out.push('{');
+    for (n, (k, v)) in map.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        string(out, k);
+        out.push(':');
+        string(out, v);
+    }
+    out.push('}');
+}
+
+/// A JSON string literal.
+fn string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 #[cfg(test)]
@@ -177,7 +248,8 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let a = host_silent(&host, t, t, &collector("a"));
         let body = postable(
-            [(&a, t + Duration::from_secs(240))].into_iter(),
+            [(&a, Ends::Firing)].into_iter(),
+            t + Duration::from_secs(240),
             Some("http://a:9743/silent"),
         );
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -187,5 +259,21 @@ mod tests {
         assert_eq!(one["endsAt"], "2023-11-14T22:17:20.000Z");
         assert_eq!(one["generatorURL"], "http://a:9743/silent");
         assert_eq!(one["annotations"]["interface"], "eth0");
+    }
+
+    #[test]
+    fn postable_escapes_what_json_must() {
+        let mut a = collector_blind("a \"quoted\" \\ reason\n", UNIX_EPOCH, &collector("x"));
+        a.annotations.insert("tab", "\t".into());
+        let body = postable(
+            [(&a, Ends::At(UNIX_EPOCH + Duration::from_secs(1)))].into_iter(),
+            UNIX_EPOCH,
+            None,
+        );
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v[0]["annotations"]["reason"], "a \"quoted\" \\ reason\n");
+        assert_eq!(v[0]["annotations"]["tab"], "\t");
+        assert_eq!(v[0]["endsAt"], "1970-01-01T00:00:01.000Z");
+        assert!(v[0].get("generatorURL").is_none());
     }
 }

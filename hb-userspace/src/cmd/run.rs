@@ -112,10 +112,11 @@ fn notifier(args: &RunArgs, ingest: &str) -> Result<Option<Notifier>> {
     };
     let mut settings = alert::Settings::new(args.alertmanager.clone(), args.alert_resend);
     settings.generator_url = generator_url;
+    settings.collector = collector;
     // The interface's state tells blindness in XDP mode only: a socket
     // listens on all of them.
     let iface = args.iface.clone().filter(|_| ingest == "xdp");
-    Notifier::start(settings, collector, args.timeout, args.sweep, iface).map(Some)
+    Notifier::start(settings, args.timeout, args.sweep, iface).map(Some)
 }
 
 /// Binds the endpoint, waiting a little while the address is in use: the
