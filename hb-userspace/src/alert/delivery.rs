@@ -334,8 +334,9 @@ impl Delivery {
         }
         // Recoveries first: a backlog never holds back the good news.
         keys.sort_by_key(|k| self.entries.get(k).is_none_or(|e| e.resolved.is_none()));
-        let ends_firing = SystemTime::now() + 4 * self.settings.resend;
         for chunk in keys.chunks(self.settings.batch.max(1)) {
+            // Per POST: a round of a mass outage takes seconds.
+            let ends_firing = SystemTime::now() + 4 * self.settings.resend;
             let body = postable(
                 chunk
                     .iter()
@@ -345,8 +346,16 @@ impl Delivery {
                 self.settings.generator_url.as_deref(),
             );
             let t = &mut self.targets[i];
+            let began = Instant::now();
             match post(&self.agent, &t.endpoint, &body) {
                 Ok(()) => {
+                    debug!(
+                        "alerts to {}: {} ({} bytes) in {:?}",
+                        t.endpoint,
+                        chunk.len(),
+                        body.len(),
+                        began.elapsed()
+                    );
                     self.stats
                         .sent
                         .fetch_add(chunk.len() as u64, Ordering::Relaxed);
