@@ -242,17 +242,18 @@ impl Notifier {
 /// Whether `iface` is up and running (in this network namespace); `None`
 /// when that cannot be told.
 fn link_up(iface: &str) -> Option<bool> {
-    // SAFETY: a plain socket, closed below.
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: a plain socket call.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return None;
     }
+    // SAFETY: a new descriptor, owned by nothing else (closed on drop).
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: ifreq is plain data; all zeros is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     let name = iface.as_bytes();
     if name.len() >= req.ifr_name.len() {
-        // SAFETY: fd is ours.
-        unsafe { libc::close(fd) };
         return None;
     }
     for (d, s) in req.ifr_name.iter_mut().zip(name) {
@@ -260,14 +261,11 @@ fn link_up(iface: &str) -> Option<bool> {
     }
     // SAFETY: SIOCGIFFLAGS reads a NUL-terminated name and writes the flags
     // into `req`, which outlives the call.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) };
-    // SAFETY: fd is ours.
-    unsafe { libc::close(fd) };
-    if rc < 0 {
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
         return None;
     }
     // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-    let flags = unsafe { req.ifr_ifru.ifru_flags } as libc::c_int;
+    let flags = libc::c_int::from(unsafe { req.ifr_ifru.ifru_flags });
     Some(flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0)
 }
 
@@ -382,6 +380,13 @@ mod tests {
                 (false, fired, resolved)
             }
         }
+    }
+
+    #[test]
+    fn the_state_of_an_interface() {
+        assert_eq!(link_up("lo"), Some(true));
+        assert_eq!(link_up("hb-no-such-if"), None);
+        assert_eq!(link_up("a-name-too-long-for-linux"), None);
     }
 
     #[test]
