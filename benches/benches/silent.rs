@@ -180,6 +180,7 @@ fn site(silent_series: usize) -> Site {
         timeout: Duration::from_nanos(TIMEOUT_NS),
         sweep: Duration::from_secs(1),
         silent_series,
+        alerts: None,
     }
 }
 

@@ -242,6 +242,23 @@ pub struct RunArgs {
     /// The ids of the options the command line gave (`Cli::try_parse_noting`).
     #[arg(skip)]
     pub given: BTreeSet<String>,
+    /// Push alerts (HostSilent, CollectorBlind) to this Alertmanager (API v2), e.g. http://127.0.0.1:9093; repeat for each member of a cluster.
+    #[arg(long, value_name = "URL", value_parser = parse_alertmanager_url)]
+    pub alertmanager: Vec<String>,
+    /// How often firing alerts are sent again (their endsAt is 4 times this ahead).
+    #[arg(long, value_name = "D", default_value = "1m", value_parser = parse_duration)]
+    pub alert_resend: Duration,
+}
+
+/// An Alertmanager base URL: http only (hb speaks no TLS; put a local proxy in between).
+pub fn parse_alertmanager_url(s: &str) -> Result<String, String> {
+    let rest = s.strip_prefix("http://").ok_or_else(|| {
+        format!("`{s}`: expected http://HOST:PORT (https is not supported: use a local TLS proxy)")
+    })?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("`{s}`: no host"));
+    }
+    Ok(s.trim_end_matches('/').to_owned())
 }
 
 #[derive(Args, Debug, Clone)]
@@ -435,6 +452,36 @@ mod tests {
         assert!(parse_port("0").is_err());
         assert!(parse_port("65536").is_err());
         assert!(parse_port("http").is_err());
+    }
+
+    #[test]
+    fn alertmanager_options() {
+        let run = |extra: &[&str]| {
+            let args = [&["hb", "run", "-i", "eth0"], extra].concat();
+            Cli::try_parse_from(args).map(|c| match c.command {
+                Command::Run(r) => r,
+                _ => panic!("not run"),
+            })
+        };
+        let r = run(&[]).unwrap();
+        assert!(r.alertmanager.is_empty());
+        assert_eq!(r.alert_resend, Duration::from_secs(60));
+        let r = run(&[
+            "--alertmanager",
+            "http://127.0.0.1:9093/",
+            "--alertmanager",
+            "http://[::1]:9094",
+            "--alert-resend",
+            "10s",
+        ])
+        .unwrap();
+        assert_eq!(
+            r.alertmanager,
+            ["http://127.0.0.1:9093", "http://[::1]:9094"]
+        );
+        assert_eq!(r.alert_resend, Duration::from_secs(10));
+        assert!(run(&["--alertmanager", "https://am:9093"]).is_err());
+        assert!(run(&["--alertmanager", "am:9093"]).is_err());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use toml::Spanned;
 use crate::{
     cli::{
         AttachMode, Format, GroupPolicy, IngestKind, LogFormat, LogLevel, RunArgs, UnknownHosts,
-        parse_duration, parse_interval, parse_port,
+        parse_alertmanager_url, parse_duration, parse_interval, parse_port,
     },
     track::fleet::FleetError,
 };
@@ -80,6 +80,14 @@ struct Raw {
     forget_after: Option<Spanned<String>>,
     inventory: Option<RawInventory>,
     groups: Option<BTreeMap<String, RawGroup>>,
+    alerting: Option<RawAlerting>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerting {
+    alertmanager: Option<Vec<Spanned<String>>>,
+    resend: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,6 +135,8 @@ pub struct FileSettings {
     pub unknown_hosts: Option<UnknownHosts>,
     pub forget_after: Option<Duration>,
     pub groups: BTreeMap<String, GroupPolicy>,
+    pub alertmanager: Option<Vec<String>>,
+    pub alert_resend: Option<Duration>,
     /// The file's text, to point at a key when settings clash.
     text: String,
 }
@@ -273,6 +283,19 @@ impl FileSettings {
         let dir = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: PathBuf| if p.is_relative() { dir.join(p) } else { p };
         let inventory = raw.inventory.unwrap_or_default();
+        let alerting = raw.alerting.unwrap_or_default();
+        let alertmanager = match alerting.alertmanager {
+            None => None,
+            Some(urls) => Some(
+                urls.into_iter()
+                    .map(|u| {
+                        let span = u.span();
+                        parse_alertmanager_url(u.get_ref())
+                            .map_err(|e| src.at(span, format!("alerting.alertmanager: {e}")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
         let mut groups = BTreeMap::new();
         for (name, g) in raw.groups.unwrap_or_default() {
             let policy = GroupPolicy {
@@ -340,6 +363,8 @@ impl FileSettings {
             unknown_hosts: src.choice("inventory.unknown_hosts", inventory.unknown_hosts)?,
             forget_after: src.duration("forget_after", raw.forget_after)?,
             groups,
+            alertmanager,
+            alert_resend: src.duration("alerting.resend", alerting.resend)?,
             text: text.to_owned(),
         })
     }
@@ -407,6 +432,8 @@ impl FileSettings {
             grace,
             unknown_hosts,
             forget_after,
+            alertmanager,
+            alert_resend,
         );
         take_option!(
             iface,
@@ -469,6 +496,8 @@ pub(crate) fn key_of(long: &str) -> String {
         "inventory" => "inventory.file".into(),
         "grace" => "inventory.grace".into(),
         "unknown-hosts" => "inventory.unknown_hosts".into(),
+        "alertmanager" => "alerting.alertmanager".into(),
+        "alert-resend" => "alerting.resend".into(),
         other => other.replace('-', "_"),
     }
 }
@@ -531,6 +560,24 @@ mod tests {
         assert!(err.starts_with("/etc/hb/hb.toml:3:1: "), "{err}");
         let err = parse("[groups.web]\ntimeout = \"5s\"\ntimeuot = \"5s\"\n").unwrap_err();
         assert!(err.starts_with("/etc/hb/hb.toml:3:1: "), "{err}");
+    }
+
+    #[test]
+    fn alerting_keys() {
+        let f = parse("[alerting]\nalertmanager = [\"http://127.0.0.1:9093/\", \"http://[::1]:9093\"]\nresend = \"30s\"\n").unwrap();
+        assert_eq!(
+            f.alertmanager,
+            Some(vec![
+                "http://127.0.0.1:9093".to_owned(),
+                "http://[::1]:9093".to_owned()
+            ])
+        );
+        assert_eq!(f.alert_resend, Some(Duration::from_secs(30)));
+        let err = parse("\n[alerting]\nalertmanager = [\"https://am:9093\"]\n").unwrap_err();
+        assert!(
+            err.starts_with("/etc/hb/hb.toml:3:17: alerting.alertmanager: "),
+            "{err}"
+        );
     }
 
     #[test]

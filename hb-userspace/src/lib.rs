@@ -4,6 +4,7 @@
 //! Rooms, lowest first (a module uses only those below it):
 //! - `track`: host state from last-seen times (tracker, sweeper, events,
 //!   silent pages) over the `Table` trait;
+//! - `alert`: alerts to Alertmanager from the sweeps (a delivery thread);
 //! - `io`: the io_uring event loop, its operation tokens, the stdout writer;
 //! - `ingest`: where heartbeats come in (`xdp`, `socket`), each filling a
 //!   `Table` and owning its completions;
@@ -13,6 +14,7 @@
 //! Everything is private to the crate but what the integration tests and
 //! the benches drive, re-exported below.
 
+mod alert;
 mod cli;
 mod clock;
 mod cmd;

@@ -156,6 +156,9 @@ const FIXED: &[&str] = &[
     "sweep",
     "format",
     "netns",
+    // The delivery thread is started with them.
+    "alerting.alertmanager",
+    "alerting.resend",
 ];
 
 /// Settings a reload changes, at the next sweep.
@@ -197,6 +200,8 @@ fn value(key: &str, c: &RunConfig) -> Option<String> {
         "sweep" => d(a.sweep),
         "format" => name(&a.format),
         "netns" => opt(c.netns.clone()),
+        "alerting.alertmanager" => format!("{:?}", a.alertmanager),
+        "alerting.resend" => d(a.alert_resend),
         "timeout" => d(a.timeout),
         "summary_every" => d(a.summary_every),
         "metrics_silent_hosts" => a.metrics_silent_hosts.to_string(),

@@ -9,6 +9,7 @@ use log::{debug, info};
 
 use super::{default_route, join_mounts, key, reload::Reloader};
 use crate::{
+    alert,
     cli::{IngestKind, RunArgs},
     config::{CommandLine, RunConfig},
     http::{HttpServer, Site},
@@ -64,11 +65,13 @@ pub fn run(config: RunConfig, command_line: CommandLine) -> Result<()> {
     ingest_config.iface = iface;
     let mut ingest = ingest::start(&ingest_config, &mut events)?;
     let mut http = http.map(|s| s.serve(&mut events)).transpose()?;
+    let mut alerts = notifier(args, ingest.kind())?;
     let mut site = Site {
         ingest: ingest.kind(),
         timeout: args.timeout,
         sweep: args.sweep,
         silent_series: args.metrics_silent_hosts,
+        alerts: alerts.as_ref().map(alert::Notifier::stats),
     };
     let mut sweeper = Sweeper::with_tracker(ingest.begin(args.timeout)?, args.format);
     sweeper.set_summary_every(summary_sweeps(args));
@@ -95,6 +98,9 @@ pub fn run(config: RunConfig, command_line: CommandLine) -> Result<()> {
                 }
                 ingest.on_tick(&mut events)?;
                 sweeper.sweep(ingest.table())?;
+                if let Some(alerts) = alerts.as_mut() {
+                    alerts.feed(&sweeper, ingest.table());
+                }
                 stdout.write(&mut events, sweeper.lines())?;
                 // Settles at once where nothing more will be written.
                 sweeper.written(stdout.bytes_written());
@@ -141,6 +147,9 @@ pub fn run(config: RunConfig, command_line: CommandLine) -> Result<()> {
     stdout.drain(&mut events)?;
     sweeper.written(stdout.bytes_written());
     ingest.finish();
+    if let Some(alerts) = alerts {
+        alerts.finish();
+    }
     Ok(())
 }
 
@@ -155,6 +164,32 @@ fn summary_sweeps(args: &RunArgs) -> u32 {
         .as_nanos()
         .div_ceil(args.sweep.as_nanos());
     sweeps.clamp(1, u32::MAX.into()) as u32
+}
+
+/// The Alertmanager notifier, with --alertmanager.
+fn notifier(args: &RunArgs, ingest: &str) -> Result<Option<alert::Notifier>> {
+    if args.alertmanager.is_empty() {
+        return Ok(None);
+    }
+    let name = alert::hostname();
+    let generator_url = args.metrics_listen.map(|a| match a.ip().is_unspecified() {
+        true => format!("http://{name}:{}/silent", a.port()),
+        false => format!("http://{a}/silent"),
+    });
+    let collector = alert::Collector {
+        name,
+        watches: args
+            .iface
+            .clone()
+            .unwrap_or_else(|| format!("socket:{}", args.port)),
+    };
+    let mut settings = alert::Settings::new(args.alertmanager.clone(), args.alert_resend);
+    settings.generator_url = generator_url;
+    settings.collector = collector;
+    // The interface's state tells blindness in XDP mode only: a socket
+    // listens on all of them.
+    let iface = args.iface.clone().filter(|_| ingest == "xdp");
+    alert::Notifier::start(settings, args.timeout, args.sweep, iface).map(Some)
 }
 
 /// Binds the endpoint, waiting a little while the address is in use: the

@@ -3,12 +3,17 @@
 //! the last sweep's state; the table is read only for the hosts a page
 //! shows (their addresses), so a request costs what it returns.
 
-use std::{fmt::Write as _, time::Duration};
+use std::{
+    fmt::Write as _,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use hb_common::Counter;
 
 use super::server::{Request, Response, query_param};
 use crate::{
+    alert,
     clock::monotonic_ns,
     track::{
         events::{Summary, host_id, host_ip, timestamp},
@@ -33,6 +38,8 @@ pub struct Site {
     pub sweep: Duration,
     /// Per-host series for at most this many silent hosts (0: none).
     pub silent_series: usize,
+    /// The alert delivery's counters, with --alertmanager.
+    pub alerts: Option<Arc<alert::Stats>>,
 }
 
 impl Site {
@@ -239,6 +246,9 @@ fn metrics(ctx: &Context<'_>) -> String {
             }
         }
     }
+    if let Some(a) = &ctx.site.alerts {
+        alert_metrics(&mut out, a);
+    }
     metric(&mut out, "hb_build_info", "gauge", "Build information.");
     let _ = writeln!(
         out,
@@ -274,6 +284,32 @@ fn metrics(ctx: &Context<'_>) -> String {
         }
     }
     out
+}
+
+fn alert_metrics(out: &mut String, a: &alert::Stats) {
+    metric(
+        out,
+        "hb_alerts_sent_total",
+        "counter",
+        "Alerts an Alertmanager accepted (each Alertmanager counts).",
+    );
+    let sent = a.sent.load(Ordering::Relaxed);
+    let _ = writeln!(out, "hb_alerts_sent_total {sent}");
+    metric(
+        out,
+        "hb_alert_delivery_failures_total",
+        "counter",
+        "POSTs to an Alertmanager that failed (no connection, timeout, or an error status).",
+    );
+    let failures = a.failures.load(Ordering::Relaxed);
+    let _ = writeln!(out, "hb_alert_delivery_failures_total {failures}");
+    metric(
+        out,
+        "hb_alert_queue_length",
+        "gauge",
+        "Alerts waiting to be delivered, summed over the Alertmanagers.",
+    );
+    let _ = writeln!(out, "hb_alert_queue_length {}", a.queue_length());
 }
 
 /// A label value in the exposition format: backslash, quote and newline
@@ -474,6 +510,7 @@ mod tests {
             timeout: Duration::from_secs(15),
             sweep: Duration::from_secs(1),
             silent_series: 10,
+            alerts: None,
         };
 
         table.reads.set(0);

@@ -93,6 +93,8 @@ pub struct Sweeper {
     /// The fleet was set: the next sweep holds the table against it.
     adopt: Option<Carry>,
     forgetting: Forgetting,
+    /// The last sweep's reported transitions, by slot (alerts follow them).
+    transitions: Vec<Transition<u32>>,
 }
 
 impl Sweeper {
@@ -119,6 +121,7 @@ impl Sweeper {
             roll: Roll::default(),
             adopt: Some(Carry::default()),
             forgetting: Forgetting::default(),
+            transitions: Vec::new(),
         }
     }
 
@@ -345,6 +348,11 @@ impl Sweeper {
         &self.silent
     }
 
+    /// The last sweep's transitions, hosts by slot (alerts follow them).
+    pub fn last_transitions(&self) -> &[Transition<u32>] {
+        &self.transitions
+    }
+
     /// Slots of the table in use at the last sweep.
     pub fn table_used(&self) -> usize {
         self.table_used
@@ -373,6 +381,7 @@ impl Sweeper {
             self.adopt(table, now, carry);
         }
         self.forget(table, now);
+        self.transitions.clear();
         let Self {
             tracker,
             silent,
@@ -381,6 +390,7 @@ impl Sweeper {
             events,
             reported,
             untold,
+            transitions,
             ..
         } = self;
         let ts = timestamp(wall);
@@ -396,6 +406,7 @@ impl Sweeper {
             events,
             out,
             untold,
+            transitions,
             reported: *reported,
             keep,
             format: *format,
@@ -501,6 +512,7 @@ struct Obs<'a> {
     events: &'a mut EventTotals,
     out: &'a mut Vec<u8>,
     untold: &'a mut VecDeque<(u64, Told)>,
+    transitions: &'a mut Vec<Transition<u32>>,
     reported: u64,
     keep: bool,
     format: Format,
@@ -566,6 +578,7 @@ impl Observer for &mut Obs<'_> {
             }
         };
         if let Some(line) = line {
+            self.transitions.push(line);
             let ident = inv.map(|inv| inv.ident(entry));
             let event = Event::Host(line.with_host(self.table.host(slot)), ident);
             push_line(self.out, &format_event(self.format, self.ts, &event));

@@ -1,0 +1,458 @@
+//! Alerts to Alertmanager (API v2): `HostSilent` while a host is silent,
+//! `CollectorBlind` while the collector cannot trust what it sees.
+//!
+//! The event loop's side is the [`Notifier`]: after each sweep it turns the
+//! sweep's transitions into alert changes and hands them to the delivery
+//! thread through a bounded queue, never waiting: when the queue is full it
+//! notes that a resync is needed and, at a later sweep, hands over the
+//! whole current state instead. The thread does the HTTP (see
+//! [`delivery`]), so a slow or absent Alertmanager never slows a sweep.
+
+mod delivery;
+mod shape;
+mod sight;
+
+use std::{
+    sync::{
+        Arc,
+        mpsc::{self, TrySendError},
+    },
+    thread,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use hashbrown::HashMap;
+use log::warn;
+
+use self::{
+    delivery::{Change, Delivery, Message, Queue},
+    shape::{Key, Raise},
+    sight::{Blindness, Facts, Sight},
+};
+pub use self::{
+    delivery::{Settings, Stats},
+    shape::Collector,
+};
+use crate::{
+    clock::monotonic_ns,
+    track::{sweeper::Sweeper, table::Table, tracker::Transition},
+};
+
+/// Sweeps' worth of changes the queue holds before a resync is needed.
+const QUEUE: usize = 64;
+
+/// How long a stopping collector waits for the last deliveries.
+const FINISH: Duration = Duration::from_secs(5);
+
+pub struct Notifier {
+    queue: Option<Queue>,
+    done: mpsc::Receiver<()>,
+    stats: Arc<Stats>,
+    sight: Sight,
+    timeout: Duration,
+    /// The interface whose state is checked (XDP mode).
+    iface: Option<String>,
+    /// Silent hosts not alerted yet (not trusted yet): slot -> last seen.
+    held: HashMap<u32, u64>,
+    blind: Option<(Blindness, SystemTime)>,
+    /// Changes were lost (queue full): hand over the whole state next.
+    resync: bool,
+}
+
+impl Notifier {
+    /// Starts the delivery thread.
+    pub fn start(
+        settings: Settings,
+        timeout: Duration,
+        sweep: Duration,
+        iface: Option<String>,
+    ) -> Result<Self> {
+        let stats = Arc::new(Stats::default());
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let (done_tx, done) = mpsc::channel();
+        let delivery = Delivery::new(settings, Arc::clone(&stats));
+        thread::Builder::new()
+            .name("hb-alerts".into())
+            .spawn(move || {
+                delivery.run(rx);
+                let _ = done_tx.send(());
+            })
+            .context("starting the alert delivery thread")?;
+        let queue = Queue::new(tx, Arc::clone(&stats));
+        Ok(Self::new(queue, done, stats, timeout, sweep, iface))
+    }
+
+    fn new(
+        queue: Queue,
+        done: mpsc::Receiver<()>,
+        stats: Arc<Stats>,
+        timeout: Duration,
+        sweep: Duration,
+        iface: Option<String>,
+    ) -> Self {
+        Self {
+            queue: Some(queue),
+            done,
+            stats,
+            sight: Sight::new(timeout, sweep),
+            timeout,
+            iface,
+            held: HashMap::new(),
+            blind: None,
+            // The first hand-over is the whole state: a collector carrying
+            // on from another one's table has hosts silent already.
+            resync: true,
+        }
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Takes in the sweep just done; `table` names its hosts.
+    pub fn feed(&mut self, sweeper: &Sweeper, table: &dyn Table) {
+        let link_up = self.iface.as_deref().and_then(link_up);
+        self.feed_at(sweeper, table, monotonic_ns(), SystemTime::now(), link_up);
+    }
+
+    /// `feed` at monotonic time `now`, wall time `wall`, with the
+    /// interface's state.
+    fn feed_at(
+        &mut self,
+        sweeper: &Sweeper,
+        table: &dyn Table,
+        now: u64,
+        wall: SystemTime,
+        link_up: Option<bool>,
+    ) {
+        let wall_of = |mono: u64| wall - Duration::from_nanos(now.saturating_sub(mono));
+        let summary = sweeper.summary();
+        let blind = self.sight.observe(Facts {
+            now,
+            heartbeats: summary.heartbeats,
+            alive: summary.alive,
+            link_up,
+        });
+        let mut changes = Vec::new();
+        for t in sweeper.last_transitions() {
+            match *t {
+                Transition::Silent {
+                    host,
+                    silent_for_ns,
+                } => {
+                    self.held.insert(host, now.saturating_sub(silent_for_ns));
+                }
+                Transition::Recovered { host, .. } => {
+                    if self.held.remove(&host).is_none() {
+                        changes.push(Change::Resolve(Key::Host(host), wall));
+                    }
+                }
+                Transition::New { .. } => {}
+            }
+        }
+        let timeout = self.timeout;
+        let silent = |slot: u32, last_seen: u64| Raise::HostSilent {
+            host: table.host(slot),
+            last_seen: wall_of(last_seen),
+            silent_since: wall_of(last_seen) + timeout,
+        };
+        if blind.is_none() && !self.held.is_empty() {
+            let sight = &self.sight;
+            self.held.retain(|&slot, &mut last_seen| {
+                let trusted = sight.trusts(last_seen);
+                if trusted {
+                    changes.push(Change::Fire(Key::Host(slot), silent(slot, last_seen)));
+                }
+                !trusted
+            });
+        }
+        if blind != self.blind.map(|b| b.0) {
+            // A change of reason is a new annotation on the same alert.
+            match blind {
+                Some(why) => {
+                    warn!(
+                        "the collector cannot see its hosts ({}): holding back host alerts",
+                        why.reason()
+                    );
+                    let since = self.blind.map_or(wall, |b| b.1);
+                    self.blind = Some((why, since));
+                    changes.push(Change::Fire(Key::Blind, self.blind_raise().unwrap()));
+                }
+                None => {
+                    warn!("the collector sees its hosts again");
+                    self.blind = None;
+                    changes.push(Change::Resolve(Key::Blind, wall));
+                }
+            }
+        }
+        let message = if self.resync {
+            let mut firing: Vec<(Key, Raise)> = sweeper
+                .silent()
+                .range(0, usize::MAX)
+                .filter(|(slot, _)| !self.held.contains_key(slot))
+                .map(|(slot, last_seen)| (Key::Host(slot), silent(slot, last_seen)))
+                .collect();
+            firing.extend(self.blind_raise().map(|a| (Key::Blind, a)));
+            Message::Snapshot(firing)
+        } else if changes.is_empty() {
+            return;
+        } else {
+            Message::Changes(changes)
+        };
+        self.hand_over(message);
+    }
+
+    fn blind_raise(&self) -> Option<Raise> {
+        self.blind.map(|(why, since)| Raise::CollectorBlind {
+            why: why.reason(),
+            since,
+        })
+    }
+
+    fn hand_over(&mut self, message: Message) {
+        let Some(queue) = &self.queue else { return };
+        match queue.try_send(message) {
+            Ok(()) => self.resync = false,
+            Err(e) => {
+                if !self.resync {
+                    let why = match e {
+                        TrySendError::Full(_) => "its queue is full",
+                        TrySendError::Disconnected(_) => "it stopped",
+                    };
+                    warn!(
+                        "alert delivery is behind ({why}): the whole state is handed over once it takes it"
+                    );
+                }
+                self.resync = true;
+            }
+        }
+    }
+
+    /// Stops the delivery thread after a last attempt at what is pending,
+    /// waiting for it a few seconds at most.
+    pub fn finish(mut self) {
+        drop(self.queue.take());
+        if self.done.recv_timeout(FINISH).is_err() {
+            warn!("alert delivery still busy after {FINISH:?}: not waiting");
+        }
+    }
+}
+
+/// Whether `iface` is up and running (in this network namespace); `None`
+/// when that cannot be told.
+fn link_up(iface: &str) -> Option<bool> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: a plain socket call.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a new descriptor, owned by nothing else (closed on drop).
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; all zeros is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = iface.as_bytes();
+    if name.len() >= req.ifr_name.len() {
+        return None;
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads a NUL-terminated name and writes the flags
+    // into `req`, which outlives the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return None;
+    }
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    let flags = libc::c_int::from(unsafe { req.ifr_ifru.ifru_flags });
+    Some(flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0)
+}
+
+/// The machine's host name, for the alerts' annotations.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer and its length.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        cell::Cell,
+        sync::atomic::{AtomicU64, Ordering},
+        time::UNIX_EPOCH,
+    };
+
+    use hb_common::{Counter, HostKey};
+
+    use super::*;
+    use crate::track::{
+        events::{Format, Host},
+        table::Counts,
+    };
+
+    const S: u64 = 1_000_000_000;
+
+    /// A table whose hosts beat when told to.
+    struct Fake {
+        seen: Vec<AtomicU64>,
+        heartbeats: Cell<u64>,
+    }
+
+    impl Fake {
+        fn new(hosts: usize) -> Self {
+            Self {
+                seen: (0..hosts).map(|_| AtomicU64::new(0)).collect(),
+                heartbeats: Cell::new(0),
+            }
+        }
+
+        fn beat(&self, slot: usize, at: u64) {
+            self.seen[slot].store(at, Ordering::Relaxed);
+            self.heartbeats.set(self.heartbeats.get() + 1);
+        }
+    }
+
+    impl Table for Fake {
+        fn last_seen(&self) -> &[AtomicU64] {
+            &self.seen
+        }
+        fn host(&self, slot: u32) -> Host {
+            Host::addr(&HostKey::from_ipv4([198, 18, 0, slot as u8]))
+        }
+        fn len(&self) -> usize {
+            self.seen.len()
+        }
+        fn capacity(&self) -> usize {
+            self.seen.len()
+        }
+        fn counters(&self) -> anyhow::Result<Counts> {
+            let mut c = [0; Counter::COUNT];
+            c[Counter::Heartbeat as usize] = self.heartbeats.get();
+            Ok(c)
+        }
+    }
+
+    /// A notifier (timeout 10 s, sweep 1 s) whose queue of `depth` the
+    /// test reads, and its sweeper.
+    fn notifier(depth: usize) -> (Notifier, mpsc::Receiver<Message>, Sweeper) {
+        let stats = Arc::new(Stats::default());
+        let (tx, rx) = mpsc::sync_channel(depth);
+        let (_, done) = mpsc::channel();
+        let n = Notifier::new(
+            Queue::new(tx, Arc::clone(&stats)),
+            done,
+            stats,
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+            None,
+        );
+        (n, rx, Sweeper::new(10 * S, Format::Json))
+    }
+
+    fn sweep(n: &mut Notifier, sw: &mut Sweeper, table: &Fake, t: u64, link_up: bool) {
+        let wall = UNIX_EPOCH + Duration::from_secs(1_000_000 + t);
+        sw.sweep_at(table, t * S, wall).unwrap();
+        n.feed_at(sw, table, t * S, wall, Some(link_up));
+    }
+
+    /// What a message says: keys fired, keys resolved (sorted); a
+    /// snapshot's keys count as fired.
+    fn said(m: Message) -> (bool, Vec<Key>, Vec<Key>) {
+        match m {
+            Message::Snapshot(s) => (true, s.into_iter().map(|(k, _)| k).collect(), vec![]),
+            Message::Changes(c) => {
+                let (mut fired, mut resolved) = (vec![], vec![]);
+                for c in c {
+                    match c {
+                        Change::Fire(k, _) => fired.push(k),
+                        Change::Resolve(k, _) => resolved.push(k),
+                    }
+                }
+                fired.sort();
+                resolved.sort();
+                (false, fired, resolved)
+            }
+        }
+    }
+
+    #[test]
+    fn the_state_of_an_interface() {
+        assert_eq!(link_up("lo"), Some(true));
+        assert_eq!(link_up("hb-no-such-if"), None);
+        assert_eq!(link_up("a-name-too-long-for-linux"), None);
+    }
+
+    #[test]
+    fn a_full_queue_is_followed_by_the_whole_state() {
+        let (mut n, rx, mut sw) = notifier(1);
+        let table = Fake::new(1);
+        table.beat(0, S);
+        // The one host goes silent at 12 s (trusted: it was the only one)
+        // while the queue still holds the first hand-over.
+        for t in 1..=12 {
+            sweep(&mut n, &mut sw, &table, t, true);
+        }
+        assert_eq!(said(rx.try_recv().unwrap()), (true, vec![], vec![]));
+        assert!(rx.try_recv().is_err(), "the change did not fit");
+        sweep(&mut n, &mut sw, &table, 13, true);
+        assert_eq!(
+            said(rx.try_recv().unwrap()),
+            (true, vec![Key::Host(0)], vec![])
+        );
+        // Then changes again.
+        table.beat(0, 14 * S);
+        sweep(&mut n, &mut sw, &table, 14, true);
+        assert_eq!(
+            said(rx.try_recv().unwrap()),
+            (false, vec![], vec![Key::Host(0)])
+        );
+    }
+
+    #[test]
+    fn hosts_silent_while_blind_are_held_and_alerted_once_it_sees() {
+        let (mut n, rx, mut sw) = notifier(64);
+        let table = Fake::new(3);
+        for t in 1..=10 {
+            (0..3).for_each(|h| table.beat(h, t * S));
+            sweep(&mut n, &mut sw, &table, t, true);
+        }
+        assert_eq!(said(rx.try_recv().unwrap()), (true, vec![], vec![]));
+        sweep(&mut n, &mut sw, &table, 11, false);
+        assert_eq!(
+            said(rx.try_recv().unwrap()),
+            (false, vec![Key::Blind], vec![])
+        );
+        // All three go silent at 21 s: held, the link back up or not.
+        for t in 12..=39 {
+            sweep(&mut n, &mut sw, &table, t, t >= 22);
+        }
+        assert_eq!(sw.silent().len(), 3);
+        // Only the reason changes: the link is up, nothing is heard.
+        assert_eq!(
+            said(rx.try_recv().unwrap()),
+            (false, vec![Key::Blind], vec![])
+        );
+        let more: Vec<_> = rx.try_iter().map(said).collect();
+        assert!(more.is_empty(), "no host alerted while blind: {more:?}");
+        // Host 0 is heard again: the collector can hear, and sees again a
+        // timeout later; hosts 1 and 2, silent all along, are alerted then.
+        table.beat(0, 40 * S);
+        for t in 40..=48 {
+            sweep(&mut n, &mut sw, &table, t, true);
+            table.beat(0, t * S);
+        }
+        assert!(rx.try_recv().is_err(), "still blind until a timeout after");
+        sweep(&mut n, &mut sw, &table, 49, true);
+        assert_eq!(
+            said(rx.try_recv().unwrap()),
+            (false, vec![Key::Host(1), Key::Host(2)], vec![Key::Blind])
+        );
+    }
+}
