@@ -99,10 +99,6 @@ pub struct Fresh {
 /// which is refused unless its sequence number is newer than the last.
 #[inline(always)]
 pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
-    // Coarse clock: heartbeats come seconds apart, so a tick's resolution is
-    // plenty, and it is measurably cheaper than bpf_ktime_get_ns.
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let index = hint_index(key);
     let hint = HINTS
         .get_ptr_mut(index >> 1)
@@ -120,7 +116,7 @@ pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
             {
                 return Stamped::Replayed;
             }
-            touch(slot, now);
+            touch(slot);
             return Stamped::Known;
         }
     }
@@ -144,7 +140,7 @@ pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
         {
             return Stamped::Replayed;
         }
-        touch(slot, now);
+        touch(slot);
         if let Some(h) = hint {
             // SAFETY: pointer from a successful array lookup.
             unsafe { core::ptr::write_volatile(h, slot + 1) };
@@ -223,7 +219,7 @@ pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
     unsafe {
         core::ptr::write_volatile(k, *key);
         core::ptr::write_volatile(b, 1);
-        exchange(t, now);
+        exchange(t, now());
     }
     if let Some(value) = SLOTS.get_ptr_mut(key) {
         // SAFETY: pointer from a successful lookup.
@@ -309,11 +305,22 @@ unsafe fn same_key(stored: *const HostKey, key: &HostKey) -> bool {
     [a, b] == key.words()
 }
 
+/// The time a heartbeat is stamped with. Read where it is stored, after
+/// the lookups: a value kept across them (calls, to LLVM) is spilled to the
+/// stack and loaded back.
 #[inline(always)]
-fn touch(slot: u32, now: u64) {
+fn now() -> u64 {
+    // Coarse clock: heartbeats come seconds apart, so a tick's resolution is
+    // plenty, and it is measurably cheaper than bpf_ktime_get_ns.
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+#[inline(always)]
+fn touch(slot: u32) {
     if let Some(t) = LAST_SEEN.get_ptr_mut(slot) {
         // SAFETY: pointer from a successful array lookup.
-        unsafe { core::ptr::write_volatile(t, now) };
+        unsafe { core::ptr::write_volatile(t, now()) };
     }
     if let Some(b) = BEATS.get_ptr_mut(slot) {
         // SAFETY: as above; several CPUs may count the same host at once.
