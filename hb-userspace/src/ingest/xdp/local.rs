@@ -59,7 +59,7 @@ impl LocalMaps {
         // with a map per bucket), and every other word as it was.
         if set != self.written {
             self.set
-                .set(0, &*set, 0)
+                .set(0, set.as_ref(), 0)
                 .context("writing the program's LocalSet")?;
             self.written = set;
         }
