@@ -5,7 +5,7 @@
 //!
 //! An rtnetlink socket subscribed to link and address changes is read,
 //! without blocking, before every sweep: when anything changed, the
-//! addresses are dumped again and the buckets that differ rewritten. A
+//! addresses are dumped again and the set rewritten if it differs. A
 //! change is therefore seen within one `--sweep`, as the table itself is;
 //! a quiet namespace costs one `recv` a sweep.
 
@@ -54,9 +54,10 @@ impl LocalMaps {
                 None => left_out.push(ip_of(key)),
             }
         }
-        // One write of the whole set: a program reading it meanwhile sees
-        // the old or the new bytes of each word that changes (as it did
-        // with a map per bucket), and every other word as it was.
+        // One write of the whole set, which the kernel copies in place (as
+        // it did each bucket when they were a map): a program reading it
+        // meanwhile may see a changing address half old, half new, as
+        // before, and what does not change is rewritten with its own bytes.
         if set != self.written {
             self.set
                 .set(0, set.as_ref(), 0)
