@@ -67,21 +67,40 @@ pub const BASELINE_PROGRAM: &str = "hb_baseline";
 /// Default capacity of the host table, in hosts.
 pub const DEFAULT_MAX_HOSTS: u32 = 1 << 20;
 
-/// Array of one `u64`: the interface's MAC, its 6 bytes as the program
-/// loads them (little-endian, in the low 48 bits). Written by userspace,
-/// kept current as the interface changes.
-pub const LOCAL_MAC_MAP: &str = "HB_LOCAL_MAC";
-/// Array of [`LocalBucket`]s, [`LOCAL_BUCKETS`] of them: the addresses of
-/// the collector's network namespace, each in the bucket
-/// [`local_bucket`] names (IPv4 as `::ffff:a.b.c.d`; empty places are
-/// zero). Written by userspace, kept current from netlink.
-pub const LOCAL_ADDRS_MAP: &str = "HB_LOCAL_ADDRS";
+/// The program's global section holding its [`LocalSet`]: what it takes
+/// as addressed to this collector. A global, so that the program reads it
+/// at a fixed address instead of looking it up in a map on every
+/// heartbeat; to userspace it is an array map of one [`LocalSet`], under
+/// this name. Written by userspace, kept current from netlink.
+pub const LOCAL_SET_SECTION: &str = ".data.hb_local";
 /// Buckets of the local address set (a power of two).
 pub const LOCAL_BUCKETS: u32 = 1024;
 /// Addresses a bucket holds.
 pub const LOCAL_WAYS: usize = 4;
 /// One bucket of the local address set.
 pub type LocalBucket = [crate::HostKey; LOCAL_WAYS];
+
+/// The interface's MAC and the addresses of the collector's network
+/// namespace.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalSet {
+    /// The interface's MAC, its 6 bytes as the program loads them
+    /// (little-endian, in the low 48 bits); 0 when it has none.
+    pub mac: u64,
+    /// Each address in the bucket [`local_bucket`] names (IPv4 as
+    /// `::ffff:a.b.c.d`; empty places are zero).
+    pub buckets: [LocalBucket; LOCAL_BUCKETS as usize],
+}
+
+impl LocalSet {
+    /// No MAC, no address.
+    pub const EMPTY: Self = Self {
+        mac: 0,
+        buckets: [[crate::HostKey { addr: [0; 16] }; LOCAL_WAYS]; LOCAL_BUCKETS as usize],
+    };
+}
+
 /// Global (`u8`, 0 or 1): `--any-destination`, heartbeats to any MAC and
 /// any address are taken (mirror and SPAN ports).
 pub const ANY_DEST_GLOBAL: &str = "HB_ANY_DESTINATION";

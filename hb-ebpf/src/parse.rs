@@ -103,14 +103,14 @@ impl Frame {
     }
 }
 
-/// The frame's destination MAC, its 6 bytes loaded little-endian.
+/// The destination MAC of a frame that [`heartbeat_source`] took for a
+/// heartbeat, its 6 bytes loaded little-endian. No bounds check of its own:
+/// the parse checked the frame for far more than 6 bytes (and the verifier
+/// would refuse the program if it had not).
 #[inline(always)]
-pub fn dst_mac(frame: &Frame) -> Option<u64> {
-    if frame.start + 6 > frame.end {
-        return None;
-    }
+pub fn dst_mac(frame: &Frame) -> u64 {
     let p = frame.start as *const u8;
-    Some(load!(u32, p, 0) | load!(u16, p, 4) << 32)
+    load!(u32, p, 0) | load!(u16, p, 4) << 32
 }
 
 /// Returns the source address (and signed fields) of a heartbeat to `port`,
@@ -274,14 +274,14 @@ fn ipv4_datagram(
     let signed = heartbeat_payload(frame, udp, total_len.wrapping_sub(ihl))?;
     // The header checksum (RFC 1071), summed in 32-bit words as loaded:
     // the ones' complement sum of a correct header is 0xffff whatever the
-    // word size and byte order. Under 2^36, two folds bring it to at most
-    // 0x1000f, where 0xffff is its only non-zero multiple.
+    // word size and byte order. Folded, that sum is the plain sum modulo
+    // 0xffff (2^16 = 1 there), except that a non-zero multiple folds to
+    // 0xffff: so a header is correct when its plain sum, never zero (the
+    // version nibble is 4), is a multiple of 0xffff.
     let src = load!(u32, p, 12);
     let dst = load!(u32, p, 16);
-    let mut sum = load!(u32, p, 0) + load!(u32, p, 4) + load!(u32, p, 8) + src + dst + options;
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    if sum != 0xffff {
+    let sum = load!(u32, p, 0) + load!(u32, p, 4) + load!(u32, p, 8) + src + dst + options;
+    if !multiple_of_ffff(sum) {
         return Err(Counter::BadChecksum);
     }
     // Loaded in memory order, stored back the same way: ::ffff:a.b.c.d as
@@ -296,6 +296,17 @@ fn ipv4_datagram(
         bad_src,
         signed,
     })
+}
+
+/// Whether `x` is a multiple of 0xffff, without a division: multiplied by
+/// 0xffff's inverse modulo 2^64, the multiples are exactly the products up
+/// to (2^64 - 1) / 0xffff (a multiply and a compare, where folding to 16
+/// bits twice takes eight instructions).
+#[inline(always)]
+fn multiple_of_ffff(x: u64) -> bool {
+    const INVERSE: u64 = 0xfffe_fffe_fffe_ffff;
+    const _: () = assert!(INVERSE.wrapping_mul(0xffff) == 1);
+    x.wrapping_mul(INVERSE) <= u64::MAX / 0xffff
 }
 
 #[inline(always)]

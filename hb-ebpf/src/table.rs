@@ -31,7 +31,9 @@
 //! Clock: bpf_ktime_get_coarse_ns (CLOCK_MONOTONIC at tick resolution).
 //! bpf_jiffies64 measured 8 ns cheaper per heartbeat, but its unit (the
 //! kernel's HZ) is not visible to userspace; the hint already brings a
-//! known host within the 2.5x target, so hb keeps nanoseconds.
+//! known host within the 2.5x target, so hb keeps nanoseconds. The call is
+//! the dearest thing a known host's heartbeat does (about 13 ns of 46 on
+//! the benchmark VM, see docs/benchmarks.md), so it is made last.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -106,10 +108,6 @@ pub struct Fresh {
 /// which is refused unless its sequence number is newer than the last.
 #[inline(always)]
 pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
-    // Coarse clock: heartbeats come seconds apart, so a tick's resolution is
-    // plenty, and it is measurably cheaper than bpf_ktime_get_ns.
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let index = hint_index(key);
     let hint = HINTS
         .get_ptr_mut(index >> 1)
@@ -127,7 +125,7 @@ pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
             {
                 return Stamped::Replayed;
             }
-            touch(slot, now);
+            touch(slot);
             return Stamped::Known;
         }
     }
@@ -152,7 +150,7 @@ pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
         {
             return Stamped::Replayed;
         }
-        touch(slot, now);
+        touch(slot);
         if let Some(h) = hint {
             // SAFETY: pointer from a successful array lookup.
             unsafe { core::ptr::write_volatile(h, slot + 1) };
@@ -238,7 +236,7 @@ pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
     unsafe {
         core::ptr::write_volatile(k, *key);
         core::ptr::write_volatile(b, 1);
-        exchange(t, now);
+        exchange(t, now());
     }
     if let Some(value) = SLOTS.get_ptr_mut(key) {
         // SAFETY: pointer from a successful lookup.
@@ -324,11 +322,22 @@ unsafe fn same_key(stored: *const HostKey, key: &HostKey) -> bool {
     [a, b] == key.words()
 }
 
+/// The time a heartbeat is stamped with. Read where it is stored, after
+/// the lookups: a value kept across them (calls, to LLVM) is spilled to the
+/// stack and loaded back.
 #[inline(always)]
-fn touch(slot: u32, now: u64) {
+fn now() -> u64 {
+    // Coarse clock: heartbeats come seconds apart, so a tick's resolution is
+    // plenty, and it is measurably cheaper than bpf_ktime_get_ns.
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+#[inline(always)]
+fn touch(slot: u32) {
     if let Some(t) = LAST_SEEN.get_ptr_mut(slot) {
         // SAFETY: pointer from a successful array lookup.
-        unsafe { core::ptr::write_volatile(t, now) };
+        unsafe { core::ptr::write_volatile(t, now()) };
     }
     if let Some(b) = BEATS.get_ptr_mut(slot) {
         // SAFETY: as above; several CPUs may count the same host at once.

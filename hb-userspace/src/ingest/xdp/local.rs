@@ -1,10 +1,11 @@
 //! What the program takes as addressed to this collector: the interface's
-//! MAC and the addresses of its network namespace, written into two small
-//! maps (`HB_LOCAL_MAC`, `HB_LOCAL_ADDRS`) and kept current.
+//! MAC and the addresses of its network namespace, written into the
+//! program's global `LocalSet` (an array map of one, `.data.hb_local`) and
+//! kept current.
 //!
 //! An rtnetlink socket subscribed to link and address changes is read,
 //! without blocking, before every sweep: when anything changed, the
-//! addresses are dumped again and the buckets that differ rewritten. A
+//! addresses are dumped again and the set rewritten if it differs. A
 //! change is therefore seen within one `--sweep`, as the table itself is;
 //! a quiet namespace costs one `recv` a sweep.
 
@@ -16,23 +17,21 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, Map, MapData};
-use hb_common::{HostKey, LOCAL_BUCKETS, LocalBucket, local_bucket};
+use hb_common::{HostKey, LocalSet, local_bucket};
 use log::{info, warn};
 
 /// The program's view of "addressed to us".
 pub struct LocalMaps {
-    mac: Array<MapData, u64>,
-    addrs: Array<MapData, LocalBucket>,
-    /// What each bucket holds now.
-    written: Vec<LocalBucket>,
+    set: Array<MapData, LocalSet>,
+    /// What the program holds now.
+    written: Box<LocalSet>,
 }
 
 impl LocalMaps {
-    pub fn new(mac: Map, addrs: Map) -> Result<Self> {
+    pub fn new(set: Map) -> Result<Self> {
         Ok(Self {
-            mac: Array::try_from(mac).context("HB_LOCAL_MAC is not an array")?,
-            addrs: Array::try_from(addrs).context("HB_LOCAL_ADDRS is not an array")?,
-            written: vec![LocalBucket::default(); LOCAL_BUCKETS as usize],
+            set: Array::try_from(set).context("the program's LocalSet is not an array")?,
+            written: Box::new(LocalSet::EMPTY),
         })
     }
 
@@ -44,26 +43,26 @@ impl LocalMaps {
         if let Some(m) = mac {
             mac_word[..6].copy_from_slice(&m);
         }
-        self.mac
-            .set(0, u64::from_le_bytes(mac_word), 0)
-            .context("writing HB_LOCAL_MAC")?;
-        let mut buckets = vec![LocalBucket::default(); LOCAL_BUCKETS as usize];
+        let mut set = Box::new(LocalSet::EMPTY);
+        set.mac = u64::from_le_bytes(mac_word);
         let mut left_out = Vec::new();
         let keys: BTreeSet<HostKey> = addrs.iter().map(|a| key_of(*a)).collect();
         for key in keys {
-            let b = &mut buckets[local_bucket(key.words()) as usize];
+            let b = &mut set.buckets[local_bucket(key.words()) as usize];
             match b.iter_mut().find(|k| **k == HostKey::default()) {
                 Some(place) => *place = key,
                 None => left_out.push(ip_of(key)),
             }
         }
-        for (i, b) in buckets.iter().enumerate() {
-            if *b != self.written[i] {
-                self.addrs
-                    .set(i as u32, *b, 0)
-                    .context("writing HB_LOCAL_ADDRS")?;
-                self.written[i] = *b;
-            }
+        // One write of the whole set, which the kernel copies in place (as
+        // it did each bucket when they were a map): a program reading it
+        // meanwhile may see a changing address half old, half new, as
+        // before, and what does not change is rewritten with its own bytes.
+        if set != self.written {
+            self.set
+                .set(0, set.as_ref(), 0)
+                .context("writing the program's LocalSet")?;
+            self.written = set;
         }
         Ok(left_out)
     }

@@ -14,8 +14,8 @@ use aya::{
 };
 use hb_common::{
     ALLOC_MAP, ANY_DEST_GLOBAL, AUTH_MAP, AUTH_MODE_GLOBAL, AuthMode, BARE_MAP, BEATS_MAP,
-    COUNTERS_MAP, FREE_MAP, HINT_MASK_GLOBAL, HINTS_MAP, HOST_MAPS, LAST_SEEN_MAP, LOCAL_ADDRS_MAP,
-    LOCAL_MAC_MAP, MAX_BARE_GLOBAL, PASS_GLOBAL, PORT_GLOBAL, PROGRAM, SIP_STATE_GLOBAL,
+    COUNTERS_MAP, FREE_MAP, HINT_MASK_GLOBAL, HINTS_MAP, HOST_MAPS, LAST_SEEN_MAP,
+    LOCAL_SET_SECTION, MAX_BARE_GLOBAL, PASS_GLOBAL, PORT_GLOBAL, PROGRAM, SIP_STATE_GLOBAL,
     SLOT_KEYS_MAP, SLOTS_MAP, TRACKER_MAP,
     auth::{self, KEY_LEN},
 };
@@ -263,7 +263,7 @@ pub fn load_with(
         forgetting: Some((take(FREE_MAP)?, take(BARE_MAP)?)),
     };
     let tracker = Some(take(TRACKER_MAP)?);
-    let local = LocalMaps::new(take(LOCAL_MAC_MAP)?, take(LOCAL_ADDRS_MAP)?)?;
+    let local = LocalMaps::new(take(LOCAL_SET_SECTION)?)?;
     let table = HostTable::new(maps)?;
     Ok(Loaded {
         ebpf,
