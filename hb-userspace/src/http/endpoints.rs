@@ -1,5 +1,6 @@
 //! What the HTTP endpoint serves: `GET /metrics` (Prometheus text
-//! exposition) and `GET /silent` (silent hosts as JSON, paged). Rendered from
+//! exposition), `GET /silent` and `GET /missing` (hosts as JSON, paged) and
+//! `GET /` (the status page, paged the same way: see `page`). Rendered from
 //! the last sweep's state; the table is read only for the hosts a page
 //! shows (their addresses), so a request costs what it returns.
 
@@ -7,7 +8,10 @@ use std::{fmt::Write as _, time::Duration};
 
 use hb_common::Counter;
 
-use super::server::{Request, Response, query_param};
+use super::{
+    page::{self, GroupRow, PAGE_ROWS},
+    server::{Request, Response, query_param},
+};
 use crate::{
     clock::monotonic_ns,
     track::{
@@ -75,12 +79,8 @@ fn handle(req: &Request<'_>, ctx: &Context<'_>) -> Response {
         ),
         "/silent" => silent(req, ctx),
         "/missing" => missing(req, ctx),
-        "/" => Response::new(
-            200,
-            "text/plain; charset=utf-8",
-            "hb: GET /metrics, GET /silent?limit=N&offset=M, GET /missing?limit=N&offset=M\n",
-        ),
-        _ => Response::error(404, "not found: try /metrics, /silent or /missing"),
+        "/" => status_page(req, ctx),
+        _ => Response::error(404, "not found: try /, /metrics, /silent or /missing"),
     }
 }
 
@@ -296,15 +296,15 @@ fn series_labels(ident: &Ident<'_>) -> String {
     s
 }
 
-/// `offset` and `limit` of a paged request.
-fn paging(req: &Request<'_>) -> Result<(usize, usize), Response> {
+/// `offset` and `limit` of a paged request (`limit` by default: `default`).
+fn paging(req: &Request<'_>, default: usize) -> Result<(usize, usize), Response> {
     let parse = |name: &str, default: usize| match query_param(req.query, name) {
         None => Ok(default),
         Some(v) => v
             .parse::<usize>()
             .map_err(|_| format!("{name} must be a non-negative integer")),
     };
-    match (parse("offset", 0), parse("limit", SILENT_PAGE)) {
+    match (parse("offset", 0), parse("limit", default)) {
         (Ok(o), Ok(l)) if l <= SILENT_PAGE_MAX => Ok((o, l)),
         (Ok(_), Ok(_)) => Err(Response::error(
             400,
@@ -315,18 +315,18 @@ fn paging(req: &Request<'_>) -> Result<(usize, usize), Response> {
 }
 
 #[derive(serde::Serialize)]
-struct MissingHost {
+pub(super) struct MissingHost {
     #[serde(skip_serializing_if = "Option::is_none")]
-    host: Option<String>,
+    pub host: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    host_id: Option<String>,
+    pub host_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<String>,
+    pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    labels: Option<OwnedLabels>,
+    pub labels: Option<OwnedLabels>,
     /// When hb started expecting it (its grace began).
-    expected_since: String,
-    missing_for_ms: u64,
+    pub expected_since: String,
+    pub missing_for_ms: u64,
 }
 
 #[derive(serde::Serialize)]
@@ -340,10 +340,26 @@ struct MissingPage {
 /// `GET /missing`: inventoried hosts not heard within their grace, in the
 /// order they were reported.
 fn missing(req: &Request<'_>, ctx: &Context<'_>) -> Response {
-    let (offset, limit) = match paging(req) {
+    let (offset, limit) = match paging(req, SILENT_PAGE) {
         Ok(p) => p,
         Err(r) => return r,
     };
+    let (total, hosts) = missing_hosts(ctx, offset, limit);
+    let page = MissingPage {
+        total,
+        offset,
+        limit,
+        hosts,
+    };
+    Response::new(
+        200,
+        "application/json",
+        serde_json::to_vec(&page).expect("plain structs serialize"),
+    )
+}
+
+/// Missing hosts `offset..offset + limit`, and how many are missing.
+fn missing_hosts(ctx: &Context<'_>, offset: usize, limit: usize) -> (usize, Vec<MissingHost>) {
     let (now, wall) = (monotonic_ns(), std::time::SystemTime::now());
     let all = ctx.roll.missing();
     let total = all.len();
@@ -369,21 +385,60 @@ fn missing(req: &Request<'_>, ctx: &Context<'_>) -> Response {
             })
             .collect(),
     };
-    let page = MissingPage {
-        total,
+    (total, hosts)
+}
+
+/// `GET /`: the status page, its lists paged as `/silent`'s.
+fn status_page(req: &Request<'_>, ctx: &Context<'_>) -> Response {
+    let (offset, limit) = match paging(req, PAGE_ROWS) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let names = |slot| ctx.sweeper.ident(slot);
+    let silent = ctx
+        .silent
+        .page(ctx.table, &names, ctx.site.timeout, offset, limit);
+    let (_, missing) = missing_hosts(ctx, offset, limit);
+    let groups = ctx
+        .fleet
+        .classes()
+        .iter()
+        .zip(ctx.roll.by_class())
+        .skip(1)
+        .map(|(policy, count)| GroupRow {
+            group: &policy.group,
+            hosts: count.hosts,
+            alive: count.hosts.saturating_sub(count.silent),
+            silent: count.silent,
+            missing: count.missing,
+        })
+        .collect();
+    let inventory = ctx.fleet.inventory().is_some();
+    let status = page::Status {
+        ingest: ctx.site.ingest,
+        timeout: ctx.site.timeout,
+        sweep: ctx.site.sweep,
+        summary: ctx.summary,
+        inventory,
+        missing: ctx.roll.missing_count(),
+        unknown: ctx.roll.unlisted(),
+        ignored: ctx.roll.ignored(),
+        table_used: ctx.table_used,
+        table_capacity: ctx.table.capacity(),
+        last_sweep: ctx.sweeper.recent().last_sweep(),
+        groups,
+        silent: &silent,
+        missing_hosts: &missing,
+        recent: ctx.sweeper.recent(),
         offset,
         limit,
-        hosts,
+        now: std::time::SystemTime::now(),
     };
-    Response::new(
-        200,
-        "application/json",
-        serde_json::to_vec(&page).expect("plain structs serialize"),
-    )
+    Response::new(200, "text/html; charset=utf-8", page::render(&status))
 }
 
 fn silent(req: &Request<'_>, ctx: &Context<'_>) -> Response {
-    let (offset, limit) = match paging(req) {
+    let (offset, limit) = match paging(req, SILENT_PAGE) {
         Ok(p) => p,
         Err(r) => return r,
     };

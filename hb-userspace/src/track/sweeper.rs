@@ -17,6 +17,7 @@ use super::{
         Fleet, Ident, MUTED,
         roll::{IGNORED, Roll, Timed, UNLISTED},
     },
+    recent::Recent,
     silent::SilentOrder,
     table::Table,
     tracker::{Observer, Told, Tracker, Transition},
@@ -93,6 +94,8 @@ pub struct Sweeper {
     /// The fleet was set: the next sweep holds the table against it.
     adopt: Option<Carry>,
     forgetting: Forgetting,
+    /// The last events reported, for the status page.
+    recent: Recent,
 }
 
 impl Sweeper {
@@ -119,6 +122,7 @@ impl Sweeper {
             roll: Roll::default(),
             adopt: Some(Carry::default()),
             forgetting: Forgetting::default(),
+            recent: Recent::default(),
         }
     }
 
@@ -345,6 +349,11 @@ impl Sweeper {
         &self.silent
     }
 
+    /// The last events reported, with the time of the last sweep.
+    pub fn recent(&self) -> &Recent {
+        &self.recent
+    }
+
     /// Slots of the table in use at the last sweep.
     pub fn table_used(&self) -> usize {
         self.table_used
@@ -381,8 +390,10 @@ impl Sweeper {
             events,
             reported,
             untold,
+            recent,
             ..
         } = self;
+        recent.sweep_at(wall);
         let ts = timestamp(wall);
         let keep = tracker.keeps_told();
         let last_seen = table.last_seen();
@@ -396,6 +407,7 @@ impl Sweeper {
             events,
             out,
             untold,
+            recent,
             reported: *reported,
             keep,
             format: *format,
@@ -408,6 +420,7 @@ impl Sweeper {
             out,
             events,
             fleet,
+            recent,
             ..
         } = obs;
         if let Some(inv) = fleet.inventory() {
@@ -418,6 +431,7 @@ impl Sweeper {
                     ident: inv.ident(e),
                     for_ns: now.saturating_sub(since),
                 };
+                recent.missing(inv.key(e), inv.ident(e).name, now.saturating_sub(since));
                 push_line(out, &format_event(*format, &ts, &event));
             });
         }
@@ -501,6 +515,7 @@ struct Obs<'a> {
     events: &'a mut EventTotals,
     out: &'a mut Vec<u8>,
     untold: &'a mut VecDeque<(u64, Told)>,
+    recent: &'a mut Recent,
     reported: u64,
     keep: bool,
     format: Format,
@@ -567,7 +582,10 @@ impl Observer for &mut Obs<'_> {
         };
         if let Some(line) = line {
             let ident = inv.map(|inv| inv.ident(entry));
-            let event = Event::Host(line.with_host(self.table.host(slot)), ident);
+            let host = self.table.host(slot);
+            self.recent
+                .transition(&line, &host, ident.and_then(|i| i.name));
+            let event = Event::Host(line.with_host(host), ident);
             push_line(self.out, &format_event(self.format, self.ts, &event));
         }
         if self.keep {

@@ -1,0 +1,277 @@
+//! The status page (`GET /`) in a real headless browser: Debian's
+//! `chromium`, installed by `cargo xtask setup`/`test`, run inside the test
+//! namespace against the real collector (real XDP program, heartbeats from
+//! a client namespace over a veth pair). What the issue promises: the page
+//! renders the counts, shows a host that went silent (named from the
+//! inventory, its name rendered as text however it is spelled), the
+//! missing hosts and recent events, pages its lists, and its script
+//! refreshes it.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    os::unix::process::CommandExt as _,
+    path::PathBuf,
+    process::Stdio,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use hb_testkit::{
+    collector::{Collector, Proc},
+    netns::{Link, Netns},
+};
+
+const HB: &str = env!("CARGO_BIN_EXE_hb");
+
+/// How long one browser run may take before it is killed.
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A directory removed when the test ends.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("hb-page-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The DOM chromium builds of `url`, loaded in `ns`, once the page has
+/// loaded and `budget` of virtual time has passed (timers run in it: the
+/// page's refresh among them). Killed, with its children, after
+/// `BROWSER_TIMEOUT`.
+fn dom(ns: &Netns, url: &str, budget: Option<Duration>) -> String {
+    let profile = TempDir::new(&format!("profile-{}", budget.map_or(0, |b| b.as_millis())));
+    let mut cmd = ns.command("chromium").expect("entering the namespace");
+    cmd.args([
+        "--headless",
+        // Root, in a test: no user namespace sandbox to be had.
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-extensions",
+    ])
+    .arg(format!("--user-data-dir={}", profile.0.display()));
+    if let Some(b) = budget {
+        cmd.arg(format!("--virtual-time-budget={}", b.as_millis()));
+    }
+    cmd.args(["--dump-dom", url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so that a timeout kills the renderers too.
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .expect("running chromium (cargo xtask setup installs it)");
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        let _ = tx.send(s);
+    });
+    let errs = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + BROWSER_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            // SAFETY: signalling the process group of our own child.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            panic!("chromium did not finish within {BROWSER_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Whatever it left behind in its group.
+    // SAFETY: as above; the group is ours and the leader has exited.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    let dom = rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+    assert!(
+        status.success() && dom.contains("</html>"),
+        "chromium failed ({status}): {}\n{dom}",
+        errs.join().unwrap_or_default()
+    );
+    dom
+}
+
+/// The part of `dom` from the element with `id` to the end of its section.
+fn section<'a>(dom: &'a str, id: &str) -> &'a str {
+    let start = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} in {dom}"));
+    let rest = &dom[start..];
+    &rest[..rest.find("</section>").unwrap_or(rest.len())]
+}
+
+/// The text of the element with `id` (a table cell: no markup inside).
+fn cell<'a>(dom: &'a str, id: &str) -> &'a str {
+    let s = section(dom, id);
+    let s = &s[s.find('>').unwrap() + 1..];
+    &s[..s.find('<').unwrap()]
+}
+
+/// A plain GET (no browser): status and body.
+fn get(ns: &Netns, port: u16, target: &str) -> (u16, String) {
+    let request = format!("GET {target} HTTP/1.1\r\n\r\n");
+    ns.within(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, body.to_owned())
+    })
+    .unwrap()
+}
+
+fn beat(link: &Link, net: &str, host: u8) -> Proc {
+    let mut cmd = link.b.command(HB).unwrap();
+    cmd.args([
+        "beat",
+        "--server",
+        &format!("{net}.1"),
+        "--period",
+        "100ms",
+        "--bind",
+        &format!("{net}.{host}"),
+    ]);
+    Proc::spawn(cmd)
+}
+
+#[test]
+fn the_page_shows_the_fleet_and_a_host_gone_silent_in_a_browser() {
+    let net = "198.18.70";
+    let link = Link::for_test_on("page", net, &[2, 3, 4]);
+    let dir = TempDir::new("inv");
+    let csv = dir.0.join("hosts.csv");
+    // .3's name is markup: it must show as text.
+    std::fs::write(
+        &csv,
+        "address,name,group,dc\n\
+         198.18.70.2,web-2,web,fra\n\
+         198.18.70.3,<script>alert(1)</script>,db,\"<b>x</b>\"\n\
+         198.18.70.9,gone-9,web,fra\n",
+    )
+    .unwrap();
+    let port = 9770;
+    let listen = format!("127.0.0.1:{port}");
+    let collector = Collector::start(
+        HB,
+        &link.a,
+        &[
+            "--iface",
+            &link.a_if,
+            "--timeout",
+            "1s",
+            "--sweep",
+            "200ms",
+            "--max-hosts",
+            "4096",
+            "--inventory",
+            csv.to_str().unwrap(),
+            "--grace",
+            "2s",
+            "--metrics-listen",
+            &listen,
+        ],
+    );
+    let url = format!("http://{listen}/");
+    let _web = beat(&link, net, 2);
+    let mut db = beat(&link, net, 3);
+    let (missing, seen) = collector.wait_for(Duration::from_secs(8), |v| v["event"] == "missing");
+    assert!(missing.is_some(), "no missing event: {seen:?}");
+
+    // Both beat: nobody silent yet.
+    collector.wait_for(Duration::from_secs(2), |v| v["event"] == "summary");
+    let first = dom(&link.a, &url, None);
+    assert_eq!(cell(&first, "hosts"), "2", "{first}");
+    assert_eq!(cell(&first, "alive"), "2", "{first}");
+    assert_eq!(cell(&first, "silent"), "0", "{first}");
+
+    // .3 stops: silent, listed by its name from the inventory.
+    db.terminate();
+    let (silent, seen) = collector.wait_for(Duration::from_secs(5), |v| v["event"] == "silent");
+    assert!(silent.is_some(), "no silent event: {seen:?}");
+    collector.wait_for(Duration::from_secs(2), |v| v["event"] == "summary");
+    let page = dom(&link.a, &url, None);
+    assert_eq!(cell(&page, "hosts"), "2", "{page}");
+    assert_eq!(cell(&page, "alive"), "1", "{page}");
+    assert_eq!(cell(&page, "silent"), "1", "{page}");
+    assert_eq!(cell(&page, "missing"), "1", "{page}");
+    assert!(cell(&page, "table").starts_with("2 of 4096 slots"), "{page}");
+    let silent = section(&page, "silent-hosts");
+    assert!(silent.contains("198.18.70.3"), "{silent}");
+    // The name as text: the DOM holds it escaped, and no element was made
+    // of it (the page's only script element is its own).
+    assert!(
+        silent.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{silent}"
+    );
+    assert!(silent.contains("dc=&lt;b&gt;x&lt;/b&gt;"), "{silent}");
+    assert_eq!(page.matches("<script").count(), 1, "{page}");
+    assert!(!page.contains("<b>"), "{page}");
+    let missing = section(&page, "missing-hosts");
+    assert!(
+        missing.contains("198.18.70.9") && missing.contains("gone-9"),
+        "{missing}"
+    );
+    let groups = section(&page, "groups");
+    assert!(groups.contains(">web<") && groups.contains(">db<"), "{groups}");
+    let recent = section(&page, "recent");
+    assert!(
+        recent.contains(">silent<") && recent.contains("&lt;script&gt;"),
+        "{recent}"
+    );
+    assert!(
+        recent.contains(">missing<") && recent.contains("gone-9"),
+        "{recent}"
+    );
+
+    // Paging: the second page of one host is empty and links back.
+    let (status, second) = get(&link.a, port, "/?offset=1&limit=1");
+    assert_eq!(status, 200);
+    let silent = section(&second, "silent-hosts");
+    assert!(!silent.contains("198.18.70.3"), "{silent}");
+    assert!(silent.contains("href=\"/?offset=0&amp;limit=1\""), "{silent}");
+    assert_eq!(get(&link.a, port, "/?limit=x").0, 400);
+    // The other endpoints are as they were.
+    let (status, json) = get(&link.a, port, "/silent");
+    assert_eq!(status, 200);
+    assert!(json.starts_with('{'), "{json}");
+
+    // The script refreshes the page: after 12 s of the browser's virtual
+    // time (two refreshes), the content is a later page's.
+    let refreshed = dom(&link.a, &url, Some(Duration::from_secs(12)));
+    let refreshes = refreshed
+        .split("data-refreshes=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .and_then(|n| n.parse::<u32>().ok());
+    assert!(
+        refreshes.is_some_and(|n| n >= 1),
+        "not refreshed: {refreshed}"
+    );
+    assert_eq!(cell(&refreshed, "silent"), "1", "{refreshed}");
+    assert!(
+        section(&refreshed, "silent-hosts").contains("198.18.70.3"),
+        "{refreshed}"
+    );
+}
