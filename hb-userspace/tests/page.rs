@@ -189,10 +189,10 @@ impl Browser {
                 buf.extend_from_slice(&chunk[..n]);
                 while let Some(end) = buf.iter().position(|&b| b == 0) {
                     let msg: Vec<u8> = buf.drain(..=end).collect();
-                    if let Ok(v) = serde_json::from_slice(&msg[..end]) {
-                        if tx.send(v).is_err() {
-                            return;
-                        }
+                    if let Ok(v) = serde_json::from_slice(&msg[..end])
+                        && tx.send(v).is_err()
+                    {
+                        return;
                     }
                 }
             }
@@ -436,7 +436,10 @@ fn the_page_shows_the_fleet_and_a_host_gone_silent_in_a_browser() {
     assert_eq!(cell(&page, "alive"), "1", "{page}");
     assert_eq!(cell(&page, "silent"), "1", "{page}");
     assert_eq!(cell(&page, "missing"), "1", "{page}");
-    assert!(cell(&page, "table").starts_with("2 of 4096 slots"), "{page}");
+    assert!(
+        cell(&page, "table").starts_with("2 of 4096 slots"),
+        "{page}"
+    );
     let silent = section(&page, "silent-hosts");
     assert!(silent.contains("198.18.70.3"), "{silent}");
     // The name as text: the DOM holds it escaped, and no element was made
@@ -454,7 +457,10 @@ fn the_page_shows_the_fleet_and_a_host_gone_silent_in_a_browser() {
         "{missing}"
     );
     let groups = section(&page, "groups");
-    assert!(groups.contains(">web<") && groups.contains(">db<"), "{groups}");
+    assert!(
+        groups.contains(">web<") && groups.contains(">db<"),
+        "{groups}"
+    );
     let recent = section(&page, "recent");
     assert!(
         recent.contains(">silent<") && recent.contains("&lt;script&gt;"),
@@ -470,7 +476,10 @@ fn the_page_shows_the_fleet_and_a_host_gone_silent_in_a_browser() {
     assert_eq!(status, 200);
     let silent = section(&second, "silent-hosts");
     assert!(!silent.contains("198.18.70.3"), "{silent}");
-    assert!(silent.contains("href=\"/?offset=0&amp;limit=1\""), "{silent}");
+    assert!(
+        silent.contains("href=\"/?offset=0&amp;limit=1\""),
+        "{silent}"
+    );
     assert_eq!(get(&link.a, port, "/?limit=x").0, 400);
     // The other endpoints are as they were.
     let (status, json) = get(&link.a, port, "/silent");

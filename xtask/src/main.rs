@@ -114,7 +114,9 @@ fn real_main() -> Result<()> {
         Cmd::Setup => {
             // Without root the packages cannot be installed, but the
             // toolchain (all that build and run need) still can.
-            if let Err(err) = packages::ensure(&[packages::IPROUTE2, packages::PROMETHEUS, packages::BROWSER]) {
+            if let Err(err) =
+                packages::ensure(&[packages::IPROUTE2, packages::PROMETHEUS, packages::BROWSER])
+            {
                 if packages::is_root() {
                     return Err(err);
                 }

@@ -133,11 +133,11 @@ pub fn render(st: &Status<'_>) -> String {
             .unwrap_or_default()
             .as_millis()
     );
-    let _ = write!(
+    let _ = writeln!(
         o,
         "<h1>hb {}</h1><p class=\"meta\">page made at <span id=\"now\">{}</span>; \
          refreshed every {REFRESH_SECS} s with JavaScript, reload it without. \
-         <span id=\"stale\"></span></p>\n",
+         <span id=\"stale\"></span></p>",
         env!("CARGO_PKG_VERSION"),
         timestamp(st.now),
     );
@@ -482,10 +482,7 @@ mod tests {
         assert!(html.contains("group=&lt;b&gt;web&lt;/b&gt;"), "{html}");
         assert!(html.contains("&lt;i&gt;edge&lt;/i&gt;"), "{html}");
         assert!(html.contains("gone&#39;"), "{html}");
-        assert!(
-            html.contains("&lt;img onerror=alert(1)&gt;"),
-            "{html}"
-        );
+        assert!(html.contains("&lt;img onerror=alert(1)&gt;"), "{html}");
     }
 
     #[test]
