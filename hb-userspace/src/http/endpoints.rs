@@ -554,4 +554,41 @@ mod tests {
         assert!(body.contains(&format!("hb_table_used {n}\n")), "{body}");
         assert!(body.contains("hb_sweep_period_seconds 1\n"), "{body}");
     }
+
+    #[test]
+    fn the_status_page_reads_the_table_only_for_the_hosts_it_shows() {
+        let n = 10_000u64;
+        let table = Counting {
+            seen: (0..n).map(|i| AtomicU64::new(S + i * 1_000_000)).collect(),
+            reads: Cell::new(0),
+        };
+        let mut sweeper = Sweeper::new(15 * S, Format::Json);
+        sweeper
+            .sweep_at(&table, 100 * S, UNIX_EPOCH + Duration::from_secs(1000))
+            .unwrap();
+        let site = Site {
+            ingest: "xdp",
+            timeout: Duration::from_secs(15),
+            sweep: Duration::from_secs(1),
+            silent_series: 0,
+        };
+        table.reads.set(0);
+        let page = get(&site, "/?limit=20&offset=5000", &sweeper, &table);
+        assert_eq!(page.status, 200);
+        assert_eq!(
+            table.reads.get(),
+            20,
+            "addresses read for a page of 20 silent hosts"
+        );
+        let html = String::from_utf8(page.body).unwrap();
+        // Slot 5000 (10.0.19.136) first, slot 5019 (10.0.19.155) last.
+        assert!(html.contains("<td>10.0.19.136</td>"), "{html}");
+        assert!(html.contains("<td>10.0.19.155</td>"), "{html}");
+        assert!(!html.contains("<td>10.0.19.156</td>"), "{html}");
+        assert!(html.contains("Silent hosts (5001–5020 of 10000)"), "{html}");
+        assert!(html.contains("id=\"silent\">10000<"), "{html}");
+        // The sweep's first sight of 10000 hosts: the last 50 are kept.
+        assert!(html.contains("Recent events (50, newest first)"), "{html}");
+        assert_eq!(get(&site, "/?limit=10001", &sweeper, &table).status, 400);
+    }
 }
