@@ -114,7 +114,9 @@ fn real_main() -> Result<()> {
         Cmd::Setup => {
             // Without root the packages cannot be installed, but the
             // toolchain (all that build and run need) still can.
-            if let Err(err) = packages::ensure(&[packages::IPROUTE2, packages::PROMETHEUS]) {
+            if let Err(err) =
+                packages::ensure(&[packages::IPROUTE2, packages::PROMETHEUS, packages::BROWSER])
+            {
                 if packages::is_root() {
                     return Err(err);
                 }
@@ -149,7 +151,7 @@ fn real_main() -> Result<()> {
             }
             report_weakened(&weakened);
             // One apt-get run for everything missing.
-            packages::ensure(&[packages::IPROUTE2, packages::PROMETHEUS])?;
+            packages::ensure(&[packages::IPROUTE2, packages::PROMETHEUS, packages::BROWSER])?;
             let tc = toolchain::ensure()?;
             let mut cmd = cargo(&root, &tc);
             cmd.args(["test", "--workspace", "--exclude", "hb-ebpf"])

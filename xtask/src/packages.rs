@@ -52,6 +52,14 @@ pub const PROMETHEUS: &[Need] = &[
     },
 ];
 
+/// A headless browser, run for real by the tests of the status page
+/// (hb-userspace/tests/page.rs): it loads `GET /` and dumps the DOM.
+pub const BROWSER: &[Need] = &[Need {
+    programs: &["chromium"],
+    package: "chromium",
+    why: "the tests load the status page in a headless chromium",
+}];
+
 /// Installs the packages of every missing program in `groups`, with one
 /// `apt-get update` and one `apt-get install`; cheap when nothing is
 /// missing.

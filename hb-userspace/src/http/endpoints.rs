@@ -1,5 +1,6 @@
 //! What the HTTP endpoint serves: `GET /metrics` (Prometheus text
-//! exposition) and `GET /silent` (silent hosts as JSON, paged). Rendered from
+//! exposition), `GET /silent` and `GET /missing` (hosts as JSON, paged) and
+//! `GET /` (the status page, paged the same way: see `page`). Rendered from
 //! the last sweep's state; the table is read only for the hosts a page
 //! shows (their addresses), so a request costs what it returns.
 
@@ -11,7 +12,10 @@ use std::{
 
 use hb_common::Counter;
 
-use super::server::{Request, Response, query_param};
+use super::{
+    page::{self, GroupRow, PAGE_ROWS},
+    server::{Request, Response, query_param},
+};
 use crate::{
     alert,
     clock::monotonic_ns,
@@ -82,12 +86,8 @@ fn handle(req: &Request<'_>, ctx: &Context<'_>) -> Response {
         ),
         "/silent" => silent(req, ctx),
         "/missing" => missing(req, ctx),
-        "/" => Response::new(
-            200,
-            "text/plain; charset=utf-8",
-            "hb: GET /metrics, GET /silent?limit=N&offset=M, GET /missing?limit=N&offset=M\n",
-        ),
-        _ => Response::error(404, "not found: try /metrics, /silent or /missing"),
+        "/" => status_page(req, ctx),
+        _ => Response::error(404, "not found: try /, /metrics, /silent or /missing"),
     }
 }
 
@@ -332,15 +332,15 @@ fn series_labels(ident: &Ident<'_>) -> String {
     s
 }
 
-/// `offset` and `limit` of a paged request.
-fn paging(req: &Request<'_>) -> Result<(usize, usize), Response> {
+/// `offset` and `limit` of a paged request (`limit` by default: `default`).
+fn paging(req: &Request<'_>, default: usize) -> Result<(usize, usize), Response> {
     let parse = |name: &str, default: usize| match query_param(req.query, name) {
         None => Ok(default),
         Some(v) => v
             .parse::<usize>()
             .map_err(|_| format!("{name} must be a non-negative integer")),
     };
-    match (parse("offset", 0), parse("limit", SILENT_PAGE)) {
+    match (parse("offset", 0), parse("limit", default)) {
         (Ok(o), Ok(l)) if l <= SILENT_PAGE_MAX => Ok((o, l)),
         (Ok(_), Ok(_)) => Err(Response::error(
             400,
@@ -351,18 +351,18 @@ fn paging(req: &Request<'_>) -> Result<(usize, usize), Response> {
 }
 
 #[derive(serde::Serialize)]
-struct MissingHost {
+pub(super) struct MissingHost {
     #[serde(skip_serializing_if = "Option::is_none")]
-    host: Option<String>,
+    pub host: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    host_id: Option<String>,
+    pub host_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<String>,
+    pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    labels: Option<OwnedLabels>,
+    pub labels: Option<OwnedLabels>,
     /// When hb started expecting it (its grace began).
-    expected_since: String,
-    missing_for_ms: u64,
+    pub expected_since: String,
+    pub missing_for_ms: u64,
 }
 
 #[derive(serde::Serialize)]
@@ -376,10 +376,26 @@ struct MissingPage {
 /// `GET /missing`: inventoried hosts not heard within their grace, in the
 /// order they were reported.
 fn missing(req: &Request<'_>, ctx: &Context<'_>) -> Response {
-    let (offset, limit) = match paging(req) {
+    let (offset, limit) = match paging(req, SILENT_PAGE) {
         Ok(p) => p,
         Err(r) => return r,
     };
+    let (total, hosts) = missing_hosts(ctx, offset, limit);
+    let page = MissingPage {
+        total,
+        offset,
+        limit,
+        hosts,
+    };
+    Response::new(
+        200,
+        "application/json",
+        serde_json::to_vec(&page).expect("plain structs serialize"),
+    )
+}
+
+/// Missing hosts `offset..offset + limit`, and how many are missing.
+fn missing_hosts(ctx: &Context<'_>, offset: usize, limit: usize) -> (usize, Vec<MissingHost>) {
     let (now, wall) = (monotonic_ns(), std::time::SystemTime::now());
     let all = ctx.roll.missing();
     let total = all.len();
@@ -405,21 +421,60 @@ fn missing(req: &Request<'_>, ctx: &Context<'_>) -> Response {
             })
             .collect(),
     };
-    let page = MissingPage {
-        total,
+    (total, hosts)
+}
+
+/// `GET /`: the status page, its lists paged as `/silent`'s.
+fn status_page(req: &Request<'_>, ctx: &Context<'_>) -> Response {
+    let (offset, limit) = match paging(req, PAGE_ROWS) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let names = |slot| ctx.sweeper.ident(slot);
+    let silent = ctx
+        .silent
+        .page(ctx.table, &names, ctx.site.timeout, offset, limit);
+    let (_, missing) = missing_hosts(ctx, offset, limit);
+    let groups = ctx
+        .fleet
+        .classes()
+        .iter()
+        .zip(ctx.roll.by_class())
+        .skip(1)
+        .map(|(policy, count)| GroupRow {
+            group: &policy.group,
+            hosts: count.hosts,
+            alive: count.hosts.saturating_sub(count.silent),
+            silent: count.silent,
+            missing: count.missing,
+        })
+        .collect();
+    let inventory = ctx.fleet.inventory().is_some();
+    let status = page::Status {
+        ingest: ctx.site.ingest,
+        timeout: ctx.site.timeout,
+        sweep: ctx.site.sweep,
+        summary: ctx.summary,
+        inventory,
+        missing: ctx.roll.missing_count(),
+        unknown: ctx.roll.unlisted(),
+        ignored: ctx.roll.ignored(),
+        table_used: ctx.table_used,
+        table_capacity: ctx.table.capacity(),
+        last_sweep: ctx.sweeper.recent().last_sweep(),
+        groups,
+        silent: &silent,
+        missing_hosts: &missing,
+        recent: ctx.sweeper.recent(),
         offset,
         limit,
-        hosts,
+        now: std::time::SystemTime::now(),
     };
-    Response::new(
-        200,
-        "application/json",
-        serde_json::to_vec(&page).expect("plain structs serialize"),
-    )
+    Response::new(200, "text/html; charset=utf-8", page::render(&status))
 }
 
 fn silent(req: &Request<'_>, ctx: &Context<'_>) -> Response {
-    let (offset, limit) = match paging(req) {
+    let (offset, limit) = match paging(req, SILENT_PAGE) {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -535,5 +590,43 @@ mod tests {
         );
         assert!(body.contains(&format!("hb_table_used {n}\n")), "{body}");
         assert!(body.contains("hb_sweep_period_seconds 1\n"), "{body}");
+    }
+
+    #[test]
+    fn the_status_page_reads_the_table_only_for_the_hosts_it_shows() {
+        let n = 10_000u64;
+        let table = Counting {
+            seen: (0..n).map(|i| AtomicU64::new(S + i * 1_000_000)).collect(),
+            reads: Cell::new(0),
+        };
+        let mut sweeper = Sweeper::new(15 * S, Format::Json);
+        sweeper
+            .sweep_at(&table, 100 * S, UNIX_EPOCH + Duration::from_secs(1000))
+            .unwrap();
+        let site = Site {
+            ingest: "xdp",
+            timeout: Duration::from_secs(15),
+            sweep: Duration::from_secs(1),
+            silent_series: 0,
+            alerts: None,
+        };
+        table.reads.set(0);
+        let page = get(&site, "/?limit=20&offset=5000", &sweeper, &table);
+        assert_eq!(page.status, 200);
+        assert_eq!(
+            table.reads.get(),
+            20,
+            "addresses read for a page of 20 silent hosts"
+        );
+        let html = String::from_utf8(page.body).unwrap();
+        // Slot 5000 (10.0.19.136) first, slot 5019 (10.0.19.155) last.
+        assert!(html.contains("<td>10.0.19.136</td>"), "{html}");
+        assert!(html.contains("<td>10.0.19.155</td>"), "{html}");
+        assert!(!html.contains("<td>10.0.19.156</td>"), "{html}");
+        assert!(html.contains("Silent hosts (5001–5020 of 10000)"), "{html}");
+        assert!(html.contains("id=\"silent\">10000<"), "{html}");
+        // The sweep's first sight of 10000 hosts: the last 50 are kept.
+        assert!(html.contains("Recent events (50, newest first)"), "{html}");
+        assert_eq!(get(&site, "/?limit=10001", &sweeper, &table).status, 400);
     }
 }

@@ -174,7 +174,7 @@ impl HttpServer {
     pub fn serve(mut self, ev: &mut EventLoop) -> Result<Self> {
         self.start(ev)?;
         log::info!(
-            "serving /metrics and /silent on http://{}",
+            "serving /, /metrics, /silent and /missing on http://{}",
             self.local_addr()?
         );
         Ok(self)

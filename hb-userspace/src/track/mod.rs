@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod fleet;
+pub mod recent;
 pub mod silent;
 pub mod sweeper;
 pub mod table;

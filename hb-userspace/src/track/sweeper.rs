@@ -17,6 +17,7 @@ use super::{
         Fleet, Ident, MUTED,
         roll::{IGNORED, Roll, Timed, UNLISTED},
     },
+    recent::Recent,
     silent::SilentOrder,
     table::Table,
     tracker::{Observer, Told, Tracker, Transition},
@@ -95,6 +96,8 @@ pub struct Sweeper {
     forgetting: Forgetting,
     /// The last sweep's reported transitions, by slot (alerts follow them).
     transitions: Vec<Transition<u32>>,
+    /// The last events reported, for the status page.
+    recent: Recent,
 }
 
 impl Sweeper {
@@ -122,6 +125,7 @@ impl Sweeper {
             adopt: Some(Carry::default()),
             forgetting: Forgetting::default(),
             transitions: Vec::new(),
+            recent: Recent::default(),
         }
     }
 
@@ -353,6 +357,11 @@ impl Sweeper {
         &self.transitions
     }
 
+    /// The last events reported, with the time of the last sweep.
+    pub fn recent(&self) -> &Recent {
+        &self.recent
+    }
+
     /// Slots of the table in use at the last sweep.
     pub fn table_used(&self) -> usize {
         self.table_used
@@ -391,8 +400,10 @@ impl Sweeper {
             reported,
             untold,
             transitions,
+            recent,
             ..
         } = self;
+        recent.sweep_at(wall);
         let ts = timestamp(wall);
         let keep = tracker.keeps_told();
         let last_seen = table.last_seen();
@@ -407,6 +418,7 @@ impl Sweeper {
             out,
             untold,
             transitions,
+            recent,
             reported: *reported,
             keep,
             format: *format,
@@ -419,6 +431,7 @@ impl Sweeper {
             out,
             events,
             fleet,
+            recent,
             ..
         } = obs;
         if let Some(inv) = fleet.inventory() {
@@ -429,6 +442,7 @@ impl Sweeper {
                     ident: inv.ident(e),
                     for_ns: now.saturating_sub(since),
                 };
+                recent.missing(inv.key(e), inv.ident(e).name, now.saturating_sub(since));
                 push_line(out, &format_event(*format, &ts, &event));
             });
         }
@@ -513,6 +527,7 @@ struct Obs<'a> {
     out: &'a mut Vec<u8>,
     untold: &'a mut VecDeque<(u64, Told)>,
     transitions: &'a mut Vec<Transition<u32>>,
+    recent: &'a mut Recent,
     reported: u64,
     keep: bool,
     format: Format,
@@ -580,7 +595,10 @@ impl Observer for &mut Obs<'_> {
         if let Some(line) = line {
             self.transitions.push(line);
             let ident = inv.map(|inv| inv.ident(entry));
-            let event = Event::Host(line.with_host(self.table.host(slot)), ident);
+            let host = self.table.host(slot);
+            self.recent
+                .transition(&line, &host, ident.and_then(|i| i.name));
+            let event = Event::Host(line.with_host(host), ident);
             push_line(self.out, &format_event(self.format, self.ts, &event));
         }
         if self.keep {
