@@ -72,6 +72,9 @@ pub fn run(config: RunConfig, command_line: CommandLine) -> Result<()> {
     };
     let mut sweeper = Sweeper::with_tracker(ingest.begin(args.timeout)?, args.format);
     sweeper.set_summary_every(summary_sweeps(args));
+    if let Some(path) = ingest.fleet_file() {
+        sweeper.keep_fleet(path);
+    }
     sweeper.set_fleet(fleet);
     let mut stdout = RingWriter::stdout();
     let mut notify = Notifier::from_env(args.sweep);

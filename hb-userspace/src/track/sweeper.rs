@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::Result;
-use hb_common::Counter;
+use hb_common::{Counter, HostKey};
 use log::warn;
 
 use crate::clock::monotonic_ns;
@@ -15,6 +15,7 @@ use super::{
     events::{Event, FleetCounts, Format, Summary, format_event, timestamp},
     fleet::{
         Fleet, Ident, MUTED,
+        kept::{Kept, Keeper},
         roll::{IGNORED, Roll, Timed, UNLISTED},
     },
     silent::SilentOrder,
@@ -41,6 +42,16 @@ struct Carry {
     missing: Vec<Timed>,
     /// Slots of hosts the new inventory no longer lists: forgotten.
     removed: Vec<u32>,
+    /// When the grace of hosts never heard starts: the last collector's
+    /// (restored), else the sweep that adopts.
+    since: Option<u64>,
+}
+
+/// A line about the fleet that the kept state records once written.
+#[derive(Debug, Clone, Copy)]
+enum FleetTold {
+    Missing(HostKey, u64),
+    Found(HostKey),
 }
 
 /// Forgetting hosts, which frees their slots for new ones (see
@@ -93,6 +104,12 @@ pub struct Sweeper {
     /// The fleet was set: the next sweep holds the table against it.
     adopt: Option<Carry>,
     forgetting: Forgetting,
+    /// The fleet's state kept for the next collector (see `keep_fleet`),
+    /// what it was restored from (until the first fleet is set), and its
+    /// lines not yet written.
+    keeper: Option<Keeper>,
+    restored: Option<Kept>,
+    fleet_untold: VecDeque<(u64, FleetTold)>,
 }
 
 impl Sweeper {
@@ -119,6 +136,9 @@ impl Sweeper {
             roll: Roll::default(),
             adopt: Some(Carry::default()),
             forgetting: Forgetting::default(),
+            keeper: None,
+            restored: None,
+            fleet_untold: VecDeque::new(),
         }
     }
 
@@ -153,6 +173,35 @@ impl Sweeper {
             self.tracker.told(told);
             self.untold.pop_front();
         }
+        let Some(keeper) = self.keeper.as_mut() else {
+            return;
+        };
+        while let Some(&(end, told)) = self.fleet_untold.front()
+            && end <= bytes
+        {
+            match told {
+                FleetTold::Missing(key, since) => keeper.told_missing(key, since),
+                FleetTold::Found(key) => keeper.told_found(&key),
+            }
+            self.fleet_untold.pop_front();
+        }
+        keeper.flush();
+    }
+
+    /// Keeps what the output is told about the fleet in `path` (hosts
+    /// reported missing, when their grace started), and carries on from
+    /// what the last collector kept there if the tracker carries on from
+    /// it. Call before the first `set_fleet`.
+    pub fn keep_fleet(&mut self, path: std::path::PathBuf) {
+        let (keeper, kept) = Keeper::open(path, self.tracker.resumed());
+        if let Some(k) = &kept {
+            log::info!(
+                "carrying on from the last collector's fleet state: {} hosts reported missing",
+                k.missing.len()
+            );
+        }
+        self.keeper = Some(keeper);
+        self.restored = kept;
     }
 
     /// Adopts the fleet (inventory, names, group timeouts) for the sweeps
@@ -161,7 +210,13 @@ impl Sweeper {
     /// waiting out their grace) with no event; hosts it adds that were
     /// never heard start their grace then.
     pub fn set_fleet(&mut self, fleet: Fleet) {
-        let (waiting, missing) = self.roll.carry(&self.fleet);
+        let (waiting, missing, since) = match self.restored.take() {
+            Some(k) => (k.waiting, k.missing, k.epoch),
+            None => {
+                let (waiting, missing) = self.roll.carry(&self.fleet);
+                (waiting, missing, None)
+            }
+        };
         let removed = match (self.fleet.inventory(), fleet.inventory()) {
             (Some(old), Some(new)) => self
                 .roll
@@ -176,6 +231,7 @@ impl Sweeper {
             waiting,
             missing,
             removed,
+            since,
         });
     }
 
@@ -222,6 +278,9 @@ impl Sweeper {
         self.forgetting.doomed.extend(carry.removed.iter().copied());
         if !active {
             self.tracker.set_timeouts(Vec::new());
+            if let Some(keeper) = self.keeper.as_mut() {
+                keeper.adopted(None, Vec::new(), |_| false);
+            }
             return;
         }
         let default = self.tracker.timeout_ns();
@@ -256,8 +315,22 @@ impl Sweeper {
                 self.roll.silent_changed(r.class, true);
             }
         }
+        let since = carry.since.unwrap_or(now);
         self.roll
-            .expect(&self.fleet, now, &carry.waiting, &carry.missing);
+            .expect(&self.fleet, since, &carry.waiting, &carry.missing);
+        if let Some(keeper) = self.keeper.as_mut() {
+            let inv = self.fleet.inventory();
+            // The first fleet's grace start stays the epoch across reloads.
+            let epoch = inv.map(|_| keeper.epoch().unwrap_or(since));
+            let (waiting, _) = self.roll.carry(&self.fleet);
+            let waiting = waiting
+                .into_iter()
+                .filter(|&(_, at)| Some(at) != epoch)
+                .collect();
+            keeper.adopted(epoch, waiting, |k| {
+                inv.is_some_and(|inv| inv.entry(k).is_some())
+            });
+        }
     }
 
     /// One sweep's forgetting (see `Forgetting`): frees the slots
@@ -381,9 +454,11 @@ impl Sweeper {
             events,
             reported,
             untold,
+            fleet_untold,
             ..
         } = self;
         let ts = timestamp(wall);
+        let keep_fleet = self.keeper.is_some();
         let keep = tracker.keeps_told();
         let last_seen = table.last_seen();
         let active = self.fleet.inventory().is_some() || self.fleet.classes().len() > 1;
@@ -396,6 +471,8 @@ impl Sweeper {
             events,
             out,
             untold,
+            fleet_untold,
+            keep_fleet,
             reported: *reported,
             keep,
             format: *format,
@@ -408,6 +485,8 @@ impl Sweeper {
             out,
             events,
             fleet,
+            fleet_untold,
+            reported,
             ..
         } = obs;
         if let Some(inv) = fleet.inventory() {
@@ -419,6 +498,10 @@ impl Sweeper {
                     for_ns: now.saturating_sub(since),
                 };
                 push_line(out, &format_event(*format, &ts, &event));
+                if keep_fleet {
+                    let end = reported + out.len() as u64;
+                    fleet_untold.push_back((end, FleetTold::Missing(*inv.key(e), since)));
+                }
             });
         }
         silent.settle(tracker);
@@ -501,6 +584,8 @@ struct Obs<'a> {
     events: &'a mut EventTotals,
     out: &'a mut Vec<u8>,
     untold: &'a mut VecDeque<(u64, Told)>,
+    fleet_untold: &'a mut VecDeque<(u64, FleetTold)>,
+    keep_fleet: bool,
     reported: u64,
     keep: bool,
     format: Format,
@@ -528,10 +613,12 @@ impl Observer for &mut Obs<'_> {
         };
         let inv = self.fleet.inventory().filter(|_| entry < IGNORED);
         let class = inv.map_or(0, |inv| inv.class(entry));
+        let mut found = None;
         let line = match t {
             Transition::New { .. } => match inv {
                 // Expected: a line only if it was reported missing.
-                Some(_) => self.roll.found(entry, class).map(|since| {
+                Some(inv) => self.roll.found(entry, class).map(|since| {
+                    found = Some(*inv.key(entry));
                     self.events.recovered += 1;
                     Transition::Recovered {
                         host: slot,
@@ -569,6 +656,12 @@ impl Observer for &mut Obs<'_> {
             let ident = inv.map(|inv| inv.ident(entry));
             let event = Event::Host(line.with_host(self.table.host(slot)), ident);
             push_line(self.out, &format_event(self.format, self.ts, &event));
+        }
+        if let Some(key) = found
+            && self.keep_fleet
+        {
+            let end = self.reported + self.out.len() as u64;
+            self.fleet_untold.push_back((end, FleetTold::Found(key)));
         }
         if self.keep {
             self.untold
