@@ -196,7 +196,7 @@ impl Sweeper {
         let (keeper, kept) = Keeper::open(path, self.tracker.resumed());
         if let Some(k) = &kept {
             log::info!(
-                "carrying on from the last collector's fleet state: {} hosts reported missing",
+                "carrying on from the last collector's fleet state: {} hosts recorded as reported missing (those heard since are not)",
                 k.missing.len()
             );
         }
