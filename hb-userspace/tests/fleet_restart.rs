@@ -23,7 +23,13 @@ impl Drop for TempDir {
 }
 
 fn beat(link: &Link, host: u8) -> Proc {
-    collector::beat(HB, link, &format!("{NET}.{host}"), &format!("{NET}.1"), "100ms")
+    collector::beat(
+        HB,
+        link,
+        &format!("{NET}.{host}"),
+        &format!("{NET}.1"),
+        "100ms",
+    )
 }
 
 /// Events about hosts (not summaries).
@@ -119,7 +125,11 @@ fn missing_hosts_are_reported_once_across_restarts() {
         "expected since the first collector's start: {rec}"
     );
     let s = last_summary(&lines);
-    assert_eq!((s["hosts"].as_u64(), s["missing"].as_u64()), (Some(2), Some(1)), "{s}");
+    assert_eq!(
+        (s["hosts"].as_u64(), s["missing"].as_u64()),
+        (Some(2), Some(1)),
+        "{s}"
+    );
 
     // Killed: the next one carries on the same (and right away, at a zero
     // gap, as at an upgrade).

@@ -15,7 +15,7 @@ use super::{
     events::{Event, FleetCounts, Format, Summary, format_event, timestamp},
     fleet::{
         Fleet, Ident, MUTED,
-        kept::{Kept, Keeper},
+        kept::{Keeper, Kept},
         roll::{IGNORED, Roll, Timed, UNLISTED},
     },
     silent::SilentOrder,
