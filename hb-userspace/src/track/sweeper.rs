@@ -2,7 +2,7 @@
 
 use std::{
     collections::VecDeque,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Result;
@@ -16,7 +16,7 @@ use super::{
     fleet::{
         Fleet, Ident, MUTED,
         kept::{Keeper, Kept},
-        roll::{IGNORED, Roll, Timed, UNLISTED},
+        roll::{IGNORED, Resolved, Roll, Timed, UNLISTED, lookup},
     },
     silent::SilentOrder,
     table::Table,
@@ -72,6 +72,24 @@ struct Forgetting {
     total: u64,
 }
 
+/// A fleet a reload set, its hosts being looked up in the table a share of
+/// a sweep at a time (`Sweeper::reload_fleet`): a million lookups at once
+/// would hold up the sweep that adopts it by more than a sweep period.
+struct Pending {
+    fleet: Fleet,
+    /// Slot -> its host in `fleet`, for the slots looked at so far;
+    /// `STALE`: to look up when adopted (unknown then, or forgotten since).
+    found: Vec<Resolved>,
+}
+
+const STALE: Resolved = Resolved {
+    entry: u32::MAX - 2,
+    class: 0,
+};
+
+/// The default share of a sweep for looking up a reloaded fleet's hosts.
+const ADOPT_BUDGET: Duration = Duration::from_millis(50);
+
 /// The longest between two looks for hosts to forget.
 const FORGET_SCAN: u64 = 60_000_000_000;
 
@@ -110,6 +128,10 @@ pub struct Sweeper {
     keeper: Option<Keeper>,
     restored: Option<Kept>,
     fleet_untold: VecDeque<(u64, FleetTold)>,
+    /// A reloaded fleet being looked up; the lookups, once it is set.
+    pending: Option<Pending>,
+    presolved: Vec<Resolved>,
+    adopt_budget: Duration,
 }
 
 impl Sweeper {
@@ -139,6 +161,9 @@ impl Sweeper {
             keeper: None,
             restored: None,
             fleet_untold: VecDeque::new(),
+            pending: None,
+            presolved: Vec::new(),
+            adopt_budget: ADOPT_BUDGET,
         }
     }
 
@@ -217,11 +242,15 @@ impl Sweeper {
                 (waiting, missing, None)
             }
         };
+        let presolved = &self.presolved;
         let removed = match (self.fleet.inventory(), fleet.inventory()) {
             (Some(old), Some(new)) => self
                 .roll
                 .listed()
-                .filter(|&(_, e)| new.entry(old.key(e)).is_none())
+                .filter(|&(slot, e)| match presolved.get(slot as usize) {
+                    Some(r) if *r != STALE => r.entry >= IGNORED,
+                    _ => new.entry(old.key(e)).is_none(),
+                })
                 .map(|(slot, _)| slot)
                 .collect(),
             _ => Vec::new(),
@@ -233,6 +262,49 @@ impl Sweeper {
             removed,
             since,
         });
+    }
+
+    /// A reload's fleet: as `set_fleet`, but its hosts are first looked up
+    /// in the table over the next sweeps, at most `set_adopt_budget` of
+    /// each, the last fleet staying in force meanwhile; the sweep after
+    /// the last lookup adopts it. A newer fleet replaces one being looked
+    /// up.
+    pub fn reload_fleet(&mut self, fleet: Fleet) {
+        self.pending = Some(Pending {
+            fleet,
+            found: Vec::new(),
+        });
+    }
+
+    /// How long a sweep may spend looking up a reloaded fleet's hosts.
+    pub fn set_adopt_budget(&mut self, budget: Duration) {
+        self.adopt_budget = budget;
+    }
+
+    /// Looks up the next share of the table's slots in the fleet being
+    /// reloaded; sets it once every slot is looked at.
+    fn look_up(&mut self, table: &dyn Table) {
+        let Some(p) = self.pending.as_mut() else {
+            return;
+        };
+        let deadline = Instant::now() + self.adopt_budget;
+        let len = table.len();
+        while p.found.len() < len {
+            let from = p.found.len();
+            for slot in from as u32..(from + 4096).min(len) as u32 {
+                p.found.push(if self.tracker.is_known(slot) {
+                    lookup(&p.fleet, &table.host(slot).key())
+                } else {
+                    STALE
+                });
+            }
+            if p.found.len() < len && Instant::now() >= deadline {
+                return;
+            }
+        }
+        let p = self.pending.take().expect("looked up");
+        self.presolved = p.found;
+        self.set_fleet(p.fleet);
     }
 
     /// Hosts forgotten since the start.
@@ -276,6 +348,7 @@ impl Sweeper {
             .doomed
             .extend((0..table.len() as u32).filter(|&s| tracker.is_known(s) && table.forgotten(s)));
         self.forgetting.doomed.extend(carry.removed.iter().copied());
+        let presolved = std::mem::take(&mut self.presolved);
         if !active {
             self.tracker.set_timeouts(Vec::new());
             if let Some(keeper) = self.keeper.as_mut() {
@@ -295,9 +368,12 @@ impl Sweeper {
             if !self.tracker.is_known(slot) {
                 continue;
             }
-            let r = self
-                .roll
-                .resolve(&self.fleet, slot, &table.host(slot).key());
+            let r = match presolved.get(slot as usize) {
+                Some(&r) if r != STALE => self.roll.record(&self.fleet, slot, r),
+                _ => self
+                    .roll
+                    .resolve(&self.fleet, slot, &table.host(slot).key()),
+            };
             self.tracker.set_class(slot, r.class);
             if !self.tracker.is_silent(slot) {
                 continue;
@@ -387,6 +463,14 @@ impl Sweeper {
             }
             self.tracker.forgetting(slot);
             self.roll.forget(&self.fleet, slot, was_silent);
+            // Its key is gone: a lookup made before is void.
+            if let Some(r) = self
+                .pending
+                .as_mut()
+                .and_then(|p| p.found.get_mut(slot as usize))
+            {
+                *r = STALE;
+            }
             let f = &mut self.forgetting;
             f.dying.push(slot);
             f.total += 1;
@@ -441,6 +525,9 @@ impl Sweeper {
         // 100 MB: not kept for the quiet sweeps that follow.
         if self.out.capacity() > OUT_KEEP {
             self.out.shrink_to(OUT_KEEP);
+        }
+        if self.pending.is_some() {
+            self.look_up(table);
         }
         if let Some(carry) = self.adopt.take() {
             self.adopt(table, now, carry);
@@ -1023,6 +1110,15 @@ mod tests {
 
     #[test]
     fn a_new_fleet_adopts_hosts_as_they_are() {
+        adopts_hosts_as_they_are(false);
+    }
+
+    #[test]
+    fn a_reloaded_fleet_looked_up_over_sweeps_adopts_hosts_as_they_are() {
+        adopts_hosts_as_they_are(true);
+    }
+
+    fn adopts_hosts_as_they_are(reload: bool) {
         use crate::track::fleet::UnknownHosts;
         let mut sw = Sweeper::new(15 * S, Format::Json);
         sw.set_fleet(fleet(INVENTORY, 5 * S, UnknownHosts::Track, &[]));
@@ -1035,7 +1131,14 @@ mod tests {
         // The new inventory drops 1 and 9, adds 3 (silent) and 7 (never
         // heard), keeps 0 and 2 (missing).
         let next = "address,name\n198.18.0.0,a\n198.18.0.2,b\n198.18.0.3,c\n198.18.0.7,d\n";
-        sw.set_fleet(fleet(next, 5 * S, UnknownHosts::Track, &[]));
+        let next = fleet(next, 5 * S, UnknownHosts::Track, &[]);
+        if reload {
+            // No time to look anything up: a chunk a sweep all the same.
+            sw.set_adopt_budget(Duration::ZERO);
+            sw.reload_fleet(next);
+        } else {
+            sw.set_fleet(next);
+        }
         sw.sweep_at(&table, 31 * S, UNIX_EPOCH).unwrap();
         assert!(kinds(&sw).is_empty(), "{:?}", kinds(&sw));
         let s = summary(&sw);
