@@ -1160,6 +1160,58 @@ mod tests {
     }
 
     #[test]
+    fn a_reloaded_fleet_is_adopted_once_every_slot_is_looked_up() {
+        use crate::track::fleet::UnknownHosts;
+        // 10,000 hosts: three chunks of lookups, one a sweep at no budget.
+        struct Big(Vec<AtomicU64>);
+        impl Table for Big {
+            fn last_seen(&self) -> &[AtomicU64] {
+                &self.0
+            }
+            fn host(&self, slot: u32) -> Host {
+                Host::addr(&HostKey::from_ipv4([10, 0, (slot >> 8) as u8, slot as u8]))
+            }
+            fn len(&self) -> usize {
+                self.0.len()
+            }
+            fn capacity(&self) -> usize {
+                self.0.len()
+            }
+            fn counters(&self) -> Result<Counts> {
+                Ok([0; Counter::COUNT])
+            }
+        }
+        const N: u32 = 10_000;
+        let csv = |tag: &str| {
+            let mut csv = String::from("address,name\n");
+            for i in 0..N {
+                csv += &format!("10.0.{}.{},{tag}{i}\n", i >> 8, i & 255);
+            }
+            csv
+        };
+        let table = |now: u64| Big((0..N).map(|_| AtomicU64::new(now)).collect());
+        let mut sw = Sweeper::new(15 * S, Format::Json);
+        sw.set_fleet(fleet(&csv("a"), 5 * S, UnknownHosts::Track, &[]));
+        sw.sweep_at(&table(S), S, UNIX_EPOCH).unwrap();
+        assert!(kinds(&sw).is_empty(), "{:?}", kinds(&sw));
+        sw.set_adopt_budget(Duration::ZERO);
+        sw.reload_fleet(fleet(&csv("b"), 5 * S, UnknownHosts::Track, &[]));
+        let name = |sw: &Sweeper, slot| sw.ident(slot).unwrap().name.unwrap().to_owned();
+        for t in 2..4 {
+            sw.sweep_at(&table(t * S), t * S, UNIX_EPOCH).unwrap();
+            assert_eq!(name(&sw, 9999), "a9999", "still the last fleet at {t} s");
+            assert!(kinds(&sw).is_empty(), "{:?}", kinds(&sw));
+        }
+        sw.sweep_at(&table(4 * S), 4 * S, UNIX_EPOCH).unwrap();
+        assert_eq!(
+            (name(&sw, 0), name(&sw, 9999)),
+            ("b0".into(), "b9999".into())
+        );
+        assert!(kinds(&sw).is_empty(), "{:?}", kinds(&sw));
+        assert_eq!(summary(&sw)["hosts"], N);
+    }
+
+    #[test]
     fn an_inventoried_host_first_heard_is_told_without_a_line() {
         // Its first heartbeat writes nothing, but a restarted collector
         // must not take it as new either: the tracker is told.
