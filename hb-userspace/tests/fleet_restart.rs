@@ -1,7 +1,8 @@
 //! Missing hosts across restarts, with the real program: what a collector
 //! reported `missing` is not reported again by the next one (SIGUSR2 for
 //! an upgrade, SIGKILL), and a host reported missing that starts beating
-//! while no collector runs is `recovered` once the next one sweeps.
+//! while no collector runs is `recovered` once the next one sweeps. A
+//! restart within the grace does not start it again.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -149,4 +150,50 @@ fn missing_hosts_are_reported_once_across_restarts() {
     let (m, seen) = fourth.wait_for(Duration::from_secs(8), |v| v["event"] == "missing");
     assert!(m.is_some(), "{seen:?}");
     assert!(is_event(&m.unwrap().1, "missing", &format!("{NET}.9")));
+}
+
+#[test]
+fn a_restart_within_the_grace_does_not_wait_it_out_again() {
+    const NET: &str = "198.18.66";
+    let link = Link::for_test_on("fmg", NET, &[2]);
+    let dir = TempDir(std::env::temp_dir().join(format!("hb-fmg-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let csv = dir.0.join("hosts.csv");
+    std::fs::write(&csv, format!("address,name\n{NET}.2,a\n{NET}.9,never\n")).unwrap();
+    let args = [
+        "--iface",
+        &link.a_if,
+        "--timeout",
+        "1s",
+        "--sweep",
+        "200ms",
+        "--inventory",
+        csv.to_str().unwrap(),
+        "--grace",
+        "4s",
+    ];
+    let _a = collector::beat(HB, &link, &format!("{NET}.2"), &format!("{NET}.1"), "100ms");
+    let first = Collector::start(HB, &link.a, &args);
+    let started = std::time::Instant::now();
+    // Half the grace, and a few sweeps written, then an upgrade.
+    let lines = first.collect(Duration::from_secs(2));
+    assert_eq!(host_events(&lines), [], "{lines:?}");
+    let mut first = first;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(first.proc.child.id() as i32, libc::SIGUSR2) };
+    assert_eq!(first.proc.child.wait().unwrap().code(), Some(0));
+    let second = Collector::start(HB, &link.a, &args);
+    let (m, seen) = second.wait_for(Duration::from_secs(8), |v| v["event"] == "missing");
+    let (_, m) = m.unwrap_or_else(|| panic!("no missing: {seen:?}"));
+    let since_start = started.elapsed().as_millis() as u64;
+    assert!(is_event(&m, "missing", &format!("{NET}.9")), "{m}");
+    // Expected since the first collector's start, not the second's: its
+    // grace ran on across the restart.
+    let for_ms = m["missing_for_ms"].as_u64().unwrap();
+    assert!(
+        for_ms + 500 >= since_start && for_ms >= 4000,
+        "missing for {for_ms} ms, {since_start} ms after the first start: {m}"
+    );
+    let lines = second.collect(Duration::from_secs(1));
+    assert_eq!(host_events(&lines), [], "{lines:?}");
 }
