@@ -174,7 +174,9 @@ fn a_restart_within_the_grace_does_not_wait_it_out_again() {
     ];
     let _a = collector::beat(HB, &link, &format!("{NET}.2"), &format!("{NET}.1"), "100ms");
     let first = Collector::start(HB, &link.a, &args);
-    let started = std::time::Instant::now();
+    // The grace starts at the first sweep (hb takes a while to start).
+    let (s, seen) = first.wait_for(Duration::from_secs(10), |v| v["event"] == "summary");
+    let (started, _) = s.unwrap_or_else(|| panic!("no sweep: {seen:?}"));
     // Half the grace, and a few sweeps written, then an upgrade.
     let lines = first.collect(Duration::from_secs(2));
     assert_eq!(host_events(&lines), [], "{lines:?}");
@@ -192,7 +194,7 @@ fn a_restart_within_the_grace_does_not_wait_it_out_again() {
     let for_ms = m["missing_for_ms"].as_u64().unwrap();
     assert!(
         for_ms + 500 >= since_start && for_ms >= 4000,
-        "missing for {for_ms} ms, {since_start} ms after the first start: {m}"
+        "missing for {for_ms} ms, {since_start} ms after the first collector's first sweep: {m}"
     );
     let lines = second.collect(Duration::from_secs(1));
     assert_eq!(host_events(&lines), [], "{lines:?}");

@@ -403,8 +403,15 @@ impl Sweeper {
                 .into_iter()
                 .filter(|&(_, at)| Some(at) != epoch)
                 .collect();
+            // Kept: listed hosts. Carrying on from the last collector, not
+            // those heard either: the tracker's state is then what was
+            // told, so a heard host's first heartbeat was (`recovered`, if
+            // it was missing). Later, a heard host's line may be in flight.
+            let roll = &self.roll;
+            let restored = carry.since.is_some();
             keeper.adopted(epoch, waiting, |k| {
-                inv.is_some_and(|inv| inv.entry(k).is_some())
+                inv.and_then(|inv| inv.entry(k))
+                    .is_some_and(|e| !(restored && roll.is_heard(e)))
             });
         }
     }

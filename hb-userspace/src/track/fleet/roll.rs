@@ -338,6 +338,11 @@ impl Roll {
         (waiting, missing)
     }
 
+    /// Whether `entry`'s host was heard (a slot is its).
+    pub fn is_heard(&self, entry: u32) -> bool {
+        get(&self.heard, entry)
+    }
+
     pub fn missing_count(&self) -> u64 {
         self.missing.len() as u64
     }
