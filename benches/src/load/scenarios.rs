@@ -507,6 +507,16 @@ pub fn run(cfg: &Config, scenario: Scenario, ingest: Ingest, pass_ingest: bool) 
             expect.events(Kind::New, Hosts::range(n, n + churn));
             expect.table_new = Some(u64::from(n + churn));
             let log = collector.events();
+            // Adoption shows as unknown_hosts dropping to 0: only if the
+            // hosts outside the first inventory were heard before.
+            let before_hup = log.summary_lines.iter().rev().find(|l| l.at < hup);
+            if before_hup.and_then(|l| l.unknown_hosts) != Some(u64::from(churn)) {
+                problems.push(format!(
+                    "before SIGHUP the collector had not heard the {churn} hosts outside the \
+                     inventory (summary: {:?}): adoption cannot be told",
+                    before_hup.and_then(|l| l.unknown_hosts)
+                ));
+            }
             let adopted = log
                 .summary_lines
                 .iter()
