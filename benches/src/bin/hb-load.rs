@@ -46,7 +46,7 @@ struct Args {
     /// Cap on the flood rate (frames/s) of flood and junk-flood; default: as fast as possible.
     #[arg(long)]
     rate: Option<f64>,
-    /// Comma-separated scenarios: steady, flood, silent-1%, recovery, churn, junk-flood, or all.
+    /// Comma-separated scenarios: steady, flood, silent-1%, recovery, churn, junk-flood, reload, or all.
     #[arg(long, default_value = "all")]
     scenarios: String,
     /// Comma-separated ingest modes to compare: xdp, socket.

@@ -82,6 +82,8 @@ pub struct Settings {
     pub timeout: Duration,
     pub sweep: Duration,
     pub max_hosts: u32,
+    /// `--inventory FILE` (the reload scenario).
+    pub inventory: Option<PathBuf>,
 }
 
 /// Host events, by kind.
@@ -122,6 +124,31 @@ pub struct EventLog {
     /// Lines that were not JSON events hb documents.
     pub bad_lines: Vec<String>,
     pub summaries: u64,
+    /// Every summary line: when it arrived, its `unknown_hosts` (with an
+    /// inventory) and its sweep's duration.
+    pub summary_lines: Vec<SummaryLine>,
+}
+
+/// One summary line, as the reload scenario looks at them.
+#[derive(Debug, Clone, Copy)]
+pub struct SummaryLine {
+    pub at: Instant,
+    pub unknown_hosts: Option<u64>,
+    pub sweep_ms: f64,
+}
+
+impl EventLog {
+    /// The longest time between two summary lines arriving after `from`
+    /// (the first of them counts from `from`).
+    pub fn max_summary_gap(&self, from: Instant) -> Duration {
+        let mut last = from;
+        let mut max = Duration::ZERO;
+        for s in self.summary_lines.iter().filter(|s| s.at >= from) {
+            max = max.max(s.at - last);
+            last = s.at;
+        }
+        max
+    }
 }
 
 impl EventLog {
@@ -138,6 +165,7 @@ impl EventLog {
             foreign_count: 0,
             bad_lines: Vec::new(),
             summaries: 0,
+            summary_lines: Vec::new(),
         }
     }
 
@@ -147,6 +175,8 @@ impl EventLog {
             event: &'a str,
             host: Option<&'a str>,
             silent_for_ms: Option<u64>,
+            unknown_hosts: Option<u64>,
+            sweep_ms: Option<f64>,
         }
         let Ok(l) = serde_json::from_str::<Line>(line) else {
             self.bad(line);
@@ -155,6 +185,11 @@ impl EventLog {
         let kind = match l.event {
             "summary" => {
                 self.summaries += 1;
+                self.summary_lines.push(SummaryLine {
+                    at,
+                    unknown_hosts: l.unknown_hosts,
+                    sweep_ms: l.sweep_ms.unwrap_or(0.0),
+                });
                 return;
             }
             "new" => Kind::New,
@@ -245,6 +280,9 @@ impl Collector {
         if let Some(ingest) = s.ingest {
             cmd.args(["--ingest", ingest.name()]);
         }
+        if let Some(inventory) = &s.inventory {
+            cmd.arg("--inventory").arg(inventory);
+        }
         // A summary line every sweep (they are counted as sweeps), from an
         // hb that otherwise writes one a minute.
         if supports_summary_every(&s.hb)? {
@@ -315,6 +353,12 @@ impl Collector {
             log = self.shared.changed.wait_timeout(log, wait).unwrap().0;
         }
         Ok(())
+    }
+
+    /// Sends `signal` to the collector (SIGHUP: reload).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child, not yet reaped.
+        unsafe { libc::kill(self.pid, signal) };
     }
 
     /// A copy of the events so far.
@@ -472,6 +516,24 @@ mod tests {
         assert_eq!(log.foreign_count, 2, "{:?}", log.foreign);
         assert_eq!(log.summaries, 1);
         assert_eq!(log.bad_lines, ["not json"]);
+    }
+
+    #[test]
+    fn the_longest_gap_between_summaries_counts_from_the_start() {
+        let fleet = Fleet::new(0);
+        let mut log = EventLog::new(fleet, 1);
+        let t0 = Instant::now();
+        let line = r#"{"ts":"x","event":"summary","hosts":1,"unknown_hosts":0,"sweep_ms":2.5}"#;
+        for ms in [1000, 2000, 4500, 5000] {
+            log.record(line, t0 + Duration::from_millis(ms));
+        }
+        assert_eq!(log.max_summary_gap(t0), Duration::from_millis(2500));
+        assert_eq!(
+            log.max_summary_gap(t0 + Duration::from_millis(4000)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(log.summary_lines[0].unknown_hosts, Some(0));
+        assert_eq!(log.summary_lines[0].sweep_ms, 2.5);
     }
 
     #[test]

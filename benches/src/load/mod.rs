@@ -7,6 +7,7 @@ pub mod collector;
 pub mod cpu;
 pub mod fleet;
 pub mod generator;
+pub mod inventory;
 pub mod reference;
 pub mod report;
 pub mod scenarios;

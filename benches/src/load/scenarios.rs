@@ -14,6 +14,7 @@ use super::{
     cpu,
     fleet::{Fleet, Hosts},
     generator::{Generator, Sent, Traffic},
+    inventory::Inventory,
     reference::Reader,
     signals,
     topology::Topology,
@@ -39,16 +40,20 @@ pub enum Scenario {
     Churn,
     /// Junk to the heartbeat port at full rate beside a small real fleet.
     JunkFlood,
+    /// An inventory of every host, rewritten (1% removed, 1% added) and
+    /// reloaded (SIGHUP) while heartbeats flow.
+    Reload,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Steady,
         Scenario::Flood,
         Scenario::Silent,
         Scenario::Recovery,
         Scenario::Churn,
         Scenario::JunkFlood,
+        Scenario::Reload,
     ];
 
     pub fn name(self) -> &'static str {
@@ -59,6 +64,7 @@ impl Scenario {
             Scenario::Recovery => "recovery",
             Scenario::Churn => "churn",
             Scenario::JunkFlood => "junk-flood",
+            Scenario::Reload => "reload",
         }
     }
 
@@ -176,6 +182,9 @@ struct Expect {
     windows: [Option<(Instant, Instant)>; 3],
     /// Largest `silent_for_ms` allowed.
     max_silent_for: Option<Duration>,
+    /// Hosts the table takes as new (`new_host`), where that is not the
+    /// hosts reported `new` (inventoried hosts are expected: no line).
+    table_new: Option<u64>,
 }
 
 impl Expect {
@@ -367,7 +376,7 @@ pub fn run(cfg: &Config, scenario: Scenario, ingest: Ingest, pass_ingest: bool) 
     let (p, t, s) = (cfg.period, cfg.timeout, cfg.sweep);
     let churn = (n / 100).max(1);
     let universe = match scenario {
-        Scenario::Churn => n + churn,
+        Scenario::Churn | Scenario::Reload => n + churn,
         Scenario::JunkFlood => cfg.junk_hosts,
         _ => n,
     };
@@ -378,6 +387,12 @@ pub fn run(cfg: &Config, scenario: Scenario, ingest: Ingest, pass_ingest: bool) 
         _ => t,
     };
     let topo = Topology::new(&cfg.tag)?;
+    // Reload: the inventory lists hosts 0..n; the rewrite drops the first
+    // 1% and adds the `churn` hosts after n.
+    let inventory = match scenario {
+        Scenario::Reload => Some(Inventory::write(&cfg.tag, fleet, 0..n)?),
+        _ => None,
+    };
     let settings = Settings {
         hb: cfg.hb.clone(),
         iface: topo.a_if.clone(),
@@ -386,6 +401,7 @@ pub fn run(cfg: &Config, scenario: Scenario, ingest: Ingest, pass_ingest: bool) 
         timeout,
         sweep: s,
         max_hosts: universe + universe / 8 + 1024,
+        inventory: inventory.as_ref().map(|i| i.path.clone()),
     };
     let mut generator = Generator::open(&topo.generator, &topo.b_if, fleet, cfg.port, cfg.batch)?;
     let mut collector = Collector::start(&topo.collector, &settings, fleet, universe)?;
@@ -421,6 +437,7 @@ pub fn run(cfg: &Config, scenario: Scenario, ingest: Ingest, pass_ingest: bool) 
         Ok(())
     };
     let reached = |sent: u64, hosts: u32| Hosts::range(0, sent.min(u64::from(hosts)) as u32);
+    let mut reload_forgotten = None;
 
     match scenario {
         Scenario::Steady => {
@@ -461,6 +478,80 @@ pub fn run(cfg: &Config, scenario: Scenario, ingest: Ingest, pass_ingest: bool) 
             expect.window(Kind::Silent, from, from + t + s + SLACK);
             expect.window(Kind::New, cpu_before.2, from + p + s + SLACK);
             expect.max_silent_for = Some(t + s + SLACK);
+        }
+        Scenario::Reload => {
+            let inv = inventory.as_ref().expect("written above");
+            // Every host beats; the `churn` hosts after n are outside the
+            // inventory: `new` (the others are expected: no line).
+            let everyone = Hosts::range(0, n + churn);
+            let r = tx.send(everyone, paced(everyone), false, p + s)?;
+            if r.heartbeats < u64::from(n + churn) {
+                problems.push(format!(
+                    "the generator sent {} heartbeats in the warm-up, fewer than the {} hosts: \
+                     raise --period",
+                    r.heartbeats,
+                    n + churn
+                ));
+            }
+            // The first 1% retire (stop, and leave the inventory), the
+            // hosts after n join it: the file is replaced, then SIGHUP,
+            // with heartbeats flowing. Retired hosts are forgotten before
+            // their timeout: no line about them.
+            let wrote = Instant::now();
+            inv.rewrite(fleet, churn..n + churn)?;
+            let wrote = wrote.elapsed();
+            let staying = Hosts::range(churn, n + churn);
+            let hup = Instant::now();
+            collector.signal(libc::SIGHUP);
+            tx.send(staying, paced(staying), false, t + 2 * s + SLACK)?;
+            expect.events(Kind::New, Hosts::range(n, n + churn));
+            expect.table_new = Some(u64::from(n + churn));
+            let log = collector.events();
+            // Adoption shows as unknown_hosts dropping to 0: only if the
+            // hosts outside the first inventory were heard before.
+            let before_hup = log.summary_lines.iter().rev().find(|l| l.at < hup);
+            if before_hup.and_then(|l| l.unknown_hosts) != Some(u64::from(churn)) {
+                problems.push(format!(
+                    "before SIGHUP the collector had not heard the {churn} hosts outside the \
+                     inventory (summary: {:?}): adoption cannot be told",
+                    before_hup.and_then(|l| l.unknown_hosts)
+                ));
+            }
+            let adopted = log
+                .summary_lines
+                .iter()
+                .find(|l| l.at > hup && l.unknown_hosts == Some(0));
+            match adopted {
+                None => problems
+                    .push("the reload was not adopted (unknown_hosts never 0 after SIGHUP)".into()),
+                Some(l) => notes.push(format!(
+                    "reload: inventory of {n} hosts rewritten in {} ms ({churn} removed, {churn} \
+                     added), adopted {} ms after SIGHUP by a sweep of {:.0} ms",
+                    wrote.as_millis(),
+                    (l.at - hup).as_millis(),
+                    l.sweep_ms
+                )),
+            }
+            let gap = log.max_summary_gap(cpu_before.2);
+            let gap_hup = log.max_summary_gap(hup);
+            notes.push(format!(
+                "reload: longest gap between two sweeps (summary lines) {} ms over the run, \
+                 {} ms from SIGHUP on (sweep {} ms); longest sweep {:.0} ms",
+                gap.as_millis(),
+                gap_hup.as_millis(),
+                s.as_millis(),
+                log.summary_lines
+                    .iter()
+                    .map(|l| l.sweep_ms)
+                    .fold(0.0, f64::max)
+            ));
+            if gap > 2 * s {
+                problems.push(format!(
+                    "a sweep came {} ms after the one before (more than one sweep period late)",
+                    gap.as_millis()
+                ));
+            }
+            reload_forgotten = Some(u64::from(churn));
         }
         Scenario::JunkFlood => {
             let fleet_hosts = Hosts::range(0, universe);
@@ -504,6 +595,22 @@ pub fn run(cfg: &Config, scenario: Scenario, ingest: Ingest, pass_ingest: bool) 
     };
     expect.check(&log, &mut row.problems);
     check_counters(&mut row, &expect);
+    if let Some(n) = reload_forgotten {
+        let forgotten = row.counters.get("hb_hosts_forgotten_total");
+        if forgotten != n {
+            row.problems.push(format!(
+                "{forgotten} hosts forgotten, expected the {n} removed"
+            ));
+        }
+        if after.get("hb_unknown_hosts") != 0 || after.get("hb_hosts_missing") != 0 {
+            row.problems.push(format!(
+                "after the reload: {} unknown hosts, {} missing (expected none)",
+                after.get("hb_unknown_hosts"),
+                after.get("hb_hosts_missing")
+            ));
+        }
+    }
+    drop(inventory);
     if sent.refused > 0 {
         row.notes.push(format!(
             "the veth pair refused {} sends (receive side full); the generator retried them",
@@ -532,10 +639,12 @@ fn check_counters(row: &mut Row, expect: &Expect) {
             sent - accounted
         ));
     }
-    let new_hosts: u64 = expect.sets[Kind::New as usize]
-        .iter()
-        .map(|h| u64::from(h.len()))
-        .sum();
+    let new_hosts: u64 = expect.table_new.unwrap_or_else(|| {
+        expect.sets[Kind::New as usize]
+            .iter()
+            .map(|h| u64::from(h.len()))
+            .sum()
+    });
     if c.packets("new_host") != new_hosts {
         row.problems.push(format!(
             "new_host counter {} (expected {new_hosts})",

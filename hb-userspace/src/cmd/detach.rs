@@ -52,6 +52,7 @@ pub fn detach(args: DetachArgs) -> Result<()> {
         let legacy = pins::remove_legacy(&inst);
         let state = inst.state_file();
         let _ = std::fs::remove_file(&state);
+        let _ = std::fs::remove_file(inst.fleet_file());
         release(lock);
         if legacy? {
             println!(

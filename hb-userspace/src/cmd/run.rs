@@ -75,6 +75,10 @@ pub fn run(config: RunConfig, command_line: CommandLine) -> Result<()> {
     };
     let mut sweeper = Sweeper::with_tracker(ingest.begin(args.timeout)?, args.format);
     sweeper.set_summary_every(summary_sweeps(args));
+    sweeper.set_adopt_budget(args.sweep / 4);
+    if let Some(path) = ingest.fleet_file() {
+        sweeper.keep_fleet(path);
+    }
     sweeper.set_fleet(fleet);
     let mut stdout = RingWriter::stdout();
     let mut notify = Notifier::from_env(args.sweep);
@@ -88,7 +92,9 @@ pub fn run(config: RunConfig, command_line: CommandLine) -> Result<()> {
                     sweeper.set_timeout(a.timeout.as_nanos() as u64);
                     ingest.set_timeout(a.timeout);
                     sweeper.set_summary_every(summary_sweeps(a));
-                    sweeper.set_fleet(new.fleet);
+                    // Adopted once its hosts are looked up in the table,
+                    // a share of a sweep at a time.
+                    sweeper.reload_fleet(new.fleet);
                     site.timeout = a.timeout;
                     site.silent_series = a.metrics_silent_hosts;
                     logging::set(new.config.log_level, new.config.log_format);

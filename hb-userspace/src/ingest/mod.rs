@@ -27,6 +27,12 @@ pub trait Ingest {
     /// last collector's state where there is one. From here on, what the
     /// ingest leaves in place is for the next collector.
     fn begin(&mut self, timeout: Duration) -> Result<Tracker>;
+    /// Where the sweeper keeps the fleet's told state for the next
+    /// collector (see `track::fleet::kept`): where the tracker's state
+    /// outlives the process too.
+    fn fleet_file(&self) -> Option<std::path::PathBuf> {
+        None
+    }
     /// A reload changed the timeout: where the ingest tells `hb status`
     /// the collector's settings, it tells the new one.
     fn set_timeout(&mut self, _timeout: Duration) {}

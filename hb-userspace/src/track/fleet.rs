@@ -20,6 +20,7 @@ use std::{
 use hashbrown::HashMap;
 use hb_common::HostKey;
 
+pub mod kept;
 pub mod roll;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 

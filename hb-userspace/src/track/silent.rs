@@ -44,6 +44,11 @@ pub struct SilentOrder {
     recovered: Vec<u32>,
     /// ...and their bits, set while they are taken out.
     marks: Vec<u64>,
+    /// Silent hosts whose timeout is not the tracker's default (a group's):
+    /// slot -> timeout, for their `silent_since`.
+    own_timeout: hashbrown::HashMap<u32, u64>,
+    /// The tracker's `timeouts_gen` `own_timeout` was made for.
+    timeouts_gen: u64,
 }
 
 impl SilentOrder {
@@ -60,6 +65,20 @@ impl SilentOrder {
         self.hosts
             .extend(tracker.silent_hosts().map(|(slot, seen)| (seen, slot)));
         self.hosts.sort_unstable();
+        self.own_timeout.clear();
+        self.add_own_timeouts(tracker, 0);
+        self.timeouts_gen = tracker.timeouts_gen();
+    }
+
+    /// Records the timeouts of `hosts[from..]` that are their own.
+    fn add_own_timeouts(&mut self, tracker: &Tracker, from: usize) {
+        let default = tracker.timeout_ns();
+        for &(_, slot) in &self.hosts[from.min(self.hosts.len())..] {
+            let t = tracker.timeout_of(slot);
+            if t != default {
+                self.own_timeout.insert(slot, t);
+            }
+        }
     }
 
     /// `slot`, last seen at `last_seen`, went silent in this sweep.
@@ -97,6 +116,7 @@ impl SilentOrder {
             self.added.retain(kept);
             for slot in self.recovered.drain(..) {
                 self.marks[slot as usize / 64] = 0;
+                self.own_timeout.remove(&slot);
             }
         }
         self.added.sort_unstable();
@@ -104,7 +124,17 @@ impl SilentOrder {
             (Some(last), Some(first)) => last < first,
             _ => true,
         };
-        self.hosts.append(&mut self.added);
+        if self.timeouts_gen != tracker.timeouts_gen() {
+            // A reload changed the timeouts: every host's is looked up again.
+            self.own_timeout.clear();
+            self.timeouts_gen = tracker.timeouts_gen();
+            self.hosts.append(&mut self.added);
+            self.add_own_timeouts(tracker, 0);
+        } else {
+            let from = self.hosts.len();
+            self.hosts.append(&mut self.added);
+            self.add_own_timeouts(tracker, from);
+        }
         if !in_order {
             // Two sorted runs: the stable sort merges them in one pass.
             self.hosts.sort();
@@ -146,6 +176,7 @@ impl SilentOrder {
         offset: usize,
         limit: usize,
     ) -> SilentPage {
+        // `timeout`: the hosts' without a timeout of their own (a group's).
         let (now, wall) = (monotonic_ns(), SystemTime::now());
         self.page_at(table, names, timeout, (offset, limit), now, wall)
     }
@@ -173,7 +204,13 @@ impl SilentOrder {
                     name: ident.and_then(|i| i.name.map(str::to_owned)),
                     labels: ident.and_then(|i| OwnedLabels::of(&i)),
                     lost: host.lost,
-                    silent_since: timestamp(last_seen + timeout),
+                    silent_since: timestamp(
+                        last_seen
+                            + self
+                                .own_timeout
+                                .get(&slot)
+                                .map_or(timeout, |&t| Duration::from_nanos(t)),
+                    ),
                     last_seen: timestamp(last_seen),
                     silent_for_ms: ago.as_millis() as u64,
                 }

@@ -2,11 +2,11 @@
 
 use std::{
     collections::VecDeque,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Result;
-use hb_common::Counter;
+use hb_common::{Counter, HostKey};
 use log::warn;
 
 use crate::clock::monotonic_ns;
@@ -15,7 +15,8 @@ use super::{
     events::{Event, FleetCounts, Format, Summary, format_event, timestamp},
     fleet::{
         Fleet, Ident, MUTED,
-        roll::{IGNORED, Roll, Timed, UNLISTED},
+        kept::{Keeper, Kept},
+        roll::{IGNORED, Resolved, Roll, Timed, UNLISTED, lookup},
     },
     recent::Recent,
     silent::SilentOrder,
@@ -42,6 +43,16 @@ struct Carry {
     missing: Vec<Timed>,
     /// Slots of hosts the new inventory no longer lists: forgotten.
     removed: Vec<u32>,
+    /// When the grace of hosts never heard starts: the last collector's
+    /// (restored), else the sweep that adopts.
+    since: Option<u64>,
+}
+
+/// A line about the fleet that the kept state records once written.
+#[derive(Debug, Clone, Copy)]
+enum FleetTold {
+    Missing(HostKey, u64),
+    Found(HostKey),
 }
 
 /// Forgetting hosts, which frees their slots for new ones (see
@@ -61,6 +72,24 @@ struct Forgetting {
     next_scan: u64,
     total: u64,
 }
+
+/// A fleet a reload set, its hosts being looked up in the table a share of
+/// a sweep at a time (`Sweeper::reload_fleet`): a million lookups at once
+/// would hold up the sweep that adopts it by more than a sweep period.
+struct Pending {
+    fleet: Fleet,
+    /// Slot -> its host in `fleet`, for the slots looked at so far;
+    /// `STALE`: to look up when adopted (unknown then, or forgotten since).
+    found: Vec<Resolved>,
+}
+
+const STALE: Resolved = Resolved {
+    entry: u32::MAX - 2,
+    class: 0,
+};
+
+/// The default share of a sweep for looking up a reloaded fleet's hosts.
+const ADOPT_BUDGET: Duration = Duration::from_millis(50);
 
 /// The longest between two looks for hosts to forget.
 const FORGET_SCAN: u64 = 60_000_000_000;
@@ -98,6 +127,16 @@ pub struct Sweeper {
     transitions: Vec<Transition<u32>>,
     /// The last events reported, for the status page.
     recent: Recent,
+    /// The fleet's state kept for the next collector (see `keep_fleet`),
+    /// what it was restored from (until the first fleet is set), and its
+    /// lines not yet written.
+    keeper: Option<Keeper>,
+    restored: Option<Kept>,
+    fleet_untold: VecDeque<(u64, FleetTold)>,
+    /// A reloaded fleet being looked up; the lookups, once it is set.
+    pending: Option<Pending>,
+    presolved: Vec<Resolved>,
+    adopt_budget: Duration,
 }
 
 impl Sweeper {
@@ -126,6 +165,12 @@ impl Sweeper {
             forgetting: Forgetting::default(),
             transitions: Vec::new(),
             recent: Recent::default(),
+            keeper: None,
+            restored: None,
+            fleet_untold: VecDeque::new(),
+            pending: None,
+            presolved: Vec::new(),
+            adopt_budget: ADOPT_BUDGET,
         }
     }
 
@@ -160,6 +205,35 @@ impl Sweeper {
             self.tracker.told(told);
             self.untold.pop_front();
         }
+        let Some(keeper) = self.keeper.as_mut() else {
+            return;
+        };
+        while let Some(&(end, told)) = self.fleet_untold.front()
+            && end <= bytes
+        {
+            match told {
+                FleetTold::Missing(key, since) => keeper.told_missing(key, since),
+                FleetTold::Found(key) => keeper.told_found(&key),
+            }
+            self.fleet_untold.pop_front();
+        }
+        keeper.flush();
+    }
+
+    /// Keeps what the output is told about the fleet in `path` (hosts
+    /// reported missing, when their grace started), and carries on from
+    /// what the last collector kept there if the tracker carries on from
+    /// it. Call before the first `set_fleet`.
+    pub fn keep_fleet(&mut self, path: std::path::PathBuf) {
+        let (keeper, kept) = Keeper::open(path, self.tracker.resumed());
+        if let Some(k) = &kept {
+            log::info!(
+                "carrying on from the last collector's fleet state: {} hosts recorded as reported missing (those heard since are not)",
+                k.missing.len()
+            );
+        }
+        self.keeper = Some(keeper);
+        self.restored = kept;
     }
 
     /// Adopts the fleet (inventory, names, group timeouts) for the sweeps
@@ -168,12 +242,22 @@ impl Sweeper {
     /// waiting out their grace) with no event; hosts it adds that were
     /// never heard start their grace then.
     pub fn set_fleet(&mut self, fleet: Fleet) {
-        let (waiting, missing) = self.roll.carry(&self.fleet);
+        let (waiting, missing, since) = match self.restored.take() {
+            Some(k) => (k.waiting, k.missing, k.epoch),
+            None => {
+                let (waiting, missing) = self.roll.carry(&self.fleet);
+                (waiting, missing, None)
+            }
+        };
+        let presolved = &self.presolved;
         let removed = match (self.fleet.inventory(), fleet.inventory()) {
             (Some(old), Some(new)) => self
                 .roll
                 .listed()
-                .filter(|&(_, e)| new.entry(old.key(e)).is_none())
+                .filter(|&(slot, e)| match presolved.get(slot as usize) {
+                    Some(r) if *r != STALE => r.entry >= IGNORED,
+                    _ => new.entry(old.key(e)).is_none(),
+                })
                 .map(|(slot, _)| slot)
                 .collect(),
             _ => Vec::new(),
@@ -183,7 +267,51 @@ impl Sweeper {
             waiting,
             missing,
             removed,
+            since,
         });
+    }
+
+    /// A reload's fleet: as `set_fleet`, but its hosts are first looked up
+    /// in the table over the next sweeps, at most `set_adopt_budget` of
+    /// each, the last fleet staying in force meanwhile; the sweep after
+    /// the last lookup adopts it. A newer fleet replaces one being looked
+    /// up.
+    pub fn reload_fleet(&mut self, fleet: Fleet) {
+        self.pending = Some(Pending {
+            fleet,
+            found: Vec::new(),
+        });
+    }
+
+    /// How long a sweep may spend looking up a reloaded fleet's hosts.
+    pub fn set_adopt_budget(&mut self, budget: Duration) {
+        self.adopt_budget = budget;
+    }
+
+    /// Looks up the next share of the table's slots in the fleet being
+    /// reloaded; sets it once every slot is looked at.
+    fn look_up(&mut self, table: &dyn Table) {
+        let Some(p) = self.pending.as_mut() else {
+            return;
+        };
+        let deadline = Instant::now() + self.adopt_budget;
+        let len = table.len();
+        while p.found.len() < len {
+            let from = p.found.len();
+            for slot in from as u32..(from + 4096).min(len) as u32 {
+                p.found.push(if self.tracker.is_known(slot) {
+                    lookup(&p.fleet, &table.host(slot).key())
+                } else {
+                    STALE
+                });
+            }
+            if p.found.len() < len && Instant::now() >= deadline {
+                return;
+            }
+        }
+        let p = self.pending.take().expect("looked up");
+        self.presolved = p.found;
+        self.set_fleet(p.fleet);
     }
 
     /// Hosts forgotten since the start.
@@ -227,8 +355,12 @@ impl Sweeper {
             .doomed
             .extend((0..table.len() as u32).filter(|&s| tracker.is_known(s) && table.forgotten(s)));
         self.forgetting.doomed.extend(carry.removed.iter().copied());
+        let presolved = std::mem::take(&mut self.presolved);
         if !active {
             self.tracker.set_timeouts(Vec::new());
+            if let Some(keeper) = self.keeper.as_mut() {
+                keeper.adopted(None, Vec::new(), |_| false);
+            }
             return;
         }
         let default = self.tracker.timeout_ns();
@@ -243,9 +375,12 @@ impl Sweeper {
             if !self.tracker.is_known(slot) {
                 continue;
             }
-            let r = self
-                .roll
-                .resolve(&self.fleet, slot, &table.host(slot).key());
+            let r = match presolved.get(slot as usize) {
+                Some(&r) if r != STALE => self.roll.record(&self.fleet, slot, r),
+                _ => self
+                    .roll
+                    .resolve(&self.fleet, slot, &table.host(slot).key()),
+            };
             self.tracker.set_class(slot, r.class);
             if !self.tracker.is_silent(slot) {
                 continue;
@@ -263,8 +398,29 @@ impl Sweeper {
                 self.roll.silent_changed(r.class, true);
             }
         }
+        let since = carry.since.unwrap_or(now);
         self.roll
-            .expect(&self.fleet, now, &carry.waiting, &carry.missing);
+            .expect(&self.fleet, since, &carry.waiting, &carry.missing);
+        if let Some(keeper) = self.keeper.as_mut() {
+            let inv = self.fleet.inventory();
+            // The first fleet's grace start stays the epoch across reloads.
+            let epoch = inv.map(|_| keeper.epoch().unwrap_or(since));
+            let (waiting, _) = self.roll.carry(&self.fleet);
+            let waiting = waiting
+                .into_iter()
+                .filter(|&(_, at)| Some(at) != epoch)
+                .collect();
+            // Kept: listed hosts. Carrying on from the last collector, not
+            // those heard either: the tracker's state is then what was
+            // told, so a heard host's first heartbeat was (`recovered`, if
+            // it was missing). Later, a heard host's line may be in flight.
+            let roll = &self.roll;
+            let restored = carry.since.is_some();
+            keeper.adopted(epoch, waiting, |k| {
+                inv.and_then(|inv| inv.entry(k))
+                    .is_some_and(|e| !(restored && roll.is_heard(e)))
+            });
+        }
     }
 
     /// One sweep's forgetting (see `Forgetting`): frees the slots
@@ -321,6 +477,14 @@ impl Sweeper {
             }
             self.tracker.forgetting(slot);
             self.roll.forget(&self.fleet, slot, was_silent);
+            // Its key is gone: a lookup made before is void.
+            if let Some(r) = self
+                .pending
+                .as_mut()
+                .and_then(|p| p.found.get_mut(slot as usize))
+            {
+                *r = STALE;
+            }
             let f = &mut self.forgetting;
             f.dying.push(slot);
             f.total += 1;
@@ -386,6 +550,9 @@ impl Sweeper {
         if self.out.capacity() > OUT_KEEP {
             self.out.shrink_to(OUT_KEEP);
         }
+        if self.pending.is_some() {
+            self.look_up(table);
+        }
         if let Some(carry) = self.adopt.take() {
             self.adopt(table, now, carry);
         }
@@ -401,10 +568,12 @@ impl Sweeper {
             untold,
             transitions,
             recent,
+            fleet_untold,
             ..
         } = self;
         recent.sweep_at(wall);
         let ts = timestamp(wall);
+        let keep_fleet = self.keeper.is_some();
         let keep = tracker.keeps_told();
         let last_seen = table.last_seen();
         let active = self.fleet.inventory().is_some() || self.fleet.classes().len() > 1;
@@ -419,6 +588,8 @@ impl Sweeper {
             untold,
             transitions,
             recent,
+            fleet_untold,
+            keep_fleet,
             reported: *reported,
             keep,
             format: *format,
@@ -432,6 +603,8 @@ impl Sweeper {
             events,
             fleet,
             recent,
+            fleet_untold,
+            reported,
             ..
         } = obs;
         if let Some(inv) = fleet.inventory() {
@@ -444,6 +617,10 @@ impl Sweeper {
                 };
                 recent.missing(inv.key(e), inv.ident(e).name, now.saturating_sub(since));
                 push_line(out, &format_event(*format, &ts, &event));
+                if keep_fleet {
+                    let end = reported + out.len() as u64;
+                    fleet_untold.push_back((end, FleetTold::Missing(*inv.key(e), since)));
+                }
             });
         }
         silent.settle(tracker);
@@ -528,6 +705,8 @@ struct Obs<'a> {
     untold: &'a mut VecDeque<(u64, Told)>,
     transitions: &'a mut Vec<Transition<u32>>,
     recent: &'a mut Recent,
+    fleet_untold: &'a mut VecDeque<(u64, FleetTold)>,
+    keep_fleet: bool,
     reported: u64,
     keep: bool,
     format: Format,
@@ -555,10 +734,12 @@ impl Observer for &mut Obs<'_> {
         };
         let inv = self.fleet.inventory().filter(|_| entry < IGNORED);
         let class = inv.map_or(0, |inv| inv.class(entry));
+        let mut found = None;
         let line = match t {
             Transition::New { .. } => match inv {
                 // Expected: a line only if it was reported missing.
-                Some(_) => self.roll.found(entry, class).map(|since| {
+                Some(inv) => self.roll.found(entry, class).map(|since| {
+                    found = Some(*inv.key(entry));
                     self.events.recovered += 1;
                     Transition::Recovered {
                         host: slot,
@@ -600,6 +781,12 @@ impl Observer for &mut Obs<'_> {
                 .transition(&line, &host, ident.and_then(|i| i.name));
             let event = Event::Host(line.with_host(host), ident);
             push_line(self.out, &format_event(self.format, self.ts, &event));
+        }
+        if let Some(key) = found
+            && self.keep_fleet
+        {
+            let end = self.reported + self.out.len() as u64;
+            self.fleet_untold.push_back((end, FleetTold::Found(key)));
         }
         if self.keep {
             self.untold
@@ -961,6 +1148,15 @@ mod tests {
 
     #[test]
     fn a_new_fleet_adopts_hosts_as_they_are() {
+        adopts_hosts_as_they_are(false);
+    }
+
+    #[test]
+    fn a_reloaded_fleet_looked_up_over_sweeps_adopts_hosts_as_they_are() {
+        adopts_hosts_as_they_are(true);
+    }
+
+    fn adopts_hosts_as_they_are(reload: bool) {
         use crate::track::fleet::UnknownHosts;
         let mut sw = Sweeper::new(15 * S, Format::Json);
         sw.set_fleet(fleet(INVENTORY, 5 * S, UnknownHosts::Track, &[]));
@@ -973,7 +1169,14 @@ mod tests {
         // The new inventory drops 1 and 9, adds 3 (silent) and 7 (never
         // heard), keeps 0 and 2 (missing).
         let next = "address,name\n198.18.0.0,a\n198.18.0.2,b\n198.18.0.3,c\n198.18.0.7,d\n";
-        sw.set_fleet(fleet(next, 5 * S, UnknownHosts::Track, &[]));
+        let next = fleet(next, 5 * S, UnknownHosts::Track, &[]);
+        if reload {
+            // No time to look anything up: a chunk a sweep all the same.
+            sw.set_adopt_budget(Duration::ZERO);
+            sw.reload_fleet(next);
+        } else {
+            sw.set_fleet(next);
+        }
         sw.sweep_at(&table, 31 * S, UNIX_EPOCH).unwrap();
         assert!(kinds(&sw).is_empty(), "{:?}", kinds(&sw));
         let s = summary(&sw);
@@ -992,6 +1195,58 @@ mod tests {
         let ev = events(&sw);
         assert_eq!(kinds(&sw), [pair("recovered", "198.18.0.2")]);
         assert_eq!(ev[0]["silent_for_ms"], 27_000);
+    }
+
+    #[test]
+    fn a_reloaded_fleet_is_adopted_once_every_slot_is_looked_up() {
+        use crate::track::fleet::UnknownHosts;
+        // 10,000 hosts: three chunks of lookups, one a sweep at no budget.
+        struct Big(Vec<AtomicU64>);
+        impl Table for Big {
+            fn last_seen(&self) -> &[AtomicU64] {
+                &self.0
+            }
+            fn host(&self, slot: u32) -> Host {
+                Host::addr(&HostKey::from_ipv4([10, 0, (slot >> 8) as u8, slot as u8]))
+            }
+            fn len(&self) -> usize {
+                self.0.len()
+            }
+            fn capacity(&self) -> usize {
+                self.0.len()
+            }
+            fn counters(&self) -> Result<Counts> {
+                Ok([0; Counter::COUNT])
+            }
+        }
+        const N: u32 = 10_000;
+        let csv = |tag: &str| {
+            let mut csv = String::from("address,name\n");
+            for i in 0..N {
+                csv += &format!("10.0.{}.{},{tag}{i}\n", i >> 8, i & 255);
+            }
+            csv
+        };
+        let table = |now: u64| Big((0..N).map(|_| AtomicU64::new(now)).collect());
+        let mut sw = Sweeper::new(15 * S, Format::Json);
+        sw.set_fleet(fleet(&csv("a"), 5 * S, UnknownHosts::Track, &[]));
+        sw.sweep_at(&table(S), S, UNIX_EPOCH).unwrap();
+        assert!(kinds(&sw).is_empty(), "{:?}", kinds(&sw));
+        sw.set_adopt_budget(Duration::ZERO);
+        sw.reload_fleet(fleet(&csv("b"), 5 * S, UnknownHosts::Track, &[]));
+        let name = |sw: &Sweeper, slot| sw.ident(slot).unwrap().name.unwrap().to_owned();
+        for t in 2..4 {
+            sw.sweep_at(&table(t * S), t * S, UNIX_EPOCH).unwrap();
+            assert_eq!(name(&sw, 9999), "a9999", "still the last fleet at {t} s");
+            assert!(kinds(&sw).is_empty(), "{:?}", kinds(&sw));
+        }
+        sw.sweep_at(&table(4 * S), 4 * S, UNIX_EPOCH).unwrap();
+        assert_eq!(
+            (name(&sw, 0), name(&sw, 9999)),
+            ("b0".into(), "b9999".into())
+        );
+        assert!(kinds(&sw).is_empty(), "{:?}", kinds(&sw));
+        assert_eq!(summary(&sw)["hosts"], N);
     }
 
     #[test]

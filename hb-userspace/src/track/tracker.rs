@@ -234,6 +234,8 @@ pub struct Tracker {
     /// every host has `timeout_ns` (no groups, nothing muted).
     class: Vec<u8>,
     timeouts: Vec<u64>,
+    /// Counts changes of the timeouts (`set_timeout`, `set_timeouts`).
+    timeouts_gen: u64,
 }
 
 impl Tracker {
@@ -250,6 +252,7 @@ impl Tracker {
             told_bitmap: 0,
             class: Vec::new(),
             timeouts: Vec::new(),
+            timeouts_gen: 0,
         }
     }
 
@@ -327,6 +330,7 @@ impl Tracker {
             told_bitmap: bitmap,
             class: Vec::new(),
             timeouts: Vec::new(),
+            timeouts_gen: 0,
         }
     }
 
@@ -335,6 +339,20 @@ impl Tracker {
     /// cover its last heartbeat: nothing is reported that did not happen.
     pub fn set_timeout(&mut self, timeout_ns: u64) {
         self.timeout_ns = timeout_ns;
+        self.timeouts_gen += 1;
+    }
+
+    /// The timeout of the host in `slot` (its group's, if it has one).
+    pub fn timeout_of(&self, slot: u32) -> u64 {
+        if self.timeouts.is_empty() {
+            return self.timeout_ns;
+        }
+        timeout_of(&self.class, &self.timeouts, self.timeout_ns, slot as usize)
+    }
+
+    /// Changes whenever a timeout may have (see `timeout_of`).
+    pub fn timeouts_gen(&self) -> u64 {
+        self.timeouts_gen
     }
 
     /// The words of what the output was told, for a later `resume`.
@@ -520,6 +538,7 @@ impl Tracker {
             self.class = vec![0; self.bitmap * 64];
         }
         self.timeouts = timeouts;
+        self.timeouts_gen += 1;
     }
 
     /// The timeout every host has unless its class says otherwise.

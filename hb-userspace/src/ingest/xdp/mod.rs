@@ -226,6 +226,10 @@ impl Ingest for XdpIngest {
         Ok(tracker)
     }
 
+    fn fleet_file(&self) -> Option<std::path::PathBuf> {
+        self.outlives.then(|| self.instance.fleet_file())
+    }
+
     fn on_tick(&mut self, _ev: &mut EventLoop) -> Result<()> {
         self.watch.check(&mut self.loaded);
         if let Some(local) = self.local.as_mut() {

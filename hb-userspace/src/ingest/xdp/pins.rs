@@ -15,6 +15,8 @@
 //!   map layout version: pins of another layout are never read as this one.
 //! - `/run/hb/<instance>.json`: pid and settings, for `hb status`.
 //! - `/run/hb/<instance>.lock`: held by the live collector (see `lock`).
+//! - `/run/hb/<instance>.fleet`: what the output was told about the fleet
+//!   (hosts reported missing; see `track::fleet::kept`).
 //!
 //! `<bpffs>` is chosen by `bpffs`. Pins of an hb from before instance names
 //! (`<bpffs>/hb/<iface>`, `/run/hb/<iface>.json`) are adopted by the first
@@ -131,6 +133,10 @@ impl Instance {
 
     pub fn state_file(&self) -> PathBuf {
         Path::new(RUN_DIR).join(format!("{}.json", self.name))
+    }
+
+    pub fn fleet_file(&self) -> PathBuf {
+        Path::new(RUN_DIR).join(format!("{}.fleet", self.name))
     }
 
     pub fn lock_file(&self) -> PathBuf {
@@ -337,6 +343,7 @@ fn forget_stale(inst: &Instance) -> Result<()> {
     );
     fs::remove_dir_all(inst.dir()).with_context(|| format!("removing {}", inst.dir().display()))?;
     let _ = fs::remove_file(inst.state_file());
+    let _ = fs::remove_file(inst.fleet_file());
     Ok(())
 }
 
@@ -363,6 +370,7 @@ pub fn remove(inst: &Instance) {
     let _ = fs::remove_file(inst.link());
     let _ = fs::remove_dir_all(inst.dir());
     let _ = fs::remove_file(inst.state_file());
+    let _ = fs::remove_file(inst.fleet_file());
 }
 
 /// Removes what an earlier hb pinned under the bare interface name, if its

@@ -67,9 +67,29 @@ fn set(bits: &mut [u64], i: u32) {
 }
 
 /// What resolving a slot found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resolved {
     pub entry: u32,
     pub class: Class,
+}
+
+/// Which host of `fleet` has `key`: its entry (or `UNLISTED`, `IGNORED`)
+/// and class. Reads the fleet only.
+pub fn lookup(fleet: &Fleet, key: &HostKey) -> Resolved {
+    let entry = match fleet.inventory() {
+        None => UNLISTED,
+        Some(inv) => match inv.entry(key) {
+            Some(e) => e,
+            None if fleet.config.unknown_hosts == UnknownHosts::Ignore => IGNORED,
+            None => UNLISTED,
+        },
+    };
+    let class = match entry {
+        UNLISTED => DEFAULT_CLASS,
+        IGNORED => MUTED,
+        e => fleet.inventory().map_or(DEFAULT_CLASS, |inv| inv.class(e)),
+    };
+    Resolved { entry, class }
 }
 
 impl Roll {
@@ -87,19 +107,13 @@ impl Roll {
     /// The slot's host, first heard (or the fleet just set): which entry
     /// it is, and its class.
     pub fn resolve(&mut self, fleet: &Fleet, slot: u32, key: &HostKey) -> Resolved {
-        let entry = match fleet.inventory() {
-            None => UNLISTED,
-            Some(inv) => match inv.entry(key) {
-                Some(e) => e,
-                None if fleet.config.unknown_hosts == UnknownHosts::Ignore => IGNORED,
-                None => UNLISTED,
-            },
-        };
-        let class = match entry {
-            UNLISTED => DEFAULT_CLASS,
-            IGNORED => MUTED,
-            e => fleet.inventory().map_or(DEFAULT_CLASS, |inv| inv.class(e)),
-        };
+        let r = lookup(fleet, key);
+        self.record(fleet, slot, r)
+    }
+
+    /// The slot's host is `r` (looked up beforehand: see `lookup`).
+    pub fn record(&mut self, fleet: &Fleet, slot: u32, r: Resolved) -> Resolved {
+        let Resolved { entry, class } = r;
         let s = slot as usize;
         if self.slot_entry.len() <= s {
             self.slot_entry
@@ -322,6 +336,11 @@ impl Roll {
             .map(|&(since, e)| (*inv.key(e), since))
             .collect();
         (waiting, missing)
+    }
+
+    /// Whether `entry`'s host was heard (a slot is its).
+    pub fn is_heard(&self, entry: u32) -> bool {
+        get(&self.heard, entry)
     }
 
     pub fn missing_count(&self) -> u64 {
