@@ -1,5 +1,6 @@
 //! Alerts to Alertmanager (API v2): `HostSilent` while a host is silent,
-//! `CollectorBlind` while the collector cannot trust what it sees.
+//! `HostMissing` while an inventoried host was never heard (past its
+//! grace), `CollectorBlind` while the collector cannot trust what it sees.
 //!
 //! The event loop's side is the [`Notifier`]: after each sweep it turns the
 //! sweep's transitions into alert changes and hands them to the delivery
@@ -22,12 +23,13 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
+use hb_common::HostKey;
 use log::warn;
 
 use self::{
     delivery::{Change, Delivery, Message, Queue},
-    shape::{Key, Raise},
+    shape::{HostIdent, Key, Raise},
     sight::{Blindness, Facts, Sight},
 };
 pub use self::{
@@ -41,6 +43,10 @@ use crate::{
 
 /// Sweeps' worth of changes the queue holds before a resync is needed.
 const QUEUE: usize = 64;
+
+/// Sweeps between two full comparisons of the missing hosts with those
+/// alerted when nothing says they changed (a reload that relabels them).
+const MISSING_RECHECK: u32 = 60;
 
 /// How long a stopping collector waits for the last deliveries.
 const FINISH: Duration = Duration::from_secs(5);
@@ -56,6 +62,10 @@ pub struct Notifier {
     /// Silent hosts not alerted yet (not trusted yet): slot -> last seen.
     held: HashMap<u32, u64>,
     blind: Option<(Blindness, SystemTime)>,
+    /// Missing hosts alerted (`HostMissing` firing), by inventory key.
+    missing: HashSet<HostKey>,
+    /// Sweeps until the missing hosts are compared in full anyway.
+    missing_recheck: u32,
     /// Changes were lost (queue full): hand over the whole state next.
     resync: bool,
 }
@@ -100,6 +110,8 @@ impl Notifier {
             iface,
             held: HashMap::new(),
             blind: None,
+            missing: HashSet::new(),
+            missing_recheck: 0,
             // The first hand-over is the whole state: a collector carrying
             // on from another one's table has hosts silent already.
             resync: true,
@@ -154,6 +166,7 @@ impl Notifier {
         let timeout = self.timeout;
         let silent = |slot: u32, last_seen: u64| Raise::HostSilent {
             host: table.host(slot),
+            ident: sweeper.ident(slot).as_ref().and_then(HostIdent::of),
             last_seen: wall_of(last_seen),
             silent_since: wall_of(last_seen) + timeout,
         };
@@ -186,6 +199,10 @@ impl Notifier {
                 }
             }
         }
+        let missing_now = self.missing_changes(sweeper, blind.is_some(), wall_of, wall);
+        if !self.resync {
+            changes.extend(missing_now.1);
+        }
         let message = if self.resync {
             let mut firing: Vec<(Key, Raise)> = sweeper
                 .silent()
@@ -193,6 +210,7 @@ impl Notifier {
                 .filter(|(slot, _)| !self.held.contains_key(slot))
                 .map(|(slot, last_seen)| (Key::Host(slot), silent(slot, last_seen)))
                 .collect();
+            firing.extend(missing_now.0);
             firing.extend(self.blind_raise().map(|a| (Key::Blind, a)));
             Message::Snapshot(firing)
         } else if changes.is_empty() {
@@ -201,6 +219,68 @@ impl Notifier {
             Message::Changes(changes)
         };
         self.hand_over(message);
+    }
+
+    /// The `HostMissing` alerts: (all firing, when a resync needs them;
+    /// the changes since the last sweep). Missing hosts are not alerted
+    /// while the collector is blind (it would not have heard them); they
+    /// are resolved when heard (the roll no longer lists them missing) or
+    /// dropped from the inventory.
+    #[allow(clippy::type_complexity)]
+    fn missing_changes(
+        &mut self,
+        sweeper: &Sweeper,
+        blind: bool,
+        wall_of: impl Fn(u64) -> SystemTime,
+        wall: SystemTime,
+    ) -> (Vec<(Key, Raise)>, Vec<Change>) {
+        let roll = sweeper.roll();
+        let count = roll.missing_count() as usize;
+        self.missing_recheck = self.missing_recheck.saturating_sub(1);
+        let unchanged = count == self.missing.len()
+            && sweeper.last_transitions().is_empty()
+            && !self.resync
+            && self.missing_recheck > 0;
+        if unchanged || (count == 0 && self.missing.is_empty()) {
+            return Default::default();
+        }
+        self.missing_recheck = MISSING_RECHECK;
+        let fleet = sweeper.fleet();
+        let mut firing = Vec::new();
+        let mut changes = Vec::new();
+        let mut now_missing = HashSet::with_capacity(count);
+        let mut alerted = HashSet::with_capacity(count);
+        if let Some(inv) = fleet.inventory() {
+            let classes = fleet.classes();
+            for (e, since) in roll.missing() {
+                let key = *inv.key(e);
+                now_missing.insert(key);
+                let fired = self.missing.contains(&key);
+                if blind && !fired {
+                    continue;
+                }
+                alerted.insert(key);
+                if fired && !self.resync {
+                    continue;
+                }
+                let grace = classes[inv.class(e) as usize].grace;
+                let raise = Raise::HostMissing {
+                    key,
+                    ident: HostIdent::of(&inv.ident(e)),
+                    expected_since: wall_of(since),
+                    missing_since: wall_of(since) + grace,
+                };
+                if !fired {
+                    changes.push(Change::Fire(Key::Missing(key), raise.clone()));
+                }
+                firing.push((Key::Missing(key), raise));
+            }
+        }
+        for gone in self.missing.iter().filter(|k| !now_missing.contains(*k)) {
+            changes.push(Change::Resolve(Key::Missing(*gone), wall));
+        }
+        self.missing = alerted;
+        (firing, changes)
     }
 
     fn blind_raise(&self) -> Option<Raise> {
