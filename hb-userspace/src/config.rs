@@ -81,6 +81,8 @@ struct Raw {
     inventory: Option<RawInventory>,
     groups: Option<BTreeMap<String, RawGroup>>,
     alerting: Option<RawAlerting>,
+    on_event: Option<String>,
+    on_event_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,6 +139,8 @@ pub struct FileSettings {
     pub groups: BTreeMap<String, GroupPolicy>,
     pub alertmanager: Option<Vec<String>>,
     pub alert_resend: Option<Duration>,
+    pub on_event: Option<String>,
+    pub on_event_timeout: Option<Duration>,
     /// The file's text, to point at a key when settings clash.
     text: String,
 }
@@ -365,6 +369,8 @@ impl FileSettings {
             groups,
             alertmanager,
             alert_resend: src.duration("alerting.resend", alerting.resend)?,
+            on_event: raw.on_event,
+            on_event_timeout: src.duration("on_event_timeout", raw.on_event_timeout)?,
             text: text.to_owned(),
         })
     }
@@ -434,6 +440,7 @@ impl FileSettings {
             forget_after,
             alertmanager,
             alert_resend,
+            on_event_timeout,
         );
         take_option!(
             iface,
@@ -441,7 +448,8 @@ impl FileSettings {
             metrics_listen,
             key_file,
             bpffs,
-            inventory
+            inventory,
+            on_event
         );
         args.groups = self.groups.clone();
     }

@@ -9,6 +9,7 @@
 //! whole current state instead. The thread does the HTTP (see
 //! [`delivery`]), so a slow or absent Alertmanager never slows a sweep.
 
+mod command;
 mod delivery;
 mod shape;
 mod sight;
@@ -27,14 +28,15 @@ use hashbrown::{HashMap, HashSet};
 use hb_common::HostKey;
 use log::warn;
 
+pub use self::{
+    command::{CommandStats, OnEvent},
+    delivery::{Settings, Stats},
+    shape::Collector,
+};
 use self::{
     delivery::{Change, Delivery, Message, Queue},
     shape::{HostIdent, Key, Raise},
     sight::{Blindness, Facts, Sight},
-};
-pub use self::{
-    delivery::{Settings, Stats},
-    shape::Collector,
 };
 use crate::{
     clock::monotonic_ns,
