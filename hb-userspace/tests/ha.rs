@@ -316,6 +316,13 @@ fn an_ha_pair_gives_one_notification_per_outage() {
     beats[0] = None;
     let notes = hook.outage("198.18.47.2", Duration::from_secs(20), settle);
     assert_eq!(notes.len(), 1, "notifications of one outage: {notes:#?}");
+    // And in it one alert: the two collectors' alerts are the same alert
+    // (the same labels), not two grouped together.
+    assert_eq!(
+        notes[0]["alerts"].as_array().map(Vec::len),
+        Some(1),
+        "{notes:#?}"
+    );
 
     // Collector B killed: .3's outage still notified, once.
     let _ = cb.proc.child.kill();
