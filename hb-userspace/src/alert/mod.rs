@@ -464,6 +464,84 @@ mod tests {
         }
     }
 
+    /// A fleet listing 198.18.0.0 .. 198.18.0.`hosts`-1 as `h-N` in group
+    /// `g`, with a grace of 5 s.
+    fn listed(hosts: u8) -> crate::track::fleet::Fleet {
+        use crate::track::fleet::{Fleet, FleetConfig};
+        let path = std::env::temp_dir().join(format!("hb-alert-inv-{}.csv", std::process::id()));
+        let mut csv = String::from("address,name,group\n");
+        for h in 0..hosts {
+            csv.push_str(&format!("198.18.0.{h},h-{h},g\n"));
+        }
+        std::fs::write(&path, csv).unwrap();
+        let fleet = Fleet::load(&FleetConfig {
+            inventory: Some(path.clone()),
+            grace: Duration::from_secs(5),
+            ..FleetConfig::default()
+        })
+        .unwrap();
+        let _ = std::fs::remove_file(&path);
+        fleet
+    }
+
+    #[test]
+    fn a_missing_host_is_alerted_once_trusted_and_resolved_when_heard() {
+        let (mut n, rx, mut sw) = notifier(64);
+        // Slots 0 and 1 beat; 198.18.0.2 is listed and never heard.
+        sw.set_fleet(listed(3));
+        let table = Fake::new(2);
+        for t in 1..=4 {
+            (0..2).for_each(|h| table.beat(h, t * S));
+            sweep(&mut n, &mut sw, &table, t, true);
+        }
+        assert_eq!(said(rx.try_recv().unwrap()), (true, vec![], vec![]));
+        // The link goes down before its grace ends (at 6 s): held.
+        for t in 5..=8 {
+            sweep(&mut n, &mut sw, &table, t, false);
+        }
+        assert_eq!(sw.roll().missing_count(), 1);
+        assert_eq!(
+            said(rx.try_recv().unwrap()),
+            (false, vec![Key::Blind], vec![])
+        );
+        assert!(rx.try_recv().is_err(), "not alerted while blind");
+        // It sees again (a timeout after the link is back): alerted, with
+        // its inventory name and labels.
+        for t in 9..=30 {
+            (0..2).for_each(|h| table.beat(h, t * S));
+            sweep(&mut n, &mut sw, &table, t, true);
+        }
+        let key = Key::Missing(HostKey::from_ipv4([198, 18, 0, 2]));
+        let changes: Vec<Message> = rx.try_iter().collect();
+        let fired: Vec<&Raise> = changes
+            .iter()
+            .flat_map(|m| match m {
+                Message::Changes(c) => c.iter(),
+                Message::Snapshot(_) => panic!("no resync"),
+            })
+            .filter_map(|c| match c {
+                Change::Fire(k, r) if *k == key => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(fired.len(), 1, "{changes:?}");
+        let alert = fired[0].alert(&Collector::default());
+        assert_eq!(alert.labels["alertname"], "HostMissing");
+        assert_eq!(alert.labels["host"], "198.18.0.2");
+        assert_eq!(alert.labels["name"], "h-2");
+        assert_eq!(alert.labels["group"], "g");
+        // Heard at last: resolved.
+        let table = Fake::new(3);
+        (0..3).for_each(|h| table.beat(h, 31 * S));
+        sweep(&mut n, &mut sw, &table, 31, true);
+        sweep(&mut n, &mut sw, &table, 32, true);
+        let resolved: Vec<(bool, Vec<Key>, Vec<Key>)> = rx.try_iter().map(said).collect();
+        assert!(
+            resolved.iter().any(|(_, _, r)| r.contains(&key)),
+            "{resolved:?}"
+        );
+    }
+
     #[test]
     fn the_state_of_an_interface() {
         assert_eq!(link_up("lo"), Some(true));
