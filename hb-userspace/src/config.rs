@@ -589,6 +589,18 @@ mod tests {
     }
 
     #[test]
+    fn on_event_keys() {
+        let f = parse("on_event = \"logger -t hb\"\non_event_timeout = \"3s\"\n").unwrap();
+        assert_eq!(f.on_event.as_deref(), Some("logger -t hb"));
+        assert_eq!(f.on_event_timeout, Some(Duration::from_secs(3)));
+        let mut args = run(&[]);
+        f.apply(&mut args);
+        assert_eq!(args.on_event.as_deref(), Some("logger -t hb"));
+        assert_eq!(args.on_event_timeout, Duration::from_secs(3));
+        assert_eq!(run(&[]).on_event_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
     fn bad_values_name_their_key_and_line() {
         let err = parse("port = 43278\ntimeout = \"fast\"\n").unwrap_err();
         assert!(err.starts_with("/etc/hb/hb.toml:2:11: timeout: "), "{err}");
