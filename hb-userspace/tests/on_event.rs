@@ -196,7 +196,7 @@ fn a_command_past_its_timeout_is_killed_and_the_sweeps_go_on() {
     );
     let lines = c.collect(Duration::from_millis(1500));
     let summaries = lines.iter().filter(|v| v["event"] == "summary").count();
-    assert!(summaries >= 5, "{summaries} summaries in 1.5 s");
+    assert!(summaries >= 4, "{summaries} summaries in 1.5 s");
     metric_reaches(&link, "hb_on_event_failures_total", 1.0);
     assert!(
         started.elapsed() < Duration::from_secs(8),
