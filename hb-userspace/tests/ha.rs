@@ -88,7 +88,8 @@ impl Webhook {
     /// Waits up to `within` for the first notification of `host`'s
     /// outage, then `settle` more: the notifications of it.
     fn outage(&self, host: &str, within: Duration, settle: Duration) -> Vec<Value> {
-        let deadline = Instant::now() + within;
+        let started = Instant::now();
+        let deadline = started + within;
         while self.firing(host).is_empty() {
             assert!(
                 Instant::now() < deadline,
@@ -97,6 +98,10 @@ impl Webhook {
             );
             thread::sleep(Duration::from_millis(50));
         }
+        eprintln!(
+            "{host}: notified {:.1} s after its last heartbeat",
+            started.elapsed().as_secs_f64()
+        );
         thread::sleep(settle);
         self.firing(host)
     }

@@ -354,6 +354,46 @@ mod tests {
     }
 
     #[test]
+    fn an_inventoried_host_has_its_name_and_labels_but_keeps_ours() {
+        let host = Host::addr(&HostKey::from_ipv4([198, 18, 0, 7]));
+        let ident = HostIdent {
+            name: Some("web-7".into()),
+            labels: vec![
+                ("group".into(), "web".into()),
+                ("host".into(), "not-the-address".into()),
+            ],
+        };
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let a = host_silent(&host, Some(&ident), t, t, &collector("a"));
+        let labels: Vec<(&str, &str)> = a
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v.as_str()))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("alertname", "HostSilent"),
+                ("group", "web"),
+                ("host", "198.18.0.7"),
+                ("name", "web-7")
+            ]
+        );
+        assert_eq!(a.annotations["summary"], "host web-7 sends no heartbeats");
+        let m = host_missing(
+            &HostKey::from_ipv4([198, 18, 0, 7]),
+            Some(&ident),
+            t,
+            t + Duration::from_secs(30),
+            &collector("b"),
+        );
+        assert_eq!(m.labels["alertname"], "HostMissing");
+        assert_eq!(m.labels["host"], "198.18.0.7");
+        assert_eq!(m.labels["name"], "web-7");
+        assert_eq!(m.starts_at, t + Duration::from_secs(30));
+    }
+
+    #[test]
     fn postable_has_the_api_v2_field_names() {
         let host = Host::addr(&HostKey::from_ipv4([198, 18, 0, 7]));
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
