@@ -181,6 +181,7 @@ fn site(silent_series: usize) -> Site {
         sweep: Duration::from_secs(1),
         silent_series,
         alerts: None,
+        on_event: None,
     }
 }
 

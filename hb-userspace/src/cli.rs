@@ -248,6 +248,12 @@ pub struct RunArgs {
     /// How often firing alerts are sent again (their endsAt is 4 times this ahead).
     #[arg(long, value_name = "D", default_value = "1m", value_parser = parse_duration)]
     pub alert_resend: Duration,
+    /// Run this command (with `sh -c`) on each batch of events, given as JSON lines on its stdin; one at a time.
+    #[arg(long, value_name = "CMD")]
+    pub on_event: Option<String>,
+    /// --on-event commands running longer are killed (and counted as failed).
+    #[arg(long, value_name = "D", default_value = "10s", value_parser = parse_duration)]
+    pub on_event_timeout: Duration,
 }
 
 /// An Alertmanager base URL: http only (hb speaks no TLS; put a local proxy in between).

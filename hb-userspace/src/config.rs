@@ -81,6 +81,8 @@ struct Raw {
     inventory: Option<RawInventory>,
     groups: Option<BTreeMap<String, RawGroup>>,
     alerting: Option<RawAlerting>,
+    on_event: Option<String>,
+    on_event_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,6 +139,8 @@ pub struct FileSettings {
     pub groups: BTreeMap<String, GroupPolicy>,
     pub alertmanager: Option<Vec<String>>,
     pub alert_resend: Option<Duration>,
+    pub on_event: Option<String>,
+    pub on_event_timeout: Option<Duration>,
     /// The file's text, to point at a key when settings clash.
     text: String,
 }
@@ -365,6 +369,8 @@ impl FileSettings {
             groups,
             alertmanager,
             alert_resend: src.duration("alerting.resend", alerting.resend)?,
+            on_event: raw.on_event,
+            on_event_timeout: src.duration("on_event_timeout", raw.on_event_timeout)?,
             text: text.to_owned(),
         })
     }
@@ -434,6 +440,7 @@ impl FileSettings {
             forget_after,
             alertmanager,
             alert_resend,
+            on_event_timeout,
         );
         take_option!(
             iface,
@@ -441,7 +448,8 @@ impl FileSettings {
             metrics_listen,
             key_file,
             bpffs,
-            inventory
+            inventory,
+            on_event
         );
         args.groups = self.groups.clone();
     }
@@ -578,6 +586,18 @@ mod tests {
             err.starts_with("/etc/hb/hb.toml:3:17: alerting.alertmanager: "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn on_event_keys() {
+        let f = parse("on_event = \"logger -t hb\"\non_event_timeout = \"3s\"\n").unwrap();
+        assert_eq!(f.on_event.as_deref(), Some("logger -t hb"));
+        assert_eq!(f.on_event_timeout, Some(Duration::from_secs(3)));
+        let mut args = run(&[]);
+        f.apply(&mut args);
+        assert_eq!(args.on_event.as_deref(), Some("logger -t hb"));
+        assert_eq!(args.on_event_timeout, Duration::from_secs(3));
+        assert_eq!(run(&[]).on_event_timeout, Duration::from_secs(10));
     }
 
     #[test]

@@ -253,26 +253,29 @@ fn start_collector(link: &Link) -> Collector {
 }
 
 fn start_collector_with(link: &Link, timeout: &str, resend: &str) -> Collector {
+    start_collector_more(link, timeout, resend, &[])
+}
+
+/// With `more` options.
+fn start_collector_more(link: &Link, timeout: &str, resend: &str, more: &[&str]) -> Collector {
     let am = format!("http://127.0.0.1:{AM_PORT}");
     let metrics = format!("127.0.0.1:{METRICS_PORT}");
-    let collector = Collector::start(
-        HB,
-        &link.a,
-        &[
-            "--iface",
-            &link.a_if,
-            "--timeout",
-            timeout,
-            "--sweep",
-            SWEEP,
-            "--alertmanager",
-            &am,
-            "--alert-resend",
-            resend,
-            "--metrics-listen",
-            &metrics,
-        ],
-    );
+    let mut args = vec![
+        "--iface",
+        &link.a_if,
+        "--timeout",
+        timeout,
+        "--sweep",
+        SWEEP,
+        "--alertmanager",
+        &am,
+        "--alert-resend",
+        resend,
+        "--metrics-listen",
+        &metrics,
+    ];
+    args.extend_from_slice(more);
+    let collector = Collector::start(HB, &link.a, &args);
     let (first, _) = collector.wait_for(Duration::from_secs(10), |v| v["event"] == "summary");
     assert!(first.is_some(), "collector printed no summary");
     collector
@@ -347,6 +350,135 @@ fn a_silent_host_fires_and_its_recovery_resolves() {
     assert_eq!(m.value("hb_alert_delivery_failures_total", &[]), 0.0);
     metric_becomes(&link.a, "hb_alert_queue_length", 0.0);
     assert_eq!(collector.proc.terminate(), Some(0));
+}
+
+/// The labels of an alert, as (name, value) pairs.
+fn labels_of(a: &Value) -> Vec<(String, String)> {
+    a["labels"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect()
+}
+
+fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+    p.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn inventoried_hosts_are_alerted_with_their_name_and_labels() {
+    let link = Link::for_test_on("aminv", "198.18.42", &[2, 3]);
+    let dir = TempDir::new("aminv");
+    let csv = dir.0.join("hosts.csv");
+    std::fs::write(
+        &csv,
+        "address,name,group,dc\n\
+         198.18.42.2,web-2,web,fra\n\
+         198.18.42.3,db-3,db,\n\
+         198.18.42.9,web-9,web,fra\n",
+    )
+    .unwrap();
+    let hook = Webhook::start(&link.a);
+    let _am = Alertmanager::start(&link.a, &hook, "inv");
+    let mut collector = start_collector_more(
+        &link,
+        TIMEOUT,
+        "2s",
+        &["--inventory", csv.to_str().unwrap(), "--grace", "2s"],
+    );
+    let _web = beat(&link, "198.18.42.2", "198.18.42.1");
+    let db = beat(&link, "198.18.42.3", "198.18.42.1");
+
+    // .9 never beats: missing after its grace, alerted with its name and
+    // labels (the address, no slot: it was never heard).
+    let missing = hook.wait(Duration::from_secs(15), "firing HostMissing", |a| {
+        a["labels"]["alertname"] == "HostMissing" && a["status"] == "firing"
+    });
+    assert_eq!(
+        labels_of(&missing),
+        pairs(&[
+            ("alertname", "HostMissing"),
+            ("dc", "fra"),
+            ("group", "web"),
+            ("host", "198.18.42.9"),
+            ("name", "web-9"),
+        ])
+    );
+    assert!(
+        missing["annotations"]["collector"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty())
+    );
+
+    // .3 goes silent: HostSilent with its name and its one label (its dc
+    // cell is empty).
+    let (seen, _) = collector.wait_for(Duration::from_secs(5), |v| {
+        v["event"] == "summary" && v["alive"] == 2
+    });
+    assert!(seen.is_some(), "both hosts alive");
+    drop(db);
+    let silent = hook.wait(Duration::from_secs(15), "firing HostSilent", |a| {
+        host_silent(a, "198.18.42.3") && a["status"] == "firing"
+    });
+    assert_eq!(
+        labels_of(&silent),
+        pairs(&[
+            ("alertname", "HostSilent"),
+            ("group", "db"),
+            ("host", "198.18.42.3"),
+            ("name", "db-3"),
+        ])
+    );
+    assert!(
+        !hook
+            .all()
+            .iter()
+            .any(|a| a["labels"]["host"] == "198.18.42.2"),
+        "the host that beats was alerted"
+    );
+
+    // Dropped from the inventory at a reload: its HostMissing resolves.
+    std::fs::write(
+        &csv,
+        "address,name,group,dc\n\
+         198.18.42.2,web-2,web,fra\n\
+         198.18.42.3,db-3,db,\n",
+    )
+    .unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(collector.proc.child.id() as i32, libc::SIGHUP) };
+    hook.wait(Duration::from_secs(15), "resolved HostMissing", |a| {
+        a["labels"]["alertname"] == "HostMissing" && a["status"] == "resolved"
+    });
+    assert_eq!(collector.proc.terminate(), Some(0));
+}
+
+#[test]
+fn a_missing_host_that_beats_resolves_its_alert() {
+    let link = Link::for_test_on("amfound", "198.18.43", &[2]);
+    let dir = TempDir::new("amfound");
+    let csv = dir.0.join("hosts.csv");
+    std::fs::write(&csv, "address,name\n198.18.43.2,late-2\n").unwrap();
+    let hook = Webhook::start(&link.a);
+    let _am = Alertmanager::start(&link.a, &hook, "found");
+    let collector = start_collector_more(
+        &link,
+        TIMEOUT,
+        "2s",
+        &["--inventory", csv.to_str().unwrap(), "--grace", "1s"],
+    );
+    hook.wait(Duration::from_secs(15), "firing HostMissing", |a| {
+        a["labels"]["name"] == "late-2" && a["status"] == "firing"
+    });
+    let _late = beat(&link, "198.18.43.2", "198.18.43.1");
+    let resolved = hook.wait(Duration::from_secs(15), "resolved HostMissing", |a| {
+        a["labels"]["alertname"] == "HostMissing" && a["status"] == "resolved"
+    });
+    assert_eq!(resolved["labels"]["host"], "198.18.43.2");
+    drop(collector);
 }
 
 #[test]

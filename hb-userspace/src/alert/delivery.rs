@@ -572,6 +572,7 @@ mod tests {
         let t = SystemTime::now();
         let raise = Raise::HostSilent {
             host,
+            ident: None,
             last_seen: t,
             silent_since: t,
         };

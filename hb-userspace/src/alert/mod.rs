@@ -1,5 +1,6 @@
 //! Alerts to Alertmanager (API v2): `HostSilent` while a host is silent,
-//! `CollectorBlind` while the collector cannot trust what it sees.
+//! `HostMissing` while an inventoried host was never heard (past its
+//! grace), `CollectorBlind` while the collector cannot trust what it sees.
 //!
 //! The event loop's side is the [`Notifier`]: after each sweep it turns the
 //! sweep's transitions into alert changes and hands them to the delivery
@@ -8,6 +9,7 @@
 //! whole current state instead. The thread does the HTTP (see
 //! [`delivery`]), so a slow or absent Alertmanager never slows a sweep.
 
+mod command;
 mod delivery;
 mod shape;
 mod sight;
@@ -22,17 +24,19 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
+use hb_common::HostKey;
 use log::warn;
 
-use self::{
-    delivery::{Change, Delivery, Message, Queue},
-    shape::{Key, Raise},
-    sight::{Blindness, Facts, Sight},
-};
 pub use self::{
+    command::{CommandStats, OnEvent},
     delivery::{Settings, Stats},
     shape::Collector,
+};
+use self::{
+    delivery::{Change, Delivery, Message, Queue},
+    shape::{HostIdent, Key, Raise},
+    sight::{Blindness, Facts, Sight},
 };
 use crate::{
     clock::monotonic_ns,
@@ -41,6 +45,10 @@ use crate::{
 
 /// Sweeps' worth of changes the queue holds before a resync is needed.
 const QUEUE: usize = 64;
+
+/// Sweeps between two full comparisons of the missing hosts with those
+/// alerted when nothing says they changed (a reload that relabels them).
+const MISSING_RECHECK: u32 = 60;
 
 /// How long a stopping collector waits for the last deliveries.
 const FINISH: Duration = Duration::from_secs(5);
@@ -56,6 +64,10 @@ pub struct Notifier {
     /// Silent hosts not alerted yet (not trusted yet): slot -> last seen.
     held: HashMap<u32, u64>,
     blind: Option<(Blindness, SystemTime)>,
+    /// Missing hosts alerted (`HostMissing` firing), by inventory key.
+    missing: HashSet<HostKey>,
+    /// Sweeps until the missing hosts are compared in full anyway.
+    missing_recheck: u32,
     /// Changes were lost (queue full): hand over the whole state next.
     resync: bool,
 }
@@ -100,6 +112,8 @@ impl Notifier {
             iface,
             held: HashMap::new(),
             blind: None,
+            missing: HashSet::new(),
+            missing_recheck: 0,
             // The first hand-over is the whole state: a collector carrying
             // on from another one's table has hosts silent already.
             resync: true,
@@ -154,6 +168,7 @@ impl Notifier {
         let timeout = self.timeout;
         let silent = |slot: u32, last_seen: u64| Raise::HostSilent {
             host: table.host(slot),
+            ident: sweeper.ident(slot).as_ref().and_then(HostIdent::of),
             last_seen: wall_of(last_seen),
             silent_since: wall_of(last_seen) + timeout,
         };
@@ -186,6 +201,10 @@ impl Notifier {
                 }
             }
         }
+        let missing_now = self.missing_changes(sweeper, blind.is_some(), wall_of, wall);
+        if !self.resync {
+            changes.extend(missing_now.1);
+        }
         let message = if self.resync {
             let mut firing: Vec<(Key, Raise)> = sweeper
                 .silent()
@@ -193,6 +212,7 @@ impl Notifier {
                 .filter(|(slot, _)| !self.held.contains_key(slot))
                 .map(|(slot, last_seen)| (Key::Host(slot), silent(slot, last_seen)))
                 .collect();
+            firing.extend(missing_now.0);
             firing.extend(self.blind_raise().map(|a| (Key::Blind, a)));
             Message::Snapshot(firing)
         } else if changes.is_empty() {
@@ -201,6 +221,68 @@ impl Notifier {
             Message::Changes(changes)
         };
         self.hand_over(message);
+    }
+
+    /// The `HostMissing` alerts: (all firing, when a resync needs them;
+    /// the changes since the last sweep). Missing hosts are not alerted
+    /// while the collector is blind (it would not have heard them); they
+    /// are resolved when heard (the roll no longer lists them missing) or
+    /// dropped from the inventory.
+    #[allow(clippy::type_complexity)]
+    fn missing_changes(
+        &mut self,
+        sweeper: &Sweeper,
+        blind: bool,
+        wall_of: impl Fn(u64) -> SystemTime,
+        wall: SystemTime,
+    ) -> (Vec<(Key, Raise)>, Vec<Change>) {
+        let roll = sweeper.roll();
+        let count = roll.missing_count() as usize;
+        self.missing_recheck = self.missing_recheck.saturating_sub(1);
+        let unchanged = count == self.missing.len()
+            && sweeper.last_transitions().is_empty()
+            && !self.resync
+            && self.missing_recheck > 0;
+        if unchanged || (count == 0 && self.missing.is_empty()) {
+            return Default::default();
+        }
+        self.missing_recheck = MISSING_RECHECK;
+        let fleet = sweeper.fleet();
+        let mut firing = Vec::new();
+        let mut changes = Vec::new();
+        let mut now_missing = HashSet::with_capacity(count);
+        let mut alerted = HashSet::with_capacity(count);
+        if let Some(inv) = fleet.inventory() {
+            let classes = fleet.classes();
+            for (e, since) in roll.missing() {
+                let key = *inv.key(e);
+                now_missing.insert(key);
+                let fired = self.missing.contains(&key);
+                if blind && !fired {
+                    continue;
+                }
+                alerted.insert(key);
+                if fired && !self.resync {
+                    continue;
+                }
+                let grace = classes[inv.class(e) as usize].grace;
+                let raise = Raise::HostMissing {
+                    key,
+                    ident: HostIdent::of(&inv.ident(e)),
+                    expected_since: wall_of(since),
+                    missing_since: wall_of(since) + grace,
+                };
+                if !fired {
+                    changes.push(Change::Fire(Key::Missing(key), raise.clone()));
+                }
+                firing.push((Key::Missing(key), raise));
+            }
+        }
+        for gone in self.missing.iter().filter(|k| !now_missing.contains(*k)) {
+            changes.push(Change::Resolve(Key::Missing(*gone), wall));
+        }
+        self.missing = alerted;
+        (firing, changes)
     }
 
     fn blind_raise(&self) -> Option<Raise> {
@@ -380,6 +462,84 @@ mod tests {
                 (false, fired, resolved)
             }
         }
+    }
+
+    /// A fleet listing 198.18.0.0 .. 198.18.0.`hosts`-1 as `h-N` in group
+    /// `g`, with a grace of 5 s.
+    fn listed(hosts: u8) -> crate::track::fleet::Fleet {
+        use crate::track::fleet::{Fleet, FleetConfig};
+        let path = std::env::temp_dir().join(format!("hb-alert-inv-{}.csv", std::process::id()));
+        let mut csv = String::from("address,name,group\n");
+        for h in 0..hosts {
+            csv.push_str(&format!("198.18.0.{h},h-{h},g\n"));
+        }
+        std::fs::write(&path, csv).unwrap();
+        let fleet = Fleet::load(&FleetConfig {
+            inventory: Some(path.clone()),
+            grace: Duration::from_secs(5),
+            ..FleetConfig::default()
+        })
+        .unwrap();
+        let _ = std::fs::remove_file(&path);
+        fleet
+    }
+
+    #[test]
+    fn a_missing_host_is_alerted_once_trusted_and_resolved_when_heard() {
+        let (mut n, rx, mut sw) = notifier(64);
+        // Slots 0 and 1 beat; 198.18.0.2 is listed and never heard.
+        sw.set_fleet(listed(3));
+        let table = Fake::new(2);
+        for t in 1..=4 {
+            (0..2).for_each(|h| table.beat(h, t * S));
+            sweep(&mut n, &mut sw, &table, t, true);
+        }
+        assert_eq!(said(rx.try_recv().unwrap()), (true, vec![], vec![]));
+        // The link goes down before its grace ends (at 6 s): held.
+        for t in 5..=8 {
+            sweep(&mut n, &mut sw, &table, t, false);
+        }
+        assert_eq!(sw.roll().missing_count(), 1);
+        assert_eq!(
+            said(rx.try_recv().unwrap()),
+            (false, vec![Key::Blind], vec![])
+        );
+        assert!(rx.try_recv().is_err(), "not alerted while blind");
+        // It sees again (a timeout after the link is back): alerted, with
+        // its inventory name and labels.
+        for t in 9..=30 {
+            (0..2).for_each(|h| table.beat(h, t * S));
+            sweep(&mut n, &mut sw, &table, t, true);
+        }
+        let key = Key::Missing(HostKey::from_ipv4([198, 18, 0, 2]));
+        let changes: Vec<Message> = rx.try_iter().collect();
+        let fired: Vec<&Raise> = changes
+            .iter()
+            .flat_map(|m| match m {
+                Message::Changes(c) => c.iter(),
+                Message::Snapshot(_) => panic!("no resync"),
+            })
+            .filter_map(|c| match c {
+                Change::Fire(k, r) if *k == key => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(fired.len(), 1, "{changes:?}");
+        let alert = fired[0].alert(&Collector::default());
+        assert_eq!(alert.labels["alertname"], "HostMissing");
+        assert_eq!(alert.labels["host"], "198.18.0.2");
+        assert_eq!(alert.labels["name"], "h-2");
+        assert_eq!(alert.labels["group"], "g");
+        // Heard at last: resolved.
+        let table = Fake::new(3);
+        (0..3).for_each(|h| table.beat(h, 31 * S));
+        sweep(&mut n, &mut sw, &table, 31, true);
+        sweep(&mut n, &mut sw, &table, 32, true);
+        let resolved: Vec<(bool, Vec<Key>, Vec<Key>)> = rx.try_iter().map(said).collect();
+        assert!(
+            resolved.iter().any(|(_, _, r)| r.contains(&key)),
+            "{resolved:?}"
+        );
     }
 
     #[test]

@@ -7,31 +7,73 @@
 //! HA pair's alerts de-duplicate. Whatever tells the collectors apart (the
 //! collector's name and interface) goes in the annotations.
 
-use std::{collections::BTreeMap, fmt::Write as _, time::SystemTime};
+use std::{borrow::Cow, collections::BTreeMap, fmt::Write as _, net::IpAddr, time::SystemTime};
 
-use crate::track::events::{Host, host_id, timestamp};
+use hb_common::HostKey;
 
-pub type Labels = BTreeMap<&'static str, String>;
+use crate::track::{
+    events::{Host, host_id, host_ip, timestamp},
+    fleet::Ident,
+};
+
+/// Label (or annotation) name -> value; names are ours (`alertname`,
+/// `host`) or the inventory's columns.
+pub type Labels = BTreeMap<Cow<'static, str>, String>;
+
+/// An inventoried host's name and labels, owned: what its alerts add to
+/// their labels, so that an alert says which machine (and rack, site) is
+/// down, and two collectors with the same inventory give the same labels.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HostIdent {
+    pub name: Option<String>,
+    pub labels: Vec<(String, String)>,
+}
+
+impl HostIdent {
+    /// `None` for a host the inventory gives neither a name nor labels.
+    pub fn of(ident: &Ident<'_>) -> Option<Box<Self>> {
+        let this = Self {
+            name: ident.name.map(str::to_owned),
+            labels: ident
+                .labels
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        };
+        (this != Self::default()).then(|| Box::new(this))
+    }
+}
 
 /// Which alert, for the delivery: an alert is replaced, re-sent or resolved
 /// by its key. Host alerts are keyed by their slot in the host table.
-// The inventory's `HostMissing` alert fits as a third variant keyed by its
-// inventory entry.
+// A missing host has no slot (it was never heard): keyed by its inventory
+// key, which a reload keeps (its entry number it does not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Key {
     Host(u32),
+    Missing(HostKey),
     Blind,
 }
 
 /// What the sweep says to raise: the few facts an alert is made of, so
 /// that the event loop hands over a mass outage cheaply and the delivery
 /// thread makes the alerts.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Raise {
     HostSilent {
         host: Host,
+        /// Its name and labels, if inventoried.
+        ident: Option<Box<HostIdent>>,
         last_seen: SystemTime,
         silent_since: SystemTime,
+    },
+    /// An inventoried host never heard: expected since `expected_since`,
+    /// missing since its grace ran out at `missing_since`.
+    HostMissing {
+        key: HostKey,
+        ident: Option<Box<HostIdent>>,
+        expected_since: SystemTime,
+        missing_since: SystemTime,
     },
     CollectorBlind {
         why: &'static str,
@@ -44,9 +86,22 @@ impl Raise {
         match *self {
             Self::HostSilent {
                 ref host,
+                ref ident,
                 last_seen,
                 silent_since,
-            } => host_silent(host, last_seen, silent_since, collector),
+            } => host_silent(host, ident.as_deref(), last_seen, silent_since, collector),
+            Self::HostMissing {
+                ref key,
+                ref ident,
+                expected_since,
+                missing_since,
+            } => host_missing(
+                key,
+                ident.as_deref(),
+                expected_since,
+                missing_since,
+                collector,
+            ),
             Self::CollectorBlind { why, since } => collector_blind(why, since, collector),
         }
     }
@@ -72,39 +127,65 @@ pub struct Collector {
 
 impl Collector {
     fn annotate(&self, annotations: &mut Labels) {
-        annotations.insert("collector", self.name.clone());
-        annotations.insert("interface", self.watches.clone());
+        annotations.insert("collector".into(), self.name.clone());
+        annotations.insert("interface".into(), self.watches.clone());
     }
 }
 
 /// The labels of a host's alerts. The one place that says how a host is
-/// named in alerts; the inventory adds `name` and its labels here.
-pub fn host_labels(alertname: &'static str, host: &Host) -> Labels {
+/// named in alerts: its address (`host`), its `host_id` if it signs, and
+/// with an inventory its `name` and inventory labels. An inventory label
+/// named like one of ours does not replace ours.
+pub fn host_labels(
+    alertname: &'static str,
+    ip: Option<IpAddr>,
+    id: Option<u64>,
+    ident: Option<&HostIdent>,
+) -> Labels {
     let mut labels = Labels::new();
-    labels.insert("alertname", alertname.to_owned());
-    labels.insert("host", host.ip.to_string());
-    if let Some(id) = host.id {
-        labels.insert("host_id", host_id(id));
+    labels.insert("alertname".into(), alertname.to_owned());
+    if let Some(ip) = ip {
+        labels.insert("host".into(), ip.to_string());
+    }
+    if let Some(id) = id {
+        labels.insert("host_id".into(), host_id(id));
+    }
+    if let Some(ident) = ident {
+        if let Some(name) = &ident.name {
+            labels.insert("name".into(), name.clone());
+        }
+        for (k, v) in &ident.labels {
+            labels.entry(k.clone().into()).or_insert_with(|| v.clone());
+        }
     }
     labels
+}
+
+/// How a host is called in a summary: its name, else its address or id.
+fn called(labels: &Labels) -> &str {
+    ["name", "host", "host_id"]
+        .iter()
+        .find_map(|k| labels.get(*k))
+        .map_or("?", String::as_str)
 }
 
 /// `HostSilent`: the host's last heartbeat at `last_seen` is older than the
 /// timeout since `silent_since`.
 pub fn host_silent(
     host: &Host,
+    ident: Option<&HostIdent>,
     last_seen: SystemTime,
     silent_since: SystemTime,
     collector: &Collector,
 ) -> Alert {
-    let labels = host_labels("HostSilent", host);
+    let labels = host_labels("HostSilent", Some(host.ip), host.id, ident);
     let mut annotations = Labels::new();
     annotations.insert(
-        "summary",
-        format!("host {} sends no heartbeats", labels["host"]),
+        "summary".into(),
+        format!("host {} sends no heartbeats", called(&labels)),
     );
-    annotations.insert("silent_since", timestamp(silent_since));
-    annotations.insert("last_seen", timestamp(last_seen));
+    annotations.insert("silent_since".into(), timestamp(silent_since));
+    annotations.insert("last_seen".into(), timestamp(last_seen));
     collector.annotate(&mut annotations);
     Alert {
         labels,
@@ -113,20 +194,49 @@ pub fn host_silent(
     }
 }
 
+/// `HostMissing`: the inventory lists the host, hb has expected it since
+/// `expected_since` and never heard it; its grace ran out at
+/// `missing_since`.
+pub fn host_missing(
+    key: &HostKey,
+    ident: Option<&HostIdent>,
+    expected_since: SystemTime,
+    missing_since: SystemTime,
+    collector: &Collector,
+) -> Alert {
+    let (ip, id) = match key.host_id() {
+        Some(id) => (None, Some(id)),
+        None => (Some(host_ip(key)), None),
+    };
+    let labels = host_labels("HostMissing", ip, id, ident);
+    let mut annotations = Labels::new();
+    annotations.insert(
+        "summary".into(),
+        format!("inventoried host {} was never heard", called(&labels)),
+    );
+    annotations.insert("expected_since".into(), timestamp(expected_since));
+    collector.annotate(&mut annotations);
+    Alert {
+        labels,
+        annotations,
+        starts_at: missing_since,
+    }
+}
+
 /// `CollectorBlind`: the collector cannot tell silent hosts from its own
 /// blindness, and holds their alerts back. Its labels name the collector:
 /// two collectors are blind each on its own.
 pub fn collector_blind(why: &str, since: SystemTime, collector: &Collector) -> Alert {
     let mut labels = Labels::new();
-    labels.insert("alertname", "CollectorBlind".to_owned());
-    labels.insert("collector", collector.name.clone());
-    labels.insert("interface", collector.watches.clone());
+    labels.insert("alertname".into(), "CollectorBlind".to_owned());
+    labels.insert("collector".into(), collector.name.clone());
+    labels.insert("interface".into(), collector.watches.clone());
     let mut annotations = Labels::new();
     annotations.insert(
-        "summary",
+        "summary".into(),
         format!("hb on {} cannot see its hosts: {why}", collector.name),
     );
-    annotations.insert("reason", why.to_owned());
+    annotations.insert("reason".into(), why.to_owned());
     collector.annotate(&mut annotations);
     Alert {
         labels,
@@ -227,9 +337,10 @@ mod tests {
     fn two_collectors_give_a_host_the_same_labels() {
         let host = Host::addr(&HostKey::from_ipv4([198, 18, 0, 7]));
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let a = host_silent(&host, t, t + Duration::from_secs(15), &collector("a"));
+        let a = host_silent(&host, None, t, t + Duration::from_secs(15), &collector("a"));
         let b = host_silent(
             &host,
+            None,
             t + Duration::from_millis(3),
             t + Duration::from_secs(16),
             &collector("b"),
@@ -243,10 +354,50 @@ mod tests {
     }
 
     #[test]
+    fn an_inventoried_host_has_its_name_and_labels_but_keeps_ours() {
+        let host = Host::addr(&HostKey::from_ipv4([198, 18, 0, 7]));
+        let ident = HostIdent {
+            name: Some("web-7".into()),
+            labels: vec![
+                ("group".into(), "web".into()),
+                ("host".into(), "not-the-address".into()),
+            ],
+        };
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let a = host_silent(&host, Some(&ident), t, t, &collector("a"));
+        let labels: Vec<(&str, &str)> = a
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v.as_str()))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("alertname", "HostSilent"),
+                ("group", "web"),
+                ("host", "198.18.0.7"),
+                ("name", "web-7")
+            ]
+        );
+        assert_eq!(a.annotations["summary"], "host web-7 sends no heartbeats");
+        let m = host_missing(
+            &HostKey::from_ipv4([198, 18, 0, 7]),
+            Some(&ident),
+            t,
+            t + Duration::from_secs(30),
+            &collector("b"),
+        );
+        assert_eq!(m.labels["alertname"], "HostMissing");
+        assert_eq!(m.labels["host"], "198.18.0.7");
+        assert_eq!(m.labels["name"], "web-7");
+        assert_eq!(m.starts_at, t + Duration::from_secs(30));
+    }
+
+    #[test]
     fn postable_has_the_api_v2_field_names() {
         let host = Host::addr(&HostKey::from_ipv4([198, 18, 0, 7]));
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let a = host_silent(&host, t, t, &collector("a"));
+        let a = host_silent(&host, None, t, t, &collector("a"));
         let body = postable(
             [(&a, Ends::Firing)].into_iter(),
             t + Duration::from_secs(240),
@@ -264,7 +415,7 @@ mod tests {
     #[test]
     fn postable_escapes_what_json_must() {
         let mut a = collector_blind("a \"quoted\" \\ reason\n", UNIX_EPOCH, &collector("x"));
-        a.annotations.insert("tab", "\t".into());
+        a.annotations.insert("tab".into(), "\t".into());
         let body = postable(
             [(&a, Ends::At(UNIX_EPOCH + Duration::from_secs(1)))].into_iter(),
             UNIX_EPOCH,

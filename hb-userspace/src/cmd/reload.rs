@@ -159,6 +159,9 @@ const FIXED: &[&str] = &[
     // The delivery thread is started with them.
     "alerting.alertmanager",
     "alerting.resend",
+    // The --on-event thread is started with them.
+    "on_event",
+    "on_event_timeout",
 ];
 
 /// Settings a reload changes, at the next sweep.
@@ -202,6 +205,8 @@ fn value(key: &str, c: &RunConfig) -> Option<String> {
         "netns" => opt(c.netns.clone()),
         "alerting.alertmanager" => format!("{:?}", a.alertmanager),
         "alerting.resend" => d(a.alert_resend),
+        "on_event" => opt(a.on_event.clone()),
+        "on_event_timeout" => d(a.on_event_timeout),
         "timeout" => d(a.timeout),
         "summary_every" => d(a.summary_every),
         "metrics_silent_hosts" => a.metrics_silent_hosts.to_string(),

@@ -66,12 +66,18 @@ pub fn run(config: RunConfig, command_line: CommandLine) -> Result<()> {
     let mut ingest = ingest::start(&ingest_config, &mut events)?;
     let mut http = http.map(|s| s.serve(&mut events)).transpose()?;
     let mut alerts = notifier(args, ingest.kind())?;
+    let mut on_event = args
+        .on_event
+        .clone()
+        .map(|cmd| alert::OnEvent::start(cmd, args.on_event_timeout))
+        .transpose()?;
     let mut site = Site {
         ingest: ingest.kind(),
         timeout: args.timeout,
         sweep: args.sweep,
         silent_series: args.metrics_silent_hosts,
         alerts: alerts.as_ref().map(alert::Notifier::stats),
+        on_event: on_event.as_ref().map(alert::OnEvent::stats),
     };
     let mut sweeper = Sweeper::with_tracker(ingest.begin(args.timeout)?, args.format);
     sweeper.set_summary_every(summary_sweeps(args));
@@ -106,6 +112,9 @@ pub fn run(config: RunConfig, command_line: CommandLine) -> Result<()> {
                 sweeper.sweep(ingest.table())?;
                 if let Some(alerts) = alerts.as_mut() {
                     alerts.feed(&sweeper, ingest.table());
+                }
+                if let Some(on_event) = on_event.as_mut() {
+                    on_event.feed(&sweeper, ingest.table());
                 }
                 stdout.write(&mut events, sweeper.lines())?;
                 // Settles at once where nothing more will be written.
@@ -153,6 +162,9 @@ pub fn run(config: RunConfig, command_line: CommandLine) -> Result<()> {
     stdout.drain(&mut events)?;
     sweeper.written(stdout.bytes_written());
     ingest.finish();
+    if let Some(on_event) = on_event {
+        on_event.finish();
+    }
     if let Some(alerts) = alerts {
         alerts.finish();
     }

@@ -44,6 +44,8 @@ pub struct Site {
     pub silent_series: usize,
     /// The alert delivery's counters, with --alertmanager.
     pub alerts: Option<Arc<alert::Stats>>,
+    /// With --on-event.
+    pub on_event: Option<Arc<alert::CommandStats>>,
 }
 
 impl Site {
@@ -248,6 +250,28 @@ fn metrics(ctx: &Context<'_>) -> String {
     }
     if let Some(a) = &ctx.site.alerts {
         alert_metrics(&mut out, a);
+    }
+    if let Some(c) = &ctx.site.on_event {
+        for (name, help, v) in [
+            (
+                "hb_on_event_runs_total",
+                "--on-event commands run.",
+                &c.runs,
+            ),
+            (
+                "hb_on_event_failures_total",
+                "--on-event commands that failed: not started, killed at the timeout, or exited non-zero.",
+                &c.failures,
+            ),
+            (
+                "hb_on_event_dropped_total",
+                "Events dropped from the full --on-event queue.",
+                &c.dropped,
+            ),
+        ] {
+            metric(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+        }
     }
     metric(&mut out, "hb_build_info", "gauge", "Build information.");
     let _ = writeln!(
@@ -566,6 +590,7 @@ mod tests {
             sweep: Duration::from_secs(1),
             silent_series: 10,
             alerts: None,
+            on_event: None,
         };
 
         table.reads.set(0);
