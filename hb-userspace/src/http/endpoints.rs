@@ -634,6 +634,7 @@ mod tests {
             sweep: Duration::from_secs(1),
             silent_series: 0,
             alerts: None,
+            on_event: None,
         };
         table.reads.set(0);
         let page = get(&site, "/?limit=20&offset=5000", &sweeper, &table);
