@@ -38,6 +38,15 @@ impl HostKey {
         Self { addr }
     }
 
+    /// The address as people write it: IPv4-mapped keys are IPv4.
+    pub fn ip(&self) -> core::net::IpAddr {
+        let v6 = core::net::Ipv6Addr::from(self.addr);
+        match v6.to_ipv4_mapped() {
+            Some(v4) => core::net::IpAddr::V4(v4),
+            None => core::net::IpAddr::V6(v6),
+        }
+    }
+
     /// The key of a host known by its host id (authenticated heartbeats):
     /// [`auth::HOST_ID_TAG`], then the id's 8 bytes big-endian.
     pub const fn from_host_id(id: u64) -> Self {

@@ -13,6 +13,7 @@ use std::{
 use hb_common::Counter;
 
 use super::{
+    missing::MissingHost,
     page::{self, GroupRow, PAGE_ROWS},
     server::{Request, Response, query_param},
 };
@@ -372,21 +373,6 @@ fn paging(req: &Request<'_>, default: usize) -> Result<(usize, usize), Response>
         )),
         (Err(e), _) | (_, Err(e)) => Err(Response::error(400, &e)),
     }
-}
-
-#[derive(serde::Serialize)]
-pub(super) struct MissingHost {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub labels: Option<OwnedLabels>,
-    /// When hb started expecting it (its grace began).
-    pub expected_since: String,
-    pub missing_for_ms: u64,
 }
 
 #[derive(serde::Serialize)]

@@ -2,6 +2,7 @@
 //! what it serves (`/`, `/metrics`, `/silent`, `/missing`).
 
 mod endpoints;
+mod missing;
 mod page;
 mod server;
 

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use super::endpoints::MissingHost;
+use super::missing::MissingHost;
 use crate::track::{
     events::{Summary, host_id, timestamp},
     recent::Recent,

@@ -3,7 +3,7 @@
 
 use std::{
     fmt::Write as _,
-    net::{IpAddr, Ipv6Addr},
+    net::IpAddr,
     time::{Duration, SystemTime},
 };
 
@@ -23,11 +23,7 @@ pub enum Format {
 
 /// The address as people write it: IPv4-mapped keys print as IPv4.
 pub fn host_ip(key: &HostKey) -> IpAddr {
-    let v6 = Ipv6Addr::from(key.addr);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
-    }
+    key.ip()
 }
 
 /// The key of an address: IPv4 (also IPv4-mapped IPv6, as a dual-stack
@@ -354,7 +350,7 @@ mod tests {
             host_ip(&HostKey::from_ipv4([10, 1, 2, 3])).to_string(),
             "10.1.2.3"
         );
-        let v6: Ipv6Addr = "2001:db8::7".parse().unwrap();
+        let v6: std::net::Ipv6Addr = "2001:db8::7".parse().unwrap();
         assert_eq!(
             host_ip(&HostKey::from_ipv6(v6.octets())).to_string(),
             "2001:db8::7"

@@ -630,7 +630,7 @@ impl Inventory {
 pub fn key_text(column: KeyColumn, key: &HostKey) -> String {
     match (column, key.host_id()) {
         (KeyColumn::HostId, Some(id)) => format!("host_id {id:#x}"),
-        _ => super::events::host_ip(key).to_string(),
+        _ => key.ip().to_string(),
     }
 }
 
