@@ -122,6 +122,9 @@ pub struct EventLog {
     /// Lines that were not JSON events hb documents.
     pub bad_lines: Vec<String>,
     pub summaries: u64,
+    /// Every host event in order, (kind, host index, arrival), once asked
+    /// for (`Collector::keep_timeline`).
+    pub timeline: Option<Vec<(Kind, u32, Instant)>>,
 }
 
 impl EventLog {
@@ -138,6 +141,7 @@ impl EventLog {
             foreign_count: 0,
             bad_lines: Vec::new(),
             summaries: 0,
+            timeline: None,
         }
     }
 
@@ -185,6 +189,9 @@ impl EventLog {
             Some(i) => {
                 let c = &mut self.counts[k][i as usize];
                 *c = c.saturating_add(1);
+                if let Some(t) = self.timeline.as_mut() {
+                    t.push((kind, i, at));
+                }
             }
             None => {
                 self.foreign_count += 1;
@@ -315,6 +322,11 @@ impl Collector {
             log = self.shared.changed.wait_timeout(log, wait).unwrap().0;
         }
         Ok(())
+    }
+
+    /// From now on, keeps every host event with its arrival time.
+    pub fn keep_timeline(&self) {
+        self.shared.log.lock().unwrap().timeline.get_or_insert_with(Vec::new);
     }
 
     /// A copy of the events so far.

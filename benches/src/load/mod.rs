@@ -7,6 +7,8 @@ pub mod collector;
 pub mod cpu;
 pub mod fleet;
 pub mod generator;
+pub mod memory;
+pub mod quality;
 pub mod reference;
 pub mod report;
 pub mod scenarios;
