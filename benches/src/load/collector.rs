@@ -326,7 +326,12 @@ impl Collector {
 
     /// From now on, keeps every host event with its arrival time.
     pub fn keep_timeline(&self) {
-        self.shared.log.lock().unwrap().timeline.get_or_insert_with(Vec::new);
+        self.shared
+            .log
+            .lock()
+            .unwrap()
+            .timeline
+            .get_or_insert_with(Vec::new);
     }
 
     /// A copy of the events so far.

@@ -41,7 +41,10 @@ struct Snapshot {
 /// returns a markdown section.
 pub fn run(cfg: &Config, hosts: u32, max_hosts: u32) -> Result<String> {
     if hosts == 0 || hosts > max_hosts || hosts > super::fleet::MAX_HOSTS {
-        bail!("memory: 1 to --max-hosts hosts, at most {}", super::fleet::MAX_HOSTS);
+        bail!(
+            "memory: 1 to --max-hosts hosts, at most {}",
+            super::fleet::MAX_HOSTS
+        );
     }
     let fleet = Fleet::new(cfg.ipv6_percent);
     let tag: String = format!("m{}", cfg.tag).chars().take(10).collect();
@@ -110,8 +113,9 @@ pub fn run(cfg: &Config, hosts: u32, max_hosts: u32) -> Result<String> {
     let n = f64::from(hosts);
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     let per = |b: i64| b as f64 / n;
-    let system =
-        before.available as i64 - after.available as i64 - (after.own_rss as i64 - before.own_rss as i64);
+    let system = before.available as i64
+        - after.available as i64
+        - (after.own_rss as i64 - before.own_rss as i64);
     let mut md = String::new();
     let date = std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
@@ -129,7 +133,10 @@ pub fn run(cfg: &Config, hosts: u32, max_hosts: u32) -> Result<String> {
         send_time.as_secs_f64(),
         reported.as_secs_f64(),
     );
-    let _ = writeln!(md, "| | before hb | hb idle | burst reported | steady after |");
+    let _ = writeln!(
+        md,
+        "| | before hb | hb idle | burst reported | steady after |"
+    );
     let _ = writeln!(md, "|---|---|---|---|---|");
     let row = |md: &mut String, name: &str, f: &dyn Fn(&Snapshot) -> u64| {
         let _ = writeln!(
@@ -150,14 +157,17 @@ pub fn run(cfg: &Config, hosts: u32, max_hosts: u32) -> Result<String> {
         md,
         "\nPer host heard ({hosts}):\n\n\
          - as the system sees it (MemAvailable before hb − steady after, less this program's \
-           growth): **{:.0} B/host** ({:.1} MiB)\n\
-         - hb's BPF maps (kernel, memlock): {:.0} B/host; hb's resident memory (VmRSS) \
-           {:.0} B/host steady, {:.0} B/host at the burst, peak (VmHWM) {:.0} B/host\n\
-         - kernel maps + collector RSS: {:.0} B/host\n",
+           growth): **{:.0} B/host** ({:.1} MiB; the machine is shared, so this moves with \
+           whatever else runs)\n\
+         - kernel: hb's BPF maps (memlock) {:.0} B/host\n\
+         - collector: VmRSS {:.0} B/host steady ({:.0} B/host grown since idle), {:.0} B/host \
+           when the burst was reported, peak (VmHWM) {:.0} B/host\n\
+         - kernel maps + collector RSS, steady: **{:.0} B/host**\n",
         per(system),
-        mib(system.max(0) as u64),
+        system as f64 / (1 << 20) as f64,
         per(after.maps as i64),
         per(after.rss as i64),
+        per(after.rss as i64 - idle.rss as i64),
         per(peak.rss as i64),
         per(after.hwm as i64),
         per((after.maps + after.rss) as i64),

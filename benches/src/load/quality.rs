@@ -192,8 +192,7 @@ fn run_one(cfg: &Config, q: &Quality, timeout: Duration, stop_end: Duration) -> 
     let stop: Vec<Option<Instant>> = (0..q.hosts)
         .map(|i| {
             let u = rng.unit();
-            (i % STOP_EVERY == STOP_EVERY - 1)
-                .then(|| at(WARMUP + (stop_end - WARMUP).mul_f64(u)))
+            (i % STOP_EVERY == STOP_EVERY - 1).then(|| at(WARMUP + (stop_end - WARMUP).mul_f64(u)))
         })
         .collect();
     let mut first: Vec<Option<Instant>> = vec![None; n];
