@@ -244,15 +244,8 @@ fn run_one(cfg: &Config, q: &Quality, timeout: Duration, stop_end: Duration) -> 
     drop(topo);
 
     let timeline = events.timeline.unwrap_or_default();
-    // The last event of each host: a stopped host's detection is a `silent`
-    // that came after its last heartbeat and is its last event.
-    let mut last_event: Vec<Option<usize>> = vec![None; n];
-    for (k, &(kind, i, _)) in timeline.iter().enumerate() {
-        if kind != Kind::New {
-            last_event[i as usize] = Some(k);
-        }
-    }
-    let mut detection: Vec<Option<usize>> = vec![None; n];
+    let stopped: Vec<bool> = stop.iter().map(Option::is_some).collect();
+    let judged = judge(&timeline, &stopped, &last);
     for i in 0..n {
         let c = &mut classes[i % 3];
         c.hosts += 1;
@@ -260,27 +253,13 @@ fn run_one(cfg: &Config, q: &Quality, timeout: Duration, stop_end: Duration) -> 
             let until = stop[i].map_or(end, |s| s.min(end));
             c.host_hours += until.saturating_duration_since(f).as_secs_f64() / 3600.0;
         }
-        if stop[i].is_some() {
+        c.false_silent += u64::from(judged.false_silent[i]);
+        if stopped[i] {
             c.stopped += 1;
-            let found = last_event[i].zip(last[i]).and_then(|(k, l)| {
-                let (kind, _, when) = timeline[k];
-                (kind == Kind::Silent && when > l).then_some((k, when - l))
-            });
-            match found {
-                Some((k, d)) => {
-                    detection[i] = Some(k);
-                    c.detect_ms.push(d.as_secs_f64() * 1e3);
-                }
+            match judged.detected[i] {
+                Some(d) => c.detect_ms.push(d.as_secs_f64() * 1e3),
                 None => c.missed += 1,
             }
-        }
-    }
-    for (k, &(kind, i, _)) in timeline.iter().enumerate() {
-        if kind != Kind::Silent {
-            continue;
-        }
-        if detection[i as usize] != Some(k) {
-            classes[i as usize % 3].false_silent += 1;
         }
     }
     if events.foreign_count > 0 || !events.bad_lines.is_empty() {
@@ -291,4 +270,95 @@ fn run_one(cfg: &Config, q: &Quality, timeout: Duration, stop_end: Duration) -> 
         );
     }
     Ok(classes)
+}
+
+/// What the events say of each host.
+#[derive(Debug, PartialEq)]
+struct Judged {
+    /// Stopped hosts: time from the last heartbeat to the `silent` that
+    /// detected it (its last event, after that heartbeat); None: missed.
+    detected: Vec<Option<Duration>>,
+    /// `silent` events that were not a detection, per host.
+    false_silent: Vec<u32>,
+}
+
+fn judge(timeline: &[(Kind, u32, Instant)], stopped: &[bool], last: &[Option<Instant>]) -> Judged {
+    let n = stopped.len();
+    let mut last_event: Vec<Option<usize>> = vec![None; n];
+    for (k, &(kind, i, _)) in timeline.iter().enumerate() {
+        if kind != Kind::New {
+            last_event[i as usize] = Some(k);
+        }
+    }
+    let mut detection: Vec<Option<usize>> = vec![None; n];
+    let mut detected = vec![None; n];
+    for i in (0..n).filter(|&i| stopped[i]) {
+        if let Some((k, l)) = last_event[i].zip(last[i]) {
+            let (kind, _, when) = timeline[k];
+            if kind == Kind::Silent && when > l {
+                detection[i] = Some(k);
+                detected[i] = Some(when - l);
+            }
+        }
+    }
+    let mut false_silent = vec![0; n];
+    for (k, &(kind, i, _)) in timeline.iter().enumerate() {
+        if kind == Kind::Silent && detection[i as usize] != Some(k) {
+            false_silent[i as usize] += 1;
+        }
+    }
+    Judged {
+        detected,
+        false_silent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_hosts_last_silent_is_its_detection_every_other_is_false() {
+        let t0 = Instant::now();
+        let t = |s: u64| t0 + Duration::from_secs(s);
+        // Host 0 beats on and flapped once; host 1 flapped, then stopped
+        // (last heartbeat at 40 s) and was found at 56 s; host 2 stopped
+        // and was never found; host 3 stopped, but its only `silent` came
+        // before its last heartbeat (then it recovered): missed, and false;
+        // host 4 stopped, its last event a `silent` before its last
+        // heartbeat (the `recovered` not out yet): missed, and false.
+        let timeline = [
+            (Kind::New, 0, t(0)),
+            (Kind::New, 1, t(0)),
+            (Kind::New, 2, t(0)),
+            (Kind::New, 3, t(0)),
+            (Kind::New, 4, t(0)),
+            (Kind::Silent, 0, t(20)),
+            (Kind::Silent, 1, t(21)),
+            (Kind::Recovered, 0, t(25)),
+            (Kind::Recovered, 1, t(26)),
+            (Kind::Silent, 3, t(27)),
+            (Kind::Recovered, 3, t(30)),
+            (Kind::Silent, 4, t(45)),
+            (Kind::Silent, 1, t(56)),
+        ];
+        let got = judge(
+            &timeline,
+            &[false, true, true, true, true],
+            &[
+                Some(t(60)),
+                Some(t(40)),
+                Some(t(10)),
+                Some(t(30)),
+                Some(t(50)),
+            ],
+        );
+        assert_eq!(
+            got,
+            Judged {
+                detected: vec![None, Some(Duration::from_secs(16)), None, None, None],
+                false_silent: vec![1, 1, 0, 1, 1],
+            }
+        );
+    }
 }
