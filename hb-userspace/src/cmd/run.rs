@@ -76,7 +76,7 @@ pub fn run(config: RunConfig, command_line: CommandLine) -> Result<()> {
     let mut sweeper = Sweeper::with_tracker(ingest.begin(args.timeout)?, args.format);
     sweeper.set_summary_every(summary_sweeps(args));
     sweeper.set_fleet(fleet);
-    let mut stdout = RingWriter::stdout();
+    let mut stdout = RingWriter::stdout(args.max_hosts);
     let mut notify = Notifier::from_env(args.sweep);
     let mut reloader = Reloader::new(command_line, config);
     let signal = loop {

@@ -1,7 +1,9 @@
 //! Event lines reach stdout through the ring: a sweep appends its lines to a
 //! buffer and returns at once; a ring write drains it. A slow reader of
 //! stdout (a pipe to a log shipper, say) delays output, never sweeps: lines
-//! wait in memory until written, up to [`MAX_QUEUED`] bytes. Past that, a
+//! wait in memory until written, up to [`queue_bound`] bytes (256 bytes a
+//! host of the table, at least 256 MiB: every host's line of one sweep,
+//! twice over). Past that, a
 //! sweep's lines are dropped whole (never part of a line) and the drop is
 //! logged with how many lines, once when it starts and once when the reader
 //! has caught up: memory stays bounded and no line is lost silently. A
@@ -24,10 +26,14 @@ use super::{EventLoop, Token, Wake};
 
 /// Bytes of buffer kept once written (as the sweeper keeps of its own).
 const KEEP: usize = 1 << 20;
-/// Bytes waiting for a slow reader past which a sweep's lines are dropped:
-/// over twice the lines of a million new hosts, so that a burst is delayed,
-/// not cut, by a reader that keeps up on average.
-pub const MAX_QUEUED: usize = 256 << 20;
+/// Bytes waiting for a slow reader past which a sweep's lines are dropped,
+/// for a table of `max_hosts`: room for a line of every host (a `new` line
+/// is about 100 bytes, more with an inventory's names) twice over, so that
+/// a burst of the whole table is delayed, not cut, by a reader that keeps
+/// up on average. At least 256 MiB.
+pub fn queue_bound(max_hosts: u32) -> usize {
+    (max_hosts as usize).saturating_mul(256).max(256 << 20)
+}
 
 pub struct RingWriter {
     fd: RawFd,
@@ -53,13 +59,15 @@ pub struct RingWriter {
 }
 
 impl RingWriter {
-    pub fn stdout() -> Self {
-        Self::new(libc::STDOUT_FILENO)
+    /// The writer of a collector whose table holds `max_hosts`.
+    pub fn stdout(max_hosts: u32) -> Self {
+        Self::with_limits(libc::STDOUT_FILENO, KEEP, queue_bound(max_hosts))
     }
 
     /// A writer to `fd`, which must stay open as long as the writer.
-    pub fn new(fd: RawFd) -> Self {
-        Self::with_limits(fd, KEEP, MAX_QUEUED)
+    #[cfg(test)]
+    fn new(fd: RawFd) -> Self {
+        Self::with_limits(fd, KEEP, queue_bound(0))
     }
 
     fn with_limits(fd: RawFd, keep: usize, max_queued: usize) -> Self {
@@ -98,7 +106,7 @@ impl RingWriter {
     }
 
     /// Queues complete lines and starts writing if idle; drops them if
-    /// the reader is [`MAX_QUEUED`] bytes behind.
+    /// the reader is more than its bound behind.
     pub fn write(&mut self, ev: &mut EventLoop, bytes: &[u8]) -> Result<()> {
         if self.failed || bytes.is_empty() {
             return Ok(());
@@ -352,6 +360,17 @@ mod tests {
             got
         });
         (fds[1], t)
+    }
+
+    #[test]
+    fn the_bound_holds_a_whole_tables_lines_twice() {
+        // A JSON `new` line of an IPv6 host is about 100 bytes.
+        let line = br#"{"ts":"2026-11-30T13:58:38.123Z","event":"new","host":"fd00:4842:1::98:9681","last_seen_ago_ms":412}"#.len() + 1;
+        for hosts in [1, 1 << 20, 10 << 20, 1 << 28] {
+            assert!(queue_bound(hosts) >= hosts as usize * line * 2, "{hosts}");
+            assert!(queue_bound(hosts) >= 256 << 20);
+        }
+        assert_eq!(queue_bound(1000), 256 << 20);
     }
 
     #[test]
