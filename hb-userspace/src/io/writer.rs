@@ -35,6 +35,18 @@ pub fn queue_bound(max_hosts: u32) -> usize {
     (max_hosts as usize).saturating_mul(256).max(256 << 20)
 }
 
+/// Returns freed heap pages to the system. glibc keeps the pages of freed
+/// blocks below its mmap threshold (which rises to 32 MiB once a block that
+/// large was freed) resident until told; after a burst the sweep's and the
+/// writer's buffers are such blocks. Called once a big buffer was shrunk.
+pub fn give_back() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 pub struct RingWriter {
     fd: RawFd,
     /// Lines waiting for the write in flight to finish.
@@ -192,7 +204,10 @@ impl RingWriter {
         self.written = 0;
         // What a burst needed is given back; the pending buffer becomes
         // this one at the next start, so both shrink.
-        self.inflight.shrink_to(self.keep);
+        if self.inflight.capacity() > self.keep {
+            self.inflight.shrink_to(self.keep);
+            give_back();
+        }
         self.pass_gaps();
         self.start(ev)
     }

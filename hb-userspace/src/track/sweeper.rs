@@ -387,6 +387,7 @@ impl Sweeper {
         // 100 MB: not kept for the quiet sweeps that follow.
         if self.out.capacity() > OUT_KEEP {
             self.out.shrink_to(OUT_KEEP);
+            crate::io::give_back();
         }
         if let Some(carry) = self.adopt.take() {
             self.adopt(table, now, carry);
@@ -394,7 +395,10 @@ impl Sweeper {
         self.forget(table, now);
         self.transitions.clear();
         // As the output buffer: a million new hosts leave 16 MB.
-        self.transitions.shrink_to(TRANSITIONS_KEEP);
+        if self.transitions.capacity() > TRANSITIONS_KEEP {
+            self.transitions.shrink_to(TRANSITIONS_KEEP);
+            crate::io::give_back();
+        }
         let Self {
             tracker,
             silent,
