@@ -3,10 +3,10 @@
 //! stdout (a pipe to a log shipper, say) delays output, never sweeps: lines
 //! wait in memory until written, up to [`queue_bound`] bytes (256 bytes a
 //! host of the table, at least 256 MiB: every host's line of one sweep,
-//! twice over). Past that, a
-//! sweep's lines are dropped whole (never part of a line) and the drop is
-//! logged with how many lines, once when it starts and once when the reader
-//! has caught up: memory stays bounded and no line is lost silently. A
+//! twice over). Past that, a sweep's lines are dropped whole (never part of
+//! a line) and the drop is logged, once when it starts and once with how
+//! many lines when the reader has caught up: memory stays bounded and no
+//! line is lost silently. A
 //! stdout that fails (its reader gone) is given up with one log line; the
 //! collector goes on recording and serving its endpoints.
 //!
@@ -129,7 +129,8 @@ impl RingWriter {
             let lines = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
             if self.dropping == (0, 0) {
                 log::error!(
-                    "stdout's reader is {queued} bytes behind: event lines are dropped (logged when it has caught up) until it catches up; /metrics and /silent are unaffected"
+                    "stdout's reader is {queued} bytes behind (at most {} may wait): event lines are dropped until it catches up, then counted in a log line; /metrics and /silent are unaffected",
+                    self.max_queued
                 );
             }
             self.dropping.0 += lines;
