@@ -46,9 +46,23 @@ struct Args {
     /// Cap on the flood rate (frames/s) of flood and junk-flood; default: as fast as possible.
     #[arg(long)]
     rate: Option<f64>,
-    /// Comma-separated scenarios: steady, flood, silent-1%, recovery, churn, junk-flood, reload, or all.
+    /// Comma-separated scenarios: steady, flood, silent-1%, recovery, churn, junk-flood, reload, or all;
+    /// and, not in all: memory (--hosts beat once; MemAvailable, hb's RSS and maps before and
+    /// after), quality (detection time and false `silent` rate of fixed timeouts).
     #[arg(long, default_value = "all")]
     scenarios: String,
+    /// memory: the collector's --max-hosts (default: --hosts rounded up to a power of two).
+    #[arg(long)]
+    max_hosts: Option<u32>,
+    /// quality: hosts of the mixed fleet.
+    #[arg(long, default_value_t = 3000)]
+    quality_hosts: u32,
+    /// quality: traffic time per timeout.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    quality_duration: Duration,
+    /// quality: comma-separated fixed timeouts, one run each.
+    #[arg(long, default_value = "15s,3s")]
+    quality_timeouts: String,
     /// Comma-separated ingest modes to compare: xdp, socket.
     #[arg(long, default_value = "xdp,socket")]
     ingest: String,
@@ -95,12 +109,19 @@ fn real_main() -> Result<()> {
             hb.display()
         );
     }
-    let scenarios: Vec<Scenario> = if args.scenarios.trim() == "all" {
+    let mut names: Vec<&str> = args.scenarios.split(',').map(str::trim).collect();
+    let mut extra = |name: &str| {
+        let had = names.contains(&name);
+        names.retain(|&n| n != name);
+        had
+    };
+    let (memory, quality) = (extra("memory"), extra("quality"));
+    let scenarios: Vec<Scenario> = if names == ["all"] {
         Scenario::ALL.to_vec()
     } else {
-        args.scenarios
-            .split(',')
-            .map(Scenario::parse)
+        names
+            .iter()
+            .map(|n| Scenario::parse(n))
             .collect::<Result<_>>()?
     };
     let ingest: Vec<Ingest> = args
@@ -124,8 +145,34 @@ fn real_main() -> Result<()> {
         max_packets: args.max_packets,
         tag: format!("{:x}", std::process::id()),
     };
-    let (rows, notes) = load::run_all(&cfg, &scenarios, &ingest)?;
-    let md = report::markdown(&cfg, &rows, &notes);
+    let mut md = String::new();
+    if memory {
+        let max = args
+            .max_hosts
+            .unwrap_or_else(|| args.hosts.next_power_of_two());
+        md += &load::memory::run(&cfg, args.hosts, max)?;
+    }
+    if quality {
+        let q = load::quality::Quality {
+            hosts: args.quality_hosts,
+            duration: args.quality_duration,
+            timeouts: args
+                .quality_timeouts
+                .split(',')
+                .map(|t| parse_duration(t.trim()).map_err(anyhow::Error::msg))
+                .collect::<Result<_>>()?,
+            seed: 0x5eed_4842,
+        };
+        md += &load::quality::run(&cfg, &q)?;
+    }
+    let (rows, notes) = if scenarios.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        load::run_all(&cfg, &scenarios, &ingest)?
+    };
+    if !rows.is_empty() {
+        md += &report::markdown(&cfg, &rows, &notes);
+    }
     println!("{md}");
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -127,6 +127,9 @@ pub struct EventLog {
     /// Every summary line: when it arrived, its `unknown_hosts` (with an
     /// inventory) and its sweep's duration.
     pub summary_lines: Vec<SummaryLine>,
+    /// Every host event in order, (kind, host index, arrival), once asked
+    /// for (`Collector::keep_timeline`).
+    pub timeline: Option<Vec<(Kind, u32, Instant)>>,
 }
 
 /// One summary line, as the reload scenario looks at them.
@@ -166,6 +169,7 @@ impl EventLog {
             bad_lines: Vec::new(),
             summaries: 0,
             summary_lines: Vec::new(),
+            timeline: None,
         }
     }
 
@@ -220,6 +224,9 @@ impl EventLog {
             Some(i) => {
                 let c = &mut self.counts[k][i as usize];
                 *c = c.saturating_add(1);
+                if let Some(t) = self.timeline.as_mut() {
+                    t.push((kind, i, at));
+                }
             }
             None => {
                 self.foreign_count += 1;
@@ -359,6 +366,16 @@ impl Collector {
     pub fn signal(&self, signal: i32) {
         // SAFETY: signalling our own child, not yet reaped.
         unsafe { libc::kill(self.pid, signal) };
+    }
+
+    /// From now on, keeps every host event with its arrival time.
+    pub fn keep_timeline(&self) {
+        self.shared
+            .log
+            .lock()
+            .unwrap()
+            .timeline
+            .get_or_insert_with(Vec::new);
     }
 
     /// A copy of the events so far.

@@ -184,6 +184,36 @@ impl Generator {
         Ok(sent)
     }
 
+    /// Sends one heartbeat from each of `hosts` now, in batches, retrying
+    /// what the kernel refuses until `deadline`; returns how many were sent
+    /// (a prefix of `hosts`). For schedules of their own (per-host periods).
+    pub fn beat(&mut self, hosts: &[u32], deadline: Instant) -> Result<usize> {
+        let mut done = 0;
+        for chunk in hosts.chunks(self.batch) {
+            let mut iovs: Vec<libc::iovec> = Vec::with_capacity(chunk.len());
+            for (k, &host) in chunk.iter().enumerate() {
+                let src = self.fleet.addr(host);
+                let len = write_udp(&mut self.bufs[k], &ENDS, src, self.port, &MAGIC);
+                iovs.push(libc::iovec {
+                    iov_base: self.bufs[k].as_mut_ptr().cast(),
+                    iov_len: len,
+                });
+            }
+            // SAFETY: mmsghdr is plain data; zeroed is a valid empty header.
+            let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; chunk.len()];
+            for (m, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
+                m.msg_hdr.msg_iov = iov;
+                m.msg_hdr.msg_iovlen = 1;
+            }
+            let (sent, _) = self.send(&mut msgs, deadline)?;
+            done += sent;
+            if sent < chunk.len() {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
     /// The next host of `hosts` at or after the cursor, wrapping around.
     fn next_host(&mut self, hosts: &Hosts) -> u32 {
         let mut i = self.cursor;

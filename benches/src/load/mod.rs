@@ -8,6 +8,8 @@ pub mod cpu;
 pub mod fleet;
 pub mod generator;
 pub mod inventory;
+pub mod memory;
+pub mod quality;
 pub mod reference;
 pub mod report;
 pub mod scenarios;

@@ -86,7 +86,7 @@ pub fn run(config: RunConfig, command_line: CommandLine) -> Result<()> {
         sweeper.keep_fleet(path);
     }
     sweeper.set_fleet(fleet);
-    let mut stdout = RingWriter::stdout();
+    let mut stdout = RingWriter::stdout(args.max_hosts);
     let mut notify = Notifier::from_env(args.sweep);
     let mut reloader = Reloader::new(command_line, config);
     let signal = loop {

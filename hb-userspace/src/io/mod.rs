@@ -7,7 +7,7 @@ mod writer;
 
 pub use event_loop::{EventLoop, Wake};
 pub use token::{HttpOp, IngestOp, Token};
-pub use writer::RingWriter;
+pub use writer::{RingWriter, give_back};
 
 /// The size of a memory page, for mappings shared with the kernel.
 pub fn page_size() -> usize {

@@ -26,6 +26,8 @@ use super::{
 
 /// Bytes of the output buffer kept from one sweep to the next.
 const OUT_KEEP: usize = 1 << 20;
+/// Transitions kept room for from one sweep to the next (1 MiB of them).
+const TRANSITIONS_KEEP: usize = OUT_KEEP / size_of::<Transition<u32>>();
 
 /// Host events reported since the start.
 #[derive(Debug, Clone, Copy, Default)]
@@ -549,6 +551,7 @@ impl Sweeper {
         // 100 MB: not kept for the quiet sweeps that follow.
         if self.out.capacity() > OUT_KEEP {
             self.out.shrink_to(OUT_KEEP);
+            crate::io::give_back();
         }
         if self.pending.is_some() {
             self.look_up(table);
@@ -558,6 +561,11 @@ impl Sweeper {
         }
         self.forget(table, now);
         self.transitions.clear();
+        // As the output buffer: a million new hosts leave 16 MB.
+        if self.transitions.capacity() > TRANSITIONS_KEEP {
+            self.transitions.shrink_to(TRANSITIONS_KEEP);
+            crate::io::give_back();
+        }
         let Self {
             tracker,
             silent,
@@ -879,6 +887,48 @@ mod tests {
             }
         });
         new
+    }
+
+    #[test]
+    fn a_burst_of_new_hosts_leaves_no_big_buffers_behind() {
+        struct Wide(Vec<AtomicU64>);
+        impl Table for Wide {
+            fn last_seen(&self) -> &[AtomicU64] {
+                &self.0
+            }
+            fn host(&self, slot: u32) -> Host {
+                Host::addr(&HostKey::from_ipv4(slot.to_be_bytes()))
+            }
+            fn len(&self) -> usize {
+                self.0.len()
+            }
+            fn capacity(&self) -> usize {
+                self.0.len()
+            }
+            fn counters(&self) -> Result<Counts> {
+                Ok([0; Counter::COUNT])
+            }
+        }
+        let n = 200_000;
+        let table = Wide((0..n).map(|_| AtomicU64::new(10 * S)).collect());
+        let mut sweeper = Sweeper::new(15 * S, Format::Json);
+        sweeper.sweep_at(&table, 10 * S, UNIX_EPOCH).unwrap();
+        // The burst: every host new, lines and transitions past what is kept.
+        assert_eq!(sweeper.last_transitions().len(), n);
+        assert!(sweeper.lines().len() > OUT_KEEP);
+        assert!(n > TRANSITIONS_KEEP);
+        // The next, quiet sweep gives the memory back.
+        sweeper.sweep_at(&table, 11 * S, UNIX_EPOCH).unwrap();
+        assert!(
+            sweeper.out.capacity() <= OUT_KEEP,
+            "output buffer of {} bytes kept",
+            sweeper.out.capacity()
+        );
+        assert!(
+            sweeper.transitions.capacity() <= TRANSITIONS_KEEP,
+            "room for {} transitions kept",
+            sweeper.transitions.capacity()
+        );
     }
 
     #[test]
