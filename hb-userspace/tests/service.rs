@@ -771,10 +771,20 @@ fn the_unit_under_systemd() {
         }
     }
     let _dir = RemoveDir(dir.clone());
+    // The unit's sandbox hides /tmp (PrivateTmp) and /root and /home
+    // (ProtectHome): wherever this checkout is, the service runs a copy
+    // of the built hb from a place the sandbox leaves visible.
+    let bin = PathBuf::from(format!("/var/lib/hb-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&bin);
+    std::fs::create_dir_all(&bin).unwrap();
+    let _bin = RemoveDir(bin.clone());
+    let hb = bin.join("hb");
+    std::fs::copy(HB, &hb).unwrap();
+    let hb = hb.display().to_string();
     let unit = std::fs::read_to_string(UNIT).unwrap();
     std::fs::write(
         dir.join("hb.service"),
-        unit.replace("/usr/local/bin/hb", HB),
+        unit.replace("/usr/local/bin/hb", &hb),
     )
     .unwrap();
     std::fs::write(dir.join("hbtest.target"), "[Unit]\nDescription=hb test\n").unwrap();
@@ -785,7 +795,7 @@ fn the_unit_under_systemd() {
     std::fs::write(
         dir.join("hb.service.d/test.conf"),
         format!(
-            "[Unit]\nDefaultDependencies=no\n[Service]\nExecStart=\nExecStart={HB} run --iface {iface} --ingest xdp --timeout 3s --sweep {}ms --format json\nWatchdogSec=3s\nStandardOutput=append:{}\nStandardError=append:{}\n",
+            "[Unit]\nDefaultDependencies=no\n[Service]\nExecStart=\nExecStart={hb} run --iface {iface} --ingest xdp --timeout 3s --sweep {}ms --format json\nWatchdogSec=3s\nStandardOutput=append:{}\nStandardError=append:{}\n",
             SWEEP.as_millis(),
             out.display(),
             err.display()
