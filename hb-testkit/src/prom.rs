@@ -594,3 +594,99 @@ pub fn run_promtool<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Outpu
         .output()
         .expect("running promtool")
 }
+
+/// A webhook receiver for Alertmanager's notifications, on an ephemeral
+/// port of a namespace's loopback: each notification with when it came.
+pub struct Webhook {
+    pub port: u16,
+    notes: std::sync::Arc<std::sync::Mutex<Vec<(Instant, serde_json::Value)>>>,
+}
+
+impl Webhook {
+    pub fn start(ns: &Netns) -> Self {
+        let listener = ns
+            .within(|| std::net::TcpListener::bind("127.0.0.1:0").expect("bind the webhook"))
+            .expect("entering the namespace");
+        let port = listener.local_addr().unwrap().port();
+        let notes = std::sync::Arc::default();
+        let got = std::sync::Arc::clone(&notes);
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let got = std::sync::Arc::clone(&got);
+                thread::spawn(move || receive_notes(conn, &got));
+            }
+        });
+        Self { port, notes }
+    }
+
+    /// Every notification so far, with when it came.
+    pub fn notes(&self) -> Vec<(Instant, serde_json::Value)> {
+        self.notes.lock().unwrap().clone()
+    }
+
+    /// Every alert of every notification so far.
+    pub fn alerts(&self) -> Vec<serde_json::Value> {
+        self.notes
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(_, n)| n["alerts"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// Waits up to `within` for an alert matching `pred`.
+    pub fn wait(
+        &self,
+        within: Duration,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(a) = self.alerts().into_iter().find(|a| pred(a)) {
+                return a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within {within:?}; the webhook got {:?}",
+                self.notes()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Serves one connection: POSTs with a JSON body, answered 200.
+fn receive_notes(conn: TcpStream, got: &std::sync::Mutex<Vec<(Instant, serde_json::Value)>>) {
+    use std::io::{BufRead as _, BufReader};
+    let mut out = conn.try_clone().unwrap();
+    let mut conn = BufReader::new(conn);
+    loop {
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            if conn.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        if conn.read_exact(&mut body).is_err() {
+            return;
+        }
+        let note = serde_json::from_slice(&body).expect("a JSON notification");
+        got.lock().unwrap().push((Instant::now(), note));
+        if out
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .is_err()
+        {
+            return;
+        }
+    }
+}

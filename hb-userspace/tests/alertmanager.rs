@@ -5,17 +5,17 @@
 //! small HTTP server collecting the notifications Alertmanager POSTs.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    io::{Read as _, Write as _},
+    net::TcpStream,
     path::PathBuf,
     process::Stdio,
-    sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use hb_common::net::XDP_DROP;
+use hb_testkit::prom::Webhook;
 use hb_testkit::{
     collector::{self, Collector, Proc, is_event},
     frames::{hb4, set_ipv4_src, src_addr},
@@ -59,95 +59,6 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The webhook receiver: notifications Alertmanager POSTs, each alert of
-/// each with when it came.
-struct Webhook {
-    port: u16,
-    alerts: Arc<Mutex<Vec<(Instant, Value)>>>,
-}
-
-impl Webhook {
-    /// Listens on an ephemeral port of `ns`'s loopback.
-    fn start(ns: &Netns) -> Self {
-        let listener = ns
-            .within(|| TcpListener::bind("127.0.0.1:0").expect("bind the webhook"))
-            .unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let alerts = Arc::new(Mutex::new(Vec::new()));
-        let got = Arc::clone(&alerts);
-        thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { return };
-                let got = Arc::clone(&got);
-                thread::spawn(move || receive(conn, &got));
-            }
-        });
-        Self { port, alerts }
-    }
-
-    /// Waits up to `within` for an alert matching `pred`.
-    fn wait(&self, within: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some((_, a)) = self.alerts.lock().unwrap().iter().find(|(_, a)| pred(a)) {
-                return a.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {what} within {within:?}; the webhook got {:?}",
-                self.alerts.lock().unwrap()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn all(&self) -> Vec<Value> {
-        self.alerts
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, a)| a.clone())
-            .collect()
-    }
-}
-
-/// Serves one connection: POSTs with a JSON body, answered 200.
-fn receive(conn: TcpStream, got: &Mutex<Vec<(Instant, Value)>>) {
-    let mut out = conn.try_clone().unwrap();
-    let mut conn = BufReader::new(conn);
-    loop {
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            if conn.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap();
-            }
-            if line == "\r\n" {
-                break;
-            }
-        }
-        let mut body = vec![0; length];
-        if conn.read_exact(&mut body).is_err() {
-            return;
-        }
-        let note: Value = serde_json::from_slice(&body).expect("a JSON notification");
-        let now = Instant::now();
-        let alerts = note["alerts"].as_array().expect("alerts in a notification");
-        for a in alerts {
-            got.lock().unwrap().push((now, a.clone()));
-        }
-        if out
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-            .is_err()
-        {
-            return;
-        }
     }
 }
 
@@ -337,7 +248,7 @@ fn a_silent_host_fires_and_its_recovery_resolves() {
         "silent_since is last_seen + timeout"
     );
     assert!(
-        !hook.all().iter().any(|a| host_silent(a, "198.18.41.2")),
+        !hook.alerts().iter().any(|a| host_silent(a, "198.18.41.2")),
         "the host that beats was alerted"
     );
 
@@ -434,7 +345,7 @@ fn inventoried_hosts_are_alerted_with_their_name_and_labels() {
     );
     assert!(
         !hook
-            .all()
+            .alerts()
             .iter()
             .any(|a| a["labels"]["host"] == "198.18.42.2"),
         "the host that beats was alerted"
@@ -556,7 +467,7 @@ fn a_collector_whose_link_goes_down_raises_collector_blind_not_host_alerts() {
     });
     thread::sleep(Duration::from_secs(1));
     let host_alerts: Vec<Value> = hook
-        .all()
+        .alerts()
         .into_iter()
         .filter(|a| a["labels"]["alertname"] == "HostSilent")
         .collect();

@@ -12,10 +12,7 @@
 //! Alertmanagers at H's address over their veths).
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{TcpListener, TcpStream},
     process::Stdio,
-    sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
@@ -23,7 +20,7 @@ use std::{
 use hb_testkit::{
     collector::{Collector, Proc, is_event},
     netns::{Netns, ip},
-    prom::{TempDir, http, program},
+    prom::{TempDir, Webhook, http, program},
 };
 use serde_json::Value;
 
@@ -41,103 +38,43 @@ const AM: [(u16, u16); 2] = [(9093, 9094), (9193, 9194)];
 /// log (gossiped) says no one before it did.
 const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The webhook receiver: each notification's alerts, with when it came.
-struct Webhook {
-    port: u16,
-    notes: Arc<Mutex<Vec<(Instant, Value)>>>,
-}
-
-impl Webhook {
-    fn start(ns: &Netns) -> Self {
-        let listener = ns
-            .within(|| TcpListener::bind("127.0.0.1:0").expect("bind the webhook"))
-            .unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let notes = Arc::new(Mutex::new(Vec::new()));
-        let got = Arc::clone(&notes);
-        thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { return };
-                let got = Arc::clone(&got);
-                thread::spawn(move || receive(conn, &got));
-            }
-        });
-        Self { port, notes }
-    }
-
-    /// Notifications of a firing `HostSilent` for `host`.
-    fn firing(&self, host: &str) -> Vec<Value> {
-        self.notes
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, n)| {
-                n["status"] == "firing"
-                    && n["alerts"].as_array().is_some_and(|a| {
-                        a.iter().any(|a| {
-                            a["labels"]["alertname"] == "HostSilent"
-                                && a["labels"]["host"] == host
-                                && a["status"] == "firing"
-                        })
+/// Notifications of a firing `HostSilent` for `host`.
+fn firing(hook: &Webhook, host: &str) -> Vec<Value> {
+    hook.notes()
+        .into_iter()
+        .map(|(_, n)| n)
+        .filter(|n| {
+            n["status"] == "firing"
+                && n["alerts"].as_array().is_some_and(|a| {
+                    a.iter().any(|a| {
+                        a["labels"]["alertname"] == "HostSilent"
+                            && a["labels"]["host"] == host
+                            && a["status"] == "firing"
                     })
-            })
-            .map(|(_, n)| n.clone())
-            .collect()
-    }
-
-    /// Waits up to `within` for the first notification of `host`'s
-    /// outage, then `settle` more: the notifications of it.
-    fn outage(&self, host: &str, within: Duration, settle: Duration) -> Vec<Value> {
-        let started = Instant::now();
-        let deadline = started + within;
-        while self.firing(host).is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "no notification of {host}'s outage within {within:?}; got {:?}",
-                self.notes.lock().unwrap()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!(
-            "{host}: notified {:.1} s after its last heartbeat",
-            started.elapsed().as_secs_f64()
-        );
-        thread::sleep(settle);
-        self.firing(host)
-    }
+                })
+        })
+        .collect()
 }
 
-/// Serves one connection: POSTs with a JSON body, answered 200.
-fn receive(conn: TcpStream, got: &Mutex<Vec<(Instant, Value)>>) {
-    let mut out = conn.try_clone().unwrap();
-    let mut conn = BufReader::new(conn);
-    loop {
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            if conn.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap();
-            }
-            if line == "\r\n" {
-                break;
-            }
-        }
-        let mut body = vec![0; length];
-        if conn.read_exact(&mut body).is_err() {
-            return;
-        }
-        let note: Value = serde_json::from_slice(&body).expect("a JSON notification");
-        got.lock().unwrap().push((Instant::now(), note));
-        if out
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-            .is_err()
-        {
-            return;
-        }
+/// Waits up to `within` for the first notification of `host`'s outage,
+/// then `settle` more: the notifications of it.
+fn outage(hook: &Webhook, host: &str, within: Duration, settle: Duration) -> Vec<Value> {
+    let started = Instant::now();
+    let deadline = started + within;
+    while firing(hook, host).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no notification of {host}'s outage within {within:?}; got {:?}",
+            hook.notes()
+        );
+        thread::sleep(Duration::from_millis(50));
     }
+    eprintln!(
+        "{host}: notified {:.1} s after its last heartbeat",
+        started.elapsed().as_secs_f64()
+    );
+    thread::sleep(settle);
+    firing(hook, host)
 }
 
 /// One member of the Alertmanager cluster, in `ns`: web on all of its
@@ -319,7 +256,7 @@ fn an_ha_pair_gives_one_notification_per_outage() {
 
     // .2 stops: both collectors alert both Alertmanagers; one notification.
     beats[0] = None;
-    let notes = hook.outage("198.18.47.2", Duration::from_secs(20), settle);
+    let notes = outage(&hook, "198.18.47.2", Duration::from_secs(20), settle);
     assert_eq!(notes.len(), 1, "notifications of one outage: {notes:#?}");
     // And in it one alert: the two collectors' alerts are the same alert
     // (the same labels), not two grouped together.
@@ -333,7 +270,7 @@ fn an_ha_pair_gives_one_notification_per_outage() {
     let _ = cb.proc.child.kill();
     let _ = cb.proc.child.wait();
     beats[1] = None;
-    let notes = hook.outage("198.18.47.3", Duration::from_secs(20), settle);
+    let notes = outage(&hook, "198.18.47.3", Duration::from_secs(20), settle);
     assert_eq!(notes.len(), 1, "with one collector: {notes:#?}");
 
     // The first Alertmanager killed too: .5's outage is still delivered,
@@ -342,7 +279,7 @@ fn an_ha_pair_gives_one_notification_per_outage() {
     let _ = first.child.kill();
     let _ = first.child.wait();
     beats[2] = None;
-    let notes = hook.outage("198.18.47.5", Duration::from_secs(30), settle);
+    let notes = outage(&hook, "198.18.47.5", Duration::from_secs(30), settle);
     assert_eq!(notes.len(), 1, "with one Alertmanager: {notes:#?}");
     drop(ca);
 }
