@@ -11,6 +11,7 @@ pub mod key;
 pub mod maps;
 pub mod net;
 pub mod sip;
+pub mod timing;
 #[cfg(feature = "user")]
 mod user;
 
@@ -19,3 +20,4 @@ pub use counters::Counter;
 pub use key::{HostEntry, HostKey};
 pub use maps::*;
 pub use net::{DEFAULT_PORT, MAGIC};
+pub use timing::{TICK_NS, TICK_SHIFT, Timing};

@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicU64;
 
 use anyhow::Result;
-use hb_common::Counter;
+use hb_common::{Counter, Timing};
 
 use super::events::Host;
 
@@ -25,6 +25,11 @@ pub trait Table {
     fn capacity(&self) -> usize;
     /// Outcome counters since the table was created.
     fn counters(&self) -> Result<Counts>;
+    /// What the table learned of `slot`'s heartbeat period (see
+    /// `hb_common::timing`); `Timing::NONE` where it learns nothing.
+    fn timing(&self, _slot: u32) -> Timing {
+        Timing::NONE
+    }
 
     // Forgetting a host frees its slot for a new one, in three steps, a
     // sweep apart at least between the first two (see the sweeper's
