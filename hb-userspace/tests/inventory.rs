@@ -140,6 +140,18 @@ fn inventoried_hosts_are_expected_named_and_missed() {
     assert_eq!(page["hosts"][0]["host"], "198.18.40.9");
     assert_eq!(page["hosts"][0]["name"], "web-9");
     assert_eq!(page["hosts"][0]["labels"]["dc"], "fra");
+    // Paged as /silent: past the end is an empty page of the same total.
+    let past = get(&link.a, port, "/missing?offset=1&limit=5");
+    assert_eq!(
+        (
+            past["total"].as_u64(),
+            past["hosts"].as_array().map(Vec::len)
+        ),
+        (Some(1), Some(0)),
+        "{past}"
+    );
+    let first = get(&link.a, port, "/missing?offset=0&limit=1");
+    assert_eq!(first["hosts"][0]["host"], "198.18.40.9", "{first}");
     collector.wait_for(Duration::from_secs(2), |v| v["event"] == "summary");
     let m = scrape(&link.a, port);
     assert_eq!(m.value("hb_hosts_missing", &[]), 1.0);

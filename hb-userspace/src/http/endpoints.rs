@@ -407,13 +407,12 @@ fn missing(req: &Request<'_>, ctx: &Context<'_>) -> Response {
 /// Missing hosts `offset..offset + limit`, and how many are missing.
 fn missing_hosts(ctx: &Context<'_>, offset: usize, limit: usize) -> (usize, Vec<MissingHost>) {
     let (now, wall) = (monotonic_ns(), std::time::SystemTime::now());
-    let all = ctx.roll.missing();
-    let total = all.len();
+    let total = ctx.roll.missing().len();
     let hosts = match ctx.fleet.inventory() {
         None => Vec::new(),
-        Some(inv) => all
-            .skip(offset)
-            .take(limit)
+        Some(inv) => ctx
+            .roll
+            .missing_page(offset, limit)
             .map(|(e, since)| {
                 let key = inv.key(e);
                 let ident = inv.ident(e);

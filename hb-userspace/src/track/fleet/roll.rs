@@ -319,6 +319,20 @@ impl Roll {
         self.missing_order.iter().map(|&(since, e)| (e, since))
     }
 
+    /// Missing hosts `offset..offset + limit` in the order reported, found
+    /// by index: a late page costs what an early one does.
+    pub fn missing_page(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> impl Iterator<Item = (u32, u64)> + '_ {
+        let from = offset.min(self.missing_order.len());
+        let to = from.saturating_add(limit).min(self.missing_order.len());
+        self.missing_order[from..to]
+            .iter()
+            .map(|&(since, e)| (e, since))
+    }
+
     /// What a new fleet carries on from this roll: hosts being waited for
     /// and hosts missing, by key, with their times.
     pub fn carry(&self, fleet: &Fleet) -> (Vec<Timed>, Vec<Timed>) {
