@@ -137,16 +137,15 @@ pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
         )
     };
     let place = index::place(index::hash(key.words()), mask, bits);
-    let mut free = [0u32; 2];
-    if let Some(slot) = find(key, place.first, place.tag, bits, &mut free[0], u32::MAX) {
+    if let Some(slot) = find(key, place.first, place.tag, bits, u32::MAX) {
         return known(slot, fresh);
     }
     if place.second != place.first
-        && let Some(slot) = find(key, place.second, place.tag, bits, &mut free[1], u32::MAX)
+        && let Some(slot) = find(key, place.second, place.tag, bits, u32::MAX)
     {
         return known(slot, fresh);
     }
-    claim(key, fresh, place, bits, free)
+    claim(key, fresh, place, bits)
 }
 
 /// A heartbeat of the known host in `slot`.
@@ -192,31 +191,18 @@ fn known(slot: u32, fresh: Option<&Fresh>) -> Stamped {
 }
 
 /// Looks for `key` in `bucket`, from the entry its tag chooses: its slot.
-/// Skips the entry at `skip` (a claimer's own). Counts the bucket's empty
-/// entries into `empty`.
+/// Skips the entry at `skip` (a claimer's own). Nothing but the loop
+/// counter changes from one entry to the next, so that the verifier's
+/// states of every path through an entry are the same at the next one.
 #[inline(always)]
-fn find(
-    key: &HostKey,
-    bucket: u32,
-    tag: u32,
-    bits: u32,
-    empty: &mut u32,
-    skip: u32,
-) -> Option<u32> {
+fn find(key: &HostKey, bucket: u32, tag: u32, bits: u32, skip: u32) -> Option<u32> {
     let b = INDEX.get_ptr(bucket)?;
-    let start = tag;
-    let mut n = 0;
-    let mut found = None;
     for i in 0..index::BUCKET_ENTRIES {
-        let at = (start + i) & (index::BUCKET_ENTRIES - 1);
+        let at = (tag + i) & (index::BUCKET_ENTRIES - 1);
         // SAFETY: pointer from a successful array lookup; `at / 2` < 8.
         let word = unsafe { core::ptr::read_volatile((b as *const u64).add((at >> 1) as usize)) };
         let e = (word >> ((at & 1) * 32)) as u32;
-        if e == 0 {
-            n += 1;
-            continue;
-        }
-        if found.is_some() || at == skip || index::entry_tag(e, bits) != tag {
+        if e == 0 || at == skip || index::entry_tag(e, bits) != tag {
             continue;
         }
         let slot = index::entry_slot(e, bits);
@@ -224,31 +210,55 @@ fn find(
             // SAFETY: pointer from a successful array lookup.
             && unsafe { same_key(k, key) }
         {
-            found = Some(slot);
-            // The first probe usually hits: done (the count of empty
-            // entries is only wanted by a new host, who finds nothing).
-            break;
+            return Some(slot);
         }
     }
-    *empty = n;
-    found
+    None
+}
+
+/// Empty entries of `bucket` (0 if there is no such bucket), counted
+/// without a branch, so that the verifier follows one path.
+#[inline(always)]
+fn empty_entries(bucket: u32) -> u32 {
+    let Some(b) = INDEX.get_ptr(bucket) else {
+        return 0;
+    };
+    let mut n = 0u64;
+    for i in 0..(index::BUCKET_ENTRIES / 2) {
+        // SAFETY: pointer from a successful array lookup; i < 8.
+        let w = unsafe { core::ptr::read_volatile((b as *const u64).add(i as usize)) };
+        n += 2 - nonzero(w & 0xffff_ffff) - nonzero(w >> 32);
+    }
+    n as u32
+}
+
+/// 1 if `x` is not 0, else 0, without a branch: BPF has no "set if", so
+/// LLVM makes `x != 0` a jump, and the verifier would follow (and keep
+/// apart) every count of empty entries. The top bit of `x | -x` is set
+/// exactly when `x` is not 0.
+#[inline(always)]
+fn nonzero(x: u64) -> u64 {
+    let y: u64;
+    // SAFETY: arithmetic on registers only.
+    unsafe {
+        core::arch::asm!(
+            "{y} = {x}",
+            "{y} = -{y}",
+            "{y} |= {x}",
+            "{y} >>= 63",
+            x = in(reg) x,
+            y = out(reg) y,
+            options(pure, nomem, nostack),
+        )
+    };
+    y
 }
 
 /// Records the first heartbeat of a new host: claims a slot (see the
-/// module's description). `empty`: the empty entries of its two buckets.
+/// module's description).
 #[inline(always)]
-fn claim(
-    key: &HostKey,
-    fresh: Option<&Fresh>,
-    place: Place,
-    bits: u32,
-    empty: [u32; 2],
-) -> Stamped {
-    let [e1, e2] = if place.second == place.first {
-        [empty[0], 0]
-    } else {
-        empty
-    };
+fn claim(key: &HostKey, fresh: Option<&Fresh>, place: Place, bits: u32) -> Stamped {
+    let (e1, e2) = (empty_entries(place.first), empty_entries(place.second));
     if e1 == 0 && e2 == 0 {
         return Stamped::TableFull;
     }
@@ -305,13 +315,11 @@ fn claim(
     };
     // The post-check: another CPU's entry for this key, set before ours
     // (its compare-and-exchange ordered before ours), is seen here.
-    let mut ignored = 0;
     let twin = match find(
         key,
         place.first,
         place.tag,
         bits,
-        &mut ignored,
         skip(place.first, bucket, at),
     ) {
         Some(f) => Some(f),
@@ -320,7 +328,6 @@ fn claim(
             place.second,
             place.tag,
             bits,
-            &mut ignored,
             skip(place.second, bucket, at),
         ),
         None => None,
@@ -335,7 +342,7 @@ fn claim(
             Stamped::Known
         };
     }
-    let (Some(b), Some(t)) = (pair(&BEATS, slot), pair(&LAST_SEEN, slot)) else {
+    let (Some(b), Some(t)) = (pair(&BEATS, slot), LAST_SEEN.get_ptr_mut(slot >> 1)) else {
         return Stamped::New;
     };
     // SAFETY: pointers from successful array lookups. The order matters:
@@ -345,7 +352,7 @@ fn claim(
     // on every architecture (arm64 reorders plain stores, x86 does not).
     unsafe {
         core::ptr::write_volatile(b, 1);
-        publish(t, now());
+        publish(t, slot & 1, now());
     }
     Stamped::New
 }
@@ -431,16 +438,15 @@ fn clear(bucket: u32, at: u32, entry: u32) {
     }
 }
 
-/// Publishes a new slot's last-seen time `v` at `t`: a fully ordered store
-/// (a compare-and-exchange of the whole element, retried if the other
-/// slot's half moved meanwhile).
+/// Publishes a new slot's last-seen time `v` in half `which` of the
+/// element at `w`: a fully ordered store (a compare-and-exchange of the
+/// whole element, retried if the other slot's half moved meanwhile).
 ///
 /// # Safety
-/// `t` must point to a half of a valid, 8-byte aligned map value.
+/// `w` must point to a valid, 8-byte aligned map value.
 #[inline(always)]
-unsafe fn publish(t: *mut u32, v: u32) {
-    let w = (t as usize & !7) as *mut u64;
-    let shift = (t as usize & 4) as u64 * 8;
+unsafe fn publish(w: *mut u64, which: u32, v: u32) {
+    let shift = (which & 1) * 32;
     for _ in 0..8 {
         // SAFETY: the caller guarantees the element.
         let word = unsafe { core::ptr::read_volatile(w) };
@@ -450,8 +456,16 @@ unsafe fn publish(t: *mut u32, v: u32) {
             return;
         }
     }
-    // SAFETY: as above; ordered on x86 all the same.
-    unsafe { core::ptr::write_volatile(t, v) };
+    // Only under a storm of stamps on the neighbouring slot: a plain
+    // store of the whole element, as ordered on x86 all the same.
+    // SAFETY: as above.
+    unsafe {
+        let word = core::ptr::read_volatile(w);
+        core::ptr::write_volatile(
+            w,
+            (word & !(0xffff_ffffu64 << shift)) | (u64::from(v) << shift),
+        );
+    }
 }
 
 /// Takes a place in the bare hosts' share (`HB_MAX_BARE`) for a new bare
