@@ -107,11 +107,7 @@ fn freed_slots_go_to_new_hosts_once_each() {
         }
         let key = table.key(slot);
         assert!(keys.insert(key), "slot {slot}: host {key:?} has two slots");
-        assert_eq!(
-            table.slot(&key),
-            Some(slot),
-            "index and slot keys disagree"
-        );
+        assert_eq!(table.slot(&key), Some(slot), "index and slot keys disagree");
         assert_eq!(
             table.entry(slot).beats,
             1,
