@@ -30,10 +30,6 @@ struct Mapped<T> {
 }
 
 impl<T> Mapped<T> {
-    fn new(data: &MapData, len: usize, name: &str) -> Result<Self> {
-        Self::map(data, len, name, libc::PROT_READ)
-    }
-
     fn map(data: &MapData, len: usize, name: &str, prot: libc::c_int) -> Result<Self> {
         let info = data
             .info()
@@ -287,7 +283,7 @@ impl HostTable {
             last_seen: Mapped::map(&last_seen, capacity, "last-seen array", prot)?,
             beats: Mapped::map(&beats, capacity, "beats array", prot)?,
             keys: Mapped::map(&keys, capacity, "slot keys array", prot)?,
-            alloc: Mapped::new(&alloc, 1, "slot allocator")?,
+            alloc: Mapped::map(&alloc, 1, "slot allocator", prot)?,
             auth: Mapped::map(&auth, auth_len, "auth array", prot)?,
             counters: Counters::new(maps.counters)?,
             slots,
@@ -492,6 +488,111 @@ impl HostTable {
             if t.load(Ordering::Acquire) != 0 {
                 f(self.key(slot as u32), self.entry(slot as u32));
             }
+        }
+    }
+}
+
+/// Seeding: a table filled from an older layout's pins (see `migrate`)
+/// before its program is attached, slot for slot, so that the tracker's
+/// told state, which is slot-indexed, carries over unchanged. Only on the
+/// collector's (writable) table.
+impl HostTable {
+    /// Puts `key` in `slot` with its last heartbeat and count. False if the
+    /// key is in the table already (in another slot).
+    pub fn insert_at(&self, slot: u32, key: HostKey, last_seen_ns: u64, beats: u64) -> Result<bool> {
+        let Some(f) = &self.forgetting else {
+            bail!("a read-only table cannot be seeded");
+        };
+        let s = slot as usize;
+        if s >= self.capacity || last_seen_ns == 0 {
+            bail!("slot {slot} (last seen {last_seen_ns}) does not fit a table of {}", self.capacity);
+        }
+        #[repr(C)]
+        struct Attr {
+            map_fd: u32,
+            _pad: u32,
+            key: u64,
+            value: u64,
+            flags: u64,
+        }
+        const BPF_NOEXIST: u64 = 1;
+        let attr = Attr {
+            map_fd: f.slots.as_raw_fd() as u32,
+            _pad: 0,
+            key: (&raw const key) as u64,
+            value: (&raw const slot) as u64,
+            flags: BPF_NOEXIST,
+        };
+        // SAFETY: a valid bpf_attr for BPF_MAP_UPDATE_ELEM, live pointers.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_ELEM,
+                &raw const attr,
+                size_of::<Attr>() as libc::c_uint,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EEXIST) {
+                return Ok(false);
+            }
+            return Err(e).context("inserting a host into the slot map");
+        }
+        let [a, b] = &self.keys.as_slice()[s];
+        let [w0, w1] = key.words();
+        a.store(w0, Ordering::Relaxed);
+        b.store(w1, Ordering::Relaxed);
+        self.beats.as_slice()[s].store(beats, Ordering::Relaxed);
+        // Last, as the program publishes a slot.
+        self.last_seen.as_slice()[s].store(last_seen_ns, Ordering::Release);
+        Ok(true)
+    }
+
+    /// Raises `slot`'s last heartbeat to `last_seen_ns` if that is newer,
+    /// and adds `beats` to its count (a heartbeat the older program
+    /// recorded while this table was being seeded).
+    pub fn catch_up(&self, slot: u32, last_seen_ns: u64, beats: u64) {
+        let s = slot as usize;
+        if self.forgetting.is_none() || s >= self.capacity {
+            return;
+        }
+        self.last_seen.as_slice()[s].fetch_max(last_seen_ns, Ordering::AcqRel);
+        self.beats.as_slice()[s].fetch_add(beats, Ordering::Relaxed);
+    }
+
+    /// The replay state of the host in `slot`; its sequence number only
+    /// ever rises. False where the table keeps none.
+    pub fn seed_auth(&self, slot: u32, auth: &hb_common::AuthSlot) -> bool {
+        let Some(a) = self.auth.as_slice().get(slot as usize) else {
+            return false;
+        };
+        if self.forgetting.is_none() || self.auth.as_slice().len() != self.capacity {
+            return false;
+        }
+        let [w2, w3] = auth.addr.words();
+        a[1].store(auth.lost, Ordering::Relaxed);
+        a[2].store(w2, Ordering::Relaxed);
+        a[3].store(w3, Ordering::Relaxed);
+        a[0].fetch_max(auth.seq, Ordering::AcqRel);
+        true
+    }
+
+    /// The slot allocator's next never-used slot and the bare hosts'
+    /// count.
+    pub fn seed_counts(&self, next_slot: u64, bare: u64) -> Result<()> {
+        let Some(f) = &self.forgetting else {
+            bail!("a read-only table cannot be seeded");
+        };
+        self.alloc.as_slice()[0].store(next_slot, Ordering::Release);
+        f.bare.as_slice()[0].store(bare, Ordering::Release);
+        Ok(())
+    }
+
+    /// Counts `n` more bare hosts (the program may be counting too).
+    pub fn add_bare(&self, n: u64) {
+        if let Some(f) = &self.forgetting {
+            f.bare.as_slice()[0].fetch_add(n, Ordering::AcqRel);
         }
     }
 }
