@@ -123,8 +123,8 @@ impl Layout5 {
         let mut datas = Vec::with_capacity(MAPS.len());
         for name in MAPS {
             let path = dir.join(name);
-            let data = MapData::from_pin(&path)
-                .with_context(|| format!("opening {}", path.display()))?;
+            let data =
+                MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
             let info = data.info()?;
             let (kind, key, value, flags) = expected(name);
             let got = (

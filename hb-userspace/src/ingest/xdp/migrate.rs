@@ -10,7 +10,7 @@
 //! The steps, each leaving a state a later `hb run` can start from:
 //! 1. `begin`: read the old table (the old program may still be recording
 //!    into it, through the pinned link).
-//! 2. load this build's maps pinned in `layout-<N>.migrating`, and `seed`
+//! 2. load this build's maps pinned in `layout-<N>-migrating` (bpffs refuses dots in names), and `seed`
 //!    them: hosts, replay state, counters, allocator, tracker words. A
 //!    start that fails up to here leaves the old pins as they were; the
 //!    staging directory is discarded by the next start.
@@ -53,7 +53,7 @@ pub fn from_layout() -> Option<u32> {
 /// Where this build's maps are pinned while they are being seeded.
 pub fn staging_dir(inst: &Instance) -> PathBuf {
     inst.dir()
-        .join(format!("layout-{LAYOUT_VERSION}.migrating"))
+        .join(format!("layout-{LAYOUT_VERSION}-migrating"))
 }
 
 /// A migration under way: the old table read, the new one not yet seeded.
@@ -154,17 +154,10 @@ impl Migration {
 
     /// The old counters, summed over CPUs, become CPU 0's.
     fn seed_counters(&self) -> Result<()> {
-        let mut counters = PerCpuArray::<_, u64>::try_from(Map::PerCpuArray(
-            self.pinned(COUNTERS_MAP)?,
-        ))?;
+        let mut counters =
+            PerCpuArray::<_, u64>::try_from(Map::PerCpuArray(self.pinned(COUNTERS_MAP)?))?;
         let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::Error::new(e).context(what))?;
-        for (i, &total) in self
-            .snap
-            .counters
-            .iter()
-            .enumerate()
-            .take(Counter::COUNT)
-        {
+        for (i, &total) in self.snap.counters.iter().enumerate().take(Counter::COUNT) {
             let mut values = vec![0u64; cpus];
             values[0] = total;
             counters
@@ -208,7 +201,10 @@ impl Migration {
         for &slot in &self.snap.pending {
             let t = self.old.last_seen(slot);
             let key = self.old.key(slot);
-            if t != 0 && key != HostKey::default() && table.insert_at(slot, key, t, self.old.beats(slot))? {
+            if t != 0
+                && key != HostKey::default()
+                && table.insert_at(slot, key, t, self.old.beats(slot))?
+            {
                 if key.host_id().is_none() {
                     table.add_bare(1);
                 }

@@ -164,7 +164,11 @@ impl XdpIngest {
 
 /// Loads the program with `config`'s settings, its maps pinned for `inst`.
 fn load(config: &Config, inst: &Instance) -> Result<Loaded> {
-    program::load_with(settings(config), config.auth.as_ref(), Some(&inst.maps_dir()))
+    program::load_with(
+        settings(config),
+        config.auth.as_ref(),
+        Some(&inst.maps_dir()),
+    )
 }
 
 fn settings(config: &Config) -> Settings {

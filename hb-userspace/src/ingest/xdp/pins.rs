@@ -47,8 +47,9 @@ const RUN_DIR: &str = "/run/hb";
 /// changes. 3: slot hints, tracker state, replay state (`HB_AUTH`), keys
 /// of signed hosts. 4: two hints an array element. 5: the bare host count
 /// (`HB_BARE`), and three more outcome counters (`not_for_us`,
-/// `bad_source`, `bad_checksum`).
-pub const LAYOUT_VERSION: u32 = 5;
+/// `bad_source`, `bad_checksum`). 6: the compact table (until the `table`
+/// branch lands, the same maps as 5, so that the migration from 5 runs).
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Every map of the object that is pinned (all but aya-log's buffer and
 /// the local MAC and addresses, which each collector writes afresh).

@@ -499,13 +499,22 @@ impl HostTable {
 impl HostTable {
     /// Puts `key` in `slot` with its last heartbeat and count. False if the
     /// key is in the table already (in another slot).
-    pub fn insert_at(&self, slot: u32, key: HostKey, last_seen_ns: u64, beats: u64) -> Result<bool> {
+    pub fn insert_at(
+        &self,
+        slot: u32,
+        key: HostKey,
+        last_seen_ns: u64,
+        beats: u64,
+    ) -> Result<bool> {
         let Some(f) = &self.forgetting else {
             bail!("a read-only table cannot be seeded");
         };
         let s = slot as usize;
         if s >= self.capacity || last_seen_ns == 0 {
-            bail!("slot {slot} (last seen {last_seen_ns}) does not fit a table of {}", self.capacity);
+            bail!(
+                "slot {slot} (last seen {last_seen_ns}) does not fit a table of {}",
+                self.capacity
+            );
         }
         #[repr(C)]
         struct Attr {
