@@ -180,12 +180,17 @@ fn a_layout5_table_is_carried_over_with_no_host_lost_and_no_spurious_event() {
     let (c, mut seen) = control::start_logged(HB, &link.a, &args, &log);
     let first = seen.last().unwrap().clone();
 
-    // .3 beats again: recovered, never silent again first.
-    let (rec, more) = c.wait_for(Duration::from_secs(5), |v| {
-        is_host(v, "recovered", &addr(3))
-    });
-    seen.extend(more);
-    assert!(rec.is_some(), "{seen:?}");
+    // .3 beats again: recovered (maybe by the first sweep already).
+    if !seen.iter().any(|v| is_host(v, "recovered", &addr(3))) {
+        let (rec, more) = c.wait_for(Duration::from_secs(5), |v| {
+            is_host(v, "recovered", &addr(3))
+        });
+        seen.extend(more);
+        seen.push(
+            rec.unwrap_or_else(|| panic!(".3 never recovered: {seen:?}"))
+                .1,
+        );
+    }
 
     // .4 stops: silent a timeout after its last heartbeat.
     std::thread::sleep(Duration::from_secs(1));
@@ -196,6 +201,7 @@ fn a_layout5_table_is_carried_over_with_no_host_lost_and_no_spurious_event() {
     });
     seen.extend(more);
     let (at, sil) = sil.unwrap_or_else(|| panic!(".4 never silent: {seen:?}"));
+    seen.push(sil.clone());
     let after = at - stopped;
     assert!(
         after + Duration::from_millis(300) >= TIMEOUT && after <= TIMEOUT + Duration::from_secs(2),
