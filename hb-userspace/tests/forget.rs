@@ -86,7 +86,7 @@ fn freed_slots_go_to_new_hosts_once_each() {
     let mut keys = HashSet::new();
     let mut empty = 0;
     for slot in 0..used {
-        if table.entry(slot).last_seen_ns == 0 {
+        if table.entry(slot).last_seen == 0 {
             // A freed slot no new host took (more freed than new).
             assert!(
                 table.slot_forgotten(slot),

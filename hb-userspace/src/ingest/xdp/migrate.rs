@@ -106,7 +106,8 @@ impl Migration {
         }
         let mut bare = 0;
         for h in &self.snap.hosts {
-            if !table.insert_at(h.slot, h.key, h.last_seen_ns, h.beats)? {
+            // Counts are u32 now, wrapping as the program's do.
+            if !table.insert_at(h.slot, &h.key, h.last_seen_ns, h.beats as u32)? {
                 bail!("{} is in the old table twice", h.key.ip());
             }
             bare += u64::from(h.key.host_id().is_none());
@@ -188,7 +189,11 @@ impl Migration {
         for h in &self.snap.hosts {
             let t = self.old.last_seen(h.slot);
             if t > h.last_seen_ns && self.old.key(h.slot) == h.key {
-                table.catch_up(h.slot, t, self.old.beats(h.slot).saturating_sub(h.beats));
+                table.catch_up(
+                    h.slot,
+                    t,
+                    self.old.beats(h.slot).saturating_sub(h.beats) as u32,
+                );
                 if let Some(a) = self.old.auth(h.slot).filter(|_| h.auth.is_some()) {
                     table.seed_auth(h.slot, &a);
                 }
@@ -203,7 +208,7 @@ impl Migration {
             let key = self.old.key(slot);
             if t != 0
                 && key != HostKey::default()
-                && table.insert_at(slot, key, t, self.old.beats(slot))?
+                && table.insert_at(slot, &key, t, self.old.beats(slot) as u32)?
             {
                 if key.host_id().is_none() {
                     table.add_bare(1);

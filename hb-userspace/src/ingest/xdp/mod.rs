@@ -178,6 +178,7 @@ fn settings(config: &Config) -> Settings {
         max_hosts: config.max_hosts,
         max_bare_hosts: config.max_bare_hosts,
         any_destination: config.any_destination,
+        epoch_ns: None,
     }
 }
 
@@ -277,6 +278,7 @@ impl Ingest for XdpIngest {
             Words::Shared(Box::new(words)),
             self.loaded.table.capacity(),
             self.loaded.table.last_seen(),
+            self.loaded.table.epoch_ns(),
         );
         if tracker.resumed() {
             let census = tracker.census();
