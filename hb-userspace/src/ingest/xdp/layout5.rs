@@ -242,12 +242,17 @@ impl Layout5 {
     /// these maps then gives its new hosts never-used slots instead.
     pub fn snapshot(&mut self) -> Result<Snapshot> {
         let mut freed = Vec::new();
-        while let Ok(slot) = self.free.pop(0) {
-            if (slot as usize) < self.capacity {
+        let mut queued = vec![false; self.capacity];
+        // Bounded: the queue holds at most a slot each.
+        for _ in 0..self.capacity {
+            let Ok(slot) = self.free.pop(0) else {
+                break;
+            };
+            if let Some(q) = queued.get_mut(slot as usize)
+                && !*q
+            {
+                *q = true;
                 freed.push(slot);
-            }
-            if freed.len() > self.capacity {
-                bail!("HB_FREE holds more slots than the table");
             }
         }
         let alloc = self.alloc();
@@ -259,7 +264,7 @@ impl Layout5 {
             let key = self.key(slot);
             if key.words()[0] == FORGOTTEN_KEY_WORD {
                 // Forgotten; freed already if it is queued.
-                if !freed.contains(&slot) {
+                if !queued[slot as usize] {
                     freed.push(slot);
                 }
             } else if t == 0 {
@@ -275,7 +280,6 @@ impl Layout5 {
             }
         }
         freed.sort_unstable();
-        freed.dedup();
         let tracker = (0..self.tracker.len)
             .map(|i| self.tracker.word(i).load(Ordering::Relaxed))
             .collect();
