@@ -289,3 +289,90 @@ fn a_layout5_table_is_carried_over_with_no_host_lost_and_no_spurious_event() {
     assert!(pins.join(&ours).is_dir(), "no {ours} pins");
     drop(c);
 }
+
+/// At fleet scale: a full layout-5 table of 2^20 hosts (a tenth of them
+/// told silent) is carried over whole, with not one `new` line; how long
+/// the start takes, against a start from no pins, is printed (see
+/// docs/benchmarks.md). Slow (the fixture makes 4M map updates): run with
+/// `cargo xtask test -p hb-userspace --test migrate -- --ignored`.
+#[test]
+#[ignore]
+fn a_million_hosts_are_carried_over_whole() {
+    const N: u32 = 1 << 20;
+    let link = Link::for_test_on("migm", "198.18.13", &[2]);
+    let iface = link.a_if.clone();
+    let (pins, state) = control::pins(&link.a, &iface);
+    let _cleanup = Cleanup {
+        pins: pins.clone(),
+        state: state.clone(),
+        dir: std::env::temp_dir().join(format!("hb-migrate-m-{}", std::process::id())),
+    };
+    let max = N.to_string();
+    let args = [
+        "--iface",
+        iface.as_str(),
+        "--timeout",
+        "60s",
+        "--sweep",
+        "1s",
+        "--max-hosts",
+        max.as_str(),
+    ];
+    // A start from no pins, for comparison; SIGTERM removes its pins.
+    let log = Log::new("migrate-m0");
+    let t = Instant::now();
+    let (mut c, _) = control::start_logged(HB, &link.a, &args, &log);
+    let fresh = t.elapsed();
+    assert_eq!(c.proc.terminate(), Some(0));
+    assert!(!pins.exists(), "pins left after SIGTERM");
+
+    hb_userspace::xdp::ensure_bpffs().unwrap();
+    let now = clock_ns(libc::CLOCK_MONOTONIC);
+    let slots = (0..N)
+        .map(|i| {
+            let [_, a, b, c] = i.to_be_bytes();
+            let silent = i % 10 == 0;
+            host(
+                HostKey::from_ipv4([10, a, b, c]),
+                if silent {
+                    now - 120 * SECOND
+                } else {
+                    now - u64::from(i % 1000) * 1_000_000
+                },
+                5,
+                if silent { Told::Silent } else { Told::Alive },
+            )
+        })
+        .collect();
+    let made = Instant::now();
+    layout5::Table {
+        capacity: N,
+        auth: false,
+        slots,
+        last_sweep_ns: now,
+        counters: [0; layout5::COUNTERS],
+    }
+    .pin(&pins.join("layout-5"));
+    layout5::write_state(&state, gone_pid(), 43278, 60_000, N, "off");
+    eprintln!("fixture: {N} hosts pinned in {:?}", made.elapsed());
+
+    let log = Log::new("migrate-m1");
+    let t = Instant::now();
+    let (c, seen) = control::start_logged(HB, &link.a, &args, &log);
+    let migrating = t.elapsed();
+    let err = log.read();
+    assert!(
+        err.contains(&format!("migrated {N} hosts from layout 5")),
+        "{err}"
+    );
+    assert!(
+        !seen.iter().any(|v| v["event"] == "new"),
+        "new lines after the migration"
+    );
+    let first = seen.last().unwrap();
+    assert_eq!(first["hosts"], N, "{first}");
+    assert_eq!(first["silent"], N / 10 + 1, "{first}");
+    assert!(!pins.join("layout-5").exists());
+    eprintln!("start to first summary: {fresh:?} from no pins, {migrating:?} migrating {N} hosts");
+    drop(c);
+}
