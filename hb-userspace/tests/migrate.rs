@@ -293,7 +293,7 @@ fn a_layout5_table_is_carried_over_with_no_host_lost_and_no_spurious_event() {
 /// At fleet scale: a full layout-5 table of 2^20 hosts (a tenth of them
 /// told silent) is carried over whole, with not one `new` line; how long
 /// the start takes, against a start from no pins, is printed (see
-/// docs/benchmarks.md). Slow (the fixture makes 4M map updates): run with
+/// docs/operations.md, "Upgrading across map layouts"). Slow (the fixture makes 4M map updates): run with
 /// `cargo xtask test -p hb-userspace --test migrate -- --ignored`.
 #[test]
 #[ignore]
