@@ -101,6 +101,21 @@ pub const fn entry_slot(e: u32, slot_bits: u32) -> u32 {
     (e & mask).wrapping_sub(1)
 }
 
+/// Claim locks (`HB_CLAIM`): a new host is claimed holding the lock its
+/// hash names, so that two claims of one host are never at once (see
+/// hb-ebpf's table.rs). Distinct hosts rarely share one (1 in 4096).
+pub const CLAIM_LOCKS: u32 = 4096;
+/// A claim lock held for longer than this many ticks (about 67 ms; a claim
+/// takes under a microsecond) was left by a holder that died (a killed
+/// `hb` inserting from userspace): it may be taken over.
+pub const CLAIM_STALE_TICKS: u32 = 64;
+
+/// The claim lock of a host with hash `h`: other bits than its buckets'.
+#[inline(always)]
+pub const fn claim_lock(h: u64) -> u32 {
+    ((h ^ (h >> 29)).wrapping_mul(0x94d0_49bb_1331_11eb) >> 52) as u32 & (CLAIM_LOCKS - 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,17 +10,25 @@
 //! against the slot's key. It replaces layout 5's hash map (88 B a host,
 //! jhash and a bucket walk per lookup) and its hint array.
 //!
-//! Claiming a slot for a new host: a slot is taken (a freed one from
-//! `HB_FREE` first, else the next never used from `HB_ALLOC`), its key
-//! written, then an empty entry of the less loaded bucket is set with a
-//! compare-and-exchange. Then both buckets are scanned again: if another
-//! entry names the same key (another CPU claimed the same host at the same
-//! moment), this CPU clears its own entry and gives its slot back. Of two
-//! racing CPUs the later always sees the earlier's entry, so no host ever
-//! holds two slots; if both see each other, both back off, that first
-//! heartbeat is not recorded and the next one is. Only then is the slot's
-//! last-seen time published: a slot whose last-seen reads 0 is being
-//! claimed (or given back), and a lookup that finds it stamps nothing.
+//! Claiming a slot for a new host happens holding a claim lock (one of
+//! `HB_CLAIM`'s 4096, chosen by a hash of the host): the host is looked
+//! for again under it (another CPU may have just claimed it), a slot is
+//! taken (a freed one from `HB_FREE` first, else the next never used from
+//! `HB_ALLOC`), its key written, then an empty entry of the less loaded
+//! bucket is set with a compare-and-exchange. Then both buckets are
+//! scanned again: if another entry names the same key, this CPU clears its
+//! own entry and gives its slot back (under the lock this cannot happen,
+//! but a lock taken over from a holder that died, see
+//! `CLAIM_STALE_TICKS`, may leave one: of two such claimers the later
+//! always sees the earlier's entry, so no host ever holds two slots). Only
+//! then is the slot's last-seen time published: a slot whose last-seen
+//! reads 0 is being claimed (or was given back), and a lookup that finds
+//! it stamps nothing. Without the lock, the post-check alone is what the
+//! first layout-6 draft did: CPUs racing on one new host all backed off
+//! now and then (35 of 10,000 lockstep rounds on 2 CPUs), losing that
+//! first heartbeat; with it, a CPU that finds the lock held waits (at most
+//! 1024 reads, a claim takes well under a microsecond) and then finds the
+//! host claimed: its heartbeat counts.
 //! Hosts are removed only by userspace, which forgets a retired host (see
 //! hb-userspace's `HostTable::forget_slot`): clears its entry, and queues
 //! its slot in `HB_FREE`. A full table (both buckets full, or no slot
@@ -83,6 +91,9 @@ static ALLOC: Array<u64> = Array::with_max_entries(2, BPF_F_MMAPABLE);
 /// hosts first.
 #[map(name = "HB_FREE")]
 static FREE: Queue<u32> = Queue::with_max_entries(DEFAULT_MAX_HOSTS, 0);
+/// Claim locks, by a hash of the host (see hb-common's `index`).
+#[map(name = "HB_CLAIM")]
+static CLAIM: Array<u64> = Array::with_max_entries(index::CLAIM_LOCKS, BPF_F_MMAPABLE);
 /// Bare hosts (known by address) in the table, at most `HB_MAX_BARE`:
 /// pinned with the table, so the cap holds across restarts.
 #[map(name = "HB_BARE")]
@@ -136,16 +147,69 @@ pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
             core::ptr::read_volatile(&HB_SLOT_BITS),
         )
     };
-    let place = index::place(index::hash(key.words()), mask, bits);
+    let h = index::hash(key.words());
+    let place = index::place(h, mask, bits);
+    if let Some(slot) = lookup(key, place, bits) {
+        return known(slot, fresh);
+    }
+    // A new host: claimed holding its claim lock, so that no other CPU
+    // claims it at the same time. A lock held by another CPU is waited for
+    // (a claim takes well under a microsecond), boundedly; then its host
+    // is looked for again: the other CPU may have just claimed this one.
+    let Some(lock) = lock(index::claim_lock(h)) else {
+        // Still held after the wait: this heartbeat is not recorded (the
+        // host's next one is).
+        return if fresh.is_some() {
+            Stamped::Replayed
+        } else {
+            Stamped::Known
+        };
+    };
+    let stamped = match lookup(key, place, bits) {
+        Some(slot) => known(slot, fresh),
+        None => claim(key, fresh, place, bits),
+    };
+    unlock(lock);
+    stamped
+}
+
+/// `key`'s slot, looked for in its two buckets.
+#[inline(always)]
+fn lookup(key: &HostKey, place: Place, bits: u32) -> Option<u32> {
     if let Some(slot) = find(key, place.first, place.tag, bits, u32::MAX) {
-        return known(slot, fresh);
+        return Some(slot);
     }
-    if place.second != place.first
-        && let Some(slot) = find(key, place.second, place.tag, bits, u32::MAX)
-    {
-        return known(slot, fresh);
+    if place.second != place.first {
+        return find(key, place.second, place.tag, bits, u32::MAX);
     }
-    claim(key, fresh, place, bits)
+    None
+}
+
+/// Takes claim lock `n`: waits a bounded while for its holder, takes over
+/// one left stale (see hb-common's `CLAIM_STALE_TICKS`).
+#[inline(always)]
+fn lock(n: u32) -> Option<(*mut u64, u64)> {
+    let l = CLAIM.get_ptr_mut(n)?;
+    let me = now();
+    for _ in 0..1024 {
+        // SAFETY: pointer from a successful array lookup.
+        let held = unsafe { core::ptr::read_volatile(l) };
+        if (held == 0 || ticks_since(me, held as u32) > index::CLAIM_STALE_TICKS)
+            // SAFETY: valid, aligned map value.
+            && unsafe { cmpxchg(l, held, u64::from(me)) } == held
+        {
+            return Some((l, u64::from(me)));
+        }
+    }
+    None
+}
+
+/// Releases a claim lock taken by `lock` (fully ordered: what the claim
+/// wrote is visible before the lock is free), unless it was taken over.
+#[inline(always)]
+fn unlock((l, me): (*mut u64, u64)) {
+    // SAFETY: pointer from `lock`.
+    unsafe { cmpxchg(l, me, 0) };
 }
 
 /// A heartbeat of the known host in `slot`.

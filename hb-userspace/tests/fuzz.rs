@@ -591,7 +591,7 @@ fn check(
             }
         }
         assert_eq!(
-            (entry.beats, entry.last_seen_ns),
+            (entry.beats, entry.last_seen),
             (s.beats, model.last_seen[slot as usize]),
             "changed by a frame in the window: {}",
             at()

@@ -6,11 +6,11 @@
 //! is shown, not assumed: by the threads' intervals and by the program's
 //! per-CPU counters.
 //!
-//! Layout 6 claims a slot with a compare-and-exchange on the index and a
-//! post-check (see hb-ebpf's table.rs): CPUs racing on one new host never
-//! give it two slots, and in the rare case every one of them backs off,
-//! that first heartbeat is not recorded (the next one is); a slot given
-//! back goes to `HB_FREE`, never lost.
+//! Layout 6 claims a slot holding a claim lock, with a compare-and-exchange
+//! on the index and a post-check (see hb-ebpf's table.rs): CPUs racing on
+//! one new host never give it two slots, and one of them records it (a
+//! CPU that waited too long for the lock records nothing: the host's next
+//! heartbeat does); a slot given back goes to `HB_FREE`, never lost.
 
 use std::collections::{HashMap, HashSet};
 
@@ -155,8 +155,10 @@ fn concurrent_new_hosts_get_distinct_slots() {
         missing.len(),
         free.len()
     );
-    // Backing off is the rare case, not the rule.
-    assert!(missing.len() < ROUNDS as usize / 10, "{}", missing.len());
+    // Under the claim lock, a shared host goes unrecorded only when a CPU
+    // waited out its 1024 reads of the lock: next to never. (Without the
+    // lock, the post-check alone: 35 of 10,000 on 2 CPUs.)
+    assert!(missing.len() <= ROUNDS as usize / 1000, "{}", missing.len());
 }
 
 /// Where the index keeps a host, derived from hb-common's `index` (the

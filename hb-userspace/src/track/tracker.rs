@@ -920,6 +920,36 @@ mod tests {
     }
 
     #[test]
+    fn a_host_silent_for_longer_than_the_wrap_is_not_alive_again() {
+        // Ticks wrap every 2^32: the clock comes round to a silent host's
+        // stamp, where its age reads 0. It went silent with that very
+        // stamp, so it stays silent; its next heartbeat recovers it, with
+        // the whole gap.
+        let wrap = (1u64 << 32) * TICK_NS;
+        let mut t = Tracker::new(15 * S);
+        sweep(&mut t, &[10 * S, 10 * S], 10 * S);
+        assert_eq!(
+            sweep(&mut t, &[30 * S, 10 * S], 30 * S),
+            [Transition::Silent {
+                host: 1,
+                silent_for_ns: 20 * S
+            }]
+        );
+        // One wrap on: slot 0 beat just now, slot 1's stamp reads 0 old.
+        let now = 10 * S + wrap;
+        assert!(sweep(&mut t, &[now, 10 * S], now).is_empty());
+        assert!(sweep(&mut t, &[now + S, 10 * S], now + S).is_empty());
+        assert_eq!(t.census().silent, 1);
+        assert_eq!(
+            sweep(&mut t, &[now + 2 * S, now + 2 * S], now + 2 * S),
+            [Transition::Recovered {
+                host: 1,
+                silent_for_ns: wrap + 2 * S
+            }]
+        );
+    }
+
+    #[test]
     fn a_stale_restamp_does_not_recover() {
         // The stamp moved but is still older than the timeout (a heartbeat
         // delayed in a queue): the host stays silent. In ticks.

@@ -31,7 +31,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
-use hb_common::{COUNTERS_MAP, Counter, HostKey, TRACKER_MAP};
+use hb_common::{COUNTERS_MAP, Counter, TRACKER_MAP};
 use log::{info, warn};
 
 use super::{
@@ -116,7 +116,10 @@ impl Migration {
             }
         }
         table.seed_counts(self.snap.alloc, bare)?;
-        for &slot in &self.snap.freed {
+        // A first heartbeat being recorded as the old table was read was
+        // never reported: its host is `new` at its next heartbeat, in a
+        // slot of the new program's; its slot here is free.
+        for &slot in self.snap.freed.iter().chain(&self.snap.pending) {
             table.reuse_slot(slot)?;
         }
         self.seed_tracker(loaded)?;
@@ -185,38 +188,20 @@ impl Migration {
             )
         })?;
         let table = &loaded.table;
-        let (mut raised, mut late) = (0, 0);
+        let mut raised = 0;
         for h in &self.snap.hosts {
             let t = self.old.last_seen(h.slot);
             if t > h.last_seen_ns && self.old.key(h.slot) == h.key {
-                table.catch_up(
-                    h.slot,
-                    t,
-                    self.old.beats(h.slot).saturating_sub(h.beats) as u32,
-                );
-                if let Some(a) = self.old.auth(h.slot).filter(|_| h.auth.is_some()) {
-                    table.seed_auth(h.slot, &a);
-                }
+                let auth = h
+                    .auth
+                    .zip(self.old.auth(h.slot))
+                    .map(|(was, now)| (now.seq, now.lost.saturating_sub(was.lost)));
+                let beats = self.old.beats(h.slot).saturating_sub(h.beats);
+                table.catch_up(h.slot, t, beats as u32, auth);
                 raised += 1;
             }
         }
-        // First heartbeats being recorded as the old table was read: their
-        // slots are below the allocator the new program started from, so
-        // it never hands them out.
-        for &slot in &self.snap.pending {
-            let t = self.old.last_seen(slot);
-            let key = self.old.key(slot);
-            if t != 0
-                && key != HostKey::default()
-                && table.insert_at(slot, &key, t, self.old.beats(slot) as u32)?
-            {
-                if key.host_id().is_none() {
-                    table.add_bare(1);
-                }
-                late += 1;
-            }
-        }
-        let hosts = self.snap.hosts.len() + late;
+        let hosts = self.snap.hosts.len();
         let silent = self.silent();
         fs::remove_dir_all(self.old.dir())
             .with_context(|| format!("removing {}", self.old.dir().display()))?;

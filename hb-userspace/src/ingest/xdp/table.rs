@@ -180,6 +180,7 @@ impl Table for HostTable {
 /// Raw maps of the table, as taken from the loaded object.
 pub struct TableMaps {
     pub index: Map,
+    pub claim: Map,
     pub last_seen: Map,
     pub beats: Map,
     pub timing: Map,
@@ -249,6 +250,8 @@ struct Spot {
 pub struct HostTable {
     /// The index's buckets, as words of two entries.
     index: Mapped<AtomicU64>,
+    /// The claim locks.
+    claim: Mapped<AtomicU64>,
     mask: u32,
     slot_bits: u32,
     // The kernel writes these while we read: atomics (relaxed loads are
@@ -303,6 +306,8 @@ impl HostTable {
             None => None,
         };
         let index = array_data(maps.index, "host index")?;
+        let claim = array_data(maps.claim, "claim locks")?;
+        entries(&claim, Some(index::CLAIM_LOCKS as usize), "claim locks")?;
         let last_seen = array_data(maps.last_seen, "last-seen array")?;
         let beats = array_data(maps.beats, "beats array")?;
         let timing = array_data(maps.timing, "timing array")?;
@@ -333,6 +338,7 @@ impl HostTable {
                 "host index",
                 prot,
             )?,
+            claim: Mapped::map(&claim, index::CLAIM_LOCKS as usize, "claim locks", prot)?,
             mask: buckets as u32 - 1,
             slot_bits: index::slot_bits(max_hosts),
             last_seen: Mapped::map_words(&last_seen, 2 * pairs, 8, "last-seen array", prot)?,
@@ -579,6 +585,44 @@ impl HostTable {
         if let Some((slot, _)) = self.find(key, None) {
             return Ok(Some(slot));
         }
+        let lock = &self.claim.as_slice()[index::claim_lock(index::hash(key.words())) as usize];
+        // Held by the program on some CPU for well under a microsecond, or
+        // by a collector that died: stale (and taken over) within 64 ticks.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        let me = loop {
+            let me = u64::from(tick(crate::clock::monotonic_ns(), self.epoch_ns));
+            let free = |held: u64| {
+                held == 0
+                    || hb_common::timing::ticks_since(me as u32, held as u32)
+                        > index::CLAIM_STALE_TICKS
+            };
+            match lock.fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                free(h).then_some(me)
+            }) {
+                Ok(_) => break me,
+                Err(held) if std::time::Instant::now() > deadline => {
+                    bail!("claim lock {held:#x} held for too long")
+                }
+                Err(_) => std::hint::spin_loop(),
+            }
+        };
+        let claimed = self.insert_locked(f, key, place, last_seen_ns, beats);
+        let _ = lock.compare_exchange(me, 0, Ordering::AcqRel, Ordering::Acquire);
+        claimed
+    }
+
+    /// `insert`, holding the host's claim lock.
+    fn insert_locked(
+        &self,
+        f: &Forgetting,
+        key: &HostKey,
+        place: Place,
+        last_seen_ns: u64,
+        beats: u32,
+    ) -> Result<Option<u32>> {
+        if let Some((slot, _)) = self.find(key, None) {
+            return Ok(Some(slot));
+        }
         let load = |b: u32| BUCKET_ENTRIES - self.used(b);
         let (e1, e2) = (load(place.first), load(place.second));
         if e1 == 0 && e2 == 0 {
@@ -737,7 +781,8 @@ impl HostTable {
     /// Puts `key` in `slot` (which the caller owns: below the allocator's
     /// next slot and not queued free), with its last heartbeat and count,
     /// into the index as `insert` does. False if the key is in the table
-    /// already; an error if both its buckets are full.
+    /// already; an error if both its buckets are full. Only before the
+    /// program is attached: it takes no claim lock.
     pub fn insert_at(
         &self,
         slot: u32,
@@ -785,8 +830,10 @@ impl HostTable {
 
     /// Raises `slot`'s last heartbeat to `last_seen_ns` if that is newer,
     /// and adds `beats` to its count (heartbeats the older program recorded
-    /// while this table was being seeded).
-    pub fn catch_up(&self, slot: u32, last_seen_ns: u64, beats: u32) {
+    /// while this table was being seeded); with `auth`, raises its last
+    /// sequence number to `.0` and adds `.1` lost heartbeats. Safe while
+    /// the program runs.
+    pub fn catch_up(&self, slot: u32, last_seen_ns: u64, beats: u32, auth: Option<(u64, u64)>) {
         let s = slot as usize;
         if self.forgetting.is_none() || s >= self.capacity {
             return;
@@ -797,10 +844,17 @@ impl HostTable {
                 ((t.wrapping_sub(old) as i32) > 0).then_some(t)
             });
         self.beats.as_slice()[s].fetch_add(beats, Ordering::Relaxed);
+        if let Some((seq, lost)) = auth
+            && self.auth.as_slice().len() == self.capacity
+        {
+            let a = &self.auth.as_slice()[s];
+            a[0].fetch_max(seq, Ordering::AcqRel);
+            a[1].fetch_add(lost, Ordering::Relaxed);
+        }
     }
 
-    /// The replay state of the host in `slot`; its sequence number only
-    /// ever rises. False where the table keeps none.
+    /// The replay state of the host in `slot`, before the program runs.
+    /// False where the table keeps none.
     pub fn seed_auth(&self, slot: u32, auth: &hb_common::AuthSlot) -> bool {
         if self.forgetting.is_none() || self.auth.as_slice().len() != self.capacity {
             return false;
@@ -812,7 +866,7 @@ impl HostTable {
         a[1].store(auth.lost, Ordering::Relaxed);
         a[2].store(w2, Ordering::Relaxed);
         a[3].store(w3, Ordering::Relaxed);
-        a[0].fetch_max(auth.seq, Ordering::AcqRel);
+        a[0].store(auth.seq, Ordering::Release);
         true
     }
 
