@@ -266,3 +266,61 @@ pub fn write_state(path: &Path, pid: u32, port: u16, timeout_ms: u64, max_hosts:
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, state.to_string()).unwrap();
 }
+
+/// Layout 5's XDP program, as hb built it at commit ee8d61f (hb-ebpf,
+/// debug sections stripped with `llvm-objcopy --strip-debug`): the program
+/// a layout-5 collector leaves recording after SIGUSR2.
+static PROGRAM5: &[u8] = aya::include_bytes_aligned!("../fixtures/hb-layout5.bpf.o");
+
+/// Loads layout 5's program on the maps pinned in `dir` (by [`Table::pin`],
+/// of `capacity` slots), attaches it to `iface` of the calling thread's
+/// network namespace (generic mode) and pins its link at `link`: what a
+/// layout-5 collector stopped with SIGUSR2 leaves. Heartbeats to any
+/// address are taken; with `key`, signed ones are verified as well as bare
+/// ones. Panics on failure (for tests).
+pub fn attach_program(dir: &Path, capacity: u32, iface: &str, link: &Path, key: Option<[u8; 16]>) {
+    use aya::programs::{Xdp, XdpMode, links::FdLink};
+    let hint_mask = capacity.next_power_of_two() - 1;
+    let any_dest = 1u8;
+    let mode = u8::from(key.is_some());
+    let sip = key.map_or([0u64; 4], |k| hb_common::auth::state_after_header(&k).0);
+    let mut loader = aya::EbpfLoader::new();
+    loader
+        .override_global("HB_ANY_DESTINATION", &any_dest, true)
+        .override_global("HB_HINT_MASK", &hint_mask, true)
+        .override_global("HB_MAX_BARE", &capacity, true)
+        .override_global("HB_AUTH_MODE", &mode, true)
+        .override_global("HB_SIP_STATE", &sip, true);
+    for name in [
+        "HB_SLOTS",
+        "HB_FREE",
+        "HB_LAST_SEEN",
+        "HB_BEATS",
+        "HB_SLOT_KEYS",
+        "HB_ALLOC",
+        "HB_BARE",
+        "HB_HINTS",
+        "HB_AUTH",
+        "HB_TRACKER",
+        "HB_COUNTERS",
+    ] {
+        loader.map_pin_path(name, dir.join(name));
+    }
+    let mut ebpf = loader
+        .load(PROGRAM5)
+        .unwrap_or_else(|e| panic!("loading layout 5's object: {e}"));
+    let prog: &mut Xdp = ebpf
+        .program_mut("hb")
+        .expect("layout 5's program")
+        .try_into()
+        .expect("an XDP program");
+    prog.load()
+        .unwrap_or_else(|e| panic!("the kernel refused layout 5's program: {e}"));
+    let id = prog
+        .attach(iface, XdpMode::Skb)
+        .unwrap_or_else(|e| panic!("attaching layout 5's program to {iface}: {e}"));
+    let fd_link = FdLink::try_from(prog.take_link(id).expect("the link")).expect("a bpf link");
+    fd_link
+        .pin(link)
+        .unwrap_or_else(|e| panic!("pinning the link at {}: {e}", link.display()));
+}

@@ -84,12 +84,25 @@ fn is_signed(v: &serde_json::Value, event: &str) -> bool {
     v["event"] == event && v["host_id"] == format!("{SIGNED_ID:016x}")
 }
 
+/// After SIGKILL or a crash of the layout-5 collector whose link was lost
+/// (or a start on pins alone): nothing records meanwhile.
 #[test]
 fn a_layout5_table_is_carried_over_with_no_host_lost_and_no_spurious_event() {
-    let link = Link::for_test_on("migr", NET, &[2, 3, 4]);
+    carried_over("migr", false);
+}
+
+/// After SIGUSR2: layout 5's own program (as built then) still records
+/// into its maps through the pinned link, until the new one replaces it.
+#[test]
+fn a_layout5_program_recording_is_taken_over_with_its_table() {
+    carried_over("migp", true);
+}
+
+fn carried_over(tag: &str, old_program: bool) {
+    let link = Link::for_test_on(tag, NET, &[2, 3, 4]);
     let iface = link.a_if.clone();
     let (pins, state) = control::pins(&link.a, &iface);
-    let dir = std::env::temp_dir().join(format!("hb-migrate-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("hb-{tag}-{}", std::process::id()));
     let _cleanup = Cleanup {
         pins: pins.clone(),
         state: state.clone(),
@@ -147,6 +160,13 @@ fn a_layout5_table_is_carried_over_with_no_host_lost_and_no_spurious_event() {
     };
     table.pin(&pins.join("layout-5"));
     layout5::write_state(&state, gone_pid(), 43278, 3000, 100, "optional");
+    if old_program {
+        let (dir, at, name) = (pins.join("layout-5"), pins.join("link"), iface.clone());
+        let key = hb_userspace::parse_key(KEY_HEX.as_bytes()).unwrap();
+        link.a
+            .within(move || layout5::attach_program(&dir, 100, &name, &at, Some(key)))
+            .unwrap();
+    }
 
     // The clients beat on; .4 stops later.
     let beat = |from: u8, extra: &[&str]| {
@@ -163,7 +183,7 @@ fn a_layout5_table_is_carried_over_with_no_host_lost_and_no_spurious_event() {
     let id = format!("{SIGNED_ID:#x}");
     let _signed = beat(2, &["--key-file", &key_arg, "--host-id", &id]);
 
-    let log = Log::new("migrate");
+    let log = Log::new(tag);
     let timeout = format!("{}s", TIMEOUT.as_secs());
     let args = [
         "--iface",
@@ -279,6 +299,12 @@ fn a_layout5_table_is_carried_over_with_no_host_lost_and_no_spurious_event() {
     assert_eq!(status["hosts"], 7, "{status}");
     // Said once, in the log; the layout-5 pins are gone.
     let err = log.read();
+    if old_program {
+        assert!(
+            err.contains("took over the program attached"),
+            "not taken over:\n{err}"
+        );
+    }
     assert!(
         err.contains("migrated 7 hosts from layout 5"),
         "no migration logged:\n{err}"
