@@ -26,7 +26,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{Map, MapData, MapType, PerCpuArray, Queue};
+use aya::maps::{Map, MapData, MapType, PerCpuArray};
 use hb_common::{AuthSlot, HostKey};
 
 /// The layout this module reads.
@@ -76,8 +76,8 @@ pub struct Snapshot {
     pub alloc: u64,
     /// Ready hosts, by slot.
     pub hosts: Vec<Host>,
-    /// Slots of forgotten hosts not yet freed (their collector stopped
-    /// between two steps of forgetting) and slots queued free.
+    /// Free slots: queued in `HB_FREE`, or of forgotten hosts not yet
+    /// queued (their collector stopped between two steps of forgetting).
     pub freed: Vec<u32>,
     /// Slots handed out but not ready: a first heartbeat being recorded.
     pub pending: Vec<u32>,
@@ -98,7 +98,6 @@ pub struct Layout5 {
     /// Four words a slot; `None` when one entry long (no key then).
     auth: Option<Mapped>,
     tracker: Mapped,
-    free: Queue<MapData, u32>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -170,7 +169,8 @@ impl Layout5 {
         } else {
             None
         };
-        let (free, _) = take(FREE);
+        // Checked above, not read (see `snapshot`).
+        drop(take(FREE));
         let (counters, _) = take(COUNTERS);
         Ok(Self {
             dir: dir.to_owned(),
@@ -181,7 +181,6 @@ impl Layout5 {
             alloc,
             auth,
             tracker,
-            free: Queue::try_from(Map::Queue(free)).context("HB_FREE")?,
             counters: PerCpuArray::try_from(Map::PerCpuArray(counters)).context("HB_COUNTERS")?,
         })
     }
@@ -237,24 +236,13 @@ impl Layout5 {
         Ok(totals)
     }
 
-    /// Reads the whole table. Takes the freed slots out of `HB_FREE` (a
-    /// queue cannot be read otherwise): a program still recording into
-    /// these maps then gives its new hosts never-used slots instead.
-    pub fn snapshot(&mut self) -> Result<Snapshot> {
+    /// Reads the whole table, leaving it as it is (a start that fails
+    /// later leaves the old collector's state whole). Freed slots are told
+    /// by their keys, not by `HB_FREE` (a queue cannot be read without
+    /// taking from it): a forgotten host's key stays forgotten until the
+    /// program hands its slot to a new host.
+    pub fn snapshot(&self) -> Result<Snapshot> {
         let mut freed = Vec::new();
-        let mut queued = vec![false; self.capacity];
-        // Bounded: the queue holds at most a slot each.
-        for _ in 0..self.capacity {
-            let Ok(slot) = self.free.pop(0) else {
-                break;
-            };
-            if let Some(q) = queued.get_mut(slot as usize)
-                && !*q
-            {
-                *q = true;
-                freed.push(slot);
-            }
-        }
         let alloc = self.alloc();
         let ready = (alloc as usize).min(self.capacity);
         let mut hosts = Vec::new();
@@ -263,10 +251,8 @@ impl Layout5 {
             let t = self.last_seen(slot);
             let key = self.key(slot);
             if key.words()[0] == FORGOTTEN_KEY_WORD {
-                // Forgotten; freed already if it is queued.
-                if !queued[slot as usize] {
-                    freed.push(slot);
-                }
+                // Queued free, or forgotten and not yet queued: free.
+                freed.push(slot);
             } else if t == 0 {
                 pending.push(slot);
             } else {
@@ -279,7 +265,6 @@ impl Layout5 {
                 });
             }
         }
-        freed.sort_unstable();
         let tracker = (0..self.tracker.len)
             .map(|i| self.tracker.word(i).load(Ordering::Relaxed))
             .collect();

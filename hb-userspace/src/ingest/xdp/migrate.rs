@@ -67,7 +67,7 @@ pub struct Migration {
 impl Migration {
     /// Reads the layout-5 table pinned in `old_dir`.
     pub fn begin(inst: &Instance, old_dir: &Path) -> Result<Self> {
-        let mut old = Layout5::open(old_dir)?;
+        let old = Layout5::open(old_dir)?;
         let snap = old.snapshot()?;
         let staging = staging_dir(inst);
         if staging.exists() {
