@@ -27,7 +27,7 @@
 //! first layout-6 draft did: CPUs racing on one new host all backed off
 //! now and then (35 of 10,000 lockstep rounds on 2 CPUs), losing that
 //! first heartbeat; with it, a CPU that finds the lock held waits (at most
-//! 1024 reads, a claim takes well under a microsecond) and then finds the
+//! 256 reads, a claim takes well under a microsecond) and then finds the
 //! host claimed: its heartbeat counts.
 //! Hosts are removed only by userspace, which forgets a retired host (see
 //! hb-userspace's `HostTable::forget_slot`): clears its entry, and queues
@@ -167,7 +167,7 @@ pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
     };
     let stamped = match lookup(key, place, bits) {
         Some(slot) => known(slot, fresh),
-        None => claim(key, fresh, place, bits),
+        None => claim(key, fresh, place, bits, lock),
     };
     unlock(lock);
     stamped
@@ -188,17 +188,21 @@ fn lookup(key: &HostKey, place: Place, bits: u32) -> Option<u32> {
 /// Takes claim lock `n`: waits a bounded while for its holder, takes over
 /// one left stale (see hb-common's `CLAIM_STALE_TICKS`).
 #[inline(always)]
-fn lock(n: u32) -> Option<(*mut u64, u64)> {
+fn lock(n: u32) -> Option<Lock> {
     let l = CLAIM.get_ptr_mut(n)?;
     let me = now();
-    for _ in 0..1024 {
+    for _ in 0..256 {
         // SAFETY: pointer from a successful array lookup.
         let held = unsafe { core::ptr::read_volatile(l) };
         if (held == 0 || ticks_since(me, held as u32) > index::CLAIM_STALE_TICKS)
             // SAFETY: valid, aligned map value.
             && unsafe { cmpxchg(l, held, u64::from(me)) } == held
         {
-            return Some((l, u64::from(me)));
+            return Some(Lock {
+                word: l,
+                me: u64::from(me),
+                took_over: held != 0,
+            });
         }
     }
     None
@@ -207,9 +211,29 @@ fn lock(n: u32) -> Option<(*mut u64, u64)> {
 /// Releases a claim lock taken by `lock` (fully ordered: what the claim
 /// wrote is visible before the lock is free), unless it was taken over.
 #[inline(always)]
-fn unlock((l, me): (*mut u64, u64)) {
+fn unlock(l: Lock) {
     // SAFETY: pointer from `lock`.
-    unsafe { cmpxchg(l, me, 0) };
+    unsafe { cmpxchg(l.word, l.me, 0) };
+}
+
+/// A claim lock taken.
+#[derive(Clone, Copy)]
+struct Lock {
+    word: *mut u64,
+    /// The value this claim holds it with.
+    me: u64,
+    /// Taken over from a holder that left it stale.
+    took_over: bool,
+}
+
+impl Lock {
+    /// Whether the lock alone cannot vouch that no other claim of the host
+    /// ran at the same time: it was taken over, or taken from this claim.
+    #[inline(always)]
+    fn shared(&self) -> bool {
+        // SAFETY: pointer from `lock`.
+        self.took_over || unsafe { core::ptr::read_volatile(self.word) } != self.me
+    }
 }
 
 /// A heartbeat of the known host in `slot`.
@@ -321,7 +345,7 @@ fn nonzero(x: u64) -> u64 {
 /// Records the first heartbeat of a new host: claims a slot (see the
 /// module's description).
 #[inline(always)]
-fn claim(key: &HostKey, fresh: Option<&Fresh>, place: Place, bits: u32) -> Stamped {
+fn claim(key: &HostKey, fresh: Option<&Fresh>, place: Place, bits: u32, lock: Lock) -> Stamped {
     let (e1, e2) = (empty_entries(place.first), empty_entries(place.second));
     if e1 == 0 && e2 == 0 {
         return Stamped::TableFull;
@@ -377,24 +401,29 @@ fn claim(key: &HostKey, fresh: Option<&Fresh>, place: Place, bits: u32) -> Stamp
         give_back(bare);
         return Stamped::TableFull;
     };
-    // The post-check: another CPU's entry for this key, set before ours
-    // (its compare-and-exchange ordered before ours), is seen here.
-    let twin = match find(
-        key,
-        place.first,
-        place.tag,
-        bits,
-        skip(place.first, bucket, at),
-    ) {
-        Some(f) => Some(f),
-        None if place.second != place.first => find(
+    // The post-check, needed only where the lock was shared (a holder that
+    // died, see the module's description): another claimer's entry for
+    // this key, set before ours, is seen here.
+    let twin = if !lock.shared() {
+        None
+    } else {
+        match find(
             key,
-            place.second,
+            place.first,
             place.tag,
             bits,
-            skip(place.second, bucket, at),
-        ),
-        None => None,
+            skip(place.first, bucket, at),
+        ) {
+            Some(f) => Some(f),
+            None if place.second != place.first => find(
+                key,
+                place.second,
+                place.tag,
+                bits,
+                skip(place.second, bucket, at),
+            ),
+            None => None,
+        }
     };
     if twin.is_some() {
         clear(bucket, at, entry);

@@ -156,7 +156,7 @@ fn concurrent_new_hosts_get_distinct_slots() {
         free.len()
     );
     // Under the claim lock, a shared host goes unrecorded only when a CPU
-    // waited out its 1024 reads of the lock: next to never. (Without the
+    // waited out its 256 reads of the lock: next to never. (Without the
     // lock, the post-check alone: 35 of 10,000 on 2 CPUs.)
     assert!(missing.len() <= ROUNDS as usize / 1000, "{}", missing.len());
 }

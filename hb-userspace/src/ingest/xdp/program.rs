@@ -188,6 +188,12 @@ pub fn load_with(
             settings.epoch_ns.unwrap_or_else(crate::clock::monotonic_ns),
         ),
     };
+    if max_hosts > index::MAX_HOSTS {
+        bail!(
+            "--max-hosts {max_hosts} is more than the host table takes ({})",
+            index::MAX_HOSTS
+        );
+    }
     let buckets = index::buckets(max_hosts);
     let (index_mask, slot_bits) = (buckets - 1, index::slot_bits(max_hosts));
     // Per-host replay state only costs memory where it is used.
