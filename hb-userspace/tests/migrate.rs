@@ -28,7 +28,7 @@ const HB: &str = env!("CARGO_BIN_EXE_hb");
 
 // Longer than a start takes on a loaded 2-core machine: the hosts the
 // fixture stamps are alive until their heartbeats reach the new program.
-const TIMEOUT: Duration = Duration::from_secs(6);
+const TIMEOUT: Duration = Duration::from_secs(10);
 const SWEEP: &str = "200ms";
 const KEY_HEX: &str = "8f1e6a3b5c7d9e0f11223344556677aa\n";
 const SIGNED_ID: u64 = 0x77;
@@ -117,7 +117,7 @@ fn carried_over(tag: &str, old_program: bool) {
 
     // What a layout-5 collector left: its output was told of .2, .4 and
     // the signed host (alive), .3 and .50 (silent), .60 (alive; it stopped
-    // beating 10 s ago, while no collector ran); .70 was recorded after
+    // beating 30 s ago, while no collector ran); .70 was recorded after
     // its last sweep (never told); slot 5's host was being forgotten and
     // slot 7 was freed.
     hb_userspace::xdp::ensure_bpffs().unwrap();
@@ -153,7 +153,7 @@ fn carried_over(tag: &str, old_program: bool) {
                 told: Told::Alive,
             },
             Slot::Forgotten,
-            host(key_of(60), now - 10 * SECOND, 9, Told::Alive),
+            host(key_of(60), now - 30 * SECOND, 9, Told::Alive),
             Slot::Free,
             host(key_of(70), now, 1, Told::Nothing),
         ],
@@ -199,7 +199,9 @@ fn carried_over(tag: &str, old_program: bool) {
         "--key-file",
         &key_arg,
     ];
+    let t = Instant::now();
     let (c, mut seen) = control::start_logged(HB, &link.a, &args, &log);
+    eprintln!("{tag}: first summary {:?} after the start", t.elapsed());
     let first = seen.last().unwrap().clone();
 
     // .3 beats again: recovered (maybe by the first sweep already).
@@ -277,13 +279,13 @@ fn carried_over(tag: &str, old_program: bool) {
     );
     // .50 stays silent without a word.
     assert!(!seen.iter().any(|v| v["host"] == addr(50)), "{lines}");
-    // .60's last heartbeat was carried over: silent at once, for 10 s.
+    // .60's last heartbeat was carried over: silent at once, for 30 s.
     let s60 = seen
         .iter()
         .find(|v| is_host(v, "silent", &addr(60)))
         .unwrap_or_else(|| panic!(".60 never silent: {lines}"));
     let ms = s60["silent_for_ms"].as_u64().unwrap();
-    assert!((9_000..10_000 + 5_000).contains(&ms), "{s60}");
+    assert!((29_000..30_000 + 15_000).contains(&ms), "{s60}");
     // The signed host's replay state was carried over: its client's
     // heartbeats are refused as replays, so it goes silent.
     assert!(seen.iter().any(|v| is_signed(v, "silent")), "{lines}");
