@@ -88,8 +88,9 @@ fn bpf(cmd: libc::c_long, attr: &[u64; 16]) -> io::Result<i64> {
     }
 }
 
-/// `BPF_MAP_CREATE`, named `name`, pinned at `dir/name`.
-fn create(
+/// `BPF_MAP_CREATE` of a map of `kind` (`BPF_MAP_TYPE_*`), named `name`,
+/// pinned at `dir/name`; panics on failure.
+pub fn create(
     dir: &Path,
     name: &str,
     kind: u32,

@@ -162,6 +162,12 @@ fn carried_over(tag: &str, old_program: bool) {
     };
     table.pin(&pins.join("layout-5"));
     layout5::write_state(&state, gone_pid(), 43278, 3000, 100, "optional");
+    // What a start stopped before its take-over left: discarded.
+    let staging = pins.join(format!(
+        "layout-{}-migrating",
+        hb_userspace::xdp::LAYOUT_VERSION
+    ));
+    std::fs::create_dir_all(staging.join("leftover")).unwrap();
     if old_program {
         let (dir, at, name) = (pins.join("layout-5"), pins.join("link"), iface.clone());
         let key = hb_userspace::parse_key(KEY_HEX.as_bytes()).unwrap();
@@ -328,9 +334,80 @@ fn carried_over(tag: &str, old_program: bool) {
         "no migration logged:\n{err}"
     );
     assert!(!err.contains("reported as new"), "{err}");
+    assert!(
+        err.contains("an interrupted migration's maps, discarded"),
+        "{err}"
+    );
+    assert!(!staging.exists(), "{} left", staging.display());
     let ours = format!("layout-{}", hb_userspace::xdp::LAYOUT_VERSION);
     assert!(!pins.join("layout-5").exists(), "layout-5 pins left");
     assert!(pins.join(&ours).is_dir(), "no {ours} pins");
+    drop(c);
+}
+
+/// Pins under `layout-5/` that are not layout 5's maps are never read as
+/// them: replaced, with the reason, as pins of any other layout are.
+#[test]
+fn what_is_not_layout5_is_replaced_with_the_reason() {
+    let link = Link::for_test_on("migx", NET, &[2]);
+    let iface = link.a_if.clone();
+    let (pins, state) = control::pins(&link.a, &iface);
+    let _cleanup = Cleanup {
+        pins: pins.clone(),
+        state: state.clone(),
+        dir: std::env::temp_dir().join(format!("hb-migx-{}", std::process::id())),
+    };
+    hb_userspace::xdp::ensure_bpffs().unwrap();
+    // Layout 5's directory with a map of the wrong kind in it.
+    let old = pins.join("layout-5");
+    layout5::Table {
+        capacity: 64,
+        auth: false,
+        slots: vec![host(
+            key_of(2),
+            clock_ns(libc::CLOCK_MONOTONIC),
+            1,
+            Told::Alive,
+        )],
+        last_sweep_ns: clock_ns(libc::CLOCK_MONOTONIC),
+        counters: [0; layout5::COUNTERS],
+    }
+    .pin(&old);
+    std::fs::remove_file(old.join("HB_BEATS")).unwrap();
+    // An array of 16-byte values (BPF_MAP_TYPE_ARRAY), not of counts.
+    drop(layout5::create(&old, "HB_BEATS", 2, 4, 16, 64, 1 << 10));
+    let _b = {
+        let mut cmd = link.b.command(HB).unwrap();
+        cmd.args(["beat", "--server", &addr(1), "--period", "200ms"])
+            .args(["--bind", &addr(2)]);
+        Proc::spawn(cmd)
+    };
+    let log = Log::new("migx");
+    let args = [
+        "--iface",
+        iface.as_str(),
+        "--sweep",
+        SWEEP,
+        "--max-hosts",
+        "64",
+    ];
+    let (c, seen) = control::start_logged(HB, &link.a, &args, &log);
+    if !seen.iter().any(|v| is_host(v, "new", &addr(2))) {
+        let (new, seen) = c.wait_for(Duration::from_secs(5), |v| is_host(v, "new", &addr(2)));
+        assert!(new.is_some(), "{seen:?}");
+    }
+    let err = log.read();
+    assert!(
+        err.contains("cannot be migrated") && err.contains("HB_BEATS is not layout 5's"),
+        "{err}"
+    );
+    assert!(
+        err.contains("the hosts it knew will be reported as new"),
+        "{err}"
+    );
+    assert!(!old.exists(), "layout-5 kept");
+    let ours = format!("layout-{}", hb_userspace::xdp::LAYOUT_VERSION);
+    assert!(pins.join(ours).is_dir());
     drop(c);
 }
 
