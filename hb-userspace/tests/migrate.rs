@@ -335,13 +335,42 @@ fn carried_over(tag: &str, old_program: bool) {
     );
     assert!(!err.contains("reported as new"), "{err}");
     assert!(
-        err.contains("an interrupted migration's maps, discarded"),
+        err.contains("left by an interrupted migration, removed (the next migration starts over)"),
         "{err}"
     );
     assert!(!staging.exists(), "{} left", staging.display());
     let ours = format!("layout-{}", hb_userspace::xdp::LAYOUT_VERSION);
     assert!(!pins.join("layout-5").exists(), "layout-5 pins left");
     assert!(pins.join(&ours).is_dir(), "no {ours} pins");
+    if old_program {
+        return;
+    }
+    // A migration stopped after its take-over, before it removed
+    // layout-5/: the next start removes that and carries on from this
+    // layout's table, migrating nothing.
+    let mut c = c;
+    control::signal(&c.proc.child, libc::SIGUSR2);
+    assert_eq!(
+        control::wait_exit(&mut c.proc.child, Duration::from_secs(10)),
+        Some(0)
+    );
+    table.pin(&pins.join("layout-5"));
+    let log = Log::new(&format!("{tag}2"));
+    let (c, seen) = control::start_logged(HB, &link.a, &args, &log);
+    let err = log.read();
+    assert!(
+        err.contains(
+            "left by an interrupted migration, removed (its hosts are in this layout's table)"
+        ),
+        "{err}"
+    );
+    assert!(
+        !err.contains("migrated") && !err.contains("reported as new"),
+        "{err}"
+    );
+    assert!(!pins.join("layout-5").exists(), "layout-5 pins left");
+    assert!(!seen.iter().any(|v| v["event"] == "new"), "{seen:?}");
+    assert_eq!(seen.last().unwrap()["hosts"], 8, "{seen:?}");
     drop(c);
 }
 

@@ -232,10 +232,19 @@ pub fn prepare(inst: &Instance) -> Result<Created> {
         if path == ours || path == inst.link() || Some(&path) == older.as_ref() {
             continue;
         }
-        if path == super::migrate::staging_dir(inst) {
+        let migrated =
+            super::migrate::from_layout().is_some_and(|n| path == dir.join(format!("layout-{n}")));
+        if path == super::migrate::staging_dir(inst) || migrated {
+            // Staging: a start stopped before its take-over. The old
+            // layout beside this one's table: one stopped after it.
             info!(
-                "{}: an interrupted migration's maps, discarded",
-                path.display()
+                "{}: left by an interrupted migration, removed ({})",
+                path.display(),
+                if migrated {
+                    "its hosts are in this layout's table"
+                } else {
+                    "the next migration starts over"
+                }
             );
             fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
             continue;
