@@ -115,7 +115,7 @@ impl Migration {
                 table.seed_auth(h.slot, a);
             }
         }
-        table.seed_counts(self.snap.alloc, bare)?;
+        table.seed_counts(self.snap.alloc.min(u64::from(self.snap.capacity)), bare)?;
         // A first heartbeat being recorded as the old table was read was
         // never reported: its host is `new` at its next heartbeat, in a
         // slot of the new program's; its slot here is free.
