@@ -8,6 +8,8 @@
 //! - [`reference`](mod@reference): what a correct parser makes of a frame,
 //!   in plain Rust.
 //! - [`program`]: the XDP program loaded with hb's defaults.
+//! - [`layout5`]: pins as a collector of map layout 5 left them, for the
+//!   migration's tests.
 //! - [`maps`]: the program's own maps, found through it: the outcome
 //!   counters CPU by CPU, the slot hints.
 //! - [`race`]: threads pinned to CPUs of their own, racing the program in
@@ -27,6 +29,7 @@
 pub mod collector;
 pub mod control;
 pub mod frames;
+pub mod layout5;
 pub mod maps;
 pub mod netns;
 pub mod program;

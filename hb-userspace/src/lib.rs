@@ -45,7 +45,7 @@ pub use track::{
 pub mod xdp {
     pub use crate::ingest::xdp::{
         AttachMode, AuthSettings, HostTable, Loaded, Settings,
-        pins::{ensure_bpffs, pin_dir, state_file},
+        pins::{LAYOUT_VERSION, ensure_bpffs, pin_dir, state_file},
         program::{OBJECT, load, load_auth, load_with, xdp_program as program},
     };
 }

@@ -5,9 +5,11 @@
 mod bpffs;
 mod counters;
 mod iface;
+mod layout5;
 pub mod link;
 pub mod local;
 pub mod lock;
+mod migrate;
 pub mod pins;
 pub mod program;
 pub mod table;
@@ -89,9 +91,14 @@ impl XdpIngest {
                 instance.bpffs.root.display()
             );
         }
-        let created = pins::prepare(&instance)?;
-        let mut loaded =
-            load(config, &instance).inspect_err(|_| pins::undo(&instance, &created))?;
+        let mut created = pins::prepare(&instance)?;
+        let (mut loaded, migration) = match load_or_migrate(config, &instance, &mut created) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                pins::undo(&instance, &created);
+                return Err(e);
+            }
+        };
         // Before attaching: the program takes no heartbeat for someone else's.
         let local = if config.any_destination {
             info!("--any-destination: heartbeats to any MAC and address are taken");
@@ -130,6 +137,15 @@ impl XdpIngest {
         this.watch = IfaceWatch::new(iface, config.attach_mode, link);
         created.state = !this.instance.state_file().exists();
         pins::write_state(&this.instance, &state(config, &this.instance))?;
+        if let Some(m) = migration {
+            // Taken over: the old pins are not to be migrated again.
+            created.migrate_from = None;
+            if let Err(e) = m.finish(&this.loaded) {
+                warn!(
+                    "{e:#}: the migrated table is recording, but the next start migrates again from the old pins"
+                );
+            }
+        }
         info!(
             "watching UDP port {} on {iface}: timeout {}, sweep every {}, up to {} hosts, {}",
             config.port,
@@ -148,15 +164,62 @@ impl XdpIngest {
 
 /// Loads the program with `config`'s settings, its maps pinned for `inst`.
 fn load(config: &Config, inst: &Instance) -> Result<Loaded> {
-    let settings = Settings {
+    program::load_with(
+        settings(config),
+        config.auth.as_ref(),
+        Some(&inst.maps_dir()),
+    )
+}
+
+fn settings(config: &Config) -> Settings {
+    Settings {
         port: config.port,
         pass_heartbeats: config.pass_heartbeats,
         max_hosts: config.max_hosts,
         max_bare_hosts: config.max_bare_hosts,
         any_destination: config.any_destination,
         epoch_ns: None,
+    }
+}
+
+/// As `load`, carrying the hosts of an older layout's pins over (see
+/// `migrate`) where `prepare` found them; where they cannot be, they are
+/// replaced as before. A program the kernel refuses is an error: the old
+/// pins then stay for a build that loads.
+fn load_or_migrate(
+    config: &Config,
+    inst: &Instance,
+    created: &mut Created,
+) -> Result<(Loaded, Option<migrate::Migration>)> {
+    let Some(old) = created.migrate_from.clone() else {
+        return Ok((load(config, inst)?, None));
     };
-    program::load_with(settings, config.auth.as_ref(), Some(&inst.maps_dir()))
+    let m = match migrate::Migration::begin(inst, &old) {
+        Ok(m) => m,
+        Err(e) => {
+            pins::replace_older(inst, created, &e)?;
+            return Ok((load(config, inst)?, None));
+        }
+    };
+    if m.capacity() != config.max_hosts {
+        warn!(
+            "--max-hosts {} differs from the migrated table's {}: keeping {} and the hosts in it (`hb detach` first to start over with a new size)",
+            config.max_hosts,
+            m.capacity(),
+            m.capacity()
+        );
+    }
+    let settings = Settings {
+        max_hosts: m.capacity(),
+        ..settings(config)
+    };
+    let loaded = program::load_with(settings, config.auth.as_ref(), Some(m.staging()))?;
+    if let Err(e) = m.seed(&loaded, config.auth.is_some()) {
+        drop(loaded);
+        pins::replace_older(inst, created, &e)?;
+        return Ok((load(config, inst)?, None));
+    }
+    Ok((loaded, Some(m)))
 }
 
 /// The program's own log lines, forwarded to hb's log when its fd is

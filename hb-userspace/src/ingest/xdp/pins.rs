@@ -194,6 +194,9 @@ pub struct Created {
     /// into now back the interface's filter, and stay.
     pub took_over: bool,
     pub state: bool,
+    /// Pins of an older layout to migrate from (see `migrate`), left in
+    /// place by `prepare`.
+    pub migrate_from: Option<PathBuf>,
 }
 
 /// Gets the pin directory ready for this build: adopts the pins of an hb
@@ -218,9 +221,32 @@ pub fn prepare(inst: &Instance) -> Result<Created> {
     created.dir = !dir.exists();
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let ours = inst.maps_dir();
+    // An older layout this build migrates, where this layout has no table
+    // yet (else that one is the newer state: a migration that stopped
+    // between taking over and removing the old pins).
+    let older = super::migrate::from_layout()
+        .map(|n| dir.join(format!("layout-{n}")))
+        .filter(|p| p.is_dir() && !ours.exists());
     for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
-        if path == ours || path == inst.link() {
+        if path == ours || path == inst.link() || Some(&path) == older.as_ref() {
+            continue;
+        }
+        let migrated =
+            super::migrate::from_layout().is_some_and(|n| path == dir.join(format!("layout-{n}")));
+        if path == super::migrate::staging_dir(inst) || migrated {
+            // Staging: a start stopped before its take-over. The old
+            // layout beside this one's table: one stopped after it.
+            info!(
+                "{}: left by an interrupted migration, removed ({})",
+                path.display(),
+                if migrated {
+                    "its hosts are in this layout's table"
+                } else {
+                    "the next migration starts over"
+                }
+            );
+            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
             continue;
         }
         warn!(
@@ -234,6 +260,11 @@ pub fn prepare(inst: &Instance) -> Result<Created> {
         };
         removed.with_context(|| format!("removing {}", path.display()))?;
     }
+    if older.is_some() {
+        // Pinned in a staging directory until the migration is done.
+        created.migrate_from = older;
+        return Ok(created);
+    }
     created.maps_dir = !ours.exists();
     fs::create_dir_all(&ours).with_context(|| format!("creating {}", ours.display()))?;
     created.maps = PINNED_MAPS
@@ -243,9 +274,31 @@ pub fn prepare(inst: &Instance) -> Result<Created> {
     Ok(created)
 }
 
+/// Replaces the pins of an older layout whose migration failed, as hb
+/// did before it could migrate.
+pub fn replace_older(inst: &Instance, created: &mut Created, why: &anyhow::Error) -> Result<()> {
+    let Some(old) = created.migrate_from.take() else {
+        return Ok(());
+    };
+    warn!(
+        "{} was pinned by an hb build with another map layout (this one uses layout {LAYOUT_VERSION}) and cannot be migrated ({why:#}): replacing it; the hosts it knew will be reported as new",
+        old.display()
+    );
+    super::migrate::discard(inst);
+    fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+    let ours = inst.maps_dir();
+    created.maps_dir = true;
+    created.maps = PINNED_MAPS.to_vec();
+    fs::create_dir_all(&ours).with_context(|| format!("creating {}", ours.display()))
+}
+
 /// Undoes a failed start: removes what `created` says it made, and only
 /// that (never what an earlier collector left to carry on from).
 pub fn undo(inst: &Instance, created: &Created) {
+    if created.migrate_from.is_some() && !created.took_over {
+        // The old pins stay as they were: the next start migrates again.
+        super::migrate::discard(inst);
+    }
     if created.link {
         let _ = fs::remove_file(inst.link());
     }

@@ -773,6 +773,122 @@ fn push_free(f: &Forgetting, slot: u32) -> Result<()> {
     .context("queueing a freed slot")
 }
 
+/// Seeding: a table filled from an older layout's pins (see `migrate`)
+/// before its program is attached, slot for slot, so that the tracker's
+/// told state, which is slot-indexed, carries over unchanged. Only on the
+/// collector's (writable) table.
+impl HostTable {
+    /// Puts `key` in `slot` (which the caller owns: below the allocator's
+    /// next slot and not queued free), with its last heartbeat and count,
+    /// into the index as `insert` does. False if the key is in the table
+    /// already; an error if both its buckets are full. Only before the
+    /// program is attached: it takes no claim lock.
+    pub fn insert_at(
+        &self,
+        slot: u32,
+        key: &HostKey,
+        last_seen_ns: u64,
+        beats: u32,
+    ) -> Result<bool> {
+        if self.forgetting.is_none() {
+            bail!("this host table is opened read-only");
+        }
+        let s = slot as usize;
+        if s >= self.capacity {
+            bail!("slot {slot} is beyond a table of {}", self.capacity);
+        }
+        if self.find(key, None).is_some() {
+            return Ok(false);
+        }
+        let place = self.place(key);
+        let load = |b: u32| BUCKET_ENTRIES - self.used(b);
+        let (e1, e2) = (load(place.first), load(place.second));
+        let bucket = if e1 >= e2 { place.first } else { place.second };
+        let [k0, k1] = &self.keys.as_slice()[s];
+        let [w0, w1] = key.words();
+        k0.store(w0, Ordering::Relaxed);
+        k1.store(w1, Ordering::Relaxed);
+        self.timing.as_slice()[s].store(0, Ordering::Relaxed);
+        let entry = index::entry(place.tag, slot, self.slot_bits);
+        let Some(spot) = self.put(bucket, place.tag, entry) else {
+            bail!(
+                "no room in the index for {} (both its buckets full)",
+                key.ip()
+            );
+        };
+        if self.find(key, Some(spot)).is_some() {
+            // The program claimed it meanwhile (a heartbeat after the
+            // take-over): that entry stays, this one goes.
+            self.clear(spot);
+            return Ok(false);
+        }
+        self.beats.as_slice()[s].store(beats, Ordering::Relaxed);
+        // Published last, as the program does (see `key`).
+        self.last_seen.as_slice()[s].store(tick(last_seen_ns, self.epoch_ns), Ordering::Release);
+        Ok(true)
+    }
+
+    /// Raises `slot`'s last heartbeat to `last_seen_ns` if that is newer,
+    /// and adds `beats` to its count (heartbeats the older program recorded
+    /// while this table was being seeded); with `auth`, raises its last
+    /// sequence number to `.0` and adds `.1` lost heartbeats. Safe while
+    /// the program runs.
+    pub fn catch_up(&self, slot: u32, last_seen_ns: u64, beats: u32, auth: Option<(u64, u64)>) {
+        let s = slot as usize;
+        if self.forgetting.is_none() || s >= self.capacity {
+            return;
+        }
+        let t = tick(last_seen_ns, self.epoch_ns);
+        let _ =
+            self.last_seen.as_slice()[s].fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                ((t.wrapping_sub(old) as i32) > 0).then_some(t)
+            });
+        self.beats.as_slice()[s].fetch_add(beats, Ordering::Relaxed);
+        if let Some((seq, lost)) = auth
+            && self.auth.as_slice().len() == self.capacity
+        {
+            let a = &self.auth.as_slice()[s];
+            a[0].fetch_max(seq, Ordering::AcqRel);
+            a[1].fetch_add(lost, Ordering::Relaxed);
+        }
+    }
+
+    /// The replay state of the host in `slot`, before the program runs.
+    /// False where the table keeps none.
+    pub fn seed_auth(&self, slot: u32, auth: &hb_common::AuthSlot) -> bool {
+        if self.forgetting.is_none() || self.auth.as_slice().len() != self.capacity {
+            return false;
+        }
+        let Some(a) = self.auth.as_slice().get(slot as usize) else {
+            return false;
+        };
+        let [w2, w3] = auth.addr.words();
+        a[1].store(auth.lost, Ordering::Relaxed);
+        a[2].store(w2, Ordering::Relaxed);
+        a[3].store(w3, Ordering::Relaxed);
+        a[0].store(auth.seq, Ordering::Release);
+        true
+    }
+
+    /// The slot allocator's next never-used slot and the bare hosts'
+    /// count, before the program runs.
+    pub fn seed_counts(&self, next_slot: u64, bare: u64) -> Result<()> {
+        let Some(f) = &self.forgetting else {
+            bail!("this host table is opened read-only");
+        };
+        self.alloc.as_slice()[0].store(next_slot, Ordering::Release);
+        f.bare.as_slice()[0].store(bare, Ordering::Release);
+        Ok(())
+    }
+
+    /// Counts `n` more bare hosts (the program may be counting too).
+    pub fn add_bare(&self, n: u64) {
+        if let Some(f) = &self.forgetting {
+            f.bare.as_slice()[0].fetch_add(n, Ordering::AcqRel);
+        }
+    }
+}
+
 // SAFETY: the mappings are read-only and accessed through atomics.
 unsafe impl<T: Sync> Send for Mapped<T> {}
 // SAFETY: as above.
