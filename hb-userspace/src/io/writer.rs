@@ -24,8 +24,9 @@ use io_uring::{opcode, types};
 
 use super::{EventLoop, Token, Wake};
 
-/// Bytes of buffer kept once written (as the sweeper keeps of its own).
-const KEEP: usize = 1 << 20;
+/// Bytes of buffer kept once written (as the sweeper keeps of its own): a
+/// quiet sweep's summary line, a busy one's few hundred events.
+const KEEP: usize = 64 << 10;
 /// Bytes waiting for a slow reader past which a sweep's lines are dropped,
 /// for a table of `max_hosts`: room for a line of every host (a `new` line
 /// is about 100 bytes, more with an inventory's names) twice over, so that
