@@ -199,6 +199,12 @@ impl Sweeper {
         &self.out
     }
 
+    /// The last sweep's lines, for an output that takes them (see
+    /// `RingWriter::write_from`) rather than copying them.
+    pub fn lines_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.out
+    }
+
     /// The output has written the first `bytes` bytes of all the lines
     /// reported: what the lines written whole told is recorded with the
     /// tracker (a restarted collector does not report it again; what was
@@ -645,6 +651,10 @@ impl Sweeper {
             });
         }
         silent.settle(tracker);
+        // After a mass outage recovered, its hosts' room is not kept.
+        if tracker.release_spare() | silent.release_spare() {
+            crate::io::give_back();
+        }
         // The slots this sweep read: those in use when it began.
         self.table_used = last_seen.len();
 
@@ -954,6 +964,27 @@ mod tests {
             sweeper.transitions.capacity() <= TRANSITIONS_KEEP,
             "room for {} transitions kept",
             sweeper.transitions.capacity()
+        );
+        // A mass outage: every host silent, then every host back. What
+        // the silent hosts took is given back by the sweep that saw them
+        // recover.
+        let quiet = sweeper.tracker.heap_bytes() + sweeper.silent.heap_bytes();
+        sweeper.sweep_at(&table, 30 * S, UNIX_EPOCH).unwrap();
+        assert_eq!(sweeper.summary().silent, n as u64);
+        let outage = sweeper.tracker.heap_bytes() + sweeper.silent.heap_bytes();
+        assert!(
+            outage > quiet + n * 16,
+            "{outage} bytes for {n} silent hosts?"
+        );
+        for t in &table.0 {
+            t.store(31 * S, std::sync::atomic::Ordering::Relaxed);
+        }
+        sweeper.sweep_at(&table, 31 * S, UNIX_EPOCH).unwrap();
+        assert_eq!(sweeper.summary().silent, 0);
+        let after = sweeper.tracker.heap_bytes() + sweeper.silent.heap_bytes();
+        assert!(
+            after <= quiet + (256 << 10),
+            "{after} bytes kept after {n} silent hosts recovered ({quiet} before the outage, {outage} in it)"
         );
     }
 

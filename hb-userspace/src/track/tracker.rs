@@ -651,6 +651,12 @@ impl Tracker {
         self.silent.iter().map(|(&slot, &seen)| (slot, seen))
     }
 
+    /// Gives back the room of silent hosts that are no more (a mass
+    /// outage that recovered); whether there was any.
+    pub fn release_spare(&mut self) -> bool {
+        super::spare::map(&mut self.silent)
+    }
+
     /// Heap bytes of the tracker's state (for the memory figure).
     pub fn heap_bytes(&self) -> usize {
         let told = match &self.told {
