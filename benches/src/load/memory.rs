@@ -127,13 +127,16 @@ pub fn run(cfg: &Config, hosts: u32, max_hosts: u32) -> Result<String> {
     let fleet = Fleet::new(cfg.ipv6_percent);
     let tag: String = format!("m{}", cfg.tag).chars().take(10).collect();
     let topo = Topology::new(&tag)?;
+    // Long enough for the burst to be sent and reported and the steady
+    // figures read before the first host goes silent (checked), at about
+    // 4 µs a frame on this machine's veth.
+    let timeout = Duration::from_secs(30) + Duration::from_micros(5 * u64::from(hosts));
     let settings = Settings {
         hb: cfg.hb.clone(),
         iface: topo.a_if.clone(),
         port: cfg.port,
         ingest: None,
-        // Nobody goes silent while measuring: one heartbeat each.
-        timeout: Duration::from_secs(3600),
+        timeout,
         sweep: cfg.sweep,
         max_hosts,
         inventory: None,
@@ -147,32 +150,26 @@ pub fn run(cfg: &Config, hosts: u32, max_hosts: u32) -> Result<String> {
     collector.wait_summaries(3, Duration::from_secs(30))?;
     let idle = snapshot(Some(pid))?;
 
+    let every_host_beats = |generator: &mut Generator| -> Result<Duration> {
+        let t = Instant::now();
+        let sent = generator.run(&Traffic {
+            hosts: Hosts::range(0, hosts),
+            rate: None,
+            junk: false,
+            duration: Duration::from_secs(300),
+            max_packets: u64::from(hosts),
+        })?;
+        if sent.heartbeats < u64::from(hosts) {
+            bail!("sent {} of {hosts} heartbeats in 300 s", sent.heartbeats);
+        }
+        Ok(t.elapsed())
+    };
     let t = Instant::now();
-    let sent = generator.run(&Traffic {
-        hosts: Hosts::range(0, hosts),
-        rate: None,
-        junk: false,
-        duration: Duration::from_secs(300),
-        max_packets: u64::from(hosts),
-    })?;
-    if sent.heartbeats < u64::from(hosts) {
-        bail!("sent {} of {hosts} heartbeats in 300 s", sent.heartbeats);
-    }
-    let send_time = t.elapsed();
+    let send_time = every_host_beats(&mut generator)?;
     // Every host reported `new` (the first sweeps after the burst), then
     // quiet sweeps: what is kept from then on is the steady size.
-    let deadline = Instant::now() + Duration::from_secs(120 + u64::from(hosts / 100_000));
-    loop {
-        signals::check()?;
-        let new = collector.events().totals[Kind::New as usize];
-        if new >= u64::from(hosts) {
-            break;
-        }
-        if Instant::now() >= deadline {
-            bail!("only {new} of {hosts} hosts reported new in time");
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
+    let slack = Duration::from_secs(120 + u64::from(hosts / 100_000));
+    wait_for(&collector, Kind::New, hosts, slack)?;
     let reported = t.elapsed();
     let peak = snapshot(Some(pid))?;
     collector.wait_summaries(5, Duration::from_secs(60))?;
@@ -180,12 +177,28 @@ pub fn run(cfg: &Config, hosts: u32, max_hosts: u32) -> Result<String> {
     let after = snapshot(Some(pid))?;
     let metrics = collector.scrape()?;
     let table_hosts = metrics.get("hb_hosts");
-    let events = collector.stop()?;
-    if events.totals[Kind::New as usize] != u64::from(hosts) {
+    if collector.events().totals[Kind::Silent as usize] > 0 {
         bail!(
-            "{} `new` lines for {hosts} hosts",
-            events.totals[Kind::New as usize]
+            "hosts went silent ({timeout:?} timeout) before the steady figures were read: the burst took {send_time:?} to send"
         );
+    }
+    // A mass outage: every host silent at once, then every host back.
+    wait_for(&collector, Kind::Silent, hosts, timeout + slack)?;
+    let outage = snapshot(Some(pid))?;
+    every_host_beats(&mut generator)?;
+    wait_for(&collector, Kind::Recovered, hosts, slack)?;
+    collector.wait_summaries(5, Duration::from_secs(60))?;
+    settle();
+    let recovered = snapshot(Some(pid))?;
+    let events = collector.stop()?;
+    for kind in Kind::ALL {
+        if events.totals[kind as usize] != u64::from(hosts) {
+            bail!(
+                "{} `{}` lines for {hosts} hosts",
+                events.totals[kind as usize],
+                kind.name()
+            );
+        }
     }
     drop(topo);
 
@@ -204,9 +217,12 @@ pub fn run(cfg: &Config, hosts: u32, max_hosts: u32) -> Result<String> {
     let _ = writeln!(
         md,
         "### Memory at {hosts} hosts ({date})\n\n\
-         `hb run --max-hosts {max_hosts}` ({}), {hosts} hosts ({}% IPv6) beat once each \
-         (sent in {:.1} s, all reported `new` {:.1} s after the first was sent; the table \
-         says {table_hosts} hosts), figures after 5 more sweeps.\n",
+         `hb run --max-hosts {max_hosts} --timeout {}s` ({}), {hosts} hosts ({}% IPv6) beat \
+         once each (sent in {:.1} s, all reported `new` {:.1} s after the first was sent; the \
+         table says {table_hosts} hosts); *steady after*: 5 more sweeps. Then a mass outage: \
+         *all silent* once every host was reported `silent`; every host beats again, \
+         *recovered*: 5 sweeps after every host was reported `recovered`.\n",
+        timeout.as_secs(),
         cfg.hb.display(),
         cfg.ipv6_percent,
         send_time.as_secs_f64(),
@@ -214,18 +230,15 @@ pub fn run(cfg: &Config, hosts: u32, max_hosts: u32) -> Result<String> {
     );
     let _ = writeln!(
         md,
-        "| | before hb | hb idle | burst reported | steady after |"
+        "| | before hb | hb idle | burst reported | steady after | all silent | recovered |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
     let row = |md: &mut String, name: &str, f: &dyn Fn(&Snapshot) -> u64| {
-        let _ = writeln!(
-            md,
-            "| {name} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
-            mib(f(&before)),
-            mib(f(&idle)),
-            mib(f(&peak)),
-            mib(f(&after))
-        );
+        let _ = write!(md, "| {name} |");
+        for s in [&before, &idle, &peak, &after, &outage, &recovered] {
+            let _ = write!(md, " {:.1} MiB |", mib(f(s)));
+        }
+        md.push('\n');
     };
     row(&mut md, "MemAvailable", &|s| s.available);
     row(&mut md, "hb VmRSS", &|s| s.rss);
@@ -275,6 +288,8 @@ pub fn run(cfg: &Config, hosts: u32, max_hosts: u32) -> Result<String> {
          - collector's own share (private + binary + rings): **{:.1} B/host**; VmHWM (map \
            pages included) {:.0} B/host\n\
          - **total, kernel maps + collector: {:.1} B/host** ({:.1} MiB)\n\
+         - with every host silent: collector private {:.1} B/host; once all recovered: \
+           collector private {:.1} B/host, own share {:.1} B/host, total {:.1} B/host\n\
          - as the system sees it (MemAvailable before hb − steady after, less this program's \
            growth): {:.0} B/host ({:.1} MiB; the machine is shared, so this moves with \
            whatever else runs)\n",
@@ -299,6 +314,10 @@ pub fn run(cfg: &Config, hosts: u32, max_hosts: u32) -> Result<String> {
         per(after.hwm as i64),
         per(after.total() as i64),
         mib(after.total()),
+        per(outage.process.anon as i64),
+        per(recovered.process.anon as i64),
+        per(recovered.process.own() as i64),
+        per(recovered.total() as i64),
         per(system),
         system as f64 / (1 << 20) as f64,
     );
@@ -306,7 +325,9 @@ pub fn run(cfg: &Config, hosts: u32, max_hosts: u32) -> Result<String> {
         md,
         "| map | type | entries | flags | memlock | B/host |\n|---|---|---:|---|---:|---:|"
     );
-    for m in &after.maps {
+    let mut maps = after.maps.clone();
+    maps.sort_by_key(|m| std::cmp::Reverse(m.memlock));
+    for m in &maps {
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {:.1} MiB | {:.2} |",
@@ -326,6 +347,25 @@ pub fn run(cfg: &Config, hosts: u32, max_hosts: u32) -> Result<String> {
     }
     md.push('\n');
     Ok(md)
+}
+
+/// Waits until `hosts` lines of `kind` were read from the collector.
+fn wait_for(collector: &Collector, kind: Kind, hosts: u32, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        signals::check()?;
+        let seen = collector.events().totals[kind as usize];
+        if seen >= u64::from(hosts) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "only {seen} of {hosts} hosts reported {} in time",
+                kind.name()
+            );
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Lets the page cache and the allocator settle before reading figures.
