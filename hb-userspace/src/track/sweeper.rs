@@ -461,10 +461,14 @@ impl Sweeper {
             let after = self.fleet.config.forget_after.as_nanos() as u64;
             f.next_scan = now + (after / 4).clamp(1, FORGET_SCAN);
             let roll = &self.roll;
+            let (tick, after) = (
+                hb_common::timing::tick(now, table.epoch_ns()),
+                hb_common::timing::ticks_floor(after),
+            );
             for (slot, t) in table.last_seen().iter().enumerate() {
                 let seen = t.load(std::sync::atomic::Ordering::Relaxed);
                 if seen != 0
-                    && now.saturating_sub(seen) > after
+                    && hb_common::timing::age(tick, seen) > after
                     && roll.entry(slot as u32) >= IGNORED
                     && self.tracker.is_known(slot as u32)
                 {
@@ -623,6 +627,7 @@ impl Sweeper {
             ts: &ts,
             now,
         };
+        tracker.set_epoch(table.epoch_ns());
         tracker.sweep(last_seen, now, &mut obs);
         let Obs {
             roll,
@@ -833,7 +838,9 @@ fn push_line(out: &mut Vec<u8>, line: &str) {
 
 #[cfg(test)]
 mod tests {
-    use std::{sync::atomic::AtomicU64, time::UNIX_EPOCH};
+    use std::{sync::atomic::AtomicU32, time::UNIX_EPOCH};
+
+    use hb_common::{TICK_NS, timing::tick};
 
     use hb_common::HostKey;
 
@@ -844,13 +851,23 @@ mod tests {
         tracker::{Words, state_words},
     };
 
-    const S: u64 = 1_000_000_000;
+    /// A second, near enough: whole ticks, so that times in seconds are
+    /// exact in the table's ticks.
+    const S: u64 = 1024 * TICK_NS;
+
+    /// A stamp at `ns` (epoch 0).
+    fn stamp_at(ns: u64) -> AtomicU32 {
+        AtomicU32::new(if ns == 0 { 0 } else { tick(ns, 0) })
+    }
     const SLOTS: usize = 8;
 
-    struct Fake(Vec<AtomicU64>);
+    struct Fake(Vec<AtomicU32>);
 
     impl Table for Fake {
-        fn last_seen(&self) -> &[AtomicU64] {
+        fn epoch_ns(&self) -> u64 {
+            0
+        }
+        fn last_seen(&self) -> &[AtomicU32] {
             &self.0
         }
         fn host(&self, slot: u32) -> Host {
@@ -868,7 +885,7 @@ mod tests {
     }
 
     fn fake(seen: &[u64]) -> Fake {
-        Fake(seen.iter().map(|&t| AtomicU64::new(t)).collect())
+        Fake(seen.iter().map(|&t| stamp_at(t)).collect())
     }
 
     /// Where each line of `out` ends.
@@ -884,7 +901,7 @@ mod tests {
     fn next_reports_new(bytes: impl FnOnce(&[u64], &[u64]) -> u64) -> Vec<u32> {
         let words = Words::Heap(vec![0; state_words(SLOTS)]);
         let first = fake(&[10 * S, 10 * S, 10 * S]);
-        let tracker = Tracker::resume(15 * S, words, SLOTS, first.last_seen());
+        let tracker = Tracker::resume(15 * S, words, SLOTS, first.last_seen(), 0);
         let mut sweeper = Sweeper::with_tracker(tracker, Format::Json);
         sweeper.sweep_at(&first, 10 * S, UNIX_EPOCH).unwrap();
         let one = ends(sweeper.lines());
@@ -902,7 +919,7 @@ mod tests {
         sweeper.written(bytes / 2);
         sweeper.written(bytes);
         let words = sweeper.into_tracker().into_words().unwrap();
-        let mut next = Tracker::resume(15 * S, words, SLOTS, second.last_seen());
+        let mut next = Tracker::resume(15 * S, words, SLOTS, second.last_seen(), 0);
         let mut new = Vec::new();
         next.sweep(second.last_seen(), 12 * S, |t| {
             if let Transition::New { host, .. } = t {
@@ -914,9 +931,12 @@ mod tests {
 
     #[test]
     fn a_burst_of_new_hosts_leaves_no_big_buffers_behind() {
-        struct Wide(Vec<AtomicU64>);
+        struct Wide(Vec<AtomicU32>);
         impl Table for Wide {
-            fn last_seen(&self) -> &[AtomicU64] {
+            fn epoch_ns(&self) -> u64 {
+                0
+            }
+            fn last_seen(&self) -> &[AtomicU32] {
                 &self.0
             }
             fn host(&self, slot: u32) -> Host {
@@ -933,11 +953,11 @@ mod tests {
             }
         }
         let n = 200_000;
-        let table = Wide((0..n).map(|_| AtomicU64::new(10 * S)).collect());
+        let table = Wide((0..n).map(|_| stamp_at(10 * S)).collect());
         // Keeping what the output was told, as `hb run` does: the lines
         // await their write in `untold`.
         let words = Words::Heap(vec![0; state_words(n)]);
-        let tracker = Tracker::resume(15 * S, words, n, table.last_seen());
+        let tracker = Tracker::resume(15 * S, words, n, table.last_seen(), 0);
         let mut sweeper = Sweeper::with_tracker(tracker, Format::Json);
         sweeper.sweep_at(&table, 10 * S, UNIX_EPOCH).unwrap();
         // The burst: every host new, lines and transitions past what is kept.
@@ -977,7 +997,10 @@ mod tests {
             "{outage} bytes for {n} silent hosts?"
         );
         for t in &table.0 {
-            t.store(31 * S, std::sync::atomic::Ordering::Relaxed);
+            t.store(
+                stamp_at(31 * S).into_inner(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
         sweeper.sweep_at(&table, 31 * S, UNIX_EPOCH).unwrap();
         assert_eq!(sweeper.summary().silent, 0);
@@ -1096,7 +1119,7 @@ mod tests {
     fn recovered_after_restart(summary_every: u32) -> Vec<Transition<u32>> {
         let words = Words::Heap(vec![0; state_words(SLOTS)]);
         let table = fake(&[10 * S]);
-        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen(), 0);
         let mut sweeper = Sweeper::with_tracker(tracker, Format::Json);
         sweeper.set_summary_every(summary_every);
         let mut bytes = 0;
@@ -1107,7 +1130,7 @@ mod tests {
         }
         let words = sweeper.into_tracker().into_words().unwrap();
         let now = fake(&[45 * S]);
-        let mut next = Tracker::resume(15 * S, words, SLOTS, now.last_seen());
+        let mut next = Tracker::resume(15 * S, words, SLOTS, now.last_seen(), 0);
         let mut out = Vec::new();
         next.sweep(now.last_seen(), 46 * S, |t| out.push(t));
         out
@@ -1169,7 +1192,7 @@ mod tests {
             ev[0]["labels"],
             serde_json::json!({"group": "db", "dc": "ams"})
         );
-        assert_eq!(ev[0]["missing_for_ms"], 5000);
+        assert_eq!(ev[0]["missing_for_ms"], 5 * S / 1_000_000);
         assert_eq!(summary(&sw)["missing"], 2);
         sw.sweep_at(&table, 16 * S, UNIX_EPOCH).unwrap();
         assert!(kinds(&sw).is_empty(), "missing is reported once");
@@ -1179,7 +1202,7 @@ mod tests {
         let ev = events(&sw);
         assert_eq!(kinds(&sw), [pair("recovered", "198.18.0.2")]);
         assert_eq!(ev[0]["name"], "db-2");
-        assert_eq!(ev[0]["silent_for_ms"], 7000);
+        assert_eq!(ev[0]["silent_for_ms"], 7 * S / 1_000_000);
         assert_eq!(summary(&sw)["missing"], 1);
         assert_eq!(sw.roll().missing().count(), 1);
         // Host 0 falls silent: named.
@@ -1301,16 +1324,19 @@ mod tests {
         sw.sweep_at(&table, 37 * S, UNIX_EPOCH).unwrap();
         let ev = events(&sw);
         assert_eq!(kinds(&sw), [pair("recovered", "198.18.0.2")]);
-        assert_eq!(ev[0]["silent_for_ms"], 27_000);
+        assert_eq!(ev[0]["silent_for_ms"], 27 * S / 1_000_000);
     }
 
     #[test]
     fn a_reloaded_fleet_is_adopted_once_every_slot_is_looked_up() {
         use crate::track::fleet::UnknownHosts;
         // 10,000 hosts: three chunks of lookups, one a sweep at no budget.
-        struct Big(Vec<AtomicU64>);
+        struct Big(Vec<AtomicU32>);
         impl Table for Big {
-            fn last_seen(&self) -> &[AtomicU64] {
+            fn epoch_ns(&self) -> u64 {
+                0
+            }
+            fn last_seen(&self) -> &[AtomicU32] {
                 &self.0
             }
             fn host(&self, slot: u32) -> Host {
@@ -1334,7 +1360,7 @@ mod tests {
             }
             csv
         };
-        let table = |now: u64| Big((0..N).map(|_| AtomicU64::new(now)).collect());
+        let table = |now: u64| Big((0..N).map(|_| stamp_at(now)).collect());
         let mut sw = Sweeper::new(15 * S, Format::Json);
         sw.set_fleet(fleet(&csv("a"), 5 * S, UnknownHosts::Track, &[]));
         sw.sweep_at(&table(S), S, UNIX_EPOCH).unwrap();
@@ -1363,14 +1389,14 @@ mod tests {
         use crate::track::fleet::UnknownHosts;
         let words = Words::Heap(vec![0; state_words(SLOTS)]);
         let table = fake(&[10 * S, 10 * S, 10 * S, 10 * S]);
-        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen(), 0);
         let mut sw = Sweeper::with_tracker(tracker, Format::Json);
         sw.set_fleet(fleet(INVENTORY, 5 * S, UnknownHosts::Track, &[]));
         sw.sweep_at(&table, 10 * S, UNIX_EPOCH).unwrap();
         assert_eq!(kinds(&sw), [pair("new", "198.18.0.3")]);
         sw.written(sw.lines().len() as u64);
         let words = sw.into_tracker().into_words().unwrap();
-        let mut next = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let mut next = Tracker::resume(15 * S, words, SLOTS, table.last_seen(), 0);
         let mut new = 0;
         next.sweep(table.last_seen(), 11 * S, |t| {
             new += u32::from(matches!(t, Transition::New { .. }))
@@ -1381,7 +1407,7 @@ mod tests {
     /// A table that forgets as the XDP one does: a forgotten slot reads 0
     /// and is handed out again once reused.
     struct Forgetful {
-        seen: Vec<AtomicU64>,
+        seen: Vec<AtomicU32>,
         forgotten: std::cell::RefCell<Vec<bool>>,
         reused: std::cell::RefCell<Vec<u32>>,
     }
@@ -1389,18 +1415,24 @@ mod tests {
     impl Forgetful {
         fn new(seen: &[u64]) -> Self {
             Self {
-                seen: seen.iter().map(|&t| AtomicU64::new(t)).collect(),
+                seen: seen.iter().map(|&t| stamp_at(t)).collect(),
                 forgotten: std::cell::RefCell::new(vec![false; seen.len()]),
                 reused: Default::default(),
             }
         }
         fn stamp(&self, slot: usize, t: u64) {
-            self.seen[slot].store(t, std::sync::atomic::Ordering::Relaxed);
+            self.seen[slot].store(
+                stamp_at(t).into_inner(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
     }
 
     impl Table for Forgetful {
-        fn last_seen(&self) -> &[AtomicU64] {
+        fn epoch_ns(&self) -> u64 {
+            0
+        }
+        fn last_seen(&self) -> &[AtomicU32] {
             &self.seen
         }
         fn host(&self, slot: u32) -> Host {
@@ -1442,7 +1474,7 @@ mod tests {
 
     fn forgetting_after(secs: u64) -> Fleet {
         Fleet::load(&crate::track::fleet::FleetConfig {
-            forget_after: std::time::Duration::from_secs(secs),
+            forget_after: std::time::Duration::from_nanos(secs * S),
             ..Default::default()
         })
         .unwrap()
@@ -1452,7 +1484,7 @@ mod tests {
     fn a_host_silent_for_forget_after_is_forgotten_and_its_slot_reused() {
         let words = Words::Heap(vec![0; state_words(SLOTS)]);
         let table = Forgetful::new(&[10 * S, 10 * S]);
-        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen(), 0);
         let mut sw = Sweeper::with_tracker(tracker, Format::Json);
         sw.set_fleet(forgetting_after(20));
         assert_eq!(swept(&mut sw, &table, 10 * S).len(), 2);
@@ -1482,7 +1514,7 @@ mod tests {
         assert_eq!(*table.reused.borrow(), [1]);
         // Unknown in the told state: a restarted collector agrees.
         let words = sw.into_tracker().into_words().unwrap();
-        let again = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let again = Tracker::resume(15 * S, words, SLOTS, table.last_seen(), 0);
         assert_eq!(again.census().hosts, 1);
         assert!(!again.is_known(1));
         // The slot's next host is new.
@@ -1496,7 +1528,7 @@ mod tests {
     fn a_collector_killed_between_the_steps_finishes_forgetting() {
         let words = Words::Heap(vec![0; state_words(SLOTS)]);
         let table = Forgetful::new(&[10 * S, 10 * S]);
-        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen(), 0);
         let mut sw = Sweeper::with_tracker(tracker, Format::Json);
         sw.set_fleet(forgetting_after(20));
         swept(&mut sw, &table, 10 * S);
@@ -1505,7 +1537,7 @@ mod tests {
         assert!(table.forgotten(1));
         // Killed here: the next collector finds the slot known, forgotten.
         let words = sw.into_tracker().into_words().unwrap();
-        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen(), 0);
         assert!(tracker.is_known(1));
         let mut sw = Sweeper::with_tracker(tracker, Format::Json);
         sw.set_fleet(forgetting_after(20));
