@@ -1,9 +1,11 @@
 //! Memory as the system sees it: a real `hb run` on the load test's veth
-//! pair, a fleet that each beats once, and what the machine and the
-//! collector's process hold before and after (MemAvailable, VmRSS, VmHWM,
-//! the kernel memory charged to hb's BPF maps). Figures are printed, not
-//! checked: the machine is shared, MemAvailable moves with everything else
-//! on it, so the process's own figures are given beside it.
+//! pair, a fleet that each beats once, then a mass outage (every host
+//! silent, then every host back), and what the machine and the collector
+//! hold at each step, every page counted once: hb's BPF maps (each map
+//! once, by its kernel memory, however hb reaches it), the collector's
+//! private pages, its binary's pages, and MemAvailable. Figures are
+//! printed, not checked: the machine is shared, MemAvailable moves with
+//! everything else on it, so the process's own figures are given beside it.
 
 use std::{
     fmt::Write as _,
