@@ -19,12 +19,22 @@ pub struct MapMemory {
     pub max_entries: u64,
     /// Kernel memory charged to the map ("memlock:" in its fdinfo), bytes.
     pub memlock: u64,
+    /// `map_flags` (`BPF_F_MMAPABLE` is 1 << 10).
+    pub flags: u64,
 }
+
+/// `BPF_F_MMAPABLE`: the map's values can be mmapped.
+pub const BPF_F_MMAPABLE: u64 = 1 << 10;
 
 /// Reads a map's figures from `/proc/self/fdinfo/<fd>`; `None` if `fd` is
 /// not a BPF map.
 fn map_fdinfo(fd: &str) -> Option<MapMemory> {
-    let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    map_fdinfo_at(&format!("/proc/self/fdinfo/{fd}"))
+}
+
+/// As `map_fdinfo`, of any process's fd: `/proc/<pid>/fdinfo/<fd>`.
+pub fn map_fdinfo_at(path: &str) -> Option<MapMemory> {
+    let info = fs::read_to_string(path).ok()?;
     let field = |key: &str| {
         info.lines()
             .find_map(|l| l.strip_prefix(key))
@@ -40,6 +50,12 @@ fn map_fdinfo(fd: &str) -> Option<MapMemory> {
         map_type: field("map_type:")? as u32,
         max_entries: field("max_entries:").unwrap_or(0),
         memlock: field("memlock:")?,
+        // Printed in hex ("0x400").
+        flags: info
+            .lines()
+            .find_map(|l| l.strip_prefix("map_flags:"))
+            .and_then(|v| u64::from_str_radix(v.trim().trim_start_matches("0x"), 16).ok())
+            .unwrap_or(0),
     })
 }
 
@@ -64,10 +80,7 @@ pub fn maps_in_use(progs: &[&aya::programs::Xdp]) -> Result<Vec<MapMemory>, Stri
         }
     };
     for id in ids {
-        // A fresh fd for the map, read while it is open.
-        let data = aya::maps::MapData::from_id(id).map_err(|e| format!("map {id}: {e}"))?;
-        let fd = data.fd().as_fd().as_raw_fd();
-        add(map_fdinfo(&fd.to_string()).ok_or(format!("map {id}: no fdinfo"))?);
+        add(map_memory(id)?);
     }
     let dir = fs::read_dir("/proc/self/fd").map_err(|e| format!("/proc/self/fd: {e}"))?;
     for entry in dir.flatten() {
@@ -79,12 +92,20 @@ pub fn maps_in_use(progs: &[&aya::programs::Xdp]) -> Result<Vec<MapMemory>, Stri
     Ok(maps)
 }
 
+/// The figures of map `id`, read through a fresh fd while it is open.
+pub fn map_memory(id: u32) -> Result<MapMemory, String> {
+    let data = aya::maps::MapData::from_id(id).map_err(|e| format!("map {id}: {e}"))?;
+    let fd = data.fd().as_fd().as_raw_fd();
+    map_fdinfo(&fd.to_string()).ok_or(format!("map {id}: no fdinfo"))
+}
+
 /// Name of a `bpf_map_type` number (the ones hb uses).
 pub fn map_type_name(t: u32) -> String {
     match t {
         1 => "hash".into(),
         2 => "array".into(),
         6 => "percpu_array".into(),
+        22 => "queue".into(),
         27 => "ringbuf".into(),
         t => format!("type {t}"),
     }

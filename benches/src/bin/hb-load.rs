@@ -47,8 +47,9 @@ struct Args {
     #[arg(long)]
     rate: Option<f64>,
     /// Comma-separated scenarios: steady, flood, silent-1%, recovery, churn, junk-flood, reload, or all;
-    /// and, not in all: memory (--hosts beat once; MemAvailable, hb's RSS and maps before and
-    /// after), quality (detection time and false `silent` rate of fixed timeouts).
+    /// and, not in all: memory (--hosts beat once, then all go silent and come back; hb's
+    /// BPF maps, private, binary pages and MemAvailable at each step), quality (detection time
+    /// and false `silent` rate of fixed timeouts).
     #[arg(long, default_value = "all")]
     scenarios: String,
     /// memory: the collector's --max-hosts (default: --hosts rounded up to a power of two).

@@ -116,7 +116,7 @@ pub fn run(config: RunConfig, command_line: CommandLine) -> Result<()> {
                 if let Some(on_event) = on_event.as_mut() {
                     on_event.feed(&sweeper, ingest.table());
                 }
-                stdout.write(&mut events, sweeper.lines())?;
+                stdout.write_from(&mut events, sweeper.lines_mut())?;
                 // Settles at once where nothing more will be written.
                 sweeper.written(stdout.bytes_written());
                 // READY=1 after the first sweep, then watchdog pings.

@@ -24,8 +24,9 @@ use io_uring::{opcode, types};
 
 use super::{EventLoop, Token, Wake};
 
-/// Bytes of buffer kept once written (as the sweeper keeps of its own).
-const KEEP: usize = 1 << 20;
+/// Bytes of buffer kept once written (as the sweeper keeps of its own): a
+/// quiet sweep's summary line, a busy one's few hundred events.
+const KEEP: usize = 64 << 10;
 /// Bytes waiting for a slow reader past which a sweep's lines are dropped,
 /// for a table of `max_hosts`: room for a line of every host (a `new` line
 /// is about 100 bytes, more with an inventory's names) twice over, so that
@@ -140,6 +141,24 @@ impl RingWriter {
             return Ok(());
         }
         self.pending.extend_from_slice(bytes);
+        self.start(ev)
+    }
+
+    /// As `write`, but takes the lines from `lines` rather than copying
+    /// them where nothing waits to be written (the usual case): a sweep
+    /// that reported a million hosts is not held twice. `lines` is left
+    /// empty, with a buffer of the writer's in its place.
+    pub fn write_from(&mut self, ev: &mut EventLoop, lines: &mut Vec<u8>) -> Result<()> {
+        let queued = self.queued();
+        // Where `write` would drop them or append them behind others, it
+        // does; otherwise they become the buffer to write.
+        let fits = queued == 0 || queued + lines.len() <= self.max_queued;
+        if self.failed || lines.is_empty() || !self.pending.is_empty() || !fits {
+            let written = self.write(ev, lines);
+            lines.clear();
+            return written;
+        }
+        std::mem::swap(&mut self.pending, lines);
         self.start(ev)
     }
 
@@ -424,6 +443,43 @@ mod tests {
     }
 
     #[test]
+    fn lines_handed_over_are_taken_not_copied() {
+        let mut ev = EventLoop::new(Duration::from_secs(3600)).unwrap();
+        let (fd, reader) = drained_pipe();
+        let mut w = RingWriter::new(fd);
+        let mut sent = Vec::new();
+        // Nothing waits: the very buffer given is written.
+        let mut a = lines(0, 20_000, 100);
+        sent.extend_from_slice(&a);
+        let at = a.as_ptr();
+        w.write_from(&mut ev, &mut a).unwrap();
+        assert!(a.is_empty());
+        assert!(
+            w.busy() && w.inflight.as_ptr() == at,
+            "the lines were copied"
+        );
+        // While it is written (no completion handled yet), the next lines
+        // wait as they are...
+        let mut b = lines(20_000, 10, 100);
+        sent.extend_from_slice(&b);
+        let at = b.as_ptr();
+        w.write_from(&mut ev, &mut b).unwrap();
+        assert!(b.is_empty() && w.pending.as_ptr() == at, "copied");
+        // ...and lines after them are appended to them.
+        let mut c = lines(20_010, 10, 100);
+        sent.extend_from_slice(&c);
+        w.write_from(&mut ev, &mut c).unwrap();
+        assert!(c.is_empty());
+        settle(&mut ev, &mut w);
+        assert_eq!(w.bytes_written(), sent.len() as u64);
+        assert!(w.pending.capacity() <= KEEP && w.inflight.capacity() <= KEEP);
+        w.drain(&mut ev).unwrap();
+        // SAFETY: closing our write end so the reader sees EOF.
+        unsafe { libc::close(fd) };
+        assert!(reader.join().unwrap() == sent, "lines lost or reordered");
+    }
+
+    #[test]
     fn a_reader_too_far_behind_loses_whole_sweeps_counted_not_memory() {
         let mut ev = EventLoop::new(Duration::from_secs(3600)).unwrap();
         let mut fds = [0; 2];
@@ -437,15 +493,16 @@ mod tests {
         let c = lines(800, 10, 100);
         // Accepted: the reader had caught up.
         w.write(&mut ev, &a).unwrap();
-        // Would queue 80 KB: dropped whole.
-        w.write(&mut ev, &b).unwrap();
+        // Would queue 80 KB: dropped whole, handed over as the sweeps'
+        // lines are.
+        w.write_from(&mut ev, &mut b.clone()).unwrap();
         assert!(
             w.queued() <= max,
             "{} bytes queued past the bound",
             w.queued()
         );
         // Fits beside what waits: queued after the gap.
-        w.write(&mut ev, &c).unwrap();
+        w.write_from(&mut ev, &mut c.clone()).unwrap();
         assert!(w.queued() <= max);
         assert_eq!(w.dropping, (400, b.len() as u64), "the drop is counted");
         // SAFETY: the read end is ours.

@@ -6,6 +6,7 @@ pub mod events;
 pub mod fleet;
 pub mod recent;
 pub mod silent;
+mod spare;
 pub mod sweeper;
 pub mod table;
 pub mod tracker;

@@ -148,6 +148,25 @@ impl SilentOrder {
         }
     }
 
+    /// Gives back the room of hosts no longer silent, and of a sweep's
+    /// transitions, past what they hold; whether there was any.
+    pub fn release_spare(&mut self) -> bool {
+        use super::spare;
+        spare::vec(&mut self.hosts)
+            | spare::vec(&mut self.added)
+            | spare::vec(&mut self.recovered)
+            | spare::map(&mut self.own_timeout)
+    }
+
+    /// Heap bytes of the order (tests).
+    #[cfg(test)]
+    pub fn heap_bytes(&self) -> usize {
+        (self.hosts.capacity() + self.added.capacity()) * size_of::<(u64, u32)>()
+            + self.recovered.capacity() * 4
+            + self.marks.capacity() * 8
+            + self.own_timeout.allocation_size()
+    }
+
     /// Silent hosts.
     pub fn len(&self) -> usize {
         self.hosts.len()

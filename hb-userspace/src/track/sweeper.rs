@@ -24,10 +24,13 @@ use super::{
     tracker::{Observer, Told, Tracker, Transition},
 };
 
-/// Bytes of the output buffer kept from one sweep to the next.
-const OUT_KEEP: usize = 1 << 20;
-/// Transitions kept room for from one sweep to the next (1 MiB of them).
+/// Bytes of the output buffer kept from one sweep to the next: a quiet
+/// sweep writes a summary line, a busy one a few hundred events.
+const OUT_KEEP: usize = 64 << 10;
+/// Transitions kept room for from one sweep to the next (as many bytes).
 const TRANSITIONS_KEEP: usize = OUT_KEEP / size_of::<Transition<u32>>();
+/// Lines awaiting their write kept room for once all are written.
+const UNTOLD_KEEP: usize = OUT_KEEP / size_of::<(u64, Told)>();
 
 /// Host events reported since the start.
 #[derive(Debug, Clone, Copy, Default)]
@@ -196,6 +199,12 @@ impl Sweeper {
         &self.out
     }
 
+    /// The last sweep's lines, for an output that takes them (see
+    /// `RingWriter::write_from`) rather than copying them.
+    pub fn lines_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.out
+    }
+
     /// The output has written the first `bytes` bytes of all the lines
     /// reported: what the lines written whole told is recorded with the
     /// tracker (a restarted collector does not report it again; what was
@@ -206,6 +215,12 @@ impl Sweeper {
         {
             self.tracker.told(told);
             self.untold.pop_front();
+        }
+        // A burst's million lines leave room for as many (24 MB): given back
+        // once they are all written.
+        if self.untold.is_empty() && self.untold.capacity() > UNTOLD_KEEP {
+            self.untold.shrink_to(UNTOLD_KEEP);
+            crate::io::give_back();
         }
         let Some(keeper) = self.keeper.as_mut() else {
             return;
@@ -218,6 +233,10 @@ impl Sweeper {
                 FleetTold::Found(key) => keeper.told_found(&key),
             }
             self.fleet_untold.pop_front();
+        }
+        if self.fleet_untold.is_empty() && self.fleet_untold.capacity() > UNTOLD_KEEP {
+            self.fleet_untold.shrink_to(UNTOLD_KEEP);
+            crate::io::give_back();
         }
         keeper.flush();
     }
@@ -637,6 +656,10 @@ impl Sweeper {
             });
         }
         silent.settle(tracker);
+        // After a mass outage recovered, its hosts' room is not kept.
+        if tracker.release_spare() | silent.release_spare() {
+            crate::io::give_back();
+        }
         // The slots this sweep read: those in use when it began.
         self.table_used = last_seen.len();
 
@@ -931,13 +954,26 @@ mod tests {
         }
         let n = 200_000;
         let table = Wide((0..n).map(|_| stamp_at(10 * S)).collect());
-        let mut sweeper = Sweeper::new(15 * S, Format::Json);
+        // Keeping what the output was told, as `hb run` does: the lines
+        // await their write in `untold`.
+        let words = Words::Heap(vec![0; state_words(n)]);
+        let tracker = Tracker::resume(15 * S, words, n, table.last_seen(), 0);
+        let mut sweeper = Sweeper::with_tracker(tracker, Format::Json);
         sweeper.sweep_at(&table, 10 * S, UNIX_EPOCH).unwrap();
         // The burst: every host new, lines and transitions past what is kept.
         assert_eq!(sweeper.last_transitions().len(), n);
         assert!(sweeper.lines().len() > OUT_KEEP);
-        assert!(n > TRANSITIONS_KEEP);
-        // The next, quiet sweep gives the memory back.
+        assert!(n > TRANSITIONS_KEEP && sweeper.untold.len() > UNTOLD_KEEP);
+        // Written in two steps, as write completions come.
+        let bytes = sweeper.lines().len() as u64;
+        sweeper.written(bytes / 2);
+        sweeper.written(bytes);
+        assert!(
+            sweeper.untold.capacity() <= UNTOLD_KEEP,
+            "room for {} lines awaiting their write kept once all were written",
+            sweeper.untold.capacity()
+        );
+        // The next, quiet sweep gives the rest back.
         sweeper.sweep_at(&table, 11 * S, UNIX_EPOCH).unwrap();
         assert!(
             sweeper.out.capacity() <= OUT_KEEP,
@@ -948,6 +984,30 @@ mod tests {
             sweeper.transitions.capacity() <= TRANSITIONS_KEEP,
             "room for {} transitions kept",
             sweeper.transitions.capacity()
+        );
+        // A mass outage: every host silent, then every host back. What
+        // the silent hosts took is given back by the sweep that saw them
+        // recover.
+        let quiet = sweeper.tracker.heap_bytes() + sweeper.silent.heap_bytes();
+        sweeper.sweep_at(&table, 30 * S, UNIX_EPOCH).unwrap();
+        assert_eq!(sweeper.summary().silent, n as u64);
+        let outage = sweeper.tracker.heap_bytes() + sweeper.silent.heap_bytes();
+        assert!(
+            outage > quiet + n * 16,
+            "{outage} bytes for {n} silent hosts?"
+        );
+        for t in &table.0 {
+            t.store(
+                stamp_at(31 * S).into_inner(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        sweeper.sweep_at(&table, 31 * S, UNIX_EPOCH).unwrap();
+        assert_eq!(sweeper.summary().silent, 0);
+        let after = sweeper.tracker.heap_bytes() + sweeper.silent.heap_bytes();
+        assert!(
+            after <= quiet + (256 << 10),
+            "{after} bytes kept after {n} silent hosts recovered ({quiet} before the outage, {outage} in it)"
         );
     }
 

@@ -792,6 +792,12 @@ impl Tracker {
             .map(move |(&slot, &seen)| (slot, epoch.wrapping_add(seen << TICK_SHIFT)))
     }
 
+    /// Gives back the room of silent hosts that are no more (a mass
+    /// outage that recovered); whether there was any.
+    pub fn release_spare(&mut self) -> bool {
+        super::spare::map(&mut self.silent)
+    }
+
     /// Heap bytes of the tracker's state (for the memory figure).
     pub fn heap_bytes(&self) -> usize {
         let told = match &self.told {
