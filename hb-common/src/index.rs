@@ -47,10 +47,19 @@ pub const fn slot_bits(max_hosts: u32) -> u32 {
 }
 
 /// The 64-bit hash a host's buckets and tag come from (the two words of
-/// its [`HostKey`](crate::HostKey)): multiply and xor-shift, a few
-/// instructions in the program.
+/// its [`HostKey`](crate::HostKey)), keyed by the table's `seed`:
+/// multiply and xor-shift, a few instructions in the program.
+///
+/// The seed is random, made when the table is created and pinned with it
+/// (`HB_ALLOC` words 2 and 3; the program has it as a global). Without it,
+/// anyone who can send spoofed `PyHB` could compute 32 addresses that fill
+/// both buckets of a host that is not yet in the table and make its first
+/// heartbeats `table_full`; with it, which addresses share buckets cannot
+/// be told from outside the collector. (Not a cryptographic PRF: the
+/// attacker sees nothing of the placement to learn the seed from.)
 #[inline(always)]
-pub const fn hash(words: [u64; 2]) -> u64 {
+pub const fn hash(words: [u64; 2], seed: [u64; 2]) -> u64 {
+    let words = [words[0] ^ seed[0], words[1] ^ seed[1]];
     // Two rounds: one multiply of the words folded together would give
     // every pair of keys whose words cancel in the fold the same buckets
     // and tag (the fuzz test's addresses filled a bucket pair at 400 hosts
@@ -132,7 +141,7 @@ mod tests {
             assert!(bits < 32);
             assert!(u64::from(max) < 1u64 << bits);
             let mask = buckets(max) - 1;
-            let p = place(hash([0, 0xffff_0a00_0001]), mask, bits);
+            let p = place(hash([0, 0xffff_0a00_0001], [0, 0]), mask, bits);
             assert!(p.first <= mask && p.second <= mask);
             let e = entry(p.tag, max - 1, bits);
             assert_ne!(e, 0);

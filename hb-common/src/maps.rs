@@ -18,6 +18,12 @@ pub const MAX_HOSTS_GLOBAL: &str = "HB_MAX_HOSTS";
 /// ticks count from (see [`timing`](crate::timing)); also kept in
 /// `HB_ALLOC`'s second word, pinned with the table.
 pub const EPOCH_GLOBAL: &str = "HB_EPOCH";
+/// Global (`[u64; 2]`): the key of the index's hash (see
+/// [`index::hash`](crate::index::hash)), random per table; also kept in
+/// `HB_ALLOC`'s words 2 and 3, pinned with the table.
+pub const INDEX_SEED_GLOBAL: &str = "HB_INDEX_SEED";
+/// Words of `HB_ALLOC`: next slot, epoch, seed (two).
+pub const ALLOC_WORDS: u32 = 4;
 /// `BPF_F_MMAPABLE` array of `u64`, each two `u32` slots (slot `s` is half
 /// `s & 1` of element `s / 2`): last heartbeat, in ticks from the epoch.
 pub const LAST_SEEN_MAP: &str = "HB_LAST_SEEN";
@@ -33,8 +39,9 @@ pub const SLOT_KEYS_MAP: &str = "HB_SLOT_KEYS";
 /// per-host state (see hb-userspace's tracker), kept in a map so that it is
 /// pinned with the table and survives a restart of the collector.
 pub const TRACKER_MAP: &str = "HB_TRACKER";
-/// `BPF_F_MMAPABLE` array of two `u64`: the next never-used slot, and the
-/// table's epoch (see `EPOCH_GLOBAL`).
+/// `BPF_F_MMAPABLE` array of four `u64`: the next never-used slot, the
+/// table's epoch (see `EPOCH_GLOBAL`) and the index's seed (see
+/// `INDEX_SEED_GLOBAL`).
 pub const ALLOC_MAP: &str = "HB_ALLOC";
 /// `BPF_F_MMAPABLE` array of one `u64`: bare hosts (known by address) in
 /// the table.

@@ -84,9 +84,10 @@ static TRACKER: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 /// no key is configured (userspace shrinks it at load time).
 #[map(name = "HB_AUTH")]
 static AUTH: Array<AuthSlot> = Array::with_max_entries(DEFAULT_MAX_HOSTS, BPF_F_MMAPABLE);
-/// The next never-used slot; the table's epoch (read by userspace only).
+/// The next never-used slot; the table's epoch and index seed (read by
+/// userspace only).
 #[map(name = "HB_ALLOC")]
-static ALLOC: Array<u64> = Array::with_max_entries(2, BPF_F_MMAPABLE);
+static ALLOC: Array<u64> = Array::with_max_entries(hb_common::ALLOC_WORDS, BPF_F_MMAPABLE);
 /// Slots of forgotten hosts (or given back by a lost claim), taken by new
 /// hosts first.
 #[map(name = "HB_FREE")]
@@ -120,6 +121,10 @@ static HB_SLOT_BITS: u32 = 21;
 #[unsafe(no_mangle)]
 static HB_EPOCH: u64 = 0;
 
+/// The index hash's key (random per table, pinned); set at load time.
+#[unsafe(no_mangle)]
+static HB_INDEX_SEED: [u64; 2] = [0; 2];
+
 pub enum Stamped {
     Known,
     New,
@@ -147,7 +152,14 @@ pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
             core::ptr::read_volatile(&HB_SLOT_BITS),
         )
     };
-    let h = index::hash(key.words());
+    // SAFETY: as above.
+    let seed = unsafe {
+        [
+            core::ptr::read_volatile(&HB_INDEX_SEED[0]),
+            core::ptr::read_volatile(&HB_INDEX_SEED[1]),
+        ]
+    };
+    let h = index::hash(key.words(), seed);
     let place = index::place(h, mask, bits);
     if let Some(slot) = lookup(key, place, bits) {
         return known(slot, fresh);

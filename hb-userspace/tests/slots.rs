@@ -163,10 +163,10 @@ fn concurrent_new_hosts_get_distinct_slots() {
 
 /// Where the index keeps a host, derived from hb-common's `index` (the
 /// contract the program and userspace share): its two buckets and tag in a
-/// table of `max_hosts`.
-fn place_of(ip: [u8; 4], max_hosts: u32) -> index::Place {
+/// table of `max_hosts` whose index seed is `seed`.
+fn place_of(ip: [u8; 4], max_hosts: u32, seed: [u64; 2]) -> index::Place {
     index::place(
-        index::hash(HostKey::from_ipv4(ip).words()),
+        index::hash(HostKey::from_ipv4(ip).words(), seed),
         index::buckets(max_hosts) - 1,
         index::slot_bits(max_hosts),
     )
@@ -183,6 +183,8 @@ fn concurrent_new_hosts_sharing_a_bucket_get_distinct_slots() {
     let threads = cpus.len();
     const MAX: u32 = 1 << 16;
     const ROUNDS: usize = 2_000;
+    let mut loaded = kit::load(MAX);
+    let seed = loaded.table.index_seed();
     // Round r: `threads` hosts whose first bucket is bucket r.
     let mut by_bucket: HashMap<u32, Vec<u32>> = HashMap::new();
     let mut i = 0;
@@ -192,7 +194,7 @@ fn concurrent_new_hosts_sharing_a_bucket_get_distinct_slots() {
         .count()
         < ROUNDS
     {
-        let b = place_of(src_addr(i), MAX).first;
+        let b = place_of(src_addr(i), MAX, seed).first;
         if (b as usize) < ROUNDS {
             by_bucket.entry(b).or_default().push(i);
         }
@@ -201,7 +203,6 @@ fn concurrent_new_hosts_sharing_a_bucket_get_distinct_slots() {
     let rounds: Vec<Vec<u32>> = (0..ROUNDS as u32)
         .map(|b| by_bucket[&b][..threads].to_vec())
         .collect();
-    let mut loaded = kit::load(MAX);
     let prog = xdp::program(&mut loaded.ebpf).unwrap();
     let per_cpu = PerCpuCounters::of(prog);
     let before = per_cpu.read();
@@ -233,7 +234,11 @@ fn concurrent_new_hosts_sharing_a_bucket_get_distinct_slots() {
     let buckets = Index::of(prog).read();
     for key in &keys {
         let slot = loaded.table.slot(key).unwrap();
-        let p = index::place(index::hash(key.words()), index::buckets(MAX) - 1, bits);
+        let p = index::place(
+            index::hash(key.words(), seed),
+            index::buckets(MAX) - 1,
+            bits,
+        );
         let want = index::entry(p.tag, slot, bits);
         let found = [p.first, p.second]
             .iter()
@@ -270,6 +275,40 @@ fn a_full_table_refuses_new_hosts_without_losing_slots() {
     assert_eq!(keys.len(), 64);
 }
 
+/// Each table hashes with its own random seed: 33 addresses chosen to
+/// fill both buckets of one host in one table (what a spoofer who knew
+/// the hash could send) are spread over the buckets of another, where
+/// every one of them is recorded and none is `table_full`.
+#[test]
+fn addresses_chosen_against_one_table_do_not_collide_in_another() {
+    const MAX: u32 = 1024;
+    let known = kit::load(MAX);
+    let mut other = kit::load(MAX);
+    let (seed, theirs) = (known.table.index_seed(), other.table.index_seed());
+    assert_ne!(seed, theirs, "two tables with one seed");
+    assert_ne!(seed, [0, 0]);
+    let home = place_of(src_addr(1), MAX, seed);
+    let pair = |p: index::Place| (p.first.min(p.second), p.first.max(p.second));
+    let chosen: Vec<u32> = (1..20_000_000)
+        .filter(|&i| pair(place_of(src_addr(i), MAX, seed)) == pair(home))
+        .take(2 * index::BUCKET_ENTRIES as usize + 1)
+        .collect();
+    assert_eq!(chosen.len(), 33);
+    let prog = xdp::program(&mut other.ebpf).unwrap();
+    for &i in &chosen {
+        beat(prog, &hb4(&[], src_addr(i)));
+    }
+    let c = other.table.counters().unwrap();
+    assert_eq!(c[Counter::TableFull as usize], 0);
+    assert_eq!(c[Counter::NewHost as usize], 33);
+    let fullest = Index::of(prog)
+        .read()
+        .iter()
+        .map(|b| b.iter().filter(|&&e| e != 0).count())
+        .max();
+    assert!(fullest < Some(8), "{fullest:?} entries in one bucket");
+}
+
 /// Hosts whose two buckets are the same two, more than both hold: each is
 /// stamped in its own slot while there is room, interleaved, and the one
 /// past 32 entries is `table_full` (both buckets full) though slots are
@@ -277,17 +316,18 @@ fn a_full_table_refuses_new_hosts_without_losing_slots() {
 #[test]
 fn hosts_sharing_their_buckets_are_each_stamped_in_their_own_slot() {
     const MAX: u32 = 1024;
-    let home = place_of(src_addr(1), MAX);
+    let mut loaded = kit::load(MAX);
+    let seed = loaded.table.index_seed();
+    let home = place_of(src_addr(1), MAX, seed);
     let pair = |p: index::Place| {
         let (a, b) = (p.first.min(p.second), p.first.max(p.second));
         (a, b)
     };
     let sharing: Vec<u32> = (1..20_000_000)
-        .filter(|&i| pair(place_of(src_addr(i), MAX)) == pair(home))
+        .filter(|&i| pair(place_of(src_addr(i), MAX, seed)) == pair(home))
         .take(2 * index::BUCKET_ENTRIES as usize + 1)
         .collect();
     assert_eq!(sharing.len(), 33, "not enough hosts sharing two buckets");
-    let mut loaded = kit::load(MAX);
     let prog = xdp::program(&mut loaded.ebpf).unwrap();
     let (fits, over) = sharing.split_at(32);
     let rounds = 3u32;

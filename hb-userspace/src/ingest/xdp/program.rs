@@ -14,7 +14,7 @@ use aya::{
 };
 use hb_common::{
     ALLOC_MAP, ANY_DEST_GLOBAL, AUTH_MAP, AUTH_MODE_GLOBAL, AuthMode, BARE_MAP, BEATS_MAP,
-    CLAIM_MAP, COUNTERS_MAP, EPOCH_GLOBAL, FREE_MAP, HOST_MAPS, INDEX_MAP, INDEX_MASK_GLOBAL,
+    CLAIM_MAP, COUNTERS_MAP, EPOCH_GLOBAL, INDEX_SEED_GLOBAL, FREE_MAP, HOST_MAPS, INDEX_MAP, INDEX_MASK_GLOBAL,
     LAST_SEEN_MAP, LOCAL_SET_SECTION, MAX_BARE_GLOBAL, MAX_HOSTS_GLOBAL, PAIRED_MAPS, PASS_GLOBAL,
     PORT_GLOBAL, PROGRAM, SIP_STATE_GLOBAL, SLOT_BITS_GLOBAL, SLOT_KEYS_MAP, TIMING_MAP,
     TRACKER_MAP,
@@ -173,19 +173,20 @@ pub fn load_with(
         Some(dir) => pinned_sizes(dir)?,
         None => None,
     };
-    let (max_hosts, epoch) = match pinned {
-        Some((max_hosts, epoch)) => {
+    let (max_hosts, epoch, seed) = match pinned {
+        Some((max_hosts, epoch, seed)) => {
             if max_hosts != settings.max_hosts {
                 warn!(
                     "--max-hosts {} differs from the pinned table's {max_hosts}: keeping {max_hosts} and the hosts in it (`hb detach` first to start over with a new size)",
                     settings.max_hosts
                 );
             }
-            (max_hosts, epoch)
+            (max_hosts, epoch, seed)
         }
         None => (
             settings.max_hosts,
             settings.epoch_ns.unwrap_or_else(crate::clock::monotonic_ns),
+            random_seed()?,
         ),
     };
     if max_hosts > index::MAX_HOSTS {
@@ -233,6 +234,7 @@ pub fn load_with(
         .override_global(SLOT_BITS_GLOBAL, &slot_bits, true)
         .override_global(MAX_HOSTS_GLOBAL, &max_hosts, true)
         .override_global(EPOCH_GLOBAL, &epoch, true)
+        .override_global(INDEX_SEED_GLOBAL, &seed, true)
         .override_global(MAX_BARE_GLOBAL, &max_bare, true)
         .override_global(AUTH_MODE_GLOBAL, &mode, true)
         .override_global(SIP_STATE_GLOBAL, &sip, true)
@@ -269,11 +271,13 @@ pub fn load_with(
     };
     let mut alloc = take(ALLOC_MAP)?;
     if pinned.is_none() {
-        // A new table: its epoch, pinned with it (before the program is
-        // attached, so before any stamp).
+        // A new table: its epoch and index seed, pinned with it (before the
+        // program is attached, so before any stamp).
         let mut a: aya::maps::Array<&mut MapData, u64> =
             aya::maps::Array::try_from(&mut alloc).context("the slot allocator")?;
         a.set(1, epoch, 0).context("recording the table's epoch")?;
+        a.set(2, seed[0], 0).context("recording the table's seed")?;
+        a.set(3, seed[1], 0).context("recording the table's seed")?;
     }
     let maps = TableMaps {
         index: take(INDEX_MAP)?,
@@ -299,8 +303,19 @@ pub fn load_with(
     })
 }
 
-/// Capacity and epoch of the table pinned in `dir`, if any.
-fn pinned_sizes(dir: &Path) -> Result<Option<(u32, u64)>> {
+/// A new table's index seed, from the kernel's random source.
+fn random_seed() -> Result<[u64; 2]> {
+    let mut seed = [0u64; 2];
+    // SAFETY: writes at most the 16 bytes of `seed`.
+    let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), size_of_val(&seed), 0) };
+    if n != size_of_val(&seed) as isize {
+        return Err(std::io::Error::last_os_error()).context("getrandom for the index seed");
+    }
+    Ok(seed)
+}
+
+/// Capacity, epoch and index seed of the table pinned in `dir`, if any.
+fn pinned_sizes(dir: &Path) -> Result<Option<(u32, u64, [u64; 2])>> {
     if !dir.join(SLOT_KEYS_MAP).exists() {
         return Ok(None);
     }
@@ -315,7 +330,11 @@ fn pinned_sizes(dir: &Path) -> Result<Option<(u32, u64)>> {
     let epoch = alloc
         .get(&1, 0)
         .context("reading the pinned table's epoch")?;
-    Ok(Some((max_hosts, epoch)))
+    let seed = [alloc.get(&2, 0), alloc.get(&3, 0)];
+    let [Ok(s0), Ok(s1)] = seed else {
+        bail!("the pinned table in {} has no index seed: run `hb detach` to start a new one", dir.display());
+    };
+    Ok(Some((max_hosts, epoch, [s0, s1])))
 }
 
 impl Loaded {

@@ -261,8 +261,9 @@ pub struct HostTable {
     beats: Mapped<AtomicU32>,
     timing: Mapped<AtomicU64>,
     keys: Mapped<[AtomicU64; 2]>,
-    /// The next never-used slot, the epoch.
+    /// The next never-used slot, the epoch, the index seed.
     alloc: Mapped<AtomicU64>,
+    seed: [u64; 2],
     /// `AuthSlot`s as words: seq, lost, address (2 words). As long as the
     /// table with a key, one entry without.
     auth: Mapped<[AtomicU64; 4]>,
@@ -326,10 +327,16 @@ impl HostTable {
         entries(&last_seen, Some(pairs), "last-seen array")?;
         entries(&beats, Some(pairs), "beats array")?;
         entries(&timing, Some(capacity), "timing array")?;
-        entries(&alloc, Some(2), "slot allocator")?;
+        entries(&alloc, Some(hb_common::ALLOC_WORDS as usize), "slot allocator")?;
         let index_words = buckets * (BUCKET_ENTRIES as usize / 2);
-        let alloc: Mapped<AtomicU64> = Mapped::map(&alloc, 2, "slot allocator", prot)?;
+        let alloc: Mapped<AtomicU64> = Mapped::map(
+            &alloc,
+            hb_common::ALLOC_WORDS as usize,
+            "slot allocator",
+            prot,
+        )?;
         let epoch_ns = alloc.as_slice()[1].load(Ordering::Acquire);
+        let seed = [2, 3].map(|i| alloc.as_slice()[i].load(Ordering::Acquire));
         Ok(Self {
             index: Mapped::map_words(
                 &index,
@@ -346,6 +353,7 @@ impl HostTable {
             timing: Mapped::map(&timing, capacity, "timing array", prot)?,
             keys: Mapped::map(&keys, capacity, "slot keys array", prot)?,
             alloc,
+            seed,
             auth: Mapped::map(&auth, auth_len, "auth array", prot)?,
             counters: Counters::new(maps.counters)?,
             capacity,
@@ -361,6 +369,11 @@ impl HostTable {
     /// The CLOCK_MONOTONIC ns the table's ticks count from.
     pub fn epoch_ns(&self) -> u64 {
         self.epoch_ns
+    }
+
+    /// The key of the table's index hash (see hb-common's `index::hash`).
+    pub fn index_seed(&self) -> [u64; 2] {
+        self.seed
     }
 
     /// The program's outcome counters, summed over CPUs.
@@ -585,7 +598,7 @@ impl HostTable {
         if let Some((slot, _)) = self.find(key, None) {
             return Ok(Some(slot));
         }
-        let lock = &self.claim.as_slice()[index::claim_lock(index::hash(key.words())) as usize];
+        let lock = &self.claim.as_slice()[index::claim_lock(index::hash(key.words(), self.seed)) as usize];
         // Held by the program on some CPU for well under a microsecond, or
         // by a collector that died: stale (and taken over) within 64 ticks.
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
@@ -659,7 +672,7 @@ impl HostTable {
     }
 
     fn place(&self, key: &HostKey) -> Place {
-        index::place(index::hash(key.words()), self.mask, self.slot_bits)
+        index::place(index::hash(key.words(), self.seed), self.mask, self.slot_bits)
     }
 
     /// Entry `at` of `bucket`, and its word.
