@@ -17,6 +17,9 @@
 use std::sync::atomic::{AtomicU64, Ordering, compiler_fence};
 
 use hashbrown::HashMap;
+use hb_common::Timing;
+
+use super::adaptive;
 
 /// A host state change found by a sweep; `H` identifies the host (a slot
 /// here, an address once resolved for output).
@@ -204,6 +207,10 @@ fn first_unknown(known: &[u64], from: usize) -> usize {
     i * 64 + word.trailing_ones() as usize
 }
 
+/// A timeout (the tracker's, or a class's) that is learned per host
+/// (`--timeout auto`): see `track::adaptive`.
+pub const AUTO: u64 = u64::MAX - 1;
+
 /// The timeout of `slot`: its class's, or `default` without classes.
 #[inline]
 fn timeout_of(class: &[u8], timeouts: &[u64], default: u64, slot: usize) -> u64 {
@@ -236,6 +243,8 @@ pub struct Tracker {
     timeouts: Vec<u64>,
     /// Counts changes of the timeouts (`set_timeout`, `set_timeouts`).
     timeouts_gen: u64,
+    /// The bounds of the `AUTO` timeouts.
+    auto: adaptive::Policy,
 }
 
 impl Tracker {
@@ -253,6 +262,7 @@ impl Tracker {
             class: Vec::new(),
             timeouts: Vec::new(),
             timeouts_gen: 0,
+            auto: adaptive::Policy::default(),
         }
     }
 
@@ -302,7 +312,12 @@ impl Tracker {
         header[READY_UPTO] = ready_upto as u64;
         header[HOSTS] = hosts;
         let mut silent = HashMap::new();
-        let before_gap = last_sweep.saturating_sub(timeout_ns);
+        // Auto: the shortest a host's can be.
+        let gap_timeout = match timeout_ns {
+            AUTO => adaptive::DEFAULT_MIN.as_nanos() as u64,
+            t => t,
+        };
+        let before_gap = last_sweep.saturating_sub(gap_timeout);
         for (i, &word) in silent_bits.iter().enumerate() {
             let mut bits = word;
             while bits != 0 {
@@ -331,6 +346,7 @@ impl Tracker {
             class: Vec::new(),
             timeouts: Vec::new(),
             timeouts_gen: 0,
+            auto: adaptive::Policy::default(),
         }
     }
 
@@ -342,7 +358,29 @@ impl Tracker {
         self.timeouts_gen += 1;
     }
 
-    /// The timeout of the host in `slot` (its group's, if it has one).
+    /// The bounds of `AUTO` timeouts (a reload may change them).
+    pub fn set_auto(&mut self, policy: adaptive::Policy) {
+        if policy != self.auto {
+            self.auto = policy;
+            self.timeouts_gen += 1;
+        }
+    }
+
+    pub fn auto(&self) -> adaptive::Policy {
+        self.auto
+    }
+
+    /// The timeout of the host in `slot` that has learned `timing`: its
+    /// class's, or learned (`AUTO`).
+    pub fn host_timeout(&self, slot: u32, timing: Timing) -> u64 {
+        match self.timeout_of(slot) {
+            AUTO => self.auto.timeout_ns(timing),
+            t => t,
+        }
+    }
+
+    /// The timeout of the host in `slot` (its group's, if it has one);
+    /// `AUTO` where it is learned (see `host_timeout`).
     pub fn timeout_of(&self, slot: u32) -> u64 {
         if self.timeouts.is_empty() {
             return self.timeout_ns;
@@ -442,7 +480,21 @@ impl Tracker {
     }
 
     /// One sweep over `last_seen` (indexed by slot; 0 = slot not ready).
-    pub fn sweep(&mut self, last_seen: &[AtomicU64], now_ns: u64, mut obs: impl Observer) {
+    /// Hosts with an `AUTO` timeout take theirs from `Timing::NONE` (see
+    /// `sweep_timed`).
+    pub fn sweep(&mut self, last_seen: &[AtomicU64], now_ns: u64, obs: impl Observer) {
+        self.sweep_timed(last_seen, &|_| Timing::NONE, now_ns, obs)
+    }
+
+    /// One sweep over `last_seen`, hosts with an `AUTO` timeout taking
+    /// theirs from what `timing` says they learned.
+    pub fn sweep_timed(
+        &mut self,
+        last_seen: &[AtomicU64],
+        timing: &dyn Fn(u32) -> Timing,
+        now_ns: u64,
+        mut obs: impl Observer,
+    ) {
         let n = last_seen.len();
         self.grow(n);
         if !self.timeouts.is_empty() && self.class.len() < n {
@@ -483,8 +535,11 @@ impl Tracker {
 
         // Silent hosts that beat again: few, so checked one by one.
         let timeout = self.timeout_ns;
-        let (class, timeouts) = (&self.class, &self.timeouts);
-        let of = |slot: usize| timeout_of(class, timeouts, timeout, slot);
+        let (class, timeouts, auto) = (&self.class, &self.timeouts, self.auto);
+        let of = |slot: usize| match timeout_of(class, timeouts, timeout, slot) {
+            AUTO => auto.timeout_ns(timing(slot as u32)),
+            t => t,
+        };
         let mut recovered = Vec::new();
         self.silent.retain(|&slot, &mut went_silent_at| {
             let seen = load(slot as usize);
@@ -506,8 +561,11 @@ impl Tracker {
         // Hosts that just went silent: the one pass over every slot. Age >
         // timeout is `seen < now - timeout`; the rare hit checks the bits.
         // With classes, the shortest timeout is the pass's; a hit checks
-        // the slot's own.
-        let shortest = self.timeouts.iter().copied().min().unwrap_or(timeout);
+        // the slot's own. A learned timeout is at least `--min-timeout`:
+        // only hosts past that read their timing.
+        let floor = |t: u64| if t == AUTO { auto.min_ns } else { t };
+        let shortest = floor(self.timeouts.iter().copied().min().unwrap_or(timeout));
+        let own = !self.timeouts.is_empty() || timeout == AUTO;
         let threshold = now_ns.saturating_sub(shortest);
         for (slot, t) in last_seen.iter().enumerate() {
             let seen = t.load(Ordering::Relaxed);
@@ -515,8 +573,12 @@ impl Tracker {
                 && seen != 0
                 && !self.bit(SILENT, slot)
                 && self.bit(KNOWN, slot)
-                && (self.timeouts.is_empty()
-                    || now_ns - seen > timeout_of(&self.class, &self.timeouts, timeout, slot))
+                && (!own
+                    || now_ns - seen
+                        > match timeout_of(&self.class, &self.timeouts, timeout, slot) {
+                            AUTO => auto.timeout_ns(timing(slot as u32)),
+                            t => t,
+                        })
             {
                 self.set_bit(SILENT, slot, true);
                 self.silent.insert(slot as u32, seen);
