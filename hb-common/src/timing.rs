@@ -128,7 +128,10 @@ mod tests {
         if first {
             (r, r / 2.0)
         } else {
-            (0.875 * srtt + 0.125 * r, 0.75 * rttvar + 0.25 * (srtt - r).abs())
+            (
+                0.875 * srtt + 0.125 * r,
+                0.75 * rttvar + 0.25 * (srtt - r).abs(),
+            )
         }
     }
 
@@ -155,8 +158,14 @@ mod tests {
                 let d = f64::from(t.dev_x4()) / 4.0;
                 // Truncation loses under one scaled unit per step; it
                 // settles within a tick of the real values.
-                assert!((m - mean).abs() <= 1.0 + mean * 1e-6, "{period}: {m} vs {mean}");
-                assert!((d - dev).abs() <= 1.0 + dev * 1e-6, "{period}: {d} vs {dev}");
+                assert!(
+                    (m - mean).abs() <= 1.0 + mean * 1e-6,
+                    "{period}: {m} vs {mean}"
+                );
+                assert!(
+                    (d - dev).abs() <= 1.0 + dev * 1e-6,
+                    "{period}: {d} vs {dev}"
+                );
             }
             assert_eq!(t.samples(), 255);
         }

@@ -381,6 +381,10 @@ mod tests {
             last_seen: timestamp(at(90)),
             silent_for_ms: 125_000,
             lost: None,
+            period_ms: None,
+            jitter_ms: None,
+            phi: None,
+            flapping: false,
         }
     }
 

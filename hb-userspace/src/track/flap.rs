@@ -216,10 +216,6 @@ impl Flap {
             self.flapping -= 1;
         }
     }
-
-    pub fn heap_bytes(&self) -> usize {
-        self.hosts.allocation_size()
-    }
 }
 
 #[cfg(test)]
@@ -311,7 +307,10 @@ mod tests {
         // Two changes in one 10 s check: 2 × ... the first reaches 1.2/21
         // = 5.7%, under 10; the next check's reaches 5.6 + 5.7 > 10.
         assert_eq!(f.transition(silent(1), 0, 10 * S), Verdict::Report);
-        assert_eq!(f.transition(recovered(1), 10 * S, 10 * S), Verdict::Start(11));
+        assert_eq!(
+            f.transition(recovered(1), 10 * S, 10 * S),
+            Verdict::Start(11)
+        );
         assert_eq!(f.transition(silent(1), 12 * S, 10 * S), Verdict::Hold);
         // Still silent when it ends (both changes out of the window, 21
         // checks on): reported silent, for 3 s then + the time since.
@@ -350,7 +349,10 @@ mod tests {
         for i in 0..10u64 {
             let at = i * 60 * S;
             assert_eq!(f.transition(silent(3), at, 2 * S), Verdict::Report);
-            assert_eq!(f.transition(recovered(3), at + 3 * S, 2 * S), Verdict::Report);
+            assert_eq!(
+                f.transition(recovered(3), at + 3 * S, 2 * S),
+                Verdict::Report
+            );
             f.settle(at + 3 * S);
         }
         f.settle(700 * S);

@@ -38,7 +38,7 @@ pub enum UnknownHosts {
 /// Per-group settings (`[groups.NAME]`): hosts whose `group` label is NAME.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GroupPolicy {
-    pub timeout: Option<Duration>,
+    pub timeout: Option<super::adaptive::Timeout>,
     pub grace: Option<Duration>,
 }
 
@@ -105,7 +105,7 @@ pub struct ClassPolicy {
     /// The group's name; "" for class 0.
     pub group: String,
     /// `None`: the collector's `--timeout`.
-    pub timeout: Option<Duration>,
+    pub timeout: Option<super::adaptive::Timeout>,
     pub grace: Duration,
 }
 

@@ -65,6 +65,11 @@ pub trait Observer {
         0
     }
     fn emit(&mut self, t: Transition<u32>);
+    /// A `Silent` or `Recovered` of a host whose timeout is `timeout_ns`
+    /// (its learned one, for `AUTO`).
+    fn emit_timed(&mut self, t: Transition<u32>, _timeout_ns: u64) {
+        self.emit(t)
+    }
 }
 
 impl<F: FnMut(Transition<u32>)> Observer for F {
@@ -543,12 +548,19 @@ impl Tracker {
         let mut recovered = Vec::new();
         self.silent.retain(|&slot, &mut went_silent_at| {
             let seen = load(slot as usize);
-            if seen != went_silent_at && now_ns.saturating_sub(seen) <= of(slot as usize) {
+            if seen == went_silent_at {
+                return true;
+            }
+            let timeout = of(slot as usize);
+            if now_ns.saturating_sub(seen) <= timeout {
                 recovered.push(slot);
-                obs.emit(Transition::Recovered {
-                    host: slot,
-                    silent_for_ns: seen.saturating_sub(went_silent_at),
-                });
+                obs.emit_timed(
+                    Transition::Recovered {
+                        host: slot,
+                        silent_for_ns: seen.saturating_sub(went_silent_at),
+                    },
+                    timeout,
+                );
                 false
             } else {
                 true
@@ -569,23 +581,27 @@ impl Tracker {
         let threshold = now_ns.saturating_sub(shortest);
         for (slot, t) in last_seen.iter().enumerate() {
             let seen = t.load(Ordering::Relaxed);
-            if seen < threshold
-                && seen != 0
-                && !self.bit(SILENT, slot)
-                && self.bit(KNOWN, slot)
-                && (!own
-                    || now_ns - seen
-                        > match timeout_of(&self.class, &self.timeouts, timeout, slot) {
-                            AUTO => auto.timeout_ns(timing(slot as u32)),
-                            t => t,
-                        })
-            {
+            if seen < threshold && seen != 0 && !self.bit(SILENT, slot) && self.bit(KNOWN, slot) {
+                let timeout = if own {
+                    match timeout_of(&self.class, &self.timeouts, timeout, slot) {
+                        AUTO => auto.timeout_ns(timing(slot as u32)),
+                        t => t,
+                    }
+                } else {
+                    timeout
+                };
+                if now_ns - seen <= timeout {
+                    continue;
+                }
                 self.set_bit(SILENT, slot, true);
                 self.silent.insert(slot as u32, seen);
-                obs.emit(Transition::Silent {
-                    host: slot as u32,
-                    silent_for_ns: now_ns - seen,
-                });
+                obs.emit_timed(
+                    Transition::Silent {
+                        host: slot as u32,
+                        silent_for_ns: now_ns - seen,
+                    },
+                    timeout,
+                );
             }
         }
     }
