@@ -71,9 +71,13 @@ impl HostKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostEntry {
-    /// `bpf_ktime_get_coarse_ns()` of the last heartbeat: CLOCK_MONOTONIC,
-    /// at most one tick behind a fine-grained reading. 0: slot not ready.
-    pub last_seen_ns: u64,
-    /// Heartbeats recorded for this host since it entered the table.
-    pub beats: u64,
+    /// The last heartbeat, in ticks from the table's epoch (see
+    /// [`timing`](crate::timing); `bpf_ktime_get_coarse_ns()`, at most one
+    /// kernel tick behind a fine-grained reading). 0: slot not ready.
+    pub last_seen: u32,
+    /// Heartbeats recorded for this host since it entered the table
+    /// (wrapping).
+    pub beats: u32,
+    /// What the table learned of its heartbeat period.
+    pub timing: crate::Timing,
 }

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod counters;
+pub mod index;
 pub mod key;
 pub mod maps;
 pub mod net;

@@ -1,26 +1,37 @@
 //! The object's names, as userspace looks them up (maps, globals, programs),
 //! and the layout constants of the host table.
 
-/// Hash map from host address to its slot (`u32`) in the arrays below.
-pub const SLOTS_MAP: &str = "HB_SLOTS";
-/// `BPF_F_MMAPABLE` array of `u64`, by slot: last heartbeat, CLOCK_MONOTONIC ns.
+/// `BPF_F_MMAPABLE` array of [`Bucket`](crate::index::Bucket)s: which slot
+/// holds a host (see [`index`](crate::index)). A power of two of them.
+pub const INDEX_MAP: &str = "HB_INDEX";
+/// Global (`u32`): the index's bucket count - 1.
+pub const INDEX_MASK_GLOBAL: &str = "HB_INDEX_MASK";
+/// Global (`u32`): bits of an index entry that hold the slot
+/// ([`index::slot_bits`](crate::index::slot_bits)).
+pub const SLOT_BITS_GLOBAL: &str = "HB_SLOT_BITS";
+/// Global (`u32`): the table's capacity, in slots.
+pub const MAX_HOSTS_GLOBAL: &str = "HB_MAX_HOSTS";
+/// Global (`u64`): the table's epoch, CLOCK_MONOTONIC ns that last-seen
+/// ticks count from (see [`timing`](crate::timing)); also kept in
+/// `HB_ALLOC`'s second word, pinned with the table.
+pub const EPOCH_GLOBAL: &str = "HB_EPOCH";
+/// `BPF_F_MMAPABLE` array of `u64`, each two `u32` slots (slot `s` is half
+/// `s & 1` of element `s / 2`): last heartbeat, in ticks from the epoch.
 pub const LAST_SEEN_MAP: &str = "HB_LAST_SEEN";
-/// `BPF_F_MMAPABLE` array of `u64`, by slot: heartbeats recorded.
+/// As `LAST_SEEN_MAP`: heartbeats recorded (`u32`, wrapping).
 pub const BEATS_MAP: &str = "HB_BEATS";
+/// `BPF_F_MMAPABLE` array of [`Timing`](crate::Timing), by slot: the host's
+/// learned heartbeat period.
+pub const TIMING_MAP: &str = "HB_TIMING";
 /// `BPF_F_MMAPABLE` array of [`HostKey`](crate::HostKey), by slot: the
 /// host's address.
 pub const SLOT_KEYS_MAP: &str = "HB_SLOT_KEYS";
-/// Array of `[u32; 2]`: slot hints (`slot + 1`), a power of two of them, two
-/// an element, indexed by a hash of the address; they spare a known host the
-/// hash map lookup.
-pub const HINTS_MAP: &str = "HB_HINTS";
-/// Global (`u32`): the hint array's length - 1.
-pub const HINT_MASK_GLOBAL: &str = "HB_HINT_MASK";
 /// `BPF_F_MMAPABLE` array of `u64` the program never touches: userspace's
 /// per-host state (see hb-userspace's tracker), kept in a map so that it is
 /// pinned with the table and survives a restart of the collector.
 pub const TRACKER_MAP: &str = "HB_TRACKER";
-/// `BPF_F_MMAPABLE` array of one `u64`: the next free slot.
+/// `BPF_F_MMAPABLE` array of two `u64`: the next never-used slot, and the
+/// table's epoch (see `EPOCH_GLOBAL`).
 pub const ALLOC_MAP: &str = "HB_ALLOC";
 /// `BPF_F_MMAPABLE` array of one `u64`: bare hosts (known by address) in
 /// the table.
@@ -36,15 +47,18 @@ pub const AUTH_MAP: &str = "HB_AUTH";
 pub const FREE_MAP: &str = "HB_FREE";
 /// First word of the key of a forgotten host's slot (`SLOT_KEYS`): no
 /// address or host id key has it (an IPv6 address in `ff00::/8` with
-/// that tail is multicast, never a heartbeat's source), so a hint to the
-/// slot never matches again.
+/// that tail is multicast, never a heartbeat's source), so an index entry
+/// still naming the slot never matches again.
 pub const FORGOTTEN_KEY_WORD: u64 = u64::MAX;
-/// Every map sized by `--max-hosts` (the auth array only with a key).
-pub const HOST_MAPS: [&str; 5] = [SLOTS_MAP, LAST_SEEN_MAP, BEATS_MAP, SLOT_KEYS_MAP, FREE_MAP];
+/// Every map with a slot an element, sized by `--max-hosts` (the auth
+/// array only with a key). The index, and the arrays of two slots an
+/// element (`PAIRED_MAPS`), are sized otherwise.
+pub const HOST_MAPS: [&str; 3] = [SLOT_KEYS_MAP, TIMING_MAP, FREE_MAP];
+/// Maps of two `u32` slots an element: `--max-hosts` / 2 (rounded up)
+/// elements.
+pub const PAIRED_MAPS: [&str; 2] = [LAST_SEEN_MAP, BEATS_MAP];
 /// Map flag: the array can be mmapped into userspace.
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
-/// Slot value of a host whose first heartbeat is being recorded right now.
-pub const SLOT_PENDING: u32 = u32::MAX;
 /// Name of the per-CPU array of outcome counters, indexed by
 /// [`Counter`](crate::Counter).
 pub const COUNTERS_MAP: &str = "HB_COUNTERS";

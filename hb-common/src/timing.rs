@@ -36,6 +36,29 @@ pub const fn ticks_since(now: u32, then: u32) -> u32 {
     now.wrapping_sub(then)
 }
 
+/// Age of a stamp `then` at `now`, in ticks: as `ticks_since`, but 0 for a
+/// stamp ahead of `now` (a stamp and the clock that judges it are read at
+/// different moments, on different CPUs), so that it never reads as an age
+/// of 52 days.
+#[inline(always)]
+pub const fn age(now: u32, then: u32) -> u32 {
+    let d = ticks_since(now, then);
+    if (d as i32) < 0 { 0 } else { d }
+}
+
+/// A duration in ns as whole ticks, for comparing with ages: an age of `a`
+/// ticks exceeds `ns` exactly when `a > ticks_floor(ns)`. Capped at
+/// `i32::MAX` (ages are right below 2^31 ticks), so `u64::MAX` is "never".
+#[inline(always)]
+pub const fn ticks_floor(ns: u64) -> u32 {
+    let t = ns >> TICK_SHIFT;
+    if t > i32::MAX as u64 {
+        i32::MAX as u32
+    } else {
+        t as u32
+    }
+}
+
 const FIELD_BITS: u32 = 28;
 const FIELD_MASK: u64 = (1 << FIELD_BITS) - 1;
 /// Longest interval folded in, in ticks (about 4.9 hours): a longer gap
@@ -200,5 +223,15 @@ mod tests {
         let after = tick(epoch + (u32::MAX as u64 + 10) * TICK_NS, epoch);
         assert_eq!(after, 9);
         assert_eq!(ticks_since(after, just_before), 10);
+        assert_eq!(age(after, just_before), 10);
+        assert_eq!(age(just_before, after), 0, "ahead of now: no age");
+    }
+
+    #[test]
+    fn an_age_exceeds_a_duration_by_whole_ticks() {
+        let ns = 15_000_000_000u64;
+        let t = ticks_floor(ns);
+        assert!(u64::from(t) * TICK_NS <= ns && u64::from(t + 1) * TICK_NS > ns);
+        assert_eq!(ticks_floor(u64::MAX), i32::MAX as u32);
     }
 }

@@ -1,25 +1,33 @@
 //! The host table: where a heartbeat's time is stamped. Kept behind this one
 //! module because its layout is what fleet-scale sweeping depends on.
 //!
-//! Layout: a hash map gives each host address a slot; per-slot data lives in
-//! `BPF_F_MMAPABLE` arrays that userspace maps and sweeps as plain memory
-//! (about 1000x faster than walking a hash map entry by entry). Slots are
-//! handed out by an atomic counter, only by the CPU whose insert of the key
-//! succeeded, so two CPUs racing on the same new host never take two slots,
-//! and no slot is ever lost. Hosts are removed only by userspace, which
-//! forgets a retired host (see hb-userspace's `HostTable::forget_slot`)
-//! and queues its slot in `HB_FREE`: a new host takes a queued slot before
-//! a never-used one. A full table refuses new hosts instead of evicting
-//! watched ones. Bare hosts (known by their address) take at most
-//! `HB_MAX_BARE` slots, counted in `HB_BARE`, so that signed hosts find
-//! room whatever spoofed `PyHB` arrives.
+//! Layout (6): each host has a slot; per-slot data lives in
+//! `BPF_F_MMAPABLE` arrays that userspace maps and sweeps as plain memory:
+//! the key (16 B), last-seen ticks (4 B), heartbeats (4 B) and learned
+//! timing (8 B). Which slot a host has is found in the index (8 B a host,
+//! see hb-common's `index`): two candidate buckets of 16 `u32` entries,
+//! `tag | slot + 1`, scanned from a tag-chosen entry, each hit checked
+//! against the slot's key. It replaces layout 5's hash map (88 B a host,
+//! jhash and a bucket walk per lookup) and its hint array.
 //!
-//! A known host's slot is found through a hint first: a u32 array indexed
-//! by a multiplicative hash of the address, checked against the slot's key.
-//! The hash map lookup (jhash over 16 bytes, bucket walk, memcmp) measured
-//! 32 ns of a 70 ns heartbeat; a hint that hits costs two inlined array
-//! lookups. A hint that misses (two hosts sharing it, or none yet) falls
-//! back to the hash map and is rewritten, so hints never need locking.
+//! Claiming a slot for a new host: a slot is taken (a freed one from
+//! `HB_FREE` first, else the next never used from `HB_ALLOC`), its key
+//! written, then an empty entry of the less loaded bucket is set with a
+//! compare-and-exchange. Then both buckets are scanned again: if another
+//! entry names the same key (another CPU claimed the same host at the same
+//! moment), this CPU clears its own entry and gives its slot back. Of two
+//! racing CPUs the later always sees the earlier's entry, so no host ever
+//! holds two slots; if both see each other, both back off, that first
+//! heartbeat is not recorded and the next one is. Only then is the slot's
+//! last-seen time published: a slot whose last-seen reads 0 is being
+//! claimed (or given back), and a lookup that finds it stamps nothing.
+//! Hosts are removed only by userspace, which forgets a retired host (see
+//! hb-userspace's `HostTable::forget_slot`): clears its entry, and queues
+//! its slot in `HB_FREE`. A full table (both buckets full, or no slot
+//! left) refuses new hosts instead of evicting watched ones. Bare hosts
+//! (known by their address) take at most `HB_MAX_BARE` slots, counted in
+//! `HB_BARE`, so that signed hosts find room whatever spoofed `PyHB`
+//! arrives.
 //!
 //! Authenticated hosts are keyed by host id (see `HostKey::from_host_id`),
 //! and their slot's `HB_AUTH` entry holds the last accepted sequence number.
@@ -28,36 +36,38 @@
 //! host's entry is written before its slot is published. The MAC has been
 //! verified by then, so only key holders ever create or advance state.
 //!
-//! Clock: bpf_ktime_get_coarse_ns (CLOCK_MONOTONIC at tick resolution).
-//! bpf_jiffies64 measured 8 ns cheaper per heartbeat, but its unit (the
-//! kernel's HZ) is not visible to userspace; the hint already brings a
-//! known host within the 2.5x target, so hb keeps nanoseconds. The call is
-//! the dearest thing a known host's heartbeat does (about 13 ns of 46 on
-//! the benchmark VM, see docs/benchmarks.md), so it is made last.
+//! Time: last-seen is `u32` ticks (coarse CLOCK_MONOTONIC ns >> 20) from
+//! the table's epoch (`HB_EPOCH`), see hb-common's `timing`. A known host's
+//! heartbeat folds the interval since its last one into its `HB_TIMING`
+//! entry (RFC 6298 mean and deviation): a plain read-modify-write, so two
+//! CPUs stamping one host within nanoseconds (a duplicated datagram) may
+//! lose one sample, never corrupt the entry (one 8-byte store).
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     helpers::bpf_ktime_get_coarse_ns,
     macros::map,
-    maps::{Array, HashMap, Queue},
+    maps::{Array, Queue},
 };
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
-use hb_common::{AuthSlot, BPF_F_MMAPABLE, DEFAULT_MAX_HOSTS, HostKey, SLOT_PENDING};
+use hb_common::{
+    AuthSlot, BPF_F_MMAPABLE, DEFAULT_MAX_HOSTS, HostKey, Timing,
+    index::{self, Bucket, Place},
+    timing::{tick, ticks_since},
+};
 
-#[map(name = "HB_SLOTS")]
-static SLOTS: HashMap<HostKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_HOSTS, 0);
+/// Index buckets (see hb-common's `index`); sized at load time.
+#[map(name = "HB_INDEX")]
+static INDEX: Array<Bucket> = Array::with_max_entries(DEFAULT_MAX_HOSTS / 8, BPF_F_MMAPABLE);
+/// Two slots an element (see `pair`).
 #[map(name = "HB_LAST_SEEN")]
-static LAST_SEEN: Array<u64> = Array::with_max_entries(DEFAULT_MAX_HOSTS, BPF_F_MMAPABLE);
+static LAST_SEEN: Array<u64> = Array::with_max_entries(DEFAULT_MAX_HOSTS / 2, BPF_F_MMAPABLE);
+/// Two slots an element (see `pair`).
 #[map(name = "HB_BEATS")]
-static BEATS: Array<u64> = Array::with_max_entries(DEFAULT_MAX_HOSTS, BPF_F_MMAPABLE);
+static BEATS: Array<u64> = Array::with_max_entries(DEFAULT_MAX_HOSTS / 2, BPF_F_MMAPABLE);
+#[map(name = "HB_TIMING")]
+static TIMING: Array<u64> = Array::with_max_entries(DEFAULT_MAX_HOSTS, BPF_F_MMAPABLE);
 #[map(name = "HB_SLOT_KEYS")]
 static SLOT_KEYS: Array<HostKey> = Array::with_max_entries(DEFAULT_MAX_HOSTS, BPF_F_MMAPABLE);
-/// Slot hints: `slot + 1` of the host last seen at `hint_index(key)`, 0 if
-/// none. A hint is only trusted once `SLOT_KEYS[slot]` equals the key, so
-/// stale or overwritten hints cost a hash lookup, never a wrong stamp.
-/// Two hints an element: array elements take 8 bytes even for a u32.
-#[map(name = "HB_HINTS")]
-static HINTS: Array<[u32; 2]> = Array::with_max_entries(DEFAULT_MAX_HOSTS / 2, 0);
 /// Userspace's sweep state (never touched here): pinned with the table, so
 /// a restarted collector carries on where the last one stopped.
 #[map(name = "HB_TRACKER")]
@@ -66,10 +76,11 @@ static TRACKER: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 /// no key is configured (userspace shrinks it at load time).
 #[map(name = "HB_AUTH")]
 static AUTH: Array<AuthSlot> = Array::with_max_entries(DEFAULT_MAX_HOSTS, BPF_F_MMAPABLE);
+/// The next never-used slot; the table's epoch (read by userspace only).
 #[map(name = "HB_ALLOC")]
-static ALLOC: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
-/// Slots of forgotten hosts, queued by userspace once nothing can stamp
-/// them any more; taken by new hosts first.
+static ALLOC: Array<u64> = Array::with_max_entries(2, BPF_F_MMAPABLE);
+/// Slots of forgotten hosts (or given back by a lost claim), taken by new
+/// hosts first.
 #[map(name = "HB_FREE")]
 static FREE: Queue<u32> = Queue::with_max_entries(DEFAULT_MAX_HOSTS, 0);
 /// Bare hosts (known by address) in the table, at most `HB_MAX_BARE`:
@@ -82,11 +93,21 @@ static BARE: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[unsafe(no_mangle)]
 static HB_MAX_BARE: u32 = DEFAULT_MAX_HOSTS;
 
-const EEXIST: i32 = 17;
-
-/// Hint array size - 1 (a power of two - 1); set by userspace at load time.
+/// The table's capacity, in slots; set by userspace at load time.
 #[unsafe(no_mangle)]
-static HB_HINT_MASK: u32 = DEFAULT_MAX_HOSTS - 1;
+static HB_MAX_HOSTS: u32 = DEFAULT_MAX_HOSTS;
+
+/// Index buckets - 1 (a power of two - 1); set by userspace at load time.
+#[unsafe(no_mangle)]
+static HB_INDEX_MASK: u32 = DEFAULT_MAX_HOSTS / 8 - 1;
+
+/// Bits of an index entry that hold the slot; set at load time.
+#[unsafe(no_mangle)]
+static HB_SLOT_BITS: u32 = 21;
+
+/// CLOCK_MONOTONIC ns the table's ticks count from; set at load time.
+#[unsafe(no_mangle)]
+static HB_EPOCH: u64 = 0;
 
 pub enum Stamped {
     Known,
@@ -108,55 +129,130 @@ pub struct Fresh {
 /// which is refused unless its sequence number is newer than the last.
 #[inline(always)]
 pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
-    let index = hint_index(key);
-    let hint = HINTS
-        .get_ptr_mut(index >> 1)
-        .map(|pair| half(pair, index & 1));
-    if let Some(h) = hint {
-        // SAFETY: pointer from a successful array lookup.
-        let slot = unsafe { core::ptr::read_volatile(h) }.wrapping_sub(1);
+    // SAFETY: read_volatile keeps the load-time constants out of the code.
+    let (mask, bits) = unsafe {
+        (
+            core::ptr::read_volatile(&HB_INDEX_MASK),
+            core::ptr::read_volatile(&HB_SLOT_BITS),
+        )
+    };
+    let place = index::place(index::hash(key.words()), mask, bits);
+    let mut free = [0u32; 2];
+    if let Some(slot) = find(key, place.first, place.tag, bits, &mut free[0], u32::MAX) {
+        return known(slot, fresh);
+    }
+    if place.second != place.first
+        && let Some(slot) = find(key, place.second, place.tag, bits, &mut free[1], u32::MAX)
+    {
+        return known(slot, fresh);
+    }
+    claim(key, fresh, place, bits, free)
+}
+
+/// A heartbeat of the known host in `slot`.
+#[inline(always)]
+fn known(slot: u32, fresh: Option<&Fresh>) -> Stamped {
+    let Some(t) = pair(&LAST_SEEN, slot) else {
+        return Stamped::Known;
+    };
+    // SAFETY: pointer from a successful array lookup.
+    let last = unsafe { core::ptr::read_volatile(t) };
+    // 0: another CPU is claiming this slot for this host right now, and
+    // stamps the same time (or gives it back, and the host's next
+    // heartbeat claims again). A signed heartbeat cannot be ordered against
+    // that one: it is refused as a replay.
+    if last == 0 {
+        return if fresh.is_some() {
+            Stamped::Replayed
+        } else {
+            Stamped::Known
+        };
+    }
+    if let Some(f) = fresh
+        && !advance(slot, f)
+    {
+        return Stamped::Replayed;
+    }
+    let now = now();
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(t, now) };
+    if let Some(p) = TIMING.get_ptr_mut(slot) {
+        // SAFETY: pointer from a successful array lookup; see the module's
+        // description for the race.
+        unsafe {
+            let was = Timing(core::ptr::read_volatile(p));
+            core::ptr::write_volatile(p, was.update(ticks_since(now, last)).0);
+        }
+    }
+    if let Some(b) = pair(&BEATS, slot) {
+        // SAFETY: as above; several CPUs may count the same host at once.
+        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(b, 1) };
+    }
+    Stamped::Known
+}
+
+/// Looks for `key` in `bucket`, from the entry its tag chooses: its slot.
+/// Skips the entry at `skip` (a claimer's own). Counts the bucket's empty
+/// entries into `empty`.
+#[inline(always)]
+fn find(
+    key: &HostKey,
+    bucket: u32,
+    tag: u32,
+    bits: u32,
+    empty: &mut u32,
+    skip: u32,
+) -> Option<u32> {
+    let b = INDEX.get_ptr(bucket)?;
+    let start = tag;
+    let mut n = 0;
+    let mut found = None;
+    for i in 0..index::BUCKET_ENTRIES {
+        let at = (start + i) & (index::BUCKET_ENTRIES - 1);
+        // SAFETY: pointer from a successful array lookup; `at / 2` < 8.
+        let word = unsafe { core::ptr::read_volatile((b as *const u64).add((at >> 1) as usize)) };
+        let e = (word >> ((at & 1) * 32)) as u32;
+        if e == 0 {
+            n += 1;
+            continue;
+        }
+        if found.is_some() || at == skip || index::entry_tag(e, bits) != tag {
+            continue;
+        }
+        let slot = index::entry_slot(e, bits);
         if let Some(k) = SLOT_KEYS.get_ptr(slot)
-            // SAFETY: pointer from a successful array lookup; a slot's key
-            // never changes once the slot is published.
+            // SAFETY: pointer from a successful array lookup.
             && unsafe { same_key(k, key) }
         {
-            if let Some(f) = fresh
-                && !advance(slot, f)
-            {
-                return Stamped::Replayed;
-            }
-            touch(slot);
-            return Stamped::Known;
+            found = Some(slot);
+            // The first probe usually hits: done (the count of empty
+            // entries is only wanted by a new host, who finds nothing).
+            break;
         }
     }
-    if let Some(slot) = SLOTS.get_ptr(key) {
-        // SAFETY: pointer from a successful lookup (a deleted entry's
-        // memory outlives this program run: RCU).
-        let slot = unsafe { core::ptr::read_volatile(slot) };
-        // SLOT_PENDING: another CPU is recording this host's first heartbeat
-        // at this very moment; it stamps the same time. A signed heartbeat
-        // cannot be ordered against that one: it is refused as a replay
-        // (two signed beats of one host within nanoseconds are not a
-        // client's doing).
-        if slot == SLOT_PENDING {
-            return if fresh.is_some() {
-                Stamped::Replayed
-            } else {
-                Stamped::Known
-            };
-        }
-        if let Some(f) = fresh
-            && !advance(slot, f)
-        {
-            return Stamped::Replayed;
-        }
-        touch(slot);
-        if let Some(h) = hint {
-            // SAFETY: pointer from a successful array lookup.
-            unsafe { core::ptr::write_volatile(h, slot + 1) };
-        }
-        return Stamped::Known;
+    *empty = n;
+    found
+}
+
+/// Records the first heartbeat of a new host: claims a slot (see the
+/// module's description). `empty`: the empty entries of its two buckets.
+#[inline(always)]
+fn claim(
+    key: &HostKey,
+    fresh: Option<&Fresh>,
+    place: Place,
+    bits: u32,
+    empty: [u32; 2],
+) -> Stamped {
+    let [e1, e2] = if place.second == place.first {
+        [empty[0], 0]
+    } else {
+        empty
+    };
+    if e1 == 0 && e2 == 0 {
+        return Stamped::TableFull;
     }
+    let bucket = if e1 >= e2 { place.first } else { place.second };
     // A new bare host takes a place in the bare hosts' share first, so
     // that spoofed sources cannot crowd signed hosts out of the table.
     let bare = if fresh.is_none() {
@@ -167,52 +263,18 @@ pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
     } else {
         None
     };
-    match SLOTS.insert(key, &SLOT_PENDING, BPF_NOEXIST as u64) {
-        Ok(()) => {}
-        // Another CPU inserted it between our lookup and insert: it owns the
-        // slot allocation and stamps the same time (signed: as above).
-        Err(e) if e == -EEXIST => {
-            give_back(bare);
-            return if fresh.is_some() {
-                Stamped::Replayed
-            } else {
-                Stamped::Known
-            };
-        }
-        Err(_) => {
-            give_back(bare);
-            return Stamped::TableFull;
-        }
-    }
-    // A freed slot first (only this CPU pops it); else the next never
-    // used. A pop refused under contention leaves the slot queued.
-    let slot = match FREE.pop() {
-        Ok(Some(slot)) => slot,
-        _ => {
-            let Some(next) = ALLOC.get_ptr_mut(0) else {
-                let _ = SLOTS.remove(key);
-                give_back(bare);
-                return Stamped::TableFull;
-            };
-            // SAFETY: valid map value pointer.
-            (unsafe { fetch_add(next, 1) }) as u32
-        }
+    let Some(slot) = take_slot() else {
+        give_back(bare);
+        return Stamped::TableFull;
     };
-    let (Some(k), Some(b), Some(t)) = (
-        SLOT_KEYS.get_ptr_mut(slot),
-        BEATS.get_ptr_mut(slot),
-        LAST_SEEN.get_ptr_mut(slot),
-    ) else {
-        // Only if the arrays are smaller than the hash map: refuse the host.
-        let _ = SLOTS.remove(key);
+    let (Some(k), Some(tm)) = (SLOT_KEYS.get_ptr_mut(slot), TIMING.get_ptr_mut(slot)) else {
         give_back(bare);
         return Stamped::TableFull;
     };
     if let Some(f) = fresh {
         let Some(a) = AUTH.get_ptr_mut(slot) else {
-            // Only if the auth array is smaller than the table: the slot
-            // stays taken but unpublished, like a lost race would leave it.
-            let _ = SLOTS.remove(key);
+            // Only if the auth array is smaller than the table.
+            let _ = FREE.push(&slot, 0);
             return Stamped::TableFull;
         };
         // SAFETY: pointer from a successful array lookup; nobody else
@@ -228,25 +290,168 @@ pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
             )
         };
     }
-    // SAFETY: pointers from successful array lookups. The order matters:
-    // the sweeper treats a slot as ready once its last-seen time is non-zero,
-    // so the key and count are written first, and the time is published
-    // with an atomic exchange: the JIT makes it fully ordered on every
-    // architecture (arm64 reorders plain stores, x86 does not).
+    // SAFETY: pointers from successful array lookups; the slot is this
+    // CPU's until its entry is set.
     unsafe {
         core::ptr::write_volatile(k, *key);
+        core::ptr::write_volatile(tm, 0);
+    }
+    let entry = index::entry(place.tag, slot, bits);
+    let Some(at) = put(bucket, place.tag, entry) else {
+        // Filled meanwhile.
+        let _ = FREE.push(&slot, 0);
+        give_back(bare);
+        return Stamped::TableFull;
+    };
+    // The post-check: another CPU's entry for this key, set before ours
+    // (its compare-and-exchange ordered before ours), is seen here.
+    let mut ignored = 0;
+    let twin = match find(
+        key,
+        place.first,
+        place.tag,
+        bits,
+        &mut ignored,
+        skip(place.first, bucket, at),
+    ) {
+        Some(f) => Some(f),
+        None if place.second != place.first => find(
+            key,
+            place.second,
+            place.tag,
+            bits,
+            &mut ignored,
+            skip(place.second, bucket, at),
+        ),
+        None => None,
+    };
+    if twin.is_some() {
+        clear(bucket, at, entry);
+        let _ = FREE.push(&slot, 0);
+        give_back(bare);
+        return if fresh.is_some() {
+            Stamped::Replayed
+        } else {
+            Stamped::Known
+        };
+    }
+    let (Some(b), Some(t)) = (pair(&BEATS, slot), pair(&LAST_SEEN, slot)) else {
+        return Stamped::New;
+    };
+    // SAFETY: pointers from successful array lookups. The order matters:
+    // the sweeper treats a slot as ready once its last-seen time is
+    // non-zero, so the key and count are written first, and the time is
+    // published with an atomic operation: the JIT makes it fully ordered
+    // on every architecture (arm64 reorders plain stores, x86 does not).
+    unsafe {
         core::ptr::write_volatile(b, 1);
-        exchange(t, now());
-    }
-    if let Some(value) = SLOTS.get_ptr_mut(key) {
-        // SAFETY: pointer from a successful lookup.
-        unsafe { core::ptr::write_volatile(value, slot) };
-    }
-    if let Some(h) = hint {
-        // SAFETY: pointer from a successful array lookup.
-        unsafe { core::ptr::write_volatile(h, slot + 1) };
+        publish(t, now());
     }
     Stamped::New
+}
+
+/// The entry place to skip in `bucket` when the claimer's own is at `at`
+/// in `own`.
+#[inline(always)]
+fn skip(bucket: u32, own: u32, at: u32) -> u32 {
+    if bucket == own { at } else { u32::MAX }
+}
+
+/// A slot for a new host: a freed one first (only this CPU pops it), else
+/// the next never used; `None` when none is left.
+#[inline(always)]
+fn take_slot() -> Option<u32> {
+    if let Ok(Some(slot)) = FREE.pop() {
+        return Some(slot);
+    }
+    let next = ALLOC.get_ptr_mut(0)?;
+    // SAFETY: read_volatile keeps the load-time constant out of the code.
+    let cap = u64::from(unsafe { core::ptr::read_volatile(&HB_MAX_HOSTS) });
+    // A full table is seen with a plain load, so that a flood of new
+    // sources does not move the counter on (nor bounce its cache line).
+    // SAFETY: pointer from a successful array lookup.
+    if unsafe { core::ptr::read_volatile(next) } >= cap {
+        return None;
+    }
+    // SAFETY: valid map value pointer. CPUs racing past the last slot take
+    // numbers beyond it, which name no slot: refused below.
+    let slot = unsafe { fetch_add(next, 1) };
+    (slot < cap).then_some(slot as u32)
+}
+
+/// Sets an empty entry of `bucket` to `entry`, from the place its tag
+/// chooses; where it went, `None` if the bucket is full.
+#[inline(always)]
+fn put(bucket: u32, tag: u32, entry: u32) -> Option<u32> {
+    let b = INDEX.get_ptr_mut(bucket)?;
+    for i in 0..index::BUCKET_ENTRIES {
+        let at = (tag + i) & (index::BUCKET_ENTRIES - 1);
+        let shift = (at & 1) * 32;
+        // SAFETY: pointer from a successful array lookup; `at / 2` < 8.
+        let w = unsafe { (b as *mut u64).add((at >> 1) as usize) };
+        // SAFETY: as above.
+        let word = unsafe { core::ptr::read_volatile(w) };
+        if (word >> shift) as u32 != 0 {
+            continue;
+        }
+        let new = word | (u64::from(entry) << shift);
+        // SAFETY: valid, aligned map value. A failure (the other half
+        // changed, or this one was taken) moves on: the bucket is scanned
+        // once, bounded.
+        if unsafe { cmpxchg(w, word, new) } == word {
+            return Some(at);
+        }
+    }
+    None
+}
+
+/// Clears entry `at` of `bucket`, which holds `entry` (a lost claim).
+#[inline(always)]
+fn clear(bucket: u32, at: u32, entry: u32) {
+    let Some(b) = INDEX.get_ptr_mut(bucket) else {
+        return;
+    };
+    let at = at & (index::BUCKET_ENTRIES - 1);
+    let shift = (at & 1) * 32;
+    // SAFETY: pointer from a successful array lookup; `at / 2` < 8.
+    let w = unsafe { (b as *mut u64).add((at >> 1) as usize) };
+    // The other half may change meanwhile (another claim): retried, a few
+    // times at most under any real contention.
+    for _ in 0..8 {
+        // SAFETY: as above.
+        let word = unsafe { core::ptr::read_volatile(w) };
+        if (word >> shift) as u32 != entry {
+            return;
+        }
+        let new = word & !(0xffff_ffffu64 << shift);
+        // SAFETY: valid, aligned map value.
+        if unsafe { cmpxchg(w, word, new) } == word {
+            return;
+        }
+    }
+}
+
+/// Publishes a new slot's last-seen time `v` at `t`: a fully ordered store
+/// (a compare-and-exchange of the whole element, retried if the other
+/// slot's half moved meanwhile).
+///
+/// # Safety
+/// `t` must point to a half of a valid, 8-byte aligned map value.
+#[inline(always)]
+unsafe fn publish(t: *mut u32, v: u32) {
+    let w = (t as usize & !7) as *mut u64;
+    let shift = (t as usize & 4) as u64 * 8;
+    for _ in 0..8 {
+        // SAFETY: the caller guarantees the element.
+        let word = unsafe { core::ptr::read_volatile(w) };
+        let new = (word & !(0xffff_ffffu64 << shift)) | (u64::from(v) << shift);
+        // SAFETY: as above.
+        if unsafe { cmpxchg(w, word, new) } == word {
+            return;
+        }
+    }
+    // SAFETY: as above; ordered on x86 all the same.
+    unsafe { core::ptr::write_volatile(t, v) };
 }
 
 /// Takes a place in the bare hosts' share (`HB_MAX_BARE`) for a new bare
@@ -284,33 +489,24 @@ fn give_back(bare: Option<*mut u64>) {
     }
 }
 
-/// The `which`th (0 or 1) u32 of a hint pair. The addition is written in
-/// assembly so that it stays after the lookup's null check: LLVM would
-/// hoist plain pointer arithmetic above it, which the verifier refuses.
+/// Half `slot & 1` of element `slot / 2` of a map of two `u32` slots an
+/// element. The addition is written in assembly so that it stays after the
+/// lookup's null check: LLVM would hoist plain pointer arithmetic above
+/// it, which the verifier refuses.
 #[inline(always)]
-fn half(pair: *mut [u32; 2], which: u32) -> *mut u32 {
-    let mut p = pair.cast::<u32>();
+fn pair(map: &Array<u64>, slot: u32) -> Option<*mut u32> {
+    let mut p = map.get_ptr_mut(slot >> 1)?.cast::<u32>();
     // SAFETY: adds 0 or 4 to a pointer to 8 bytes of map value.
     unsafe {
         core::arch::asm!(
             "{0} += {1}",
             inout(reg) p,
-            in(reg) u64::from(which & 1) * 4,
+            in(reg) u64::from(slot & 1) * 4,
             // Not `pure`: that would let LLVM hoist it, too.
             options(nomem, nostack),
         )
     };
-    p
-}
-
-/// Where a host's hint lives: a multiplicative hash of its address, masked
-/// to the hint array's power-of-two size (set at load time).
-#[inline(always)]
-fn hint_index(key: &HostKey) -> u32 {
-    let [a, b] = key.words();
-    // SAFETY: read_volatile keeps the load-time constant out of the code.
-    let mask = unsafe { core::ptr::read_volatile(&HB_HINT_MASK) };
-    ((a ^ b).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32 & mask
+    Some(p)
 }
 
 /// # Safety
@@ -322,26 +518,21 @@ unsafe fn same_key(stored: *const HostKey, key: &HostKey) -> bool {
     [a, b] == key.words()
 }
 
-/// The time a heartbeat is stamped with. Read where it is stored, after
+/// The tick a heartbeat is stamped with. Read where it is stored, after
 /// the lookups: a value kept across them (calls, to LLVM) is spilled to the
 /// stack and loaded back.
 #[inline(always)]
-fn now() -> u64 {
-    // Coarse clock: heartbeats come seconds apart, so a tick's resolution is
-    // plenty, and it is measurably cheaper than bpf_ktime_get_ns.
-    // SAFETY: helper without preconditions.
-    unsafe { bpf_ktime_get_coarse_ns() }
-}
-
-#[inline(always)]
-fn touch(slot: u32) {
-    if let Some(t) = LAST_SEEN.get_ptr_mut(slot) {
-        // SAFETY: pointer from a successful array lookup.
-        unsafe { core::ptr::write_volatile(t, now()) };
-    }
-    if let Some(b) = BEATS.get_ptr_mut(slot) {
-        // SAFETY: as above; several CPUs may count the same host at once.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(b, 1) };
+fn now() -> u32 {
+    // Coarse clock: heartbeats come seconds apart, so a kernel tick's
+    // resolution is plenty, and it is measurably cheaper than
+    // bpf_ktime_get_ns.
+    // SAFETY: helper without preconditions; read_volatile keeps the
+    // load-time constant out of the code.
+    unsafe {
+        tick(
+            bpf_ktime_get_coarse_ns(),
+            core::ptr::read_volatile(&HB_EPOCH),
+        )
     }
 }
 
@@ -416,27 +607,6 @@ unsafe fn cmpxchg(p: *mut u64, old: u64, new: u64) -> u64 {
         );
     }
     r0
-}
-
-/// Atomic exchange (BPF_ATOMIC | BPF_XCHG, kernel >= 5.12), fully ordered:
-/// the stores before it are visible before the value it stores. Assembly
-/// for the same reason as `fetch_add`.
-///
-/// # Safety
-/// `p` must point to a valid, 8-byte aligned map value.
-#[inline(always)]
-unsafe fn exchange(p: *mut u64, v: u64) {
-    let mut v = v;
-    // SAFETY: the caller guarantees `p`.
-    unsafe {
-        core::arch::asm!(
-            "{0} = xchg_64({1} + 0, {0})",
-            inout(reg) v,
-            in(reg) p,
-            options(nostack),
-        );
-    }
-    let _ = v;
 }
 
 /// Atomic fetch-and-add (BPF_ATOMIC | BPF_FETCH, kernel >= 5.12). Written in

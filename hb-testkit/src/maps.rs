@@ -1,12 +1,15 @@
 //! The program's own maps, found through the loaded program (the map ids
 //! the kernel lists for it), for what the facade does not show: the
-//! outcome counters CPU by CPU, and the slot hints.
+//! outcome counters CPU by CPU, and the host index.
 
 use aya::{
     maps::{Array, Map, MapData, PerCpuArray},
     programs::Xdp,
 };
-use hb_common::{COUNTERS_MAP, Counter, HINTS_MAP};
+use hb_common::{
+    COUNTERS_MAP, Counter, INDEX_MAP,
+    index::{BUCKET_ENTRIES, Bucket},
+};
 
 /// The map named `name` that `prog` uses; panics if there is none.
 #[track_caller]
@@ -49,20 +52,23 @@ impl PerCpuCounters {
     }
 }
 
-/// The slot hints (`HB_HINTS`): two `u32` an element, each the slot of the
-/// host last found at that hint plus one, 0 where none.
-pub struct Hints(Array<MapData, [u32; 2]>);
+/// The host index (`HB_INDEX`, see hb-common's `index`): its entries,
+/// bucket by bucket, read through the syscall (not the facade's mapping).
+pub struct Index(Array<MapData, Bucket>);
 
-impl Hints {
+impl Index {
     #[track_caller]
     pub fn of(prog: &Xdp) -> Self {
-        Self(Array::try_from(program_map(prog, HINTS_MAP)).expect("an array"))
+        Self(Array::try_from(program_map(prog, INDEX_MAP)).expect("an array"))
     }
 
-    /// Every hint, by hint index.
-    pub fn read(&self) -> Vec<u32> {
+    /// Every entry, by bucket then place (0: empty).
+    pub fn read(&self) -> Vec<[u32; BUCKET_ENTRIES as usize]> {
         (0..self.0.len())
-            .flat_map(|i| self.0.get(&i, 0).expect("reading a hint"))
+            .map(|i| {
+                let b = self.0.get(&i, 0).expect("reading a bucket");
+                std::array::from_fn(|at| (b[at / 2] >> ((at % 2) * 32)) as u32)
+            })
             .collect()
     }
 }

@@ -399,8 +399,8 @@ pub struct Replay {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Slot {
     pub owner: Owner,
-    /// Heartbeats recorded.
-    pub beats: u64,
+    /// Heartbeats recorded (the table's count is a wrapping `u32`).
+    pub beats: u32,
     /// For a host id.
     pub replay: Option<Replay>,
 }
@@ -519,7 +519,7 @@ impl Table {
                 last.seq = new.seq;
                 last.src = new.src;
             }
-            s.beats += 1;
+            s.beats = s.beats.wrapping_add(1);
             return Applied::Recorded { slot, new: false };
         }
         // A new bare host beyond its share is refused as one beyond the

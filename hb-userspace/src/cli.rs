@@ -544,7 +544,10 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(run.port, 43278);
-        assert_eq!(run.timeout, Duration::from_secs(15));
+        assert_eq!(
+            run.timeout,
+            crate::track::adaptive::Timeout::Fixed(Duration::from_secs(15))
+        );
         assert_eq!(run.sweep, Duration::from_secs(1));
         assert_eq!(run.xdp_mode, AttachMode::Auto);
         assert_eq!(run.format, Format::Text);

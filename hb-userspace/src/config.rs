@@ -665,14 +665,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(f.iface.as_deref(), Some("eth1"));
-        assert_eq!(f.timeout, Some(Duration::from_secs(20)));
+        assert_eq!(
+            f.timeout,
+            Some(crate::track::adaptive::Timeout::Fixed(Duration::from_secs(
+                20
+            )))
+        );
         assert_eq!(f.summary_every, Some(Duration::ZERO));
         assert_eq!(f.key_file, Some(PathBuf::from("/etc/hb/keys/fleet.key")));
         assert_eq!(f.inventory, Some(PathBuf::from("/etc/hb/hosts.csv")));
         assert_eq!(f.grace, Some(Duration::from_secs(45)));
         assert_eq!(f.unknown_hosts, Some(UnknownHosts::Ignore));
         assert_eq!(f.forget_after, Some(Duration::from_secs(2 * 86_400)));
-        assert_eq!(f.groups["web"].timeout, Some(Duration::from_secs(5)));
+        assert_eq!(
+            f.groups["web"].timeout,
+            Some(crate::track::adaptive::Timeout::Fixed(Duration::from_secs(
+                5
+            )))
+        );
         assert_eq!(f.groups["web"].grace, None);
         let f = parse("inventory.file = \"/srv/hosts.csv\"\n").unwrap();
         assert_eq!(f.inventory, Some(PathBuf::from("/srv/hosts.csv")));
@@ -729,13 +739,19 @@ sweep = \"2s\"\n",
             parse("timeout = \"20s\"\nsweep = \"2s\"\niface = \"eth1\"\nport = 5000\n").unwrap();
         let mut args = run(&["--timeout", "30s", "-i", "eth9"]);
         f.apply(&mut args);
-        assert_eq!(args.timeout, Duration::from_secs(30));
+        assert_eq!(
+            args.timeout,
+            crate::track::adaptive::Timeout::Fixed(Duration::from_secs(30))
+        );
         assert_eq!(args.iface.as_deref(), Some("eth9"));
         assert_eq!(args.sweep, Duration::from_secs(2));
         assert_eq!(args.port, 5000);
         // A default is not "given": the file's value applies.
         let mut args = run(&[]);
         f.apply(&mut args);
-        assert_eq!(args.timeout, Duration::from_secs(20));
+        assert_eq!(
+            args.timeout,
+            crate::track::adaptive::Timeout::Fixed(Duration::from_secs(20))
+        );
     }
 }

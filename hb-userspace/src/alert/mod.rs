@@ -378,7 +378,7 @@ pub fn hostname() -> String {
 mod tests {
     use std::{
         cell::Cell,
-        sync::atomic::{AtomicU64, Ordering},
+        sync::atomic::{AtomicU32, Ordering},
         time::UNIX_EPOCH,
     };
 
@@ -394,26 +394,29 @@ mod tests {
 
     /// A table whose hosts beat when told to.
     struct Fake {
-        seen: Vec<AtomicU64>,
+        seen: Vec<AtomicU32>,
         heartbeats: Cell<u64>,
     }
 
     impl Fake {
         fn new(hosts: usize) -> Self {
             Self {
-                seen: (0..hosts).map(|_| AtomicU64::new(0)).collect(),
+                seen: (0..hosts).map(|_| AtomicU32::new(0)).collect(),
                 heartbeats: Cell::new(0),
             }
         }
 
         fn beat(&self, slot: usize, at: u64) {
-            self.seen[slot].store(at, Ordering::Relaxed);
+            self.seen[slot].store(hb_common::timing::tick(at, 0), Ordering::Relaxed);
             self.heartbeats.set(self.heartbeats.get() + 1);
         }
     }
 
     impl Table for Fake {
-        fn last_seen(&self) -> &[AtomicU64] {
+        fn epoch_ns(&self) -> u64 {
+            0
+        }
+        fn last_seen(&self) -> &[AtomicU32] {
             &self.seen
         }
         fn host(&self, slot: u32) -> Host {

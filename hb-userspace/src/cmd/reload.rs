@@ -373,7 +373,7 @@ mod tests {
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             loop {
                 if let Some(a) = r.poll() {
-                    return a.config.args.timeout;
+                    return a.config.args.timeout_bound();
                 }
                 assert!(std::time::Instant::now() < deadline, "no reload adopted");
                 thread::sleep(Duration::from_millis(5));

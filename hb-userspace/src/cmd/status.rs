@@ -86,6 +86,7 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
     let timeout = Duration::from_millis(state.timeout_ms);
     // The same judgement the collector makes, on the same data.
     let mut tracker = Tracker::new(timeout.as_nanos() as u64);
+    tracker.set_epoch(table.epoch_ns());
     tracker.sweep(table.last_seen(), monotonic_ns(), |_| {});
     let census = tracker.census();
     let packets = table.counters()?;

@@ -512,12 +512,12 @@ fn silent(req: &Request<'_>, ctx: &Context<'_>) -> Response {
 mod tests {
     use std::{
         cell::Cell,
-        sync::atomic::AtomicU64,
+        sync::atomic::AtomicU32,
         time::{Duration, UNIX_EPOCH},
     };
 
     use anyhow::Result;
-    use hb_common::HostKey;
+    use hb_common::{HostKey, timing::tick};
 
     use super::*;
     use crate::track::{
@@ -529,12 +529,15 @@ mod tests {
 
     /// Hosts 10.0.x.y, slot i last seen at i ms; counts the addresses read.
     struct Counting {
-        seen: Vec<AtomicU64>,
+        seen: Vec<AtomicU32>,
         reads: Cell<usize>,
     }
 
     impl Table for Counting {
-        fn last_seen(&self) -> &[AtomicU64] {
+        fn epoch_ns(&self) -> u64 {
+            0
+        }
+        fn last_seen(&self) -> &[AtomicU32] {
             &self.seen
         }
         fn host(&self, slot: u32) -> Host {
@@ -571,7 +574,9 @@ mod tests {
         let n = 10_000u64;
         // Slot i last seen at 1 s + i ms: slot 0 is the longest silent.
         let table = Counting {
-            seen: (0..n).map(|i| AtomicU64::new(S + i * 1_000_000)).collect(),
+            seen: (0..n)
+                .map(|i| AtomicU32::new(tick(S + i * 1_000_000, 0)))
+                .collect(),
             reads: Cell::new(0),
         };
         let mut sweeper = Sweeper::new(15 * S, Format::Json);
@@ -616,7 +621,9 @@ mod tests {
     fn the_status_page_reads_the_table_only_for_the_hosts_it_shows() {
         let n = 10_000u64;
         let table = Counting {
-            seen: (0..n).map(|i| AtomicU64::new(S + i * 1_000_000)).collect(),
+            seen: (0..n)
+                .map(|i| AtomicU32::new(tick(S + i * 1_000_000, 0)))
+                .collect(),
             reads: Cell::new(0),
         };
         let mut sweeper = Sweeper::new(15 * S, Format::Json);

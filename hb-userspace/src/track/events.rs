@@ -512,6 +512,7 @@ mod tests {
             ip: "198.18.0.2".parse().unwrap(),
             id: Some(42),
             lost: Some(3),
+            timing: Timing::NONE,
         }
     }
 

@@ -775,7 +775,9 @@ mod tests {
         groups.insert(
             "db".to_owned(),
             GroupPolicy {
-                timeout: Some(Duration::from_secs(60)),
+                timeout: Some(crate::track::adaptive::Timeout::Fixed(Duration::from_secs(
+                    60,
+                ))),
                 grace: Some(Duration::from_secs(300)),
             },
         );
@@ -793,7 +795,9 @@ mod tests {
         assert_eq!(c[class([10, 0, 0, 2])].group, "db");
         assert_eq!(
             c[class([10, 0, 0, 2])].timeout,
-            Some(Duration::from_secs(60))
+            Some(crate::track::adaptive::Timeout::Fixed(Duration::from_secs(
+                60
+            )))
         );
         assert_eq!(c[class([10, 0, 0, 2])].grace, Duration::from_secs(300));
         assert_eq!(c[class([10, 0, 0, 1])].group, "web");

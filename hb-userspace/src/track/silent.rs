@@ -342,7 +342,9 @@ fn earlier(wall: SystemTime, ago: Duration) -> SystemTime {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use hb_common::timing::tick;
 
     use anyhow::Result;
     use hb_common::HostKey;
@@ -351,10 +353,13 @@ mod tests {
     use crate::track::{events::Host, table::Counts, tracker::Transition};
 
     /// One host, last seen at monotonic 1 s.
-    struct OneHost([AtomicU64; 1]);
+    struct OneHost([AtomicU32; 1]);
 
     impl Table for OneHost {
-        fn last_seen(&self) -> &[AtomicU64] {
+        fn epoch_ns(&self) -> u64 {
+            0
+        }
+        fn last_seen(&self) -> &[AtomicU32] {
             &self.0
         }
         fn host(&self, _: u32) -> Host {
@@ -374,7 +379,7 @@ mod tests {
     #[test]
     fn a_wall_clock_behind_the_uptime_gives_the_epoch_not_a_panic() {
         let s = 1_000_000_000;
-        let table = OneHost([AtomicU64::new(s)]);
+        let table = OneHost([AtomicU32::new(tick(s, 0))]);
         let mut tracker = Tracker::new(15 * s);
         let now = 1_000 * s;
         tracker.sweep(table.last_seen(), now, |_| {});
@@ -397,7 +402,7 @@ mod tests {
 
     /// Drives `order` as the sweeper does: one tracker sweep, its
     /// transitions fed in, then settled.
-    fn sweep(tracker: &mut Tracker, order: &mut SilentOrder, seen: &[AtomicU64], now: u64) {
+    fn sweep(tracker: &mut Tracker, order: &mut SilentOrder, seen: &[AtomicU32], now: u64) {
         tracker.sweep(seen, now, |t| match t {
             Transition::Silent {
                 host,
@@ -413,7 +418,7 @@ mod tests {
     fn the_order_kept_by_the_sweep_is_the_order_sorted_from_scratch() {
         const S: u64 = 1_000_000_000;
         let n = 2_000;
-        let seen: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+        let seen: Vec<AtomicU32> = (0..n).map(|_| AtomicU32::new(0)).collect();
         let mut tracker = Tracker::new(15 * S);
         let mut order = SilentOrder::default();
         // A small xorshift: every sweep, hosts beat, stop, come back, and
@@ -435,7 +440,7 @@ mod tests {
                     if r < 20 {
                         // First seen: mostly alive, sometimes long ago.
                         let age = if r < 5 { 20 * S + rand() % (60 * S) } else { 0 };
-                        t.store(now - age, Ordering::Relaxed);
+                        t.store(tick(now - age, 0), Ordering::Relaxed);
                     }
                     continue;
                 }
@@ -443,7 +448,7 @@ mod tests {
                     stopped[slot] = !stopped[slot];
                 }
                 if !stopped[slot] && r < 500 {
-                    t.store(now - rand() % S, Ordering::Relaxed);
+                    t.store(tick(now - rand() % S, 0), Ordering::Relaxed);
                 }
             }
             sweep(&mut tracker, &mut order, &seen, now);

@@ -480,10 +480,14 @@ impl Sweeper {
             let after = self.fleet.config.forget_after.as_nanos() as u64;
             f.next_scan = now + (after / 4).clamp(1, FORGET_SCAN);
             let roll = &self.roll;
+            let (tick, after) = (
+                hb_common::timing::tick(now, table.epoch_ns()),
+                hb_common::timing::ticks_floor(after),
+            );
             for (slot, t) in table.last_seen().iter().enumerate() {
                 let seen = t.load(std::sync::atomic::Ordering::Relaxed);
                 if seen != 0
-                    && now.saturating_sub(seen) > after
+                    && hb_common::timing::age(tick, seen) > after
                     && roll.entry(slot as u32) >= IGNORED
                     && self.tracker.is_known(slot as u32)
                 {
@@ -647,6 +651,7 @@ impl Sweeper {
             flap,
             hold: None,
         };
+        tracker.set_epoch(table.epoch_ns());
         tracker.sweep_timed(last_seen, &|slot| table.timing(slot), now, &mut obs);
         obs.flap_ends();
         let Obs {
@@ -940,7 +945,9 @@ fn push_line(out: &mut Vec<u8>, line: &str) {
 
 #[cfg(test)]
 mod tests {
-    use std::{sync::atomic::AtomicU64, time::UNIX_EPOCH};
+    use std::{sync::atomic::AtomicU32, time::UNIX_EPOCH};
+
+    use hb_common::{TICK_NS, timing::tick};
 
     use hb_common::HostKey;
 
@@ -951,13 +958,23 @@ mod tests {
         tracker::{Words, state_words},
     };
 
-    const S: u64 = 1_000_000_000;
+    /// A second, near enough: whole ticks, so that times in seconds are
+    /// exact in the table's ticks.
+    const S: u64 = 1024 * TICK_NS;
+
+    /// A stamp at `ns` (epoch 0).
+    fn stamp_at(ns: u64) -> AtomicU32 {
+        AtomicU32::new(if ns == 0 { 0 } else { tick(ns, 0) })
+    }
     const SLOTS: usize = 8;
 
-    struct Fake(Vec<AtomicU64>);
+    struct Fake(Vec<AtomicU32>);
 
     impl Table for Fake {
-        fn last_seen(&self) -> &[AtomicU64] {
+        fn epoch_ns(&self) -> u64 {
+            0
+        }
+        fn last_seen(&self) -> &[AtomicU32] {
             &self.0
         }
         fn host(&self, slot: u32) -> Host {
@@ -975,7 +992,7 @@ mod tests {
     }
 
     fn fake(seen: &[u64]) -> Fake {
-        Fake(seen.iter().map(|&t| AtomicU64::new(t)).collect())
+        Fake(seen.iter().map(|&t| stamp_at(t)).collect())
     }
 
     /// Where each line of `out` ends.
@@ -991,7 +1008,7 @@ mod tests {
     fn next_reports_new(bytes: impl FnOnce(&[u64], &[u64]) -> u64) -> Vec<u32> {
         let words = Words::Heap(vec![0; state_words(SLOTS)]);
         let first = fake(&[10 * S, 10 * S, 10 * S]);
-        let tracker = Tracker::resume(15 * S, words, SLOTS, first.last_seen());
+        let tracker = Tracker::resume(15 * S, words, SLOTS, first.last_seen(), 0);
         let mut sweeper = Sweeper::with_tracker(tracker, Format::Json);
         sweeper.sweep_at(&first, 10 * S, UNIX_EPOCH).unwrap();
         let one = ends(sweeper.lines());
@@ -1009,7 +1026,7 @@ mod tests {
         sweeper.written(bytes / 2);
         sweeper.written(bytes);
         let words = sweeper.into_tracker().into_words().unwrap();
-        let mut next = Tracker::resume(15 * S, words, SLOTS, second.last_seen());
+        let mut next = Tracker::resume(15 * S, words, SLOTS, second.last_seen(), 0);
         let mut new = Vec::new();
         next.sweep(second.last_seen(), 12 * S, |t| {
             if let Transition::New { host, .. } = t {
@@ -1021,9 +1038,12 @@ mod tests {
 
     #[test]
     fn a_burst_of_new_hosts_leaves_no_big_buffers_behind() {
-        struct Wide(Vec<AtomicU64>);
+        struct Wide(Vec<AtomicU32>);
         impl Table for Wide {
-            fn last_seen(&self) -> &[AtomicU64] {
+            fn epoch_ns(&self) -> u64 {
+                0
+            }
+            fn last_seen(&self) -> &[AtomicU32] {
                 &self.0
             }
             fn host(&self, slot: u32) -> Host {
@@ -1040,7 +1060,7 @@ mod tests {
             }
         }
         let n = 200_000;
-        let table = Wide((0..n).map(|_| AtomicU64::new(10 * S)).collect());
+        let table = Wide((0..n).map(|_| stamp_at(10 * S)).collect());
         let mut sweeper = Sweeper::new(15 * S, Format::Json);
         sweeper.sweep_at(&table, 10 * S, UNIX_EPOCH).unwrap();
         // The burst: every host new, lines and transitions past what is kept.
@@ -1121,7 +1141,7 @@ mod tests {
                     (
                         g.to_owned(),
                         GroupPolicy {
-                            timeout: Some(std::time::Duration::from_nanos(t)),
+                            timeout: Some(Timeout::Fixed(std::time::Duration::from_nanos(t))),
                             grace: None,
                         },
                     )
@@ -1169,7 +1189,7 @@ mod tests {
     fn recovered_after_restart(summary_every: u32) -> Vec<Transition<u32>> {
         let words = Words::Heap(vec![0; state_words(SLOTS)]);
         let table = fake(&[10 * S]);
-        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen(), 0);
         let mut sweeper = Sweeper::with_tracker(tracker, Format::Json);
         sweeper.set_summary_every(summary_every);
         let mut bytes = 0;
@@ -1180,7 +1200,7 @@ mod tests {
         }
         let words = sweeper.into_tracker().into_words().unwrap();
         let now = fake(&[45 * S]);
-        let mut next = Tracker::resume(15 * S, words, SLOTS, now.last_seen());
+        let mut next = Tracker::resume(15 * S, words, SLOTS, now.last_seen(), 0);
         let mut out = Vec::new();
         next.sweep(now.last_seen(), 46 * S, |t| out.push(t));
         out
@@ -1242,7 +1262,7 @@ mod tests {
             ev[0]["labels"],
             serde_json::json!({"group": "db", "dc": "ams"})
         );
-        assert_eq!(ev[0]["missing_for_ms"], 5000);
+        assert_eq!(ev[0]["missing_for_ms"], 5 * S / 1_000_000);
         assert_eq!(summary(&sw)["missing"], 2);
         sw.sweep_at(&table, 16 * S, UNIX_EPOCH).unwrap();
         assert!(kinds(&sw).is_empty(), "missing is reported once");
@@ -1252,7 +1272,7 @@ mod tests {
         let ev = events(&sw);
         assert_eq!(kinds(&sw), [pair("recovered", "198.18.0.2")]);
         assert_eq!(ev[0]["name"], "db-2");
-        assert_eq!(ev[0]["silent_for_ms"], 7000);
+        assert_eq!(ev[0]["silent_for_ms"], 7 * S / 1_000_000);
         assert_eq!(summary(&sw)["missing"], 1);
         assert_eq!(sw.roll().missing().count(), 1);
         // Host 0 falls silent: named.
@@ -1374,16 +1394,19 @@ mod tests {
         sw.sweep_at(&table, 37 * S, UNIX_EPOCH).unwrap();
         let ev = events(&sw);
         assert_eq!(kinds(&sw), [pair("recovered", "198.18.0.2")]);
-        assert_eq!(ev[0]["silent_for_ms"], 27_000);
+        assert_eq!(ev[0]["silent_for_ms"], 27 * S / 1_000_000);
     }
 
     #[test]
     fn a_reloaded_fleet_is_adopted_once_every_slot_is_looked_up() {
         use crate::track::fleet::UnknownHosts;
         // 10,000 hosts: three chunks of lookups, one a sweep at no budget.
-        struct Big(Vec<AtomicU64>);
+        struct Big(Vec<AtomicU32>);
         impl Table for Big {
-            fn last_seen(&self) -> &[AtomicU64] {
+            fn epoch_ns(&self) -> u64 {
+                0
+            }
+            fn last_seen(&self) -> &[AtomicU32] {
                 &self.0
             }
             fn host(&self, slot: u32) -> Host {
@@ -1407,7 +1430,7 @@ mod tests {
             }
             csv
         };
-        let table = |now: u64| Big((0..N).map(|_| AtomicU64::new(now)).collect());
+        let table = |now: u64| Big((0..N).map(|_| stamp_at(now)).collect());
         let mut sw = Sweeper::new(15 * S, Format::Json);
         sw.set_fleet(fleet(&csv("a"), 5 * S, UnknownHosts::Track, &[]));
         sw.sweep_at(&table(S), S, UNIX_EPOCH).unwrap();
@@ -1436,14 +1459,14 @@ mod tests {
         use crate::track::fleet::UnknownHosts;
         let words = Words::Heap(vec![0; state_words(SLOTS)]);
         let table = fake(&[10 * S, 10 * S, 10 * S, 10 * S]);
-        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen(), 0);
         let mut sw = Sweeper::with_tracker(tracker, Format::Json);
         sw.set_fleet(fleet(INVENTORY, 5 * S, UnknownHosts::Track, &[]));
         sw.sweep_at(&table, 10 * S, UNIX_EPOCH).unwrap();
         assert_eq!(kinds(&sw), [pair("new", "198.18.0.3")]);
         sw.written(sw.lines().len() as u64);
         let words = sw.into_tracker().into_words().unwrap();
-        let mut next = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let mut next = Tracker::resume(15 * S, words, SLOTS, table.last_seen(), 0);
         let mut new = 0;
         next.sweep(table.last_seen(), 11 * S, |t| {
             new += u32::from(matches!(t, Transition::New { .. }))
@@ -1454,7 +1477,7 @@ mod tests {
     /// A table that forgets as the XDP one does: a forgotten slot reads 0
     /// and is handed out again once reused.
     struct Forgetful {
-        seen: Vec<AtomicU64>,
+        seen: Vec<AtomicU32>,
         forgotten: std::cell::RefCell<Vec<bool>>,
         reused: std::cell::RefCell<Vec<u32>>,
     }
@@ -1462,18 +1485,24 @@ mod tests {
     impl Forgetful {
         fn new(seen: &[u64]) -> Self {
             Self {
-                seen: seen.iter().map(|&t| AtomicU64::new(t)).collect(),
+                seen: seen.iter().map(|&t| stamp_at(t)).collect(),
                 forgotten: std::cell::RefCell::new(vec![false; seen.len()]),
                 reused: Default::default(),
             }
         }
         fn stamp(&self, slot: usize, t: u64) {
-            self.seen[slot].store(t, std::sync::atomic::Ordering::Relaxed);
+            self.seen[slot].store(
+                stamp_at(t).into_inner(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
     }
 
     impl Table for Forgetful {
-        fn last_seen(&self) -> &[AtomicU64] {
+        fn epoch_ns(&self) -> u64 {
+            0
+        }
+        fn last_seen(&self) -> &[AtomicU32] {
             &self.seen
         }
         fn host(&self, slot: u32) -> Host {
@@ -1515,7 +1544,7 @@ mod tests {
 
     fn forgetting_after(secs: u64) -> Fleet {
         Fleet::load(&crate::track::fleet::FleetConfig {
-            forget_after: std::time::Duration::from_secs(secs),
+            forget_after: std::time::Duration::from_nanos(secs * S),
             ..Default::default()
         })
         .unwrap()
@@ -1525,7 +1554,7 @@ mod tests {
     fn a_host_silent_for_forget_after_is_forgotten_and_its_slot_reused() {
         let words = Words::Heap(vec![0; state_words(SLOTS)]);
         let table = Forgetful::new(&[10 * S, 10 * S]);
-        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen(), 0);
         let mut sw = Sweeper::with_tracker(tracker, Format::Json);
         sw.set_fleet(forgetting_after(20));
         assert_eq!(swept(&mut sw, &table, 10 * S).len(), 2);
@@ -1555,7 +1584,7 @@ mod tests {
         assert_eq!(*table.reused.borrow(), [1]);
         // Unknown in the told state: a restarted collector agrees.
         let words = sw.into_tracker().into_words().unwrap();
-        let again = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let again = Tracker::resume(15 * S, words, SLOTS, table.last_seen(), 0);
         assert_eq!(again.census().hosts, 1);
         assert!(!again.is_known(1));
         // The slot's next host is new.
@@ -1569,7 +1598,7 @@ mod tests {
     fn a_collector_killed_between_the_steps_finishes_forgetting() {
         let words = Words::Heap(vec![0; state_words(SLOTS)]);
         let table = Forgetful::new(&[10 * S, 10 * S]);
-        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen(), 0);
         let mut sw = Sweeper::with_tracker(tracker, Format::Json);
         sw.set_fleet(forgetting_after(20));
         swept(&mut sw, &table, 10 * S);
@@ -1578,7 +1607,7 @@ mod tests {
         assert!(table.forgotten(1));
         // Killed here: the next collector finds the slot known, forgotten.
         let words = sw.into_tracker().into_words().unwrap();
-        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen());
+        let tracker = Tracker::resume(15 * S, words, SLOTS, table.last_seen(), 0);
         assert!(tracker.is_known(1));
         let mut sw = Sweeper::with_tracker(tracker, Format::Json);
         sw.set_fleet(forgetting_after(20));

@@ -1,7 +1,7 @@
 //! What a sweep, the endpoints and `hb status` read of a host table,
 //! whichever path fills it: the kernel's (XDP) or socket mode's own.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::AtomicU32;
 
 use anyhow::Result;
 use hb_common::{Counter, Timing};
@@ -12,9 +12,12 @@ use super::events::Host;
 pub type Counts = [u64; Counter::COUNT];
 
 pub trait Table {
-    /// Last-seen times (CLOCK_MONOTONIC ns) of the slots in use; 0 means
-    /// "not ready yet".
-    fn last_seen(&self) -> &[AtomicU64];
+    /// Last-seen times of the slots in use, in ticks from `epoch_ns` (see
+    /// `hb_common::timing`: wrapping, compared with `ticks_since`); 0
+    /// means "not ready yet".
+    fn last_seen(&self) -> &[AtomicU32];
+    /// The CLOCK_MONOTONIC ns that `last_seen`'s ticks count from.
+    fn epoch_ns(&self) -> u64;
     /// The host in `slot`, as events name it.
     fn host(&self, slot: u32) -> Host;
     /// Slots in use.

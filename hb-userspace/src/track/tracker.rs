@@ -2,6 +2,15 @@
 //! logic over the table's slot-indexed last-seen times and the current
 //! CLOCK_MONOTONIC time.
 //!
+//! Last-seen times are `u32` ticks from the table's epoch (see
+//! `hb_common::timing`), compared by their age at the sweep's tick, so that
+//! they wrap (every 52 days) without a false transition; durations the
+//! tracker reports and takes (timeouts, ages) stay in ns, and ages are
+//! right to a tick. A silent host is kept with the tick it went silent
+//! with, unwrapped (ticks since the epoch, 64 bits): it recovers only once
+//! its stamp differs from that one, so a host silent for longer than the
+//! wrap is not taken for alive when the clock comes round to its stamp.
+//!
 //! State is slot-indexed too: two bits per host (known, silent) plus an entry
 //! per *silent* host, so alive hosts cost userspace a quarter of a byte, and
 //! a sweep is one linear pass over the last-seen array.
@@ -14,10 +23,13 @@
 //! the line is written. Whatever was decided but not yet written when the
 //! process died is decided again, and reported, by the next collector.
 
-use std::sync::atomic::{AtomicU64, Ordering, compiler_fence};
+use std::sync::atomic::{AtomicU32, Ordering, compiler_fence};
 
 use hashbrown::HashMap;
-use hb_common::Timing;
+use hb_common::{
+    Timing,
+    timing::{TICK_NS, TICK_SHIFT, age, tick, ticks_floor},
+};
 
 use super::adaptive;
 
@@ -212,6 +224,26 @@ fn first_unknown(known: &[u64], from: usize) -> usize {
     i * 64 + word.trailing_ones() as usize
 }
 
+/// Ticks from `epoch_ns` to `ns`, not wrapped.
+#[inline]
+fn unwrapped(ns: u64, epoch_ns: u64) -> u64 {
+    ns.wrapping_sub(epoch_ns) >> TICK_SHIFT
+}
+
+/// Bit `i` set where `chunk[i]` (a stamp, not 0) is more than `limit`
+/// ticks older than `now`. Branch-free, so that it vectorises; ages are
+/// signed, so that a stamp just ahead of `now` is not 52 days old.
+#[inline]
+fn older_than(chunk: &[u32], now: u32, limit: u32) -> u64 {
+    let limit = limit as i32;
+    let mut bits = 0u64;
+    for (i, &seen) in chunk.iter().enumerate() {
+        let old = (now.wrapping_sub(seen) as i32 > limit) & (seen != 0);
+        bits |= u64::from(old) << i;
+    }
+    bits
+}
+
 /// A timeout (the tracker's, or a class's) that is learned per host
 /// (`--timeout auto`): see `track::adaptive`.
 pub const AUTO: u64 = u64::MAX - 1;
@@ -235,8 +267,11 @@ pub struct Tracker {
     ready_upto: usize,
     /// Known hosts: the known bits set.
     hosts: u64,
-    /// Silent hosts: slot -> last-seen time when they went silent.
+    /// Silent hosts: slot -> last-seen tick when they went silent, as
+    /// ticks since `epoch_ns` (not wrapped; its low 32 bits are the stamp).
     silent: HashMap<u32, u64>,
+    /// The table's epoch: what its ticks count from.
+    epoch_ns: u64,
     /// What the output has been told, where it outlives this tracker
     /// (header, known bits, silent bits; see `state_words`); `told_bitmap`
     /// words a bitmap.
@@ -262,6 +297,7 @@ impl Tracker {
             ready_upto: 0,
             hosts: 0,
             silent: HashMap::new(),
+            epoch_ns: 0,
             told: None,
             told_bitmap: 0,
             class: Vec::new(),
@@ -276,7 +312,8 @@ impl Tracker {
     /// told there, if anything: hosts it reported are not new, hosts it
     /// reported silent are still silent. Whatever else the previous tracker
     /// decided (its process died before the lines were written) is decided
-    /// again. `last_seen` is the table as it is now.
+    /// again. `last_seen` is the table as it is now, its ticks counted from
+    /// `epoch_ns`.
     ///
     /// A silent host that beat again while no tracker ran is reported
     /// recovered by the next sweep; the time it last beat before that is
@@ -286,7 +323,8 @@ impl Tracker {
         timeout_ns: u64,
         mut words: Words,
         slots: usize,
-        last_seen: &[AtomicU64],
+        last_seen: &[AtomicU32],
+        epoch_ns: u64,
     ) -> Self {
         let bitmap = bitmap_words(slots);
         let w = words.get_mut();
@@ -317,12 +355,14 @@ impl Tracker {
         header[READY_UPTO] = ready_upto as u64;
         header[HOSTS] = hosts;
         let mut silent = HashMap::new();
+        let swept = unwrapped(last_sweep, epoch_ns);
+        let swept_tick = tick(last_sweep, epoch_ns);
         // Auto: the shortest a host's can be.
         let gap_timeout = match timeout_ns {
             AUTO => adaptive::DEFAULT_MIN.as_nanos() as u64,
             t => t,
         };
-        let before_gap = last_sweep.saturating_sub(gap_timeout);
+        let before_gap = swept.saturating_sub(ticks_floor(gap_timeout).into());
         for (i, &word) in silent_bits.iter().enumerate() {
             let mut bits = word;
             while bits != 0 {
@@ -332,7 +372,13 @@ impl Tracker {
                 // Beat since the last sweep: the stamp it went silent with
                 // is overwritten; before_gap differs from `seen`, so the next
                 // sweep reports the recovery.
-                let went_silent_at = if seen > last_sweep { before_gap } else { seen };
+                let went_silent_at = if seen == 0 {
+                    0
+                } else if (seen.wrapping_sub(swept_tick) as i32) > 0 {
+                    before_gap
+                } else {
+                    swept.wrapping_sub(age(swept_tick, seen).into())
+                };
                 silent.insert(slot as u32, went_silent_at);
             }
         }
@@ -346,6 +392,7 @@ impl Tracker {
             ready_upto,
             hosts,
             silent,
+            epoch_ns,
             told: Some(words),
             told_bitmap: bitmap,
             class: Vec::new(),
@@ -353,6 +400,11 @@ impl Tracker {
             timeouts_gen: 0,
             auto: adaptive::Policy::default(),
         }
+    }
+
+    /// The epoch of the table this tracker sweeps (`Table::epoch_ns`).
+    pub fn set_epoch(&mut self, epoch_ns: u64) {
+        self.epoch_ns = epoch_ns;
     }
 
     /// A new timeout, for the sweeps from now on (a reload). A silent host
@@ -484,10 +536,10 @@ impl Tracker {
         put_bit(&mut self.bits[map * b..], i, v)
     }
 
-    /// One sweep over `last_seen` (indexed by slot; 0 = slot not ready).
-    /// Hosts with an `AUTO` timeout take theirs from `Timing::NONE` (see
-    /// `sweep_timed`).
-    pub fn sweep(&mut self, last_seen: &[AtomicU64], now_ns: u64, obs: impl Observer) {
+    /// One sweep over `last_seen` (indexed by slot, ticks from the epoch;
+    /// 0 = slot not ready) at `now_ns` (CLOCK_MONOTONIC). Hosts with an
+    /// `AUTO` timeout take theirs from `Timing::NONE` (see `sweep_timed`).
+    pub fn sweep(&mut self, last_seen: &[AtomicU32], now_ns: u64, obs: impl Observer) {
         self.sweep_timed(last_seen, &|_| Timing::NONE, now_ns, obs)
     }
 
@@ -495,7 +547,7 @@ impl Tracker {
     /// theirs from what `timing` says they learned.
     pub fn sweep_timed(
         &mut self,
-        last_seen: &[AtomicU64],
+        last_seen: &[AtomicU32],
         timing: &dyn Fn(u32) -> Timing,
         now_ns: u64,
         mut obs: impl Observer,
@@ -507,6 +559,12 @@ impl Tracker {
                 .resize(n.max(self.class.len() * 2).min(self.bitmap * 64), 0);
         }
         let load = |slot: usize| last_seen[slot].load(Ordering::Relaxed);
+        let now = tick(now_ns, self.epoch_ns);
+        let now_abs = unwrapped(now_ns, self.epoch_ns);
+        // How long ago a stamp `a` ticks old is, from `now_ns`: so that
+        // `now_ns` less it is the time `silent_hosts` gives.
+        let rem = now_ns.wrapping_sub(self.epoch_ns) & (TICK_NS - 1);
+        let since = |a: u32| rem + u64::from(a) * TICK_NS;
 
         // Slots handed out since the last sweep (or not ready then, or
         // freed and handed out again): the first unknown ones, a word of
@@ -530,7 +588,7 @@ impl Tracker {
             }
             obs.emit(Transition::New {
                 host: slot as u32,
-                age_ns: now_ns.saturating_sub(seen),
+                age_ns: since(age(now, seen)),
             });
             slot += 1;
         }
@@ -548,16 +606,18 @@ impl Tracker {
         let mut recovered = Vec::new();
         self.silent.retain(|&slot, &mut went_silent_at| {
             let seen = load(slot as usize);
-            if seen == went_silent_at {
+            if seen == 0 || seen == went_silent_at as u32 {
                 return true;
             }
+            let a = age(now, seen);
             let timeout = of(slot as usize);
-            if now_ns.saturating_sub(seen) <= timeout {
+            if a <= ticks_floor(timeout) {
                 recovered.push(slot);
+                let seen_abs = now_abs.wrapping_sub(a.into());
                 obs.emit_timed(
                     Transition::Recovered {
                         host: slot,
-                        silent_for_ns: seen.saturating_sub(went_silent_at),
+                        silent_for_ns: seen_abs.saturating_sub(went_silent_at) * TICK_NS,
                     },
                     timeout,
                 );
@@ -570,18 +630,35 @@ impl Tracker {
             self.set_bit(SILENT, slot as usize, false);
         }
 
-        // Hosts that just went silent: the one pass over every slot. Age >
-        // timeout is `seen < now - timeout`; the rare hit checks the bits.
+        // Hosts that just went silent: the one pass over every slot, 64 at
+        // a time: a branch-free loop (which the compiler vectorises) makes
+        // a word of "older than the shortest timeout" bits, and only those
+        // of known hosts not yet silent, rare, are looked at one by one.
         // With classes, the shortest timeout is the pass's; a hit checks
         // the slot's own. A learned timeout is at least `--min-timeout`:
         // only hosts past that read their timing.
         let floor = |t: u64| if t == AUTO { auto.min_ns } else { t };
-        let shortest = floor(self.timeouts.iter().copied().min().unwrap_or(timeout));
+        let shortest = ticks_floor(floor(
+            self.timeouts.iter().copied().min().unwrap_or(timeout),
+        ));
         let own = !self.timeouts.is_empty() || timeout == AUTO;
-        let threshold = now_ns.saturating_sub(shortest);
-        for (slot, t) in last_seen.iter().enumerate() {
-            let seen = t.load(Ordering::Relaxed);
-            if seen < threshold && seen != 0 && !self.bit(SILENT, slot) && self.bit(KNOWN, slot) {
+        // SAFETY: AtomicU32 has u32's layout. The words are read plainly so
+        // that the loop vectorises (atomic loads never do); the kernel may
+        // store to them meanwhile, which only ever makes a host younger: a
+        // hit is read again, atomically, before anything is decided.
+        let raw: &[u32] = unsafe { std::slice::from_raw_parts(last_seen.as_ptr().cast(), n) };
+        let b = self.bitmap;
+        for (w, chunk) in raw.chunks(64).enumerate() {
+            let old = older_than(chunk, now, shortest);
+            let mut hits = old & self.bits[KNOWN * b + w] & !self.bits[SILENT * b + w];
+            while hits != 0 {
+                let slot = w * 64 + hits.trailing_zeros() as usize;
+                hits &= hits - 1;
+                let seen = load(slot);
+                let a = age(now, seen);
+                if seen == 0 || a <= shortest {
+                    continue;
+                }
                 let timeout = if own {
                     match timeout_of(&self.class, &self.timeouts, timeout, slot) {
                         AUTO => auto.timeout_ns(timing(slot as u32)),
@@ -590,15 +667,16 @@ impl Tracker {
                 } else {
                     timeout
                 };
-                if now_ns - seen <= timeout {
+                if a <= ticks_floor(timeout) {
                     continue;
                 }
                 self.set_bit(SILENT, slot, true);
-                self.silent.insert(slot as u32, seen);
+                self.silent
+                    .insert(slot as u32, now_abs.wrapping_sub(a.into()));
                 obs.emit_timed(
                     Transition::Silent {
                         host: slot as u32,
-                        silent_for_ns: now_ns - seen,
+                        silent_for_ns: since(a),
                     },
                     timeout,
                 );
@@ -724,9 +802,13 @@ impl Tracker {
         }
     }
 
-    /// Silent hosts (slot) with the time they were last seen.
+    /// Silent hosts (slot) with the time they were last seen
+    /// (CLOCK_MONOTONIC ns, to a tick).
     pub fn silent_hosts(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
-        self.silent.iter().map(|(&slot, &seen)| (slot, seen))
+        let epoch = self.epoch_ns;
+        self.silent
+            .iter()
+            .map(move |(&slot, &seen)| (slot, epoch.wrapping_add(seen << TICK_SHIFT)))
     }
 
     /// Heap bytes of the tracker's state (for the memory figure).
@@ -747,10 +829,15 @@ impl Tracker {
 mod tests {
     use super::*;
 
-    const S: u64 = 1_000_000_000;
+    /// A second, near enough: a whole number of ticks, so that times the
+    /// tests give in seconds are exact in the table's ticks.
+    const S: u64 = 1024 * TICK_NS;
 
-    fn table(v: &[u64]) -> Vec<AtomicU64> {
-        v.iter().map(|&x| AtomicU64::new(x)).collect()
+    /// A table of stamps given in ns (epoch 0), as ticks.
+    fn table(v: &[u64]) -> Vec<AtomicU32> {
+        v.iter()
+            .map(|&x| AtomicU32::new(if x == 0 { 0 } else { tick(x, 0) }))
+            .collect()
     }
 
     fn sweep(t: &mut Tracker, seen: &[u64], now: u64) -> Vec<Transition<u32>> {
@@ -860,7 +947,8 @@ mod tests {
             events,
             [Transition::Silent {
                 host: 1,
-                silent_for_ns: 15 * S + S / 2 - 1
+                // Stamped at 1 ns: tick 1.
+                silent_for_ns: 15 * S + S / 2 - TICK_NS
             }]
         );
         assert_eq!(
@@ -917,23 +1005,24 @@ mod tests {
     #[test]
     fn a_stale_restamp_does_not_recover() {
         // The stamp moved but is still older than the timeout (a heartbeat
-        // delayed in a queue): the host stays silent.
-        let mut t = Tracker::new(10);
-        sweep(&mut t, &[100], 100);
+        // delayed in a queue): the host stays silent. In ticks.
+        const T: u64 = TICK_NS;
+        let mut t = Tracker::new(10 * T);
+        sweep(&mut t, &[100 * T], 100 * T);
         assert_eq!(
-            sweep(&mut t, &[100], 200),
+            sweep(&mut t, &[100 * T], 200 * T),
             [Transition::Silent {
                 host: 0,
-                silent_for_ns: 100
+                silent_for_ns: 100 * T
             }]
         );
-        assert!(sweep(&mut t, &[150], 200).is_empty());
+        assert!(sweep(&mut t, &[150 * T], 200 * T).is_empty());
         assert_eq!(t.census().silent, 1);
         assert_eq!(
-            sweep(&mut t, &[195], 200),
+            sweep(&mut t, &[195 * T], 200 * T),
             [Transition::Recovered {
                 host: 0,
-                silent_for_ns: 95
+                silent_for_ns: 95 * T
             }]
         );
     }
@@ -960,7 +1049,7 @@ mod tests {
     fn a_resumed_tracker_reports_only_what_happened_in_the_gap() {
         let slots = 4;
         let words = Words::Heap(vec![0; state_words(slots)]);
-        let mut a = Tracker::resume(15 * S, words, slots, &table(&[0; 4]));
+        let mut a = Tracker::resume(15 * S, words, slots, &table(&[0; 4]), 0);
         assert!(!a.resumed());
         let events = sweep_written(&mut a, &[10 * S, 10 * S, 10 * S], 10 * S);
         assert_eq!(events.len(), 3);
@@ -975,7 +1064,7 @@ mod tests {
         // falls silent, host 3 appears, host 0 carries on.
         let words = a.into_words().unwrap();
         let now = [49 * S, 45 * S, 28 * S, 46 * S];
-        let mut b = Tracker::resume(15 * S, words, slots, &table(&now));
+        let mut b = Tracker::resume(15 * S, words, slots, &table(&now), 0);
         assert!(b.resumed());
         assert_eq!(b.census().hosts, 3);
         assert_eq!(b.census().silent, 1);
@@ -1009,7 +1098,7 @@ mod tests {
         // A host still silent across a restart is not reported again.
         let words = b.into_words().unwrap();
         let later = [60 * S, 60 * S, 28 * S, 60 * S];
-        let mut c = Tracker::resume(15 * S, words, slots, &table(&later));
+        let mut c = Tracker::resume(15 * S, words, slots, &table(&later), 0);
         assert!(sweep(&mut c, &later, 61 * S).is_empty());
         assert_eq!(c.census().silent, 1);
     }
@@ -1018,13 +1107,13 @@ mod tests {
     fn what_was_never_written_is_reported_again() {
         let slots = 4;
         let words = Words::Heap(vec![0; state_words(slots)]);
-        let mut a = Tracker::resume(15 * S, words, slots, &table(&[]));
+        let mut a = Tracker::resume(15 * S, words, slots, &table(&[]), 0);
         sweep_written(&mut a, &[10 * S, 10 * S], 10 * S);
         // Decided, but the process dies before the lines are written.
         assert_eq!(sweep(&mut a, &[10 * S, 30 * S, 30 * S], 30 * S).len(), 2);
         assert_eq!(a.census().hosts, 3);
         let now = [10 * S, 31 * S, 31 * S];
-        let mut b = Tracker::resume(15 * S, a.into_words().unwrap(), slots, &table(&now));
+        let mut b = Tracker::resume(15 * S, a.into_words().unwrap(), slots, &table(&now), 0);
         assert_eq!(b.census().hosts, 2);
         assert_eq!(
             sweep(&mut b, &now, 31 * S),
@@ -1050,7 +1139,7 @@ mod tests {
     fn a_first_sweep_written_in_part_is_carried_on() {
         let slots = 4;
         let words = Words::Heap(vec![0; state_words(slots)]);
-        let mut a = Tracker::resume(15 * S, words, slots, &table(&[]));
+        let mut a = Tracker::resume(15 * S, words, slots, &table(&[]), 0);
         // New 0, 1, 2, silent 0, silent 1; the process dies after the
         // silent line of host 0, before its first summary.
         let events = sweep(&mut a, &[10 * S, 10 * S, 99 * S], 100 * S);
@@ -1060,7 +1149,7 @@ mod tests {
         }
         // Host 0 beats again before the next collector starts.
         let now = [103 * S, 10 * S, 103 * S];
-        let mut b = Tracker::resume(15 * S, a.into_words().unwrap(), slots, &table(&now));
+        let mut b = Tracker::resume(15 * S, a.into_words().unwrap(), slots, &table(&now), 0);
         assert!(b.resumed());
         assert_eq!(
             b.census(),
@@ -1146,6 +1235,7 @@ mod tests {
             Words::Heap(vec![0; state_words(slots)]),
             slots,
             &table(&[]),
+            0,
         );
         let mut seen = vec![10 * S; OLD];
         sweep_written(&mut a, &seen, 10 * S);
@@ -1182,7 +1272,7 @@ mod tests {
         full: &[Transition<u32>],
         census: Census,
     ) {
-        let mut b = Tracker::resume(TIMEOUT, Words::Heap(words), seen.len(), &table(seen));
+        let mut b = Tracker::resume(TIMEOUT, Words::Heap(words), seen.len(), &table(seen), 0);
         let c = b.census();
         assert_eq!(c.alive + c.silent, c.hosts, "{c:?} on resuming");
         let mut both = written.to_vec();
@@ -1198,7 +1288,7 @@ mod tests {
         // they go out after the sweep), and once after it.
         let (before, seen) = history(1000);
         let (words, pinned) = Pinned::new(before);
-        let mut a = Tracker::resume(TIMEOUT, words, seen.len(), &table(&seen));
+        let mut a = Tracker::resume(TIMEOUT, words, seen.len(), &table(&seen), 0);
         let mut full = Vec::new();
         let mut left = vec![pinned.snapshot()];
         a.sweep(&table(&seen), CUT_AT, |t| {
@@ -1230,7 +1320,7 @@ mod tests {
         let (before, seen) = history(40);
         let cut = || {
             let words = Words::Heap(before.clone());
-            let mut a = Tracker::resume(TIMEOUT, words, seen.len(), &table(&seen));
+            let mut a = Tracker::resume(TIMEOUT, words, seen.len(), &table(&seen), 0);
             let events = sweep(&mut a, &seen, CUT_AT);
             (a, events)
         };
@@ -1273,7 +1363,7 @@ mod tests {
         let seen: Vec<u64> = (0..200)
             .map(|i| if i < 150 { 10 * S } else { 99 * S })
             .collect();
-        let mut t = Tracker::resume(TIMEOUT, Words::Heap(words), slots, &table(&seen));
+        let mut t = Tracker::resume(TIMEOUT, Words::Heap(words), slots, &table(&seen), 0);
         let expect = Census {
             hosts: 200,
             alive: 50,

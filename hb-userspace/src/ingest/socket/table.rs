@@ -2,15 +2,21 @@
 //! host, never evicted, last-seen times in a flat array the sweeper scans,
 //! a full table counts `table_full`; a host the sweeper forgets leaves the
 //! table at the next datagram, and its slot goes to a later new host.
+//! Last-seen times are ticks from the table's own epoch (its creation) and
+//! each host's heartbeat timing is learned per datagram, as the program
+//! does (see `hb_common::timing`).
 
 use std::{
     cell::RefCell,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicU32, Ordering},
 };
 
 use anyhow::Result;
 use hashbrown::HashMap;
-use hb_common::{Counter, HostKey, MAGIC};
+use hb_common::{
+    Counter, HostKey, MAGIC, Timing,
+    timing::{tick, ticks_since},
+};
 
 use crate::track::{
     events::Host,
@@ -19,8 +25,10 @@ use crate::track::{
 
 pub struct SocketTable {
     slots: HashMap<HostKey, u32>,
-    last_seen: Vec<AtomicU64>,
-    beats: Vec<u64>,
+    last_seen: Vec<AtomicU32>,
+    beats: Vec<u32>,
+    timing: Vec<Timing>,
+    epoch_ns: u64,
     keys: Vec<HostKey>,
     capacity: usize,
     counters: Counts,
@@ -39,10 +47,17 @@ impl SocketTable {
     /// milliseconds, long enough to overflow the socket at 200k heartbeats/s
     /// (measured). Pages are only touched as hosts arrive.
     pub fn new(capacity: usize) -> Self {
+        Self::with_epoch(capacity, crate::clock::monotonic_ns())
+    }
+
+    /// As `new`, its ticks counted from `epoch_ns` (CLOCK_MONOTONIC).
+    pub fn with_epoch(capacity: usize, epoch_ns: u64) -> Self {
         Self {
             slots: HashMap::with_capacity(capacity),
             last_seen: Vec::with_capacity(capacity),
             beats: Vec::with_capacity(capacity),
+            timing: Vec::with_capacity(capacity),
+            epoch_ns,
             keys: Vec::with_capacity(capacity),
             capacity,
             counters: [0; Counter::COUNT],
@@ -70,6 +85,7 @@ impl SocketTable {
                 self.slots.insert(key, slot);
                 self.keys[s] = key;
                 self.beats[s] = 0;
+                self.timing[s] = Timing::NONE;
                 self.gone.get_mut()[s] = false;
                 self.counters[Counter::NewHost as usize] += 1;
                 s
@@ -83,25 +99,36 @@ impl SocketTable {
                 self.slots.insert(key, slot as u32);
                 self.keys.push(key);
                 self.beats.push(0);
-                self.last_seen.push(AtomicU64::new(0));
+                self.timing.push(Timing::NONE);
+                self.last_seen.push(AtomicU32::new(0));
                 self.counters[Counter::NewHost as usize] += 1;
                 slot
             }
         };
-        self.last_seen[slot].store(now, Ordering::Relaxed);
-        self.beats[slot] += 1;
+        let now = tick(now, self.epoch_ns);
+        let last = self.last_seen[slot].swap(now, Ordering::Relaxed);
+        if last != 0 {
+            self.timing[slot] = self.timing[slot].update(ticks_since(now, last));
+        }
+        self.beats[slot] = self.beats[slot].wrapping_add(1);
         self.counters[Counter::Heartbeat as usize] += 1;
     }
 
     #[cfg(test)]
-    fn beats(&self, key: &HostKey) -> Option<u64> {
+    fn beats(&self, key: &HostKey) -> Option<u32> {
         self.slots.get(key).map(|&s| self.beats[s as usize])
     }
 }
 
 impl Table for SocketTable {
-    fn last_seen(&self) -> &[AtomicU64] {
+    fn last_seen(&self) -> &[AtomicU32] {
         &self.last_seen
+    }
+    fn epoch_ns(&self) -> u64 {
+        self.epoch_ns
+    }
+    fn timing(&self, slot: u32) -> Timing {
+        self.timing.get(slot as usize).copied().unwrap_or_default()
     }
     fn host(&self, slot: u32) -> Host {
         Host::addr(&self.keys[slot as usize])
@@ -153,21 +180,27 @@ mod tests {
 
     use super::*;
     use crate::track::events::{host_ip, host_key};
+    use hb_common::TICK_NS;
+
+    /// Tick `n` of a table whose epoch is 0.
+    const fn at(n: u64) -> u64 {
+        n * TICK_NS
+    }
 
     #[test]
     fn records_like_the_kernel_table() {
-        let mut t = SocketTable::new(2);
+        let mut t = SocketTable::with_epoch(2, 0);
         let a: IpAddr = "198.18.0.2".parse().unwrap();
         let b: IpAddr = "fd00:4842::2".parse().unwrap();
         let c: IpAddr = "198.18.0.3".parse().unwrap();
         let (ka, kb, kc) = (host_key(a), host_key(b), host_key(c));
-        t.record(ka, b"PyHB", 10);
-        t.record(ka, b"PyHB", 20);
-        t.record(kb, b"PyHB", 30);
-        t.record(kc, b"PyHB", 40); // full
-        t.record(ka, b"PyHb", 50);
-        t.record(ka, b"PyHB!", 50);
-        t.record(ka, b"", 50);
+        t.record(ka, b"PyHB", at(10));
+        t.record(ka, b"PyHB", at(20));
+        t.record(kb, b"PyHB", at(30));
+        t.record(kc, b"PyHB", at(40)); // full
+        t.record(ka, b"PyHb", at(50));
+        t.record(ka, b"PyHB!", at(50));
+        t.record(ka, b"", at(50));
         let p = t.counters().unwrap();
         assert_eq!(p[Counter::Heartbeat as usize], 3);
         assert_eq!(p[Counter::NewHost as usize], 2);
@@ -175,42 +208,46 @@ mod tests {
         assert_eq!(p[Counter::WrongPayload as usize], 3);
         assert_eq!(Table::len(&t), 2);
         assert_eq!(t.beats(&HostKey::from_ipv4([198, 18, 0, 2])), Some(2));
-        let seen: Vec<u64> = t
+        let seen: Vec<u32> = t
             .last_seen()
             .iter()
             .map(|x| x.load(Ordering::Relaxed))
             .collect();
         assert_eq!(seen, [20, 30]);
+        // One interval of 10 ticks learned for a, none for b.
+        assert_eq!(t.timing(0), Timing::NONE.update(10));
+        assert_eq!(t.timing(0).mean_ns(), 10 * TICK_NS);
+        assert_eq!(t.timing(1), Timing::NONE);
         assert_eq!(t.host(0).ip, a);
         assert_eq!(t.host(1).ip, b);
     }
 
     #[test]
     fn a_forgotten_host_leaves_and_its_slot_goes_to_the_next() {
-        let mut t = SocketTable::new(2);
+        let mut t = SocketTable::with_epoch(2, 0);
         let (a, b, c) = (
             HostKey::from_ipv4([198, 18, 0, 2]),
             HostKey::from_ipv4([198, 18, 0, 3]),
             HostKey::from_ipv4([198, 18, 0, 4]),
         );
-        t.record(a, b"PyHB", 10);
-        t.record(b, b"PyHB", 10);
+        t.record(a, b"PyHB", at(10));
+        t.record(b, b"PyHB", at(10));
         assert!(t.forget(0).unwrap());
         assert!(t.forgotten(0));
         assert_eq!(t.last_seen()[0].load(Ordering::Relaxed), 0);
         // A heartbeat in flight lands before the key leaves (at the next
         // datagram, this one); the release clears it.
-        t.record(c, b"PyHB", 20);
+        t.record(c, b"PyHB", at(20));
         assert_eq!(t.counters().unwrap()[Counter::TableFull as usize], 1);
         t.release(0);
         t.reuse(0).unwrap();
-        t.record(c, b"PyHB", 30);
+        t.record(c, b"PyHB", at(30));
         assert_eq!(t.host(0).ip, host_ip(&c));
         assert!(!t.forgotten(0));
         assert_eq!(Table::len(&t), 2);
         assert_eq!(t.last_seen()[0].load(Ordering::Relaxed), 30);
         // The forgotten host is a new host: the table is full again.
-        t.record(a, b"PyHB", 40);
+        t.record(a, b"PyHB", at(40));
         assert_eq!(t.counters().unwrap()[Counter::TableFull as usize], 2);
         assert_eq!(t.beats(&a), None);
     }

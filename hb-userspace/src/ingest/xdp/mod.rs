@@ -154,6 +154,7 @@ fn load(config: &Config, inst: &Instance) -> Result<Loaded> {
         max_hosts: config.max_hosts,
         max_bare_hosts: config.max_bare_hosts,
         any_destination: config.any_destination,
+        epoch_ns: None,
     };
     program::load_with(settings, config.auth.as_ref(), Some(&inst.maps_dir()))
 }
@@ -214,6 +215,7 @@ impl Ingest for XdpIngest {
             Words::Shared(Box::new(words)),
             self.loaded.table.capacity(),
             self.loaded.table.last_seen(),
+            self.loaded.table.epoch_ns(),
         );
         if tracker.resumed() {
             let census = tracker.census();

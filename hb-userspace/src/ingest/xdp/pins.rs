@@ -30,8 +30,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Map, MapData};
 use hb_common::{
-    ALLOC_MAP, AUTH_MAP, BARE_MAP, BEATS_MAP, COUNTERS_MAP, FREE_MAP, HINTS_MAP, LAST_SEEN_MAP,
-    SLOT_KEYS_MAP, SLOTS_MAP, TRACKER_MAP,
+    ALLOC_MAP, AUTH_MAP, BARE_MAP, BEATS_MAP, COUNTERS_MAP, FREE_MAP, INDEX_MAP, LAST_SEEN_MAP,
+    SLOT_KEYS_MAP, TIMING_MAP, TRACKER_MAP,
 };
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
@@ -47,20 +47,22 @@ const RUN_DIR: &str = "/run/hb";
 /// changes. 3: slot hints, tracker state, replay state (`HB_AUTH`), keys
 /// of signed hosts. 4: two hints an array element. 5: the bare host count
 /// (`HB_BARE`), and three more outcome counters (`not_for_us`,
-/// `bad_source`, `bad_checksum`).
-pub const LAYOUT_VERSION: u32 = 5;
+/// `bad_source`, `bad_checksum`). 6: the index (`HB_INDEX`) in place of
+/// the slot hash map and hints, last-seen as `u32` ticks from an epoch
+/// (pinned in `HB_ALLOC`), `u32` counts, learned timing (`HB_TIMING`).
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Every map of the object that is pinned (all but aya-log's buffer and
 /// the local MAC and addresses, which each collector writes afresh).
 pub const PINNED_MAPS: [&str; 11] = [
-    SLOTS_MAP,
+    INDEX_MAP,
     FREE_MAP,
     LAST_SEEN_MAP,
     BEATS_MAP,
+    TIMING_MAP,
     SLOT_KEYS_MAP,
     ALLOC_MAP,
     BARE_MAP,
-    HINTS_MAP,
     AUTH_MAP,
     TRACKER_MAP,
     COUNTERS_MAP,
@@ -410,9 +412,10 @@ pub fn open(inst: &Instance) -> Result<(State, HostTable)> {
             .with_context(|| format!("opening pinned {name} in {}", dir.display()))
     };
     let table = HostTable::new(TableMaps {
-        slots: Map::HashMap(load(SLOTS_MAP)?),
+        index: Map::Array(load(INDEX_MAP)?),
         last_seen: Map::Array(load(LAST_SEEN_MAP)?),
         beats: Map::Array(load(BEATS_MAP)?),
+        timing: Map::Array(load(TIMING_MAP)?),
         slot_keys: Map::Array(load(SLOT_KEYS_MAP)?),
         alloc: Map::Array(load(ALLOC_MAP)?),
         auth: Map::Array(load(AUTH_MAP)?),

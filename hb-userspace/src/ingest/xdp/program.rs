@@ -5,7 +5,7 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::Map,
+    maps::{Map, MapData},
     programs::{
         ProgramError, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -14,10 +14,11 @@ use aya::{
 };
 use hb_common::{
     ALLOC_MAP, ANY_DEST_GLOBAL, AUTH_MAP, AUTH_MODE_GLOBAL, AuthMode, BARE_MAP, BEATS_MAP,
-    COUNTERS_MAP, FREE_MAP, HINT_MASK_GLOBAL, HINTS_MAP, HOST_MAPS, LAST_SEEN_MAP,
-    LOCAL_SET_SECTION, MAX_BARE_GLOBAL, PASS_GLOBAL, PORT_GLOBAL, PROGRAM, SIP_STATE_GLOBAL,
-    SLOT_KEYS_MAP, SLOTS_MAP, TRACKER_MAP,
+    COUNTERS_MAP, EPOCH_GLOBAL, FREE_MAP, HOST_MAPS, INDEX_MAP, INDEX_MASK_GLOBAL, LAST_SEEN_MAP,
+    LOCAL_SET_SECTION, MAX_BARE_GLOBAL, MAX_HOSTS_GLOBAL, PAIRED_MAPS, PASS_GLOBAL, PORT_GLOBAL,
+    PROGRAM, SIP_STATE_GLOBAL, SLOT_BITS_GLOBAL, SLOT_KEYS_MAP, TIMING_MAP, TRACKER_MAP,
     auth::{self, KEY_LEN},
+    index,
 };
 use log::{info, warn};
 
@@ -43,6 +44,10 @@ pub struct Settings {
     pub max_bare_hosts: Option<u32>,
     /// `--any-destination`: heartbeats to any MAC and address are taken.
     pub any_destination: bool,
+    /// The epoch of a new table (CLOCK_MONOTONIC ns its ticks count from);
+    /// `None`: now. A pinned table keeps its own. For tests of the ticks'
+    /// wrap-around.
+    pub epoch_ns: Option<u64>,
 }
 
 /// The bare hosts' share of a table of `max_hosts` by default: half with a
@@ -65,6 +70,7 @@ impl Default for Settings {
             max_hosts: hb_common::DEFAULT_MAX_HOSTS,
             max_bare_hosts: None,
             any_destination: false,
+            epoch_ns: None,
         }
     }
 }
@@ -166,26 +172,23 @@ pub fn load_with(
         Some(dir) => pinned_sizes(dir)?,
         None => None,
     };
-    let (max_hosts, hints) = match pinned {
-        Some((max_hosts, hints)) => {
+    let (max_hosts, epoch) = match pinned {
+        Some((max_hosts, epoch)) => {
             if max_hosts != settings.max_hosts {
                 warn!(
                     "--max-hosts {} differs from the pinned table's {max_hosts}: keeping {max_hosts} and the hosts in it (`hb detach` first to start over with a new size)",
                     settings.max_hosts
                 );
             }
-            (max_hosts, hints)
+            (max_hosts, epoch)
         }
-        // Hints: a power of two at least as large as the table, so that
-        // most hosts have a hint of their own.
         None => (
             settings.max_hosts,
-            settings
-                .max_hosts
-                .checked_next_power_of_two()
-                .unwrap_or(1 << 31),
+            settings.epoch_ns.unwrap_or_else(crate::clock::monotonic_ns),
         ),
     };
+    let buckets = index::buckets(max_hosts);
+    let (index_mask, slot_bits) = (buckets - 1, index::slot_bits(max_hosts));
     // Per-host replay state only costs memory where it is used.
     let auth_entries = if auth.is_some() { max_hosts } else { 1 };
     if let Some(dir) = maps_dir {
@@ -200,7 +203,6 @@ pub fn load_with(
             std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
         }
     }
-    let hint_mask = hints - 1;
     let tracker_words = tracker::state_words(max_hosts as usize);
     let tracker_entries = u32::try_from(tracker_words).context("--max-hosts too large")?;
     let port_net = settings.port.to_be();
@@ -220,16 +222,22 @@ pub fn load_with(
         .override_global(PORT_GLOBAL, &port_net, true)
         .override_global(PASS_GLOBAL, &pass, true)
         .override_global(ANY_DEST_GLOBAL, &any_dest, true)
-        .override_global(HINT_MASK_GLOBAL, &hint_mask, true)
+        .override_global(INDEX_MASK_GLOBAL, &index_mask, true)
+        .override_global(SLOT_BITS_GLOBAL, &slot_bits, true)
+        .override_global(MAX_HOSTS_GLOBAL, &max_hosts, true)
+        .override_global(EPOCH_GLOBAL, &epoch, true)
         .override_global(MAX_BARE_GLOBAL, &max_bare, true)
         .override_global(AUTH_MODE_GLOBAL, &mode, true)
         .override_global(SIP_STATE_GLOBAL, &sip, true)
-        // Two hints an element (see hb-ebpf's table.rs).
-        .map_max_entries(HINTS_MAP, (hints / 2).max(1))
+        .map_max_entries(INDEX_MAP, buckets)
         .map_max_entries(AUTH_MAP, auth_entries)
         .map_max_entries(TRACKER_MAP, tracker_entries);
     for map in HOST_MAPS {
         loader.map_max_entries(map, max_hosts);
+    }
+    // Two slots an element (see hb-ebpf's table.rs).
+    for map in PAIRED_MAPS {
+        loader.map_max_entries(map, max_hosts.div_ceil(2).max(1));
     }
     if let Some(dir) = maps_dir {
         for name in pins::PINNED_MAPS {
@@ -252,12 +260,21 @@ pub fn load_with(
         ebpf.take_map(name)
             .with_context(|| format!("no map {name} in the object"))
     };
+    let mut alloc = take(ALLOC_MAP)?;
+    if pinned.is_none() {
+        // A new table: its epoch, pinned with it (before the program is
+        // attached, so before any stamp).
+        let mut a: aya::maps::Array<&mut MapData, u64> =
+            aya::maps::Array::try_from(&mut alloc).context("the slot allocator")?;
+        a.set(1, epoch, 0).context("recording the table's epoch")?;
+    }
     let maps = TableMaps {
-        slots: take(SLOTS_MAP)?,
+        index: take(INDEX_MAP)?,
         last_seen: take(LAST_SEEN_MAP)?,
         beats: take(BEATS_MAP)?,
+        timing: take(TIMING_MAP)?,
         slot_keys: take(SLOT_KEYS_MAP)?,
-        alloc: take(ALLOC_MAP)?,
+        alloc,
         auth: take(AUTH_MAP)?,
         counters: take(COUNTERS_MAP)?,
         forgetting: Some((take(FREE_MAP)?, take(BARE_MAP)?)),
@@ -274,19 +291,23 @@ pub fn load_with(
     })
 }
 
-/// Capacity and hint array size of the table pinned in `dir`, if any.
-fn pinned_sizes(dir: &Path) -> Result<Option<(u32, u32)>> {
-    if !dir.join(SLOTS_MAP).exists() {
+/// Capacity and epoch of the table pinned in `dir`, if any.
+fn pinned_sizes(dir: &Path) -> Result<Option<(u32, u64)>> {
+    if !dir.join(SLOT_KEYS_MAP).exists() {
         return Ok(None);
     }
-    let info = |name: &str| {
-        aya::maps::MapInfo::from_pin(dir.join(name))
-            .with_context(|| format!("reading pinned {name} in {}", dir.display()))
+    let open = |name: &str| {
+        MapData::from_pin(dir.join(name))
+            .with_context(|| format!("opening pinned {name} in {}", dir.display()))
     };
-    Ok(Some((
-        info(SLOTS_MAP)?.max_entries(),
-        info(HINTS_MAP)?.max_entries() * 2,
-    )))
+    let max_hosts = open(SLOT_KEYS_MAP)?.info()?.max_entries();
+    let alloc = Map::Array(open(ALLOC_MAP)?);
+    let alloc: aya::maps::Array<&MapData, u64> =
+        aya::maps::Array::try_from(&alloc).context("the pinned slot allocator")?;
+    let epoch = alloc
+        .get(&1, 0)
+        .context("reading the pinned table's epoch")?;
+    Ok(Some((max_hosts, epoch)))
 }
 
 impl Loaded {

@@ -1,17 +1,23 @@
 //! Userspace side of the host table (layout: see hb-ebpf's `table.rs`). The
-//! per-slot arrays are mmapped read-only, so a sweep reads last-seen times as
-//! plain memory, with no system call per host.
+//! index and the per-slot arrays are mmapped (read-only for `hb status`), so
+//! a sweep reads last-seen times as plain memory, with no system call per
+//! host, and a host is found, forgotten or inserted with the program's own
+//! protocol: compare-and-exchange on the index's words.
 
 use std::{
     io,
-    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _},
     ptr::NonNull,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{HashMap, Map, MapData};
-use hb_common::{FORGOTTEN_KEY_WORD, HostEntry, HostKey, SLOT_PENDING};
+use aya::maps::{Map, MapData};
+use hb_common::{
+    FORGOTTEN_KEY_WORD, HostEntry, HostKey, Timing,
+    index::{self, BUCKET_ENTRIES, Place},
+    timing::tick,
+};
 
 use super::counters::Counters;
 use crate::{
@@ -30,22 +36,30 @@ struct Mapped<T> {
 }
 
 impl<T> Mapped<T> {
-    fn new(data: &MapData, len: usize, name: &str) -> Result<Self> {
-        Self::map(data, len, name, libc::PROT_READ)
+    fn map(data: &MapData, len: usize, name: &str, prot: libc::c_int) -> Result<Self> {
+        // Array elements are laid out at 8-byte strides.
+        if len > 1 && !size_of::<T>().is_multiple_of(8) {
+            bail!("{name}: hb cannot map {}-byte values", size_of::<T>());
+        }
+        Self::map_words(data, len, size_of::<T>(), name, prot)
     }
 
-    fn map(data: &MapData, len: usize, name: &str, prot: libc::c_int) -> Result<Self> {
+    /// Maps `data`, whose elements are `value_size` bytes, as `len` `T`s
+    /// (several a map element, for the arrays of two slots an element).
+    fn map_words(
+        data: &MapData,
+        len: usize,
+        value_size: usize,
+        name: &str,
+        prot: libc::c_int,
+    ) -> Result<Self> {
         let info = data
             .info()
             .with_context(|| format!("reading {name}'s info"))?;
-        // Array elements are laid out at 8-byte strides.
-        if info.value_size() as usize != size_of::<T>()
-            || (len > 1 && !size_of::<T>().is_multiple_of(8))
-        {
+        if info.value_size() as usize != value_size {
             bail!(
-                "{name} holds {}-byte values, hb expects {}",
+                "{name} holds {}-byte values, hb expects {value_size}",
                 info.value_size(),
-                size_of::<T>()
             );
         }
         let page = page_size();
@@ -128,8 +142,11 @@ impl std::ops::DerefMut for TrackerWords {
 }
 
 impl Table for HostTable {
-    fn last_seen(&self) -> &[AtomicU64] {
+    fn last_seen(&self) -> &[AtomicU32] {
         HostTable::last_seen(self)
+    }
+    fn epoch_ns(&self) -> u64 {
+        self.epoch_ns
     }
     fn host(&self, slot: u32) -> Host {
         HostTable::host(self, slot)
@@ -142,6 +159,9 @@ impl Table for HostTable {
     }
     fn counters(&self) -> Result<Counts> {
         HostTable::counters(self)
+    }
+    fn timing(&self, slot: u32) -> Timing {
+        HostTable::timing(self, slot)
     }
     fn forget(&self, slot: u32) -> Result<bool> {
         self.forget_slot(slot)
@@ -159,9 +179,10 @@ impl Table for HostTable {
 
 /// Raw maps of the table, as taken from the loaded object.
 pub struct TableMaps {
-    pub slots: Map,
+    pub index: Map,
     pub last_seen: Map,
     pub beats: Map,
+    pub timing: Map,
     pub slot_keys: Map,
     pub alloc: Map,
     pub auth: Map,
@@ -171,11 +192,9 @@ pub struct TableMaps {
     pub forgetting: Option<(Map, Map)>,
 }
 
-/// What forgetting a host writes to, besides the arrays (then mapped
-/// writable).
+/// What forgetting (and inserting) a host writes to, besides the arrays
+/// (then mapped writable).
 struct Forgetting {
-    /// The slot hash map's fd, for deleting a key.
-    slots: OwnedFd,
     /// `HB_FREE`: freed slots, for the program to hand out again.
     free: MapData,
     /// `HB_BARE`: bare hosts in the table.
@@ -217,35 +236,54 @@ fn map_elem(fd: i32, cmd: libc::c_long, key: u64, value: u64) -> io::Result<()> 
 }
 
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+
+/// Where an entry was found: bucket, place in it, and the entry.
+#[derive(Clone, Copy, Debug)]
+struct Spot {
+    bucket: u32,
+    at: u32,
+    entry: u32,
+}
 
 pub struct HostTable {
-    slots: HashMap<MapData, HostKey, u32>,
+    /// The index's buckets, as words of two entries.
+    index: Mapped<AtomicU64>,
+    mask: u32,
+    slot_bits: u32,
     // The kernel writes these while we read: atomics (relaxed loads are
-    // plain loads on x86) keep the reads well-defined.
-    last_seen: Mapped<AtomicU64>,
-    beats: Mapped<AtomicU64>,
+    // plain loads on x86) keep the reads well-defined. Two `u32` slots a
+    // map element for the last-seen times and counts.
+    last_seen: Mapped<AtomicU32>,
+    beats: Mapped<AtomicU32>,
+    timing: Mapped<AtomicU64>,
     keys: Mapped<[AtomicU64; 2]>,
+    /// The next never-used slot, the epoch.
     alloc: Mapped<AtomicU64>,
     /// `AuthSlot`s as words: seq, lost, address (2 words). As long as the
     /// table with a key, one entry without.
     auth: Mapped<[AtomicU64; 4]>,
     counters: Counters,
     capacity: usize,
+    epoch_ns: u64,
     forgetting: Option<Forgetting>,
+}
+
+/// Elements of `data`, checked against `want`.
+fn entries(data: &MapData, want: Option<usize>, name: &str) -> Result<usize> {
+    let n = data.info()?.max_entries() as usize;
+    if let Some(w) = want
+        && n != w
+    {
+        bail!("{name} has {n} elements, a table of its size needs {w}");
+    }
+    Ok(n)
 }
 
 impl HostTable {
     pub fn new(maps: TableMaps) -> Result<Self> {
-        let (capacity, slots_fd) = match &maps.slots {
-            Map::HashMap(data) => (
-                data.info()?.max_entries() as usize,
-                data.fd().as_fd().try_clone_to_owned()?,
-            ),
-            _ => bail!("the slot map is not a hash map"),
-        };
         // Forgetting writes the arrays (the program never reads a slot
-        // userspace writes: see `forget`).
+        // userspace writes: see `forget`) and the index.
         let prot = match maps.forgetting {
             Some(_) => libc::PROT_READ | libc::PROT_WRITE,
             None => libc::PROT_READ,
@@ -258,46 +296,65 @@ impl HostTable {
                 };
                 let bare = array_data(bare, "bare hosts' count")?;
                 Some(Forgetting {
-                    slots: slots_fd,
                     free,
                     bare: Mapped::map(&bare, 1, "bare hosts' count", prot)?,
                 })
             }
             None => None,
         };
-        let slots: HashMap<MapData, HostKey, u32> =
-            HashMap::try_from(maps.slots).context("slot map has an unexpected type")?;
+        let index = array_data(maps.index, "host index")?;
         let last_seen = array_data(maps.last_seen, "last-seen array")?;
         let beats = array_data(maps.beats, "beats array")?;
+        let timing = array_data(maps.timing, "timing array")?;
         let keys = array_data(maps.slot_keys, "slot keys array")?;
         let alloc = array_data(maps.alloc, "slot allocator")?;
         let auth = array_data(maps.auth, "auth array")?;
         let auth_len = auth.info()?.max_entries() as usize;
-        for (data, name) in [
-            (&last_seen, "last-seen array"),
-            (&beats, "beats array"),
-            (&keys, "slot keys array"),
-        ] {
-            let n = data.info()?.max_entries() as usize;
-            if n != capacity {
-                bail!("{name} has {n} slots but the host map {capacity}");
-            }
-        }
+        let capacity = entries(&keys, None, "slot keys array")?;
+        let max_hosts = u32::try_from(capacity).context("table too large")?;
+        let buckets = entries(
+            &index,
+            Some(index::buckets(max_hosts) as usize),
+            "host index",
+        )?;
+        let pairs = capacity.div_ceil(2);
+        entries(&last_seen, Some(pairs), "last-seen array")?;
+        entries(&beats, Some(pairs), "beats array")?;
+        entries(&timing, Some(capacity), "timing array")?;
+        entries(&alloc, Some(2), "slot allocator")?;
+        let index_words = buckets * (BUCKET_ENTRIES as usize / 2);
+        let alloc: Mapped<AtomicU64> = Mapped::map(&alloc, 2, "slot allocator", prot)?;
+        let epoch_ns = alloc.as_slice()[1].load(Ordering::Acquire);
         Ok(Self {
-            last_seen: Mapped::map(&last_seen, capacity, "last-seen array", prot)?,
-            beats: Mapped::map(&beats, capacity, "beats array", prot)?,
+            index: Mapped::map_words(
+                &index,
+                index_words,
+                size_of::<index::Bucket>(),
+                "host index",
+                prot,
+            )?,
+            mask: buckets as u32 - 1,
+            slot_bits: index::slot_bits(max_hosts),
+            last_seen: Mapped::map_words(&last_seen, 2 * pairs, 8, "last-seen array", prot)?,
+            beats: Mapped::map_words(&beats, 2 * pairs, 8, "beats array", prot)?,
+            timing: Mapped::map(&timing, capacity, "timing array", prot)?,
             keys: Mapped::map(&keys, capacity, "slot keys array", prot)?,
-            alloc: Mapped::new(&alloc, 1, "slot allocator")?,
+            alloc,
             auth: Mapped::map(&auth, auth_len, "auth array", prot)?,
             counters: Counters::new(maps.counters)?,
-            slots,
             capacity,
+            epoch_ns,
             forgetting,
         })
     }
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// The CLOCK_MONOTONIC ns the table's ticks count from.
+    pub fn epoch_ns(&self) -> u64 {
+        self.epoch_ns
     }
 
     /// The program's outcome counters, summed over CPUs.
@@ -315,8 +372,8 @@ impl HostTable {
         self.len() == 0
     }
 
-    /// Last-seen times of the slots in use; 0 means "not ready yet".
-    pub fn last_seen(&self) -> &[AtomicU64] {
+    /// Last-seen ticks of the slots in use; 0 means "not ready yet".
+    pub fn last_seen(&self) -> &[AtomicU32] {
         &self.last_seen.as_slice()[..self.len()]
     }
 
@@ -326,11 +383,7 @@ impl HostTable {
         // it is visible (a no-op on x86, a barrier on arm64).
         std::sync::atomic::fence(Ordering::Acquire);
         let [a, b] = &self.keys.as_slice()[slot as usize];
-        let (a, b) = (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed));
-        let mut addr = [0u8; 16];
-        addr[..8].copy_from_slice(&a.to_ne_bytes());
-        addr[8..].copy_from_slice(&b.to_ne_bytes());
-        HostKey { addr }
+        HostKey::from_words([a.load(Ordering::Relaxed), b.load(Ordering::Relaxed)])
     }
 
     /// A host as reported: its address, and for a host known by its host
@@ -388,13 +441,13 @@ impl HostTable {
         ))
     }
 
-    /// Forgets the host in `slot`, first step: the slot's key no longer
-    /// matches any host (a hint to it misses), the host's key leaves the
-    /// hash map (its next heartbeat makes it a new host, in another slot)
-    /// and its bare share is given back; its last-seen time is cleared.
-    /// A CPU that found the slot just before may still stamp it once:
-    /// `release`, a sweep later, clears what it wrote. False: this table
-    /// does not forget (`hb status`'s).
+    /// Forgets the host in `slot`, first step: its index entry is cleared
+    /// (its next heartbeat makes it a new host, in another slot), the
+    /// slot's key no longer matches any host (a CPU that read the entry
+    /// just before misses) and its bare share is given back; its last-seen
+    /// time is cleared. A CPU that found the slot just before may still
+    /// stamp it once: `release`, a sweep later, clears what it wrote.
+    /// False: this table does not forget (`hb status`'s).
     pub fn forget_slot(&self, slot: u32) -> Result<bool> {
         let Some(f) = &self.forgetting else {
             return Ok(false);
@@ -404,20 +457,17 @@ impl HostTable {
             return Ok(true);
         }
         let key = self.key(slot);
+        let place = self.place(&key);
+        for bucket in [place.first, place.second] {
+            if let Some(spot) = self.scan(bucket, place.tag, |e| {
+                index::entry_slot(e, self.slot_bits) == slot
+            }) {
+                self.clear(spot);
+            }
+        }
         let [first, second] = &self.keys.as_slice()[s];
         first.store(FORGOTTEN_KEY_WORD, Ordering::Release);
         second.store(0, Ordering::Release);
-        match map_elem(
-            f.slots.as_raw_fd(),
-            BPF_MAP_DELETE_ELEM,
-            (&raw const key) as u64,
-            0,
-        ) {
-            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => {
-                return Err(e).context("deleting a forgotten host's key");
-            }
-            _ => {}
-        }
         if key.host_id().is_none() {
             // Never below zero, whatever an older hb left.
             let bare = &f.bare.as_slice()[0];
@@ -436,6 +486,7 @@ impl HostTable {
         }
         self.last_seen.as_slice()[s].store(0, Ordering::Release);
         self.beats.as_slice()[s].store(0, Ordering::Relaxed);
+        self.timing.as_slice()[s].store(0, Ordering::Relaxed);
         if let Some(a) = self.auth.as_slice().get(s) {
             for w in a {
                 w.store(0, Ordering::Relaxed);
@@ -449,13 +500,7 @@ impl HostTable {
         let Some(f) = &self.forgetting else {
             return Ok(());
         };
-        map_elem(
-            f.free.fd().as_fd().as_raw_fd(),
-            BPF_MAP_UPDATE_ELEM,
-            0,
-            (&raw const slot) as u64,
-        )
-        .context("queueing a forgotten host's slot")
+        push_free(f, slot)
     }
 
     /// Whether `slot` holds a forgotten host (freed or about to be).
@@ -466,26 +511,37 @@ impl HostTable {
             .is_some_and(|[a, _]| a.load(Ordering::Acquire) == FORGOTTEN_KEY_WORD)
     }
 
-    pub fn beats(&self, slot: u32) -> u64 {
+    pub fn beats(&self, slot: u32) -> u32 {
         self.beats.as_slice()[slot as usize].load(Ordering::Relaxed)
+    }
+
+    /// What the program learned of `slot`'s heartbeat period.
+    pub fn timing(&self, slot: u32) -> Timing {
+        self.timing
+            .as_slice()
+            .get(slot as usize)
+            .map_or(Timing::NONE, |t| Timing(t.load(Ordering::Relaxed)))
     }
 
     pub fn entry(&self, slot: u32) -> HostEntry {
         HostEntry {
-            last_seen_ns: self.last_seen.as_slice()[slot as usize].load(Ordering::Acquire),
+            last_seen: self.last_seen.as_slice()[slot as usize].load(Ordering::Acquire),
             beats: self.beats(slot),
+            timing: self.timing(slot),
         }
     }
 
-    /// One host's slot, if it is in the table and ready.
+    /// One host's slot, if it is in the table: found in the index as the
+    /// program finds it.
     pub fn slot(&self, key: &HostKey) -> Option<u32> {
-        let slot = self.slots.get(key, 0).ok()?;
-        (slot != SLOT_PENDING && (slot as usize) < self.capacity).then_some(slot)
+        self.find(key, None).map(|(slot, _)| slot)
     }
 
-    /// One host's entry, if it is in the table.
+    /// One host's entry, if it is in the table and ready.
     pub fn get(&self, key: &HostKey) -> Option<HostEntry> {
-        self.slot(key).map(|s| self.entry(s))
+        self.slot(key)
+            .map(|s| self.entry(s))
+            .filter(|e| e.last_seen != 0)
     }
 
     /// Calls `f` with every ready host.
@@ -496,6 +552,183 @@ impl HostTable {
             }
         }
     }
+
+    /// Entries the index holds (a full scan: for tests and tools).
+    pub fn index_entries(&self) -> usize {
+        self.index
+            .as_slice()
+            .iter()
+            .map(|w| {
+                let w = w.load(Ordering::Relaxed);
+                usize::from(w as u32 != 0) + usize::from((w >> 32) as u32 != 0)
+            })
+            .sum()
+    }
+
+    /// Inserts `key` as the program claims a slot for a new host (see
+    /// hb-ebpf's `table.rs`), safely while the program runs: its last
+    /// heartbeat at `last_seen_ns` (CLOCK_MONOTONIC), `beats` of them. A
+    /// host already in the table keeps its slot and entry, which is
+    /// returned. `None`: no room (both its buckets full, or no slot left).
+    /// A bare host is counted in the bare hosts' share, whose cap is not
+    /// checked (it is the program's load-time setting). Fails on a table
+    /// opened read-only.
+    pub fn insert(&self, key: &HostKey, last_seen_ns: u64, beats: u32) -> Result<Option<u32>> {
+        let Some(f) = &self.forgetting else {
+            bail!("this host table is opened read-only");
+        };
+        let place = self.place(key);
+        if let Some((slot, _)) = self.find(key, None) {
+            return Ok(Some(slot));
+        }
+        let load = |b: u32| BUCKET_ENTRIES - self.used(b);
+        let (e1, e2) = (load(place.first), load(place.second));
+        if e1 == 0 && e2 == 0 {
+            return Ok(None);
+        }
+        let bucket = if e1 >= e2 { place.first } else { place.second };
+        let Some(slot) = self.take_slot(f)? else {
+            return Ok(None);
+        };
+        let s = slot as usize;
+        let [k0, k1] = &self.keys.as_slice()[s];
+        let [w0, w1] = key.words();
+        k0.store(w0, Ordering::Relaxed);
+        k1.store(w1, Ordering::Relaxed);
+        self.timing.as_slice()[s].store(0, Ordering::Relaxed);
+        let entry = index::entry(place.tag, slot, self.slot_bits);
+        let Some(spot) = self.put(bucket, place.tag, entry) else {
+            push_free(f, slot)?;
+            return Ok(None);
+        };
+        if let Some((other, _)) = self.find(key, Some(spot)) {
+            // The program claimed it meanwhile: ours goes back.
+            self.clear(spot);
+            push_free(f, slot)?;
+            return Ok(Some(other));
+        }
+        if key.host_id().is_none() {
+            f.bare.as_slice()[0].fetch_add(1, Ordering::AcqRel);
+        }
+        self.beats.as_slice()[s].store(beats, Ordering::Relaxed);
+        // Published last, as the program does (see `key`).
+        self.last_seen.as_slice()[s].store(tick(last_seen_ns, self.epoch_ns), Ordering::Release);
+        Ok(Some(slot))
+    }
+
+    fn place(&self, key: &HostKey) -> Place {
+        index::place(index::hash(key.words()), self.mask, self.slot_bits)
+    }
+
+    /// Entry `at` of `bucket`, and its word.
+    fn entry_at(&self, bucket: u32, at: u32) -> (&AtomicU64, u32) {
+        let w = &self.index.as_slice()[(bucket * BUCKET_ENTRIES / 2 + at / 2) as usize];
+        (w, (at & 1) * 32)
+    }
+
+    /// Used entries of `bucket`.
+    fn used(&self, bucket: u32) -> u32 {
+        (0..BUCKET_ENTRIES)
+            .filter(|&at| {
+                let (w, shift) = self.entry_at(bucket, at);
+                (w.load(Ordering::Acquire) >> shift) as u32 != 0
+            })
+            .count() as u32
+    }
+
+    /// The first entry of `bucket` with `tag` that `pick` takes, scanned
+    /// as the program scans.
+    fn scan(&self, bucket: u32, tag: u32, mut pick: impl FnMut(u32) -> bool) -> Option<Spot> {
+        (0..BUCKET_ENTRIES).find_map(|i| {
+            let at = (tag + i) & (BUCKET_ENTRIES - 1);
+            let (w, shift) = self.entry_at(bucket, at);
+            let entry = (w.load(Ordering::Acquire) >> shift) as u32;
+            (entry != 0 && index::entry_tag(entry, self.slot_bits) == tag && pick(entry))
+                .then_some(Spot { bucket, at, entry })
+        })
+    }
+
+    /// `key`'s slot and entry, skipping the entry at `skip`.
+    fn find(&self, key: &HostKey, skip: Option<Spot>) -> Option<(u32, Spot)> {
+        let place = self.place(key);
+        let words = key.words();
+        let buckets = if place.first == place.second {
+            &[place.first][..]
+        } else {
+            &[place.first, place.second][..]
+        };
+        buckets.iter().find_map(|&b| {
+            let spot = self.scan(b, place.tag, |e| {
+                let slot = index::entry_slot(e, self.slot_bits) as usize;
+                let here = skip.is_some_and(|s| s.bucket == b && s.entry == e);
+                !here
+                    && self.keys.as_slice().get(slot).is_some_and(|[a, c]| {
+                        [a.load(Ordering::Acquire), c.load(Ordering::Acquire)] == words
+                    })
+            })?;
+            Some((index::entry_slot(spot.entry, self.slot_bits), spot))
+        })
+    }
+
+    /// Sets an empty entry of `bucket` (from the place `tag` chooses).
+    fn put(&self, bucket: u32, tag: u32, entry: u32) -> Option<Spot> {
+        (0..BUCKET_ENTRIES).find_map(|i| {
+            let at = (tag + i) & (BUCKET_ENTRIES - 1);
+            let (w, shift) = self.entry_at(bucket, at);
+            let word = w.load(Ordering::Acquire);
+            ((word >> shift) as u32 == 0
+                && w.compare_exchange(
+                    word,
+                    word | (u64::from(entry) << shift),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok())
+            .then_some(Spot { bucket, at, entry })
+        })
+    }
+
+    /// Clears the entry at `spot` if it still holds its entry.
+    fn clear(&self, spot: Spot) {
+        let (w, shift) = self.entry_at(spot.bucket, spot.at);
+        let _ = w.fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+            ((word >> shift) as u32 == spot.entry).then_some(word & !(0xffff_ffffu64 << shift))
+        });
+    }
+
+    /// A slot for a new host, as the program takes one.
+    fn take_slot(&self, f: &Forgetting) -> Result<Option<u32>> {
+        let mut slot = 0u32;
+        match map_elem(
+            f.free.fd().as_fd().as_raw_fd(),
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            0,
+            (&raw mut slot) as u64,
+        ) {
+            Ok(()) => return Ok(Some(slot)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e).context("taking a freed slot"),
+        }
+        let next = &self.alloc.as_slice()[0];
+        let cap = self.capacity as u64;
+        Ok(next
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()
+            .map(|n| n as u32))
+    }
+}
+
+/// Queues `slot` for the program to hand to a new host.
+fn push_free(f: &Forgetting, slot: u32) -> Result<()> {
+    map_elem(
+        f.free.fd().as_fd().as_raw_fd(),
+        BPF_MAP_UPDATE_ELEM,
+        0,
+        (&raw const slot) as u64,
+    )
+    .context("queueing a freed slot")
 }
 
 // SAFETY: the mappings are read-only and accessed through atomics.

@@ -1,0 +1,129 @@
+//! The host table's index: which slot holds a host. Shared so that the XDP
+//! program and userspace (`hb status`, forgetting, migration) find and
+//! claim slots the same way.
+//!
+//! The index is an array of buckets of [`BUCKET_ENTRIES`] `u32` entries
+//! (one 64-byte cache line a bucket), a power of two of them. An entry is
+//! `tag << slot_bits | (slot + 1)`, 0 when empty. A host has two candidate
+//! buckets (two hashes of its address); it is in one of them, and a new
+//! host goes to the less loaded one ("two choices": the fullest bucket of a
+//! table at capacity holds about 11 of 16). The tag is hash bits that name
+//! neither bucket, so an entry whose tag differs is skipped without
+//! reading the slot's key; a lookup scans from a tag-chosen place, so that
+//! a known host is usually found at the first entry it reads. Lookups never
+//! stop at an empty entry: removing a host just clears its entry.
+
+/// Entries in a bucket: 64 bytes, one cache line.
+pub const BUCKET_ENTRIES: u32 = 16;
+/// A bucket as the maps hold it: entries `2i` and `2i + 1` are the low and
+/// high halves of word `i` (little-endian), so that an entry is claimed
+/// with a 64-bit compare-and-exchange on its word.
+pub type Bucket = [u64; (BUCKET_ENTRIES / 2) as usize];
+
+/// Index entries per slot of the table: about 2 (8 bytes a host).
+pub const ENTRIES_PER_HOST: u32 = 2;
+
+/// Buckets of the index of a table of `max_hosts`: a power of two, about
+/// two entries a host.
+pub const fn buckets(max_hosts: u32) -> u32 {
+    let want = (max_hosts as u64 * ENTRIES_PER_HOST as u64).div_ceil(BUCKET_ENTRIES as u64);
+    let want = if want < 2 { 2 } else { want };
+    let p = want.next_power_of_two();
+    if p > 1 << 31 { 1 << 31 } else { p as u32 }
+}
+
+/// Bits of an entry that hold `slot + 1` in a table of `max_hosts`; the
+/// rest hold the tag.
+pub const fn slot_bits(max_hosts: u32) -> u32 {
+    32 - max_hosts.leading_zeros()
+}
+
+/// The 64-bit hash a host's buckets and tag come from (the two words of
+/// its [`HostKey`](crate::HostKey)): multiply and xor-shift, a few
+/// instructions in the program.
+#[inline(always)]
+pub const fn hash(words: [u64; 2]) -> u64 {
+    let mut h = (words[0] ^ words[1].rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^= h >> 31;
+    h = (h ^ words[1]).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^ (h >> 29)
+}
+
+/// Where a host is looked for: its two buckets and its tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    pub first: u32,
+    pub second: u32,
+    /// `< 2^(32 - slot_bits)`.
+    pub tag: u32,
+}
+
+/// A host's place, from its hash, in an index of `mask + 1` buckets whose
+/// entries hold `slot_bits` bits of slot. The first bucket comes from the
+/// hash's low half, the second from the high half's low bits, the tag from
+/// the high half's top bits (never the second bucket's: the index has
+/// fewer buckets than slots).
+#[inline(always)]
+pub const fn place(h: u64, mask: u32, slot_bits: u32) -> Place {
+    let high = (h >> 32) as u32;
+    Place {
+        first: h as u32 & mask,
+        second: high & mask,
+        tag: if slot_bits >= 32 {
+            0
+        } else {
+            high >> slot_bits
+        },
+    }
+}
+
+/// The entry of `slot` with `tag`.
+#[inline(always)]
+pub const fn entry(tag: u32, slot: u32, slot_bits: u32) -> u32 {
+    let t = if slot_bits >= 32 { 0 } else { tag << slot_bits };
+    t | (slot + 1)
+}
+
+/// The tag of a non-empty entry.
+#[inline(always)]
+pub const fn entry_tag(e: u32, slot_bits: u32) -> u32 {
+    if slot_bits >= 32 { 0 } else { e >> slot_bits }
+}
+
+/// The slot of a non-empty entry.
+#[inline(always)]
+pub const fn entry_slot(e: u32, slot_bits: u32) -> u32 {
+    let mask = if slot_bits >= 32 {
+        u32::MAX
+    } else {
+        (1 << slot_bits) - 1
+    };
+    (e & mask).wrapping_sub(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip() {
+        for max in [1u32, 7, 1 << 20, 10_000_000, u32::MAX] {
+            let bits = slot_bits(max);
+            assert!(u64::from(max) < 1u64 << bits);
+            let mask = buckets(max) - 1;
+            let p = place(hash([0, 0xffff_0a00_0001]), mask, bits);
+            assert!(p.first <= mask && p.second <= mask);
+            let e = entry(p.tag, max - 1, bits);
+            assert_ne!(e, 0);
+            assert_eq!(entry_slot(e, bits), max - 1);
+            assert_eq!(entry_tag(e, bits), p.tag);
+        }
+    }
+
+    #[test]
+    fn about_two_entries_a_host() {
+        assert_eq!(buckets(1 << 20) * BUCKET_ENTRIES, 2 << 20);
+        assert_eq!(buckets(1), 2);
+        assert!(buckets(10_000_000) * BUCKET_ENTRIES >= 20_000_000);
+    }
+}
