@@ -847,6 +847,46 @@ mod tests {
     }
 
     #[test]
+    fn auto_timeouts_are_each_hosts_own() {
+        // Host 0 beats every second, host 1 every 10 s (steady: deviation
+        // 0 after 60 intervals), host 2 has learned nothing: 2 × 1 s +
+        // 250 ms (2.25 s); 2 × 10 s + 250 ms = 20.25 s; the fixed bound
+        // (--max-timeout, 60 s here). (`S` is 1024 ticks, about 1.07 s.)
+        let learned = |ticks: u32| (0..60).fold(Timing::NONE, |t, _| t.update(ticks));
+        let timings = [learned(1024), learned(10 * 1024), Timing::NONE];
+        let timing = |slot: u32| timings[slot as usize];
+        let mut t = Tracker::new(AUTO);
+        t.set_auto(adaptive::Policy {
+            min_ns: 2 * S,
+            max_ns: 60 * S,
+        });
+        let mut run = |seen: &[u64], now: u64| {
+            let mut out = Vec::new();
+            t.sweep_timed(&table(seen), &timing, now, |tr| out.push(tr));
+            out
+        };
+        assert_eq!(run(&[100 * S; 3], 100 * S).len(), 3);
+        assert!(run(&[100 * S; 3], 102 * S).is_empty());
+        let silent = |host, for_s: u64| Transition::Silent {
+            host,
+            silent_for_ns: for_s * S,
+        };
+        assert_eq!(run(&[100 * S; 3], 103 * S), [silent(0, 3)]);
+        assert!(run(&[100 * S; 3], 120 * S).is_empty());
+        assert_eq!(run(&[100 * S; 3], 121 * S), [silent(1, 21)]);
+        assert!(run(&[100 * S; 3], 160 * S).is_empty());
+        assert_eq!(run(&[100 * S; 3], 161 * S), [silent(2, 61)]);
+        // Host 0 beats again: within its own timeout, recovered.
+        assert_eq!(
+            run(&[170 * S, 100 * S, 100 * S], 172 * S),
+            [Transition::Recovered {
+                host: 0,
+                silent_for_ns: 70 * S
+            }]
+        );
+    }
+
+    #[test]
     fn new_then_silent_then_recovered() {
         let mut t = Tracker::new(15 * S);
         assert_eq!(
