@@ -455,7 +455,7 @@ impl RunArgs {
                 humantime::format_duration(self.min_timeout)
             ));
         }
-        if self.flap_low > self.flap_high {
+        if self.flap_high > 0 && self.flap_low > self.flap_high {
             return Err(format!(
                 "--flap-low ({}) cannot exceed --flap-high ({}): a host would stop flapping before it starts",
                 self.flap_low, self.flap_high
