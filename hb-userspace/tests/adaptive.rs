@@ -91,7 +91,8 @@ fn collector(link: &Link, timeout: &str, flap: &str) -> Collector {
 
 /// A host beating every 200 ms that stops: found within 2 periods + 250 ms
 /// + a sweep (and the pipe), where a fixed 5 s timeout has not found it.
-/// Meanwhile a host beating every 2 s ± 10% is never silent.
+/// Meanwhile a host beating every 2 s ± 10%, one heartbeat lost, is never
+/// silent.
 type Found = Option<(Duration, serde_json::Value)>;
 
 fn fast_and_slow(timeout: &str) -> (Found, Vec<serde_json::Value>) {
@@ -103,16 +104,17 @@ fn fast_and_slow(timeout: &str) -> (Found, Vec<serde_json::Value>) {
     let (fast, slow) = (host(&link, "198.18.9.2"), host(&link, "198.18.9.3"));
     let slow_beats = thread::spawn(move || {
         let mut seed = 0x9e37_79b9_7f4a_7c15;
-        // 9 intervals: learned after 3, then 6 more around 2 s.
-        let gaps: Vec<Duration> = (0..10)
-            .map(|i| {
-                if i == 0 {
-                    Duration::ZERO
-                } else {
-                    Duration::from_secs(2).mul_f64(1.0 + 0.1 * jitter(&mut seed))
-                }
-            })
-            .collect();
+        // 7 intervals around 2 s (learned after 3), then one heartbeat
+        // lost (a gap of 4 s: within 2 means + 250 ms), then 2 more.
+        let mut gaps = vec![Duration::ZERO];
+        let mut jittered = |n| {
+            (0..n)
+                .map(|_| Duration::from_secs(2).mul_f64(1.0 + 0.1 * jitter(&mut seed)))
+                .collect::<Vec<_>>()
+        };
+        gaps.extend(jittered(7));
+        gaps.push(Duration::from_secs(4));
+        gaps.extend(jittered(2));
         beat_at(&slow, gaps)
     });
     // 30 heartbeats (6 s) to learn from, then it stops.
