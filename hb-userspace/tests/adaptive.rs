@@ -89,12 +89,13 @@ fn collector(link: &Link, timeout: &str, flap: &str) -> Collector {
     )
 }
 
-/// A host beating every 200 ms that stops: found within 2 periods + 250 ms
-/// + a sweep (and the pipe), where a fixed 5 s timeout has not found it.
-/// Meanwhile a host beating every 2 s ± 10%, one heartbeat lost, is never
-/// silent.
+/// When the fast host was found after its last heartbeat, and the line.
 type Found = Option<(Duration, serde_json::Value)>;
 
+/// A host beating every 200 ms that stops: found within 2 periods, 250 ms
+/// and a sweep (and the pipe), where a fixed 5 s timeout has not found it.
+/// Meanwhile a host beating every 2 s ± 10%, one heartbeat lost, is never
+/// silent.
 fn fast_and_slow(timeout: &str) -> (Found, Vec<serde_json::Value>) {
     let link = setup(
         &format!("ad{}", &timeout[..2]),
