@@ -546,6 +546,77 @@ mod tests {
         assert_eq!(v["lost"], 0);
     }
 
+    /// A host that learned a period of 1000 ticks (1048.576 ms) and a
+    /// deviation of 500 (524.288 ms): one interval (RFC 6298's start).
+    fn learned_host() -> Host {
+        Host {
+            timing: Timing::NONE.update(1000),
+            ..Host::addr(&HostKey::from_ipv4([198, 18, 0, 9]))
+        }
+    }
+
+    #[test]
+    fn learned_period_and_jitter_on_host_lines() {
+        let silent = Event::Host(
+            Transition::Silent {
+                host: learned_host(),
+                silent_for_ns: 2_380_000_000,
+            },
+            None,
+        );
+        let ts = timestamp(at());
+        assert_eq!(
+            format_event(Format::Json, &ts, &silent),
+            r#"{"ts":"2026-11-24T10:00:00.123Z","event":"silent","host":"198.18.0.9","silent_for_ms":2380,"period_ms":1048,"jitter_ms":524}"#
+        );
+        assert_eq!(
+            format_event(Format::Text, &ts, &silent),
+            "2026-11-24T10:00:00.123Z silent    198.18.0.9 (silent for 2s 380ms, period 1s 48ms, jitter 524ms)"
+        );
+        // Nothing learned: no fields, as before.
+        let new = Event::Host(
+            Transition::New {
+                host: Host::addr(&HostKey::from_ipv4([198, 18, 0, 9])),
+                age_ns: 0,
+            },
+            None,
+        );
+        let line = format_event(Format::Json, &ts, &new);
+        assert!(
+            !line.contains("period_ms") && !line.contains("jitter_ms"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn flapping_lines() {
+        let ts = timestamp(at());
+        let start = Event::Flapping {
+            host: learned_host(),
+            ident: None,
+            share: 52,
+            end: false,
+        };
+        assert_eq!(
+            format_event(Format::Json, &ts, &start),
+            r#"{"ts":"2026-11-24T10:00:00.123Z","event":"flapping","host":"198.18.0.9","period_ms":1048,"jitter_ms":524,"state_changes_pct":52}"#
+        );
+        let end = Event::Flapping {
+            host: Host::addr(&HostKey::from_ipv4([198, 18, 0, 9])),
+            ident: None,
+            share: 24,
+            end: true,
+        };
+        assert_eq!(
+            format_event(Format::Text, &ts, &end),
+            "2026-11-24T10:00:00.123Z flapping_end 198.18.0.9 (24% state changes)"
+        );
+        assert_eq!(
+            format_event(Format::Json, &ts, &end),
+            r#"{"ts":"2026-11-24T10:00:00.123Z","event":"flapping_end","host":"198.18.0.9","state_changes_pct":24}"#
+        );
+    }
+
     #[test]
     fn text_signed_host_lines() {
         assert_eq!(
