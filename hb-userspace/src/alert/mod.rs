@@ -221,6 +221,8 @@ impl Notifier {
                 .silent()
                 .range(0, usize::MAX)
                 .filter(|(slot, _)| !self.held.contains_key(slot))
+                // Alerts follow the lines: a flapping host's are held back.
+                .filter(|&(slot, _)| !sweeper.is_flapping(slot))
                 .map(|(slot, last_seen)| (Key::Host(slot), silent(slot, last_seen)))
                 .collect();
             firing.extend(missing_now.0);
