@@ -298,7 +298,11 @@ impl Collector {
         cmd.arg("run")
             .args(["--iface", &s.iface])
             .args(["--port", &s.port.to_string()])
-            .args(["--timeout", &ms(s.timeout)])
+            .args(if s.extra.iter().any(|a| a == "--timeout") {
+                Vec::new()
+            } else {
+                vec!["--timeout".to_string(), ms(s.timeout)]
+            })
             .args(["--sweep", &ms(s.sweep)])
             .args(["--max-hosts", &s.max_hosts.to_string()])
             .args(["--format", "json"])
