@@ -19,7 +19,7 @@
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     io::Write as _,
-    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
+    sync::atomic::{AtomicU32, AtomicUsize, Ordering},
     time::{Duration, Instant, UNIX_EPOCH},
 };
 
@@ -98,11 +98,14 @@ fn addr(i: u32) -> [u8; 4] {
 
 /// `n` slots, host i in slot i, all alive.
 struct Synthetic {
-    seen: Vec<AtomicU64>,
+    seen: Vec<AtomicU32>,
 }
 
 impl Table for Synthetic {
-    fn last_seen(&self) -> &[AtomicU64] {
+    fn epoch_ns(&self) -> u64 {
+        0
+    }
+    fn last_seen(&self) -> &[AtomicU32] {
         &self.seen
     }
     fn host(&self, slot: u32) -> Host {
@@ -186,7 +189,9 @@ fn main() {
     );
 
     let table = Synthetic {
-        seen: (0..n).map(|_| AtomicU64::new(NOW - S)).collect(),
+        seen: (0..n)
+            .map(|_| AtomicU32::new(hb_common::timing::tick(NOW - S, 0)))
+            .collect(),
     };
     // Today: no inventory; the first sweep reports every host new, the
     // second is the steady state (its output buffer shrunk back).

@@ -1,6 +1,6 @@
 //! The HTTP endpoint's work for `GET /silent` during a large outage: 1M
-//! hosts, every one silent, in a synthetic table (a `Vec<AtomicU64>` of
-//! last-seen times, addresses made from the slot), measured in one run:
+//! hosts, every one silent, in a synthetic table (a `Vec<AtomicU32>` of
+//! last-seen ticks, addresses made from the slot), measured in one run:
 //!
 //! - after: the collector's own handler (`Site::handle`), over the order of
 //!   silent hosts the sweeper keeps;
@@ -15,7 +15,7 @@
 
 use std::{
     hint::black_box,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -41,7 +41,7 @@ const TARGET: Duration = Duration::from_millis(1);
 /// `HOSTS` hosts 10.x.y.z, all silent: last seen between 20 s and 20 s +
 /// 1 s ago, in an order unrelated to their slots.
 struct Synthetic {
-    seen: Vec<AtomicU64>,
+    seen: Vec<AtomicU32>,
 }
 
 impl Synthetic {
@@ -50,7 +50,7 @@ impl Synthetic {
             .map(|i| {
                 // A bijection of the slots (7919 is prime to 10^6).
                 let rank = u64::from(i) * 7919 % u64::from(HOSTS);
-                AtomicU64::new(NOW - 21 * S + rank * 1_000)
+                AtomicU32::new(hb_common::timing::tick(NOW - 21 * S + rank * 1_000, 0))
             })
             .collect();
         Self { seen }
@@ -58,7 +58,10 @@ impl Synthetic {
 }
 
 impl Table for Synthetic {
-    fn last_seen(&self) -> &[AtomicU64] {
+    fn epoch_ns(&self) -> u64 {
+        0
+    }
+    fn last_seen(&self) -> &[AtomicU32] {
         &self.seen
     }
     fn host(&self, slot: u32) -> Host {
@@ -380,7 +383,7 @@ fn upkeep_table(table: &Synthetic) {
         // 1% beat again...
         now += S;
         for t in changed() {
-            t.store(now, Ordering::Relaxed);
+            t.store(hb_common::timing::tick(now, 0), Ordering::Relaxed);
         }
         recover.push(sweep(&mut tracker, &mut order, table, now));
         assert_eq!(order.len(), (HOSTS - CHANGED) as usize);

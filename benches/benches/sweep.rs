@@ -1,6 +1,6 @@
 //! The sweep: `Tracker::sweep` over slot-indexed last-seen times.
 //!
-//! - Plain `Vec<AtomicU64>` tables of 100k, 1M and 10M hosts, in the steady
+//! - Plain `Vec<AtomicU32>` tables (ticks, epoch 0) of 100k, 1M and 10M hosts, in the steady
 //!   state (every host alive and already known: a first sweep, not
 //!   measured, reported them all new), and with 1% of them going silent at
 //!   once (each measured sweep reports 1% silent; between sweeps, untimed,
@@ -15,14 +15,17 @@
 
 use std::{
     hint::black_box,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use hb_benches::{fmt_ns, map_type_name, maps_in_use};
-use hb_common::{ALLOC_MAP, COUNTERS_MAP, Counter, HINTS_MAP, HOST_MAPS, PROGRAM, net::XDP_DROP};
+use hb_common::{
+    ALLOC_MAP, COUNTERS_MAP, Counter, HOST_MAPS, INDEX_MAP, PAIRED_MAPS, PROGRAM, net::XDP_DROP,
+    timing::tick,
+};
 use hb_testkit::{
     frames::{hb4, set_ipv4_src, src_addr},
     program as kit,
@@ -36,21 +39,21 @@ const S: u64 = 1_000_000_000;
 const TIMEOUT_NS: u64 = 15 * S;
 /// Synthetic "now" for the Vec tables.
 const NOW: u64 = 1_000 * S;
-/// Last-seen time of an alive host...
-const ALIVE: u64 = NOW - S;
+/// Last-seen tick of an alive host...
+const ALIVE: u32 = tick(NOW - S, 0);
 /// ...and of one that has been silent for longer than the timeout.
-const STALE: u64 = NOW - 20 * S;
+const STALE: u32 = tick(NOW - 20 * S, 0);
 const SIZES: [usize; 3] = [100_000, 1_000_000, 10_000_000];
 /// Every 100th slot goes silent: 1%.
 const SILENT_STRIDE: usize = 100;
 /// Hosts in the real table (hb's default `--max-hosts`).
 const REAL_HOSTS: u32 = 1 << 20;
-/// Memory target per host.
-const TARGET_BYTES_PER_HOST: f64 = 128.0;
+/// Memory target per host, kernel and collector (issue 14: 64).
+const TARGET_BYTES_PER_HOST: f64 = 64.0;
 
 /// A table of `n` alive hosts and a tracker that already knows them all.
-fn steady(n: usize) -> (Vec<AtomicU64>, Tracker) {
-    let table: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(ALIVE)).collect();
+fn steady(n: usize) -> (Vec<AtomicU32>, Tracker) {
+    let table: Vec<AtomicU32> = (0..n).map(|_| AtomicU32::new(ALIVE)).collect();
     let mut tracker = Tracker::new(TIMEOUT_NS);
     let mut new = 0;
     tracker.sweep(&table, NOW, |_| new += 1);
@@ -60,7 +63,7 @@ fn steady(n: usize) -> (Vec<AtomicU64>, Tracker) {
 
 /// One steady-state sweep; returns the transitions reported (none).
 #[inline]
-fn sweep_steady(table: &[AtomicU64], tracker: &mut Tracker, now: u64) -> usize {
+fn sweep_steady(table: &[AtomicU32], tracker: &mut Tracker, now: u64) -> usize {
     let mut events = 0;
     tracker.sweep(table, now, |t| {
         black_box(t);
@@ -73,7 +76,7 @@ fn sweep_steady(table: &[AtomicU64], tracker: &mut Tracker, now: u64) -> usize {
 /// Before it, untimed: mark the 1% stale. After it, untimed: they beat again
 /// and a sweep reports them recovered, so every call starts from the steady
 /// state.
-fn sweep_one_percent_silent(table: &[AtomicU64], tracker: &mut Tracker) -> Duration {
+fn sweep_one_percent_silent(table: &[AtomicU32], tracker: &mut Tracker) -> Duration {
     for slot in table.iter().step_by(SILENT_STRIDE) {
         slot.store(STALE, Ordering::Relaxed);
     }
@@ -138,6 +141,7 @@ fn main() {
         Words::Shared(Box::new(words)),
         loaded.table.capacity(),
         loaded.table.last_seen(),
+        loaded.table.epoch_ns(),
     );
     let mut new = 0;
     real_tracker.sweep(loaded.table.last_seen(), now, |_| new += 1);
@@ -239,7 +243,8 @@ fn memory_table(loaded: &Loaded, tracker: &Tracker) {
     let maps = maps_in_use(&[prog]).expect("listing the object's maps");
     for name in HOST_MAPS
         .iter()
-        .chain(&[ALLOC_MAP, COUNTERS_MAP, HINTS_MAP])
+        .chain(&PAIRED_MAPS)
+        .chain(&[INDEX_MAP, ALLOC_MAP, COUNTERS_MAP])
     {
         assert!(
             maps.iter().any(|m| m.name == *name),

@@ -565,7 +565,7 @@ fn table(main: &Loaded, frames: &Frames, new: &mut NewHosts, signed: &Signed) {
         .expect("signed host in the table");
     assert_eq!(
         table.entry(slot).beats,
-        1 + u64::from(TABLE_SINGLE),
+        1 + TABLE_SINGLE,
         "every fresh signed heartbeat should have been accepted"
     );
     let single_ns = totals.map(|d| d.as_nanos() as f64 / f64::from(TABLE_SINGLE));

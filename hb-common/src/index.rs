@@ -32,10 +32,18 @@ pub const fn buckets(max_hosts: u32) -> u32 {
     if p > 1 << 31 { 1 << 31 } else { p as u32 }
 }
 
-/// Bits of an entry that hold `slot + 1` in a table of `max_hosts`; the
-/// rest hold the tag.
+/// The largest table the index takes: its entries keep a bit of tag.
+pub const MAX_HOSTS: u32 = (1 << 31) - 1;
+
+/// Bits of an entry that hold `slot + 1` in a table of `max_hosts` (at
+/// most [`MAX_HOSTS`]: below 32); the rest hold the tag.
 pub const fn slot_bits(max_hosts: u32) -> u32 {
-    32 - max_hosts.leading_zeros()
+    let m = if max_hosts > MAX_HOSTS {
+        MAX_HOSTS
+    } else {
+        max_hosts
+    };
+    32 - m.leading_zeros()
 }
 
 /// The 64-bit hash a host's buckets and tag come from (the two words of
@@ -43,10 +51,11 @@ pub const fn slot_bits(max_hosts: u32) -> u32 {
 /// instructions in the program.
 #[inline(always)]
 pub const fn hash(words: [u64; 2]) -> u64 {
-    let mut h = (words[0] ^ words[1].rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    h ^= h >> 31;
-    h = (h ^ words[1]).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^ (h >> 29)
+    // One multiply (the program computes it per heartbeat): its high half
+    // mixes every input bit, and is folded into the low half, which alone
+    // would see only the low bits of the input.
+    let h = (words[0] ^ words[1].rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^ (h >> 32)
 }
 
 /// Where a host is looked for: its two buckets and its tag.
@@ -69,36 +78,44 @@ pub const fn place(h: u64, mask: u32, slot_bits: u32) -> Place {
     Place {
         first: h as u32 & mask,
         second: high & mask,
-        tag: if slot_bits >= 32 {
-            0
-        } else {
-            high >> slot_bits
-        },
+        tag: high.wrapping_shr(slot_bits),
     }
 }
+
+// Shifts by `slot_bits` (below 32, see `slot_bits`) without a branch: the
+// program looks at entries in its hottest loop.
 
 /// The entry of `slot` with `tag`.
 #[inline(always)]
 pub const fn entry(tag: u32, slot: u32, slot_bits: u32) -> u32 {
-    let t = if slot_bits >= 32 { 0 } else { tag << slot_bits };
-    t | (slot + 1)
+    tag.wrapping_shl(slot_bits) | (slot + 1)
 }
 
 /// The tag of a non-empty entry.
 #[inline(always)]
 pub const fn entry_tag(e: u32, slot_bits: u32) -> u32 {
-    if slot_bits >= 32 { 0 } else { e >> slot_bits }
+    e.wrapping_shr(slot_bits)
 }
 
 /// The slot of a non-empty entry.
 #[inline(always)]
 pub const fn entry_slot(e: u32, slot_bits: u32) -> u32 {
-    let mask = if slot_bits >= 32 {
-        u32::MAX
-    } else {
-        (1 << slot_bits) - 1
-    };
-    (e & mask).wrapping_sub(1)
+    (e & 1u32.wrapping_shl(slot_bits).wrapping_sub(1)).wrapping_sub(1)
+}
+
+/// Claim locks (`HB_CLAIM`): a new host is claimed holding the lock its
+/// hash names, so that two claims of one host are never at once (see
+/// hb-ebpf's table.rs). Distinct hosts rarely share one (1 in 4096).
+pub const CLAIM_LOCKS: u32 = 4096;
+/// A claim lock held for longer than this many ticks (about 67 ms; a claim
+/// takes under a microsecond) was left by a holder that died (a killed
+/// `hb` inserting from userspace): it may be taken over.
+pub const CLAIM_STALE_TICKS: u32 = 64;
+
+/// The claim lock of a host with hash `h`: other bits than its buckets'.
+#[inline(always)]
+pub const fn claim_lock(h: u64) -> u32 {
+    ((h ^ (h >> 29)).wrapping_mul(0x94d0_49bb_1331_11eb) >> 52) as u32 & (CLAIM_LOCKS - 1)
 }
 
 #[cfg(test)]
@@ -107,8 +124,9 @@ mod tests {
 
     #[test]
     fn entries_round_trip() {
-        for max in [1u32, 7, 1 << 20, 10_000_000, u32::MAX] {
+        for max in [1u32, 7, 1 << 20, 10_000_000, MAX_HOSTS] {
             let bits = slot_bits(max);
+            assert!(bits < 32);
             assert!(u64::from(max) < 1u64 << bits);
             let mask = buckets(max) - 1;
             let p = place(hash([0, 0xffff_0a00_0001]), mask, bits);

@@ -4,6 +4,9 @@
 /// `BPF_F_MMAPABLE` array of [`Bucket`](crate::index::Bucket)s: which slot
 /// holds a host (see [`index`](crate::index)). A power of two of them.
 pub const INDEX_MAP: &str = "HB_INDEX";
+/// `BPF_F_MMAPABLE` array of [`CLAIM_LOCKS`](crate::index::CLAIM_LOCKS)
+/// `u64`: the claim locks (0: free; else the tick it was taken at).
+pub const CLAIM_MAP: &str = "HB_CLAIM";
 /// Global (`u32`): the index's bucket count - 1.
 pub const INDEX_MASK_GLOBAL: &str = "HB_INDEX_MASK";
 /// Global (`u32`): bits of an index entry that hold the slot

@@ -134,7 +134,7 @@ impl Timing {
         // RFC 6298 2.3, with the error against the old mean for both:
         // RTTVAR = 3/4 RTTVAR + 1/4 |SRTT - R|; SRTT = 7/8 SRTT + 1/8 R.
         let mean = mean_x8 >> 3;
-        let err = if r > mean { r - mean } else { mean - r };
+        let err = r.abs_diff(mean);
         let dev_x4 = dev_x4 - (dev_x4 >> 2) + err;
         let mean_x8 = mean_x8 - (mean_x8 >> 3) + r;
         Self::pack(mean_x8, dev_x4, samples)
@@ -171,7 +171,7 @@ mod tests {
                 // ±10% jitter, now and then a lost heartbeat (a double gap).
                 let jitter = (seed % 21) as i64 - 10;
                 let mut r = (i64::from(period) * (100 + jitter) / 100).max(1) as u32;
-                if seed % 100 == 0 {
+                if seed.is_multiple_of(100) {
                     r *= 2;
                 }
                 real = reference(i == 0, real, r);

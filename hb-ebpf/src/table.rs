@@ -10,17 +10,25 @@
 //! against the slot's key. It replaces layout 5's hash map (88 B a host,
 //! jhash and a bucket walk per lookup) and its hint array.
 //!
-//! Claiming a slot for a new host: a slot is taken (a freed one from
-//! `HB_FREE` first, else the next never used from `HB_ALLOC`), its key
-//! written, then an empty entry of the less loaded bucket is set with a
-//! compare-and-exchange. Then both buckets are scanned again: if another
-//! entry names the same key (another CPU claimed the same host at the same
-//! moment), this CPU clears its own entry and gives its slot back. Of two
-//! racing CPUs the later always sees the earlier's entry, so no host ever
-//! holds two slots; if both see each other, both back off, that first
-//! heartbeat is not recorded and the next one is. Only then is the slot's
-//! last-seen time published: a slot whose last-seen reads 0 is being
-//! claimed (or given back), and a lookup that finds it stamps nothing.
+//! Claiming a slot for a new host happens holding a claim lock (one of
+//! `HB_CLAIM`'s 4096, chosen by a hash of the host): the host is looked
+//! for again under it (another CPU may have just claimed it), a slot is
+//! taken (a freed one from `HB_FREE` first, else the next never used from
+//! `HB_ALLOC`), its key written, then an empty entry of the less loaded
+//! bucket is set with a compare-and-exchange. Then both buckets are
+//! scanned again: if another entry names the same key, this CPU clears its
+//! own entry and gives its slot back (under the lock this cannot happen,
+//! but a lock taken over from a holder that died, see
+//! `CLAIM_STALE_TICKS`, may leave one: of two such claimers the later
+//! always sees the earlier's entry, so no host ever holds two slots). Only
+//! then is the slot's last-seen time published: a slot whose last-seen
+//! reads 0 is being claimed (or was given back), and a lookup that finds
+//! it stamps nothing. Without the lock, the post-check alone is what the
+//! first layout-6 draft did: CPUs racing on one new host all backed off
+//! now and then (35 of 10,000 lockstep rounds on 2 CPUs), losing that
+//! first heartbeat; with it, a CPU that finds the lock held waits (at most
+//! 256 reads, a claim takes well under a microsecond) and then finds the
+//! host claimed: its heartbeat counts.
 //! Hosts are removed only by userspace, which forgets a retired host (see
 //! hb-userspace's `HostTable::forget_slot`): clears its entry, and queues
 //! its slot in `HB_FREE`. A full table (both buckets full, or no slot
@@ -83,6 +91,9 @@ static ALLOC: Array<u64> = Array::with_max_entries(2, BPF_F_MMAPABLE);
 /// hosts first.
 #[map(name = "HB_FREE")]
 static FREE: Queue<u32> = Queue::with_max_entries(DEFAULT_MAX_HOSTS, 0);
+/// Claim locks, by a hash of the host (see hb-common's `index`).
+#[map(name = "HB_CLAIM")]
+static CLAIM: Array<u64> = Array::with_max_entries(index::CLAIM_LOCKS, BPF_F_MMAPABLE);
 /// Bare hosts (known by address) in the table, at most `HB_MAX_BARE`:
 /// pinned with the table, so the cap holds across restarts.
 #[map(name = "HB_BARE")]
@@ -136,17 +147,111 @@ pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
             core::ptr::read_volatile(&HB_SLOT_BITS),
         )
     };
-    let place = index::place(index::hash(key.words()), mask, bits);
-    let mut free = [0u32; 2];
-    if let Some(slot) = find(key, place.first, place.tag, bits, &mut free[0], u32::MAX) {
+    let h = index::hash(key.words());
+    let place = index::place(h, mask, bits);
+    if let Some(slot) = lookup(key, place, bits) {
         return known(slot, fresh);
     }
-    if place.second != place.first
-        && let Some(slot) = find(key, place.second, place.tag, bits, &mut free[1], u32::MAX)
-    {
-        return known(slot, fresh);
+    // A new host: claimed holding its claim lock, so that no other CPU
+    // claims it at the same time. A lock held by another CPU is waited for
+    // (a claim takes well under a microsecond), boundedly; then its host
+    // is looked for again: the other CPU may have just claimed this one.
+    let Some(lock) = lock(index::claim_lock(h)) else {
+        // Still held after the wait: this heartbeat is not recorded (the
+        // host's next one is).
+        return if fresh.is_some() {
+            Stamped::Replayed
+        } else {
+            Stamped::Known
+        };
+    };
+    let stamped = match lookup(key, place, bits) {
+        Some(slot) => known(slot, fresh),
+        None => claim(key, fresh, place, bits, lock),
+    };
+    unlock(lock);
+    stamped
+}
+
+/// `key`'s slot, looked for in its two buckets.
+#[inline(always)]
+fn lookup(key: &HostKey, place: Place, bits: u32) -> Option<u32> {
+    // The entry its tag chooses in its first bucket, on its own first:
+    // where a known host nearly always is (the loop finds it there too,
+    // after its setup).
+    if let Some(b) = INDEX.get_ptr(place.first) {
+        let at = place.tag & (index::BUCKET_ENTRIES - 1);
+        // SAFETY: pointer from a successful array lookup; `at / 2` < 8.
+        let word = unsafe { core::ptr::read_volatile((b as *const u64).add((at >> 1) as usize)) };
+        let e = (word >> ((at & 1) * 32)) as u32;
+        if index::entry_tag(e, bits) == place.tag {
+            let slot = index::entry_slot(e, bits);
+            if let Some(k) = SLOT_KEYS.get_ptr(slot)
+                // SAFETY: pointer from a successful array lookup.
+                && unsafe { same_key(k, key) }
+            {
+                return Some(slot);
+            }
+        }
     }
-    claim(key, fresh, place, bits, free)
+    if let Some(slot) = find(key, place.first, place.tag, bits, u32::MAX) {
+        return Some(slot);
+    }
+    if place.second != place.first {
+        return find(key, place.second, place.tag, bits, u32::MAX);
+    }
+    None
+}
+
+/// Takes claim lock `n`: waits a bounded while for its holder, takes over
+/// one left stale (see hb-common's `CLAIM_STALE_TICKS`).
+#[inline(always)]
+fn lock(n: u32) -> Option<Lock> {
+    let l = CLAIM.get_ptr_mut(n)?;
+    let me = now();
+    for _ in 0..256 {
+        // SAFETY: pointer from a successful array lookup.
+        let held = unsafe { core::ptr::read_volatile(l) };
+        if (held == 0 || ticks_since(me, held as u32) > index::CLAIM_STALE_TICKS)
+            // SAFETY: valid, aligned map value.
+            && unsafe { cmpxchg(l, held, u64::from(me)) } == held
+        {
+            return Some(Lock {
+                word: l,
+                me: u64::from(me),
+                took_over: held != 0,
+            });
+        }
+    }
+    None
+}
+
+/// Releases a claim lock taken by `lock` (fully ordered: what the claim
+/// wrote is visible before the lock is free), unless it was taken over.
+#[inline(always)]
+fn unlock(l: Lock) {
+    // SAFETY: pointer from `lock`.
+    unsafe { cmpxchg(l.word, l.me, 0) };
+}
+
+/// A claim lock taken.
+#[derive(Clone, Copy)]
+struct Lock {
+    word: *mut u64,
+    /// The value this claim holds it with.
+    me: u64,
+    /// Taken over from a holder that left it stale.
+    took_over: bool,
+}
+
+impl Lock {
+    /// Whether the lock alone cannot vouch that no other claim of the host
+    /// ran at the same time: it was taken over, or taken from this claim.
+    #[inline(always)]
+    fn shared(&self) -> bool {
+        // SAFETY: pointer from `lock`.
+        self.took_over || unsafe { core::ptr::read_volatile(self.word) } != self.me
+    }
 }
 
 /// A heartbeat of the known host in `slot`.
@@ -192,31 +297,20 @@ fn known(slot: u32, fresh: Option<&Fresh>) -> Stamped {
 }
 
 /// Looks for `key` in `bucket`, from the entry its tag chooses: its slot.
-/// Skips the entry at `skip` (a claimer's own). Counts the bucket's empty
-/// entries into `empty`.
+/// Skips the entry at `skip` (a claimer's own). Nothing but the loop
+/// counter changes from one entry to the next, so that the verifier's
+/// states of every path through an entry are the same at the next one.
 #[inline(always)]
-fn find(
-    key: &HostKey,
-    bucket: u32,
-    tag: u32,
-    bits: u32,
-    empty: &mut u32,
-    skip: u32,
-) -> Option<u32> {
+fn find(key: &HostKey, bucket: u32, tag: u32, bits: u32, skip: u32) -> Option<u32> {
     let b = INDEX.get_ptr(bucket)?;
-    let start = tag;
-    let mut n = 0;
-    let mut found = None;
     for i in 0..index::BUCKET_ENTRIES {
-        let at = (start + i) & (index::BUCKET_ENTRIES - 1);
+        let at = (tag + i) & (index::BUCKET_ENTRIES - 1);
         // SAFETY: pointer from a successful array lookup; `at / 2` < 8.
         let word = unsafe { core::ptr::read_volatile((b as *const u64).add((at >> 1) as usize)) };
         let e = (word >> ((at & 1) * 32)) as u32;
-        if e == 0 {
-            n += 1;
-            continue;
-        }
-        if found.is_some() || at == skip || index::entry_tag(e, bits) != tag {
+        // An empty entry (0) whose tag would match (tag 0) names slot
+        // u32::MAX, which no lookup finds: no test of its own.
+        if at == skip || index::entry_tag(e, bits) != tag {
             continue;
         }
         let slot = index::entry_slot(e, bits);
@@ -224,31 +318,55 @@ fn find(
             // SAFETY: pointer from a successful array lookup.
             && unsafe { same_key(k, key) }
         {
-            found = Some(slot);
-            // The first probe usually hits: done (the count of empty
-            // entries is only wanted by a new host, who finds nothing).
-            break;
+            return Some(slot);
         }
     }
-    *empty = n;
-    found
+    None
+}
+
+/// Empty entries of `bucket` (0 if there is no such bucket), counted
+/// without a branch, so that the verifier follows one path.
+#[inline(always)]
+fn empty_entries(bucket: u32) -> u32 {
+    let Some(b) = INDEX.get_ptr(bucket) else {
+        return 0;
+    };
+    let mut n = 0u64;
+    for i in 0..(index::BUCKET_ENTRIES / 2) {
+        // SAFETY: pointer from a successful array lookup; i < 8.
+        let w = unsafe { core::ptr::read_volatile((b as *const u64).add(i as usize)) };
+        n += 2 - nonzero(w & 0xffff_ffff) - nonzero(w >> 32);
+    }
+    n as u32
+}
+
+/// 1 if `x` is not 0, else 0, without a branch: BPF has no "set if", so
+/// LLVM makes `x != 0` a jump, and the verifier would follow (and keep
+/// apart) every count of empty entries. The top bit of `x | -x` is set
+/// exactly when `x` is not 0.
+#[inline(always)]
+fn nonzero(x: u64) -> u64 {
+    let y: u64;
+    // SAFETY: arithmetic on registers only.
+    unsafe {
+        core::arch::asm!(
+            "{y} = {x}",
+            "{y} = -{y}",
+            "{y} |= {x}",
+            "{y} >>= 63",
+            x = in(reg) x,
+            y = out(reg) y,
+            options(pure, nomem, nostack),
+        )
+    };
+    y
 }
 
 /// Records the first heartbeat of a new host: claims a slot (see the
-/// module's description). `empty`: the empty entries of its two buckets.
+/// module's description).
 #[inline(always)]
-fn claim(
-    key: &HostKey,
-    fresh: Option<&Fresh>,
-    place: Place,
-    bits: u32,
-    empty: [u32; 2],
-) -> Stamped {
-    let [e1, e2] = if place.second == place.first {
-        [empty[0], 0]
-    } else {
-        empty
-    };
+fn claim(key: &HostKey, fresh: Option<&Fresh>, place: Place, bits: u32, lock: Lock) -> Stamped {
+    let (e1, e2) = (empty_entries(place.first), empty_entries(place.second));
     if e1 == 0 && e2 == 0 {
         return Stamped::TableFull;
     }
@@ -303,27 +421,29 @@ fn claim(
         give_back(bare);
         return Stamped::TableFull;
     };
-    // The post-check: another CPU's entry for this key, set before ours
-    // (its compare-and-exchange ordered before ours), is seen here.
-    let mut ignored = 0;
-    let twin = match find(
-        key,
-        place.first,
-        place.tag,
-        bits,
-        &mut ignored,
-        skip(place.first, bucket, at),
-    ) {
-        Some(f) => Some(f),
-        None if place.second != place.first => find(
+    // The post-check, needed only where the lock was shared (a holder that
+    // died, see the module's description): another claimer's entry for
+    // this key, set before ours, is seen here.
+    let twin = if !lock.shared() {
+        None
+    } else {
+        match find(
             key,
-            place.second,
+            place.first,
             place.tag,
             bits,
-            &mut ignored,
-            skip(place.second, bucket, at),
-        ),
-        None => None,
+            skip(place.first, bucket, at),
+        ) {
+            Some(f) => Some(f),
+            None if place.second != place.first => find(
+                key,
+                place.second,
+                place.tag,
+                bits,
+                skip(place.second, bucket, at),
+            ),
+            None => None,
+        }
     };
     if twin.is_some() {
         clear(bucket, at, entry);
@@ -335,7 +455,7 @@ fn claim(
             Stamped::Known
         };
     }
-    let (Some(b), Some(t)) = (pair(&BEATS, slot), pair(&LAST_SEEN, slot)) else {
+    let (Some(b), Some(t)) = (pair(&BEATS, slot), LAST_SEEN.get_ptr_mut(slot >> 1)) else {
         return Stamped::New;
     };
     // SAFETY: pointers from successful array lookups. The order matters:
@@ -345,7 +465,7 @@ fn claim(
     // on every architecture (arm64 reorders plain stores, x86 does not).
     unsafe {
         core::ptr::write_volatile(b, 1);
-        publish(t, now());
+        publish(t, slot & 1, now());
     }
     Stamped::New
 }
@@ -431,16 +551,15 @@ fn clear(bucket: u32, at: u32, entry: u32) {
     }
 }
 
-/// Publishes a new slot's last-seen time `v` at `t`: a fully ordered store
-/// (a compare-and-exchange of the whole element, retried if the other
-/// slot's half moved meanwhile).
+/// Publishes a new slot's last-seen time `v` in half `which` of the
+/// element at `w`: a fully ordered store (a compare-and-exchange of the
+/// whole element, retried if the other slot's half moved meanwhile).
 ///
 /// # Safety
-/// `t` must point to a half of a valid, 8-byte aligned map value.
+/// `w` must point to a valid, 8-byte aligned map value.
 #[inline(always)]
-unsafe fn publish(t: *mut u32, v: u32) {
-    let w = (t as usize & !7) as *mut u64;
-    let shift = (t as usize & 4) as u64 * 8;
+unsafe fn publish(w: *mut u64, which: u32, v: u32) {
+    let shift = (which & 1) * 32;
     for _ in 0..8 {
         // SAFETY: the caller guarantees the element.
         let word = unsafe { core::ptr::read_volatile(w) };
@@ -450,8 +569,16 @@ unsafe fn publish(t: *mut u32, v: u32) {
             return;
         }
     }
-    // SAFETY: as above; ordered on x86 all the same.
-    unsafe { core::ptr::write_volatile(t, v) };
+    // Only under a storm of stamps on the neighbouring slot: a plain
+    // store of the whole element, as ordered on x86 all the same.
+    // SAFETY: as above.
+    unsafe {
+        let word = core::ptr::read_volatile(w);
+        core::ptr::write_volatile(
+            w,
+            (word & !(0xffff_ffffu64 << shift)) | (u64::from(v) << shift),
+        );
+    }
 }
 
 /// Takes a place in the bare hosts' share (`HB_MAX_BARE`) for a new bare

@@ -96,13 +96,13 @@ impl Case {
     }
 
     /// (beats, last seen, last sequence number, lost) of a signed host.
-    fn state(&self, host_id: u64) -> (u64, u64, u64, u64) {
+    fn state(&self, host_id: u64) -> (u32, u32, u64, u64) {
         let table = &self.loaded.table;
         let slot = self.slot(host_id);
         let e = table.entry(slot);
         (
             e.beats,
-            e.last_seen_ns,
+            e.last_seen,
             table.last_seq(slot).unwrap(),
             table.host(slot).lost.unwrap(),
         )
@@ -451,7 +451,7 @@ fn a_signed_heartbeat_is_accepted_once_across_cpus() {
     assert_eq!(accepted, ROUNDS, "copies accepted of {ROUNDS} heartbeats");
     assert_eq!(refused, ROUNDS * (threads - 1));
     let slot = loaded.table.slot(&HostKey::from_host_id(1)).unwrap();
-    assert_eq!(loaded.table.entry(slot).beats, accepted);
+    assert_eq!(u64::from(loaded.table.entry(slot).beats), accepted);
     assert_eq!(loaded.table.last_seq(slot), Some(RUN + ROUNDS - 1));
     assert_eq!(loaded.table.host(slot).lost, Some(0));
 }

@@ -2,7 +2,8 @@
 //! (`forget_slot`, `release_slot`, `reuse_slot`), then new hosts from
 //! several CPUs at once, in lockstep, through BPF_PROG_TEST_RUN (see
 //! slots.rs). A freed slot goes to exactly one new host, before any
-//! never-used slot; a forgotten host is a new host when it comes back.
+//! never-used slot; a forgotten host's index entry is cleared, and it is a
+//! new host when it comes back.
 
 use std::collections::HashSet;
 
@@ -10,7 +11,7 @@ use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use hb_common::{Counter, net::XDP_DROP};
 use hb_testkit::{
     frames::{hb4, src_addr},
-    maps::PerCpuCounters,
+    maps::{Index, PerCpuCounters},
     program as kit,
     race::{self, Span},
 };
@@ -54,8 +55,17 @@ fn freed_slots_go_to_new_hosts_once_each() {
             "key still mapped"
         );
         table.release_slot(slot);
+        assert_eq!(table.entry(slot), Default::default(), "slot {slot} cleared");
         table.reuse_slot(slot).unwrap();
     }
+    // Their index entries are cleared, read through the syscall too.
+    assert_eq!(table.index_entries(), 0, "index entries left behind");
+    let set: usize = Index::of(prog)
+        .read()
+        .iter()
+        .map(|b| b.iter().filter(|&&e| e != 0).count())
+        .sum();
+    assert_eq!(set, 0);
 
     let per_cpu = PerCpuCounters::of(prog);
     let before = per_cpu.read();
@@ -86,7 +96,7 @@ fn freed_slots_go_to_new_hosts_once_each() {
     let mut keys = HashSet::new();
     let mut empty = 0;
     for slot in 0..used {
-        if table.entry(slot).last_seen_ns == 0 {
+        if table.entry(slot).last_seen == 0 {
             // A freed slot no new host took (more freed than new).
             assert!(
                 table.slot_forgotten(slot),
@@ -97,11 +107,7 @@ fn freed_slots_go_to_new_hosts_once_each() {
         }
         let key = table.key(slot);
         assert!(keys.insert(key), "slot {slot}: host {key:?} has two slots");
-        assert_eq!(
-            table.slot(&key),
-            Some(slot),
-            "hash map and slot keys disagree"
-        );
+        assert_eq!(table.slot(&key), Some(slot), "index and slot keys disagree");
         assert_eq!(
             table.entry(slot).beats,
             1,
@@ -121,6 +127,7 @@ fn freed_slots_go_to_new_hosts_once_each() {
     let table = &loaded.table;
     let slot = table.slot(&old_keys[0]).expect("the old host is back");
     assert_eq!(table.entry(slot).beats, 1);
+    assert_eq!(table.index_entries() as u32, fresh + 1, "one entry a host");
     let counters = table.counters().unwrap();
     assert_eq!(
         counters[Counter::NewHost as usize],

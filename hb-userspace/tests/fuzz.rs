@@ -393,7 +393,8 @@ fn mutate(rng: &mut Rng, f: &mut Vec<u8>) {
 /// The reference's table, and when each slot was last stamped.
 struct Model {
     table: Table,
-    last_seen: Vec<u64>,
+    /// Last-seen ticks, by slot.
+    last_seen: Vec<u32>,
 }
 
 /// Frames since the last full comparison: number, bytes, what became of it.
@@ -480,6 +481,11 @@ fn fuzz_mode(name: &str, auth: Auth, frames: u64, mut rng: Rng, total: u64, repr
             }
         };
         let t1 = clock_ns(libc::CLOCK_MONOTONIC);
+        // As ticks of the table (its epoch is this test's start: no wrap).
+        let (t0, t1) = (
+            hb_common::timing::tick(t0, table.epoch_ns()),
+            hb_common::timing::tick(t1, table.epoch_ns()),
+        );
         let applied = model.table.apply(judged);
         let ctx = || ctx(Some(applied));
         let want = if dropped(applied.counter()) {
@@ -506,12 +512,12 @@ fn fuzz_mode(name: &str, auth: Auth, frames: u64, mut rng: Rng, total: u64, repr
             assert_eq!(entry.beats, s.beats, "beats: {}", ctx());
             let prev = model.last_seen[slot as usize];
             assert!(
-                entry.last_seen_ns >= prev.max(t0) && entry.last_seen_ns <= t1,
+                entry.last_seen >= prev.max(t0) && entry.last_seen <= t1,
                 "last seen {} not in [max({prev}, {t0}), {t1}]: {}",
-                entry.last_seen_ns,
+                entry.last_seen,
                 ctx()
             );
-            model.last_seen[slot as usize] = entry.last_seen_ns;
+            model.last_seen[slot as usize] = entry.last_seen;
         }
         assert_eq!(
             table.len(),
@@ -585,7 +591,7 @@ fn check(
             }
         }
         assert_eq!(
-            (entry.beats, entry.last_seen_ns),
+            (entry.beats, entry.last_seen),
             (s.beats, model.last_seen[slot as usize]),
             "changed by a frame in the window: {}",
             at()

@@ -631,7 +631,7 @@ fn a_failed_start_removes_only_what_it_created() {
     // As after an upgrade from another map layout: the link stays, the
     // maps are new.
     let (dir, state) = names(&link.a, iface);
-    fs::rename(dir.join("layout-5"), dir.join("layout-3")).unwrap();
+    fs::rename(dir.join("layout-6"), dir.join("layout-3")).unwrap();
 
     // Fails after attaching: its state file cannot be written (a
     // directory stands in its place; options and the metrics address are

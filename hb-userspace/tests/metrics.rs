@@ -276,7 +276,7 @@ fn metrics_and_silent_endpoints() {
     let pins = PathBuf::from(format!("/sys/fs/bpf/hb/{}@netns-{ino}", link.a_if));
     let state = PathBuf::from(format!("/run/hb/{}@netns-{ino}.json", link.a_if));
     assert!(pins.join("link").exists(), "no pinned link in {pins:?}");
-    let maps: Vec<String> = std::fs::read_dir(pins.join("layout-5"))
+    let maps: Vec<String> = std::fs::read_dir(pins.join("layout-6"))
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -285,7 +285,7 @@ fn metrics_and_silent_endpoints() {
         .unwrap_or_default();
     assert!(
         !maps.is_empty() && maps.iter().all(|m| m.starts_with("HB_")),
-        "pinned maps in {pins:?}/layout-5: {maps:?}"
+        "pinned maps in {pins:?}/layout-6: {maps:?}"
     );
     assert!(state.exists(), "no state file {state:?}");
     // ...and gone after SIGTERM.

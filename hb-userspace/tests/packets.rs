@@ -132,6 +132,12 @@ impl Rig {
         let t0 = clock_ns(libc::CLOCK_MONOTONIC_COARSE);
         let verdict = self.run(frame).unwrap();
         let t1 = clock_ns(libc::CLOCK_MONOTONIC);
+        // As ticks of the table (its epoch is this test's start: no wrap).
+        let epoch = self.loaded.table.epoch_ns();
+        let (t0, t1) = (
+            hb_common::timing::tick(t0, epoch),
+            hb_common::timing::tick(t1, epoch),
+        );
         assert_eq!(
             verdict,
             self.heartbeat_verdict(),
@@ -158,15 +164,12 @@ impl Rig {
             "{what}: beats"
         );
         assert!(
-            (t0..=t1).contains(&entry.last_seen_ns),
+            (t0..=t1).contains(&entry.last_seen),
             "{what}: last seen {} outside [{t0}, {t1}]",
-            entry.last_seen_ns
+            entry.last_seen
         );
         if let Some(p) = prev {
-            assert!(
-                entry.last_seen_ns >= p.last_seen_ns,
-                "{what}: time went back"
-            );
+            assert!(entry.last_seen >= p.last_seen, "{what}: time went back");
         }
         let after = self.snapshot();
         assert_eq!(
@@ -271,12 +274,16 @@ fn ipv4_heartbeat_new_then_known() {
     std::thread::sleep(std::time::Duration::from_millis(30));
     let third = rig.beat("heartbeat 30 ms later", &frame, key4(SRC4));
     assert_eq!(third.beats, 3);
+    // 20 ms: 19 ticks of 1.048576 ms.
     assert!(
-        third.last_seen_ns >= second.last_seen_ns + 20_000_000,
+        third.last_seen >= second.last_seen + 19,
         "{} then {}",
-        second.last_seen_ns,
-        third.last_seen_ns
+        second.last_seen,
+        third.last_seen
     );
+    // The 30 ms interval is learned: one more sample (the first two came
+    // within a tick or so of each other, which may or may not be one).
+    assert_eq!(third.timing.samples(), second.timing.samples() + 1);
     // Keyed by the source: the destination is not in the table.
     assert_eq!(rig.loaded.table.get(&key4([198, 18, 0, 1])), None);
     assert_eq!(rig.loaded.table.len(), 1);
@@ -345,7 +352,7 @@ fn ipv4_with_options_is_a_heartbeat() {
         assert_eq!(frame[14] & 0x0f, 5 + words as u8);
         agree(&frame, PORT, Ok(key4(SRC4)));
         let e = rig.beat(&format!("IHL {}", 5 + words), &frame, key4(SRC4));
-        assert_eq!(e.beats, 2 * words as u64 - 1);
+        assert_eq!(e.beats, 2 * words as u32 - 1);
         // Tagged, too.
         let frame = eth(
             &[ETH_P_8021AD, ETH_P_8021Q],

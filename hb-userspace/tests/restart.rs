@@ -335,7 +335,7 @@ fn pins_of_another_layout_are_replaced_not_read() {
     std::fs::create_dir_all(dir.join("layout-1").join("maps")).unwrap();
     let c = start(&link);
     assert!(!dir.join("layout-1").exists(), "old layout kept");
-    assert!(dir.join("layout-5").is_dir(), "this layout not pinned");
+    assert!(dir.join("layout-6").is_dir(), "this layout not pinned");
     let _a = beat(&link, "198.18.5.2");
     wait_new(&c, &["198.18.5.2"]);
 }

@@ -231,10 +231,17 @@ fn unwrapped(ns: u64, epoch_ns: u64) -> u64 {
 }
 
 /// Bit `i` set where `chunk[i]` (a stamp, not 0) is more than `limit`
-/// ticks older than `now`. Branch-free, so that it vectorises; ages are
-/// signed, so that a stamp just ahead of `now` is not 52 days old.
+/// ticks older than `now`. Ages are signed, so that a stamp just ahead of
+/// `now` is not 52 days old. On x86-64, four stamps an instruction (SSE2,
+/// which every x86-64 has): LLVM does not vectorise the bit packing of the
+/// portable loop, which then costs the sweep more than reading the memory.
 #[inline]
 fn older_than(chunk: &[u32], now: u32, limit: u32) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if chunk.len() == 64 {
+        // SAFETY: SSE2 is part of x86-64; the loads read 64 u32 in bounds.
+        return unsafe { older_than_sse2(chunk, now, limit) };
+    }
     let limit = limit as i32;
     let mut bits = 0u64;
     for (i, &seen) in chunk.iter().enumerate() {
@@ -242,6 +249,63 @@ fn older_than(chunk: &[u32], now: u32, limit: u32) -> u64 {
         bits |= u64::from(old) << i;
     }
     bits
+}
+
+/// `older_than` of 64 stamps with SSE2.
+///
+/// # Safety
+/// `chunk` must hold 64 stamps.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+unsafe fn older_than_sse2(chunk: &[u32], now: u32, limit: u32) -> u64 {
+    use std::arch::x86_64::{
+        __m128i, _mm_andnot_si128, _mm_castsi128_ps, _mm_cmpeq_epi32, _mm_cmpgt_epi32,
+        _mm_loadu_si128, _mm_movemask_ps, _mm_set1_epi32, _mm_setzero_si128, _mm_sub_epi32,
+    };
+    // SAFETY: SSE2 is always there on x86-64; 16 loads of 4 u32 each.
+    unsafe {
+        let (now, limit, zero) = (
+            _mm_set1_epi32(now as i32),
+            _mm_set1_epi32(limit as i32),
+            _mm_setzero_si128(),
+        );
+        let p = chunk.as_ptr().cast::<__m128i>();
+        let mut bits = 0u64;
+        for i in 0..16 {
+            let seen = _mm_loadu_si128(p.add(i));
+            let old = _mm_cmpgt_epi32(_mm_sub_epi32(now, seen), limit);
+            let old = _mm_andnot_si128(_mm_cmpeq_epi32(seen, zero), old);
+            bits |= (_mm_movemask_ps(_mm_castsi128_ps(old)) as u64) << (4 * i);
+        }
+        bits
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn older_than_is_the_same_vectorised() {
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    for now in [5u32, 1 << 31, u32::MAX, 3_000] {
+        let chunk: Vec<u32> = (0..64)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                match i % 4 {
+                    0 => 0,
+                    1 => now.wrapping_sub((x % 4000) as u32),
+                    2 => now.wrapping_add((x % 50) as u32),
+                    _ => x as u32,
+                }
+            })
+            .collect();
+        let limit = 1000;
+        let portable = chunk.iter().enumerate().fold(0u64, |bits, (i, &seen)| {
+            let old = (now.wrapping_sub(seen) as i32 > limit as i32) & (seen != 0);
+            bits | (u64::from(old) << i)
+        });
+        assert_eq!(older_than(&chunk, now, limit), portable, "now {now}");
+    }
 }
 
 /// A timeout (the tracker's, or a class's) that is learned per host
@@ -1040,6 +1104,36 @@ mod tests {
             [Transition::New { host: 0, age_ns: 0 }]
         );
         assert!(sweep(&mut t, &[10 * S + 1], 11 * S).is_empty());
+    }
+
+    #[test]
+    fn a_host_silent_for_longer_than_the_wrap_is_not_alive_again() {
+        // Ticks wrap every 2^32: the clock comes round to a silent host's
+        // stamp, where its age reads 0. It went silent with that very
+        // stamp, so it stays silent; its next heartbeat recovers it, with
+        // the whole gap.
+        let wrap = (1u64 << 32) * TICK_NS;
+        let mut t = Tracker::new(15 * S);
+        sweep(&mut t, &[10 * S, 10 * S], 10 * S);
+        assert_eq!(
+            sweep(&mut t, &[30 * S, 10 * S], 30 * S),
+            [Transition::Silent {
+                host: 1,
+                silent_for_ns: 20 * S
+            }]
+        );
+        // One wrap on: slot 0 beat just now, slot 1's stamp reads 0 old.
+        let now = 10 * S + wrap;
+        assert!(sweep(&mut t, &[now, 10 * S], now).is_empty());
+        assert!(sweep(&mut t, &[now + S, 10 * S], now + S).is_empty());
+        assert_eq!(t.census().silent, 1);
+        assert_eq!(
+            sweep(&mut t, &[now + 2 * S, now + 2 * S], now + 2 * S),
+            [Transition::Recovered {
+                host: 1,
+                silent_for_ns: wrap + 2 * S
+            }]
+        );
     }
 
     #[test]

@@ -30,8 +30,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Map, MapData};
 use hb_common::{
-    ALLOC_MAP, AUTH_MAP, BARE_MAP, BEATS_MAP, COUNTERS_MAP, FREE_MAP, INDEX_MAP, LAST_SEEN_MAP,
-    SLOT_KEYS_MAP, TIMING_MAP, TRACKER_MAP,
+    ALLOC_MAP, AUTH_MAP, BARE_MAP, BEATS_MAP, CLAIM_MAP, COUNTERS_MAP, FREE_MAP, INDEX_MAP,
+    LAST_SEEN_MAP, SLOT_KEYS_MAP, TIMING_MAP, TRACKER_MAP,
 };
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
@@ -54,8 +54,9 @@ pub const LAYOUT_VERSION: u32 = 6;
 
 /// Every map of the object that is pinned (all but aya-log's buffer and
 /// the local MAC and addresses, which each collector writes afresh).
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 12] = [
     INDEX_MAP,
+    CLAIM_MAP,
     FREE_MAP,
     LAST_SEEN_MAP,
     BEATS_MAP,
@@ -413,6 +414,7 @@ pub fn open(inst: &Instance) -> Result<(State, HostTable)> {
     };
     let table = HostTable::new(TableMaps {
         index: Map::Array(load(INDEX_MAP)?),
+        claim: Map::Array(load(CLAIM_MAP)?),
         last_seen: Map::Array(load(LAST_SEEN_MAP)?),
         beats: Map::Array(load(BEATS_MAP)?),
         timing: Map::Array(load(TIMING_MAP)?),

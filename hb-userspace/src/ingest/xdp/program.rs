@@ -14,9 +14,10 @@ use aya::{
 };
 use hb_common::{
     ALLOC_MAP, ANY_DEST_GLOBAL, AUTH_MAP, AUTH_MODE_GLOBAL, AuthMode, BARE_MAP, BEATS_MAP,
-    COUNTERS_MAP, EPOCH_GLOBAL, FREE_MAP, HOST_MAPS, INDEX_MAP, INDEX_MASK_GLOBAL, LAST_SEEN_MAP,
-    LOCAL_SET_SECTION, MAX_BARE_GLOBAL, MAX_HOSTS_GLOBAL, PAIRED_MAPS, PASS_GLOBAL, PORT_GLOBAL,
-    PROGRAM, SIP_STATE_GLOBAL, SLOT_BITS_GLOBAL, SLOT_KEYS_MAP, TIMING_MAP, TRACKER_MAP,
+    CLAIM_MAP, COUNTERS_MAP, EPOCH_GLOBAL, FREE_MAP, HOST_MAPS, INDEX_MAP, INDEX_MASK_GLOBAL,
+    LAST_SEEN_MAP, LOCAL_SET_SECTION, MAX_BARE_GLOBAL, MAX_HOSTS_GLOBAL, PAIRED_MAPS, PASS_GLOBAL,
+    PORT_GLOBAL, PROGRAM, SIP_STATE_GLOBAL, SLOT_BITS_GLOBAL, SLOT_KEYS_MAP, TIMING_MAP,
+    TRACKER_MAP,
     auth::{self, KEY_LEN},
     index,
 };
@@ -187,6 +188,12 @@ pub fn load_with(
             settings.epoch_ns.unwrap_or_else(crate::clock::monotonic_ns),
         ),
     };
+    if max_hosts > index::MAX_HOSTS {
+        bail!(
+            "--max-hosts {max_hosts} is more than the host table takes ({})",
+            index::MAX_HOSTS
+        );
+    }
     let buckets = index::buckets(max_hosts);
     let (index_mask, slot_bits) = (buckets - 1, index::slot_bits(max_hosts));
     // Per-host replay state only costs memory where it is used.
@@ -270,6 +277,7 @@ pub fn load_with(
     }
     let maps = TableMaps {
         index: take(INDEX_MAP)?,
+        claim: take(CLAIM_MAP)?,
         last_seen: take(LAST_SEEN_MAP)?,
         beats: take(BEATS_MAP)?,
         timing: take(TIMING_MAP)?,

@@ -180,6 +180,7 @@ impl Table for HostTable {
 /// Raw maps of the table, as taken from the loaded object.
 pub struct TableMaps {
     pub index: Map,
+    pub claim: Map,
     pub last_seen: Map,
     pub beats: Map,
     pub timing: Map,
@@ -249,6 +250,8 @@ struct Spot {
 pub struct HostTable {
     /// The index's buckets, as words of two entries.
     index: Mapped<AtomicU64>,
+    /// The claim locks.
+    claim: Mapped<AtomicU64>,
     mask: u32,
     slot_bits: u32,
     // The kernel writes these while we read: atomics (relaxed loads are
@@ -303,6 +306,8 @@ impl HostTable {
             None => None,
         };
         let index = array_data(maps.index, "host index")?;
+        let claim = array_data(maps.claim, "claim locks")?;
+        entries(&claim, Some(index::CLAIM_LOCKS as usize), "claim locks")?;
         let last_seen = array_data(maps.last_seen, "last-seen array")?;
         let beats = array_data(maps.beats, "beats array")?;
         let timing = array_data(maps.timing, "timing array")?;
@@ -333,6 +338,7 @@ impl HostTable {
                 "host index",
                 prot,
             )?,
+            claim: Mapped::map(&claim, index::CLAIM_LOCKS as usize, "claim locks", prot)?,
             mask: buckets as u32 - 1,
             slot_bits: index::slot_bits(max_hosts),
             last_seen: Mapped::map_words(&last_seen, 2 * pairs, 8, "last-seen array", prot)?,
@@ -578,6 +584,44 @@ impl HostTable {
             bail!("this host table is opened read-only");
         };
         let place = self.place(key);
+        if let Some((slot, _)) = self.find(key, None) {
+            return Ok(Some(slot));
+        }
+        let lock = &self.claim.as_slice()[index::claim_lock(index::hash(key.words())) as usize];
+        // Held by the program on some CPU for well under a microsecond, or
+        // by a collector that died: stale (and taken over) within 64 ticks.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        let me = loop {
+            let me = u64::from(tick(crate::clock::monotonic_ns(), self.epoch_ns));
+            let free = |held: u64| {
+                held == 0
+                    || hb_common::timing::ticks_since(me as u32, held as u32)
+                        > index::CLAIM_STALE_TICKS
+            };
+            match lock.fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                free(h).then_some(me)
+            }) {
+                Ok(_) => break me,
+                Err(held) if std::time::Instant::now() > deadline => {
+                    bail!("claim lock {held:#x} held for too long")
+                }
+                Err(_) => std::hint::spin_loop(),
+            }
+        };
+        let claimed = self.insert_locked(f, key, place, last_seen_ns, beats);
+        let _ = lock.compare_exchange(me, 0, Ordering::AcqRel, Ordering::Acquire);
+        claimed
+    }
+
+    /// `insert`, holding the host's claim lock.
+    fn insert_locked(
+        &self,
+        f: &Forgetting,
+        key: &HostKey,
+        place: Place,
+        last_seen_ns: u64,
+        beats: u32,
+    ) -> Result<Option<u32>> {
         if let Some((slot, _)) = self.find(key, None) {
             return Ok(Some(slot));
         }
