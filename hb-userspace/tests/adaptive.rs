@@ -1,7 +1,8 @@
-//! `--timeout auto` and flap damping, end to end: a real collector (socket
-//! mode: the per-host timing is learned the same way as by the XDP
-//! program, `hb_common::timing`), real datagrams from hosts in a test
-//! namespace, each host's heartbeats timed by the test.
+//! `--timeout auto` and flap damping, end to end: a real collector (the
+//! XDP program, which learns each host's timing in the kernel, and socket
+//! mode, whose table learns it the same way: `hb_common::timing`), real
+//! datagrams from hosts in a test namespace, each host's heartbeats timed
+//! by the test.
 //!
 //! The promises (docs/config.md): under `auto` a host is silent once its
 //! last heartbeat is older than 2 × its mean interval + max(250 ms,
@@ -66,15 +67,25 @@ fn jitter(seed: &mut u64) -> f64 {
     (*seed % 2001) as f64 / 1000.0 - 1.0
 }
 
-fn collector(link: &Link, timeout: &str, flap: &str) -> Collector {
+#[derive(Clone, Copy)]
+enum Ingest {
+    Xdp,
+    Socket,
+}
+
+fn collector(link: &Link, ingest: Ingest, timeout: &str, flap: &str) -> Collector {
+    let how = match ingest {
+        Ingest::Xdp => ["--ingest", "xdp", "--iface", &link.a_if],
+        Ingest::Socket => ["--ingest", "socket", "--listen", "198.18.9.1"],
+    };
     Collector::start(
         HB,
         &link.a,
         &[
-            "--ingest",
-            "socket",
-            "--listen",
-            "198.18.9.1",
+            how[0],
+            how[1],
+            how[2],
+            how[3],
             "--timeout",
             timeout,
             "--min-timeout",
@@ -96,12 +107,16 @@ type Found = Option<(Duration, serde_json::Value)>;
 /// and a sweep (and the pipe), where a fixed 5 s timeout has not found it.
 /// Meanwhile a host beating every 2 s ± 10%, one heartbeat lost, is never
 /// silent.
-fn fast_and_slow(timeout: &str) -> (Found, Vec<serde_json::Value>) {
+fn fast_and_slow(ingest: Ingest, timeout: &str) -> (Found, Vec<serde_json::Value>) {
+    let tag = match ingest {
+        Ingest::Xdp => "x",
+        Ingest::Socket => "s",
+    };
     let link = setup(
-        &format!("ad{}", &timeout[..2]),
+        &format!("ad{tag}{}", &timeout[..2]),
         &["198.18.9.2", "198.18.9.3"],
     );
-    let c = collector(&link, timeout, "0");
+    let c = collector(&link, ingest, timeout, "0");
     let (fast, slow) = (host(&link, "198.18.9.2"), host(&link, "198.18.9.3"));
     let slow_beats = thread::spawn(move || {
         let mut seed = 0x9e37_79b9_7f4a_7c15;
@@ -136,7 +151,16 @@ fn fast_and_slow(timeout: &str) -> (Found, Vec<serde_json::Value>) {
 
 #[test]
 fn auto_finds_a_fast_host_in_a_few_periods_and_never_a_jittery_slow_one() {
-    let (found, seen) = fast_and_slow("auto");
+    auto_fast_and_slow(Ingest::Xdp);
+}
+
+#[test]
+fn socket_mode_learns_the_same() {
+    auto_fast_and_slow(Ingest::Socket);
+}
+
+fn auto_fast_and_slow(ingest: Ingest) {
+    let (found, seen) = fast_and_slow(ingest, "auto");
     let (found, line) = found.unwrap_or_else(|| panic!("the 200 ms host was not found: {seen:?}"));
     // 2 × 200 ms + 250 ms, a sweep of 100 ms, 150 ms for the rest.
     assert!(found <= Duration::from_millis(900), "found after {found:?}");
@@ -155,14 +179,14 @@ fn auto_finds_a_fast_host_in_a_few_periods_and_never_a_jittery_slow_one() {
 #[test]
 fn a_fixed_long_timeout_does_not_find_it_as_fast() {
     // The same traffic under a fixed 5 s: nothing within the 2 s waited.
-    let (found, seen) = fast_and_slow("5s");
+    let (found, seen) = fast_and_slow(Ingest::Xdp, "5s");
     assert_eq!(found, None, "{seen:?}");
 }
 
 #[test]
 fn a_host_flapping_around_its_timeout_is_reported_once_then_steady() {
     let link = setup("adflap", &["198.18.9.4"]);
-    let c = collector(&link, "500ms", "50");
+    let c = collector(&link, Ingest::Xdp, "500ms", "50");
     let tx = host(&link, "198.18.9.4");
     // A 1 s client against a 500 ms timeout, for 14 s: silent half a
     // second after each heartbeat, back at the next: a change in nearly
