@@ -10,7 +10,7 @@ use log::{debug, info};
 use super::{default_route, join_mounts, key, reload::Reloader};
 use crate::{
     alert,
-    cli::{IngestKind, RunArgs},
+    cli::{IngestKind, RunArgs, Timeout},
     config::{CommandLine, RunConfig},
     http::{HttpServer, Site},
     ingest::{self, xdp::AuthSettings},
@@ -79,7 +79,13 @@ pub fn run(config: RunConfig, command_line: CommandLine) -> Result<()> {
         alerts: alerts.as_ref().map(alert::Notifier::stats),
         on_event: on_event.as_ref().map(alert::OnEvent::stats),
     };
-    let mut sweeper = Sweeper::with_tracker(ingest.begin(args.timeout_bound())?, args.format);
+    // Resuming, a silent host that beat in the gap was silent since at
+    // least the last sweep less the shortest timeout it can have.
+    let shortest = match args.timeout {
+        Timeout::Fixed(t) => t,
+        Timeout::Auto => args.min_timeout,
+    };
+    let mut sweeper = Sweeper::with_tracker(ingest.begin(shortest)?, args.format);
     sweeper.set_timeout_policy(args.timeout, args.auto_policy());
     sweeper.set_flap(args.flap_high, args.flap_low);
     sweeper.set_summary_every(summary_sweeps(args));
