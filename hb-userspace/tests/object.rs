@@ -6,6 +6,9 @@
 const ATOMIC_DW: u8 = 0xdb;
 /// Its immediate for an exchange: BPF_XCHG (0xe0) | BPF_FETCH (0x01).
 const XCHG: i32 = 0xe1;
+/// Its immediate for a compare-and-exchange: BPF_CMPXCHG (0xf0) |
+/// BPF_FETCH.
+const CMPXCHG: i32 = 0xf1;
 
 /// The instructions of the object's section `name`, as (opcode, imm).
 fn section(object: &[u8], name: &str) -> Vec<(u8, i32)> {
@@ -36,12 +39,15 @@ fn section(object: &[u8], name: &str) -> Vec<(u8, i32)> {
 fn a_new_host_is_published_with_an_ordered_store() {
     // The program stamps a new host's key and count, then its last-seen
     // time, which tells the sweeper the slot is ready; only an atomic
-    // exchange (fully ordered in every JIT) keeps that order on arm64.
+    // exchange or compare-and-exchange (fully ordered in every JIT) keeps
+    // that order on arm64. Layout 6 publishes with a compare-and-exchange
+    // (the stamp is half of a 64-bit element), which the claim uses too:
+    // this finds any, not the publication's own.
     let insns = section(hb_userspace::xdp::OBJECT, "xdp");
     assert!(insns.len() > 100, "the xdp section holds the program");
     let exchanges = insns
         .iter()
-        .filter(|&&(op, imm)| op == ATOMIC_DW && imm == XCHG)
+        .filter(|&&(op, imm)| op == ATOMIC_DW && (imm == XCHG || imm == CMPXCHG))
         .count();
     assert!(
         exchanges >= 1,
