@@ -234,7 +234,7 @@ mod tests {
         let (mean, sigma) = (1000.0 * TICK_NS as f64, 500.0 * TICK_NS as f64);
         assert_eq!(phi(Timing::NONE, 5_000 * MS), None);
         // At the mean: y = 0, e = 1, phi = −log10(1/2) = 0.30103.
-        assert!((phi(t, mean as u64).unwrap() - 0.30103).abs() < 1e-4);
+        assert!((phi(t, mean as u64).unwrap() - std::f64::consts::LOG10_2).abs() < 1e-4);
         // One σ past the mean: y = 1, e = exp(−1.668166) = 0.188600,
         // phi = −log10(0.188600 / 1.188600) = 0.79950.
         let one = phi(t, (mean + sigma) as u64).unwrap();
