@@ -441,7 +441,12 @@ impl RunArgs {
                 humantime::format_duration(self.sweep)
             ));
         }
-        if self.min_timeout <= self.sweep {
+        let auto = self.timeout.is_auto()
+            || self
+                .groups
+                .values()
+                .any(|g| g.timeout.is_some_and(Timeout::is_auto));
+        if auto && self.min_timeout <= self.sweep {
             return Err(format!(
                 "--min-timeout ({}) must be longer than --sweep ({}): otherwise every host looks silent between sweeps",
                 humantime::format_duration(self.min_timeout),
@@ -568,6 +573,20 @@ mod tests {
             panic!("not run")
         };
         assert!(run.validate().unwrap_err().contains("--timeout"));
+
+        // --min-timeout only matters under auto: a fixed timeout with a
+        // sweep past it is fine; auto with such a sweep is not.
+        let run_of = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["hb", "run", "-i", "eth0"].iter().chain(args)).unwrap();
+            let Command::Run(run) = cli.command else {
+                panic!("not run")
+            };
+            run.validate()
+        };
+        assert!(run_of(&["--timeout", "4s", "--sweep", "2s"]).is_ok());
+        let auto = run_of(&["--timeout", "auto", "--sweep", "2s"]).unwrap_err();
+        assert!(auto.contains("--min-timeout"), "{auto}");
+        assert!(run_of(&["--timeout", "auto", "--sweep", "2s", "--min-timeout", "3s"]).is_ok());
 
         assert!(Cli::try_parse_from(["hb", "run", "-i", "eth0", "--port", "0"]).is_err());
         assert!(Cli::try_parse_from(["hb", "run", "-i", "eth0", "--max-hosts", "0"]).is_err());
