@@ -18,6 +18,7 @@ pub use crate::{
     ingest::{IngestKind, xdp::AttachMode},
     logging::{LogFormat, LogLevel},
     track::{
+        adaptive::Timeout,
         events::Format,
         fleet::{FleetConfig, GroupPolicy, UnknownHosts},
     },
@@ -182,9 +183,21 @@ pub struct RunArgs {
     /// UDP port heartbeats are sent to.
     #[arg(long, default_value_t = DEFAULT_PORT, value_parser = parse_port)]
     pub port: u16,
-    /// A host is silent when its last heartbeat is older than this (e.g. 500ms, 15s, 2m).
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
-    pub timeout: Duration,
+    /// A host is silent when its last heartbeat is older than this (e.g. 500ms, 15s, 2m), or auto: learned per host from its heartbeat intervals.
+    #[arg(long, default_value = "15s", value_parser = clap::value_parser!(Timeout))]
+    pub timeout: Timeout,
+    /// The shortest timeout auto gives a host.
+    #[arg(long, value_name = "D", default_value = "2s", value_parser = parse_duration)]
+    pub min_timeout: Duration,
+    /// The longest timeout auto gives a host, and the one it has until it has beaten 4 times.
+    #[arg(long, value_name = "D", default_value = "5m", value_parser = parse_duration)]
+    pub max_timeout: Duration,
+    /// Flap damping: a host whose state changed in this share (percent) of its recent checks is reported `flapping` and its silent/recovered held back (0: off).
+    #[arg(long, value_name = "PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub flap_high: u8,
+    /// Flap damping: a flapping host whose share falls below this is reported `flapping_end` and its state.
+    #[arg(long, value_name = "PERCENT", default_value_t = 25, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub flap_low: u8,
     /// How often the host table is swept.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub sweep: Duration,
@@ -355,9 +368,21 @@ impl RunArgs {
             any_destination: self.any_destination,
             attach_mode: self.xdp_mode,
             auth,
-            timeout: self.timeout,
+            timeout: self.timeout_bound(),
             sweep: self.sweep,
         }
+    }
+
+    /// The longest a host can go unheard before it is silent: `--timeout`,
+    /// or `--max-timeout` for auto (what alerts and `hb status` take as
+    /// the timeout).
+    pub fn timeout_bound(&self) -> Duration {
+        self.timeout.bound(self.max_timeout)
+    }
+
+    /// The bounds of auto timeouts.
+    pub fn auto_policy(&self) -> crate::track::adaptive::Policy {
+        crate::track::adaptive::Policy::new(self.min_timeout, self.max_timeout)
     }
 
     /// What the configuration says about the fleet.
@@ -407,15 +432,42 @@ impl RunArgs {
                 self.max_hosts
             ));
         }
-        if self.timeout <= self.sweep {
+        if let Timeout::Fixed(t) = self.timeout
+            && t <= self.sweep
+        {
             return Err(format!(
                 "--timeout ({}) must be longer than --sweep ({}): otherwise every host looks silent between sweeps",
-                humantime::format_duration(self.timeout),
+                humantime::format_duration(t),
                 humantime::format_duration(self.sweep)
             ));
         }
+        let auto = self.timeout.is_auto()
+            || self
+                .groups
+                .values()
+                .any(|g| g.timeout.is_some_and(Timeout::is_auto));
+        if auto && self.min_timeout <= self.sweep {
+            return Err(format!(
+                "--min-timeout ({}) must be longer than --sweep ({}): otherwise every host looks silent between sweeps",
+                humantime::format_duration(self.min_timeout),
+                humantime::format_duration(self.sweep)
+            ));
+        }
+        if self.max_timeout < self.min_timeout {
+            return Err(format!(
+                "--max-timeout ({}) cannot be shorter than --min-timeout ({})",
+                humantime::format_duration(self.max_timeout),
+                humantime::format_duration(self.min_timeout)
+            ));
+        }
+        if self.flap_high > 0 && self.flap_low > self.flap_high {
+            return Err(format!(
+                "--flap-low ({}) cannot exceed --flap-high ({}): a host would stop flapping before it starts",
+                self.flap_low, self.flap_high
+            ));
+        }
         for (name, group) in &self.groups {
-            if let Some(t) = group.timeout
+            if let Some(Timeout::Fixed(t)) = group.timeout
                 && t <= self.sweep
             {
                 return Err(format!(
@@ -497,7 +549,10 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(run.port, 43278);
-        assert_eq!(run.timeout, Duration::from_secs(15));
+        assert_eq!(
+            run.timeout,
+            crate::track::adaptive::Timeout::Fixed(Duration::from_secs(15))
+        );
         assert_eq!(run.sweep, Duration::from_secs(1));
         assert_eq!(run.xdp_mode, AttachMode::Auto);
         assert_eq!(run.format, Format::Text);
@@ -518,6 +573,20 @@ mod tests {
             panic!("not run")
         };
         assert!(run.validate().unwrap_err().contains("--timeout"));
+
+        // --min-timeout only matters under auto: a fixed timeout with a
+        // sweep past it is fine; auto with such a sweep is not.
+        let run_of = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["hb", "run", "-i", "eth0"].iter().chain(args)).unwrap();
+            let Command::Run(run) = cli.command else {
+                panic!("not run")
+            };
+            run.validate()
+        };
+        assert!(run_of(&["--timeout", "4s", "--sweep", "2s"]).is_ok());
+        let auto = run_of(&["--timeout", "auto", "--sweep", "2s"]).unwrap_err();
+        assert!(auto.contains("--min-timeout"), "{auto}");
+        assert!(run_of(&["--timeout", "auto", "--sweep", "2s", "--min-timeout", "3s"]).is_ok());
 
         assert!(Cli::try_parse_from(["hb", "run", "-i", "eth0", "--port", "0"]).is_err());
         assert!(Cli::try_parse_from(["hb", "run", "-i", "eth0", "--max-hosts", "0"]).is_err());

@@ -23,7 +23,7 @@ use crate::{
         AttachMode, Format, GroupPolicy, IngestKind, LogFormat, LogLevel, RunArgs, UnknownHosts,
         parse_alertmanager_url, parse_duration, parse_interval, parse_port,
     },
-    track::fleet::FleetError,
+    track::{adaptive::Timeout, fleet::FleetError},
 };
 
 /// A config file that cannot be used, said so that the operator can fix it.
@@ -64,6 +64,10 @@ struct Raw {
     listen: Option<Spanned<String>>,
     port: Option<Spanned<i64>>,
     timeout: Option<Spanned<String>>,
+    min_timeout: Option<Spanned<String>>,
+    max_timeout: Option<Spanned<String>>,
+    flap_high: Option<Spanned<i64>>,
+    flap_low: Option<Spanned<i64>>,
     sweep: Option<Spanned<String>>,
     xdp_mode: Option<Spanned<String>>,
     pass_heartbeats: Option<bool>,
@@ -118,7 +122,11 @@ pub struct FileSettings {
     pub ingest: Option<IngestKind>,
     pub listen: Option<IpAddr>,
     pub port: Option<u16>,
-    pub timeout: Option<Duration>,
+    pub timeout: Option<Timeout>,
+    pub min_timeout: Option<Duration>,
+    pub max_timeout: Option<Duration>,
+    pub flap_high: Option<u8>,
+    pub flap_low: Option<u8>,
     pub sweep: Option<Duration>,
     pub xdp_mode: Option<AttachMode>,
     pub pass_heartbeats: Option<bool>,
@@ -203,6 +211,15 @@ impl Source<'_> {
     }
 
     /// An integer of type `T`, at least `min`.
+    fn percent(&self, key: &str, v: Option<Spanned<i64>>) -> Result<Option<u8>, ConfigError> {
+        let Some(v) = v else { return Ok(None) };
+        let span = v.span();
+        match *v.get_ref() {
+            n @ 0..=100 => Ok(Some(n as u8)),
+            n => Err(self.at(span, format!("{key}: {n} is not a percentage (0 to 100)"))),
+        }
+    }
+
     fn int<T: TryFrom<i64>>(
         &self,
         key: &str,
@@ -303,7 +320,7 @@ impl FileSettings {
         let mut groups = BTreeMap::new();
         for (name, g) in raw.groups.unwrap_or_default() {
             let policy = GroupPolicy {
-                timeout: src.duration(&format!("groups.{name}.timeout"), g.timeout)?,
+                timeout: src.parsed(&format!("groups.{name}.timeout"), g.timeout, str::parse)?,
                 grace: src.duration(&format!("groups.{name}.grace"), g.grace)?,
             };
             groups.insert(name, policy);
@@ -329,7 +346,11 @@ impl FileSettings {
                 }
                 None => None,
             },
-            timeout: src.duration("timeout", raw.timeout)?,
+            timeout: src.parsed("timeout", raw.timeout, str::parse)?,
+            min_timeout: src.duration("min_timeout", raw.min_timeout)?,
+            max_timeout: src.duration("max_timeout", raw.max_timeout)?,
+            flap_high: src.percent("flap_high", raw.flap_high)?,
+            flap_low: src.percent("flap_low", raw.flap_low)?,
             sweep: src.duration("sweep", raw.sweep)?,
             xdp_mode: src.choice("xdp_mode", raw.xdp_mode)?,
             pass_heartbeats: raw.pass_heartbeats,
@@ -426,6 +447,10 @@ impl FileSettings {
             listen,
             port,
             timeout,
+            min_timeout,
+            max_timeout,
+            flap_high,
+            flap_low,
             sweep,
             xdp_mode,
             pass_heartbeats,
@@ -640,14 +665,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(f.iface.as_deref(), Some("eth1"));
-        assert_eq!(f.timeout, Some(Duration::from_secs(20)));
+        assert_eq!(
+            f.timeout,
+            Some(crate::track::adaptive::Timeout::Fixed(Duration::from_secs(
+                20
+            )))
+        );
         assert_eq!(f.summary_every, Some(Duration::ZERO));
         assert_eq!(f.key_file, Some(PathBuf::from("/etc/hb/keys/fleet.key")));
         assert_eq!(f.inventory, Some(PathBuf::from("/etc/hb/hosts.csv")));
         assert_eq!(f.grace, Some(Duration::from_secs(45)));
         assert_eq!(f.unknown_hosts, Some(UnknownHosts::Ignore));
         assert_eq!(f.forget_after, Some(Duration::from_secs(2 * 86_400)));
-        assert_eq!(f.groups["web"].timeout, Some(Duration::from_secs(5)));
+        assert_eq!(
+            f.groups["web"].timeout,
+            Some(crate::track::adaptive::Timeout::Fixed(Duration::from_secs(
+                5
+            )))
+        );
         assert_eq!(f.groups["web"].grace, None);
         let f = parse("inventory.file = \"/srv/hosts.csv\"\n").unwrap();
         assert_eq!(f.inventory, Some(PathBuf::from("/srv/hosts.csv")));
@@ -704,13 +739,19 @@ sweep = \"2s\"\n",
             parse("timeout = \"20s\"\nsweep = \"2s\"\niface = \"eth1\"\nport = 5000\n").unwrap();
         let mut args = run(&["--timeout", "30s", "-i", "eth9"]);
         f.apply(&mut args);
-        assert_eq!(args.timeout, Duration::from_secs(30));
+        assert_eq!(
+            args.timeout,
+            crate::track::adaptive::Timeout::Fixed(Duration::from_secs(30))
+        );
         assert_eq!(args.iface.as_deref(), Some("eth9"));
         assert_eq!(args.sweep, Duration::from_secs(2));
         assert_eq!(args.port, 5000);
         // A default is not "given": the file's value applies.
         let mut args = run(&[]);
         f.apply(&mut args);
-        assert_eq!(args.timeout, Duration::from_secs(20));
+        assert_eq!(
+            args.timeout,
+            crate::track::adaptive::Timeout::Fixed(Duration::from_secs(20))
+        );
     }
 }

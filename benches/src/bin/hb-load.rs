@@ -61,9 +61,12 @@ struct Args {
     /// quality: traffic time per timeout.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     quality_duration: Duration,
-    /// quality: comma-separated fixed timeouts, one run each.
-    #[arg(long, default_value = "15s,3s")]
+    /// quality: comma-separated timeouts (fixed, or auto), one run each.
+    #[arg(long, default_value = "15s,auto")]
     quality_timeouts: String,
+    /// quality: --max-timeout of the auto runs (also the bound until a host has learned its period).
+    #[arg(long, default_value = "70s", value_parser = parse_duration)]
+    quality_max_timeout: Duration,
     /// Comma-separated ingest modes to compare: xdp, socket.
     #[arg(long, default_value = "xdp,socket")]
     ingest: String,
@@ -160,7 +163,10 @@ fn real_main() -> Result<()> {
             timeouts: args
                 .quality_timeouts
                 .split(',')
-                .map(|t| parse_duration(t.trim()).map_err(anyhow::Error::msg))
+                .map(|t| {
+                    load::quality::Timeout::parse(t, args.quality_max_timeout)
+                        .map_err(anyhow::Error::msg)
+                })
                 .collect::<Result<_>>()?,
             seed: 0x5eed_4842,
         };

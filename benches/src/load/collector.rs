@@ -84,6 +84,9 @@ pub struct Settings {
     pub max_hosts: u32,
     /// `--inventory FILE` (the reload scenario).
     pub inventory: Option<PathBuf>,
+    /// More options, after the others (the quality scenario's `--timeout
+    /// auto`, which overrides `timeout`).
+    pub extra: Vec<String>,
 }
 
 /// Host events, by kind.
@@ -130,6 +133,9 @@ pub struct EventLog {
     /// Every host event in order, (kind, host index, arrival), once asked
     /// for (`Collector::keep_timeline`).
     pub timeline: Option<Vec<(Kind, u32, Instant)>>,
+    /// `flapping` (false) and `flapping_end` (true) lines: (end, host
+    /// index).
+    pub flaps: Vec<(bool, u32)>,
 }
 
 /// One summary line, as the reload scenario looks at them.
@@ -170,6 +176,7 @@ impl EventLog {
             summaries: 0,
             summary_lines: Vec::new(),
             timeline: None,
+            flaps: Vec::new(),
         }
     }
 
@@ -199,6 +206,18 @@ impl EventLog {
             "new" => Kind::New,
             "silent" => Kind::Silent,
             "recovered" => Kind::Recovered,
+            "flapping" | "flapping_end" => {
+                let end = l.event == "flapping_end";
+                match l
+                    .host
+                    .and_then(|h| h.parse::<IpAddr>().ok())
+                    .and_then(|a| self.fleet.index(a))
+                {
+                    Some(i) => self.flaps.push((end, i)),
+                    None => self.bad(line),
+                }
+                return;
+            }
             _ => {
                 self.bad(line);
                 return;
@@ -279,7 +298,11 @@ impl Collector {
         cmd.arg("run")
             .args(["--iface", &s.iface])
             .args(["--port", &s.port.to_string()])
-            .args(["--timeout", &ms(s.timeout)])
+            .args(if s.extra.iter().any(|a| a == "--timeout") {
+                Vec::new()
+            } else {
+                vec!["--timeout".to_string(), ms(s.timeout)]
+            })
             .args(["--sweep", &ms(s.sweep)])
             .args(["--max-hosts", &s.max_hosts.to_string()])
             .args(["--format", "json"])
@@ -290,6 +313,7 @@ impl Collector {
         if let Some(inventory) = &s.inventory {
             cmd.arg("--inventory").arg(inventory);
         }
+        cmd.args(&s.extra);
         // A summary line every sweep (they are counted as sweeps), from an
         // hb that otherwise writes one a minute.
         if supports_summary_every(&s.hb)? {

@@ -142,6 +142,7 @@ pub fn run(cfg: &Config, hosts: u32, max_hosts: u32) -> Result<String> {
         sweep: cfg.sweep,
         max_hosts,
         inventory: None,
+        extra: Vec::new(),
     };
     let mut generator = Generator::open(&topo.generator, &topo.b_if, fleet, cfg.port, cfg.batch)?;
     settle();

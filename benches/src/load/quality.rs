@@ -1,4 +1,4 @@
-//! Detection quality with a fixed timeout: a fleet mixing 1 s, 5 s and 30 s
+//! Detection quality of fixed timeouts and of `--timeout auto`: a fleet mixing 1 s, 5 s and 30 s
 //! periods, each interval drawn within ±10% of the period, 1% of the
 //! heartbeats lost at random (never sent), and a share of the hosts that
 //! stop for good at a random moment. Reported per period class: the time
@@ -6,8 +6,47 @@
 //! program receives it from hb's stdout), and the false `silent` events
 //! (of hosts still beating) per 1,000 host-hours of beating.
 //!
-//! The baseline an adaptive timeout is compared with: the same fleet, the
-//! same seed, one run per fixed timeout.
+//! One collector per timeout in turn, the same fleet and the same seed
+//! for each (losses and stops included), so that `auto` and the fixed
+//! timeouts are compared on the same traffic. Flap damping is at hb's
+//! default; `flapping` lines are counted per class.
+
+/// A timeout the scenario runs a collector with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    Fixed(Duration),
+    /// `--timeout auto --max-timeout MAX`.
+    Auto {
+        max: Duration,
+    },
+}
+
+impl Timeout {
+    /// The longest a host may go unheard before it is silent.
+    fn bound(self) -> Duration {
+        match self {
+            Self::Fixed(d) => d,
+            Self::Auto { max } => max,
+        }
+    }
+
+    /// `15s`, or `auto` (whose --max-timeout is `auto_max`).
+    pub fn parse(s: &str, auto_max: Duration) -> Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(Self::Auto { max: auto_max }),
+            d => hb_userspace::parse_duration(d).map(Self::Fixed),
+        }
+    }
+}
+
+impl std::fmt::Display for Timeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Fixed(d) => write!(f, "{} s", d.as_secs_f64()),
+            Self::Auto { max } => write!(f, "auto (max {} s)", max.as_secs_f64()),
+        }
+    }
+}
 
 use std::{
     cmp::Reverse,
@@ -48,7 +87,7 @@ const WARMUP: Duration = Duration::from_secs(45);
 pub struct Quality {
     pub hosts: u32,
     pub duration: Duration,
-    pub timeouts: Vec<Duration>,
+    pub timeouts: Vec<Timeout>,
     pub seed: u64,
 }
 
@@ -66,6 +105,8 @@ struct Class {
     host_hours: f64,
     sent: u64,
     lost: u64,
+    /// `flapping` lines.
+    flapping: u64,
 }
 
 /// A small deterministic generator (xorshift64*): the same fleet for every
@@ -105,12 +146,13 @@ pub fn run(cfg: &Config, q: &Quality) -> Result<String> {
         .unwrap_or_default();
     let _ = writeln!(
         md,
-        "### Detection quality, fixed timeouts ({date})\n\n\
+        "### Detection quality, fixed timeouts and auto ({date})\n\n\
          {} hosts, a third each beating every 1 s, 5 s and 30 s (each interval within ±{:.0}%), \
          {:.0}% of heartbeats lost at random, one host in {STOP_EVERY} stopping for good at a \
          random moment after {} s; {} s of traffic per timeout, `--sweep {}ms`. Detection: \
          from a stopped host's last heartbeat sent to its `silent` line read from hb's stdout. \
-         False: `silent` lines of hosts still beating, per 1,000 host-hours of beating.\n",
+         False: `silent` lines of hosts still beating, per 1,000 host-hours of beating. \
+         Flapping: `flapping` lines (flap damping at hb's default, 50%/25%).\n",
         q.hosts,
         JITTER * 100.0,
         LOSS * 100.0,
@@ -120,11 +162,11 @@ pub fn run(cfg: &Config, q: &Quality) -> Result<String> {
     );
     let _ = writeln!(
         md,
-        "| timeout | period | hosts | host-hours | stopped | detected in (median / p95 / max) | missed | false `silent` | per 1,000 host-hours |"
+        "| timeout | period | hosts | host-hours | stopped | detected in (median / p95 / max) | missed | false `silent` | per 1,000 host-hours | flapping |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
     for &timeout in &q.timeouts {
-        let Some(stop_end) = stop_window(timeout) else {
+        let Some(stop_end) = stop_window(timeout.bound()) else {
             bail!(
                 "quality: --quality-duration {:?} too short for timeout {timeout:?}",
                 q.duration
@@ -143,8 +185,8 @@ pub fn run(cfg: &Config, q: &Quality) -> Result<String> {
             };
             let _ = writeln!(
                 md,
-                "| {} s | {} s | {} | {:.1} | {} | {:.1} / {:.1} / {:.1} s | {} | {} | {:.0} |",
-                timeout.as_secs_f64(),
+                "| {} | {} s | {} | {:.1} | {} | {:.1} / {:.1} / {:.1} s | {} | {} | {:.0} | {} |",
+                timeout,
                 p.as_secs(),
                 c.hosts,
                 c.host_hours,
@@ -155,6 +197,7 @@ pub fn run(cfg: &Config, q: &Quality) -> Result<String> {
                 c.missed,
                 c.false_silent,
                 c.false_silent as f64 / c.host_hours * 1000.0,
+                c.flapping,
             );
             log::info!(
                 "quality: timeout {timeout:?}, period {p:?}: sent {}, lost {}",
@@ -167,7 +210,7 @@ pub fn run(cfg: &Config, q: &Quality) -> Result<String> {
 }
 
 /// One run: a fresh topology and collector with `timeout`.
-fn run_one(cfg: &Config, q: &Quality, timeout: Duration, stop_end: Duration) -> Result<[Class; 3]> {
+fn run_one(cfg: &Config, q: &Quality, timeout: Timeout, stop_end: Duration) -> Result<[Class; 3]> {
     let fleet = Fleet::new(cfg.ipv6_percent);
     let tag: String = format!("q{}", cfg.tag).chars().take(10).collect();
     let topo = Topology::new(&tag)?;
@@ -176,10 +219,19 @@ fn run_one(cfg: &Config, q: &Quality, timeout: Duration, stop_end: Duration) -> 
         iface: topo.a_if.clone(),
         port: cfg.port,
         ingest: None,
-        timeout,
+        timeout: timeout.bound(),
         sweep: cfg.sweep,
         max_hosts: q.hosts * 2 + 1024,
         inventory: None,
+        extra: match timeout {
+            Timeout::Fixed(_) => Vec::new(),
+            Timeout::Auto { max } => vec![
+                "--timeout".into(),
+                "auto".into(),
+                "--max-timeout".into(),
+                format!("{}ms", max.as_millis()),
+            ],
+        },
     };
     let mut generator = Generator::open(&topo.generator, &topo.b_if, fleet, cfg.port, cfg.batch)?;
     let collector = Collector::start(&topo.collector, &settings, fleet, q.hosts)?;
@@ -244,6 +296,11 @@ fn run_one(cfg: &Config, q: &Quality, timeout: Duration, stop_end: Duration) -> 
     collector.stop()?;
     drop(topo);
 
+    for &(end, i) in &events.flaps {
+        if !end && (i as usize) < n {
+            classes[i as usize % 3].flapping += 1;
+        }
+    }
     let timeline = events.timeline.unwrap_or_default();
     let stopped: Vec<bool> = stop.iter().map(Option::is_some).collect();
     let judged = judge(&timeline, &stopped, &last);

@@ -402,6 +402,7 @@ pub fn run(cfg: &Config, scenario: Scenario, ingest: Ingest, pass_ingest: bool) 
         sweep: s,
         max_hosts: universe + universe / 8 + 1024,
         inventory: inventory.as_ref().map(|i| i.path.clone()),
+        extra: Vec::new(),
     };
     let mut generator = Generator::open(&topo.generator, &topo.b_if, fleet, cfg.port, cfg.batch)?;
     let mut collector = Collector::start(&topo.collector, &settings, fleet, universe)?;

@@ -117,7 +117,10 @@ impl OnEvent {
         let mut lines = Vec::new();
         for t in sweeper.last_transitions() {
             let slot = *t.host();
-            let event = Event::Host(t.with_host(table.host(slot)), sweeper.ident(slot));
+            // As on stdout: with what the table learned of its period.
+            let mut host = table.host(slot);
+            host.timing = table.timing(slot);
+            let event = Event::Host(t.with_host(host), sweeper.ident(slot));
             lines.push(format_event(Format::Json, &ts, &event));
         }
         self.missing_lines(sweeper, &ts, &mut lines);

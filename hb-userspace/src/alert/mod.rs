@@ -40,7 +40,11 @@ use self::{
 };
 use crate::{
     clock::monotonic_ns,
-    track::{sweeper::Sweeper, table::Table, tracker::Transition},
+    track::{
+        sweeper::Sweeper,
+        table::Table,
+        tracker::{AUTO, Transition},
+    },
 };
 
 /// Sweeps' worth of changes the queue holds before a resync is needed.
@@ -170,7 +174,14 @@ impl Notifier {
             host: table.host(slot),
             ident: sweeper.ident(slot).as_ref().and_then(HostIdent::of),
             last_seen: wall_of(last_seen),
-            silent_since: wall_of(last_seen) + timeout,
+            // The host's own timeout where it is learned (auto).
+            silent_since: wall_of(last_seen)
+                + match sweeper.tracker().timeout_of(slot) {
+                    AUTO => Duration::from_nanos(
+                        sweeper.tracker().host_timeout(slot, table.timing(slot)),
+                    ),
+                    _ => timeout,
+                },
         };
         if blind.is_none() && !self.held.is_empty() {
             let sight = &self.sight;
@@ -210,6 +221,8 @@ impl Notifier {
                 .silent()
                 .range(0, usize::MAX)
                 .filter(|(slot, _)| !self.held.contains_key(slot))
+                // Alerts follow the lines: a flapping host's are held back.
+                .filter(|&(slot, _)| !sweeper.is_flapping(slot))
                 .map(|(slot, last_seen)| (Key::Host(slot), silent(slot, last_seen)))
                 .collect();
             firing.extend(missing_now.0);

@@ -37,7 +37,7 @@ pub fn check_config(path: &Path) -> Result<ExitCode> {
     println!(
         "{}: ok: {iface}, timeout {}, sweep {}, {inventory}, {groups}",
         path.display(),
-        humantime::format_duration(args.timeout),
+        args.timeout,
         humantime::format_duration(args.sweep),
     );
     Ok(ExitCode::SUCCESS)

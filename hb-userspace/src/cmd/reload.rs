@@ -167,6 +167,10 @@ const FIXED: &[&str] = &[
 /// Settings a reload changes, at the next sweep.
 const RELOADABLE: &[&str] = &[
     "timeout",
+    "min_timeout",
+    "max_timeout",
+    "flap_high",
+    "flap_low",
     "summary_every",
     "metrics_silent_hosts",
     "log_level",
@@ -207,7 +211,11 @@ fn value(key: &str, c: &RunConfig) -> Option<String> {
         "alerting.resend" => d(a.alert_resend),
         "on_event" => opt(a.on_event.clone()),
         "on_event_timeout" => d(a.on_event_timeout),
-        "timeout" => d(a.timeout),
+        "timeout" => a.timeout.to_string(),
+        "min_timeout" => d(a.min_timeout),
+        "max_timeout" => d(a.max_timeout),
+        "flap_high" => a.flap_high.to_string(),
+        "flap_low" => a.flap_low.to_string(),
         "summary_every" => d(a.summary_every),
         "metrics_silent_hosts" => a.metrics_silent_hosts.to_string(),
         "log_level" => c.log_level.map_or("default".into(), |l| name(&l)),
@@ -221,7 +229,7 @@ fn value(key: &str, c: &RunConfig) -> Option<String> {
                 .groups
                 .iter()
                 .map(|(n, g)| {
-                    let t = g.timeout.map_or("-".into(), d);
+                    let t = g.timeout.map_or("-".into(), |t| t.to_string());
                     let gr = g.grace.map_or("-".into(), d);
                     format!("{n}(timeout {t}, grace {gr})")
                 })
@@ -365,7 +373,7 @@ mod tests {
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             loop {
                 if let Some(a) = r.poll() {
-                    return a.config.args.timeout;
+                    return a.config.args.timeout_bound();
                 }
                 assert!(std::time::Instant::now() < deadline, "no reload adopted");
                 thread::sleep(Duration::from_millis(5));

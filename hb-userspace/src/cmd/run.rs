@@ -10,7 +10,7 @@ use log::{debug, info};
 use super::{default_route, join_mounts, key, reload::Reloader};
 use crate::{
     alert,
-    cli::{IngestKind, RunArgs},
+    cli::{IngestKind, RunArgs, Timeout},
     config::{CommandLine, RunConfig},
     http::{HttpServer, Site},
     ingest::{self, xdp::AuthSettings},
@@ -73,13 +73,21 @@ pub fn run(config: RunConfig, command_line: CommandLine) -> Result<()> {
         .transpose()?;
     let mut site = Site {
         ingest: ingest.kind(),
-        timeout: args.timeout,
+        timeout: args.timeout_bound(),
         sweep: args.sweep,
         silent_series: args.metrics_silent_hosts,
         alerts: alerts.as_ref().map(alert::Notifier::stats),
         on_event: on_event.as_ref().map(alert::OnEvent::stats),
     };
-    let mut sweeper = Sweeper::with_tracker(ingest.begin(args.timeout)?, args.format);
+    // Resuming, a silent host that beat in the gap was silent since at
+    // least the last sweep less the shortest timeout it can have.
+    let shortest = match args.timeout {
+        Timeout::Fixed(t) => t,
+        Timeout::Auto => args.min_timeout,
+    };
+    let mut sweeper = Sweeper::with_tracker(ingest.begin(shortest)?, args.format);
+    sweeper.set_timeout_policy(args.timeout, args.auto_policy());
+    sweeper.set_flap(args.flap_high, args.flap_low);
     sweeper.set_summary_every(summary_sweeps(args));
     sweeper.set_adopt_budget(args.sweep / 4);
     if let Some(path) = ingest.fleet_file() {
@@ -95,13 +103,14 @@ pub fn run(config: RunConfig, command_line: CommandLine) -> Result<()> {
                 let reloading = reloader.busy();
                 if let Some(new) = reloader.poll() {
                     let a = &new.config.args;
-                    sweeper.set_timeout(a.timeout.as_nanos() as u64);
-                    ingest.set_timeout(a.timeout);
+                    sweeper.set_timeout_policy(a.timeout, a.auto_policy());
+                    sweeper.set_flap(a.flap_high, a.flap_low);
+                    ingest.set_timeout(a.timeout_bound());
                     sweeper.set_summary_every(summary_sweeps(a));
                     // Adopted once its hosts are looked up in the table,
                     // a share of a sweep at a time.
                     sweeper.reload_fleet(new.fleet);
-                    site.timeout = a.timeout;
+                    site.timeout = a.timeout_bound();
                     site.silent_series = a.metrics_silent_hosts;
                     logging::set(new.config.log_level, new.config.log_format);
                 }
@@ -207,7 +216,7 @@ fn notifier(args: &RunArgs, ingest: &str) -> Result<Option<alert::Notifier>> {
     // The interface's state tells blindness in XDP mode only: a socket
     // listens on all of them.
     let iface = args.iface.clone().filter(|_| ingest == "xdp");
-    alert::Notifier::start(settings, args.timeout, args.sweep, iface).map(Some)
+    alert::Notifier::start(settings, args.timeout_bound(), args.sweep, iface).map(Some)
 }
 
 /// Binds the endpoint, waiting a little while the address is in use: the

@@ -170,6 +170,16 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
                     if let (Some(id), Some(lost)) = (&h.host_id, h.lost) {
                         let _ = write!(out, " id={id}, {lost} lost");
                     }
+                    if let (Some(p), Some(j)) = (h.period_ms, h.jitter_ms) {
+                        let ms = |v| humantime::format_duration(Duration::from_millis(v));
+                        let _ = write!(out, " period {}, jitter {}", ms(p), ms(j));
+                    }
+                    if let Some(phi) = h.phi {
+                        let _ = write!(out, " phi {phi:.1}");
+                    }
+                    if h.flapping {
+                        out.push_str(" flapping");
+                    }
                     named(&mut out, h.name.as_deref(), h.labels.as_ref());
                 }
             }

@@ -124,6 +124,13 @@ fn metrics(ctx: &Context<'_>) -> String {
     let _ = writeln!(out, "hb_hosts_silent {}", s.silent);
     metric(
         &mut out,
+        "hb_hosts_flapping",
+        "gauge",
+        "Hosts whose silent and recovered events flap damping holds back.",
+    );
+    let _ = writeln!(out, "hb_hosts_flapping {}", ctx.sweeper.flapping());
+    metric(
+        &mut out,
         "hb_heartbeats_total",
         "counter",
         "Heartbeats recorded.",
@@ -201,6 +208,8 @@ fn metrics(ctx: &Context<'_>) -> String {
         ("silent", ctx.events.silent),
         ("recovered", ctx.events.recovered),
         ("missing", ctx.events.missing),
+        ("flapping", ctx.events.flapping),
+        ("flapping_end", ctx.events.flapping_end),
     ] {
         let _ = writeln!(out, "hb_events_total{{event=\"{event}\"}} {n}");
     }

@@ -277,11 +277,12 @@ fn silent(o: &mut String, st: &Status<'_>) {
             let _ = writeln!(
                 o,
                 "<tr class=\"silent\"><td>{}</td><td class=\"name\">{}</td><td>{}</td>\
-                 <td class=\"n\">{}</td><td>{}</td></tr>",
+                 <td class=\"n\">{}{}</td><td>{}</td></tr>",
                 host_cell(&h.host, h.host_id.as_deref()),
                 esc(h.name.as_deref().unwrap_or("")),
                 labels(h.labels.as_ref()),
                 ago(Duration::from_millis(h.silent_for_ms)),
+                if h.flapping { " (flapping)" } else { "" },
                 esc(&h.last_seen),
             );
         }
@@ -381,6 +382,10 @@ mod tests {
             last_seen: timestamp(at(90)),
             silent_for_ms: 125_000,
             lost: None,
+            period_ms: None,
+            jitter_ms: None,
+            phi: None,
+            flapping: false,
         }
     }
 

@@ -7,10 +7,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use hb_common::{Counter, HostKey};
+use hb_common::{Counter, HostKey, Timing};
 use serde::Serialize;
 
-use super::{fleet::Ident, tracker::Transition};
+use super::{adaptive::period_jitter_ms, fleet::Ident, tracker::Transition};
 
 /// How event lines are written.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,9 @@ pub struct Host {
     pub ip: IpAddr,
     pub id: Option<u64>,
     pub lost: Option<u64>,
+    /// What the table learned of its heartbeat period (`Timing::NONE`
+    /// where a line does not say it).
+    pub timing: Timing,
 }
 
 impl Host {
@@ -60,6 +63,7 @@ impl Host {
             ip: host_ip(key),
             id: None,
             lost: None,
+            timing: Timing::NONE,
         }
     }
 }
@@ -105,6 +109,15 @@ pub enum Event<'a> {
         for_ns: u64,
     },
     Summary(&'a Summary),
+    /// A host starts flapping (`end` false: its `silent` and `recovered`
+    /// are held back from now on) or stops; `share`: its state-change
+    /// share, percent (see `track::flap`).
+    Flapping {
+        host: Host,
+        ident: Option<Ident<'a>>,
+        share: u32,
+        end: bool,
+    },
 }
 
 #[derive(Serialize)]
@@ -127,6 +140,12 @@ struct HostJson<'a> {
     last_seen_ago_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     lost: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    period_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jitter_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_changes_pct: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -180,6 +199,29 @@ fn json(ts: &str, event: &Event<'_>) -> String {
             silent_for_ms: None,
             last_seen_ago_ms: None,
             lost: None,
+            period_ms: None,
+            jitter_ms: None,
+            state_changes_pct: None,
+        }),
+        Event::Flapping {
+            host,
+            ident,
+            share,
+            end,
+        } => serde_json::to_string(&HostJson {
+            ts,
+            event: if end { "flapping_end" } else { "flapping" },
+            host: Some(host.ip),
+            host_id: host.id.map(host_id),
+            name: ident.and_then(|i| i.name),
+            labels: ident.map(|i| i.labels).filter(|l| !l.is_empty()),
+            missing_for_ms: None,
+            silent_for_ms: None,
+            last_seen_ago_ms: None,
+            lost: None,
+            period_ms: period_jitter_ms(host.timing).map(|p| p.0),
+            jitter_ms: period_jitter_ms(host.timing).map(|p| p.1),
+            state_changes_pct: Some(share),
         }),
         Event::Host(t, ident) => {
             let (event, host, silent_for, ago) = match t {
@@ -204,6 +246,9 @@ fn json(ts: &str, event: &Event<'_>) -> String {
                 silent_for_ms: silent_for,
                 last_seen_ago_ms: ago,
                 lost: host.lost,
+                period_ms: period_jitter_ms(host.timing).map(|p| p.0),
+                jitter_ms: period_jitter_ms(host.timing).map(|p| p.1),
+                state_changes_pct: None,
             })
         }
         Event::Summary(s) => {
@@ -280,6 +325,25 @@ fn text(ts: &str, event: &Event<'_>) -> String {
             return line;
         }
         Event::Summary(s) => return text_summary(ts, s),
+        Event::Flapping {
+            host,
+            ident,
+            share,
+            end,
+        } => {
+            let kind = if end { "flapping_end" } else { "flapping " };
+            let mut line = format!("{ts} {kind} {}", host.ip);
+            if let Some(id) = host.id {
+                let _ = write!(line, " id={}", host_id(id));
+            }
+            if let Some(shown) = ident.map(|i| i.to_string()).filter(|s| !s.is_empty()) {
+                let _ = write!(line, " {shown}");
+            }
+            let _ = write!(line, " ({share}% state changes");
+            push_period(&mut line, host.timing);
+            line.push(')');
+            return line;
+        }
     };
     let mut line = String::with_capacity(96);
     let _ = write!(line, "{ts} {kind} {}", host.ip);
@@ -300,8 +364,17 @@ fn text(ts: &str, event: &Event<'_>) -> String {
     if let Some(lost) = host.lost {
         let _ = write!(line, ", {lost} lost");
     }
+    push_period(&mut line, host.timing);
     line.push(')');
     line
+}
+
+/// `, period 1s, jitter 52ms` where the host's period is learned.
+fn push_period(line: &mut String, timing: Timing) {
+    if let Some((period, jitter)) = period_jitter_ms(timing) {
+        let d = |ms| humantime::format_duration(Duration::from_millis(ms));
+        let _ = write!(line, ", period {}, jitter {}", d(period), d(jitter));
+    }
 }
 
 fn text_summary(ts: &str, s: &Summary) -> String {
@@ -439,6 +512,7 @@ mod tests {
             ip: "198.18.0.2".parse().unwrap(),
             id: Some(42),
             lost: Some(3),
+            timing: Timing::NONE,
         }
     }
 
@@ -470,6 +544,77 @@ mod tests {
             serde_json::from_str(&format_event(Format::Json, &timestamp(at()), &rec)).unwrap();
         assert_eq!(v["host_id"], "ffffffffffffffff");
         assert_eq!(v["lost"], 0);
+    }
+
+    /// A host that learned a period of 1000 ticks (1048.576 ms) and a
+    /// deviation of 500 (524.288 ms): one interval (RFC 6298's start).
+    fn learned_host() -> Host {
+        Host {
+            timing: Timing::NONE.update(1000),
+            ..Host::addr(&HostKey::from_ipv4([198, 18, 0, 9]))
+        }
+    }
+
+    #[test]
+    fn learned_period_and_jitter_on_host_lines() {
+        let silent = Event::Host(
+            Transition::Silent {
+                host: learned_host(),
+                silent_for_ns: 2_380_000_000,
+            },
+            None,
+        );
+        let ts = timestamp(at());
+        assert_eq!(
+            format_event(Format::Json, &ts, &silent),
+            r#"{"ts":"2026-11-24T10:00:00.123Z","event":"silent","host":"198.18.0.9","silent_for_ms":2380,"period_ms":1048,"jitter_ms":524}"#
+        );
+        assert_eq!(
+            format_event(Format::Text, &ts, &silent),
+            "2026-11-24T10:00:00.123Z silent    198.18.0.9 (silent for 2s 380ms, period 1s 48ms, jitter 524ms)"
+        );
+        // Nothing learned: no fields, as before.
+        let new = Event::Host(
+            Transition::New {
+                host: Host::addr(&HostKey::from_ipv4([198, 18, 0, 9])),
+                age_ns: 0,
+            },
+            None,
+        );
+        let line = format_event(Format::Json, &ts, &new);
+        assert!(
+            !line.contains("period_ms") && !line.contains("jitter_ms"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn flapping_lines() {
+        let ts = timestamp(at());
+        let start = Event::Flapping {
+            host: learned_host(),
+            ident: None,
+            share: 52,
+            end: false,
+        };
+        assert_eq!(
+            format_event(Format::Json, &ts, &start),
+            r#"{"ts":"2026-11-24T10:00:00.123Z","event":"flapping","host":"198.18.0.9","period_ms":1048,"jitter_ms":524,"state_changes_pct":52}"#
+        );
+        let end = Event::Flapping {
+            host: Host::addr(&HostKey::from_ipv4([198, 18, 0, 9])),
+            ident: None,
+            share: 24,
+            end: true,
+        };
+        assert_eq!(
+            format_event(Format::Text, &ts, &end),
+            "2026-11-24T10:00:00.123Z flapping_end 198.18.0.9 (24% state changes)"
+        );
+        assert_eq!(
+            format_event(Format::Json, &ts, &end),
+            r#"{"ts":"2026-11-24T10:00:00.123Z","event":"flapping_end","host":"198.18.0.9","state_changes_pct":24}"#
+        );
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub enum UnknownHosts {
 /// Per-group settings (`[groups.NAME]`): hosts whose `group` label is NAME.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GroupPolicy {
-    pub timeout: Option<Duration>,
+    pub timeout: Option<super::adaptive::Timeout>,
     pub grace: Option<Duration>,
 }
 
@@ -105,7 +105,7 @@ pub struct ClassPolicy {
     /// The group's name; "" for class 0.
     pub group: String,
     /// `None`: the collector's `--timeout`.
-    pub timeout: Option<Duration>,
+    pub timeout: Option<super::adaptive::Timeout>,
     pub grace: Duration,
 }
 
@@ -775,7 +775,9 @@ mod tests {
         groups.insert(
             "db".to_owned(),
             GroupPolicy {
-                timeout: Some(Duration::from_secs(60)),
+                timeout: Some(crate::track::adaptive::Timeout::Fixed(Duration::from_secs(
+                    60,
+                ))),
                 grace: Some(Duration::from_secs(300)),
             },
         );
@@ -793,7 +795,9 @@ mod tests {
         assert_eq!(c[class([10, 0, 0, 2])].group, "db");
         assert_eq!(
             c[class([10, 0, 0, 2])].timeout,
-            Some(Duration::from_secs(60))
+            Some(crate::track::adaptive::Timeout::Fixed(Duration::from_secs(
+                60
+            )))
         );
         assert_eq!(c[class([10, 0, 0, 2])].grace, Duration::from_secs(300));
         assert_eq!(c[class([10, 0, 0, 1])].group, "web");

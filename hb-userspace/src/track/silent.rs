@@ -12,10 +12,11 @@ use serde::Serialize;
 use crate::clock::monotonic_ns;
 
 use super::{
+    adaptive::{self, period_jitter_ms, phi},
     events::{host_id, timestamp},
     fleet::Ident,
     table::Table,
-    tracker::Tracker,
+    tracker::{AUTO, Tracker},
 };
 
 /// How a page names a slot's host beyond its address: its inventory name
@@ -49,6 +50,12 @@ pub struct SilentOrder {
     own_timeout: hashbrown::HashMap<u32, u64>,
     /// The tracker's `timeouts_gen` `own_timeout` was made for.
     timeouts_gen: u64,
+    /// The tracker's default timeout is learned per host (`AUTO`), within
+    /// these bounds.
+    default_auto: bool,
+    auto: adaptive::Policy,
+    /// Silent or not, hosts flapping (few).
+    flapping: hashbrown::HashSet<u32>,
 }
 
 impl SilentOrder {
@@ -68,6 +75,17 @@ impl SilentOrder {
         self.own_timeout.clear();
         self.add_own_timeouts(tracker, 0);
         self.timeouts_gen = tracker.timeouts_gen();
+        self.default_auto = tracker.timeout_ns() == AUTO;
+        self.auto = tracker.auto();
+    }
+
+    /// Marks the host in `slot` flapping or not.
+    pub fn set_flapping(&mut self, slot: u32, on: bool) {
+        if on {
+            self.flapping.insert(slot);
+        } else {
+            self.flapping.remove(&slot);
+        }
     }
 
     /// Records the timeouts of `hosts[from..]` that are their own.
@@ -128,6 +146,8 @@ impl SilentOrder {
             // A reload changed the timeouts: every host's is looked up again.
             self.own_timeout.clear();
             self.timeouts_gen = tracker.timeouts_gen();
+            self.default_auto = tracker.timeout_ns() == AUTO;
+            self.auto = tracker.auto();
             self.hosts.append(&mut self.added);
             self.add_own_timeouts(tracker, 0);
         } else {
@@ -217,21 +237,30 @@ impl SilentOrder {
                 let ago = Duration::from_nanos(now.saturating_sub(seen));
                 let last_seen = earlier(wall, ago);
                 let ident = names(slot);
+                let timing = table.timing(slot);
+                let own = match self.own_timeout.get(&slot) {
+                    Some(&t) => t,
+                    None if self.default_auto => AUTO,
+                    None => timeout.as_nanos() as u64,
+                };
+                let own = match own {
+                    AUTO => self.auto.timeout_ns(timing),
+                    t => t,
+                };
+                let learned = period_jitter_ms(timing);
                 SilentHost {
                     host: host.ip.to_string(),
                     host_id: host.id.map(host_id),
                     name: ident.and_then(|i| i.name.map(str::to_owned)),
                     labels: ident.and_then(|i| OwnedLabels::of(&i)),
                     lost: host.lost,
-                    silent_since: timestamp(
-                        last_seen
-                            + self
-                                .own_timeout
-                                .get(&slot)
-                                .map_or(timeout, |&t| Duration::from_nanos(t)),
-                    ),
+                    silent_since: timestamp(last_seen + Duration::from_nanos(own)),
                     last_seen: timestamp(last_seen),
                     silent_for_ms: ago.as_millis() as u64,
+                    period_ms: learned.map(|p| p.0),
+                    jitter_ms: learned.map(|p| p.1),
+                    phi: phi(timing, ago.as_nanos() as u64).map(|p| (p * 100.0).round() / 100.0),
+                    flapping: self.flapping.contains(&slot),
                 }
             })
             .collect();
@@ -286,6 +315,18 @@ pub struct SilentHost {
     pub silent_for_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost: Option<u64>,
+    /// Its learned heartbeat period and jitter (mean deviation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jitter_ms: Option<u64>,
+    /// Suspicion level: −log10 of the chance that a heartbeat is still to
+    /// come (see `track::adaptive`), two decimals.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phi: Option<f64>,
+    /// Flap damping holds its `silent` and `recovered` back.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub flapping: bool,
 }
 
 #[derive(Serialize)]

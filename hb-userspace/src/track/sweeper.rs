@@ -12,7 +12,9 @@ use log::warn;
 use crate::clock::monotonic_ns;
 
 use super::{
+    adaptive::{self, Timeout},
     events::{Event, FleetCounts, Format, Summary, format_event, timestamp},
+    flap::{Flap, Verdict},
     fleet::{
         Fleet, Ident, MUTED,
         kept::{Keeper, Kept},
@@ -21,7 +23,7 @@ use super::{
     recent::Recent,
     silent::SilentOrder,
     table::Table,
-    tracker::{Observer, Told, Tracker, Transition},
+    tracker::{AUTO, Observer, Told, Tracker, Transition},
 };
 
 /// Bytes of the output buffer kept from one sweep to the next: a quiet
@@ -39,6 +41,8 @@ pub struct EventTotals {
     pub silent: u64,
     pub recovered: u64,
     pub missing: u64,
+    pub flapping: u64,
+    pub flapping_end: u64,
 }
 
 /// What a fleet set carries on from the one before (see `Roll::expect`).
@@ -142,6 +146,8 @@ pub struct Sweeper {
     pending: Option<Pending>,
     presolved: Vec<Resolved>,
     adopt_budget: Duration,
+    /// Flap damping (off until `set_flap`).
+    flap: Flap,
 }
 
 impl Sweeper {
@@ -176,6 +182,7 @@ impl Sweeper {
             pending: None,
             presolved: Vec::new(),
             adopt_budget: ADOPT_BUDGET,
+            flap: Flap::new(0, 0),
         }
     }
 
@@ -190,6 +197,31 @@ impl Sweeper {
     /// A new timeout for the sweeps from now on (a reload).
     pub fn set_timeout(&mut self, timeout_ns: u64) {
         self.tracker.set_timeout(timeout_ns);
+    }
+
+    /// `--timeout` (fixed or auto) and the bounds of auto timeouts, for the
+    /// sweeps from now on (at start and at a reload).
+    pub fn set_timeout_policy(&mut self, timeout: Timeout, auto: adaptive::Policy) {
+        self.tracker.set_auto(auto);
+        self.tracker.set_timeout(match timeout {
+            Timeout::Fixed(d) => d.as_nanos() as u64,
+            Timeout::Auto => AUTO,
+        });
+    }
+
+    /// Flap damping thresholds, percent (`high` 0: off).
+    pub fn set_flap(&mut self, high: u8, low: u8) {
+        self.flap.set(high, low);
+    }
+
+    /// Whether the host in `slot` is flapping.
+    pub fn is_flapping(&self, slot: u32) -> bool {
+        self.flap.is_flapping(slot)
+    }
+
+    /// Hosts flapping now.
+    pub fn flapping(&self) -> usize {
+        self.flap.flapping()
     }
 
     /// The lines the last sweep reported, each ending in a newline. Hand
@@ -387,7 +419,11 @@ impl Sweeper {
         let default = self.tracker.timeout_ns();
         let mut timeouts = vec![default; 256];
         for (c, policy) in self.fleet.classes().iter().enumerate() {
-            timeouts[c] = policy.timeout.map_or(default, |t| t.as_nanos() as u64);
+            timeouts[c] = match policy.timeout {
+                None => default,
+                Some(Timeout::Fixed(t)) => t.as_nanos() as u64,
+                Some(Timeout::Auto) => AUTO,
+            };
         }
         timeouts[MUTED as usize] = u64::MAX;
         self.tracker.set_timeouts(timeouts);
@@ -407,6 +443,8 @@ impl Sweeper {
                 continue;
             }
             if r.class == MUTED {
+                self.flap.forget(slot);
+                self.silent.set_flapping(slot, false);
                 // No longer watched: out of the silent hosts, quietly.
                 if let Some(told) = self.tracker.unsilence(slot, now) {
                     self.silent.recovered(slot);
@@ -500,6 +538,8 @@ impl Sweeper {
             if was_silent {
                 self.silent.recovered(slot);
             }
+            self.flap.forget(slot);
+            self.silent.set_flapping(slot, false);
             self.tracker.forgetting(slot);
             self.roll.forget(&self.fleet, slot, was_silent);
             // Its key is gone: a lookup made before is void.
@@ -600,6 +640,7 @@ impl Sweeper {
             transitions,
             recent,
             fleet_untold,
+            flap,
             ..
         } = self;
         recent.sweep_at(wall);
@@ -626,9 +667,12 @@ impl Sweeper {
             format: *format,
             ts: &ts,
             now,
+            flap,
+            hold: None,
         };
         tracker.set_epoch(table.epoch_ns());
-        tracker.sweep(last_seen, now, &mut obs);
+        tracker.sweep_timed(last_seen, &|slot| table.timing(slot), now, &mut obs);
+        obs.flap_ends();
         let Obs {
             roll,
             out,
@@ -748,9 +792,87 @@ struct Obs<'a> {
     format: Format,
     ts: &'a str,
     now: u64,
+    flap: &'a mut Flap,
+    /// The transition being emitted is held back (flap damping).
+    hold: Option<Verdict>,
+}
+
+impl Obs<'_> {
+    /// The host in `slot` for a line: its address, and what it learned.
+    fn host(&self, slot: u32) -> super::events::Host {
+        let mut host = self.table.host(slot);
+        host.timing = self.table.timing(slot);
+        host
+    }
+
+    /// The end of the sweep's flapping: `flapping_end` lines, and the
+    /// state of a host whose last reported one it no longer is.
+    fn flap_ends(&mut self) {
+        for end in self.flap.settle(self.now) {
+            let slot = end.slot;
+            self.silent.set_flapping(slot, false);
+            let entry = if self.active {
+                self.roll.entry(slot)
+            } else {
+                UNLISTED
+            };
+            if entry == IGNORED {
+                continue;
+            }
+            let ident = self
+                .fleet
+                .inventory()
+                .filter(|_| entry < IGNORED)
+                .map(|inv| inv.ident(entry));
+            let host = self.host(slot);
+            self.events.flapping_end += 1;
+            let event = Event::Flapping {
+                host,
+                ident,
+                share: end.share,
+                end: true,
+            };
+            push_line(self.out, &format_event(self.format, self.ts, &event));
+            if let Some(t) = end.state {
+                self.report(t, ident);
+            }
+        }
+    }
+
+    /// Writes the line of `t`, held back while its host flapped.
+    fn report(&mut self, t: Transition<u32>, ident: Option<Ident<'_>>) {
+        match t {
+            Transition::Silent { .. } => self.events.silent += 1,
+            Transition::Recovered { .. } => self.events.recovered += 1,
+            Transition::New { .. } => {}
+        }
+        self.report_line(t, ident);
+    }
+
+    /// Writes `t`'s line; alerts and the status page follow it.
+    fn report_line(&mut self, t: Transition<u32>, ident: Option<Ident<'_>>) {
+        self.transitions.push(t);
+        let host = self.host(*t.host());
+        self.recent
+            .transition(&t, &host, ident.and_then(|i| i.name));
+        let event = Event::Host(t.with_host(host), ident);
+        push_line(self.out, &format_event(self.format, self.ts, &event));
+    }
 }
 
 impl Observer for &mut Obs<'_> {
+    fn emit_timed(&mut self, t: Transition<u32>, timeout_ns: u64) {
+        let slot = *t.host();
+        let watched = !self.active || self.roll.entry(slot) != IGNORED;
+        if watched && (self.flap.enabled() || self.flap.tracked() > 0) {
+            match self.flap.transition(t, self.now, timeout_ns) {
+                Verdict::Report => {}
+                verdict => self.hold = Some(verdict),
+            }
+        }
+        self.emit(t)
+    }
+
     fn classify(&mut self, slot: u32) -> u8 {
         if !self.active {
             return 0;
@@ -797,7 +919,7 @@ impl Observer for &mut Obs<'_> {
                 if inv.is_some() {
                     self.roll.silent_changed(class, true);
                 }
-                self.events.silent += u64::from(entry != IGNORED);
+                self.events.silent += u64::from(entry != IGNORED && self.hold.is_none());
                 (entry != IGNORED).then_some(t)
             }
             Transition::Recovered { host, .. } => {
@@ -805,18 +927,26 @@ impl Observer for &mut Obs<'_> {
                 if inv.is_some() {
                     self.roll.silent_changed(class, false);
                 }
-                self.events.recovered += u64::from(entry != IGNORED);
+                self.events.recovered += u64::from(entry != IGNORED && self.hold.is_none());
                 (entry != IGNORED).then_some(t)
             }
         };
-        if let Some(line) = line {
-            self.transitions.push(line);
-            let ident = inv.map(|inv| inv.ident(entry));
-            let host = self.table.host(slot);
-            self.recent
-                .transition(&line, &host, ident.and_then(|i| i.name));
-            let event = Event::Host(line.with_host(host), ident);
-            push_line(self.out, &format_event(self.format, self.ts, &event));
+        let ident = inv.map(|inv| inv.ident(entry));
+        match (line, self.hold.take()) {
+            (Some(line), None) => self.report_line(line, ident),
+            (Some(_), Some(Verdict::Start(share))) => {
+                // Reported instead of the transition that tipped it over.
+                self.events.flapping += 1;
+                self.silent.set_flapping(slot, true);
+                let event = Event::Flapping {
+                    host: self.host(slot),
+                    ident,
+                    share,
+                    end: false,
+                };
+                push_line(self.out, &format_event(self.format, self.ts, &event));
+            }
+            _ => {}
         }
         if let Some(key) = found
             && self.keep_fleet
@@ -1071,7 +1201,7 @@ mod tests {
                     (
                         g.to_owned(),
                         GroupPolicy {
-                            timeout: Some(std::time::Duration::from_nanos(t)),
+                            timeout: Some(Timeout::Fixed(std::time::Duration::from_nanos(t))),
                             grace: None,
                         },
                     )

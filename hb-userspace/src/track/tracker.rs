@@ -26,7 +26,12 @@
 use std::sync::atomic::{AtomicU32, Ordering, compiler_fence};
 
 use hashbrown::HashMap;
-use hb_common::timing::{TICK_NS, TICK_SHIFT, age, tick, ticks_floor};
+use hb_common::{
+    Timing,
+    timing::{TICK_NS, TICK_SHIFT, age, tick, ticks_floor},
+};
+
+use super::adaptive;
 
 /// A host state change found by a sweep; `H` identifies the host (a slot
 /// here, an address once resolved for output).
@@ -72,6 +77,11 @@ pub trait Observer {
         0
     }
     fn emit(&mut self, t: Transition<u32>);
+    /// A `Silent` or `Recovered` of a host whose timeout is `timeout_ns`
+    /// (its learned one, for `AUTO`).
+    fn emit_timed(&mut self, t: Transition<u32>, _timeout_ns: u64) {
+        self.emit(t)
+    }
 }
 
 impl<F: FnMut(Transition<u32>)> Observer for F {
@@ -298,6 +308,10 @@ fn older_than_is_the_same_vectorised() {
     }
 }
 
+/// A timeout (the tracker's, or a class's) that is learned per host
+/// (`--timeout auto`): see `track::adaptive`.
+pub const AUTO: u64 = u64::MAX - 1;
+
 /// The timeout of `slot`: its class's, or `default` without classes.
 #[inline]
 fn timeout_of(class: &[u8], timeouts: &[u64], default: u64, slot: usize) -> u64 {
@@ -333,6 +347,8 @@ pub struct Tracker {
     timeouts: Vec<u64>,
     /// Counts changes of the timeouts (`set_timeout`, `set_timeouts`).
     timeouts_gen: u64,
+    /// The bounds of the `AUTO` timeouts.
+    auto: adaptive::Policy,
 }
 
 impl Tracker {
@@ -351,6 +367,7 @@ impl Tracker {
             class: Vec::new(),
             timeouts: Vec::new(),
             timeouts_gen: 0,
+            auto: adaptive::Policy::default(),
         }
     }
 
@@ -404,7 +421,12 @@ impl Tracker {
         let mut silent = HashMap::new();
         let swept = unwrapped(last_sweep, epoch_ns);
         let swept_tick = tick(last_sweep, epoch_ns);
-        let before_gap = swept.saturating_sub(ticks_floor(timeout_ns).into());
+        // Auto: the shortest a host's can be.
+        let gap_timeout = match timeout_ns {
+            AUTO => adaptive::DEFAULT_MIN.as_nanos() as u64,
+            t => t,
+        };
+        let before_gap = swept.saturating_sub(ticks_floor(gap_timeout).into());
         for (i, &word) in silent_bits.iter().enumerate() {
             let mut bits = word;
             while bits != 0 {
@@ -440,6 +462,7 @@ impl Tracker {
             class: Vec::new(),
             timeouts: Vec::new(),
             timeouts_gen: 0,
+            auto: adaptive::Policy::default(),
         }
     }
 
@@ -456,7 +479,29 @@ impl Tracker {
         self.timeouts_gen += 1;
     }
 
-    /// The timeout of the host in `slot` (its group's, if it has one).
+    /// The bounds of `AUTO` timeouts (a reload may change them).
+    pub fn set_auto(&mut self, policy: adaptive::Policy) {
+        if policy != self.auto {
+            self.auto = policy;
+            self.timeouts_gen += 1;
+        }
+    }
+
+    pub fn auto(&self) -> adaptive::Policy {
+        self.auto
+    }
+
+    /// The timeout of the host in `slot` that has learned `timing`: its
+    /// class's, or learned (`AUTO`).
+    pub fn host_timeout(&self, slot: u32, timing: Timing) -> u64 {
+        match self.timeout_of(slot) {
+            AUTO => self.auto.timeout_ns(timing),
+            t => t,
+        }
+    }
+
+    /// The timeout of the host in `slot` (its group's, if it has one);
+    /// `AUTO` where it is learned (see `host_timeout`).
     pub fn timeout_of(&self, slot: u32) -> u64 {
         if self.timeouts.is_empty() {
             return self.timeout_ns;
@@ -556,8 +601,21 @@ impl Tracker {
     }
 
     /// One sweep over `last_seen` (indexed by slot, ticks from the epoch;
-    /// 0 = slot not ready) at `now_ns` (CLOCK_MONOTONIC).
-    pub fn sweep(&mut self, last_seen: &[AtomicU32], now_ns: u64, mut obs: impl Observer) {
+    /// 0 = slot not ready) at `now_ns` (CLOCK_MONOTONIC). Hosts with an
+    /// `AUTO` timeout take theirs from `Timing::NONE` (see `sweep_timed`).
+    pub fn sweep(&mut self, last_seen: &[AtomicU32], now_ns: u64, obs: impl Observer) {
+        self.sweep_timed(last_seen, &|_| Timing::NONE, now_ns, obs)
+    }
+
+    /// One sweep over `last_seen`, hosts with an `AUTO` timeout taking
+    /// theirs from what `timing` says they learned.
+    pub fn sweep_timed(
+        &mut self,
+        last_seen: &[AtomicU32],
+        timing: &dyn Fn(u32) -> Timing,
+        now_ns: u64,
+        mut obs: impl Observer,
+    ) {
         let n = last_seen.len();
         self.grow(n);
         if !self.timeouts.is_empty() && self.class.len() < n {
@@ -604,19 +662,29 @@ impl Tracker {
 
         // Silent hosts that beat again: few, so checked one by one.
         let timeout = self.timeout_ns;
-        let (class, timeouts) = (&self.class, &self.timeouts);
-        let of = |slot: usize| ticks_floor(timeout_of(class, timeouts, timeout, slot));
+        let (class, timeouts, auto) = (&self.class, &self.timeouts, self.auto);
+        let of = |slot: usize| match timeout_of(class, timeouts, timeout, slot) {
+            AUTO => auto.timeout_ns(timing(slot as u32)),
+            t => t,
+        };
         let mut recovered = Vec::new();
         self.silent.retain(|&slot, &mut went_silent_at| {
             let seen = load(slot as usize);
+            if seen == 0 || seen == went_silent_at as u32 {
+                return true;
+            }
             let a = age(now, seen);
-            if seen != 0 && seen != went_silent_at as u32 && a <= of(slot as usize) {
+            let timeout = of(slot as usize);
+            if a <= ticks_floor(timeout) {
                 recovered.push(slot);
                 let seen_abs = now_abs.wrapping_sub(a.into());
-                obs.emit(Transition::Recovered {
-                    host: slot,
-                    silent_for_ns: seen_abs.saturating_sub(went_silent_at) * TICK_NS,
-                });
+                obs.emit_timed(
+                    Transition::Recovered {
+                        host: slot,
+                        silent_for_ns: seen_abs.saturating_sub(went_silent_at) * TICK_NS,
+                    },
+                    timeout,
+                );
                 false
             } else {
                 true
@@ -631,8 +699,13 @@ impl Tracker {
         // a word of "older than the shortest timeout" bits, and only those
         // of known hosts not yet silent, rare, are looked at one by one.
         // With classes, the shortest timeout is the pass's; a hit checks
-        // the slot's own.
-        let shortest = ticks_floor(self.timeouts.iter().copied().min().unwrap_or(timeout));
+        // the slot's own. A learned timeout is at least `--min-timeout`:
+        // only hosts past that read their timing.
+        let floor = |t: u64| if t == AUTO { auto.min_ns } else { t };
+        let shortest = ticks_floor(floor(
+            self.timeouts.iter().copied().min().unwrap_or(timeout),
+        ));
+        let own = !self.timeouts.is_empty() || timeout == AUTO;
         // SAFETY: AtomicU32 has u32's layout. The words are read plainly so
         // that the loop vectorises (atomic loads never do); the kernel may
         // store to them meanwhile, which only ever makes a host younger: a
@@ -647,20 +720,30 @@ impl Tracker {
                 hits &= hits - 1;
                 let seen = load(slot);
                 let a = age(now, seen);
-                if seen == 0
-                    || a <= shortest
-                    || (!self.timeouts.is_empty()
-                        && a <= ticks_floor(timeout_of(&self.class, &self.timeouts, timeout, slot)))
-                {
+                if seen == 0 || a <= shortest {
+                    continue;
+                }
+                let timeout = if own {
+                    match timeout_of(&self.class, &self.timeouts, timeout, slot) {
+                        AUTO => auto.timeout_ns(timing(slot as u32)),
+                        t => t,
+                    }
+                } else {
+                    timeout
+                };
+                if a <= ticks_floor(timeout) {
                     continue;
                 }
                 self.set_bit(SILENT, slot, true);
                 self.silent
                     .insert(slot as u32, now_abs.wrapping_sub(a.into()));
-                obs.emit(Transition::Silent {
-                    host: slot as u32,
-                    silent_for_ns: since(a),
-                });
+                obs.emit_timed(
+                    Transition::Silent {
+                        host: slot as u32,
+                        silent_for_ns: since(a),
+                    },
+                    timeout,
+                );
             }
         }
     }
@@ -831,6 +914,46 @@ mod tests {
         let mut out = Vec::new();
         t.sweep(&table(seen), now, |tr| out.push(tr));
         out
+    }
+
+    #[test]
+    fn auto_timeouts_are_each_hosts_own() {
+        // Host 0 beats every second, host 1 every 10 s (steady: deviation
+        // 0 after 60 intervals), host 2 has learned nothing: 2 × 1 s +
+        // 250 ms (2.25 s); 2 × 10 s + 250 ms = 20.25 s; the fixed bound
+        // (--max-timeout, 60 s here). (`S` is 1024 ticks, about 1.07 s.)
+        let learned = |ticks: u32| (0..60).fold(Timing::NONE, |t, _| t.update(ticks));
+        let timings = [learned(1024), learned(10 * 1024), Timing::NONE];
+        let timing = |slot: u32| timings[slot as usize];
+        let mut t = Tracker::new(AUTO);
+        t.set_auto(adaptive::Policy {
+            min_ns: 2 * S,
+            max_ns: 60 * S,
+        });
+        let mut run = |seen: &[u64], now: u64| {
+            let mut out = Vec::new();
+            t.sweep_timed(&table(seen), &timing, now, |tr| out.push(tr));
+            out
+        };
+        assert_eq!(run(&[100 * S; 3], 100 * S).len(), 3);
+        assert!(run(&[100 * S; 3], 102 * S).is_empty());
+        let silent = |host, for_s: u64| Transition::Silent {
+            host,
+            silent_for_ns: for_s * S,
+        };
+        assert_eq!(run(&[100 * S; 3], 103 * S), [silent(0, 3)]);
+        assert!(run(&[100 * S; 3], 120 * S).is_empty());
+        assert_eq!(run(&[100 * S; 3], 121 * S), [silent(1, 21)]);
+        assert!(run(&[100 * S; 3], 160 * S).is_empty());
+        assert_eq!(run(&[100 * S; 3], 161 * S), [silent(2, 61)]);
+        // Host 0 beats again: within its own timeout, recovered.
+        assert_eq!(
+            run(&[170 * S, 100 * S, 100 * S], 172 * S),
+            [Transition::Recovered {
+                host: 0,
+                silent_for_ns: 70 * S
+            }]
+        );
     }
 
     #[test]

@@ -420,12 +420,14 @@ impl HostTable {
                     ip: host_ip(&addr),
                     id: Some(id),
                     lost: Some(lost.load(Ordering::Relaxed)),
+                    timing: hb_common::Timing::NONE,
                 }
             }
             None => Host {
                 ip: host_ip(&key),
                 id: None,
                 lost: None,
+                timing: hb_common::Timing::NONE,
             },
         }
     }
