@@ -14,10 +14,10 @@ use aya::{
 };
 use hb_common::{
     ALLOC_MAP, ANY_DEST_GLOBAL, AUTH_MAP, AUTH_MODE_GLOBAL, AuthMode, BARE_MAP, BEATS_MAP,
-    CLAIM_MAP, COUNTERS_MAP, EPOCH_GLOBAL, INDEX_SEED_GLOBAL, FREE_MAP, HOST_MAPS, INDEX_MAP, INDEX_MASK_GLOBAL,
-    LAST_SEEN_MAP, LOCAL_SET_SECTION, MAX_BARE_GLOBAL, MAX_HOSTS_GLOBAL, PAIRED_MAPS, PASS_GLOBAL,
-    PORT_GLOBAL, PROGRAM, SIP_STATE_GLOBAL, SLOT_BITS_GLOBAL, SLOT_KEYS_MAP, TIMING_MAP,
-    TRACKER_MAP,
+    CLAIM_MAP, COUNTERS_MAP, EPOCH_GLOBAL, FREE_MAP, HOST_MAPS, INDEX_MAP, INDEX_MASK_GLOBAL,
+    INDEX_SEED_GLOBAL, LAST_SEEN_MAP, LOCAL_SET_SECTION, MAX_BARE_GLOBAL, MAX_HOSTS_GLOBAL,
+    PAIRED_MAPS, PASS_GLOBAL, PORT_GLOBAL, PROGRAM, SIP_STATE_GLOBAL, SLOT_BITS_GLOBAL,
+    SLOT_KEYS_MAP, TIMING_MAP, TRACKER_MAP,
     auth::{self, KEY_LEN},
     index,
 };
@@ -332,7 +332,10 @@ fn pinned_sizes(dir: &Path) -> Result<Option<(u32, u64, [u64; 2])>> {
         .context("reading the pinned table's epoch")?;
     let seed = [alloc.get(&2, 0), alloc.get(&3, 0)];
     let [Ok(s0), Ok(s1)] = seed else {
-        bail!("the pinned table in {} has no index seed: run `hb detach` to start a new one", dir.display());
+        bail!(
+            "the pinned table in {} has no index seed: run `hb detach` to start a new one",
+            dir.display()
+        );
     };
     Ok(Some((max_hosts, epoch, [s0, s1])))
 }

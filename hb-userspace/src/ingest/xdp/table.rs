@@ -327,7 +327,11 @@ impl HostTable {
         entries(&last_seen, Some(pairs), "last-seen array")?;
         entries(&beats, Some(pairs), "beats array")?;
         entries(&timing, Some(capacity), "timing array")?;
-        entries(&alloc, Some(hb_common::ALLOC_WORDS as usize), "slot allocator")?;
+        entries(
+            &alloc,
+            Some(hb_common::ALLOC_WORDS as usize),
+            "slot allocator",
+        )?;
         let index_words = buckets * (BUCKET_ENTRIES as usize / 2);
         let alloc: Mapped<AtomicU64> = Mapped::map(
             &alloc,
@@ -600,7 +604,8 @@ impl HostTable {
         if let Some((slot, _)) = self.find(key, None) {
             return Ok(Some(slot));
         }
-        let lock = &self.claim.as_slice()[index::claim_lock(index::hash(key.words(), self.seed)) as usize];
+        let lock =
+            &self.claim.as_slice()[index::claim_lock(index::hash(key.words(), self.seed)) as usize];
         // Held by the program on some CPU for well under a microsecond, or
         // by a collector that died: stale (and taken over) within 64 ticks.
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
@@ -674,7 +679,11 @@ impl HostTable {
     }
 
     fn place(&self, key: &HostKey) -> Place {
-        index::place(index::hash(key.words(), self.seed), self.mask, self.slot_bits)
+        index::place(
+            index::hash(key.words(), self.seed),
+            self.mask,
+            self.slot_bits,
+        )
     }
 
     /// Entry `at` of `bucket`, and its word.
