@@ -15,6 +15,7 @@ use hb_common::{DEFAULT_MAX_HOSTS, DEFAULT_PORT};
 
 use crate::ingest::{self, xdp::AuthSettings};
 pub use crate::{
+    clock::parse_duration,
     ingest::{IngestKind, xdp::AttachMode},
     logging::{LogFormat, LogLevel},
     track::{
@@ -303,16 +304,6 @@ pub struct BeatArgs {
     /// Host id of signed heartbeats, decimal or 0x-hex (default: derived from /etc/machine-id).
     #[arg(long, value_name = "N", value_parser = parse_host_id)]
     pub host_id: Option<u64>,
-}
-
-/// Parses `500ms`, `15s`, `2m`, `1h 30m`; zero is refused.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{e} (expected a duration such as 500ms, 15s or 2m)"))?;
-    if d.is_zero() {
-        return Err("must be longer than zero".into());
-    }
-    Ok(d)
 }
 
 /// A period that may be zero: `0` (or `0s`) turns the thing off.

@@ -66,7 +66,7 @@ impl FromStr for Timeout {
         if s.trim() == "auto" {
             return Ok(Self::Auto);
         }
-        crate::cli::parse_duration(s)
+        crate::clock::parse_duration(s)
             .map(Self::Fixed)
             .map_err(|e| format!("{e} (or \"auto\": learned per host)"))
     }

@@ -18,16 +18,15 @@
 //! `HB_COUNTERS` (16 u64).
 
 use std::{
-    io,
-    os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
-    ptr::NonNull,
     sync::atomic::{AtomicU64, Ordering},
 };
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Map, MapData, MapType, PerCpuArray};
 use hb_common::{AuthSlot, HostKey};
+
+use super::table::Mapped;
 
 /// The layout this module reads.
 pub const LAYOUT: u32 = 5;
@@ -91,13 +90,13 @@ pub struct Snapshot {
 pub struct Layout5 {
     dir: PathBuf,
     capacity: usize,
-    last_seen: Mapped,
-    beats: Mapped,
-    keys: Mapped,
-    alloc: Mapped,
+    last_seen: Mapped<AtomicU64>,
+    beats: Mapped<AtomicU64>,
+    keys: Mapped<AtomicU64>,
+    alloc: Mapped<AtomicU64>,
     /// Four words a slot; `None` when one entry long (no key then).
-    auth: Option<Mapped>,
-    tracker: Mapped,
+    auth: Option<Mapped<AtomicU64>>,
+    tracker: Mapped<AtomicU64>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -148,15 +147,16 @@ impl Layout5 {
         };
         let (slots, capacity) = take(SLOTS);
         drop(slots);
-        let mut array = |name: &str, words: usize, exact: Option<usize>| -> Result<Mapped> {
-            let (data, len) = take(name);
-            if let Some(n) = exact
-                && len != n
-            {
-                bail!("{name} has {len} entries, layout 5 made it {n}");
-            }
-            Mapped::new(&data, len * words, name)
-        };
+        let mut array =
+            |name: &str, words: usize, exact: Option<usize>| -> Result<Mapped<AtomicU64>> {
+                let (data, len) = take(name);
+                if let Some(n) = exact
+                    && len != n
+                {
+                    bail!("{name} has {len} entries, layout 5 made it {n}");
+                }
+                Mapped::map_words(&data, len * words, 8 * words, name, libc::PROT_READ)
+            };
         let last_seen = array(LAST_SEEN, 1, Some(capacity))?;
         let beats = array(BEATS, 1, Some(capacity))?;
         let keys = array(SLOT_KEYS, 2, Some(capacity))?;
@@ -165,7 +165,13 @@ impl Layout5 {
         let tracker = array(TRACKER, 1, Some(tracker_words))?;
         let (auth_data, auth_len) = take(AUTH);
         let auth = if auth_len == capacity && capacity > 1 {
-            Some(Mapped::new(&auth_data, capacity * 4, AUTH)?)
+            Some(Mapped::map_words(
+                &auth_data,
+                capacity * 4,
+                32,
+                AUTH,
+                libc::PROT_READ,
+            )?)
         } else {
             None
         };
@@ -191,11 +197,11 @@ impl Layout5 {
 
     /// The slot's last heartbeat (0: not ready).
     pub fn last_seen(&self, slot: u32) -> u64 {
-        self.last_seen.word(slot as usize).load(Ordering::Acquire)
+        self.last_seen.as_slice()[slot as usize].load(Ordering::Acquire)
     }
 
     pub fn beats(&self, slot: u32) -> u64 {
-        self.beats.word(slot as usize).load(Ordering::Relaxed)
+        self.beats.as_slice()[slot as usize].load(Ordering::Relaxed)
     }
 
     /// The slot's key: read after its last-seen time (the program
@@ -203,14 +209,14 @@ impl Layout5 {
     pub fn key(&self, slot: u32) -> HostKey {
         let s = 2 * slot as usize;
         HostKey::from_words([
-            self.keys.word(s).load(Ordering::Relaxed),
-            self.keys.word(s + 1).load(Ordering::Relaxed),
+            self.keys.as_slice()[s].load(Ordering::Relaxed),
+            self.keys.as_slice()[s + 1].load(Ordering::Relaxed),
         ])
     }
 
     pub fn auth(&self, slot: u32) -> Option<AuthSlot> {
         let a = self.auth.as_ref()?;
-        let w = |i: usize| a.word(4 * slot as usize + i).load(Ordering::Relaxed);
+        let w = |i: usize| a.as_slice()[4 * slot as usize + i].load(Ordering::Relaxed);
         Some(AuthSlot {
             seq: w(0),
             lost: w(1),
@@ -219,7 +225,7 @@ impl Layout5 {
     }
 
     pub fn alloc(&self) -> u64 {
-        self.alloc.word(0).load(Ordering::Acquire)
+        self.alloc.as_slice()[0].load(Ordering::Acquire)
     }
 
     /// Outcome counters, summed over CPUs.
@@ -265,8 +271,11 @@ impl Layout5 {
                 });
             }
         }
-        let tracker = (0..self.tracker.len)
-            .map(|i| self.tracker.word(i).load(Ordering::Relaxed))
+        let tracker = self
+            .tracker
+            .as_slice()
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed))
             .collect();
         Ok(Snapshot {
             capacity: self.capacity as u32,
@@ -277,53 +286,5 @@ impl Layout5 {
             counters: self.counters()?,
             tracker,
         })
-    }
-}
-
-/// A read-only shared mapping of an array's values, as u64 words.
-struct Mapped {
-    ptr: NonNull<AtomicU64>,
-    len: usize,
-    bytes: usize,
-}
-
-impl Mapped {
-    fn new(data: &MapData, len: usize, name: &str) -> Result<Self> {
-        let page = crate::io::page_size();
-        let bytes = (len * 8).div_ceil(page).max(1) * page;
-        // SAFETY: mapping a BPF_F_MMAPABLE array fd read-only and shared;
-        // the kernel checks the size.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                data.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error()).with_context(|| format!("mmapping {name}"));
-        }
-        Ok(Self {
-            ptr: NonNull::new(ptr.cast()).expect("mmap returned null"),
-            len,
-            bytes,
-        })
-    }
-
-    fn word(&self, i: usize) -> &AtomicU64 {
-        assert!(i < self.len);
-        // SAFETY: within the mapping, which lives as long as self; u64
-        // aligned (page-aligned start, 8-byte elements).
-        unsafe { &*self.ptr.as_ptr().add(i) }
-    }
-}
-
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `new` mapped.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
     }
 }

@@ -28,8 +28,9 @@ use crate::{
     },
 };
 
-/// A read-only shared mapping of a BPF array's values.
-struct Mapped<T> {
+/// A shared mapping of a BPF array's values (read-only unless mapped
+/// writable).
+pub(super) struct Mapped<T> {
     ptr: NonNull<T>,
     len: usize,
     bytes: usize,
@@ -46,7 +47,7 @@ impl<T> Mapped<T> {
 
     /// Maps `data`, whose elements are `value_size` bytes, as `len` `T`s
     /// (several a map element, for the arrays of two slots an element).
-    fn map_words(
+    pub(super) fn map_words(
         data: &MapData,
         len: usize,
         value_size: usize,
@@ -86,7 +87,7 @@ impl<T> Mapped<T> {
         })
     }
 
-    fn as_slice(&self) -> &[T] {
+    pub(super) fn as_slice(&self) -> &[T] {
         // SAFETY: the mapping holds `len` elements and lives as long as self.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
