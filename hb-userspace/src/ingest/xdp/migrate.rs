@@ -32,11 +32,11 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
 use hb_common::{COUNTERS_MAP, Counter, TRACKER_MAP};
-use log::{info, warn};
+use log::info;
 
 use super::{
     layout5::{self, Layout5, Snapshot},
-    pins::{Instance, LAYOUT_VERSION},
+    pins::{Instance, staging_dir},
     program::Loaded,
     table::TrackerWords,
 };
@@ -44,17 +44,6 @@ use crate::track::tracker;
 
 /// The tracker's header words, then known bits, then silent bits.
 const TRACKER_HEADER: usize = 4;
-
-/// The layout whose pins this build migrates, if any.
-pub fn from_layout() -> Option<u32> {
-    (LAYOUT_VERSION != layout5::LAYOUT).then_some(layout5::LAYOUT)
-}
-
-/// Where this build's maps are pinned while they are being seeded.
-pub fn staging_dir(inst: &Instance) -> PathBuf {
-    inst.dir()
-        .join(format!("layout-{LAYOUT_VERSION}-migrating"))
-}
 
 /// A migration under way: the old table read, the new one not yet seeded.
 pub struct Migration {
@@ -221,16 +210,5 @@ impl Migration {
             .iter()
             .filter(|h| silent[h.slot as usize / 64] & (1 << (h.slot % 64)) != 0)
             .count()
-    }
-}
-
-/// Discards what a migration that failed before its take-over left:
-/// its staging directory.
-pub fn discard(inst: &Instance) {
-    let staging = staging_dir(inst);
-    if staging.exists()
-        && let Err(e) = fs::remove_dir_all(&staging)
-    {
-        warn!("removing {}: {e}", staging.display());
     }
 }

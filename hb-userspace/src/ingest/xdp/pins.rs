@@ -224,7 +224,7 @@ pub fn prepare(inst: &Instance) -> Result<Created> {
     // An older layout this build migrates, where this layout has no table
     // yet (else that one is the newer state: a migration that stopped
     // between taking over and removing the old pins).
-    let older = super::migrate::from_layout()
+    let older = from_layout()
         .map(|n| dir.join(format!("layout-{n}")))
         .filter(|p| p.is_dir() && !ours.exists());
     for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
@@ -232,9 +232,8 @@ pub fn prepare(inst: &Instance) -> Result<Created> {
         if path == ours || path == inst.link() || Some(&path) == older.as_ref() {
             continue;
         }
-        let migrated =
-            super::migrate::from_layout().is_some_and(|n| path == dir.join(format!("layout-{n}")));
-        if path == super::migrate::staging_dir(inst) || migrated {
+        let migrated = from_layout().is_some_and(|n| path == dir.join(format!("layout-{n}")));
+        if path == staging_dir(inst) || migrated {
             // Staging: a start stopped before its take-over. The old
             // layout beside this one's table: one stopped after it.
             info!(
@@ -284,7 +283,7 @@ pub fn replace_older(inst: &Instance, created: &mut Created, why: &anyhow::Error
         "{} was pinned by an hb build with another map layout (this one uses layout {LAYOUT_VERSION}) and cannot be migrated ({why:#}): replacing it; the hosts it knew will be reported as new",
         old.display()
     );
-    super::migrate::discard(inst);
+    discard(inst);
     fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
     let ours = inst.maps_dir();
     created.maps_dir = true;
@@ -297,7 +296,7 @@ pub fn replace_older(inst: &Instance, created: &mut Created, why: &anyhow::Error
 pub fn undo(inst: &Instance, created: &Created) {
     if created.migrate_from.is_some() && !created.took_over {
         // The old pins stay as they were: the next start migrates again.
-        super::migrate::discard(inst);
+        discard(inst);
     }
     if created.link {
         let _ = fs::remove_file(inst.link());
@@ -517,4 +516,26 @@ pub fn state_file(iface: &str) -> PathBuf {
 /// Mounts bpffs at /sys/fs/bpf if none is mounted there.
 pub fn ensure_bpffs() -> Result<()> {
     Bpffs::find_or_mount(None).map(drop)
+}
+
+/// The layout whose pins this build migrates, if any.
+pub fn from_layout() -> Option<u32> {
+    (LAYOUT_VERSION != super::layout5::LAYOUT).then_some(super::layout5::LAYOUT)
+}
+
+/// Where this build's maps are pinned while they are being seeded.
+pub fn staging_dir(inst: &Instance) -> PathBuf {
+    inst.dir()
+        .join(format!("layout-{LAYOUT_VERSION}-migrating"))
+}
+
+/// Discards what a migration that failed before its take-over left:
+/// its staging directory.
+pub fn discard(inst: &Instance) {
+    let staging = staging_dir(inst);
+    if staging.exists()
+        && let Err(e) = fs::remove_dir_all(&staging)
+    {
+        warn!("removing {}: {e}", staging.display());
+    }
 }
