@@ -644,23 +644,13 @@ impl HostTable {
         if let Some((slot, _)) = self.find(key, None) {
             return Ok(Some(slot));
         }
-        let load = |b: u32| BUCKET_ENTRIES - self.used(b);
-        let (e1, e2) = (load(place.first), load(place.second));
-        if e1 == 0 && e2 == 0 {
+        let Some(bucket) = self.emptier(place) else {
             return Ok(None);
-        }
-        let bucket = if e1 >= e2 { place.first } else { place.second };
+        };
         let Some(slot) = self.take_slot(f)? else {
             return Ok(None);
         };
-        let s = slot as usize;
-        let [k0, k1] = &self.keys.as_slice()[s];
-        let [w0, w1] = key.words();
-        k0.store(w0, Ordering::Relaxed);
-        k1.store(w1, Ordering::Relaxed);
-        self.timing.as_slice()[s].store(0, Ordering::Relaxed);
-        let entry = index::entry(place.tag, slot, self.slot_bits);
-        let Some(spot) = self.put(bucket, place.tag, entry) else {
+        let Some(spot) = self.enter(slot, key, place, bucket) else {
             push_free(f, slot)?;
             return Ok(None);
         };
@@ -673,10 +663,42 @@ impl HostTable {
         if key.host_id().is_none() {
             f.bare.as_slice()[0].fetch_add(1, Ordering::AcqRel);
         }
-        self.beats.as_slice()[s].store(beats, Ordering::Relaxed);
-        // Published last, as the program does (see `key`).
-        self.last_seen.as_slice()[s].store(tick(last_seen_ns, self.epoch_ns), Ordering::Release);
+        self.publish(slot, last_seen_ns, beats);
         Ok(Some(slot))
+    }
+
+    /// The less loaded of `place`'s two buckets; `None` if both are full.
+    fn emptier(&self, place: Place) -> Option<u32> {
+        let load = |b: u32| BUCKET_ENTRIES - self.used(b);
+        let (e1, e2) = (load(place.first), load(place.second));
+        match (e1, e2) {
+            (0, 0) => None,
+            _ if e1 >= e2 => Some(place.first),
+            _ => Some(place.second),
+        }
+    }
+
+    /// Writes `key` into `slot` (not yet published) and sets its entry in
+    /// `bucket`: where it went, `None` if the bucket filled meanwhile.
+    fn enter(&self, slot: u32, key: &HostKey, place: Place, bucket: u32) -> Option<Spot> {
+        let [k0, k1] = &self.keys.as_slice()[slot as usize];
+        let [w0, w1] = key.words();
+        k0.store(w0, Ordering::Relaxed);
+        k1.store(w1, Ordering::Relaxed);
+        self.timing.as_slice()[slot as usize].store(0, Ordering::Relaxed);
+        self.put(
+            bucket,
+            place.tag,
+            index::entry(place.tag, slot, self.slot_bits),
+        )
+    }
+
+    /// Publishes `slot` with its count and last heartbeat: last, as the
+    /// program does (see `key`), since a non-zero last-seen makes it ready.
+    fn publish(&self, slot: u32, last_seen_ns: u64, beats: u32) {
+        let s = slot as usize;
+        self.beats.as_slice()[s].store(beats, Ordering::Relaxed);
+        self.last_seen.as_slice()[s].store(tick(last_seen_ns, self.epoch_ns), Ordering::Release);
     }
 
     fn place(&self, key: &HostKey) -> Place {
@@ -826,16 +848,10 @@ impl HostTable {
             return Ok(false);
         }
         let place = self.place(key);
-        let load = |b: u32| BUCKET_ENTRIES - self.used(b);
-        let (e1, e2) = (load(place.first), load(place.second));
-        let bucket = if e1 >= e2 { place.first } else { place.second };
-        let [k0, k1] = &self.keys.as_slice()[s];
-        let [w0, w1] = key.words();
-        k0.store(w0, Ordering::Relaxed);
-        k1.store(w1, Ordering::Relaxed);
-        self.timing.as_slice()[s].store(0, Ordering::Relaxed);
-        let entry = index::entry(place.tag, slot, self.slot_bits);
-        let Some(spot) = self.put(bucket, place.tag, entry) else {
+        let spot = self
+            .emptier(place)
+            .and_then(|bucket| self.enter(slot, key, place, bucket));
+        let Some(spot) = spot else {
             bail!(
                 "no room in the index for {} (both its buckets full)",
                 key.ip()
@@ -847,9 +863,7 @@ impl HostTable {
             self.clear(spot);
             return Ok(false);
         }
-        self.beats.as_slice()[s].store(beats, Ordering::Relaxed);
-        // Published last, as the program does (see `key`).
-        self.last_seen.as_slice()[s].store(tick(last_seen_ns, self.epoch_ns), Ordering::Release);
+        self.publish(slot, last_seen_ns, beats);
         Ok(true)
     }
 
