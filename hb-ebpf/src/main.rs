@@ -8,6 +8,7 @@
 #![feature(core_intrinsics, asm_experimental_arch)]
 #![allow(internal_features)]
 
+mod clock;
 mod parse;
 mod table;
 

@@ -52,7 +52,6 @@
 //! lose one sample, never corrupt the entry (one 8-byte store).
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, Queue},
 };
@@ -60,8 +59,10 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use hb_common::{
     AuthSlot, BPF_F_MMAPABLE, DEFAULT_MAX_HOSTS, HostKey, Timing,
     index::{self, Bucket, Place},
-    timing::{tick, ticks_since},
+    timing::ticks_since,
 };
+
+use crate::clock::now;
 
 /// Index buckets (see hb-common's `index`); sized at load time.
 #[map(name = "HB_INDEX")]
@@ -116,10 +117,6 @@ static HB_INDEX_MASK: u32 = DEFAULT_MAX_HOSTS / 8 - 1;
 /// Bits of an index entry that hold the slot; set at load time.
 #[unsafe(no_mangle)]
 static HB_SLOT_BITS: u32 = 21;
-
-/// CLOCK_MONOTONIC ns the table's ticks count from; set at load time.
-#[unsafe(no_mangle)]
-static HB_EPOCH: u64 = 0;
 
 /// The index hash's key (random per table, pinned); set at load time.
 #[unsafe(no_mangle)]
@@ -655,24 +652,6 @@ unsafe fn same_key(stored: *const HostKey, key: &HostKey) -> bool {
     // SAFETY: array values are 8-byte aligned; HostKey is align(8).
     let [a, b] = unsafe { (*stored).words() };
     [a, b] == key.words()
-}
-
-/// The tick a heartbeat is stamped with. Read where it is stored, after
-/// the lookups: a value kept across them (calls, to LLVM) is spilled to the
-/// stack and loaded back.
-#[inline(always)]
-fn now() -> u32 {
-    // Coarse clock: heartbeats come seconds apart, so a kernel tick's
-    // resolution is plenty, and it is measurably cheaper than
-    // bpf_ktime_get_ns.
-    // SAFETY: helper without preconditions; read_volatile keeps the
-    // load-time constant out of the code.
-    unsafe {
-        tick(
-            bpf_ktime_get_coarse_ns(),
-            core::ptr::read_volatile(&HB_EPOCH),
-        )
-    }
 }
 
 /// Moves the slot's last accepted sequence number to `f.seq` if that is

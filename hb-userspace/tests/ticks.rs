@@ -13,6 +13,7 @@ use hb_testkit::{
     frames::{hb4, src_addr},
     netns::Link,
     program as kit,
+    program::clock_ns,
 };
 use hb_userspace::{Tracker, Transition, monotonic_ns, xdp};
 
@@ -189,4 +190,47 @@ fn stamps_wrap_and_the_tracker_follows() {
             Transition::New { .. } => {}
         }
     }
+}
+
+/// docs/design.md (the clock): each CPU keeps its last reading of the
+/// coarse clock and reads the clock again once jiffies move, so a stamp is
+/// the coarse clock's time of the heartbeat, at worst one kernel tick
+/// behind it (10 ms at the lowest HZ, 100), never ahead. On every CPU in
+/// turn, a host beats every 2 ms for 300 ms (many beats a jiffy, the
+/// cached reading used, and many jiffies, the reading renewed); each stamp
+/// lies between the coarse clock before it, less one tick, and the fine
+/// clock after it, and never goes back.
+#[test]
+fn stamps_follow_the_clock_on_every_cpu() {
+    const JIFFY_AT_MOST: u64 = 10_000_000;
+    let mut loaded = kit::addressed(xdp::load(kit::settings(64)).expect("loading the XDP program"));
+    let epoch = loaded.table.epoch_ns();
+    let prog = xdp::program(&mut loaded.ebpf).unwrap();
+    let table = &loaded.table;
+    let key = HostKey::from_ipv4(src_addr(7));
+    let mut prev = 0;
+    let mut beats = 0;
+    for cpu in hb_testkit::race::allowed_cpus() {
+        hb_testkit::race::pin_to(cpu);
+        let begun = Instant::now();
+        while begun.elapsed() < Duration::from_millis(300) {
+            let t0 = clock_ns(libc::CLOCK_MONOTONIC_COARSE);
+            beat(prog, 7);
+            let t1 = clock_ns(libc::CLOCK_MONOTONIC);
+            let (lo, hi) = (tick(t0 - JIFFY_AT_MOST, epoch), tick(t1, epoch));
+            let stamp = table.get(&key).expect("the host is in the table").last_seen;
+            assert!(
+                (lo..=hi).contains(&stamp),
+                "CPU {cpu}, beat {beats}: stamp {stamp} outside [{lo}, {hi}] (ticks)"
+            );
+            assert!(
+                stamp >= prev,
+                "CPU {cpu}: time went back ({prev} → {stamp})"
+            );
+            prev = stamp;
+            beats += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    println!("{beats} beats, stamps up to {prev}");
 }
