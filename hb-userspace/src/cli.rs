@@ -360,6 +360,7 @@ impl RunArgs {
             attach_mode: self.xdp_mode,
             auth,
             timeout: self.timeout_bound(),
+            auto: self.timeout.is_auto().then(|| self.auto_policy()),
             sweep: self.sweep,
         }
     }

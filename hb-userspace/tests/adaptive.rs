@@ -18,6 +18,7 @@ use std::{
 
 use hb_testkit::{
     collector::{Collector, is_event},
+    control,
     netns::Link,
 };
 
@@ -103,11 +104,19 @@ fn collector(link: &Link, ingest: Ingest, timeout: &str, flap: &str) -> Collecto
 /// When the fast host was found after its last heartbeat, and the line.
 type Found = Option<(Duration, serde_json::Value)>;
 
+/// What `fast_and_slow` saw: the fast host found, every line, and (XDP)
+/// `hb status --format json` run right after the fast host was found.
+struct Seen {
+    found: Found,
+    lines: Vec<serde_json::Value>,
+    status: Option<serde_json::Value>,
+}
+
 /// A host beating every 200 ms that stops: found within 2 periods, 250 ms
 /// and a sweep (and the pipe), where a fixed 5 s timeout has not found it.
 /// Meanwhile a host beating every 2 s ± 10%, one heartbeat lost, is never
 /// silent.
-fn fast_and_slow(ingest: Ingest, timeout: &str) -> (Found, Vec<serde_json::Value>) {
+fn fast_and_slow(ingest: Ingest, timeout: &str) -> Seen {
     let tag = match ingest {
         Ingest::Xdp => "x",
         Ingest::Socket => "s",
@@ -142,11 +151,19 @@ fn fast_and_slow(ingest: Ingest, timeout: &str) -> (Found, Vec<serde_json::Value
         is_event(v, "silent", "198.18.9.2")
     });
     let found = found.map(|(at, v)| (at.saturating_duration_since(last), v));
+    let status = match ingest {
+        Ingest::Xdp if found.is_some() => Some(control::status(HB, &link.a, &link.a_if)),
+        _ => None,
+    };
     let slow_last = slow_beats.join().unwrap();
     // The slow host's last gap and a bit more: still not silent then.
     let left = Duration::from_millis(1500).saturating_sub(slow_last.elapsed());
     seen.extend(c.collect(left));
-    (found, seen)
+    Seen {
+        found,
+        lines: seen,
+        status,
+    }
 }
 
 #[test]
@@ -160,7 +177,11 @@ fn socket_mode_learns_the_same() {
 }
 
 fn auto_fast_and_slow(ingest: Ingest) {
-    let (found, seen) = fast_and_slow(ingest, "auto");
+    let Seen {
+        found,
+        lines: seen,
+        status,
+    } = fast_and_slow(ingest, "auto");
     let (found, line) = found.unwrap_or_else(|| panic!("the 200 ms host was not found: {seen:?}"));
     // 2 × 200 ms + 250 ms, a sweep of 100 ms, 150 ms for the rest.
     assert!(found <= Duration::from_millis(900), "found after {found:?}");
@@ -174,13 +195,28 @@ fn auto_fast_and_slow(ingest: Ingest) {
         .filter(|v| is_event(v, "silent", "198.18.9.3"))
         .collect();
     assert!(false_silent.is_empty(), "{false_silent:?}");
+    // README: `hb status` judges hosts as the collector does, each by its
+    // own learned timeout: the fast host is silent there too (not alive
+    // until --max-timeout), the slow one is not.
+    if let Some(st) = status {
+        assert_eq!(st["collector"]["auto"]["min_ms"], 300, "{st}");
+        assert_eq!(st["collector"]["auto"]["max_ms"], 20_000, "{st}");
+        let silent: Vec<_> = st["silent_hosts"]["hosts"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{st}"))
+            .iter()
+            .map(|h| h["host"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(st["silent"], 1, "{st}");
+        assert_eq!(silent, ["198.18.9.2"], "{st}");
+    }
 }
 
 #[test]
 fn a_fixed_long_timeout_does_not_find_it_as_fast() {
     // The same traffic under a fixed 5 s: nothing within the 2 s waited.
-    let (found, seen) = fast_and_slow(Ingest::Xdp, "5s");
-    assert_eq!(found, None, "{seen:?}");
+    let Seen { found, lines, .. } = fast_and_slow(Ingest::Xdp, "5s");
+    assert_eq!(found, None, "{lines:?}");
 }
 
 #[test]

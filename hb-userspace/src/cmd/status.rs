@@ -16,16 +16,20 @@ use serde_json::json;
 use crate::{
     cli::{Format, StatusArgs},
     clock::monotonic_ns,
-    ingest::xdp::{
-        Bpffs, check_privileges, if_index,
-        link::{self, Place},
-        lock, pins,
+    ingest::{
+        timeout_text,
+        xdp::{
+            Bpffs, check_privileges, if_index,
+            link::{self, Place},
+            lock,
+            pins::{self, AutoBounds},
+        },
     },
     track::{
         events::{host_id, host_ip},
         fleet::{Fleet, FleetConfig, Inventory},
         silent::{OwnedLabels, silent_page},
-        tracker::Tracker,
+        tracker::{AUTO, Tracker},
     },
 };
 
@@ -84,10 +88,20 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
         }
     })?;
     let timeout = Duration::from_millis(state.timeout_ms);
-    // The same judgement the collector makes, on the same data.
+    // The same judgement the collector makes, on the same data: under
+    // `auto`, each host by its own learned timing.
     let mut tracker = Tracker::new(timeout.as_nanos() as u64);
     tracker.set_epoch(table.epoch_ns());
-    tracker.sweep(table.last_seen(), monotonic_ns(), |_| {});
+    if let Some(auto) = state.auto {
+        tracker.set_auto(auto.policy());
+        tracker.set_timeout(AUTO);
+    }
+    tracker.sweep_timed(
+        table.last_seen(),
+        &|slot| table.timing(slot),
+        monotonic_ns(),
+        |_| {},
+    );
     let census = tracker.census();
     let packets = table.counters()?;
     let fleet = args
@@ -141,7 +155,7 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
                 state.started,
                 state.port,
                 state.auth,
-                humantime::format_duration(timeout),
+                timeout_text(timeout, state.auto.map(AutoBounds::policy)),
                 humantime::format_duration(Duration::from_millis(state.sweep_ms)),
                 census.hosts,
                 census.alive,

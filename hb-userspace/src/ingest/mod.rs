@@ -12,7 +12,7 @@ use log::warn;
 
 use crate::{
     io::{EventLoop, IngestOp},
-    track::{table::Table, tracker::Tracker},
+    track::{adaptive::Policy, table::Table, tracker::Tracker},
 };
 use socket::SocketIngest;
 use xdp::{AttachMode, AuthSettings, XdpIngest};
@@ -35,7 +35,7 @@ pub trait Ingest {
     }
     /// A reload changed the timeout: where the ingest tells `hb status`
     /// the collector's settings, it tells the new one.
-    fn set_timeout(&mut self, _timeout: Duration) {}
+    fn set_timeout(&mut self, _timeout: Duration, _auto: Option<Policy>) {}
     /// Called before every sweep.
     fn on_tick(&mut self, _ev: &mut EventLoop) -> Result<()> {
         Ok(())
@@ -80,7 +80,19 @@ pub struct Config {
     pub auth: Option<AuthSettings>,
     /// The collector's timeout and sweep period, for its logs and state.
     pub timeout: Duration,
+    /// Under `--timeout auto`: the bounds of the learned timeouts
+    /// (`timeout` is then the upper one).
+    pub auto: Option<Policy>,
     pub sweep: Duration,
+}
+
+/// `timeout` as the logs give it: `15s`, or `auto (2s–5m)`.
+pub fn timeout_text(timeout: Duration, auto: Option<Policy>) -> String {
+    let d = |ns| humantime::format_duration(Duration::from_nanos(ns)).to_string();
+    match auto {
+        None => humantime::format_duration(timeout).to_string(),
+        Some(p) => format!("auto ({}–{})", d(p.min_ns), d(p.max_ns)),
+    }
 }
 
 /// Starts the ingest `config` asks for; with `Auto`, XDP where this

@@ -81,7 +81,7 @@ impl SocketIngest {
         log::info!(
             "socket mode: receiving heartbeats on UDP {}: timeout {}, sweep every {}, up to {} hosts",
             this.local_addr()?,
-            humantime::format_duration(config.timeout),
+            super::timeout_text(config.timeout, config.auto),
             humantime::format_duration(config.sweep),
             config.max_hosts,
         );

@@ -149,7 +149,7 @@ impl XdpIngest {
         info!(
             "watching UDP port {} on {iface}: timeout {}, sweep every {}, up to {} hosts, {}",
             config.port,
-            humantime::format_duration(config.timeout),
+            super::timeout_text(config.timeout, config.auto),
             humantime::format_duration(config.sweep),
             config.max_hosts,
             match auth_mode(config.auth.as_ref()) {
@@ -249,6 +249,7 @@ fn state(config: &Config, inst: &Instance) -> pins::State {
         started: timestamp(std::time::SystemTime::now()),
         auth: auth_name(config.auth.as_ref()).to_owned(),
         netns_cookie: inst.netns_cookie,
+        auto: config.auto.map(pins::AutoBounds::of),
     }
 }
 
@@ -261,11 +262,12 @@ impl Ingest for XdpIngest {
         &self.loaded.table
     }
 
-    fn set_timeout(&mut self, timeout: Duration) {
+    fn set_timeout(&mut self, timeout: Duration, auto: Option<crate::track::adaptive::Policy>) {
         let Some(mut state) = pins::last_state(&self.instance) else {
             return;
         };
         state.timeout_ms = timeout.as_millis() as u64;
+        state.auto = auto.map(pins::AutoBounds::of);
         if let Err(e) = pins::write_state(&self.instance, &state) {
             warn!("{e:#}: hb status judges by the old timeout");
         }

@@ -25,6 +25,7 @@ use std::{
     fs, io,
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -35,6 +36,8 @@ use hb_common::{
 };
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
+
+use crate::track::adaptive::Policy;
 
 use super::{
     bpffs::Bpffs,
@@ -89,6 +92,33 @@ pub struct State {
     /// gone, whose inode a new one reuses, are not carried on from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns_cookie: Option<u64>,
+    /// Under `--timeout auto`: the bounds of the learned timeouts
+    /// (`timeout_ms` is then the upper one, for older readers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<AutoBounds>,
+}
+
+/// `--min-timeout` and `--max-timeout`, as `hb status` reads them.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AutoBounds {
+    pub min_ms: u64,
+    pub max_ms: u64,
+}
+
+impl AutoBounds {
+    pub fn of(policy: Policy) -> Self {
+        Self {
+            min_ms: policy.min_ns / 1_000_000,
+            max_ms: policy.max_ns / 1_000_000,
+        }
+    }
+
+    pub fn policy(self) -> Policy {
+        Policy::new(
+            Duration::from_millis(self.min_ms),
+            Duration::from_millis(self.max_ms),
+        )
+    }
 }
 
 /// One collector's names: an interface in this network namespace.
