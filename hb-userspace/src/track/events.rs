@@ -148,6 +148,29 @@ struct HostJson<'a> {
     state_changes_pct: Option<u32>,
 }
 
+impl<'a> HostJson<'a> {
+    /// A line about a host in the table: what every such line says of it
+    /// (address or id, inventory name and labels, loss, learned timing).
+    fn of(ts: &'a str, event: &'static str, host: &Host, ident: Option<Ident<'a>>) -> Self {
+        let timing = period_jitter_ms(host.timing);
+        Self {
+            ts,
+            event,
+            host: Some(host.ip),
+            host_id: host.id.map(host_id),
+            name: ident.and_then(|i| i.name),
+            labels: ident.map(|i| i.labels).filter(|l| !l.is_empty()),
+            missing_for_ms: None,
+            silent_for_ms: None,
+            last_seen_ago_ms: None,
+            lost: host.lost,
+            period_ms: timing.map(|p| p.0),
+            jitter_ms: timing.map(|p| p.1),
+            state_changes_pct: None,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct SummaryJson<'a> {
     ts: &'a str,
@@ -209,19 +232,13 @@ fn json(ts: &str, event: &Event<'_>) -> String {
             share,
             end,
         } => serde_json::to_string(&HostJson {
-            ts,
-            event: if end { "flapping_end" } else { "flapping" },
-            host: Some(host.ip),
-            host_id: host.id.map(host_id),
-            name: ident.and_then(|i| i.name),
-            labels: ident.map(|i| i.labels).filter(|l| !l.is_empty()),
-            missing_for_ms: None,
-            silent_for_ms: None,
-            last_seen_ago_ms: None,
-            lost: None,
-            period_ms: period_jitter_ms(host.timing).map(|p| p.0),
-            jitter_ms: period_jitter_ms(host.timing).map(|p| p.1),
             state_changes_pct: Some(share),
+            ..HostJson::of(
+                ts,
+                if end { "flapping_end" } else { "flapping" },
+                &host,
+                ident,
+            )
         }),
         Event::Host(t, ident) => {
             let (event, host, silent_for, ago) = match t {
@@ -236,19 +253,9 @@ fn json(ts: &str, event: &Event<'_>) -> String {
                 } => ("recovered", host, Some(ms(silent_for_ns)), None),
             };
             serde_json::to_string(&HostJson {
-                ts,
-                event,
-                host: Some(host.ip),
-                host_id: host.id.map(host_id),
-                name: ident.and_then(|i| i.name),
-                labels: ident.map(|i| i.labels).filter(|l| !l.is_empty()),
-                missing_for_ms: None,
                 silent_for_ms: silent_for,
                 last_seen_ago_ms: ago,
-                lost: host.lost,
-                period_ms: period_jitter_ms(host.timing).map(|p| p.0),
-                jitter_ms: period_jitter_ms(host.timing).map(|p| p.1),
-                state_changes_pct: None,
+                ..HostJson::of(ts, event, &host, ident)
             })
         }
         Event::Summary(s) => {
@@ -614,6 +621,18 @@ mod tests {
         assert_eq!(
             format_event(Format::Json, &ts, &end),
             r#"{"ts":"2026-11-24T10:00:00.123Z","event":"flapping_end","host":"198.18.0.9","state_changes_pct":24}"#
+        );
+        // A signed host's flapping line names it and its loss, as its
+        // other lines do.
+        let signed = Event::Flapping {
+            host: signed_host(),
+            ident: None,
+            share: 60,
+            end: false,
+        };
+        assert_eq!(
+            format_event(Format::Json, &ts, &signed),
+            r#"{"ts":"2026-11-24T10:00:00.123Z","event":"flapping","host":"198.18.0.2","host_id":"000000000000002a","lost":3,"state_changes_pct":60}"#
         );
     }
 
