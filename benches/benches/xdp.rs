@@ -37,10 +37,10 @@ use hb_common::{
 };
 use hb_testkit::{
     frames::{
-        PAYLOAD_OFFSET, SPORT, V4, arp_request, eth, hb4, ipv4_tcp, ipv4_udp, ipv6_udp, padded,
-        set_ipv4_src, src_addr, udp, v4_options,
+        DST_MAC, PAYLOAD_OFFSET, SPORT, V4, arp_request, eth, hb4, ipv4_tcp, ipv4_udp, ipv6_udp,
+        padded, set_ipv4_src, src_addr, udp, v4_options,
     },
-    program as kit,
+    layout5, program as kit,
 };
 use hb_userspace::xdp::{AuthSettings, Loaded};
 
@@ -229,6 +229,109 @@ impl NewHosts {
     }
 }
 
+/// Layout 5's program (the migration test's fixture, as hb built it before
+/// the index) on maps made as a layout-5 collector made them, pinned in a
+/// directory of its own: the new-host row of the table before layout 6,
+/// measured in the same run as today's. Addressed like the kit's frames,
+/// as the main object is, so both pay for the destination checks.
+struct Layout5NewHosts {
+    ebpf: aya::Ebpf,
+    dir: std::path::PathBuf,
+    /// Slots taken in the current load.
+    used: u32,
+    next: u32,
+    reloads: u32,
+}
+
+impl Layout5NewHosts {
+    fn new() -> Self {
+        hb_userspace::xdp::ensure_bpffs().expect("a bpffs to pin layout 5's maps in");
+        let dir = std::path::Path::new("/sys/fs/bpf")
+            .join(format!("hb-bench-layout5-{}", std::process::id()));
+        let ebpf = Self::load(&dir);
+        Self {
+            ebpf,
+            dir,
+            used: 0,
+            // Its own sources, apart from the layout-6 object's (which
+            // count up from 1): the two tables are separate anyway.
+            next: 0,
+            reloads: 0,
+        }
+    }
+
+    /// An empty layout-5 table of `NEW_MAX_HOSTS` slots pinned at `dir`
+    /// (made anew), and the program on it.
+    fn load(dir: &std::path::Path) -> aya::Ebpf {
+        let _ = std::fs::remove_dir_all(dir);
+        layout5::Table {
+            capacity: NEW_MAX_HOSTS,
+            auth: false,
+            slots: Vec::new(),
+            last_sweep_ns: 0,
+            counters: [0; layout5::COUNTERS],
+        }
+        .pin(dir);
+        let mut ebpf = layout5::load_program(dir, NEW_MAX_HOSTS, None, false);
+        layout5::set_local(&mut ebpf, DST_MAC, &kit::local_addrs());
+        ebpf
+    }
+
+    /// Slots taken so far, as layout 5's `HB_ALLOC` counts them (no slot
+    /// is ever freed here).
+    fn allocated(&self) -> u64 {
+        let alloc: aya::maps::Array<_, u64> =
+            aya::maps::Array::try_from(self.ebpf.map("HB_ALLOC").expect("HB_ALLOC"))
+                .expect("HB_ALLOC is an array");
+        alloc.get(&0, 0).expect("reading HB_ALLOC")
+    }
+
+    /// As `NewHosts::run`, on layout 5.
+    fn run(&mut self, frame: &mut [u8], iters: u64) -> Duration {
+        let mut total = Duration::ZERO;
+        let mut left = iters;
+        while left > 0 {
+            let room = u64::from(NEW_MAX_HOSTS - self.used);
+            if room == 0 {
+                self.ebpf = Self::load(&self.dir);
+                self.used = 0;
+                self.reloads += 1;
+                continue;
+            }
+            let n = left.min(room);
+            let before = self.allocated();
+            let prog: &Xdp = self
+                .ebpf
+                .program("hb")
+                .expect("layout 5's program")
+                .try_into()
+                .expect("an XDP program");
+            let next = &mut self.next;
+            total += single(prog, frame, XDP_DROP, n, || {
+                *next = next.wrapping_add(1);
+                src_addr(*next)
+            });
+            assert_eq!(
+                self.allocated(),
+                before + n,
+                "every heartbeat should have taken a layout-5 slot"
+            );
+            self.used += n as u32;
+            left -= n;
+        }
+        total
+    }
+}
+
+impl Drop for Layout5NewHosts {
+    fn drop(&mut self) {
+        // The pins would keep the maps (tens of MB) after the bench.
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("removing {}: {e}", self.dir.display());
+        }
+    }
+}
+
 /// An object with a fleet key (signed and bare heartbeats accepted), its
 /// hot signed host primed, and the next sequence number to send.
 struct Signed {
@@ -319,17 +422,18 @@ fn main() {
     }
 
     let mut new_hosts = NewHosts::new();
+    let mut new5 = Layout5NewHosts::new();
     // No plots: with whole-nanosecond kernel times some distributions are
     // degenerate, which the plotters backend cannot draw.
     // No HTML report: the kernel reports whole nanoseconds, so samples are
     // often all equal and criterion's plotting panics on zero variance.
     let mut c = Criterion::default().without_plots().configure_from_args();
     same_frame_group(&mut c, &main, &frames);
-    single_packet_group(&mut c, &main, &frames, &mut new_hosts);
+    single_packet_group(&mut c, &main, &frames, &mut new_hosts, &mut new5);
     c.final_summary();
 
     if !quiet_list {
-        table(&main, &frames, &mut new_hosts, &Signed::new());
+        table(&main, &frames, &mut new_hosts, &mut new5, &Signed::new());
     }
 }
 
@@ -356,7 +460,13 @@ fn same_frame_group(c: &mut Criterion, main: &Loaded, frames: &Frames) {
     g.finish();
 }
 
-fn single_packet_group(c: &mut Criterion, main: &Loaded, frames: &Frames, new: &mut NewHosts) {
+fn single_packet_group(
+    c: &mut Criterion,
+    main: &Loaded,
+    frames: &Frames,
+    new: &mut NewHosts,
+    new5: &mut Layout5NewHosts,
+) {
     let (hb, empty) = (xdp(main, PROGRAM), xdp(main, BASELINE_PROGRAM));
     let mut g = c.benchmark_group("xdp_single_packet");
     // Criterion sizes samples from the wall time of its warm-up, so each
@@ -377,6 +487,9 @@ fn single_packet_group(c: &mut Criterion, main: &Loaded, frames: &Frames, new: &
     });
     g.bench_function("heartbeat_new_host", |b| {
         b.iter_custom(|iters| new.run(&mut scratch, iters))
+    });
+    g.bench_function("heartbeat_new_host_layout5", |b| {
+        b.iter_custom(|iters| new5.run(&mut scratch, iters))
     });
     g.finish();
 }
@@ -432,7 +545,13 @@ fn placements(key: bool) -> Vec<Loaded> {
 }
 
 /// One measurement of every case, in this one run, printed as markdown.
-fn table(main: &Loaded, frames: &Frames, new: &mut NewHosts, signed: &Signed) {
+fn table(
+    main: &Loaded,
+    frames: &Frames,
+    new: &mut NewHosts,
+    new5: &mut Layout5NewHosts,
+    signed: &Signed,
+) {
     let (hb, empty) = (xdp(main, PROGRAM), xdp(main, BASELINE_PROGRAM));
     let keyed = xdp(&signed.loaded, PROGRAM);
     // The primed heartbeat again: verified, then refused as a replay.
@@ -549,12 +668,27 @@ fn table(main: &Loaded, frames: &Frames, new: &mut NewHosts, signed: &Signed) {
     let mut scratch = frames.scratch.clone();
     let mut cycle = ColdCycle { next: 0 };
     let mut signed_scratch = signed_frame(SIGNED_RUN);
-    let mut totals = [Duration::ZERO; 5];
-    for _ in 0..TABLE_SINGLE / TABLE_CHUNK {
+    let mut totals = [Duration::ZERO; 6];
+    // Layout 6 over layout 5 for a new host, chunk by chunk: neighbouring
+    // chunks see the same machine, so their ratios vary less than the
+    // times do.
+    let mut new_ratios = Vec::new();
+    for chunk in 0..TABLE_SINGLE / TABLE_CHUNK {
         let n = u64::from(TABLE_CHUNK);
         totals[0] += single(empty, &mut scratch, XDP_PASS, n, || cycle.next_src());
         totals[1] += single(hb, &mut scratch, XDP_DROP, n, || cycle.next_src());
-        totals[2] += new.run(&mut scratch, n);
+        // Which layout goes first alternates, so that neither always
+        // follows the same case.
+        let (six, five) = if chunk % 2 == 0 {
+            let six = new.run(&mut scratch, n);
+            (six, new5.run(&mut scratch, n))
+        } else {
+            let five = new5.run(&mut scratch, n);
+            (new.run(&mut scratch, n), five)
+        };
+        totals[2] += six;
+        totals[5] += five;
+        new_ratios.push(six.as_secs_f64() / five.as_secs_f64());
         totals[3] += signed.fresh(&mut signed_scratch, n);
         // The same host unsigned, run the same way: what signing adds.
         totals[4] += single(keyed, &mut scratch, XDP_DROP, n, || HOT_HOST);
@@ -596,13 +730,26 @@ fn table(main: &Loaded, frames: &Frames, new: &mut NewHosts, signed: &Signed) {
         "heartbeat, new host every packet (repeat=1)",
         "signed heartbeat, hot host, next sequence number every packet (repeat=1)",
         "bare heartbeat, hot host, key configured (repeat=1)",
+        "heartbeat, new host every packet, layout 5's program (repeat=1)",
     ];
     for (name, ns) in single_names.iter().zip(single_ns) {
         println!("| {name} | {ns:.1} | | {:.2} |", ns / single_ns[0]);
     }
     println!();
+    new_ratios.sort_by(f64::total_cmp);
     println!(
-        "(new-host object of {NEW_MAX_HOSTS} slots reloaded {} time(s) outside the measurement)",
-        new.reloads
+        "New host, layout 6 / layout 5, this run: {:.3} (means); per chunk of \
+         {TABLE_CHUNK}: median {:.3}, range {:.3}–{:.3} over {} chunks",
+        single_ns[2] / single_ns[5],
+        new_ratios[new_ratios.len() / 2],
+        new_ratios[0],
+        new_ratios[new_ratios.len() - 1],
+        new_ratios.len(),
+    );
+    println!();
+    println!(
+        "(new-host objects of {NEW_MAX_HOSTS} slots reloaded outside the measurement: \
+         layout 6 {} time(s), layout 5 {} time(s))",
+        new.reloads, new5.reloads
     );
 }
