@@ -475,9 +475,12 @@ fn claim(key: &HostKey, fresh: Option<&Fresh>, place: Place, bits: u32, lock: Lo
     // non-zero, so the key and count are written first, and the time is
     // published with an atomic operation: the JIT makes it fully ordered
     // on every architecture (arm64 reorders plain stores, x86 does not).
+    // The time is the tick the claim lock was taken at, under a
+    // microsecond ago: reading the clock again would be one more call
+    // into the kernel (see `now`) for the same tick nearly always.
     unsafe {
         core::ptr::write_volatile(b, 1);
-        publish(t, slot & 1, now());
+        publish(t, slot & 1, lock.me as u32);
     }
     Stamped::New
 }
