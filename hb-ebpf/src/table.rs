@@ -177,9 +177,20 @@ pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
             Stamped::Known
         };
     };
-    let stamped = match lookup(key, place, bits) {
+    // Looked for again only if an entry of either bucket has its tag: a
+    // survey of the two lines (already in the cache) without a branch,
+    // which also counts their empty entries, instead of the entry by
+    // entry lookup that a new host nearly always goes through for nothing.
+    let (e1, t1) = survey(place.first, place.tag, bits);
+    let (e2, t2) = survey(place.second, place.tag, bits);
+    let again = if t1 | t2 != 0 {
+        lookup(key, place, bits)
+    } else {
+        None
+    };
+    let stamped = match again {
         Some(slot) => known(slot, fresh),
-        None => claim(key, fresh, place, bits, lock),
+        None => claim(key, fresh, place, bits, lock, (e1, e2)),
     };
     unlock(lock);
     stamped
@@ -336,20 +347,24 @@ fn find(key: &HostKey, bucket: u32, tag: u32, bits: u32, skip: u32) -> Option<u3
     None
 }
 
-/// Empty entries of `bucket` (0 if there is no such bucket), counted
-/// without a branch, so that the verifier follows one path.
+/// The empty entries of `bucket` (0 if there is no such bucket), and
+/// whether any entry has `tag` (non-zero if so; see hb-common's
+/// `index::tagged`: an empty entry has tag 0). Without a branch, so that
+/// the verifier follows one path.
 #[inline(always)]
-fn empty_entries(bucket: u32) -> u32 {
+fn survey(bucket: u32, tag: u32, bits: u32) -> (u32, u64) {
     let Some(b) = INDEX.get_ptr(bucket) else {
-        return 0;
+        return (0, 0);
     };
-    let mut n = 0u64;
+    let pattern = index::tag_pattern(tag, bits);
+    let (mut n, mut tagged) = (0u64, 0u64);
     for i in 0..(index::BUCKET_ENTRIES / 2) {
         // SAFETY: pointer from a successful array lookup; i < 8.
         let w = unsafe { core::ptr::read_volatile((b as *const u64).add(i as usize)) };
         n += 2 - nonzero(w & 0xffff_ffff) - nonzero(w >> 32);
+        tagged |= index::tagged(w, pattern);
     }
-    n as u32
+    (n as u32, tagged)
 }
 
 /// 1 if `x` is not 0, else 0, without a branch: BPF has no "set if", so
@@ -375,10 +390,16 @@ fn nonzero(x: u64) -> u64 {
 }
 
 /// Records the first heartbeat of a new host: claims a slot (see the
-/// module's description).
+/// module's description). `empty`: the empty entries of its two buckets.
 #[inline(always)]
-fn claim(key: &HostKey, fresh: Option<&Fresh>, place: Place, bits: u32, lock: Lock) -> Stamped {
-    let (e1, e2) = (empty_entries(place.first), empty_entries(place.second));
+fn claim(
+    key: &HostKey,
+    fresh: Option<&Fresh>,
+    place: Place,
+    bits: u32,
+    lock: Lock,
+    (e1, e2): (u32, u32),
+) -> Stamped {
     if e1 == 0 && e2 == 0 {
         return Stamped::TableFull;
     }
