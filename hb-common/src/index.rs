@@ -193,7 +193,7 @@ mod tests {
                 } else {
                     (next() as u32).wrapping_shr(bits)
                 };
-                let mut half = |r: u64| -> u32 {
+                let half = |r: u64| -> u32 {
                     match r % 4 {
                         0 => 0,
                         1 => entry(tag, (r >> 8) as u32 & slot_mask.wrapping_sub(1) >> 1, bits),
