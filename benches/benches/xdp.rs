@@ -79,11 +79,14 @@ const TABLE_SINGLE: u32 = 200_000;
 const TABLE_CHUNK: u32 = 10_000;
 /// New hosts on layout 6 against layout 5 (and the empty program, their
 /// baseline): rounds of one chunk of each, in a rotating order...
-const NEW_ROUNDS: u32 = 150;
+const NEW_ROUNDS: u32 = NEW_MAX_HOSTS / NEW_CHUNK;
 /// ...of this many packets: short chunks, so that the three of a round see
 /// the same machine (the one-packet rows drift between and within runs on
-/// a shared machine, by more than the difference looked for).
-const NEW_CHUNK: u32 = 2_000;
+/// a shared machine, by more than the difference looked for). The rounds
+/// fill both tables from empty to full in step: what a new host costs
+/// depends on how full its table is (layout 5's hash chains grow), so
+/// both are measured at the same fill, over every fill.
+const NEW_CHUNK: u32 = 2_048;
 
 fn xdp<'a>(loaded: &'a Loaded, name: &str) -> &'a Xdp {
     loaded
@@ -203,6 +206,12 @@ impl NewHosts {
         }
     }
 
+    /// Starts again on an empty table (untimed).
+    fn reset(&mut self) {
+        self.loaded = kit::load(NEW_MAX_HOSTS);
+        self.reloads += 1;
+    }
+
     /// `iters` heartbeats, each from a host never seen before; the sum of
     /// the kernel's times (timer overhead included, as in `single`). Reloads
     /// the object, untimed, whenever its table is full.
@@ -213,8 +222,7 @@ impl NewHosts {
             let table = &self.loaded.table;
             let room = (table.capacity() - table.len()) as u64;
             if room == 0 {
-                self.loaded = kit::load(NEW_MAX_HOSTS);
-                self.reloads += 1;
+                self.reset();
                 continue;
             }
             let n = left.min(room);
@@ -293,6 +301,13 @@ impl Layout5NewHosts {
         alloc.get(&0, 0).expect("reading HB_ALLOC")
     }
 
+    /// Starts again on an empty table (untimed).
+    fn reset(&mut self) {
+        self.ebpf = Self::load(&self.dir);
+        self.used = 0;
+        self.reloads += 1;
+    }
+
     /// As `NewHosts::run`, on layout 5.
     fn run(&mut self, frame: &mut [u8], iters: u64) -> Duration {
         let mut total = Duration::ZERO;
@@ -300,9 +315,7 @@ impl Layout5NewHosts {
         while left > 0 {
             let room = u64::from(NEW_MAX_HOSTS - self.used);
             if room == 0 {
-                self.ebpf = Self::load(&self.dir);
-                self.used = 0;
-                self.reloads += 1;
+                self.reset();
                 continue;
             }
             let n = left.min(room);
@@ -699,6 +712,8 @@ fn table(
     // three chunks of a round in an order that rotates, so that none
     // always follows the same case; ratios per round, then their median
     // (a round that the machine disturbed is one outlier, not a drift).
+    new.reset();
+    new5.reset();
     let mut new_totals = [Duration::ZERO; 3];
     let mut six_to_five = Vec::new();
     let n = u64::from(NEW_CHUNK);
@@ -757,12 +772,22 @@ fn table(
         println!("| {name} | {ns:.1} | | {:.2} |", ns / new_ns[0]);
     }
     println!();
+    // Medians of the rounds of each quarter of the fill.
+    let quarters: Vec<String> = six_to_five
+        .chunks(six_to_five.len() / 4)
+        .map(|c| {
+            let mut c = c.to_vec();
+            c.sort_by(f64::total_cmp);
+            format!("{:.3}", c[c.len() / 2])
+        })
+        .collect();
     six_to_five.sort_by(f64::total_cmp);
     let q = |f: f64| six_to_five[((six_to_five.len() - 1) as f64 * f) as usize];
     println!(
-        "New host, layout 6 / layout 5, this run: {:.3} (means of {} packets each); \
-         per round of {NEW_CHUNK}: median {:.3}, quartiles {:.3}–{:.3}, range {:.3}–{:.3} \
-         over {NEW_ROUNDS} rounds",
+        "New host, layout 6 / layout 5, this run, both tables filled from empty to \
+         full in step: {:.3} (means of {} packets each); per round of {NEW_CHUNK}: \
+         median {:.3}, quartiles {:.3}–{:.3}, range {:.3}–{:.3} over {NEW_ROUNDS} rounds; \
+         median per quarter of the fill: {}",
         new_ns[1] / new_ns[2],
         NEW_ROUNDS * NEW_CHUNK,
         q(0.5),
@@ -770,6 +795,7 @@ fn table(
         q(0.75),
         six_to_five[0],
         six_to_five[six_to_five.len() - 1],
+        quarters.join(", "),
     );
     println!();
     println!(
