@@ -12,8 +12,10 @@
 //!
 //! Claiming a slot for a new host happens holding a claim lock (one of
 //! `HB_CLAIM`'s 4096, chosen by a hash of the host): the host is looked
-//! for again under it (another CPU may have just claimed it), a slot is
-//! taken (a freed one from `HB_FREE` first, else the next never used from
+//! for again under it (another CPU may have just claimed it; only if an
+//! entry of its buckets has its tag, which a branch-free survey of the two
+//! lines tells, counting their empty entries too), a slot is taken (a
+//! freed one from `HB_FREE` first, else the next never used from
 //! `HB_ALLOC`), its key written, then an empty entry of the less loaded
 //! bucket is set with a compare-and-exchange. Then both buckets are
 //! scanned again: if another entry names the same key, this CPU clears its
@@ -21,9 +23,9 @@
 //! but a lock taken over from a holder that died, see
 //! `CLAIM_STALE_TICKS`, may leave one: of two such claimers the later
 //! always sees the earlier's entry, so no host ever holds two slots). Only
-//! then is the slot's last-seen time published: a slot whose last-seen
-//! reads 0 is being claimed (or was given back), and a lookup that finds
-//! it stamps nothing. Without the lock, the post-check alone is what the
+//! then is the slot's last-seen time (the tick the lock was taken at)
+//! published: a slot whose last-seen reads 0 is being claimed (or was
+//! given back), and a lookup that finds it stamps nothing. Without the lock, the post-check alone is what the
 //! first layout-6 draft did: CPUs racing on one new host all backed off
 //! now and then (35 of 10,000 lockstep rounds on 2 CPUs), losing that
 //! first heartbeat; with it, a CPU that finds the lock held waits (at most
