@@ -37,10 +37,10 @@ use hb_common::{
 };
 use hb_testkit::{
     frames::{
-        PAYLOAD_OFFSET, SPORT, V4, arp_request, eth, hb4, ipv4_tcp, ipv4_udp, ipv6_udp, padded,
-        set_ipv4_src, src_addr, udp, v4_options,
+        DST_MAC, PAYLOAD_OFFSET, SPORT, V4, arp_request, eth, hb4, ipv4_tcp, ipv4_udp, ipv6_udp,
+        padded, set_ipv4_src, src_addr, udp, v4_options,
     },
-    program as kit,
+    layout5, program as kit,
 };
 use hb_userspace::xdp::{AuthSettings, Loaded};
 
@@ -77,6 +77,16 @@ const TABLE_ROUNDS: usize = 15;
 const TABLE_SINGLE: u32 = 200_000;
 /// ...measured in interleaved chunks of this many.
 const TABLE_CHUNK: u32 = 10_000;
+/// New hosts on layout 6 against layout 5 (and the empty program, their
+/// baseline): rounds of one chunk of each, in a rotating order...
+const NEW_ROUNDS: u32 = NEW_MAX_HOSTS / NEW_CHUNK;
+/// ...of this many packets: short chunks, so that the three of a round see
+/// the same machine (the one-packet rows drift between and within runs on
+/// a shared machine, by more than the difference looked for). The rounds
+/// fill both tables from empty to full in step: what a new host costs
+/// depends on how full its table is (layout 5's hash chains grow), so
+/// both are measured at the same fill, over every fill.
+const NEW_CHUNK: u32 = 2_048;
 
 fn xdp<'a>(loaded: &'a Loaded, name: &str) -> &'a Xdp {
     loaded
@@ -196,6 +206,12 @@ impl NewHosts {
         }
     }
 
+    /// Starts again on an empty table (untimed).
+    fn reset(&mut self) {
+        self.loaded = kit::load(NEW_MAX_HOSTS);
+        self.reloads += 1;
+    }
+
     /// `iters` heartbeats, each from a host never seen before; the sum of
     /// the kernel's times (timer overhead included, as in `single`). Reloads
     /// the object, untimed, whenever its table is full.
@@ -206,8 +222,7 @@ impl NewHosts {
             let table = &self.loaded.table;
             let room = (table.capacity() - table.len()) as u64;
             if room == 0 {
-                self.loaded = kit::load(NEW_MAX_HOSTS);
-                self.reloads += 1;
+                self.reset();
                 continue;
             }
             let n = left.min(room);
@@ -226,6 +241,114 @@ impl NewHosts {
             left -= n;
         }
         total
+    }
+}
+
+/// Layout 5's program (the migration test's fixture, as hb built it before
+/// the index) on maps made as a layout-5 collector made them, pinned in a
+/// directory of its own: the new-host row of the table before layout 6,
+/// measured in the same run as today's. Addressed like the kit's frames,
+/// as the main object is, so both pay for the destination checks.
+struct Layout5NewHosts {
+    ebpf: aya::Ebpf,
+    dir: std::path::PathBuf,
+    /// Slots taken in the current load.
+    used: u32,
+    next: u32,
+    reloads: u32,
+}
+
+impl Layout5NewHosts {
+    fn new() -> Self {
+        hb_userspace::xdp::ensure_bpffs().expect("a bpffs to pin layout 5's maps in");
+        let dir = std::path::Path::new("/sys/fs/bpf")
+            .join(format!("hb-bench-layout5-{}", std::process::id()));
+        let ebpf = Self::load(&dir);
+        Self {
+            ebpf,
+            dir,
+            used: 0,
+            // Its own sources, apart from the layout-6 object's (which
+            // count up from 1): the two tables are separate anyway.
+            next: 0,
+            reloads: 0,
+        }
+    }
+
+    /// An empty layout-5 table of `NEW_MAX_HOSTS` slots pinned at `dir`
+    /// (made anew), and the program on it.
+    fn load(dir: &std::path::Path) -> aya::Ebpf {
+        let _ = std::fs::remove_dir_all(dir);
+        layout5::Table {
+            capacity: NEW_MAX_HOSTS,
+            auth: false,
+            slots: Vec::new(),
+            last_sweep_ns: 0,
+            counters: [0; layout5::COUNTERS],
+        }
+        .pin(dir);
+        let mut ebpf = layout5::load_program(dir, NEW_MAX_HOSTS, None, false);
+        layout5::set_local(&mut ebpf, DST_MAC, &kit::local_addrs());
+        ebpf
+    }
+
+    /// Slots taken so far, as layout 5's `HB_ALLOC` counts them (no slot
+    /// is ever freed here).
+    fn allocated(&self) -> u64 {
+        let alloc: aya::maps::Array<_, u64> =
+            aya::maps::Array::try_from(self.ebpf.map("HB_ALLOC").expect("HB_ALLOC"))
+                .expect("HB_ALLOC is an array");
+        alloc.get(&0, 0).expect("reading HB_ALLOC")
+    }
+
+    /// Starts again on an empty table (untimed).
+    fn reset(&mut self) {
+        self.ebpf = Self::load(&self.dir);
+        self.used = 0;
+        self.reloads += 1;
+    }
+
+    /// As `NewHosts::run`, on layout 5.
+    fn run(&mut self, frame: &mut [u8], iters: u64) -> Duration {
+        let mut total = Duration::ZERO;
+        let mut left = iters;
+        while left > 0 {
+            let room = u64::from(NEW_MAX_HOSTS - self.used);
+            if room == 0 {
+                self.reset();
+                continue;
+            }
+            let n = left.min(room);
+            let before = self.allocated();
+            let prog: &Xdp = self
+                .ebpf
+                .program("hb")
+                .expect("layout 5's program")
+                .try_into()
+                .expect("an XDP program");
+            let next = &mut self.next;
+            total += single(prog, frame, XDP_DROP, n, || {
+                *next = next.wrapping_add(1);
+                src_addr(*next)
+            });
+            assert_eq!(
+                self.allocated(),
+                before + n,
+                "every heartbeat should have taken a layout-5 slot"
+            );
+            self.used += n as u32;
+            left -= n;
+        }
+        total
+    }
+}
+
+impl Drop for Layout5NewHosts {
+    fn drop(&mut self) {
+        // The pins would keep the maps (tens of MB) after the bench.
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("removing {}: {e}", self.dir.display());
+        }
     }
 }
 
@@ -319,17 +442,18 @@ fn main() {
     }
 
     let mut new_hosts = NewHosts::new();
+    let mut new5 = Layout5NewHosts::new();
     // No plots: with whole-nanosecond kernel times some distributions are
     // degenerate, which the plotters backend cannot draw.
     // No HTML report: the kernel reports whole nanoseconds, so samples are
     // often all equal and criterion's plotting panics on zero variance.
     let mut c = Criterion::default().without_plots().configure_from_args();
     same_frame_group(&mut c, &main, &frames);
-    single_packet_group(&mut c, &main, &frames, &mut new_hosts);
+    single_packet_group(&mut c, &main, &frames, &mut new_hosts, &mut new5);
     c.final_summary();
 
     if !quiet_list {
-        table(&main, &frames, &mut new_hosts, &Signed::new());
+        table(&main, &frames, &mut new_hosts, &mut new5, &Signed::new());
     }
 }
 
@@ -356,7 +480,13 @@ fn same_frame_group(c: &mut Criterion, main: &Loaded, frames: &Frames) {
     g.finish();
 }
 
-fn single_packet_group(c: &mut Criterion, main: &Loaded, frames: &Frames, new: &mut NewHosts) {
+fn single_packet_group(
+    c: &mut Criterion,
+    main: &Loaded,
+    frames: &Frames,
+    new: &mut NewHosts,
+    new5: &mut Layout5NewHosts,
+) {
     let (hb, empty) = (xdp(main, PROGRAM), xdp(main, BASELINE_PROGRAM));
     let mut g = c.benchmark_group("xdp_single_packet");
     // Criterion sizes samples from the wall time of its warm-up, so each
@@ -377,6 +507,9 @@ fn single_packet_group(c: &mut Criterion, main: &Loaded, frames: &Frames, new: &
     });
     g.bench_function("heartbeat_new_host", |b| {
         b.iter_custom(|iters| new.run(&mut scratch, iters))
+    });
+    g.bench_function("heartbeat_new_host_layout5", |b| {
+        b.iter_custom(|iters| new5.run(&mut scratch, iters))
     });
     g.finish();
 }
@@ -432,7 +565,13 @@ fn placements(key: bool) -> Vec<Loaded> {
 }
 
 /// One measurement of every case, in this one run, printed as markdown.
-fn table(main: &Loaded, frames: &Frames, new: &mut NewHosts, signed: &Signed) {
+fn table(
+    main: &Loaded,
+    frames: &Frames,
+    new: &mut NewHosts,
+    new5: &mut Layout5NewHosts,
+    signed: &Signed,
+) {
     let (hb, empty) = (xdp(main, PROGRAM), xdp(main, BASELINE_PROGRAM));
     let keyed = xdp(&signed.loaded, PROGRAM);
     // The primed heartbeat again: verified, then refused as a replay.
@@ -549,15 +688,14 @@ fn table(main: &Loaded, frames: &Frames, new: &mut NewHosts, signed: &Signed) {
     let mut scratch = frames.scratch.clone();
     let mut cycle = ColdCycle { next: 0 };
     let mut signed_scratch = signed_frame(SIGNED_RUN);
-    let mut totals = [Duration::ZERO; 5];
+    let mut totals = [Duration::ZERO; 4];
     for _ in 0..TABLE_SINGLE / TABLE_CHUNK {
         let n = u64::from(TABLE_CHUNK);
         totals[0] += single(empty, &mut scratch, XDP_PASS, n, || cycle.next_src());
         totals[1] += single(hb, &mut scratch, XDP_DROP, n, || cycle.next_src());
-        totals[2] += new.run(&mut scratch, n);
-        totals[3] += signed.fresh(&mut signed_scratch, n);
+        totals[2] += signed.fresh(&mut signed_scratch, n);
         // The same host unsigned, run the same way: what signing adds.
-        totals[4] += single(keyed, &mut scratch, XDP_DROP, n, || HOT_HOST);
+        totals[3] += single(keyed, &mut scratch, XDP_DROP, n, || HOT_HOST);
     }
     let table = &signed.loaded.table;
     let slot = table
@@ -569,6 +707,32 @@ fn table(main: &Loaded, frames: &Frames, new: &mut NewHosts, signed: &Signed) {
         "every fresh signed heartbeat should have been accepted"
     );
     let single_ns = totals.map(|d| d.as_nanos() as f64 / f64::from(TABLE_SINGLE));
+
+    // A new host, layout 6 against layout 5, with their own baseline: the
+    // three chunks of a round in an order that rotates, so that none
+    // always follows the same case; ratios per round, then their median
+    // (a round that the machine disturbed is one outlier, not a drift).
+    new.reset();
+    new5.reset();
+    let mut new_totals = [Duration::ZERO; 3];
+    let mut six_to_five = Vec::new();
+    let n = u64::from(NEW_CHUNK);
+    for round in 0..NEW_ROUNDS {
+        let mut t = [Duration::ZERO; 3];
+        for k in 0..3 {
+            let case = (round + k) % 3;
+            t[case as usize] = match case {
+                0 => single(empty, &mut scratch, XDP_PASS, n, || cycle.next_src()),
+                1 => new.run(&mut scratch, n),
+                _ => new5.run(&mut scratch, n),
+            };
+        }
+        six_to_five.push(t[1].as_secs_f64() / t[2].as_secs_f64());
+        for (sum, d) in new_totals.iter_mut().zip(t) {
+            *sum += d;
+        }
+    }
+    let new_ns = new_totals.map(|d| d.as_nanos() as f64 / f64::from(NEW_ROUNDS * NEW_CHUNK));
 
     println!();
     println!(
@@ -593,16 +757,50 @@ fn table(main: &Loaded, frames: &Frames, new: &mut NewHosts, signed: &Signed) {
     let single_names = [
         "empty program (repeat=1, baseline of the rows below)",
         "heartbeat, cold keys: 1M known hosts in turn (repeat=1)",
-        "heartbeat, new host every packet (repeat=1)",
         "signed heartbeat, hot host, next sequence number every packet (repeat=1)",
         "bare heartbeat, hot host, key configured (repeat=1)",
     ];
     for (name, ns) in single_names.iter().zip(single_ns) {
         println!("| {name} | {ns:.1} | | {:.2} |", ns / single_ns[0]);
     }
+    let new_names = [
+        "empty program (repeat=1, baseline of the two rows below, measured with them)",
+        "heartbeat, new host every packet (repeat=1)",
+        "heartbeat, new host every packet, layout 5's program (repeat=1)",
+    ];
+    for (name, ns) in new_names.iter().zip(new_ns) {
+        println!("| {name} | {ns:.1} | | {:.2} |", ns / new_ns[0]);
+    }
+    println!();
+    // Medians of the rounds of each quarter of the fill.
+    let quarters: Vec<String> = six_to_five
+        .chunks(six_to_five.len() / 4)
+        .map(|c| {
+            let mut c = c.to_vec();
+            c.sort_by(f64::total_cmp);
+            format!("{:.3}", c[c.len() / 2])
+        })
+        .collect();
+    six_to_five.sort_by(f64::total_cmp);
+    let q = |f: f64| six_to_five[((six_to_five.len() - 1) as f64 * f) as usize];
+    println!(
+        "New host, layout 6 / layout 5, this run, both tables filled from empty to \
+         full in step: {:.3} (means of {} packets each); per round of {NEW_CHUNK}: \
+         median {:.3}, quartiles {:.3}–{:.3}, range {:.3}–{:.3} over {NEW_ROUNDS} rounds; \
+         median per quarter of the fill: {}",
+        new_ns[1] / new_ns[2],
+        NEW_ROUNDS * NEW_CHUNK,
+        q(0.5),
+        q(0.25),
+        q(0.75),
+        six_to_five[0],
+        six_to_five[six_to_five.len() - 1],
+        quarters.join(", "),
+    );
     println!();
     println!(
-        "(new-host object of {NEW_MAX_HOSTS} slots reloaded {} time(s) outside the measurement)",
-        new.reloads
+        "(new-host objects of {NEW_MAX_HOSTS} slots reloaded outside the measurement: \
+         layout 6 {} time(s), layout 5 {} time(s))",
+        new.reloads, new5.reloads
     );
 }

@@ -115,6 +115,27 @@ pub const fn entry_slot(e: u32, slot_bits: u32) -> u32 {
     (e & 1u32.wrapping_shl(slot_bits).wrapping_sub(1)).wrapping_sub(1)
 }
 
+/// What [`tagged`] compares a bucket's words with to find entries of
+/// `tag`: the tag in its place in both halves of a word, and the mask of
+/// the tag's bits in both halves.
+#[inline(always)]
+pub const fn tag_pattern(tag: u32, slot_bits: u32) -> (u64, u64) {
+    let lane = tag.wrapping_shl(slot_bits) as u64;
+    let mask = u32::MAX.wrapping_shl(slot_bits) as u64;
+    (lane | lane << 32, mask | mask << 32)
+}
+
+/// Non-zero exactly when an entry of bucket word `word` (two entries) has
+/// the tag of `pattern` (see [`tag_pattern`]); an empty entry has tag 0.
+/// No branch: the masked difference has a zero 32-bit half exactly where
+/// an entry's tag matches, and "has a zero half" is the borrow trick of
+/// finding a zero byte in a word (exact as to whether there is one).
+#[inline(always)]
+pub const fn tagged(word: u64, (pattern, mask): (u64, u64)) -> u64 {
+    let m = (word ^ pattern) & mask;
+    m.wrapping_sub(0x0000_0001_0000_0001) & !m & 0x8000_0000_8000_0000
+}
+
 /// Claim locks (`HB_CLAIM`): a new host is claimed holding the lock its
 /// hash names, so that two claims of one host are never at once (see
 /// hb-ebpf's table.rs). Distinct hosts rarely share one (1 in 4096).
@@ -148,6 +169,51 @@ mod tests {
             assert_eq!(entry_slot(e, bits), max - 1);
             assert_eq!(entry_tag(e, bits), p.tag);
         }
+    }
+
+    /// `tagged` against the entries' tags read one by one, over words of
+    /// random entries, empty ones, and entries with the tag in either half.
+    #[test]
+    fn tagged_finds_exactly_the_words_with_the_tag() {
+        let mut x = 0x243f_6a88_85a3_08d3u64;
+        let mut next = || {
+            // xorshift64: any spread of words will do.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut seen = [0u32; 2];
+        for bits in [1u32, 5, 11, 21, 24, 31] {
+            let slot_mask = (1u32 << bits) - 1;
+            for _ in 0..20_000 {
+                // Tag 0 (the empty entries' tag) a quarter of the time.
+                let tag = if next() % 4 == 0 {
+                    0
+                } else {
+                    (next() as u32).wrapping_shr(bits)
+                };
+                let half = |r: u64| -> u32 {
+                    match r % 4 {
+                        0 => 0,
+                        1 => entry(tag, (r >> 8) as u32 & slot_mask.wrapping_sub(1) >> 1, bits),
+                        _ => (r >> 32) as u32,
+                    }
+                };
+                let (lo, hi) = (half(next()), half(next()));
+                let word = u64::from(hi) << 32 | u64::from(lo);
+                let has = |e: u32| e == 0 && tag == 0 || e != 0 && entry_tag(e, bits) == tag;
+                let expected = has(lo) || has(hi);
+                assert_eq!(
+                    tagged(word, tag_pattern(tag, bits)) != 0,
+                    expected,
+                    "word {word:#x}, tag {tag:#x}, {bits} slot bits"
+                );
+                seen[usize::from(expected)] += 1;
+            }
+        }
+        // Both answers were put to the test, many times.
+        assert!(seen.iter().all(|&n| n > 10_000), "{seen:?}");
     }
 
     #[test]

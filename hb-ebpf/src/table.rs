@@ -12,8 +12,10 @@
 //!
 //! Claiming a slot for a new host happens holding a claim lock (one of
 //! `HB_CLAIM`'s 4096, chosen by a hash of the host): the host is looked
-//! for again under it (another CPU may have just claimed it), a slot is
-//! taken (a freed one from `HB_FREE` first, else the next never used from
+//! for again under it (another CPU may have just claimed it; only if an
+//! entry of its buckets has its tag, which a branch-free survey of the two
+//! lines tells, counting their empty entries too), a slot is taken (a
+//! freed one from `HB_FREE` first, else the next never used from
 //! `HB_ALLOC`), its key written, then an empty entry of the less loaded
 //! bucket is set with a compare-and-exchange. Then both buckets are
 //! scanned again: if another entry names the same key, this CPU clears its
@@ -21,9 +23,9 @@
 //! but a lock taken over from a holder that died, see
 //! `CLAIM_STALE_TICKS`, may leave one: of two such claimers the later
 //! always sees the earlier's entry, so no host ever holds two slots). Only
-//! then is the slot's last-seen time published: a slot whose last-seen
-//! reads 0 is being claimed (or was given back), and a lookup that finds
-//! it stamps nothing. Without the lock, the post-check alone is what the
+//! then is the slot's last-seen time (the tick the lock was taken at)
+//! published: a slot whose last-seen reads 0 is being claimed (or was
+//! given back), and a lookup that finds it stamps nothing. Without the lock, the post-check alone is what the
 //! first layout-6 draft did: CPUs racing on one new host all backed off
 //! now and then (35 of 10,000 lockstep rounds on 2 CPUs), losing that
 //! first heartbeat; with it, a CPU that finds the lock held waits (at most
@@ -174,9 +176,20 @@ pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
             Stamped::Known
         };
     };
-    let stamped = match lookup(key, place, bits) {
+    // Looked for again only if an entry of either bucket has its tag: a
+    // survey of the two lines (already in the cache) without a branch,
+    // which also counts their empty entries, instead of the entry by
+    // entry lookup that a new host nearly always goes through for nothing.
+    let (e1, t1) = survey(place.first, place.tag, bits);
+    let (e2, t2) = survey(place.second, place.tag, bits);
+    let again = if t1 | t2 != 0 {
+        lookup(key, place, bits)
+    } else {
+        None
+    };
+    let stamped = match again {
         Some(slot) => known(slot, fresh),
-        None => claim(key, fresh, place, bits, lock),
+        None => claim(key, fresh, place, bits, lock, (e1, e2)),
     };
     unlock(lock);
     stamped
@@ -333,20 +346,24 @@ fn find(key: &HostKey, bucket: u32, tag: u32, bits: u32, skip: u32) -> Option<u3
     None
 }
 
-/// Empty entries of `bucket` (0 if there is no such bucket), counted
-/// without a branch, so that the verifier follows one path.
+/// The empty entries of `bucket` (0 if there is no such bucket), and
+/// whether any entry has `tag` (non-zero if so; see hb-common's
+/// `index::tagged`: an empty entry has tag 0). Without a branch, so that
+/// the verifier follows one path.
 #[inline(always)]
-fn empty_entries(bucket: u32) -> u32 {
+fn survey(bucket: u32, tag: u32, bits: u32) -> (u32, u64) {
     let Some(b) = INDEX.get_ptr(bucket) else {
-        return 0;
+        return (0, 0);
     };
-    let mut n = 0u64;
+    let pattern = index::tag_pattern(tag, bits);
+    let (mut n, mut tagged) = (0u64, 0u64);
     for i in 0..(index::BUCKET_ENTRIES / 2) {
         // SAFETY: pointer from a successful array lookup; i < 8.
         let w = unsafe { core::ptr::read_volatile((b as *const u64).add(i as usize)) };
         n += 2 - nonzero(w & 0xffff_ffff) - nonzero(w >> 32);
+        tagged |= index::tagged(w, pattern);
     }
-    n as u32
+    (n as u32, tagged)
 }
 
 /// 1 if `x` is not 0, else 0, without a branch: BPF has no "set if", so
@@ -372,10 +389,16 @@ fn nonzero(x: u64) -> u64 {
 }
 
 /// Records the first heartbeat of a new host: claims a slot (see the
-/// module's description).
+/// module's description). `empty`: the empty entries of its two buckets.
 #[inline(always)]
-fn claim(key: &HostKey, fresh: Option<&Fresh>, place: Place, bits: u32, lock: Lock) -> Stamped {
-    let (e1, e2) = (empty_entries(place.first), empty_entries(place.second));
+fn claim(
+    key: &HostKey,
+    fresh: Option<&Fresh>,
+    place: Place,
+    bits: u32,
+    lock: Lock,
+    (e1, e2): (u32, u32),
+) -> Stamped {
     if e1 == 0 && e2 == 0 {
         return Stamped::TableFull;
     }
@@ -472,9 +495,12 @@ fn claim(key: &HostKey, fresh: Option<&Fresh>, place: Place, bits: u32, lock: Lo
     // non-zero, so the key and count are written first, and the time is
     // published with an atomic operation: the JIT makes it fully ordered
     // on every architecture (arm64 reorders plain stores, x86 does not).
+    // The time is the tick the claim lock was taken at, under a
+    // microsecond ago: reading the clock again would be one more call
+    // into the kernel (see `now`) for the same tick nearly always.
     unsafe {
         core::ptr::write_volatile(b, 1);
-        publish(t, slot & 1, now());
+        publish(t, slot & 1, lock.me as u32);
     }
     Stamped::New
 }

@@ -273,16 +273,21 @@ pub fn write_state(path: &Path, pid: u32, port: u16, timeout_ms: u64, max_hosts:
 /// a layout-5 collector leaves recording after SIGUSR2.
 static PROGRAM5: &[u8] = aya::include_bytes_aligned!("../fixtures/hb-layout5.bpf.o");
 
-/// Loads layout 5's program on the maps pinned in `dir` (by [`Table::pin`],
-/// of `capacity` slots), attaches it to `iface` of the calling thread's
-/// network namespace (generic mode) and pins its link at `link`: what a
-/// layout-5 collector stopped with SIGUSR2 leaves. Heartbeats to any
-/// address are taken; with `key`, signed ones are verified as well as bare
-/// ones. Panics on failure (for tests).
-pub fn attach_program(dir: &Path, capacity: u32, iface: &str, link: &Path, key: Option<[u8; 16]>) {
-    use aya::programs::{Xdp, XdpMode, links::FdLink};
+/// Loads (and verifies, does not attach) layout 5's program on the maps
+/// pinned in `dir` (by [`Table::pin`], of `capacity` slots). With
+/// `any_destination`, heartbeats to any address are taken; without, only
+/// those to the addresses written into its `.data.hb_local` (see
+/// [`set_local`]). With `key`, signed ones are verified as well as bare
+/// ones. Panics on failure (for tests and benchmarks).
+pub fn load_program(
+    dir: &Path,
+    capacity: u32,
+    key: Option<[u8; 16]>,
+    any_destination: bool,
+) -> aya::Ebpf {
+    use aya::programs::Xdp;
     let hint_mask = capacity.next_power_of_two() - 1;
-    let any_dest = 1u8;
+    let any_dest = u8::from(any_destination);
     let mode = u8::from(key.is_some());
     let sip = key.map_or([0u64; 4], |k| hb_common::auth::state_after_header(&k).0);
     let mut loader = aya::EbpfLoader::new();
@@ -317,6 +322,56 @@ pub fn attach_program(dir: &Path, capacity: u32, iface: &str, link: &Path, key: 
         .expect("an XDP program");
     prog.load()
         .unwrap_or_else(|e| panic!("the kernel refused layout 5's program: {e}"));
+    ebpf
+}
+
+/// Makes `mac` and `addrs` what layout 5's program, loaded by
+/// [`load_program`] without `any_destination`, takes as addressed to it.
+/// Its `LocalSet` is the one hb-common defines today (unchanged since
+/// layout 5).
+pub fn set_local(ebpf: &mut aya::Ebpf, mac: [u8; 6], addrs: &[std::net::IpAddr]) {
+    use hb_common::{LocalSet, local_bucket};
+    let mut set = Box::new(LocalSet::EMPTY);
+    let mut mac_word = [0u8; 8];
+    mac_word[..6].copy_from_slice(&mac);
+    set.mac = u64::from_le_bytes(mac_word);
+    for ip in addrs {
+        let v6 = match *ip {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            std::net::IpAddr::V6(v6) => v6,
+        };
+        let key = HostKey { addr: v6.octets() };
+        let b = &mut set.buckets[local_bucket(key.words()) as usize];
+        let place = b
+            .iter_mut()
+            .find(|k| **k == HostKey::default())
+            .expect("a place in the local set");
+        *place = key;
+    }
+    let map = ebpf
+        .map_mut(hb_common::LOCAL_SET_SECTION)
+        .expect("layout 5's local set");
+    let mut array: aya::maps::Array<_, LocalSet> =
+        aya::maps::Array::try_from(map).expect("the local set is an array");
+    array
+        .set(0, set.as_ref(), 0)
+        .expect("writing layout 5's local set");
+}
+
+/// Loads layout 5's program on the maps pinned in `dir` (by [`Table::pin`],
+/// of `capacity` slots), attaches it to `iface` of the calling thread's
+/// network namespace (generic mode) and pins its link at `link`: what a
+/// layout-5 collector stopped with SIGUSR2 leaves. Heartbeats to any
+/// address are taken; with `key`, signed ones are verified as well as bare
+/// ones. Panics on failure (for tests).
+pub fn attach_program(dir: &Path, capacity: u32, iface: &str, link: &Path, key: Option<[u8; 16]>) {
+    use aya::programs::{Xdp, XdpMode, links::FdLink};
+    let mut ebpf = load_program(dir, capacity, key, true);
+    let prog: &mut Xdp = ebpf
+        .program_mut("hb")
+        .expect("layout 5's program")
+        .try_into()
+        .expect("an XDP program");
     let id = prog
         .attach(iface, XdpMode::Skb)
         .unwrap_or_else(|e| panic!("attaching layout 5's program to {iface}: {e}"));
