@@ -144,6 +144,11 @@ pub const CLAIM_LOCKS: u32 = 4096;
 /// takes under a microsecond) was left by a holder that died (a killed
 /// `hb` inserting from userspace): it may be taken over.
 pub const CLAIM_STALE_TICKS: u32 = 64;
+/// How long the program waits for a held claim lock, ns: some twenty
+/// claims whose lines are all cold. Past it, the heartbeat is not recorded
+/// (the host's next one is), so that a lock held by a preempted userspace
+/// insert never stalls the receive path.
+pub const CLAIM_WAIT_NS: u64 = 20_000;
 
 /// The claim lock of a host with hash `h`: other bits than its buckets'.
 #[inline(always)]
