@@ -21,6 +21,9 @@ pub enum Timeout {
     },
 }
 
+/// hb's `--min-timeout` default (the collector is started without one).
+const AUTO_MIN_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Timeout {
     /// The longest a host may go unheard before it is silent.
     fn bound(self) -> Duration {
@@ -28,6 +31,18 @@ impl Timeout {
             Self::Fixed(d) => d,
             Self::Auto { max } => max,
         }
+    }
+
+    /// The sweep hb chooses for this timeout when none is given (a quarter
+    /// of the shortest timeout, at most 1 s: config.md), here at most
+    /// `cap` (hb-load's `--sweep`): each collector runs as an operator's
+    /// would.
+    fn sweep(self, cap: Duration) -> Duration {
+        let shortest = match self {
+            Self::Fixed(d) => d,
+            Self::Auto { .. } => AUTO_MIN_TIMEOUT,
+        };
+        (shortest / 4).min(Duration::from_secs(1)).min(cap)
     }
 
     /// `15s`, or `auto` (whose --max-timeout is `auto_max`).
@@ -149,7 +164,8 @@ pub fn run(cfg: &Config, q: &Quality) -> Result<String> {
         "### Detection quality, fixed timeouts and auto ({date})\n\n\
          {} hosts, a third each beating every 1 s, 5 s and 30 s (each interval within ±{:.0}%), \
          {:.0}% of heartbeats lost at random, one host in {STOP_EVERY} stopping for good at a \
-         random moment after {} s; {} s of traffic per timeout, `--sweep {}ms`. Detection: \
+         random moment after {} s; {} s of traffic per timeout; each collector sweeps at hb's \
+         default for its timeout (at most {} ms). Detection: \
          from a stopped host's last heartbeat sent to its `silent` line read from hb's stdout. \
          False: `silent` lines of hosts still beating, per 1,000 host-hours of beating. \
          Flapping: `flapping` lines (flap damping at hb's default, 50%/25%).\n",
@@ -185,8 +201,9 @@ pub fn run(cfg: &Config, q: &Quality) -> Result<String> {
             };
             let _ = writeln!(
                 md,
-                "| {} | {} s | {} | {:.1} | {} | {:.1} / {:.1} / {:.1} s | {} | {} | {:.0} | {} |",
+                "| {} (sweep {} ms) | {} s | {} | {:.1} | {} | {:.1} / {:.1} / {:.1} s | {} | {} | {:.0} | {} |",
                 timeout,
+                timeout.sweep(cfg.sweep).as_millis(),
                 p.as_secs(),
                 c.hosts,
                 c.host_hours,
@@ -220,7 +237,7 @@ fn run_one(cfg: &Config, q: &Quality, timeout: Timeout, stop_end: Duration) -> R
         port: cfg.port,
         ingest: None,
         timeout: timeout.bound(),
-        sweep: cfg.sweep,
+        sweep: timeout.sweep(cfg.sweep),
         max_hosts: q.hosts * 2 + 1024,
         inventory: None,
         extra: match timeout {

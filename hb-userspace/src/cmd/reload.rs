@@ -73,12 +73,13 @@ impl Reloader {
         }
         info!("SIGHUP: reloading {source}");
         let command_line = self.command_line.clone();
+        let sweep = self.running.args.sweep;
         let (tx, rx) = mpsc::channel();
         let spawned = thread::Builder::new()
             .name("hb-reload".into())
             .spawn(move || {
                 let loaded = command_line
-                    .resolve()
+                    .resolve_keeping_sweep(sweep)
                     .map_err(|e| e.to_string())
                     .and_then(|config| {
                         let fleet = Fleet::load(&config.args.fleet_config())
