@@ -45,6 +45,10 @@ impl Timeout {
         (shortest / 4).min(Duration::from_secs(1)).min(cap)
     }
 
+    fn is_auto(self) -> bool {
+        matches!(self, Self::Auto { .. })
+    }
+
     /// `15s`, or `auto` (whose --max-timeout is `auto_max`).
     pub fn parse(s: &str, auto_max: Duration) -> Result<Self, String> {
         match s.trim() {
@@ -267,6 +271,8 @@ fn run_one(cfg: &Config, q: &Quality, timeout: Timeout, stop_end: Duration) -> R
         .collect();
     let mut first: Vec<Option<Instant>> = vec![None; n];
     let mut last: Vec<Option<Instant>> = vec![None; n];
+    // Stopped hosts' heartbeats as sent, to say why a detection was slow.
+    let mut sends: Vec<Vec<Instant>> = vec![Vec::new(); n];
     let mut classes: [Class; 3] = Default::default();
     let mut due: BinaryHeap<Reverse<(Instant, u32)>> = (0..q.hosts)
         .map(|i| {
@@ -302,6 +308,9 @@ fn run_one(cfg: &Config, q: &Quality, timeout: Timeout, stop_end: Duration) -> R
             for &i in &batch[..sent] {
                 first[i as usize].get_or_insert(now);
                 last[i as usize] = Some(now);
+                if stop[i as usize].is_some() {
+                    sends[i as usize].push(now);
+                }
                 classes[(i % 3) as usize].sent += 1;
             }
         }
@@ -337,6 +346,9 @@ fn run_one(cfg: &Config, q: &Quality, timeout: Timeout, stop_end: Duration) -> R
             }
         }
     }
+    if timeout.is_auto() {
+        explain_slowest(&judged, &sends);
+    }
     if events.foreign_count > 0 || !events.bad_lines.is_empty() {
         bail!(
             "quality: unexpected lines from hb: {:?} {:?}",
@@ -345,6 +357,40 @@ fn run_one(cfg: &Config, q: &Quality, timeout: Timeout, stop_end: Duration) -> R
         );
     }
     Ok(classes)
+}
+
+/// Logs, per class, the stopped host detected last: its last intervals as
+/// sent and what hb-common's `Timing` learns from all of them (the table
+/// learns from arrival stamps, within a tick or so of these).
+fn explain_slowest(judged: &Judged, sends: &[Vec<Instant>]) {
+    for c in 0..3 {
+        let slowest = (c..sends.len())
+            .step_by(3)
+            .filter_map(|i| judged.detected[i].map(|d| (d, i)))
+            .max();
+        let Some((d, i)) = slowest else { continue };
+        let ticks: Vec<u32> = sends[i]
+            .windows(2)
+            .map(|w| ((w[1] - w[0]).as_nanos() as u64 >> hb_common::TICK_SHIFT) as u32)
+            .collect();
+        let t = ticks
+            .iter()
+            .fold(hb_common::Timing::NONE, |t, &r| t.update(r));
+        let ms = |ticks: &[u32]| -> Vec<u64> {
+            ticks
+                .iter()
+                .map(|&r| (u64::from(r) * hb_common::TICK_NS) / 1_000_000)
+                .collect()
+        };
+        log::info!(
+            "quality: slowest of period {:?}: host {i} in {d:?}; learned mean {} ms, deviation {} ms, {} samples; intervals (ms): {:?}",
+            PERIODS[c],
+            t.mean_ns() / 1_000_000,
+            t.dev_ns() / 1_000_000,
+            t.samples(),
+            ms(&ticks)
+        );
+    }
 }
 
 /// What the events say of each host.
