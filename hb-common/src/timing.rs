@@ -32,6 +32,11 @@
 //! or one losing heartbeats all the time, must still be learned), and the
 //! first interval that is not long clears the flag. One long gap (an
 //! outage, a lost heartbeat) thus leaves what was learned as it was.
+//! Before `KARN_AFTER` intervals the rule cannot tell, but the first
+//! interval may itself span a lost heartbeat: a second interval under 2/3
+//! of the first starts the learning over from the second (as the first
+//! interval starts it), or a 5 s host whose first interval was 10 s would
+//! keep a long timeout for ten intervals.
 
 /// Last-seen ticks are CLOCK_MONOTONIC ns shifted right by this much.
 pub const TICK_SHIFT: u32 = 20;
@@ -161,11 +166,14 @@ impl Timing {
         };
         let n = self.samples();
         let samples = if n < 255 { n + 1 } else { 255 };
-        if n == 0 {
+        let (mean_x8, dev_x4) = (self.mean_x8(), self.dev_x4());
+        // The first interval, or a second under 2/3 of the first (which
+        // then spanned a lost heartbeat: start over from this one):
+        // 3 × r × 8 < 2 × mean × 8.
+        if n == 0 || (n == 1 && (r << 4) + (r << 3) < mean_x8 << 1) {
             // RFC 6298 2.2: SRTT = R, RTTVAR = R/2.
             return Self::pack(r << 3, r << 1, false, samples);
         }
-        let (mean_x8, dev_x4) = (self.mean_x8(), self.dev_x4());
         // Long: r > 1.5 × mean, compared at the mean's scale (r × 8 is at
         // most 2^27, 1.5 × mean × 8 below 2^28: no overflow).
         let long = n >= KARN_AFTER && (r << 3) > mean_x8 + (mean_x8 >> 1);
@@ -202,11 +210,11 @@ mod tests {
     impl Reference {
         fn step(self, r: u32) -> Self {
             let r = f64::from(r.min(MAX_INTERVAL));
-            if self.samples == 0 {
+            if self.samples == 0 || (self.samples == 1 && r < self.mean * 2.0 / 3.0) {
                 return Self {
                     mean: r,
                     dev: r / 2.0,
-                    samples: 1,
+                    samples: self.samples + 1,
                     long: false,
                 };
             }
@@ -364,6 +372,34 @@ mod tests {
         let (t, _) = follow([1, 1000, 1000, 1000, 1000, 1000], "a start burst");
         assert!(f64::from(t.mean_x8()) / 8.0 > 300.0);
         assert_eq!(Timing::NONE.update(u32::MAX).samples(), 1);
+    }
+
+    #[test]
+    fn a_first_interval_that_spans_a_loss_is_started_over() {
+        // 10 s, then 5 s: the first spanned a lost heartbeat.
+        let t = Timing::NONE.update(9537).update(4768);
+        assert_eq!(
+            (t.mean_x8(), t.dev_x4(), t.samples(), t.last_long()),
+            (4768 << 3, 4768 << 1, 2, false)
+        );
+        let (t, _) = follow(
+            [
+                9537, 4768, 9537, 4768, 4768, 4768, 4768, 4768, 4768, 4768, 4768,
+            ],
+            "10 s first",
+        );
+        // Learned as 5 s, its deviation decaying from 2.5 s (not from 5 s
+        // with a mean of 10 s).
+        assert!((f64::from(t.mean_x8()) / 8.0 - 4768.0).abs() < 10.0);
+        assert!(t.dev_ns() < 2_500_000_000 * 3 / 10, "{}", t.dev_ns());
+        // Not shorter than 2/3: learned as usual.
+        assert_eq!(Timing::NONE.update(900).update(601).samples(), 2);
+        assert_eq!(
+            Timing::NONE.update(900).update(601).mean_x8(),
+            900 * 7 + 601
+        );
+        // Only the second interval: later a short one is learned.
+        follow([4768, 4768, 4768, 1000, 1000], "shorter later");
     }
 
     #[test]
