@@ -14,11 +14,12 @@
 //! a smoothed mean and mean deviation as RFC 6298 does for round-trip
 //! times (α = 1/8, β = 1/4), in fixed point as Linux's TCP keeps them:
 //! the mean scaled by 8, the deviation by 4, so that each update is shifts
-//! and adds. One `u64`: mean×8 (28 bits), deviation×4 (27 bits; it never
-//! exceeds `MAX_INTERVAL` × 4 = 2^26), the long-interval flag (1 bit, the
-//! 28th of the deviation's field, which was always 0 before it had this
-//! use: entries pinned before it read as "not long"), samples (8 bits,
-//! saturating).
+//! and adds. One `u64`: mean×8 (28 bits), deviation×4 (26 bits: it stays
+//! below `(MAX_INTERVAL + 1) × 4` = 2^26), the long intervals in a row
+//! (2 bits, the top of the deviation's 28-bit field: entries pinned before
+//! they had this use read as 0, unless their deviation was the largest
+//! possible, 4.9 hours, which reads as 1 long interval and a deviation of
+//! 0: harmless), samples (8 bits, saturating).
 //!
 //! **Karn's rule.** An interval that spans a lost heartbeat (about twice
 //! the period) says nothing about the period, as a retransmitted
@@ -27,11 +28,13 @@
 //! period to the deviation, and the timeout (four deviations) would stay
 //! long for several intervals after each loss. So once `KARN_AFTER`
 //! intervals are folded in, an interval longer than 1.5 × the mean is
-//! *long*: the first of a run of long intervals is not folded in (only the
-//! flag is set), every further one is (a host whose period really grew,
-//! or one losing heartbeats all the time, must still be learned), and the
-//! first interval that is not long clears the flag. One long gap (an
-//! outage, a lost heartbeat) thus leaves what was learned as it was.
+//! *long*: the first `KARN_SKIPS` of a run of long intervals are not
+//! folded in (only counted), every further one is (a host whose period
+//! really grew, or one losing heartbeats all the time, must still be
+//! learned), and the first interval that is not long ends the run. One
+//! long gap (an outage, a lost heartbeat), or two in a row (two separate
+//! losses, 1 in 10,000 intervals at 1% loss), thus leave what was learned
+//! as it was.
 //! Before `KARN_AFTER` intervals the rule cannot tell, but the first
 //! interval may itself span a lost heartbeat: a second interval under 2/3
 //! of the first starts the learning over from the second (as the first
@@ -82,18 +85,20 @@ pub const fn ticks_floor(ns: u64) -> u32 {
 
 const FIELD_BITS: u32 = 28;
 const FIELD_MASK: u64 = (1 << FIELD_BITS) - 1;
-/// The deviation's bits: 27 (it is at most `MAX_INTERVAL << 2` = 2^26).
-const DEV_MASK: u64 = (1 << (FIELD_BITS - 1)) - 1;
-/// "The last interval was long" (see Karn's rule in the module's
-/// description): the top bit of the deviation's field.
-const LONG: u64 = 1 << (2 * FIELD_BITS - 1);
+/// The deviation's bits: 26 (it is at most `MAX_INTERVAL << 2` < 2^26).
+const DEV_MASK: u64 = (1 << (FIELD_BITS - 2)) - 1;
+/// Where the count of long intervals in a row is (see Karn's rule in the
+/// module's description): the top 2 bits of the deviation's field.
+const RUN_SHIFT: u32 = 2 * FIELD_BITS - 2;
+/// Long intervals in a row left out before the next one is folded in.
+pub const KARN_SKIPS: u32 = 2;
 /// Intervals folded in before Karn's rule applies: one interval is too
 /// little to call another one long (two heartbeats a tick apart at start
 /// would make the real period look long).
 pub const KARN_AFTER: u32 = 2;
 /// Longest interval folded in, in ticks (about 4.9 hours): a longer gap
-/// counts as this, so that the scaled mean always fits its field.
-pub const MAX_INTERVAL: u32 = 1 << 24;
+/// counts as this, so that the scaled mean and deviation fit their fields.
+pub const MAX_INTERVAL: u32 = (1 << 24) - 1;
 
 /// A host's learned heartbeat timing (see the module's description).
 #[repr(transparent)]
@@ -122,12 +127,17 @@ impl Timing {
         ((self.0 >> FIELD_BITS) & DEV_MASK) as u32
     }
 
-    /// Whether the last interval was long, and not folded in unless the
-    /// one before it was long too (Karn's rule, see the module's
-    /// description).
+    /// Long intervals in a row up to the last one, up to `KARN_SKIPS`
+    /// (Karn's rule, see the module's description).
+    #[inline(always)]
+    pub const fn long_run(self) -> u32 {
+        ((self.0 >> RUN_SHIFT) & 3) as u32
+    }
+
+    /// Whether the last interval was long.
     #[inline(always)]
     pub const fn last_long(self) -> bool {
-        self.0 & LONG != 0
+        self.long_run() != 0
     }
 
     /// Smoothed mean interval, ns.
@@ -141,11 +151,11 @@ impl Timing {
     }
 
     #[inline(always)]
-    const fn pack(mean_x8: u32, dev_x4: u32, long: bool, samples: u32) -> Self {
+    const fn pack(mean_x8: u32, dev_x4: u32, run: u32, samples: u32) -> Self {
         Self(
             (mean_x8 as u64 & FIELD_MASK)
                 | ((dev_x4 as u64 & DEV_MASK) << FIELD_BITS)
-                | ((long as u64) << (2 * FIELD_BITS - 1))
+                | ((run as u64) << RUN_SHIFT)
                 | ((samples as u64) << (2 * FIELD_BITS)),
         )
     }
@@ -172,13 +182,14 @@ impl Timing {
         // 3 × r × 8 < 2 × mean × 8.
         if n == 0 || (n == 1 && (r << 4) + (r << 3) < mean_x8 << 1) {
             // RFC 6298 2.2: SRTT = R, RTTVAR = R/2.
-            return Self::pack(r << 3, r << 1, false, samples);
+            return Self::pack(r << 3, r << 1, 0, samples);
         }
         // Long: r > 1.5 × mean, compared at the mean's scale (r × 8 is at
         // most 2^27, 1.5 × mean × 8 below 2^28: no overflow).
         let long = n >= KARN_AFTER && (r << 3) > mean_x8 + (mean_x8 >> 1);
-        if long && !self.last_long() {
-            return Self(self.0 | LONG);
+        let run = self.long_run();
+        if long && run < KARN_SKIPS {
+            return Self(self.0 + (1 << RUN_SHIFT));
         }
         // RFC 6298 2.3, with the error against the old mean for both:
         // RTTVAR = 3/4 RTTVAR + 1/4 |SRTT - R|; SRTT = 7/8 SRTT + 1/8 R.
@@ -186,7 +197,8 @@ impl Timing {
         let err = r.abs_diff(mean);
         let dev_x4 = dev_x4 - (dev_x4 >> 2) + err;
         let mean_x8 = mean_x8 - (mean_x8 >> 3) + r;
-        Self::pack(mean_x8, dev_x4, long, samples)
+        // A run stays at KARN_SKIPS while it lasts: the rest is folded in.
+        Self::pack(mean_x8, dev_x4, if long { run } else { 0 }, samples)
     }
 }
 
@@ -204,7 +216,7 @@ mod tests {
         mean: f64,
         dev: f64,
         samples: u32,
-        long: bool,
+        run: u32,
     }
 
     impl Reference {
@@ -215,18 +227,21 @@ mod tests {
                     mean: r,
                     dev: r / 2.0,
                     samples: self.samples + 1,
-                    long: false,
+                    run: 0,
                 };
             }
             let long = self.samples >= 2 && r > 1.5 * self.mean;
-            if long && !self.long {
-                return Self { long, ..self };
+            if long && self.run < 2 {
+                return Self {
+                    run: self.run + 1,
+                    ..self
+                };
             }
             Self {
                 mean: 0.875 * self.mean + 0.125 * r,
                 dev: 0.75 * self.dev + 0.25 * (self.mean - r).abs(),
                 samples: (self.samples + 1).min(255),
-                long,
+                run: if long { self.run } else { 0 },
             }
         }
 
@@ -246,7 +261,7 @@ mod tests {
                 self.dev
             );
             assert_eq!(t.samples(), self.samples, "{what}: samples");
-            assert_eq!(t.last_long(), self.long, "{what}: long");
+            assert_eq!(t.long_run(), self.run, "{what}: long run");
         }
     }
 
@@ -321,34 +336,41 @@ mod tests {
     }
 
     #[test]
-    fn two_losses_in_a_row_fold_the_second() {
+    fn two_losses_in_a_row_are_left_out_the_third_is_learned() {
         let steady = (0..20).fold(Timing::NONE, |t, _| t.update(954));
         let twice = steady.update(2 * 954).update(2 * 954);
-        assert!(twice.last_long());
-        assert_eq!(twice.samples(), steady.samples() + 1);
-        assert!(twice.mean_x8() > steady.mean_x8());
+        assert_eq!(twice.long_run(), 2);
+        assert_eq!(
+            (twice.mean_x8(), twice.dev_x4(), twice.samples()),
+            (steady.mean_x8(), steady.dev_x4(), steady.samples())
+        );
+        assert_eq!(twice.update(954), steady.update(954));
+        let thrice = twice.update(2 * 954);
+        assert_eq!(thrice.long_run(), 2, "a run stays at KARN_SKIPS");
+        assert_eq!(thrice.samples(), steady.samples() + 1);
+        assert!(thrice.mean_x8() > steady.mean_x8());
         follow(
-            repeat_n(954, 20).chain([1908, 1908, 954, 1908, 954]),
-            "two in a row",
+            repeat_n(954, 20).chain([1908, 1908, 954, 1908, 1908, 1908, 1908, 954, 1908, 954]),
+            "in a row",
         );
     }
 
     #[test]
-    fn a_longer_period_is_learned_one_interval_late() {
-        // 1 s, then 5 s: the first 5 s interval is left out, every further
-        // one is folded in until 5 s is no longer long.
+    fn a_longer_period_is_learned_two_intervals_late() {
+        // 1 s, then 5 s: the first two 5 s intervals are left out, every
+        // further one is folded in until 5 s is no longer long.
         let (t, _) = follow(repeat_n(954, 40).chain(repeat_n(4768, 60)), "1 s then 5 s");
         assert!((f64::from(t.mean_x8()) / 8.0 - 4768.0).abs() < 20.0);
         let once = (0..40).fold(Timing::NONE, |t, _| t.update(954));
-        let one = once.update(4768);
-        assert_eq!(one.samples(), once.samples(), "the first one left out");
-        let two = one.update(4768);
-        assert_eq!(two.samples(), once.samples() + 1, "the second folded in");
+        let two = once.update(4768).update(4768);
+        assert_eq!(two.samples(), once.samples(), "the first two left out");
         let three = two.update(4768);
-        assert_eq!(three.samples(), once.samples() + 2, "and the third");
-        assert!(three.last_long());
+        assert_eq!(three.samples(), once.samples() + 1, "the third folded in");
+        let four = three.update(4768);
+        assert_eq!(four.samples(), once.samples() + 2, "and the fourth");
+        assert!(four.last_long());
         // Once folded in, 2 × mean + 4 deviations covers the new period.
-        assert!(2 * two.mean_ns() + 4 * two.dev_ns() > 4768 * TICK_NS);
+        assert!(2 * three.mean_ns() + 4 * three.dev_ns() > 4768 * TICK_NS);
     }
 
     #[test]
@@ -403,22 +425,34 @@ mod tests {
     }
 
     #[test]
-    fn entries_pinned_before_the_flag_read_as_they_were() {
-        // Today's largest deviation and a saturated count, as the layout
-        // before the flag wrote them: the flag reads clear, the count 255.
-        let mut t = Timing::NONE.update(1);
-        for _ in 0..300 {
-            t = t.update(MAX_INTERVAL).update(1);
+    fn entries_pinned_before_the_run_count_read_as_they_were() {
+        // The layout before the count: deviation up to 2^26, samples up to
+        // 255. Any deviation below 2^26 reads as it was, with no run.
+        let old = |dev_x4: u32| {
+            Timing(
+                u64::from(1000u32 << 3)
+                    | (u64::from(dev_x4) << FIELD_BITS)
+                    | (255 << (2 * FIELD_BITS)),
+            )
+        };
+        for dev_x4 in [0, 4000, (1 << 26) - 1] {
+            let t = old(dev_x4);
+            assert_eq!((t.dev_x4(), t.long_run(), t.samples()), (dev_x4, 0, 255));
+            assert_eq!(t.mean_x8(), 8000);
         }
-        let old = Timing(
-            u64::from(MAX_INTERVAL << 3)
-                | (u64::from(MAX_INTERVAL << 2) << FIELD_BITS)
-                | (255 << (2 * FIELD_BITS)),
-        );
-        assert!(!old.last_long());
-        assert_eq!(old.samples(), 255);
-        assert_eq!(old.dev_x4(), MAX_INTERVAL << 2);
-        assert!(t.dev_x4() <= MAX_INTERVAL << 2);
+        // The largest it could have (a deviation of 4.9 hours): a run of
+        // one and no deviation, harmless.
+        let t = old(1 << 26);
+        assert_eq!((t.dev_x4(), t.long_run(), t.samples()), (0, 1, 255));
+        // This layout keeps the deviation below 2^26 and the run at most
+        // KARN_SKIPS, whatever comes in.
+        let mut t = Timing::NONE;
+        for i in 0..3000 {
+            t = t.update(if i % 6 < 3 { u32::MAX } else { 1 });
+            assert!(t.dev_x4() <= MAX_INTERVAL << 2 && t.dev_x4() < 1 << 26);
+            assert!(t.long_run() <= KARN_SKIPS);
+            assert!(t.mean_x8() >> 3 <= MAX_INTERVAL);
+        }
     }
 
     #[test]
