@@ -363,7 +363,7 @@ fn run_one(cfg: &Config, q: &Quality, timeout: Timeout, stop_end: Duration) -> R
 /// sent and what hb-common's `Timing` learns from all of them (the table
 /// learns from arrival stamps, within a tick or so of these).
 fn explain_slowest(judged: &Judged, sends: &[Vec<Instant>]) {
-    for c in 0..3 {
+    for (c, period) in PERIODS.iter().enumerate() {
         let slowest = (c..sends.len())
             .step_by(3)
             .filter_map(|i| judged.detected[i].map(|d| (d, i)))
@@ -384,7 +384,7 @@ fn explain_slowest(judged: &Judged, sends: &[Vec<Instant>]) {
         };
         log::info!(
             "quality: slowest of period {:?}: host {i} in {d:?}; learned mean {} ms, deviation {} ms, {} samples; intervals (ms): {:?}",
-            PERIODS[c],
+            period,
             t.mean_ns() / 1_000_000,
             t.dev_ns() / 1_000_000,
             t.samples(),
