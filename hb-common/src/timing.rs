@@ -210,7 +210,7 @@ mod tests {
     use super::*;
 
     /// RFC 6298 with Karn's rule in floating point, the reference: mean,
-    /// deviation, intervals folded in, last long.
+    /// deviation, intervals folded in, long intervals in a row.
     #[derive(Clone, Copy, Debug, Default)]
     struct Reference {
         mean: f64,
