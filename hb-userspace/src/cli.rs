@@ -25,6 +25,9 @@ pub use crate::{
     },
 };
 
+/// The longest default sweep (see `RunArgs::default_sweep`).
+pub const DEFAULT_SWEEP: Duration = Duration::from_secs(1);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "hb",
@@ -199,8 +202,8 @@ pub struct RunArgs {
     /// Flap damping: a flapping host whose share falls below this is reported `flapping_end` and its state.
     #[arg(long, value_name = "PERCENT", default_value_t = 25, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub flap_low: u8,
-    /// How often the host table is swept.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    /// How often the host table is swept [default: 1s, or a quarter of the shortest timeout if less: 500ms with --timeout auto].
+    #[arg(long, value_name = "D", default_value = "1s", hide_default_value = true, value_parser = parse_duration)]
     pub sweep: Duration,
     /// XDP attach mode: native (driver), skb (generic), or auto (native, else skb).
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
@@ -370,6 +373,30 @@ impl RunArgs {
     /// the timeout).
     pub fn timeout_bound(&self) -> Duration {
         self.timeout.bound(self.max_timeout)
+    }
+
+    /// The shortest timeout any host can have: `--timeout`'s or a
+    /// group's, `--min-timeout` where one of them is auto.
+    pub fn shortest_timeout(&self) -> Duration {
+        let of = |t: Timeout| match t {
+            Timeout::Fixed(d) => d,
+            Timeout::Auto => self.min_timeout,
+        };
+        let groups = self.groups.values().filter_map(|g| g.timeout);
+        groups
+            .chain([self.timeout])
+            .map(of)
+            .min()
+            .unwrap_or(self.min_timeout)
+    }
+
+    /// The sweep when neither the command line nor the config file gives
+    /// one: `DEFAULT_SWEEP`, or a quarter of the shortest timeout if that
+    /// is less. A sweep adds up to one sweep to every detection: 1 s is
+    /// little against 15 s, but half of what a 1 s host's learned timeout
+    /// (about 2.25 s) allows.
+    pub fn default_sweep(&self) -> Duration {
+        (self.shortest_timeout() / 4).min(DEFAULT_SWEEP)
     }
 
     /// The bounds of auto timeouts.

@@ -504,13 +504,33 @@ impl CommandLine {
     /// The configuration: the command line over the config file (if any),
     /// checked. Does not load the inventory.
     pub fn resolve(&self) -> Result<RunConfig, ConfigError> {
+        self.resolve_sweeping(None)
+    }
+
+    /// As `resolve`, at a reload of a collector that sweeps every
+    /// `running`: a sweep that neither the command line nor the file gives
+    /// stays `running`. Its default is computed once, at start, from the
+    /// timeouts then (the sweep cannot change while hb runs); a reload
+    /// that changes the timeouts keeps it.
+    pub fn resolve_keeping_sweep(&self, running: Duration) -> Result<RunConfig, ConfigError> {
+        self.resolve_sweeping(Some(running))
+    }
+
+    fn resolve_sweeping(&self, running: Option<Duration>) -> Result<RunConfig, ConfigError> {
         let mut args = self.args.clone();
         let mut file = FileSettings::default();
+        let default_sweep = |args: &mut RunArgs, file: &FileSettings| {
+            if !args.gave("sweep") && file.sweep.is_none() {
+                args.sweep = running.unwrap_or_else(|| args.default_sweep());
+            }
+        };
         if let Some(path) = &self.args.config {
             file = FileSettings::read(path)?;
             file.apply(&mut args);
+            default_sweep(&mut args, &file);
             file.validate(path, &args)?;
         } else {
+            default_sweep(&mut args, &file);
             args.validate().map_err(ConfigError::Options)?;
         }
         Ok(RunConfig {
@@ -753,5 +773,75 @@ sweep = \"2s\"\n",
             args.timeout,
             crate::track::adaptive::Timeout::Fixed(Duration::from_secs(20))
         );
+    }
+
+    /// The sweep of `hb run ARGS` with `file` as its config file, resolved
+    /// at start, or at a reload of a collector sweeping every `running`.
+    fn sweep_of(file: Option<&str>, args: &[&str], running: Option<Duration>) -> Duration {
+        let path = std::env::temp_dir().join(format!(
+            "hb-sweep-unit-{}-{:?}.toml",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let mut all = args.to_vec();
+        let config = path.to_str().unwrap().to_owned();
+        if let Some(text) = file {
+            std::fs::write(&path, text).unwrap();
+            all.extend(["--config", &config]);
+        }
+        let command_line = CommandLine {
+            args: run(&all),
+            log_level: None,
+            log_format: None,
+            netns: None,
+        };
+        let resolved = match running {
+            None => command_line.resolve(),
+            Some(r) => command_line.resolve_keeping_sweep(r),
+        };
+        let _ = std::fs::remove_file(&path);
+        resolved.unwrap().args.sweep
+    }
+
+    /// The default sweep is min(1 s, the shortest timeout / 4) (README,
+    /// config.md), whether the timeouts come from the command line or the
+    /// file; a sweep either gives wins.
+    #[test]
+    fn the_default_sweep_follows_the_shortest_timeout() {
+        let ms = Duration::from_millis;
+        assert_eq!(sweep_of(None, &[], None), ms(1000));
+        assert_eq!(sweep_of(None, &["--timeout", "auto"], None), ms(500));
+        let args = ["--timeout", "auto", "--min-timeout", "3s"];
+        assert_eq!(sweep_of(None, &args, None), ms(750));
+        assert_eq!(sweep_of(None, &["--timeout", "2s"], None), ms(500));
+        assert_eq!(sweep_of(None, &["--timeout", "8s"], None), ms(1000));
+        assert_eq!(sweep_of(Some("timeout = \"auto\"\n"), &[], None), ms(500));
+        // A group's timeout, fixed or auto, is a timeout too.
+        let groups = "[groups.fast]\ntimeout = \"1s\"\n[groups.slow]\ntimeout = \"1m\"\n";
+        assert_eq!(sweep_of(Some(groups), &[], None), ms(250));
+        let auto = "[groups.auto]\ntimeout = \"auto\"\n";
+        assert_eq!(sweep_of(Some(auto), &[], None), ms(500));
+        // Given, it wins: on the command line or in the file.
+        let args = ["--timeout", "auto", "--sweep", "1s"];
+        assert_eq!(sweep_of(None, &args, None), ms(1000));
+        let file = "timeout = \"auto\"\nsweep = \"1s\"\n";
+        assert_eq!(sweep_of(Some(file), &[], None), ms(1000));
+        assert_eq!(sweep_of(Some(file), &["--sweep", "200ms"], None), ms(200));
+    }
+
+    /// At a reload the default is the running sweep: computed at start, it
+    /// does not follow the reloaded timeouts (a reload cannot change the
+    /// sweep); a sweep the file gives is read as before (and then refused
+    /// if it differs, by the reloader).
+    #[test]
+    fn a_reload_keeps_the_default_sweep() {
+        let ms = Duration::from_millis;
+        let file = "timeout = \"auto\"\n";
+        assert_eq!(sweep_of(Some(file), &[], Some(ms(1000))), ms(1000));
+        assert_eq!(sweep_of(Some(file), &[], Some(ms(400))), ms(400));
+        let given = "timeout = \"auto\"\nsweep = \"300ms\"\n";
+        assert_eq!(sweep_of(Some(given), &[], Some(ms(1000))), ms(300));
+        let args = ["--sweep", "700ms"];
+        assert_eq!(sweep_of(Some(file), &args, Some(ms(1000))), ms(700));
     }
 }

@@ -21,6 +21,9 @@ pub enum Timeout {
     },
 }
 
+/// hb's `--min-timeout` default (the collector is started without one).
+const AUTO_MIN_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Timeout {
     /// The longest a host may go unheard before it is silent.
     fn bound(self) -> Duration {
@@ -28,6 +31,22 @@ impl Timeout {
             Self::Fixed(d) => d,
             Self::Auto { max } => max,
         }
+    }
+
+    /// The sweep hb chooses for this timeout when none is given (a quarter
+    /// of the shortest timeout, at most 1 s: config.md), here at most
+    /// `cap` (hb-load's `--sweep`): each collector runs as an operator's
+    /// would.
+    fn sweep(self, cap: Duration) -> Duration {
+        let shortest = match self {
+            Self::Fixed(d) => d,
+            Self::Auto { .. } => AUTO_MIN_TIMEOUT,
+        };
+        (shortest / 4).min(Duration::from_secs(1)).min(cap)
+    }
+
+    fn is_auto(self) -> bool {
+        matches!(self, Self::Auto { .. })
     }
 
     /// `15s`, or `auto` (whose --max-timeout is `auto_max`).
@@ -149,7 +168,8 @@ pub fn run(cfg: &Config, q: &Quality) -> Result<String> {
         "### Detection quality, fixed timeouts and auto ({date})\n\n\
          {} hosts, a third each beating every 1 s, 5 s and 30 s (each interval within ±{:.0}%), \
          {:.0}% of heartbeats lost at random, one host in {STOP_EVERY} stopping for good at a \
-         random moment after {} s; {} s of traffic per timeout, `--sweep {}ms`. Detection: \
+         random moment after {} s; {} s of traffic per timeout; each collector sweeps at hb's \
+         default for its timeout (at most {} ms). Detection: \
          from a stopped host's last heartbeat sent to its `silent` line read from hb's stdout. \
          False: `silent` lines of hosts still beating, per 1,000 host-hours of beating. \
          Flapping: `flapping` lines (flap damping at hb's default, 50%/25%).\n",
@@ -185,8 +205,9 @@ pub fn run(cfg: &Config, q: &Quality) -> Result<String> {
             };
             let _ = writeln!(
                 md,
-                "| {} | {} s | {} | {:.1} | {} | {:.1} / {:.1} / {:.1} s | {} | {} | {:.0} | {} |",
+                "| {} (sweep {} ms) | {} s | {} | {:.1} | {} | {:.1} / {:.1} / {:.1} s | {} | {} | {:.0} | {} |",
                 timeout,
+                timeout.sweep(cfg.sweep).as_millis(),
                 p.as_secs(),
                 c.hosts,
                 c.host_hours,
@@ -220,7 +241,7 @@ fn run_one(cfg: &Config, q: &Quality, timeout: Timeout, stop_end: Duration) -> R
         port: cfg.port,
         ingest: None,
         timeout: timeout.bound(),
-        sweep: cfg.sweep,
+        sweep: timeout.sweep(cfg.sweep),
         max_hosts: q.hosts * 2 + 1024,
         inventory: None,
         extra: match timeout {
@@ -250,6 +271,8 @@ fn run_one(cfg: &Config, q: &Quality, timeout: Timeout, stop_end: Duration) -> R
         .collect();
     let mut first: Vec<Option<Instant>> = vec![None; n];
     let mut last: Vec<Option<Instant>> = vec![None; n];
+    // Stopped hosts' heartbeats as sent, to say why a detection was slow.
+    let mut sends: Vec<Vec<Instant>> = vec![Vec::new(); n];
     let mut classes: [Class; 3] = Default::default();
     let mut due: BinaryHeap<Reverse<(Instant, u32)>> = (0..q.hosts)
         .map(|i| {
@@ -285,6 +308,9 @@ fn run_one(cfg: &Config, q: &Quality, timeout: Timeout, stop_end: Duration) -> R
             for &i in &batch[..sent] {
                 first[i as usize].get_or_insert(now);
                 last[i as usize] = Some(now);
+                if stop[i as usize].is_some() {
+                    sends[i as usize].push(now);
+                }
                 classes[(i % 3) as usize].sent += 1;
             }
         }
@@ -320,6 +346,9 @@ fn run_one(cfg: &Config, q: &Quality, timeout: Timeout, stop_end: Duration) -> R
             }
         }
     }
+    if timeout.is_auto() {
+        explain_slowest(&judged, &sends);
+    }
     if events.foreign_count > 0 || !events.bad_lines.is_empty() {
         bail!(
             "quality: unexpected lines from hb: {:?} {:?}",
@@ -328,6 +357,40 @@ fn run_one(cfg: &Config, q: &Quality, timeout: Timeout, stop_end: Duration) -> R
         );
     }
     Ok(classes)
+}
+
+/// Logs, per class, the stopped host detected last: its last intervals as
+/// sent and what hb-common's `Timing` learns from all of them (the table
+/// learns from arrival stamps, within a tick or so of these).
+fn explain_slowest(judged: &Judged, sends: &[Vec<Instant>]) {
+    for (c, period) in PERIODS.iter().enumerate() {
+        let slowest = (c..sends.len())
+            .step_by(3)
+            .filter_map(|i| judged.detected[i].map(|d| (d, i)))
+            .max();
+        let Some((d, i)) = slowest else { continue };
+        let ticks: Vec<u32> = sends[i]
+            .windows(2)
+            .map(|w| ((w[1] - w[0]).as_nanos() as u64 >> hb_common::TICK_SHIFT) as u32)
+            .collect();
+        let t = ticks
+            .iter()
+            .fold(hb_common::Timing::NONE, |t, &r| t.update(r));
+        let ms = |ticks: &[u32]| -> Vec<u64> {
+            ticks
+                .iter()
+                .map(|&r| (u64::from(r) * hb_common::TICK_NS) / 1_000_000)
+                .collect()
+        };
+        log::info!(
+            "quality: slowest of period {:?}: host {i} in {d:?}; learned mean {} ms, deviation {} ms, {} samples; intervals (ms): {:?}",
+            period,
+            t.mean_ns() / 1_000_000,
+            t.dev_ns() / 1_000_000,
+            t.samples(),
+            ms(&ticks)
+        );
+    }
 }
 
 /// What the events say of each host.

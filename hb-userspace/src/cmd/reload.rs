@@ -73,12 +73,13 @@ impl Reloader {
         }
         info!("SIGHUP: reloading {source}");
         let command_line = self.command_line.clone();
+        let sweep = self.running.args.sweep;
         let (tx, rx) = mpsc::channel();
         let spawned = thread::Builder::new()
             .name("hb-reload".into())
             .spawn(move || {
                 let loaded = command_line
-                    .resolve()
+                    .resolve_keeping_sweep(sweep)
                     .map_err(|e| e.to_string())
                     .and_then(|config| {
                         let fleet = Fleet::load(&config.args.fleet_config())
@@ -399,5 +400,45 @@ mod tests {
         );
         assert!(r.loading.is_none());
         let _ = std::fs::remove_file(&path);
+    }
+
+    /// The default sweep is computed at start (config.md, "The sweep"): a
+    /// reload to `timeout = "auto"` keeps the running 1 s and is adopted,
+    /// not refused as a change of the sweep.
+    #[test]
+    fn a_reload_to_auto_keeps_the_default_sweep() {
+        let path =
+            std::env::temp_dir().join(format!("hb-reload-sweep-{}.toml", std::process::id()));
+        std::fs::write(&path, "timeout = \"15s\"\n").unwrap();
+        let config = path.to_str().unwrap().to_owned();
+        let Command::Run(args) = Cli::try_parse_noting(["hb", "run", "--config", &config])
+            .unwrap()
+            .command
+        else {
+            panic!("not run")
+        };
+        let command_line = CommandLine {
+            args,
+            log_level: None,
+            log_format: None,
+            netns: None,
+        };
+        let running = command_line.resolve().unwrap();
+        assert_eq!(running.args.sweep, Duration::from_secs(1));
+        let mut r = Reloader::new(command_line, running);
+        std::fs::write(&path, "timeout = \"auto\"\n").unwrap();
+        r.hangup();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let adopted = loop {
+            if let Some(a) = r.poll() {
+                break a;
+            }
+            assert!(r.busy(), "the reload was refused or failed");
+            assert!(std::time::Instant::now() < deadline, "no reload adopted");
+            thread::sleep(Duration::from_millis(5));
+        };
+        let _ = std::fs::remove_file(&path);
+        assert!(adopted.config.args.timeout.is_auto());
+        assert_eq!(adopted.config.args.sweep, Duration::from_secs(1));
     }
 }

@@ -14,7 +14,10 @@
 //! for the sweep's and the scheduler's own jitter). Before `MIN_SAMPLES`
 //! intervals (a new host, or one whose slot was reused) the fixed bound
 //! `--max-timeout` applies. See docs/config.md for why K and G are what
-//! they are (measured with the quality benchmark).
+//! they are (measured with the quality benchmark). Intervals that span a
+//! lost heartbeat are not learned (Karn's rule, in `hb_common::timing`):
+//! the count is of intervals learned, and a loss leaves mean and
+//! deviation, and so the timeout, as they were.
 //!
 //! **Suspicion.** A silent host's `phi`, as the accrual failure detector
 //! of Hayashibara et al. (Akka, Cassandra) defines it: −log10 of the
