@@ -10,7 +10,7 @@ use log::{debug, info};
 use super::{default_route, join_mounts, key, reload::Reloader};
 use crate::{
     alert,
-    cli::{IngestKind, RunArgs, Timeout},
+    cli::{IngestKind, RunArgs},
     config::{CommandLine, RunConfig},
     http::{HttpServer, Site},
     ingest::{self, xdp::AuthSettings},
@@ -81,11 +81,8 @@ pub fn run(config: RunConfig, command_line: CommandLine) -> Result<()> {
     };
     // Resuming, a silent host that beat in the gap was silent since at
     // least the last sweep less the shortest timeout it can have.
-    let shortest = match args.timeout {
-        Timeout::Fixed(t) => t,
-        Timeout::Auto => args.min_timeout,
-    };
-    let mut sweeper = Sweeper::with_tracker(ingest.begin(shortest)?, args.format);
+    // (A group's timeout counts: its hosts may be the ones that beat.)
+    let mut sweeper = Sweeper::with_tracker(ingest.begin(args.shortest_timeout())?, args.format);
     sweeper.set_timeout_policy(args.timeout, args.auto_policy());
     sweeper.set_flap(args.flap_high, args.flap_low);
     sweeper.set_summary_every(summary_sweeps(args));
