@@ -349,12 +349,8 @@ mod tests {
         assert!(fixed_changes(&old, &old).is_empty() && changes(&old, &old).is_empty());
     }
 
-    /// A SIGHUP while a reload loads: another load once it is in, so that
-    /// the file as it is last is the one adopted.
-    #[test]
-    fn a_sighup_while_loading_loads_again() {
-        let path = std::env::temp_dir().join(format!("hb-reload-unit-{}.toml", std::process::id()));
-        std::fs::write(&path, "timeout = \"15s\"\n").unwrap();
+    /// `hb run --config path`, as `main` hands it to the collector.
+    fn run_with_config(path: &std::path::Path) -> CommandLine {
         let config = path.to_str().unwrap().to_owned();
         let Command::Run(args) = Cli::try_parse_noting(["hb", "run", "--config", &config])
             .unwrap()
@@ -362,12 +358,21 @@ mod tests {
         else {
             panic!("not run")
         };
-        let command_line = CommandLine {
+        CommandLine {
             args,
             log_level: None,
             log_format: None,
             netns: None,
-        };
+        }
+    }
+
+    /// A SIGHUP while a reload loads: another load once it is in, so that
+    /// the file as it is last is the one adopted.
+    #[test]
+    fn a_sighup_while_loading_loads_again() {
+        let path = std::env::temp_dir().join(format!("hb-reload-unit-{}.toml", std::process::id()));
+        std::fs::write(&path, "timeout = \"15s\"\n").unwrap();
+        let command_line = run_with_config(&path);
         let running = command_line.resolve().unwrap();
         let mut r = Reloader::new(command_line, running);
         let adopted = |r: &mut Reloader| {
@@ -410,19 +415,7 @@ mod tests {
         let path =
             std::env::temp_dir().join(format!("hb-reload-sweep-{}.toml", std::process::id()));
         std::fs::write(&path, "timeout = \"15s\"\n").unwrap();
-        let config = path.to_str().unwrap().to_owned();
-        let Command::Run(args) = Cli::try_parse_noting(["hb", "run", "--config", &config])
-            .unwrap()
-            .command
-        else {
-            panic!("not run")
-        };
-        let command_line = CommandLine {
-            args,
-            log_level: None,
-            log_format: None,
-            netns: None,
-        };
+        let command_line = run_with_config(&path);
         let running = command_line.resolve().unwrap();
         assert_eq!(running.args.sweep, Duration::from_secs(1));
         let mut r = Reloader::new(command_line, running);
