@@ -25,13 +25,13 @@
 //! always sees the earlier's entry, so no host ever holds two slots). Only
 //! then is the slot's last-seen time (the tick the lock was taken at)
 //! published: a slot whose last-seen reads 0 is being claimed (or was
-//! given back), and a lookup that finds it stamps nothing. Without the lock, the post-check alone is what the
-//! first layout-6 draft did: CPUs racing on one new host all backed off
-//! now and then (35 of 10,000 lockstep rounds on 2 CPUs), losing that
-//! first heartbeat; with it, a CPU that finds the lock held waits (up to
-//! 64 reads paced by clock reads, at most `CLAIM_WAIT_NS`, 20 µs, where a
-//! claim takes about one) and then finds
-//! the host claimed: its heartbeat counts.
+//! given back), and a lookup that finds it stamps nothing. Without the
+//! lock, the post-check alone is what the first layout-6 draft did: CPUs
+//! racing on one new host all backed off now and then (35 of 10,000
+//! lockstep rounds on 2 CPUs), losing that first heartbeat; with it, a CPU
+//! that finds the lock held waits (up to 64 reads paced by clock reads, at
+//! most `CLAIM_WAIT_NS`, 20 µs, where a claim takes about one) and then
+//! finds the host claimed: its heartbeat counts.
 //! Hosts are removed only by userspace, which forgets a retired host (see
 //! hb-userspace's `HostTable::forget_slot`): clears its entry, and queues
 //! its slot in `HB_FREE`. A full table (both buckets full, or no slot
@@ -514,8 +514,8 @@ fn claim(
     // published with an atomic operation: the JIT makes it fully ordered
     // on every architecture (arm64 reorders plain stores, x86 does not).
     // The time is the tick the claim lock was taken at, under a
-    // microsecond ago: reading the clock again would be one more call
-    // into the kernel (see `now`) for the same tick nearly always.
+    // microsecond ago: reading the clock again (see `now`) would give the
+    // same tick nearly always.
     unsafe {
         core::ptr::write_volatile(b, 1);
         publish(t, slot & 1, lock.me as u32);

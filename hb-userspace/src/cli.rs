@@ -363,7 +363,7 @@ impl RunArgs {
             attach_mode: self.xdp_mode,
             auth,
             timeout: self.timeout_bound(),
-            auto: self.timeout.is_auto().then(|| self.auto_policy()),
+            auto: self.auto_bounds(),
             sweep: self.sweep,
         }
     }
@@ -402,6 +402,12 @@ impl RunArgs {
     /// The bounds of auto timeouts.
     pub fn auto_policy(&self) -> crate::track::adaptive::Policy {
         crate::track::adaptive::Policy::new(self.min_timeout, self.max_timeout)
+    }
+
+    /// The bounds of auto timeouts where `--timeout` is `auto`, for what
+    /// tells the collector's settings (logs, `hb status`).
+    pub fn auto_bounds(&self) -> Option<crate::track::adaptive::Policy> {
+        self.timeout.is_auto().then(|| self.auto_policy())
     }
 
     /// What the configuration says about the fleet.

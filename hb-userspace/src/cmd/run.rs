@@ -102,10 +102,7 @@ pub fn run(config: RunConfig, command_line: CommandLine) -> Result<()> {
                     let a = &new.config.args;
                     sweeper.set_timeout_policy(a.timeout, a.auto_policy());
                     sweeper.set_flap(a.flap_high, a.flap_low);
-                    ingest.set_timeout(
-                        a.timeout_bound(),
-                        a.timeout.is_auto().then(|| a.auto_policy()),
-                    );
+                    ingest.set_timeout(a.timeout_bound(), a.auto_bounds());
                     sweeper.set_summary_every(summary_sweeps(a));
                     // Adopted once its hosts are looked up in the table,
                     // a share of a sweep at a time.

@@ -26,10 +26,11 @@ use crate::{
         },
     },
     track::{
+        adaptive::Timeout,
         events::{host_id, host_ip},
         fleet::{Fleet, FleetConfig, Inventory},
         silent::{OwnedLabels, silent_page},
-        tracker::{AUTO, Tracker},
+        tracker::Tracker,
     },
 };
 
@@ -93,8 +94,7 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
     let mut tracker = Tracker::new(timeout.as_nanos() as u64);
     tracker.set_epoch(table.epoch_ns());
     if let Some(auto) = state.auto {
-        tracker.set_auto(auto.policy());
-        tracker.set_timeout(AUTO);
+        tracker.set_timeout_policy(Timeout::Auto, auto.policy());
     }
     tracker.sweep_timed(
         table.last_seen(),

@@ -23,7 +23,7 @@ use super::{
     recent::Recent,
     silent::SilentOrder,
     table::Table,
-    tracker::{AUTO, Observer, Told, Tracker, Transition},
+    tracker::{Observer, Told, Tracker, Transition, timeout_ns},
 };
 
 /// Bytes of the output buffer kept from one sweep to the next: a quiet
@@ -202,11 +202,7 @@ impl Sweeper {
     /// `--timeout` (fixed or auto) and the bounds of auto timeouts, for the
     /// sweeps from now on (at start and at a reload).
     pub fn set_timeout_policy(&mut self, timeout: Timeout, auto: adaptive::Policy) {
-        self.tracker.set_auto(auto);
-        self.tracker.set_timeout(match timeout {
-            Timeout::Fixed(d) => d.as_nanos() as u64,
-            Timeout::Auto => AUTO,
-        });
+        self.tracker.set_timeout_policy(timeout, auto);
     }
 
     /// Flap damping thresholds, percent (`high` 0: off).
@@ -419,11 +415,7 @@ impl Sweeper {
         let default = self.tracker.timeout_ns();
         let mut timeouts = vec![default; 256];
         for (c, policy) in self.fleet.classes().iter().enumerate() {
-            timeouts[c] = match policy.timeout {
-                None => default,
-                Some(Timeout::Fixed(t)) => t.as_nanos() as u64,
-                Some(Timeout::Auto) => AUTO,
-            };
+            timeouts[c] = policy.timeout.map_or(default, timeout_ns);
         }
         timeouts[MUTED as usize] = u64::MAX;
         self.tracker.set_timeouts(timeouts);

@@ -312,6 +312,14 @@ fn older_than_is_the_same_vectorised() {
 /// (`--timeout auto`): see `track::adaptive`.
 pub const AUTO: u64 = u64::MAX - 1;
 
+/// `timeout` as the tracker keeps it: ns, or `AUTO`.
+pub fn timeout_ns(timeout: adaptive::Timeout) -> u64 {
+    match timeout {
+        adaptive::Timeout::Fixed(d) => d.as_nanos() as u64,
+        adaptive::Timeout::Auto => AUTO,
+    }
+}
+
 /// The timeout of `slot`: its class's, or `default` without classes.
 #[inline]
 fn timeout_of(class: &[u8], timeouts: &[u64], default: u64, slot: usize) -> u64 {
@@ -477,6 +485,13 @@ impl Tracker {
     pub fn set_timeout(&mut self, timeout_ns: u64) {
         self.timeout_ns = timeout_ns;
         self.timeouts_gen += 1;
+    }
+
+    /// `--timeout` (fixed or auto) and the bounds of auto timeouts, for the
+    /// sweeps from now on (at start and at a reload).
+    pub fn set_timeout_policy(&mut self, timeout: adaptive::Timeout, auto: adaptive::Policy) {
+        self.set_auto(auto);
+        self.set_timeout(timeout_ns(timeout));
     }
 
     /// The bounds of `AUTO` timeouts (a reload may change them).
