@@ -26,12 +26,13 @@ mod logging;
 mod notify;
 mod track;
 
-pub use cli::{Cli, parse_duration, parse_port};
+pub use cli::{Cli, DEFAULT_SWEEP, parse_duration, parse_port};
 pub use clock::monotonic_ns;
 pub use cmd::{Signer, default_host_id, parse_key};
 pub use http::{Request, Response, Site};
 pub use logging::init as init_logging;
 pub use track::{
+    adaptive::DEFAULT_MIN as DEFAULT_MIN_TIMEOUT,
     events::{Format, Host, timestamp},
     fleet::{Fleet, FleetConfig, FleetError, GroupPolicy, UnknownHosts},
     silent::SilentOrder,

@@ -21,9 +21,6 @@ pub enum Timeout {
     },
 }
 
-/// hb's `--min-timeout` default (the collector is started without one).
-const AUTO_MIN_TIMEOUT: Duration = Duration::from_secs(2);
-
 impl Timeout {
     /// The longest a host may go unheard before it is silent.
     fn bound(self) -> Duration {
@@ -40,9 +37,10 @@ impl Timeout {
     fn sweep(self, cap: Duration) -> Duration {
         let shortest = match self {
             Self::Fixed(d) => d,
-            Self::Auto { .. } => AUTO_MIN_TIMEOUT,
+            // hb's --min-timeout default: the collector is started without one.
+            Self::Auto { .. } => hb_userspace::DEFAULT_MIN_TIMEOUT,
         };
-        (shortest / 4).min(Duration::from_secs(1)).min(cap)
+        (shortest / 4).min(hb_userspace::DEFAULT_SWEEP).min(cap)
     }
 
     fn is_auto(self) -> bool {
