@@ -10,7 +10,10 @@
 //! Two kinds of cases:
 //!
 //! - The same frame over and over (`repeat` > 1 in one call): the empty
-//!   program, a heartbeat from one known (hot) host, traffic that is not a
+//!   program, a heartbeat from one known (hot) host (by `hb`, whose
+//!   repeats come within a tick, so no interval is folded into the host's
+//!   timing, and by `hb_every_fold`, which folds one every time, as every
+//!   real heartbeat does), traffic that is not a
 //!   heartbeat (UDP to another port over IPv4, IPv6, with a VLAN tag, with
 //!   IPv4 options; TCP; ARP). The timer is read twice per call, so its cost
 //!   is spread over the repeats and is negligible. In the final table these
@@ -32,7 +35,7 @@ use std::time::Duration;
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use criterion::Criterion;
 use hb_common::{
-    BASELINE_PROGRAM, Counter, DEFAULT_PORT, HostKey, PROGRAM, auth,
+    BASELINE_PROGRAM, Counter, DEFAULT_PORT, EVERY_FOLD_PROGRAM, HostKey, PROGRAM, auth,
     net::{ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, XDP_DROP, XDP_PASS},
 };
 use hb_testkit::{
@@ -42,7 +45,7 @@ use hb_testkit::{
     },
     layout5, program as kit,
 };
-use hb_userspace::xdp::{AuthSettings, Loaded};
+use hb_userspace::xdp::{self, AuthSettings, Loaded, Settings};
 
 /// Known hosts visited in turn by the cold-key case: 2^20.
 const COLD_HOSTS: u32 = 1 << 20;
@@ -552,7 +555,13 @@ fn placements(key: bool) -> Vec<Loaded> {
                 key: SIGNED_KEY,
                 require: false,
             });
-            let mut l = kit::load_auth(1024, auth);
+            let settings = Settings {
+                also_load: &[EVERY_FOLD_PROGRAM],
+                ..kit::settings(1024)
+            };
+            let mut l = kit::addressed(
+                xdp::load_auth(settings, auth).expect("loading the XDP programs (root, BPF)"),
+            );
             load_baseline(&mut l);
             let hb = xdp(&l, PROGRAM);
             run(hb, &hb4(&[], HOT_HOST), 1, XDP_DROP);
@@ -562,6 +571,15 @@ fn placements(key: bool) -> Vec<Loaded> {
             l
         })
         .collect()
+}
+
+/// Intervals learned of the hot host in `l`'s table.
+fn hot_samples(l: &Loaded) -> u32 {
+    let slot = l
+        .table
+        .slot(&HostKey::from_ipv4(HOT_HOST))
+        .expect("hot host in the table");
+    l.table.timing(slot).samples()
 }
 
 /// One measurement of every case, in this one run, printed as markdown.
@@ -601,15 +619,22 @@ fn table(
     // the kernel's per-repeat times per load, then the mean over the loads.
     let plain = placements(false);
     let with_key = placements(true);
-    let (on_empty, on_plain, on_keyed) = (
+    let (on_empty, on_plain, on_fold, on_keyed) = (
         case(&plain, BASELINE_PROGRAM),
         case(&plain, PROGRAM),
+        case(&plain, EVERY_FOLD_PROGRAM),
         case(&with_key, PROGRAM),
     );
     let same = [
         on_empty("empty program", &frames.hot, XDP_PASS, None),
         on_plain(
             "heartbeat, hot host",
+            &frames.hot,
+            XDP_DROP,
+            Some(Counter::Heartbeat),
+        ),
+        on_fold(
+            "heartbeat, hot host, timing folded in (hb_every_fold: as real heartbeats, a tick or more apart)",
             &frames.hot,
             XDP_DROP,
             Some(Counter::Heartbeat),
@@ -663,6 +688,18 @@ fn table(
         for l in c.loads {
             check_outcome(l, xdp(l, c.program), c.frame, c.verdict, c.outcome, c.name);
         }
+    }
+    // The folding program folds: the hot host learns intervals (a run of
+    // frames within a tick, each an interval of 1; one that spans a tick
+    // may be long, which Karn's rule leaves out).
+    for l in &plain {
+        let before = hot_samples(l);
+        run(xdp(l, EVERY_FOLD_PROGRAM), &frames.hot, 1000, XDP_DROP);
+        let after = hot_samples(l);
+        assert!(
+            after > before || after == 255,
+            "hb_every_fold folded no interval into the hot host's timing ({before} then {after} intervals learned)"
+        );
     }
     let mut best = vec![[f64::MAX; PLACEMENTS]; same.len()];
     for _ in 0..TABLE_ROUNDS {

@@ -87,6 +87,10 @@ pub const SIP_STATE_GLOBAL: &str = "HB_SIP_STATE";
 pub const PROGRAM: &str = "hb";
 /// An empty XDP program in the same object: the benchmarks' floor.
 pub const BASELINE_PROGRAM: &str = "hb_baseline";
+/// The XDP program as though every heartbeat came a tick or more after its
+/// host's last (see hb-ebpf): the benchmarks' known host with its timing
+/// folded in.
+pub const EVERY_FOLD_PROGRAM: &str = "hb_every_fold";
 
 /// Default capacity of the host table, in hosts.
 pub const DEFAULT_MAX_HOSTS: u32 = 1 << 20;

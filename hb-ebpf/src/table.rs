@@ -144,8 +144,9 @@ pub struct Fresh {
 
 /// Records a heartbeat from `key` now; `fresh` for a verified signed one,
 /// which is refused unless its sequence number is newer than the last.
+/// `EVERY_FOLD`: see `hb_every_fold`.
 #[inline(always)]
-pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
+pub fn stamp<const EVERY_FOLD: bool>(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
     // SAFETY: read_volatile keeps the load-time constants out of the code.
     let (mask, bits) = unsafe {
         (
@@ -163,7 +164,7 @@ pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
     let h = index::hash(key.words(), seed);
     let place = index::place(h, mask, bits);
     if let Some(slot) = lookup(key, place, bits) {
-        return known(slot, fresh);
+        return known::<EVERY_FOLD>(slot, fresh);
     }
     // A new host: claimed holding its claim lock, so that no other CPU
     // claims it at the same time. A lock held by another CPU is waited for
@@ -190,7 +191,7 @@ pub fn stamp(key: &HostKey, fresh: Option<&Fresh>) -> Stamped {
         None
     };
     let stamped = match again {
-        Some(slot) => known(slot, fresh),
+        Some(slot) => known::<EVERY_FOLD>(slot, fresh),
         None => claim(key, fresh, place, bits, lock, (e1, e2)),
     };
     unlock(lock);
@@ -296,7 +297,7 @@ impl Lock {
 
 /// A heartbeat of the known host in `slot`.
 #[inline(always)]
-fn known(slot: u32, fresh: Option<&Fresh>) -> Stamped {
+fn known<const EVERY_FOLD: bool>(slot: u32, fresh: Option<&Fresh>) -> Stamped {
     let Some(t) = pair(&LAST_SEEN, slot) else {
         return Stamped::Known;
     };
@@ -321,12 +322,14 @@ fn known(slot: u32, fresh: Option<&Fresh>) -> Stamped {
     let now = now();
     // SAFETY: as above.
     unsafe { core::ptr::write_volatile(t, now) };
+    let interval = ticks_since(now, last);
+    let interval = if EVERY_FOLD { interval | 1 } else { interval };
     if let Some(p) = TIMING.get_ptr_mut(slot) {
         // SAFETY: pointer from a successful array lookup; see the module's
         // description for the race.
         unsafe {
             let was = Timing(core::ptr::read_volatile(p));
-            core::ptr::write_volatile(p, was.update(ticks_since(now, last)).0);
+            core::ptr::write_volatile(p, was.update(interval).0);
         }
     }
     if let Some(b) = pair(&BEATS, slot) {

@@ -178,7 +178,7 @@ fn settings(config: &Config) -> Settings {
         max_hosts: config.max_hosts,
         max_bare_hosts: config.max_bare_hosts,
         any_destination: config.any_destination,
-        epoch_ns: None,
+        ..Settings::default()
     }
 }
 

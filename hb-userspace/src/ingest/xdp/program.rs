@@ -49,6 +49,11 @@ pub struct Settings {
     /// `None`: now. A pinned table keeps its own. For tests of the ticks'
     /// wrap-around.
     pub epoch_ns: Option<u64>,
+    /// Other programs of the object to load on the same maps, for
+    /// benchmarks (such as [`EVERY_FOLD_PROGRAM`](hb_common::EVERY_FOLD_PROGRAM)):
+    /// only possible before the table's maps are mapped and their
+    /// descriptors closed. `hb run` loads none.
+    pub also_load: &'static [&'static str],
 }
 
 /// The bare hosts' share of a table of `max_hosts` by default: half with a
@@ -72,6 +77,7 @@ impl Default for Settings {
             max_bare_hosts: None,
             any_destination: false,
             epoch_ns: None,
+            also_load: &[],
         }
     }
 }
@@ -265,6 +271,15 @@ pub fn load_with(
     program
         .load()
         .context("the kernel refused the XDP program")?;
+    for &name in settings.also_load {
+        let p: &mut Xdp = ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name} in the object"))?
+            .try_into()
+            .with_context(|| format!("{name} is not an XDP program"))?;
+        p.load()
+            .with_context(|| format!("the kernel refused program {name}"))?;
+    }
     let mut take = |name: &str| {
         ebpf.take_map(name)
             .with_context(|| format!("no map {name} in the object"))
