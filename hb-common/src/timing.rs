@@ -90,6 +90,10 @@ const DEV_MASK: u64 = (1 << (FIELD_BITS - 2)) - 1;
 /// Where the count of long intervals in a row is (see Karn's rule in the
 /// module's description): the top 2 bits of the deviation's field.
 const RUN_SHIFT: u32 = 2 * FIELD_BITS - 2;
+/// The count of long intervals in a row, in place.
+const RUN_MASK: u64 = 3 << RUN_SHIFT;
+/// Where the count of intervals folded in is.
+const SAMPLES_SHIFT: u32 = 2 * FIELD_BITS;
 /// Long intervals in a row left out before the next one is folded in.
 pub const KARN_SKIPS: u32 = 2;
 /// Intervals folded in before Karn's rule applies: one interval is too
@@ -112,7 +116,7 @@ impl Timing {
     /// Intervals folded in (saturates at 255).
     #[inline(always)]
     pub const fn samples(self) -> u32 {
-        (self.0 >> (2 * FIELD_BITS)) as u32
+        (self.0 >> SAMPLES_SHIFT) as u32
     }
 
     /// Smoothed mean interval, in ticks × 8.
@@ -150,20 +154,19 @@ impl Timing {
         (self.dev_x4() as u64 * TICK_NS) >> 2
     }
 
-    #[inline(always)]
-    const fn pack(mean_x8: u32, dev_x4: u32, run: u32, samples: u32) -> Self {
-        Self(
-            (mean_x8 as u64 & FIELD_MASK)
-                | ((dev_x4 as u64 & DEV_MASK) << FIELD_BITS)
-                | ((run as u64) << RUN_SHIFT)
-                | ((samples as u64) << (2 * FIELD_BITS)),
-        )
-    }
-
     /// This timing with one more interval, `interval` ticks, folded in,
     /// unless Karn's rule leaves it out (see the module's description).
     /// An interval of 0 (two heartbeats within a tick: a duplicate, not a
     /// period) changes nothing.
+    ///
+    /// Run by the XDP program on every heartbeat, so written for it: in
+    /// `u64` throughout (the BPF target has no 32-bit arithmetic that LLVM
+    /// uses here: every `u32` result costs two shifts to clear its top
+    /// half), and each field's change added to the word in place instead
+    /// of the fields taken apart and packed again, which also keeps the
+    /// chain from one heartbeat's word to the next short. No change
+    /// carries into the next field: each new value fits its field (see
+    /// the module's description for the bounds).
     #[inline(always)]
     pub const fn update(self, interval: u32) -> Self {
         if interval == 0 {
@@ -173,32 +176,49 @@ impl Timing {
             MAX_INTERVAL
         } else {
             interval
-        };
-        let n = self.samples();
-        let samples = if n < 255 { n + 1 } else { 255 };
-        let (mean_x8, dev_x4) = (self.mean_x8(), self.dev_x4());
+        } as u64;
+        let w = self.0;
+        let n = w >> SAMPLES_SHIFT;
+        let mean_x8 = w & FIELD_MASK;
         // The first interval, or a second under 2/3 of the first (which
         // then spanned a lost heartbeat: start over from this one):
         // 3 × r × 8 < 2 × mean × 8.
         if n == 0 || (n == 1 && (r << 4) + (r << 3) < mean_x8 << 1) {
+            // Once a host: the fold below is laid out as the straight path.
+            core::hint::cold_path();
             // RFC 6298 2.2: SRTT = R, RTTVAR = R/2.
-            return Self::pack(r << 3, r << 1, 0, samples);
-        }
-        // Long: r > 1.5 × mean, compared at the mean's scale (r × 8 is at
-        // most 2^27, 1.5 × mean × 8 below 2^28: no overflow).
-        let long = n >= KARN_AFTER && (r << 3) > mean_x8 + (mean_x8 >> 1);
-        let run = self.long_run();
-        if long && run < KARN_SKIPS {
-            return Self(self.0 + (1 << RUN_SHIFT));
+            return Self((r << 3) | (r << (FIELD_BITS + 1)) | ((n + 1) << SAMPLES_SHIFT));
         }
         // RFC 6298 2.3, with the error against the old mean for both:
         // RTTVAR = 3/4 RTTVAR + 1/4 |SRTT - R|; SRTT = 7/8 SRTT + 1/8 R.
+        // As changes: mean × 8 by r - mean, deviation × 4 by
+        // err - deviation × 4 / 4 (either may be negative: wrapping).
         let mean = mean_x8 >> 3;
-        let err = r.abs_diff(mean);
-        let dev_x4 = dev_x4 - (dev_x4 >> 2) + err;
-        let mean_x8 = mean_x8 - (mean_x8 >> 3) + r;
-        // A run stays at KARN_SKIPS while it lasts: the rest is folded in.
-        Self::pack(mean_x8, dev_x4, if long { run } else { 0 }, samples)
+        // Without a branch (an abs, shifts and xors): r is on either side
+        // of the mean at random, which a branch would mispredict half the
+        // time. Both are under 2^25: no overflow as i64.
+        let err = (r as i64 - mean as i64).unsigned_abs();
+        let dev_x4 = (w >> FIELD_BITS) & DEV_MASK;
+        let mut v = w
+            .wrapping_add(r)
+            .wrapping_sub(mean)
+            .wrapping_add(err.wrapping_sub(dev_x4 >> 2) << FIELD_BITS);
+        if n < 255 {
+            v += 1 << SAMPLES_SHIFT;
+        }
+        let run = w & RUN_MASK;
+        // Long: r > 1.5 × mean, compared at the mean's scale (r × 8 is at
+        // most 2^27, 1.5 × mean × 8 below 2^28).
+        if n >= KARN_AFTER as u64 && (r << 3) > mean_x8 + (mean_x8 >> 1) {
+            core::hint::cold_path();
+            if run < (KARN_SKIPS as u64) << RUN_SHIFT {
+                return Self(w + (1 << RUN_SHIFT));
+            }
+            // A run stays at KARN_SKIPS while it lasts: the rest is
+            // folded in.
+            return Self(v);
+        }
+        Self(v - run)
     }
 }
 
@@ -453,6 +473,89 @@ mod tests {
             assert!(t.long_run() <= KARN_SKIPS);
             assert!(t.mean_x8() >> 3 <= MAX_INTERVAL);
         }
+    }
+
+    /// `Timing::update` as first written (fields taken apart and packed
+    /// again, `u32` arithmetic): the rules, plainly. The program's faster
+    /// form must give the same word, bit for bit.
+    fn update_plainly(t: Timing, interval: u32) -> Timing {
+        let pack = |mean_x8: u32, dev_x4: u32, run: u32, samples: u32| {
+            Timing(
+                (u64::from(mean_x8) & FIELD_MASK)
+                    | ((u64::from(dev_x4) & DEV_MASK) << FIELD_BITS)
+                    | (u64::from(run) << RUN_SHIFT)
+                    | (u64::from(samples) << (2 * FIELD_BITS)),
+            )
+        };
+        if interval == 0 {
+            return t;
+        }
+        let r = interval.min(MAX_INTERVAL);
+        let n = t.samples();
+        let samples = (n + 1).min(255);
+        let (mean_x8, dev_x4) = (t.mean_x8(), t.dev_x4());
+        if n == 0 || (n == 1 && 3 * r * 8 < 2 * mean_x8) {
+            return pack(r << 3, r << 1, 0, samples);
+        }
+        let long = n >= KARN_AFTER && 2 * (r << 3) > 3 * mean_x8;
+        let run = t.long_run();
+        if long && run < KARN_SKIPS {
+            return pack(mean_x8, dev_x4, run + 1, n);
+        }
+        let mean = mean_x8 >> 3;
+        let err = r.abs_diff(mean);
+        let dev_x4 = dev_x4 - (dev_x4 >> 2) + err;
+        let mean_x8 = mean_x8 - (mean_x8 >> 3) + r;
+        pack(mean_x8, dev_x4, if long { run } else { 0 }, samples)
+    }
+
+    #[test]
+    fn the_programs_update_is_the_plain_one_bit_for_bit() {
+        // Any state a host can be in (and every run count the two bits
+        // hold), against intervals near the rules' edges and anywhere.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut checked = 0;
+        for _ in 0..200_000 {
+            let mean_x8 = (next() % (u64::from(MAX_INTERVAL) << 3)) as u32 >> (next() % 28);
+            let dev_x4 = ((next() % (1 << 26)) as u32) >> (next() % 26);
+            let run = (next() % 4) as u32;
+            let n = [0, 1, 2, 3, 254, 255, (next() % 256) as u32][(next() % 7) as usize];
+            let t = Timing(
+                u64::from(mean_x8)
+                    | (u64::from(dev_x4) << FIELD_BITS)
+                    | (u64::from(run) << RUN_SHIFT)
+                    | (u64::from(n) << (2 * FIELD_BITS)),
+            );
+            let mean = mean_x8 >> 3;
+            let (j, any) = ((next() % 3) as u32, (next() as u32) >> (next() % 32));
+            let near = |v: u32| v.saturating_add(j).saturating_sub(1);
+            for r in [
+                0,
+                1,
+                near(mean),
+                near(mean + mean / 2),
+                near(mean * 2 / 3),
+                near(mean * 2),
+                MAX_INTERVAL,
+                MAX_INTERVAL + 1,
+                u32::MAX,
+                any,
+            ] {
+                assert_eq!(
+                    t.update(r),
+                    update_plainly(t, r),
+                    "{t:?} (mean×8 {mean_x8}, dev×4 {dev_x4}, run {run}, n {n}) + {r}"
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 2_000_000);
     }
 
     #[test]
