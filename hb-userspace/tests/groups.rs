@@ -14,6 +14,7 @@ use std::{
 
 use hb_testkit::{
     collector::{self, Collector, Proc, scrape},
+    control,
     netns::{Link, Netns},
 };
 
@@ -130,13 +131,41 @@ fn each_group_goes_silent_at_its_own_timeout() {
     // Every client stops at once.
     drop(clients);
     let mut silent = Vec::new();
+    // `hb status` tells what the collector has reported, groups' timeouts
+    // included (README): checked once the web hosts are silent (2 s,
+    // under the global 4 s) and once the lone host is (4 s, under db's
+    // 6 s).
+    let mut statuses = Vec::new();
     let (_, seen) = c.wait_for(Duration::from_secs(12), |v| {
         if v["event"] == "silent" {
             silent.push(v.clone());
+            if matches!(silent.len(), 2 | 3) {
+                statuses.push((silent.len(), control::status(HB, &link.a, &link.a_if)));
+            }
         }
         silent.len() == 5
     });
     assert_eq!(silent.len(), 5, "{seen:?}");
+    for (n, st) in &statuses {
+        assert_eq!(
+            (&st["hosts"], &st["silent"], &st["alive"]),
+            (&5.into(), &(*n).into(), &(5 - *n).into()),
+            "hb status after {n} silent lines: {st}"
+        );
+        let mut hosts: Vec<_> = st["silent_hosts"]["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["host"].as_str().unwrap_or("").to_owned())
+            .collect();
+        hosts.sort();
+        let mut told: Vec<_> = silent[..*n]
+            .iter()
+            .map(|v| v["host"].as_str().unwrap_or("").to_owned())
+            .collect();
+        told.sort();
+        assert_eq!(hosts, told, "{st}");
+    }
     let order: Vec<_> = silent
         .iter()
         .map(|v| {

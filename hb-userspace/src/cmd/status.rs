@@ -30,7 +30,7 @@ use crate::{
         events::{host_id, host_ip},
         fleet::{Fleet, FleetConfig, Inventory},
         silent::{OwnedLabels, silent_page},
-        tracker::Tracker,
+        tracker::{self, Tracker, Words},
     },
 };
 
@@ -89,19 +89,41 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
         }
     })?;
     let timeout = Duration::from_millis(state.timeout_ms);
-    // The same judgement the collector makes, on the same data: under
-    // `auto`, each host by its own learned timing.
-    let mut tracker = Tracker::new(timeout.as_nanos() as u64);
-    tracker.set_epoch(table.epoch_ns());
-    if let Some(auto) = state.auto {
-        tracker.set_timeout_policy(Timeout::Auto, auto.policy());
-    }
-    tracker.sweep_timed(
-        table.last_seen(),
-        &|slot| table.timing(slot),
-        monotonic_ns(),
-        |_| {},
-    );
+    let timeout_ns = match state.auto {
+        Some(_) => tracker::timeout_ns(Timeout::Auto),
+        None => timeout.as_nanos() as u64,
+    };
+    // While the collector runs: what it has reported, as of its last
+    // sweep (its groups' timeouts, flap damping and all), from the
+    // tracker state it keeps pinned with the table.
+    let told = match running {
+        Some(_) => Some(Tracker::resume(
+            timeout_ns,
+            Words::Heap(pins::told(&inst, table.capacity())?),
+            table.capacity(),
+            table.last_seen(),
+            table.epoch_ns(),
+        ))
+        .filter(Tracker::resumed),
+        None => None,
+    };
+    // Without it (no `hb run`, or nothing told yet), the judgement the
+    // collector makes, on the same data: under `auto`, each host by its
+    // own learned timing; everyone by the global timeout.
+    let tracker = told.unwrap_or_else(|| {
+        let mut tracker = Tracker::new(timeout_ns);
+        tracker.set_epoch(table.epoch_ns());
+        if let Some(auto) = state.auto {
+            tracker.set_timeout_policy(Timeout::Auto, auto.policy());
+        }
+        tracker.sweep_timed(
+            table.last_seen(),
+            &|slot| table.timing(slot),
+            monotonic_ns(),
+            |_| {},
+        );
+        tracker
+    });
     let census = tracker.census();
     let packets = table.counters()?;
     let fleet = args

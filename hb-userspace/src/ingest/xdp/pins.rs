@@ -37,12 +37,12 @@ use hb_common::{
 use log::{info, warn};
 use serde::{Deserialize, Serialize};
 
-use crate::track::adaptive::Policy;
+use crate::track::{adaptive::Policy, tracker};
 
 use super::{
     bpffs::Bpffs,
     link::{self, Place},
-    table::{HostTable, TableMaps},
+    table::{HostTable, TableMaps, TrackerWords},
 };
 
 const RUN_DIR: &str = "/run/hb";
@@ -507,6 +507,16 @@ pub fn open(inst: &Instance) -> Result<(State, HostTable)> {
         forgetting: None,
     })?;
     Ok((state, table))
+}
+
+/// What `inst`'s collector has told of its hosts (the tracker state pinned
+/// with its table, see hb-userspace's `track::tracker`), for a table of
+/// `slots`: a copy, read without writing.
+pub fn told(inst: &Instance, slots: usize) -> Result<Vec<u64>> {
+    let path = inst.maps_dir().join(TRACKER_MAP);
+    let data =
+        MapData::from_pin(&path).with_context(|| format!("opening pinned {}", path.display()))?;
+    TrackerWords::copy(Map::Array(data), tracker::state_words(slots))
 }
 
 /// The pinned replay state (`HB_AUTH`) of `inst`'s collector, for writing

@@ -108,22 +108,36 @@ fn array_data(map: Map, name: &str) -> Result<MapData> {
 }
 
 /// The tracker's state words in the `HB_TRACKER` map, mapped read-write:
-/// only the collector writes them (`hb status` never maps them).
+/// only the collector writes them (`hb status` reads a copy, see `copy`).
 pub struct TrackerWords(Mapped<u64>);
 
 impl TrackerWords {
     pub fn new(map: Map, words: usize) -> Result<Self> {
-        let data = array_data(map, "tracker state")?;
-        let n = data.info()?.max_entries() as usize;
-        if n < words {
-            bail!("the tracker state map holds {n} words, {words} are needed");
-        }
+        let (data, n) = Self::sized(map, words)?;
         Ok(Self(Mapped::map(
             &data,
             n,
             "tracker state",
             libc::PROT_READ | libc::PROT_WRITE,
         )?))
+    }
+
+    /// The first `words` words, copied through a read-only mapping: what
+    /// the collector has told so far, for `hb status`, which never writes
+    /// them.
+    pub fn copy(map: Map, words: usize) -> Result<Vec<u64>> {
+        let (data, n) = Self::sized(map, words)?;
+        let m = Mapped::<u64>::map(&data, n, "tracker state", libc::PROT_READ)?;
+        Ok(m.as_slice()[..words].to_vec())
+    }
+
+    fn sized(map: Map, words: usize) -> Result<(MapData, usize)> {
+        let data = array_data(map, "tracker state")?;
+        let n = data.info()?.max_entries() as usize;
+        if n < words {
+            bail!("the tracker state map holds {n} words, {words} are needed");
+        }
+        Ok((data, n))
     }
 }
 
