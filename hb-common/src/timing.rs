@@ -476,31 +476,36 @@ mod tests {
     }
 
     /// `Timing::update` as first written (fields taken apart and packed
-    /// again, `u32` arithmetic): the rules, plainly. The program's faster
-    /// form must give the same word, bit for bit.
+    /// again, `u32` arithmetic; the code of e4b8202 as it was, as a free
+    /// function): the rules, plainly. The program's faster form must give
+    /// the same word, bit for bit.
     fn update_plainly(t: Timing, interval: u32) -> Timing {
-        let pack = |mean_x8: u32, dev_x4: u32, run: u32, samples: u32| {
+        const fn pack(mean_x8: u32, dev_x4: u32, run: u32, samples: u32) -> Timing {
             Timing(
-                (u64::from(mean_x8) & FIELD_MASK)
-                    | ((u64::from(dev_x4) & DEV_MASK) << FIELD_BITS)
-                    | (u64::from(run) << RUN_SHIFT)
-                    | (u64::from(samples) << (2 * FIELD_BITS)),
+                (mean_x8 as u64 & FIELD_MASK)
+                    | ((dev_x4 as u64 & DEV_MASK) << FIELD_BITS)
+                    | ((run as u64) << RUN_SHIFT)
+                    | ((samples as u64) << (2 * FIELD_BITS)),
             )
-        };
+        }
         if interval == 0 {
             return t;
         }
-        let r = interval.min(MAX_INTERVAL);
+        let r = if interval > MAX_INTERVAL {
+            MAX_INTERVAL
+        } else {
+            interval
+        };
         let n = t.samples();
-        let samples = (n + 1).min(255);
+        let samples = if n < 255 { n + 1 } else { 255 };
         let (mean_x8, dev_x4) = (t.mean_x8(), t.dev_x4());
-        if n == 0 || (n == 1 && 3 * r * 8 < 2 * mean_x8) {
+        if n == 0 || (n == 1 && (r << 4) + (r << 3) < mean_x8 << 1) {
             return pack(r << 3, r << 1, 0, samples);
         }
-        let long = n >= KARN_AFTER && 2 * (r << 3) > 3 * mean_x8;
+        let long = n >= KARN_AFTER && (r << 3) > mean_x8 + (mean_x8 >> 1);
         let run = t.long_run();
         if long && run < KARN_SKIPS {
-            return pack(mean_x8, dev_x4, run + 1, n);
+            return Timing(t.0 + (1 << RUN_SHIFT));
         }
         let mean = mean_x8 >> 3;
         let err = r.abs_diff(mean);
@@ -522,7 +527,9 @@ mod tests {
         };
         let mut checked = 0;
         for _ in 0..200_000 {
-            let mean_x8 = (next() % (u64::from(MAX_INTERVAL) << 3)) as u32 >> (next() % 28);
+            // Up to 2^27 + 7: a first interval capped at MAX_INTERVAL
+            // gives 8 × MAX_INTERVAL, an older hb's cap 2^27.
+            let mean_x8 = (next() % ((1 << 27) + 8)) as u32 >> (next() % 28);
             let dev_x4 = ((next() % (1 << 26)) as u32) >> (next() % 26);
             let run = (next() % 4) as u32;
             let n = [0, 1, 2, 3, 254, 255, (next() % 256) as u32][(next() % 7) as usize];

@@ -139,8 +139,20 @@ fn each_group_goes_silent_at_its_own_timeout() {
     let (_, seen) = c.wait_for(Duration::from_secs(12), |v| {
         if v["event"] == "silent" {
             silent.push(v.clone());
-            if matches!(silent.len(), 2 | 3) {
-                statuses.push((silent.len(), control::status(HB, &link.a, &link.a_if)));
+            // The collector records a line as told once its write is
+            // done, a moment after the line is out: polled for up to
+            // 500 ms (the next group goes silent 2 s later).
+            let n = silent.len();
+            if matches!(n, 2 | 3) {
+                let until = std::time::Instant::now() + Duration::from_millis(500);
+                let st = loop {
+                    let st = control::status(HB, &link.a, &link.a_if);
+                    if st["silent"] == n || std::time::Instant::now() > until {
+                        break st;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                };
+                statuses.push((n, st));
             }
         }
         silent.len() == 5

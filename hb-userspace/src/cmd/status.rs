@@ -11,6 +11,7 @@ use std::{fmt::Write as _, process::ExitCode, time::Duration};
 
 use anyhow::{Result, bail};
 use hb_common::Counter;
+use log::warn;
 use serde_json::json;
 
 use crate::{
@@ -97,17 +98,29 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
     // sweep (its groups' timeouts, flap damping and all), from the
     // tracker state it keeps pinned with the table.
     let told = match running {
-        Some(_) => Some(Tracker::resume(
-            timeout_ns,
-            Words::Heap(pins::told(&inst, table.capacity())?),
-            table.capacity(),
-            table.last_seen(),
-            table.epoch_ns(),
-        ))
-        .filter(Tracker::resumed),
+        Some(_) => match pins::told(&inst, table.capacity()) {
+            Ok(words) => {
+                let mut t = Tracker::resume(
+                    timeout_ns,
+                    Words::Heap(words),
+                    table.capacity(),
+                    table.last_seen(),
+                    table.epoch_ns(),
+                );
+                // The auto bounds, for each silent host's `silent_since`.
+                if let Some(auto) = state.auto {
+                    t.set_auto(auto.policy());
+                }
+                Some(t).filter(Tracker::resumed)
+            }
+            Err(e) => {
+                warn!("{e:#}: judging the hosts here instead of reading the collector's view");
+                None
+            }
+        },
         None => None,
     };
-    // Without it (no `hb run`, or nothing told yet), the judgement the
+    // Without it (no `hb run`, or nothing reported yet), the judgement the
     // collector makes, on the same data: under `auto`, each host by its
     // own learned timing; everyone by the global timeout.
     let tracker = told.unwrap_or_else(|| {
