@@ -90,29 +90,32 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
         }
     })?;
     let timeout = Duration::from_millis(state.timeout_ms);
-    let timeout_ns = match state.auto {
-        Some(_) => tracker::timeout_ns(Timeout::Auto),
-        None => timeout.as_nanos() as u64,
+    let auto = state.auto.map(AutoBounds::policy);
+    let timeout_ns = tracker::timeout_ns(match auto {
+        Some(_) => Timeout::Auto,
+        None => Timeout::Fixed(timeout),
+    });
+    // Under auto, the bounds: for the judgement below, and for each silent
+    // host's `silent_since` either way.
+    let with_auto = |mut t: Tracker| {
+        if let Some(policy) = auto {
+            t.set_auto(policy);
+        }
+        t
     };
     // While the collector runs: what it has reported, as of its last
     // sweep (its groups' timeouts, flap damping and all), from the
     // tracker state it keeps pinned with the table.
     let told = match running {
         Some(_) => match pins::told(&inst, table.capacity()) {
-            Ok(words) => {
-                let mut t = Tracker::resume(
-                    timeout_ns,
-                    Words::Heap(words),
-                    table.capacity(),
-                    table.last_seen(),
-                    table.epoch_ns(),
-                );
-                // The auto bounds, for each silent host's `silent_since`.
-                if let Some(auto) = state.auto {
-                    t.set_auto(auto.policy());
-                }
-                Some(t).filter(Tracker::resumed)
-            }
+            Ok(words) => Some(with_auto(Tracker::resume(
+                timeout_ns,
+                Words::Heap(words),
+                table.capacity(),
+                table.last_seen(),
+                table.epoch_ns(),
+            )))
+            .filter(Tracker::resumed),
             Err(e) => {
                 warn!("{e:#}: judging the hosts here instead of reading the collector's view");
                 None
@@ -124,11 +127,8 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
     // collector makes, on the same data: under `auto`, each host by its
     // own learned timing; everyone by the global timeout.
     let tracker = told.unwrap_or_else(|| {
-        let mut tracker = Tracker::new(timeout_ns);
+        let mut tracker = with_auto(Tracker::new(timeout_ns));
         tracker.set_epoch(table.epoch_ns());
-        if let Some(auto) = state.auto {
-            tracker.set_timeout_policy(Timeout::Auto, auto.policy());
-        }
         tracker.sweep_timed(
             table.last_seen(),
             &|slot| table.timing(slot),
@@ -190,7 +190,7 @@ pub fn status(args: StatusArgs) -> Result<ExitCode> {
                 state.started,
                 state.port,
                 state.auth,
-                timeout_text(timeout, state.auto.map(AutoBounds::policy)),
+                timeout_text(timeout, auto),
                 humantime::format_duration(Duration::from_millis(state.sweep_ms)),
                 census.hosts,
                 census.alive,
