@@ -326,36 +326,17 @@ pub fn load_program(
 }
 
 /// Makes `mac` and `addrs` what layout 5's program, loaded by
-/// [`load_program`] without `any_destination`, takes as addressed to it.
-/// Its `LocalSet` is the one hb-common defines today (unchanged since
-/// layout 5).
+/// [`load_program`] without `any_destination`, takes as addressed to it,
+/// written as the collector writes its own (`LocalMaps`): its `LocalSet`
+/// is the one hb-common defines today (unchanged since layout 5).
 pub fn set_local(ebpf: &mut aya::Ebpf, mac: [u8; 6], addrs: &[std::net::IpAddr]) {
-    use hb_common::{LocalSet, local_bucket};
-    let mut set = Box::new(LocalSet::EMPTY);
-    let mut mac_word = [0u8; 8];
-    mac_word[..6].copy_from_slice(&mac);
-    set.mac = u64::from_le_bytes(mac_word);
-    for ip in addrs {
-        let v6 = match *ip {
-            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-            std::net::IpAddr::V6(v6) => v6,
-        };
-        let key = HostKey { addr: v6.octets() };
-        let b = &mut set.buckets[local_bucket(key.words()) as usize];
-        let place = b
-            .iter_mut()
-            .find(|k| **k == HostKey::default())
-            .expect("a place in the local set");
-        *place = key;
-    }
     let map = ebpf
-        .map_mut(hb_common::LOCAL_SET_SECTION)
+        .take_map(hb_common::LOCAL_SET_SECTION)
         .expect("layout 5's local set");
-    let mut array: aya::maps::Array<_, LocalSet> =
-        aya::maps::Array::try_from(map).expect("the local set is an array");
-    array
-        .set(0, set.as_ref(), 0)
+    let left_out = hb_userspace::xdp::LocalMaps::new(map)
+        .and_then(|mut local| local.set(Some(mac), addrs))
         .expect("writing layout 5's local set");
+    assert!(left_out.is_empty(), "not in the local set: {left_out:?}");
 }
 
 /// Loads layout 5's program on the maps pinned in `dir` (by [`Table::pin`],

@@ -46,6 +46,7 @@ pub use track::{
 pub mod xdp {
     pub use crate::ingest::xdp::{
         AttachMode, AuthSettings, HostTable, Loaded, Settings,
+        local::LocalMaps,
         pins::{LAYOUT_VERSION, ensure_bpffs, pin_dir, state_file},
         program::{OBJECT, load, load_auth, load_with, xdp_program as program},
     };
