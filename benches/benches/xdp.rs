@@ -208,42 +208,65 @@ impl NewHosts {
             reloads: 0,
         }
     }
+}
 
+/// A table that only ever sees new hosts (`NewHosts`, `Layout5NewHosts`).
+trait FreshTable {
+    /// Hosts in the current load.
+    fn taken(&self) -> u64;
     /// Starts again on an empty table (untimed).
+    fn reset(&mut self);
+    fn program(&self) -> &Xdp;
+    /// The last source sent (the next is one more).
+    fn last_src(&mut self) -> &mut u32;
+}
+
+/// `iters` heartbeats to `t`, each from a host never seen before; the sum
+/// of the kernel's times (timer overhead included, as in `single`).
+/// Reloads the object, untimed, whenever its table is full.
+fn new_hosts(t: &mut impl FreshTable, frame: &mut [u8], iters: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let room = u64::from(NEW_MAX_HOSTS) - t.taken();
+        if room == 0 {
+            t.reset();
+            continue;
+        }
+        let n = left.min(room);
+        let before = t.taken();
+        let mut src = *t.last_src();
+        *t.last_src() = src.wrapping_add(n as u32);
+        total += single(t.program(), frame, XDP_DROP, n, || {
+            src = src.wrapping_add(1);
+            src_addr(src)
+        });
+        assert_eq!(
+            t.taken(),
+            before + n,
+            "every heartbeat should have added a host"
+        );
+        left -= n;
+    }
+    total
+}
+
+impl FreshTable for NewHosts {
+    fn taken(&self) -> u64 {
+        self.loaded.table.len() as u64
+    }
+
     fn reset(&mut self) {
         self.loaded = kit::load(NEW_MAX_HOSTS);
         self.reloads += 1;
     }
 
-    /// `iters` heartbeats, each from a host never seen before; the sum of
-    /// the kernel's times (timer overhead included, as in `single`). Reloads
-    /// the object, untimed, whenever its table is full.
-    fn run(&mut self, frame: &mut [u8], iters: u64) -> Duration {
-        let mut total = Duration::ZERO;
-        let mut left = iters;
-        while left > 0 {
-            let table = &self.loaded.table;
-            let room = (table.capacity() - table.len()) as u64;
-            if room == 0 {
-                self.reset();
-                continue;
-            }
-            let n = left.min(room);
-            let before = table.len();
-            let prog = xdp(&self.loaded, PROGRAM);
-            let next = &mut self.next;
-            total += single(prog, frame, XDP_DROP, n, || {
-                *next = next.wrapping_add(1);
-                src_addr(*next)
-            });
-            assert_eq!(
-                self.loaded.table.len() as u64,
-                before as u64 + n,
-                "every heartbeat should have added a host"
-            );
-            left -= n;
-        }
-        total
+    fn program(&self) -> &Xdp {
+        xdp(&self.loaded, PROGRAM)
+    }
+
+    fn last_src(&mut self) -> &mut u32 {
+        &mut self.next
     }
 }
 
@@ -255,8 +278,6 @@ impl NewHosts {
 struct Layout5NewHosts {
     ebpf: aya::Ebpf,
     dir: std::path::PathBuf,
-    /// Slots taken in the current load.
-    used: u32,
     next: u32,
     reloads: u32,
 }
@@ -270,7 +291,6 @@ impl Layout5NewHosts {
         Self {
             ebpf,
             dir,
-            used: 0,
             // Its own sources, apart from the layout-6 object's (which
             // count up from 1): the two tables are separate anyway.
             next: 0,
@@ -294,55 +314,33 @@ impl Layout5NewHosts {
         layout5::set_local(&mut ebpf, DST_MAC, &kit::local_addrs());
         ebpf
     }
+}
 
-    /// Slots taken so far, as layout 5's `HB_ALLOC` counts them (no slot
-    /// is ever freed here).
-    fn allocated(&self) -> u64 {
+impl FreshTable for Layout5NewHosts {
+    /// Slots taken, as layout 5's `HB_ALLOC` counts them (no slot is ever
+    /// freed here).
+    fn taken(&self) -> u64 {
         let alloc: aya::maps::Array<_, u64> =
             aya::maps::Array::try_from(self.ebpf.map("HB_ALLOC").expect("HB_ALLOC"))
                 .expect("HB_ALLOC is an array");
         alloc.get(&0, 0).expect("reading HB_ALLOC")
     }
 
-    /// Starts again on an empty table (untimed).
     fn reset(&mut self) {
         self.ebpf = Self::load(&self.dir);
-        self.used = 0;
         self.reloads += 1;
     }
 
-    /// As `NewHosts::run`, on layout 5.
-    fn run(&mut self, frame: &mut [u8], iters: u64) -> Duration {
-        let mut total = Duration::ZERO;
-        let mut left = iters;
-        while left > 0 {
-            let room = u64::from(NEW_MAX_HOSTS - self.used);
-            if room == 0 {
-                self.reset();
-                continue;
-            }
-            let n = left.min(room);
-            let before = self.allocated();
-            let prog: &Xdp = self
-                .ebpf
-                .program("hb")
-                .expect("layout 5's program")
-                .try_into()
-                .expect("an XDP program");
-            let next = &mut self.next;
-            total += single(prog, frame, XDP_DROP, n, || {
-                *next = next.wrapping_add(1);
-                src_addr(*next)
-            });
-            assert_eq!(
-                self.allocated(),
-                before + n,
-                "every heartbeat should have taken a layout-5 slot"
-            );
-            self.used += n as u32;
-            left -= n;
-        }
-        total
+    fn program(&self) -> &Xdp {
+        self.ebpf
+            .program("hb")
+            .expect("layout 5's program")
+            .try_into()
+            .expect("an XDP program")
+    }
+
+    fn last_src(&mut self) -> &mut u32 {
+        &mut self.next
     }
 }
 
@@ -509,10 +507,10 @@ fn single_packet_group(
         b.iter_custom(|iters| single(hb, &mut scratch, XDP_DROP, iters, || cycle.next_src()))
     });
     g.bench_function("heartbeat_new_host", |b| {
-        b.iter_custom(|iters| new.run(&mut scratch, iters))
+        b.iter_custom(|iters| new_hosts(new, &mut scratch, iters))
     });
     g.bench_function("heartbeat_new_host_layout5", |b| {
-        b.iter_custom(|iters| new5.run(&mut scratch, iters))
+        b.iter_custom(|iters| new_hosts(new5, &mut scratch, iters))
     });
     g.finish();
 }
@@ -760,8 +758,8 @@ fn table(
             let case = (round + k) % 3;
             t[case as usize] = match case {
                 0 => single(empty, &mut scratch, XDP_PASS, n, || cycle.next_src()),
-                1 => new.run(&mut scratch, n),
-                _ => new5.run(&mut scratch, n),
+                1 => new_hosts(new, &mut scratch, n),
+                _ => new_hosts(new5, &mut scratch, n),
             };
         }
         six_to_five.push(t[1].as_secs_f64() / t[2].as_secs_f64());
